@@ -1,0 +1,3 @@
+from restoreprof.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""Access to the CUDA driver through cuda-python, with errors a user can act on."""

@@ -1,0 +1,1 @@
+"""The optimizer: configuration, context pre-warm, parallel restore engine, interception library."""

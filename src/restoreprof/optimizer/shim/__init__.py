@@ -1,0 +1,1 @@
+"""The LD_PRELOAD interception library (C): sources, build and location."""

@@ -1,0 +1,58 @@
+"""Compile the LD_PRELOAD interception library from the C sources beside this file.
+
+It builds against the CUDA headers only: libcuda is opened with dlopen at run time, so the
+library builds on machines without a GPU driver.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+SOURCE_DIR = Path(__file__).parent
+LIBRARY_NAME = "librestoreprof_shim.so"
+CFLAGS = ["-O2", "-g", "-fPIC", "-shared", "-Wall", "-Wextra", "-Wno-unused-parameter", "-pthread"]
+
+
+def cuda_include_dir() -> Path:
+    """The folder holding cuda.h: $CUDA_HOME/include, then the usual install places."""
+    candidates = [os.environ.get("CUDA_HOME", ""), os.environ.get("CUDA_PATH", ""), "/usr/local/cuda"]
+    candidates += sorted(str(p) for p in Path("/usr/local").glob("cuda-*"))
+    for base in candidates:
+        if base and (Path(base) / "include" / "cuda.h").exists():
+            return Path(base) / "include"
+    if Path("/usr/include/cuda.h").exists():
+        return Path("/usr/include")
+    raise FileNotFoundError(
+        "cuda.h not found: install the CUDA toolkit headers (or set CUDA_HOME to a folder with include/cuda.h)"
+    )
+
+
+def sources() -> list[Path]:
+    return sorted(SOURCE_DIR.glob("*.c"))
+
+
+def library_path() -> Path:
+    return SOURCE_DIR / LIBRARY_NAME
+
+
+def build_library(out_dir: Path | None = None, force: bool = False) -> Path:
+    """Compile the library into out_dir (default: beside the sources); skip when up to date."""
+    out = Path(out_dir or SOURCE_DIR) / LIBRARY_NAME
+    srcs = sources()
+    if not srcs:
+        raise FileNotFoundError(f"no C sources in {SOURCE_DIR}")
+    headers = list(SOURCE_DIR.glob("*.h"))
+    newest = max(p.stat().st_mtime for p in srcs + headers)
+    if out.exists() and out.stat().st_mtime >= newest and not force:
+        return out
+    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    if not compiler:
+        raise FileNotFoundError("no C compiler: apt-get install gcc")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    cmd = [compiler, *CFLAGS, f"-I{cuda_include_dir()}", f"-I{SOURCE_DIR}", "-o", str(out)]
+    cmd += [str(s) for s in srcs] + ["-ldl", "-lpthread"]
+    subprocess.run(cmd, check=True)
+    return out

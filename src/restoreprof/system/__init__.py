@@ -1,0 +1,1 @@
+"""What this machine has: resolved paths to CRIU, libcuda, bcc and the native library."""
