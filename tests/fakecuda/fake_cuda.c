@@ -1,0 +1,1140 @@
+/*
+ * A fake libcuda.so.1 for tests on machines without a GPU.
+ *
+ * "Device" memory is host memory: cuMemAlloc returns a malloc'd address, VMM reservations are
+ * PROT_NONE mmaps and physical allocations are memfds mapped over them, so programs that move
+ * bytes through the driver API get the same bytes back. Streams run every operation at once.
+ * The signatures are the real ones from cuda.h so a caller compiled against the toolkit (or
+ * cuda-python) cannot tell the difference at the ABI level.
+ *
+ * Test hooks:
+ *   FAKECUDA_FAIL=name:N[:K][,name2:M...]  the call `name` (exported symbol name) succeeds N
+ *                                          times, then fails with CUDA_ERROR_UNKNOWN (K times,
+ *                                          or forever when K is absent).
+ *   FAKECUDA_DEVICES=n                     number of devices (default 1).
+ *   FAKECUDA_TRACE_PROC=1                  print each cuGetProcAddress request on stderr.
+ *   fakecuda_calls("cuMemcpyHtoD_v2")      how many times that entry point was called.
+ *   fakecuda_reset()                       zero the counters.
+ */
+#define _GNU_SOURCE
+#include <cuda.h>
+#include <errno.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#define EXPORT __attribute__((visibility("default")))
+#define FAKE_VERSION 13000
+#define FAKE_GRANULARITY (2u << 20)
+#define MAX_DEVICES 8
+
+/* ---------- call counters and fault injection ---------- */
+
+#define MAX_COUNTED 128
+struct counter {
+    const char *name;
+    atomic_ulong calls;
+    long fail_after; /* -1: never fails */
+    long fail_times; /* -1: forever */
+};
+static struct counter counters[MAX_COUNTED];
+static atomic_int counter_count;
+static pthread_mutex_t counter_lock = PTHREAD_MUTEX_INITIALIZER;
+
+static void load_fail_spec(struct counter *c)
+{
+    c->fail_after = -1;
+    c->fail_times = -1;
+    const char *spec = getenv("FAKECUDA_FAIL");
+    size_t len = strlen(c->name);
+    for (const char *p = spec; p && *p; p = strchr(p, ',') ? strchr(p, ',') + 1 : NULL) {
+        if (strncmp(p, c->name, len) == 0 && p[len] == ':') {
+            char *end;
+            c->fail_after = strtol(p + len + 1, &end, 10);
+            if (*end == ':')
+                c->fail_times = strtol(end + 1, NULL, 10);
+            return;
+        }
+    }
+}
+
+/* Counters are created on first use; the name is a string literal so it outlives us. */
+static struct counter *counter_for(const char *name, int create)
+{
+    int n = atomic_load(&counter_count);
+    for (int i = 0; i < n; i++)
+        if (strcmp(counters[i].name, name) == 0)
+            return &counters[i];
+    if (!create)
+        return NULL;
+    pthread_mutex_lock(&counter_lock);
+    struct counter *found = NULL;
+    n = atomic_load(&counter_count);
+    for (int i = 0; i < n && !found; i++)
+        if (strcmp(counters[i].name, name) == 0)
+            found = &counters[i];
+    if (!found && n < MAX_COUNTED) {
+        found = &counters[n];
+        found->name = name;
+        load_fail_spec(found);
+        atomic_store(&counter_count, n + 1);
+    }
+    pthread_mutex_unlock(&counter_lock);
+    return found;
+}
+
+/* Counts the call; returns nonzero when fault injection says this call must fail. */
+static int enter(const char *name)
+{
+    struct counter *c = counter_for(name, 1);
+    if (!c)
+        return 0;
+    unsigned long n = atomic_fetch_add(&c->calls, 1);
+    if (c->fail_after < 0 || (long)n < c->fail_after)
+        return 0;
+    return c->fail_times < 0 || (long)n < c->fail_after + c->fail_times;
+}
+
+EXPORT unsigned long fakecuda_calls(const char *name)
+{
+    struct counter *c = counter_for(name, 0);
+    return c ? atomic_load(&c->calls) : 0;
+}
+
+EXPORT void fakecuda_reset(void)
+{
+    int n = atomic_load(&counter_count);
+    for (int i = 0; i < n; i++)
+        atomic_store(&counters[i].calls, 0);
+}
+
+#define ENTER(name)                       \
+    do {                                  \
+        if (enter(name))                  \
+            return CUDA_ERROR_UNKNOWN;    \
+    } while (0)
+
+#define ENTER_INIT(name)                          \
+    do {                                          \
+        ENTER(name);                              \
+        if (!initialized)                         \
+            return CUDA_ERROR_NOT_INITIALIZED;    \
+    } while (0)
+
+/* ---------- devices and contexts ---------- */
+
+struct fake_ctx {
+    int device;
+    int primary;
+    int refcount;
+};
+
+static int initialized;
+static int device_count = 1;
+static struct fake_ctx primary_ctx[MAX_DEVICES];
+static __thread struct fake_ctx *current_ctx;
+
+EXPORT CUresult cuInit(unsigned int flags)
+{
+    ENTER("cuInit");
+    const char *n = getenv("FAKECUDA_DEVICES");
+    device_count = n ? atoi(n) : 1;
+    if (device_count < 0 || device_count > MAX_DEVICES)
+        device_count = 1;
+    for (int i = 0; i < MAX_DEVICES; i++) {
+        primary_ctx[i].device = i;
+        primary_ctx[i].primary = 1;
+    }
+    initialized = 1;
+    return device_count ? CUDA_SUCCESS : CUDA_ERROR_NO_DEVICE;
+}
+
+EXPORT CUresult cuDriverGetVersion(int *version)
+{
+    ENTER("cuDriverGetVersion");
+    if (!version)
+        return CUDA_ERROR_INVALID_VALUE;
+    *version = FAKE_VERSION;
+    return CUDA_SUCCESS;
+}
+
+static CUresult check_device(CUdevice dev)
+{
+    return dev >= 0 && dev < device_count ? CUDA_SUCCESS : CUDA_ERROR_INVALID_DEVICE;
+}
+
+EXPORT CUresult cuDeviceGet(CUdevice *dev, int ordinal)
+{
+    ENTER_INIT("cuDeviceGet");
+    if (!dev || check_device(ordinal))
+        return CUDA_ERROR_INVALID_DEVICE;
+    *dev = ordinal;
+    return CUDA_SUCCESS;
+}
+
+EXPORT CUresult cuDeviceGetCount(int *count)
+{
+    ENTER_INIT("cuDeviceGetCount");
+    if (!count)
+        return CUDA_ERROR_INVALID_VALUE;
+    *count = device_count;
+    return CUDA_SUCCESS;
+}
+
+EXPORT CUresult cuDeviceGetName(char *name, int len, CUdevice dev)
+{
+    ENTER_INIT("cuDeviceGetName");
+    if (!name || len <= 0)
+        return CUDA_ERROR_INVALID_VALUE;
+    if (check_device(dev))
+        return CUDA_ERROR_INVALID_DEVICE;
+    snprintf(name, (size_t)len, "Fake CUDA Device %d", dev);
+    return CUDA_SUCCESS;
+}
+
+static CUresult fill_uuid(CUuuid *uuid, CUdevice dev)
+{
+    if (!uuid)
+        return CUDA_ERROR_INVALID_VALUE;
+    if (check_device(dev))
+        return CUDA_ERROR_INVALID_DEVICE;
+    memset(uuid->bytes, 0, sizeof(uuid->bytes));
+    memcpy(uuid->bytes, "fakecuda", 8);
+    uuid->bytes[15] = (char)dev;
+    return CUDA_SUCCESS;
+}
+
+/* cuda.h maps cuDeviceGetUuid to _v2; the old symbol is still exported by the driver. */
+CUresult cuDeviceGetUuid_v1(CUuuid *uuid, CUdevice dev) __asm__("cuDeviceGetUuid");
+
+EXPORT CUresult cuDeviceGetUuid_v1(CUuuid *uuid, CUdevice dev)
+{
+    ENTER_INIT("cuDeviceGetUuid");
+    return fill_uuid(uuid, dev);
+}
+
+EXPORT CUresult cuDeviceGetUuid_v2(CUuuid *uuid, CUdevice dev)
+{
+    ENTER_INIT("cuDeviceGetUuid_v2");
+    return fill_uuid(uuid, dev);
+}
+
+EXPORT CUresult cuDeviceTotalMem_v2(size_t *bytes, CUdevice dev)
+{
+    ENTER_INIT("cuDeviceTotalMem_v2");
+    if (!bytes)
+        return CUDA_ERROR_INVALID_VALUE;
+    *bytes = 80ull << 30;
+    return check_device(dev);
+}
+
+EXPORT CUresult cuDeviceGetAttribute(int *pi, CUdevice_attribute attrib, CUdevice dev)
+{
+    ENTER_INIT("cuDeviceGetAttribute");
+    if (!pi)
+        return CUDA_ERROR_INVALID_VALUE;
+    switch (attrib) {
+    case CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR: *pi = 9; break;
+    case CU_DEVICE_ATTRIBUTE_UNIFIED_ADDRESSING: *pi = 1; break;
+    case CU_DEVICE_ATTRIBUTE_VIRTUAL_MEMORY_MANAGEMENT_SUPPORTED: *pi = 1; break;
+    case CU_DEVICE_ATTRIBUTE_ASYNC_ENGINE_COUNT: *pi = 2; break;
+    default: *pi = 0; break;
+    }
+    return check_device(dev);
+}
+
+EXPORT CUresult cuDevicePrimaryCtxRetain(CUcontext *pctx, CUdevice dev)
+{
+    ENTER_INIT("cuDevicePrimaryCtxRetain");
+    if (!pctx)
+        return CUDA_ERROR_INVALID_VALUE;
+    if (check_device(dev))
+        return CUDA_ERROR_INVALID_DEVICE;
+    __atomic_add_fetch(&primary_ctx[dev].refcount, 1, __ATOMIC_SEQ_CST);
+    *pctx = (CUcontext)&primary_ctx[dev];
+    return CUDA_SUCCESS;
+}
+
+EXPORT CUresult cuDevicePrimaryCtxRelease_v2(CUdevice dev)
+{
+    ENTER_INIT("cuDevicePrimaryCtxRelease_v2");
+    if (check_device(dev))
+        return CUDA_ERROR_INVALID_DEVICE;
+    __atomic_sub_fetch(&primary_ctx[dev].refcount, 1, __ATOMIC_SEQ_CST);
+    return CUDA_SUCCESS;
+}
+
+EXPORT CUresult cuDevicePrimaryCtxGetState(CUdevice dev, unsigned int *flags, int *active)
+{
+    ENTER_INIT("cuDevicePrimaryCtxGetState");
+    if (check_device(dev))
+        return CUDA_ERROR_INVALID_DEVICE;
+    if (flags)
+        *flags = 0;
+    if (active)
+        *active = primary_ctx[dev].refcount > 0;
+    return CUDA_SUCCESS;
+}
+
+static CUresult create_ctx(CUcontext *pctx, CUdevice dev)
+{
+    if (!pctx)
+        return CUDA_ERROR_INVALID_VALUE;
+    if (check_device(dev))
+        return CUDA_ERROR_INVALID_DEVICE;
+    struct fake_ctx *ctx = calloc(1, sizeof(*ctx));
+    if (!ctx)
+        return CUDA_ERROR_OUT_OF_MEMORY;
+    ctx->device = dev;
+    ctx->refcount = 1;
+    current_ctx = ctx; /* cuCtxCreate makes the new context current, like the driver. */
+    *pctx = (CUcontext)ctx;
+    return CUDA_SUCCESS;
+}
+
+/* The pre-12.5 form, still exported by the driver for old binaries. */
+EXPORT CUresult cuCtxCreate_v2(CUcontext *pctx, unsigned int flags, CUdevice dev)
+{
+    ENTER_INIT("cuCtxCreate_v2");
+    return create_ctx(pctx, dev);
+}
+
+EXPORT CUresult cuCtxCreate_v4(CUcontext *pctx, CUctxCreateParams *params, unsigned int flags,
+                               CUdevice dev)
+{
+    ENTER_INIT("cuCtxCreate_v4");
+    return create_ctx(pctx, dev);
+}
+
+EXPORT CUresult cuCtxDestroy_v2(CUcontext ctx)
+{
+    ENTER_INIT("cuCtxDestroy_v2");
+    struct fake_ctx *c = (struct fake_ctx *)ctx;
+    if (!c || c->primary)
+        return CUDA_ERROR_INVALID_CONTEXT;
+    if (current_ctx == c)
+        current_ctx = NULL;
+    free(c);
+    return CUDA_SUCCESS;
+}
+
+EXPORT CUresult cuCtxSetCurrent(CUcontext ctx)
+{
+    ENTER_INIT("cuCtxSetCurrent");
+    current_ctx = (struct fake_ctx *)ctx;
+    return CUDA_SUCCESS;
+}
+
+EXPORT CUresult cuCtxGetCurrent(CUcontext *pctx)
+{
+    ENTER_INIT("cuCtxGetCurrent");
+    if (!pctx)
+        return CUDA_ERROR_INVALID_VALUE;
+    *pctx = (CUcontext)current_ctx;
+    return CUDA_SUCCESS;
+}
+
+EXPORT CUresult cuCtxPushCurrent_v2(CUcontext ctx)
+{
+    ENTER_INIT("cuCtxPushCurrent_v2");
+    current_ctx = (struct fake_ctx *)ctx; /* a one-deep stack is enough for tests */
+    return CUDA_SUCCESS;
+}
+
+EXPORT CUresult cuCtxPopCurrent_v2(CUcontext *pctx)
+{
+    ENTER_INIT("cuCtxPopCurrent_v2");
+    if (pctx)
+        *pctx = (CUcontext)current_ctx;
+    current_ctx = NULL;
+    return CUDA_SUCCESS;
+}
+
+EXPORT CUresult cuCtxGetDevice(CUdevice *dev)
+{
+    ENTER_INIT("cuCtxGetDevice");
+    if (!current_ctx)
+        return CUDA_ERROR_INVALID_CONTEXT;
+    *dev = current_ctx->device;
+    return CUDA_SUCCESS;
+}
+
+/* Work that touches memory needs a current context, as with the real driver. */
+#define NEED_CTX()                                \
+    do {                                          \
+        if (!current_ctx)                         \
+            return CUDA_ERROR_INVALID_CONTEXT;    \
+    } while (0)
+
+EXPORT CUresult cuCtxSynchronize(void)
+{
+    ENTER_INIT("cuCtxSynchronize");
+    NEED_CTX();
+    return CUDA_SUCCESS;
+}
+
+/* ---------- memory registry: what cuPointerGetAttribute and cuMemFree know ---------- */
+
+enum region_kind { REGION_DEVICE, REGION_HOST_ALLOC, REGION_HOST_REGISTERED, REGION_VMM };
+
+struct region {
+    uintptr_t base;
+    size_t size;
+    enum region_kind kind;
+    struct region *next;
+};
+
+static struct region *regions;
+static pthread_mutex_t region_lock = PTHREAD_MUTEX_INITIALIZER;
+
+static int add_region(uintptr_t base, size_t size, enum region_kind kind)
+{
+    struct region *r = malloc(sizeof(*r));
+    if (!r)
+        return -1;
+    *r = (struct region){ base, size, kind, NULL };
+    pthread_mutex_lock(&region_lock);
+    r->next = regions;
+    regions = r;
+    pthread_mutex_unlock(&region_lock);
+    return 0;
+}
+
+/* Removes the region starting exactly at base; returns its size, 0 when none. */
+static size_t remove_region(uintptr_t base, enum region_kind kind)
+{
+    size_t size = 0;
+    pthread_mutex_lock(&region_lock);
+    for (struct region **p = &regions; *p; p = &(*p)->next) {
+        if ((*p)->base == base && (*p)->kind == kind) {
+            struct region *r = *p;
+            *p = r->next;
+            size = r->size;
+            free(r);
+            break;
+        }
+    }
+    pthread_mutex_unlock(&region_lock);
+    return size;
+}
+
+static int find_region(uintptr_t addr, struct region *out)
+{
+    int found = 0;
+    pthread_mutex_lock(&region_lock);
+    for (struct region *r = regions; r && !found; r = r->next) {
+        if (addr >= r->base && addr < r->base + r->size) {
+            *out = *r;
+            found = 1;
+        }
+    }
+    pthread_mutex_unlock(&region_lock);
+    return found;
+}
+
+/* ---------- allocation ---------- */
+
+static void *page_alloc(size_t size)
+{
+    void *p = mmap(NULL, size ? size : 1, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
+                   -1, 0);
+    return p == MAP_FAILED ? NULL : p;
+}
+
+EXPORT CUresult cuMemAlloc_v2(CUdeviceptr *dptr, size_t size)
+{
+    ENTER_INIT("cuMemAlloc_v2");
+    NEED_CTX();
+    if (!dptr || size == 0)
+        return CUDA_ERROR_INVALID_VALUE;
+    void *p = page_alloc(size);
+    if (!p || add_region((uintptr_t)p, size, REGION_DEVICE))
+        return CUDA_ERROR_OUT_OF_MEMORY;
+    *dptr = (CUdeviceptr)p;
+    return CUDA_SUCCESS;
+}
+
+EXPORT CUresult cuMemFree_v2(CUdeviceptr dptr)
+{
+    ENTER_INIT("cuMemFree_v2");
+    if (!dptr)
+        return CUDA_SUCCESS;
+    size_t size = remove_region(dptr, REGION_DEVICE);
+    if (!size)
+        return CUDA_ERROR_INVALID_VALUE;
+    munmap((void *)dptr, size);
+    return CUDA_SUCCESS;
+}
+
+EXPORT CUresult cuMemGetInfo_v2(size_t *free_bytes, size_t *total)
+{
+    ENTER_INIT("cuMemGetInfo_v2");
+    if (free_bytes)
+        *free_bytes = 79ull << 30;
+    if (total)
+        *total = 80ull << 30;
+    return CUDA_SUCCESS;
+}
+
+EXPORT CUresult cuMemGetAddressRange_v2(CUdeviceptr *pbase, size_t *psize, CUdeviceptr dptr)
+{
+    ENTER_INIT("cuMemGetAddressRange_v2");
+    struct region r;
+    if (!find_region(dptr, &r) || (r.kind != REGION_DEVICE && r.kind != REGION_VMM))
+        return CUDA_ERROR_NOT_FOUND;
+    if (pbase)
+        *pbase = r.base;
+    if (psize)
+        *psize = r.size;
+    return CUDA_SUCCESS;
+}
+
+static CUresult host_alloc(void **pp, size_t size)
+{
+    if (!pp)
+        return CUDA_ERROR_INVALID_VALUE;
+    void *p = page_alloc(size);
+    if (!p || add_region((uintptr_t)p, size, REGION_HOST_ALLOC))
+        return CUDA_ERROR_OUT_OF_MEMORY;
+    *pp = p;
+    return CUDA_SUCCESS;
+}
+
+EXPORT CUresult cuMemAllocHost_v2(void **pp, size_t size)
+{
+    ENTER_INIT("cuMemAllocHost_v2");
+    NEED_CTX();
+    return host_alloc(pp, size);
+}
+
+EXPORT CUresult cuMemHostAlloc(void **pp, size_t size, unsigned int flags)
+{
+    ENTER_INIT("cuMemHostAlloc");
+    NEED_CTX();
+    return host_alloc(pp, size);
+}
+
+EXPORT CUresult cuMemFreeHost(void *p)
+{
+    ENTER_INIT("cuMemFreeHost");
+    size_t size = remove_region((uintptr_t)p, REGION_HOST_ALLOC);
+    if (!size)
+        return CUDA_ERROR_INVALID_VALUE;
+    munmap(p, size);
+    return CUDA_SUCCESS;
+}
+
+EXPORT CUresult cuMemHostRegister_v2(void *p, size_t size, unsigned int flags)
+{
+    ENTER_INIT("cuMemHostRegister_v2");
+    NEED_CTX();
+    struct region r;
+    if (!p || !size)
+        return CUDA_ERROR_INVALID_VALUE;
+    if (find_region((uintptr_t)p, &r))
+        return CUDA_ERROR_HOST_MEMORY_ALREADY_REGISTERED;
+    return add_region((uintptr_t)p, size, REGION_HOST_REGISTERED) ? CUDA_ERROR_OUT_OF_MEMORY
+                                                                   : CUDA_SUCCESS;
+}
+
+EXPORT CUresult cuMemHostUnregister(void *p)
+{
+    ENTER_INIT("cuMemHostUnregister");
+    return remove_region((uintptr_t)p, REGION_HOST_REGISTERED) ? CUDA_SUCCESS
+                                                               : CUDA_ERROR_HOST_MEMORY_NOT_REGISTERED;
+}
+
+EXPORT CUresult cuMemHostGetFlags(unsigned int *flags, void *p)
+{
+    ENTER_INIT("cuMemHostGetFlags");
+    struct region r;
+    if (!flags || !find_region((uintptr_t)p, &r))
+        return CUDA_ERROR_INVALID_VALUE;
+    if (r.kind != REGION_HOST_ALLOC && r.kind != REGION_HOST_REGISTERED)
+        return CUDA_ERROR_INVALID_VALUE;
+    *flags = 0;
+    return CUDA_SUCCESS;
+}
+
+EXPORT CUresult cuPointerGetAttribute(void *data, CUpointer_attribute attribute, CUdeviceptr ptr)
+{
+    ENTER_INIT("cuPointerGetAttribute");
+    struct region r;
+    if (!data)
+        return CUDA_ERROR_INVALID_VALUE;
+    if (!find_region(ptr, &r))
+        return CUDA_ERROR_INVALID_VALUE; /* what the driver says for pageable memory */
+    int is_device = r.kind == REGION_DEVICE || r.kind == REGION_VMM;
+    switch (attribute) {
+    case CU_POINTER_ATTRIBUTE_MEMORY_TYPE:
+        *(unsigned int *)data = is_device ? CU_MEMORYTYPE_DEVICE : CU_MEMORYTYPE_HOST;
+        return CUDA_SUCCESS;
+    case CU_POINTER_ATTRIBUTE_DEVICE_ORDINAL:
+        *(int *)data = 0;
+        return CUDA_SUCCESS;
+    case CU_POINTER_ATTRIBUTE_RANGE_START_ADDR:
+        *(CUdeviceptr *)data = r.base;
+        return CUDA_SUCCESS;
+    case CU_POINTER_ATTRIBUTE_RANGE_SIZE:
+        *(size_t *)data = r.size;
+        return CUDA_SUCCESS;
+    default:
+        return CUDA_ERROR_NOT_SUPPORTED;
+    }
+}
+
+/* ---------- copies and memset: all synchronous, on host memory ---------- */
+
+static CUresult copy(CUdeviceptr dst, const void *src, size_t n)
+{
+    NEED_CTX();
+    if ((!dst || !src) && n)
+        return CUDA_ERROR_INVALID_VALUE;
+    memmove((void *)dst, src, n);
+    return CUDA_SUCCESS;
+}
+
+#define SRC(p) ((const void *)(uintptr_t)(p))
+
+EXPORT CUresult cuMemcpy(CUdeviceptr dst, CUdeviceptr src, size_t n)
+{
+    ENTER_INIT("cuMemcpy");
+    return copy(dst, SRC(src), n);
+}
+
+EXPORT CUresult cuMemcpyAsync(CUdeviceptr dst, CUdeviceptr src, size_t n, CUstream s)
+{
+    ENTER_INIT("cuMemcpyAsync");
+    return copy(dst, SRC(src), n);
+}
+
+EXPORT CUresult cuMemcpyHtoD_v2(CUdeviceptr dst, const void *src, size_t n)
+{
+    ENTER_INIT("cuMemcpyHtoD_v2");
+    return copy(dst, src, n);
+}
+
+EXPORT CUresult cuMemcpyDtoH_v2(void *dst, CUdeviceptr src, size_t n)
+{
+    ENTER_INIT("cuMemcpyDtoH_v2");
+    return copy((CUdeviceptr)dst, SRC(src), n);
+}
+
+EXPORT CUresult cuMemcpyDtoD_v2(CUdeviceptr dst, CUdeviceptr src, size_t n)
+{
+    ENTER_INIT("cuMemcpyDtoD_v2");
+    return copy(dst, SRC(src), n);
+}
+
+EXPORT CUresult cuMemcpyHtoDAsync_v2(CUdeviceptr dst, const void *src, size_t n, CUstream s)
+{
+    ENTER_INIT("cuMemcpyHtoDAsync_v2");
+    return copy(dst, src, n);
+}
+
+EXPORT CUresult cuMemcpyDtoHAsync_v2(void *dst, CUdeviceptr src, size_t n, CUstream s)
+{
+    ENTER_INIT("cuMemcpyDtoHAsync_v2");
+    return copy((CUdeviceptr)dst, SRC(src), n);
+}
+
+EXPORT CUresult cuMemsetD8_v2(CUdeviceptr dst, unsigned char value, size_t n)
+{
+    ENTER_INIT("cuMemsetD8_v2");
+    NEED_CTX();
+    memset((void *)dst, value, n);
+    return CUDA_SUCCESS;
+}
+
+EXPORT CUresult cuMemsetD32_v2(CUdeviceptr dst, unsigned int value, size_t n)
+{
+    ENTER_INIT("cuMemsetD32_v2");
+    NEED_CTX();
+    unsigned int *p = (unsigned int *)dst;
+    for (size_t i = 0; i < n; i++)
+        p[i] = value;
+    return CUDA_SUCCESS;
+}
+
+/* A kernel launch does nothing, but is counted so tests can see it was (not) let through. */
+EXPORT CUresult cuLaunchKernel(CUfunction f, unsigned int gx, unsigned int gy, unsigned int gz,
+                               unsigned int bx, unsigned int by, unsigned int bz,
+                               unsigned int shared, CUstream s, void **params, void **extra)
+{
+    ENTER_INIT("cuLaunchKernel");
+    NEED_CTX();
+    return CUDA_SUCCESS;
+}
+
+/* ---------- streams and events: handles only, work is already done ---------- */
+
+struct fake_handle {
+    int kind;
+};
+
+static CUresult new_handle(void **out)
+{
+    if (!out)
+        return CUDA_ERROR_INVALID_VALUE;
+    *out = calloc(1, sizeof(struct fake_handle));
+    return *out ? CUDA_SUCCESS : CUDA_ERROR_OUT_OF_MEMORY;
+}
+
+EXPORT CUresult cuStreamCreate(CUstream *s, unsigned int flags)
+{
+    ENTER_INIT("cuStreamCreate");
+    NEED_CTX();
+    return new_handle((void **)s);
+}
+
+EXPORT CUresult cuStreamDestroy_v2(CUstream s)
+{
+    ENTER_INIT("cuStreamDestroy_v2");
+    if (!s)
+        return CUDA_ERROR_INVALID_HANDLE;
+    free(s);
+    return CUDA_SUCCESS;
+}
+
+EXPORT CUresult cuStreamSynchronize(CUstream s)
+{
+    ENTER_INIT("cuStreamSynchronize");
+    NEED_CTX();
+    return CUDA_SUCCESS;
+}
+
+EXPORT CUresult cuStreamQuery(CUstream s)
+{
+    ENTER_INIT("cuStreamQuery");
+    return CUDA_SUCCESS;
+}
+
+EXPORT CUresult cuStreamWaitEvent(CUstream s, CUevent e, unsigned int flags)
+{
+    ENTER_INIT("cuStreamWaitEvent");
+    return e ? CUDA_SUCCESS : CUDA_ERROR_INVALID_HANDLE;
+}
+
+EXPORT CUresult cuEventCreate(CUevent *e, unsigned int flags)
+{
+    ENTER_INIT("cuEventCreate");
+    NEED_CTX();
+    return new_handle((void **)e);
+}
+
+EXPORT CUresult cuEventRecord(CUevent e, CUstream s)
+{
+    ENTER_INIT("cuEventRecord");
+    return e ? CUDA_SUCCESS : CUDA_ERROR_INVALID_HANDLE;
+}
+
+EXPORT CUresult cuEventSynchronize(CUevent e)
+{
+    ENTER_INIT("cuEventSynchronize");
+    return e ? CUDA_SUCCESS : CUDA_ERROR_INVALID_HANDLE;
+}
+
+EXPORT CUresult cuEventQuery(CUevent e)
+{
+    ENTER_INIT("cuEventQuery");
+    return e ? CUDA_SUCCESS : CUDA_ERROR_INVALID_HANDLE;
+}
+
+EXPORT CUresult cuEventElapsedTime_v2(float *ms, CUevent start, CUevent end)
+{
+    ENTER_INIT("cuEventElapsedTime_v2");
+    if (!ms)
+        return CUDA_ERROR_INVALID_VALUE;
+    *ms = 0.0f;
+    return CUDA_SUCCESS;
+}
+
+EXPORT CUresult cuEventDestroy_v2(CUevent e)
+{
+    ENTER_INIT("cuEventDestroy_v2");
+    if (!e)
+        return CUDA_ERROR_INVALID_HANDLE;
+    free(e);
+    return CUDA_SUCCESS;
+}
+
+/* ---------- virtual memory management: mmap reservations, memfd physical memory ---------- */
+
+struct fake_phys {
+    int fd;
+    size_t size;
+};
+
+EXPORT CUresult cuMemGetAllocationGranularity(size_t *granularity, const CUmemAllocationProp *prop,
+                                              CUmemAllocationGranularity_flags option)
+{
+    ENTER_INIT("cuMemGetAllocationGranularity");
+    if (!granularity || !prop)
+        return CUDA_ERROR_INVALID_VALUE;
+    *granularity = FAKE_GRANULARITY;
+    return CUDA_SUCCESS;
+}
+
+EXPORT CUresult cuMemAddressReserve(CUdeviceptr *ptr, size_t size, size_t alignment,
+                                    CUdeviceptr addr, unsigned long long flags)
+{
+    ENTER_INIT("cuMemAddressReserve");
+    if (!ptr || !size || size % FAKE_GRANULARITY)
+        return CUDA_ERROR_INVALID_VALUE;
+    int mflags = MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE;
+    void *p = mmap((void *)addr, size, PROT_NONE, addr ? mflags | MAP_FIXED_NOREPLACE : mflags,
+                   -1, 0);
+    if (p == MAP_FAILED && addr) /* the driver treats addr as a hint */
+        p = mmap(NULL, size, PROT_NONE, mflags, -1, 0);
+    if (p == MAP_FAILED)
+        return CUDA_ERROR_OUT_OF_MEMORY;
+    if (add_region((uintptr_t)p, size, REGION_VMM)) {
+        munmap(p, size);
+        return CUDA_ERROR_OUT_OF_MEMORY;
+    }
+    *ptr = (CUdeviceptr)p;
+    return CUDA_SUCCESS;
+}
+
+EXPORT CUresult cuMemAddressFree(CUdeviceptr ptr, size_t size)
+{
+    ENTER_INIT("cuMemAddressFree");
+    if (remove_region(ptr, REGION_VMM) != size)
+        return CUDA_ERROR_INVALID_VALUE;
+    munmap((void *)ptr, size);
+    return CUDA_SUCCESS;
+}
+
+EXPORT CUresult cuMemCreate(CUmemGenericAllocationHandle *handle, size_t size,
+                            const CUmemAllocationProp *prop, unsigned long long flags)
+{
+    ENTER_INIT("cuMemCreate");
+    if (!handle || !prop || !size || size % FAKE_GRANULARITY)
+        return CUDA_ERROR_INVALID_VALUE;
+    struct fake_phys *phys = malloc(sizeof(*phys));
+    if (!phys)
+        return CUDA_ERROR_OUT_OF_MEMORY;
+    phys->fd = memfd_create("fakecuda-phys", MFD_CLOEXEC);
+    phys->size = size;
+    if (phys->fd < 0 || ftruncate(phys->fd, (off_t)size) != 0) {
+        if (phys->fd >= 0)
+            close(phys->fd);
+        free(phys);
+        return CUDA_ERROR_OUT_OF_MEMORY;
+    }
+    *handle = (CUmemGenericAllocationHandle)(uintptr_t)phys;
+    return CUDA_SUCCESS;
+}
+
+/* The mapping holds its own reference to the memfd, so release-while-mapped works as in CUDA. */
+EXPORT CUresult cuMemRelease(CUmemGenericAllocationHandle handle)
+{
+    ENTER_INIT("cuMemRelease");
+    struct fake_phys *phys = (struct fake_phys *)(uintptr_t)handle;
+    if (!phys)
+        return CUDA_ERROR_INVALID_HANDLE;
+    close(phys->fd);
+    free(phys);
+    return CUDA_SUCCESS;
+}
+
+EXPORT CUresult cuMemMap(CUdeviceptr ptr, size_t size, size_t offset,
+                         CUmemGenericAllocationHandle handle, unsigned long long flags)
+{
+    ENTER_INIT("cuMemMap");
+    struct fake_phys *phys = (struct fake_phys *)(uintptr_t)handle;
+    struct region r;
+    if (!phys || offset + size > phys->size)
+        return CUDA_ERROR_INVALID_VALUE;
+    if (!find_region(ptr, &r) || r.kind != REGION_VMM || ptr + size > r.base + r.size)
+        return CUDA_ERROR_INVALID_VALUE; /* must land inside a reservation */
+    void *p = mmap((void *)ptr, size, PROT_NONE, MAP_FIXED | MAP_SHARED, phys->fd, (off_t)offset);
+    return p == MAP_FAILED ? CUDA_ERROR_OUT_OF_MEMORY : CUDA_SUCCESS;
+}
+
+EXPORT CUresult cuMemSetAccess(CUdeviceptr ptr, size_t size, const CUmemAccessDesc *desc,
+                               size_t count)
+{
+    ENTER_INIT("cuMemSetAccess");
+    if (!desc || !count)
+        return CUDA_ERROR_INVALID_VALUE;
+    int prot = desc->flags == CU_MEM_ACCESS_FLAGS_PROT_READWRITE ? PROT_READ | PROT_WRITE
+               : desc->flags == CU_MEM_ACCESS_FLAGS_PROT_READ    ? PROT_READ
+                                                                 : PROT_NONE;
+    return mprotect((void *)ptr, size, prot) == 0 ? CUDA_SUCCESS : CUDA_ERROR_INVALID_VALUE;
+}
+
+/* Unmapping puts an inaccessible anonymous mapping back: the reservation stays. */
+EXPORT CUresult cuMemUnmap(CUdeviceptr ptr, size_t size)
+{
+    ENTER_INIT("cuMemUnmap");
+    void *p = mmap((void *)ptr, size, PROT_NONE,
+                   MAP_FIXED | MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    return p == MAP_FAILED ? CUDA_ERROR_INVALID_VALUE : CUDA_SUCCESS;
+}
+
+/* ---------- driver checkpoint API: a state machine per pid ---------- */
+
+#define MAX_PIDS 64
+static struct {
+    int pid;
+    CUprocessState state;
+} pid_states[MAX_PIDS];
+static pthread_mutex_t pid_lock = PTHREAD_MUTEX_INITIALIZER;
+
+/* Moves pid from `from` to `to`; CUDA_ERROR_ILLEGAL_STATE when it is not in `from`. */
+static CUresult transition(int pid, CUprocessState from, CUprocessState to)
+{
+    CUresult rc = CUDA_ERROR_ILLEGAL_STATE;
+    pthread_mutex_lock(&pid_lock);
+    int slot = -1;
+    for (int i = 0; i < MAX_PIDS && slot < 0; i++)
+        if (pid_states[i].pid == pid)
+            slot = i;
+    for (int i = 0; i < MAX_PIDS && slot < 0; i++)
+        if (pid_states[i].pid == 0) {
+            slot = i;
+            pid_states[i].pid = pid;
+            pid_states[i].state = CU_PROCESS_STATE_RUNNING;
+        }
+    if (slot >= 0 && pid_states[slot].state == from) {
+        pid_states[slot].state = to;
+        rc = CUDA_SUCCESS;
+    }
+    pthread_mutex_unlock(&pid_lock);
+    return rc;
+}
+
+EXPORT CUresult cuCheckpointProcessGetState(int pid, CUprocessState *state)
+{
+    ENTER_INIT("cuCheckpointProcessGetState");
+    if (!state)
+        return CUDA_ERROR_INVALID_VALUE;
+    *state = CU_PROCESS_STATE_RUNNING;
+    pthread_mutex_lock(&pid_lock);
+    for (int i = 0; i < MAX_PIDS; i++)
+        if (pid_states[i].pid == pid)
+            *state = pid_states[i].state;
+    pthread_mutex_unlock(&pid_lock);
+    return CUDA_SUCCESS;
+}
+
+EXPORT CUresult cuCheckpointProcessGetRestoreThreadId(int pid, int *tid)
+{
+    ENTER_INIT("cuCheckpointProcessGetRestoreThreadId");
+    if (!tid)
+        return CUDA_ERROR_INVALID_VALUE;
+    *tid = pid;
+    return CUDA_SUCCESS;
+}
+
+EXPORT CUresult cuCheckpointProcessLock(int pid, CUcheckpointLockArgs *args)
+{
+    ENTER_INIT("cuCheckpointProcessLock");
+    return transition(pid, CU_PROCESS_STATE_RUNNING, CU_PROCESS_STATE_LOCKED);
+}
+
+EXPORT CUresult cuCheckpointProcessCheckpoint(int pid, CUcheckpointCheckpointArgs *args)
+{
+    ENTER_INIT("cuCheckpointProcessCheckpoint");
+    return transition(pid, CU_PROCESS_STATE_LOCKED, CU_PROCESS_STATE_CHECKPOINTED);
+}
+
+EXPORT CUresult cuCheckpointProcessRestore(int pid, CUcheckpointRestoreArgs *args)
+{
+    ENTER_INIT("cuCheckpointProcessRestore");
+    return transition(pid, CU_PROCESS_STATE_CHECKPOINTED, CU_PROCESS_STATE_LOCKED);
+}
+
+EXPORT CUresult cuCheckpointProcessUnlock(int pid, CUcheckpointUnlockArgs *args)
+{
+    ENTER_INIT("cuCheckpointProcessUnlock");
+    return transition(pid, CU_PROCESS_STATE_LOCKED, CU_PROCESS_STATE_RUNNING);
+}
+
+/* ---------- errors ---------- */
+
+static const struct {
+    CUresult code;
+    const char *name;
+    const char *text;
+} errors[] = {
+    { CUDA_SUCCESS, "CUDA_SUCCESS", "no error" },
+    { CUDA_ERROR_INVALID_VALUE, "CUDA_ERROR_INVALID_VALUE", "invalid argument" },
+    { CUDA_ERROR_OUT_OF_MEMORY, "CUDA_ERROR_OUT_OF_MEMORY", "out of memory" },
+    { CUDA_ERROR_NOT_INITIALIZED, "CUDA_ERROR_NOT_INITIALIZED", "initialization error" },
+    { CUDA_ERROR_NO_DEVICE, "CUDA_ERROR_NO_DEVICE", "no CUDA-capable device is detected" },
+    { CUDA_ERROR_INVALID_DEVICE, "CUDA_ERROR_INVALID_DEVICE", "invalid device ordinal" },
+    { CUDA_ERROR_INVALID_CONTEXT, "CUDA_ERROR_INVALID_CONTEXT", "invalid device context" },
+    { CUDA_ERROR_INVALID_HANDLE, "CUDA_ERROR_INVALID_HANDLE", "invalid resource handle" },
+    { CUDA_ERROR_NOT_FOUND, "CUDA_ERROR_NOT_FOUND", "named symbol not found" },
+    { CUDA_ERROR_ILLEGAL_STATE, "CUDA_ERROR_ILLEGAL_STATE", "the operation is not permitted "
+                                                             "in the current state" },
+    { CUDA_ERROR_NOT_SUPPORTED, "CUDA_ERROR_NOT_SUPPORTED", "operation not supported" },
+    { CUDA_ERROR_HOST_MEMORY_ALREADY_REGISTERED, "CUDA_ERROR_HOST_MEMORY_ALREADY_REGISTERED",
+      "part or all of the requested memory range is already mapped" },
+    { CUDA_ERROR_HOST_MEMORY_NOT_REGISTERED, "CUDA_ERROR_HOST_MEMORY_NOT_REGISTERED",
+      "pointer does not correspond to a registered memory region" },
+    { CUDA_ERROR_UNKNOWN, "CUDA_ERROR_UNKNOWN", "unknown error (injected by FAKECUDA_FAIL)" },
+};
+
+static int error_index(CUresult code)
+{
+    for (size_t i = 0; i < sizeof(errors) / sizeof(errors[0]); i++)
+        if (errors[i].code == code)
+            return (int)i;
+    return -1;
+}
+
+EXPORT CUresult cuGetErrorString(CUresult error, const char **str)
+{
+    int i = error_index(error);
+    if (!str)
+        return CUDA_ERROR_INVALID_VALUE;
+    *str = i >= 0 ? errors[i].text : NULL;
+    return i >= 0 ? CUDA_SUCCESS : CUDA_ERROR_INVALID_VALUE;
+}
+
+EXPORT CUresult cuGetErrorName(CUresult error, const char **str)
+{
+    int i = error_index(error);
+    if (!str)
+        return CUDA_ERROR_INVALID_VALUE;
+    *str = i >= 0 ? errors[i].name : NULL;
+    return i >= 0 ? CUDA_SUCCESS : CUDA_ERROR_INVALID_VALUE;
+}
+
+/* ---------- cuGetProcAddress ---------- */
+
+CUresult cuGetProcAddress_v1(const char *symbol, void **pfn, int version, cuuint64_t flags)
+    __asm__("cuGetProcAddress");
+
+/*
+ * The driver is asked for base names ("cuMemAlloc") and a CUDA version, and answers with the
+ * newest variant that version knows ("cuMemAlloc_v2" from 3.2 on). A static table, not dlsym:
+ * a preloaded shim may wrap dlsym, and the fake must hand out its own functions.
+ */
+static const struct {
+    const char *base;
+    int min_version;
+    void *fn;
+} proc_table[] = {
+#define PROC(base, version, fn) { base, version, (void *)fn }
+    PROC("cuInit", 2000, cuInit),
+    PROC("cuDriverGetVersion", 2020, cuDriverGetVersion),
+    PROC("cuDeviceGet", 2000, cuDeviceGet),
+    PROC("cuDeviceGetCount", 2000, cuDeviceGetCount),
+    PROC("cuDeviceGetName", 2000, cuDeviceGetName),
+    PROC("cuDeviceGetUuid", 9020, cuDeviceGetUuid_v1),
+    PROC("cuDeviceGetUuid", 11040, cuDeviceGetUuid_v2),
+    PROC("cuDeviceTotalMem", 3020, cuDeviceTotalMem_v2),
+    PROC("cuDeviceGetAttribute", 2000, cuDeviceGetAttribute),
+    PROC("cuDevicePrimaryCtxRetain", 7000, cuDevicePrimaryCtxRetain),
+    PROC("cuDevicePrimaryCtxRelease", 11000, cuDevicePrimaryCtxRelease_v2),
+    PROC("cuDevicePrimaryCtxGetState", 7000, cuDevicePrimaryCtxGetState),
+    PROC("cuCtxCreate", 3020, cuCtxCreate_v2),
+    PROC("cuCtxCreate", 12050, cuCtxCreate_v4),
+    PROC("cuCtxDestroy", 4000, cuCtxDestroy_v2),
+    PROC("cuCtxSetCurrent", 4000, cuCtxSetCurrent),
+    PROC("cuCtxGetCurrent", 4000, cuCtxGetCurrent),
+    PROC("cuCtxPushCurrent", 4000, cuCtxPushCurrent_v2),
+    PROC("cuCtxPopCurrent", 4000, cuCtxPopCurrent_v2),
+    PROC("cuCtxGetDevice", 2000, cuCtxGetDevice),
+    PROC("cuCtxSynchronize", 2000, cuCtxSynchronize),
+    PROC("cuMemAlloc", 3020, cuMemAlloc_v2),
+    PROC("cuMemFree", 3020, cuMemFree_v2),
+    PROC("cuMemGetInfo", 3020, cuMemGetInfo_v2),
+    PROC("cuMemGetAddressRange", 3020, cuMemGetAddressRange_v2),
+    PROC("cuMemAllocHost", 3020, cuMemAllocHost_v2),
+    PROC("cuMemHostAlloc", 2020, cuMemHostAlloc),
+    PROC("cuMemFreeHost", 2000, cuMemFreeHost),
+    PROC("cuMemHostRegister", 6050, cuMemHostRegister_v2),
+    PROC("cuMemHostUnregister", 4000, cuMemHostUnregister),
+    PROC("cuMemHostGetFlags", 2030, cuMemHostGetFlags),
+    PROC("cuPointerGetAttribute", 4000, cuPointerGetAttribute),
+    PROC("cuMemcpy", 4000, cuMemcpy),
+    PROC("cuMemcpyAsync", 4000, cuMemcpyAsync),
+    PROC("cuMemcpyHtoD", 3020, cuMemcpyHtoD_v2),
+    PROC("cuMemcpyDtoH", 3020, cuMemcpyDtoH_v2),
+    PROC("cuMemcpyDtoD", 3020, cuMemcpyDtoD_v2),
+    PROC("cuMemcpyHtoDAsync", 3020, cuMemcpyHtoDAsync_v2),
+    PROC("cuMemcpyDtoHAsync", 3020, cuMemcpyDtoHAsync_v2),
+    PROC("cuMemsetD8", 3020, cuMemsetD8_v2),
+    PROC("cuMemsetD32", 3020, cuMemsetD32_v2),
+    PROC("cuLaunchKernel", 4000, cuLaunchKernel),
+    PROC("cuStreamCreate", 2000, cuStreamCreate),
+    PROC("cuStreamDestroy", 4000, cuStreamDestroy_v2),
+    PROC("cuStreamSynchronize", 2000, cuStreamSynchronize),
+    PROC("cuStreamQuery", 2000, cuStreamQuery),
+    PROC("cuStreamWaitEvent", 3020, cuStreamWaitEvent),
+    PROC("cuEventCreate", 2000, cuEventCreate),
+    PROC("cuEventRecord", 2000, cuEventRecord),
+    PROC("cuEventSynchronize", 2000, cuEventSynchronize),
+    PROC("cuEventQuery", 2000, cuEventQuery),
+    PROC("cuEventElapsedTime", 12080, cuEventElapsedTime_v2),
+    PROC("cuEventDestroy", 4000, cuEventDestroy_v2),
+    PROC("cuMemGetAllocationGranularity", 10020, cuMemGetAllocationGranularity),
+    PROC("cuMemAddressReserve", 10020, cuMemAddressReserve),
+    PROC("cuMemAddressFree", 10020, cuMemAddressFree),
+    PROC("cuMemCreate", 10020, cuMemCreate),
+    PROC("cuMemRelease", 10020, cuMemRelease),
+    PROC("cuMemMap", 10020, cuMemMap),
+    PROC("cuMemUnmap", 10020, cuMemUnmap),
+    PROC("cuMemSetAccess", 10020, cuMemSetAccess),
+    PROC("cuCheckpointProcessGetState", 12080, cuCheckpointProcessGetState),
+    PROC("cuCheckpointProcessGetRestoreThreadId", 12080, cuCheckpointProcessGetRestoreThreadId),
+    PROC("cuCheckpointProcessLock", 12080, cuCheckpointProcessLock),
+    PROC("cuCheckpointProcessCheckpoint", 12080, cuCheckpointProcessCheckpoint),
+    PROC("cuCheckpointProcessRestore", 12080, cuCheckpointProcessRestore),
+    PROC("cuCheckpointProcessUnlock", 12080, cuCheckpointProcessUnlock),
+    PROC("cuGetErrorString", 6000, cuGetErrorString),
+    PROC("cuGetErrorName", 6000, cuGetErrorName),
+    PROC("cuGetProcAddress", 11030, cuGetProcAddress_v1),
+    PROC("cuGetProcAddress", 12000, cuGetProcAddress_v2),
+#undef PROC
+};
+
+static CUresult lookup_proc(const char *symbol, void **pfn, int version, cuuint64_t flags,
+                            CUdriverProcAddressQueryResult *status)
+{
+    void *best = NULL;
+    int best_version = -1, known = 0;
+    if (!symbol || !pfn)
+        return CUDA_ERROR_INVALID_VALUE;
+    if (getenv("FAKECUDA_TRACE_PROC"))
+        fprintf(stderr, "fakecuda: cuGetProcAddress(%s, version %d, flags %llu)\n", symbol,
+                version, (unsigned long long)flags);
+    for (size_t i = 0; i < sizeof(proc_table) / sizeof(proc_table[0]); i++) {
+        if (strcmp(proc_table[i].base, symbol) != 0)
+            continue;
+        known = 1;
+        if (proc_table[i].min_version <= version && proc_table[i].min_version > best_version) {
+            best = proc_table[i].fn;
+            best_version = proc_table[i].min_version;
+        }
+    }
+    *pfn = best;
+    if (status)
+        *status = best ? CU_GET_PROC_ADDRESS_SUCCESS
+                  : known ? CU_GET_PROC_ADDRESS_VERSION_NOT_SUFFICIENT
+                          : CU_GET_PROC_ADDRESS_SYMBOL_NOT_FOUND;
+    return best ? CUDA_SUCCESS : CUDA_ERROR_NOT_FOUND;
+}
+
+EXPORT CUresult cuGetProcAddress_v1(const char *symbol, void **pfn, int version, cuuint64_t flags)
+{
+    ENTER("cuGetProcAddress");
+    return lookup_proc(symbol, pfn, version, flags, NULL);
+}
+
+EXPORT CUresult cuGetProcAddress_v2(const char *symbol, void **pfn, int version, cuuint64_t flags,
+                                    CUdriverProcAddressQueryResult *status)
+{
+    ENTER("cuGetProcAddress_v2");
+    return lookup_proc(symbol, pfn, version, flags, status);
+}
