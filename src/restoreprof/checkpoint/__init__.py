@@ -1,0 +1,8 @@
+"""Checkpoint and restore of process trees: CRIU for the CPU side, the CUDA driver for the GPU.
+
+    from restoreprof.checkpoint import checkpoint, restore
+"""
+
+from restoreprof.checkpoint.api import CheckpointResult, RestoreResult, checkpoint, restore
+
+__all__ = ["checkpoint", "restore", "CheckpointResult", "RestoreResult"]

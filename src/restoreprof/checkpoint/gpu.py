@@ -1,0 +1,217 @@
+"""The GPU side of checkpoint and restore: the driver's process API, and GPU memory offload.
+
+Offload: where a process runs with restoreprof's interception library, its GPU memory is
+written to DIR/gpu-<pid>.snap through the library's control channel and released before the
+driver's checkpoint, and streamed back at PCIe speed after the driver's restore.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from restoreprof.checkpoint.tree import maps_library
+from restoreprof.cuda import driver
+from restoreprof.errors import RestoreprofError
+
+SHIM_MARKER = "librestoreprof_shim"
+
+
+def snapshot_name(pid: int) -> str:
+    return f"gpu-{pid}.snap"
+
+
+def cuda_processes(tree: list[int]) -> list[int]:
+    """The PIDs of tree that hold CUDA state, per the driver. Raises for locked/checkpointed ones."""
+    users = [pid for pid in tree if maps_library(pid, "libcuda.so")]
+    if not users:
+        return []
+    try:
+        driver.init()
+    except driver.NoDriverError as exc:
+        raise RestoreprofError(
+            f"PID {users[0]} uses CUDA, but restoreprof cannot reach the CUDA driver: {exc}",
+            hint="run restoreprof where the process's GPU driver is installed",
+        ) from exc
+    found = []
+    for pid in users:
+        state = driver.process_state(pid)
+        if state is None:
+            continue  # maps libcuda but has no context: nothing on the GPU to save
+        if state != "running":
+            raise RestoreprofError(
+                f"PID {pid} is already {state} by the CUDA driver",
+                hint="another checkpoint is in progress, or a restore did not finish: "
+                     "'restoreprof restore -D DIR --gpu-only' resumes it",
+            )
+        found.append(pid)
+    return found
+
+
+def _map_parallel(fn, pids: list[int], parallel: bool = True) -> list:
+    if len(pids) <= 1 or not parallel:
+        return [fn(pid) for pid in pids]
+    with ThreadPoolExecutor(max_workers=len(pids)) as pool:
+        return list(pool.map(fn, pids))
+
+
+def lock_and_checkpoint(pids: list[int], lock_timeout_ms: int) -> None:
+    locked, done = [], []
+    try:
+        for pid in pids:
+            driver.process_lock(pid, lock_timeout_ms)
+            locked.append(pid)
+        for pid in pids:
+            driver.process_checkpoint(pid)
+            done.append(pid)
+    except RestoreprofError:
+        for pid in done:
+            driver.process_restore(pid)
+        for pid in locked:
+            driver.process_unlock(pid)
+        raise
+
+
+# --- offload through the interception library ------------------------------------------------
+
+
+def _shim_control(pid: int):
+    from restoreprof.optimizer.control import ShimControl
+
+    return ShimControl(pid)
+
+
+def has_shim(pid: int) -> bool:
+    return maps_library(pid, SHIM_MARKER)
+
+
+def offload_all(pids: list[int], directory: Path, optimizer) -> dict[int, dict]:
+    """Offload the GPU memory of every process running with the library; {pid: record}."""
+    records = {}
+    for pid in [p for p in pids if has_shim(p)]:
+        name = snapshot_name(pid)
+        start = time.monotonic()
+        result = _shim_control(pid).offload(directory / name, optimizer)
+        records[pid] = {"snapshot": name, "bytes": int(result.get("bytes", 0)),
+                        "seconds": round(time.monotonic() - start, 6)}
+    return records
+
+
+def _reload(pid: int, directory: Path, record: dict, optimizer) -> str | None:
+    """Reload offloaded memory; on a fast-path failure retry once on the plain path."""
+    control = _shim_control(pid)
+    try:
+        control.reload(directory / record["snapshot"], optimizer)
+        return None
+    except RestoreprofError as first:
+        try:
+            control.reload(directory / record["snapshot"], None, safe=True)
+        except RestoreprofError as second:
+            raise RestoreprofError(
+                f"PID {pid}: GPU memory reload failed ({second}); the process is restored but "
+                f"held before its next CUDA call, and {directory / record['snapshot']} is intact",
+                hint="retry with 'restoreprof restore -D DIR --gpu-only'",
+            ) from second
+        return f"PID {pid}: fast reload failed ({first}); reloaded on the plain path"
+
+
+def reload_all(offloaded: dict[int, dict], directory: Path, optimizer) -> list[str]:
+    return [n for n in (_reload(pid, directory, rec, optimizer) for pid, rec in offloaded.items()) if n]
+
+
+def resume_all(pids: list[int], offloaded: dict[int, dict], directory: Path, optimizer) -> None:
+    """Undo a checkpoint in the original processes: driver restore + unlock, then reload."""
+    for pid in pids:
+        if driver.process_state(pid) == "checkpointed":
+            driver.process_restore(pid)
+        if driver.process_state(pid) == "locked":
+            driver.process_unlock(pid)
+    reload_all(offloaded, directory, optimizer)
+
+
+def restore_all(pids: list[int], manifest, directory: Path, pairs, parallel: bool, optimizer,
+                clock) -> list[str]:
+    offload = {p.pid: p.offload for p in manifest.processes if p.offload}
+
+    def one(pid: int) -> str | None:
+        state = driver.process_state(pid)
+        if state == "checkpointed":
+            clock.run("GPU driver restore", driver.process_restore, pid, pairs, pid=pid)
+            state = "locked"
+        if state == "locked":
+            clock.run("GPU unlock", driver.process_unlock, pid, pid=pid)
+        elif state != "running":
+            raise RestoreprofError(f"PID {pid} is in CUDA state {state!r}, cannot restore it",
+                                   hint="see the driver log (dmesg) and 'restoreprof doctor'")
+        if pid in offload:
+            return clock.run("GPU memory reload", _reload, pid, directory, offload[pid], optimizer,
+                             pid=pid)
+        return None
+
+    return [n for n in _map_parallel(one, pids, parallel) if n]
+
+
+# --- GPUs --------------------------------------------------------------------------------------
+
+
+def gpu_records() -> list[dict]:
+    return [{"index": g.index, "name": g.name, "uuid": g.uuid} for g in driver.gpus()]
+
+
+def driver_version_string() -> str:
+    v = driver.driver_version()
+    return f"{v // 1000}.{(v % 1000) // 10}"
+
+
+def _resolve_gpu(spec: str, gpus: list[dict], what: str) -> dict:
+    for g in gpus:
+        if spec == str(g["index"]) or spec.lower() == g["uuid"].lower():
+            return g
+    known = ", ".join(f"{g['index']}={g['uuid']}" for g in gpus) or "none"
+    raise RestoreprofError(f"--gpu-map: {what} GPU {spec!r} not found (known: {known})",
+                           hint="name GPUs by index or by UUID as nvidia-smi -L shows them")
+
+
+def gpu_pairs(saved: list[dict], gpu_map: dict[str, str] | None) -> list[tuple[bytes, bytes]]:
+    """Driver GPU pairs (old UUID, new UUID) from --gpu-map OLD=NEW; OLD is a checkpoint GPU."""
+    if not gpu_map:
+        return []
+    present = gpu_records()
+    pairs = []
+    for old, new in gpu_map.items():
+        old_gpu, new_gpu = _resolve_gpu(old, saved, "checkpoint's"), _resolve_gpu(new, present, "this machine's")
+        pairs.append((driver.uuid_to_bytes(old_gpu["uuid"]), driver.uuid_to_bytes(new_gpu["uuid"])))
+    return pairs
+
+
+class Prewarm:
+    """cuInit and the primary contexts (and the staging pool) made while CRIU works."""
+
+    def __init__(self, optimizer) -> None:
+        self.optimizer = optimizer
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+
+    def start(self, clock) -> None:
+        def work() -> None:
+            try:
+                clock.run("cuInit + contexts (overlapped)", self._warm)
+            except BaseException as exc:  # reported by wait()
+                self._error = exc
+
+        self._thread = threading.Thread(target=work, name="restoreprof-prewarm", daemon=True)
+        self._thread.start()
+
+    def _warm(self) -> None:
+        driver.init()
+        if self.optimizer is None or getattr(self.optimizer, "prewarm", True):
+            for g in driver.gpus():
+                driver.primary_context(g.index)
+
+    def wait(self) -> None:
+        if self._thread:
+            self._thread.join()
+        if self._error:
+            raise self._error

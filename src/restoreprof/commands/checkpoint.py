@@ -1,0 +1,42 @@
+"""restoreprof checkpoint -p PID -D DIR: driver checkpoint of the CUDA processes, then criu dump."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from restoreprof.checkpoint import checkpoint
+from restoreprof.commands._output import print_steps
+
+name = "checkpoint"
+help = "checkpoint a process tree (CUDA processes included) into a folder"
+
+
+def prepare_parser(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-p", "--pid", type=int, required=True, help="root of the tree to checkpoint")
+    parser.add_argument("-D", "--dir", type=Path, required=True, help="new or empty folder for images")
+    parser.add_argument("--leave-running", action="store_true", help="keep the tree running after")
+    parser.add_argument("--no-offload", action="store_true",
+                        help="never offload GPU memory through the interception library")
+    parser.add_argument("--lock-timeout", type=int, default=10_000, metavar="MS",
+                        help="how long the driver may wait for CUDA work to drain (default 10000)")
+    parser.add_argument("--criu-arg", action="append", default=[], metavar="ARG",
+                        help="extra argument for criu dump (repeatable)")
+    parser.add_argument("--json", action="store_true", help="print the result as JSON")
+
+
+def run(args: argparse.Namespace) -> int:
+    result = checkpoint(args.pid, args.dir, leave_running=args.leave_running,
+                        offload=not args.no_offload, lock_timeout_ms=args.lock_timeout,
+                        criu_args=args.criu_arg)
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2))
+        return 0
+    cuda = result.manifest.cuda_pids
+    print(f"checkpointed PID {args.pid} ({len(result.manifest.processes)} processes, "
+          f"{len(cuda)} with CUDA) into {result.directory}")
+    print_steps(result.steps)
+    size = sum(i["bytes"] for i in result.manifest.images)
+    print(f"images: {size / 1e9:.2f} GB in {len(result.manifest.images)} files")
+    return 0

@@ -1,0 +1,54 @@
+"""restoreprof restore -D DIR: criu restore, then the driver's restore and unlock per CUDA process."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from restoreprof.checkpoint import restore
+from restoreprof.commands._output import print_steps
+from restoreprof.errors import RestoreprofError
+
+name = "restore"
+help = "restore a checkpoint made by 'restoreprof checkpoint'"
+
+
+def _gpu_map(values: list[str]) -> dict[str, str]:
+    mapping = {}
+    for value in values:
+        old, sep, new = value.partition("=")
+        if not sep or not old or not new:
+            raise RestoreprofError(f"--gpu-map {value!r} is not OLD=NEW",
+                                   hint="e.g. --gpu-map 0=1 or --gpu-map GPU-aaaa...=GPU-bbbb...")
+        mapping[old] = new
+    return mapping
+
+
+def prepare_parser(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-D", "--dir", type=Path, required=True, help="checkpoint folder")
+    parser.add_argument("--gpu-map", action="append", default=[], metavar="OLD=NEW",
+                        help="restore GPU OLD's state on GPU NEW (index or UUID; repeatable)")
+    parser.add_argument("--serial", action="store_true",
+                        help="restore CUDA processes one after another (default: in parallel)")
+    parser.add_argument("--no-verify", action="store_true",
+                        help="skip the image checksums (sizes are still checked)")
+    parser.add_argument("--gpu-only", action="store_true",
+                        help="only the GPU step: resume processes a failed restore left locked")
+    parser.add_argument("--criu-arg", action="append", default=[], metavar="ARG",
+                        help="extra argument for criu restore (repeatable)")
+    parser.add_argument("--json", action="store_true", help="print the result as JSON")
+
+
+def run(args: argparse.Namespace) -> int:
+    result = restore(args.dir, gpu_map=_gpu_map(args.gpu_map), parallel=not args.serial,
+                     verify=not args.no_verify, criu_args=args.criu_arg, gpu_only=args.gpu_only)
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2))
+        return 0
+    print(f"restored {len(result.pids)} processes (root PID {result.root_pid}, "
+          f"{len(result.cuda_pids)} with CUDA) from {result.directory}")
+    print_steps(result.steps)
+    for note in result.notes:
+        print(f"note: {note}")
+    return 0

@@ -1,0 +1,213 @@
+"""The CUDA driver API as restoreprof uses it, over cuda-python's ``cuda.bindings.driver``.
+
+Every call is checked; a failure raises CudaError naming the call and the driver's error.
+Without a driver (no GPU machine) the first call raises NoDriverError, which says so.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+import numpy as np
+
+from restoreprof.errors import RestoreprofError
+
+_init_lock = threading.Lock()
+_initialized = False
+
+
+class NoDriverError(RestoreprofError):
+    def __init__(self, detail: str) -> None:
+        super().__init__(
+            f"no CUDA driver on this machine ({detail})",
+            hint="GPU features need an NVIDIA GPU and driver; CPU-only checkpoint/restore still works",
+        )
+
+
+class CudaError(RestoreprofError):
+    def __init__(self, call: str, code: Any) -> None:
+        self.call = call
+        self.code = code
+        name = getattr(code, "name", str(code))
+        super().__init__(f"{call} failed: {name}", hint=_HINTS.get(name, "see restoreprof doctor"))
+
+
+_HINTS = {
+    "CUDA_ERROR_NOT_SUPPORTED": "this driver or process does not support the operation (driver >= 550 needed)",
+    "CUDA_ERROR_ILLEGAL_STATE": "the process is not in the CUDA state this step needs; check 'restoreprof doctor'",
+    "CUDA_ERROR_NOT_FOUND": "the PID is not a CUDA process (or the driver does not see it)",
+    "CUDA_ERROR_INVALID_VALUE": "a bad argument (PID, GPU map) was passed to the driver",
+    "CUDA_ERROR_TIMEOUT": "the process did not reach a lockable point in time; raise --lock-timeout",
+    "CUDA_ERROR_NO_DEVICE": "no visible GPU: check CUDA_VISIBLE_DEVICES and nvidia-smi",
+}
+
+
+@lru_cache(maxsize=1)
+def bindings() -> Any:
+    try:
+        from cuda.bindings import driver
+    except ImportError as exc:
+        raise RestoreprofError(
+            "cuda-python is not installed", hint="run ./scripts/setup.sh (pip install cuda-python)"
+        ) from exc
+    return driver
+
+
+def check(call: str, result: tuple) -> Any:
+    """Unpack cuda-python's (CUresult, value...) tuples, raising CudaError on failure."""
+    code, *values = result
+    if int(code) != 0:
+        raise CudaError(call, code)
+    if not values:
+        return None
+    return values[0] if len(values) == 1 else tuple(values)
+
+
+def init() -> None:
+    global _initialized
+    with _init_lock:
+        if _initialized:
+            return
+        cu = bindings()
+        try:
+            result = cu.cuInit(0)
+        except Exception as exc:  # cuda.pathfinder raises when libcuda cannot be found
+            raise NoDriverError(str(exc).splitlines()[0]) from exc
+        check("cuInit", result)
+        _initialized = True
+
+
+def available() -> bool:
+    try:
+        init()
+        return device_count() > 0
+    except RestoreprofError:
+        return False
+
+
+def driver_version() -> int:
+    init()
+    return check("cuDriverGetVersion", bindings().cuDriverGetVersion())
+
+
+def device_count() -> int:
+    init()
+    return check("cuDeviceGetCount", bindings().cuDeviceGetCount())
+
+
+@dataclass(frozen=True)
+class Gpu:
+    index: int
+    name: str
+    uuid: str  # "GPU-xxxxxxxx-xxxx-..." as nvidia-smi prints it
+
+    @property
+    def uuid_bytes(self) -> bytes:
+        return uuid_to_bytes(self.uuid)
+
+
+def uuid_to_bytes(uuid: str) -> bytes:
+    return bytes.fromhex(uuid.removeprefix("GPU-").replace("-", ""))
+
+
+def _format_uuid(raw: bytes) -> str:
+    h = raw.hex()
+    return f"GPU-{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:32]}"
+
+
+def gpus() -> list[Gpu]:
+    cu = bindings()
+    found = []
+    for index in range(device_count()):
+        dev = check("cuDeviceGet", cu.cuDeviceGet(index))
+        name = check("cuDeviceGetName", cu.cuDeviceGetName(128, dev)).split(b"\0")[0].decode()
+        uuid = check("cuDeviceGetUuid", cu.cuDeviceGetUuid(dev))
+        found.append(Gpu(index, name, _format_uuid(bytes(uuid.bytes))))
+    return found
+
+
+def primary_context(index: int = 0) -> Any:
+    """Retain device index's primary context and make it current on this thread."""
+    init()
+    cu = bindings()
+    dev = check("cuDeviceGet", cu.cuDeviceGet(index))
+    ctx = check("cuDevicePrimaryCtxRetain", cu.cuDevicePrimaryCtxRetain(dev))
+    check("cuCtxSetCurrent", cu.cuCtxSetCurrent(ctx))
+    return ctx
+
+
+def mem_alloc(nbytes: int) -> int:
+    return int(check("cuMemAlloc", bindings().cuMemAlloc(nbytes)))
+
+
+def mem_free(pointer: int) -> None:
+    check("cuMemFree", bindings().cuMemFree(pointer))
+
+
+def copy_htod(device_pointer: int, host: np.ndarray) -> None:
+    check("cuMemcpyHtoD", bindings().cuMemcpyHtoD(device_pointer, host.ctypes.data, host.nbytes))
+
+
+def copy_dtoh(host: np.ndarray, device_pointer: int) -> None:
+    check("cuMemcpyDtoH", bindings().cuMemcpyDtoH(host.ctypes.data, device_pointer, host.nbytes))
+
+
+# --- the driver's process checkpoint API ---------------------------------------------------------
+
+
+def process_state(pid: int) -> str | None:
+    """'running', 'locked', 'checkpointed', 'failed', ... or None when pid is not a CUDA process."""
+    init()
+    cu = bindings()
+    code, state = cu.cuCheckpointProcessGetState(pid)
+    if int(code) != 0:
+        return None
+    return state.name.removeprefix("CU_PROCESS_STATE_").lower()
+
+
+def process_lock(pid: int, timeout_ms: int) -> None:
+    cu = bindings()
+    args = cu.CUcheckpointLockArgs()
+    args.timeoutMs = timeout_ms
+    check(f"cuCheckpointProcessLock(pid={pid})", cu.cuCheckpointProcessLock(pid, args))
+
+
+def process_checkpoint(pid: int) -> None:
+    cu = bindings()
+    check(
+        f"cuCheckpointProcessCheckpoint(pid={pid})",
+        cu.cuCheckpointProcessCheckpoint(pid, cu.CUcheckpointCheckpointArgs()),
+    )
+
+
+def process_restore(pid: int, gpu_pairs: list[tuple[bytes, bytes]] | None = None) -> None:
+    """Restore pid's GPU state; gpu_pairs maps old GPU UUID bytes to new ones."""
+    cu = bindings()
+    args = cu.CUcheckpointRestoreArgs()
+    if gpu_pairs:
+        pairs = []
+        for old, new in gpu_pairs:
+            pair = cu.CUcheckpointGpuPair()
+            pair.oldUuid = _cu_uuid(old)
+            pair.newUuid = _cu_uuid(new)
+            pairs.append(pair)
+        args.gpuPairs = pairs
+        args.gpuPairsCount = len(pairs)
+    check(f"cuCheckpointProcessRestore(pid={pid})", cu.cuCheckpointProcessRestore(pid, args))
+
+
+def process_unlock(pid: int) -> None:
+    cu = bindings()
+    check(
+        f"cuCheckpointProcessUnlock(pid={pid})",
+        cu.cuCheckpointProcessUnlock(pid, cu.CUcheckpointUnlockArgs()),
+    )
+
+
+def _cu_uuid(raw: bytes) -> Any:
+    uuid = bindings().CUuuid()
+    uuid.bytes = raw
+    return uuid

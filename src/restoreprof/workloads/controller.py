@@ -1,0 +1,82 @@
+"""Start, wait for and verify a hold_memory workload from another process (tests, demo, tuner)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from restoreprof.errors import RestoreprofError
+
+
+@dataclass
+class HeldMemory:
+    """A running hold_memory process; after a restore, pid is the restored one's (same PID)."""
+
+    pid: int
+    state_dir: Path
+    expected_digest: str
+
+    @classmethod
+    def start(cls, state_dir: Path, mib: int, gpu_mib: int = 0, seed: int = 1234,
+              env: dict[str, str] | None = None, timeout_s: float = 300) -> "HeldMemory":
+        state_dir.mkdir(parents=True, exist_ok=True)
+        (state_dir / "ready").unlink(missing_ok=True)
+        cmd = [sys.executable, "-m", "restoreprof.workloads.hold_memory", "--mib", str(mib),
+               "--gpu-mib", str(gpu_mib), "--seed", str(seed), "--state", str(state_dir)]
+        # Own session, no pipes: CRIU dumps it without --shell-job or external pipes.
+        stderr = open(state_dir / "stderr.log", "ab")
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                stderr=stderr, start_new_session=True,
+                                env={**os.environ, **(env or {})})
+        stderr.close()
+        deadline = time.monotonic() + timeout_s
+        while not (state_dir / "ready").exists():
+            if proc.poll() is not None:
+                log = (state_dir / "stderr.log").read_text(errors="replace")[-2000:]
+                raise RestoreprofError(f"workload exited with {proc.returncode}:\n{log}")
+            if time.monotonic() > deadline:
+                proc.kill()
+                raise RestoreprofError(f"workload not ready after {timeout_s:.0f} s")
+            time.sleep(0.05)
+        digest = (state_dir / "ready").read_text().split()[0]
+        # Reap the child in the background when it ends so it leaves no zombie.
+        import threading
+        threading.Thread(target=proc.wait, daemon=True).start()
+        return cls(proc.pid, state_dir, digest)
+
+    def verify(self, timeout_s: float = 120) -> bool:
+        """Ask the process to re-hash what it holds; True when it matches the digest at start."""
+        verified = self.state_dir / "verified"
+        verified.unlink(missing_ok=True)
+        os.kill(self.pid, signal.SIGUSR1)
+        deadline = time.monotonic() + timeout_s
+        while not verified.exists():
+            if not Path(f"/proc/{self.pid}").exists():
+                raise RestoreprofError(f"workload PID {self.pid} is gone")
+            if time.monotonic() > deadline:
+                raise RestoreprofError(f"workload PID {self.pid} did not answer in {timeout_s:.0f} s")
+            time.sleep(0.02)
+        verdict, digest = verified.read_text().split()[:2]
+        return verdict == "OK" and digest == self.expected_digest
+
+    def alive(self) -> bool:
+        try:
+            return Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+        except OSError:
+            return False
+
+    def stop(self, timeout_s: float = 10) -> None:
+        try:
+            os.kill(self.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + timeout_s
+        while self.alive() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        if self.alive():
+            os.kill(self.pid, signal.SIGKILL)

@@ -1,0 +1,104 @@
+"""A process that holds distinctive data in host (and optionally GPU) memory and can verify it.
+
+    python -m restoreprof.workloads.hold_memory --mib 1024 [--gpu-mib 8192] --state DIR
+
+It fills its buffers from a seeded generator, writes the SHA-256 of what it holds to
+DIR/ready, then waits. On SIGUSR1 it recomputes the digest of what it holds now (reading the
+GPU memory back to the host) and writes "OK <digest>" or "MISMATCH <digest>" to DIR/verified.
+SIGTERM ends it. Its stdio must not be a pipe to an outside process, so that CRIU can dump it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+_CHUNK_BYTES = 64 << 20
+
+
+def _fill(buffer: np.ndarray, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    words = buffer.view(np.uint64)
+    step = _CHUNK_BYTES // 8
+    for start in range(0, words.size, step):
+        end = min(start + step, words.size)
+        words[start:end] = rng.integers(0, 2**64, size=end - start, dtype=np.uint64)
+
+
+def _digest(*buffers: np.ndarray) -> str:
+    h = hashlib.sha256()
+    for buffer in buffers:
+        view = memoryview(buffer).cast("B")
+        for start in range(0, len(view), _CHUNK_BYTES):
+            h.update(view[start : start + _CHUNK_BYTES])
+    return h.hexdigest()
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+class _GpuBuffer:
+    """Device memory filled from host data; read back on verification (cuda-python driver API)."""
+
+    def __init__(self, host: np.ndarray) -> None:
+        from restoreprof.cuda import driver as cu
+
+        self._cu = cu
+        self.nbytes = host.nbytes
+        self.context = cu.primary_context(0)
+        self.pointer = cu.mem_alloc(self.nbytes)
+        cu.copy_htod(self.pointer, host)
+
+    def read_back(self) -> np.ndarray:
+        host = np.empty(self.nbytes, dtype=np.uint8)
+        self._cu.copy_dtoh(host, self.pointer)
+        return host
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--mib", type=int, default=256, help="host memory to hold, MiB")
+    parser.add_argument("--gpu-mib", type=int, default=0, help="GPU memory to hold, MiB")
+    parser.add_argument("--seed", type=int, default=1234)
+    parser.add_argument("--state", type=Path, required=True, help="folder for ready/verified files")
+    args = parser.parse_args(argv)
+    args.state.mkdir(parents=True, exist_ok=True)
+
+    host = np.empty(args.mib << 20, dtype=np.uint8)
+    _fill(host, args.seed)
+    gpu = None
+    if args.gpu_mib:
+        staging = np.empty(args.gpu_mib << 20, dtype=np.uint8)
+        _fill(staging, args.seed + 1)
+        gpu = _GpuBuffer(staging)
+        expected = _digest(host, staging)
+        del staging
+    else:
+        expected = _digest(host)
+
+    def verify(signum: int, frame: object) -> None:
+        held = [host] + ([gpu.read_back()] if gpu else [])
+        now = _digest(*held)
+        verdict = "OK" if now == expected else "MISMATCH"
+        _write_atomic(args.state / "verified", f"{verdict} {now} pid={os.getpid()}\n")
+
+    signal.signal(signal.SIGUSR1, verify)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    (args.state / "verified").unlink(missing_ok=True)
+    _write_atomic(args.state / "ready", f"{expected} pid={os.getpid()}\n")
+    while True:
+        time.sleep(3600)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
