@@ -1,0 +1,178 @@
+"""What this machine can do for restoreprof: one check per piece, each with its exact fix."""
+
+from __future__ import annotations
+
+import os
+import platform
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+
+@dataclass
+class Check:
+    name: str
+    ok: bool | None          # None: not applicable / optional piece absent
+    detail: str
+    fix: str = ""
+    required: bool = True    # needed for tracing and restore to work
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class Report:
+    checks: list[Check] = field(default_factory=list)
+    gpus: list[dict] = field(default_factory=list)
+
+    @property
+    def ready(self) -> bool:
+        return all(c.ok for c in self.checks if c.required)
+
+
+def _capabilities() -> Check:
+    if os.geteuid() == 0:
+        return Check("privileges", True, "root")
+    caps = 0
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("CapEff:"):
+            caps = int(line.split()[1], 16)
+    have = {"CAP_SYS_ADMIN": bool(caps >> 21 & 1), "CAP_BPF": bool(caps >> 39 & 1),
+            "CAP_PERFMON": bool(caps >> 38 & 1)}
+    ok = have["CAP_SYS_ADMIN"] or (have["CAP_BPF"] and have["CAP_PERFMON"])
+    return Check("privileges", ok, ", ".join(k for k, v in have.items() if v) or "unprivileged",
+                 "run restoreprof with sudo (CRIU needs root)")
+
+
+def _bcc_and_bpf() -> list[Check]:
+    try:
+        import bcc  # noqa: F401
+    except ImportError as exc:
+        return [Check("bcc", False, f"not importable ({exc})",
+                      "run ./scripts/setup.sh as root (installs python3-bpfcc, links it into .venv)"),
+                Check("BPF syscall", None, "not tried (no bcc)", "", required=True)]
+    checks = [Check("bcc", True, f"{bcc.__file__.rsplit('/', 2)[0]}")]
+    try:
+        prog = bcc.BPF(text="int probe(void *ctx) { return 0; }")
+        prog.load_func("probe", bcc.BPF.KPROBE)
+        prog.cleanup()
+        checks.append(Check("BPF syscall", True, "compiled and loaded a program"))
+    except Exception as exc:
+        checks.append(Check("BPF syscall", False, str(exc).splitlines()[0][:70],
+                            "needs root, a kernel with CONFIG_BPF_SYSCALL, and kernel headers"))
+    return checks
+
+
+def _headers() -> Check:
+    build = Path(f"/lib/modules/{platform.release()}/build")
+    if (build / "include").exists():
+        return Check("kernel headers", True, str(build.resolve()))
+    if Path("/sys/kernel/btf/vmlinux").exists() and os.environ.get("BCC_KERNEL_SOURCE"):
+        return Check("kernel headers", True, os.environ["BCC_KERNEL_SOURCE"])
+    return Check("kernel headers", False, f"none at {build}",
+                 f"apt-get install linux-headers-amd64 and ln -s /usr/src/linux-headers-*-amd64 {build}"
+                 " (./scripts/setup.sh does it)")
+
+
+def _tracefs() -> Check:
+    for path in ("/sys/kernel/tracing", "/sys/kernel/debug/tracing"):
+        if Path(path, "events").is_dir():
+            return Check("tracefs", True, path)
+    return Check("tracefs", False, "not mounted", "mount -t tracefs tracefs /sys/kernel/tracing")
+
+
+def _criu() -> Check:
+    from restoreprof.checkpoint import criu
+    from restoreprof.errors import RestoreprofError
+
+    try:
+        path = criu.criu_path()
+    except RestoreprofError as exc:
+        return Check("CRIU", False, str(exc).split("\n")[0][:70], exc.hint)
+    version = ".".join(map(str, criu.criu_version(path) or ()))
+    works, said = criu.check()
+    return Check("CRIU", works, f"{version} {path} ({said})",
+                 "" if works else "see 'criu check' output; CRIU needs root and CHECKPOINT_RESTORE")
+
+
+def _cuda() -> tuple[list[Check], list[dict]]:
+    from restoreprof.system.paths import libcuda_path
+
+    checks = []
+    try:
+        import cuda.bindings
+
+        checks.append(Check("cuda-python", True, f"cuda.bindings {cuda.bindings.__version__}"))
+    except ImportError:
+        checks.append(Check("cuda-python", False, "not installed", "pip install cuda-python"))
+    lib = libcuda_path()
+    if not lib:
+        checks.append(Check("CUDA driver", None, "no libcuda (no GPU): GPU features off",
+                            "install the NVIDIA driver on a GPU machine", required=False))
+        return checks, []
+    gpus = []
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        version = pynvml.nvmlSystemGetDriverVersion()
+        checks.append(Check("CUDA driver", True, f"{version} ({lib})", required=False))
+        for i in range(pynvml.nvmlDeviceGetCount()):
+            h = pynvml.nvmlDeviceGetHandleByIndex(i)
+            mem = pynvml.nvmlDeviceGetMemoryInfo(h)
+            gpu = {
+                "index": i, "name": pynvml.nvmlDeviceGetName(h),
+                "uuid": pynvml.nvmlDeviceGetUUID(h),
+                "pcie_gen": pynvml.nvmlDeviceGetCurrPcieLinkGeneration(h),
+                "pcie_gen_max": pynvml.nvmlDeviceGetMaxPcieLinkGeneration(h),
+                "pcie_width": pynvml.nvmlDeviceGetCurrPcieLinkWidth(h),
+                "persistence": bool(pynvml.nvmlDeviceGetPersistenceMode(h)),
+                "memory_total_bytes": mem.total, "memory_used_bytes": mem.used,
+            }
+            gpus.append(gpu)
+            checks.append(Check(
+                f"GPU {i}", True,
+                f"{gpu['name']} PCIe Gen{gpu['pcie_gen']} x{gpu['pcie_width']} "
+                f"{mem.total / 2**30:.0f} GiB, persistence {'on' if gpu['persistence'] else 'OFF'}",
+                "" if gpu["persistence"] else "'restoreprof warm' keeps contexts warm without it",
+                required=False))
+    except Exception as exc:
+        checks.append(Check("CUDA driver", False, f"{lib}: {exc}"[:70],
+                            "check nvidia-smi; the driver may not match the kernel module",
+                            required=False))
+    return checks, gpus
+
+
+def _shim() -> Check:
+    from restoreprof.system.paths import shim_library_path
+
+    path = shim_library_path()
+    if path.exists():
+        return Check("interception library", True, str(path), required=False)
+    return Check("interception library", False, "not built",
+                 "./scripts/setup.sh (needs gcc and CUDA headers: set CUDA_HOME)", required=False)
+
+
+def diagnose() -> Report:
+    report = Report()
+    report.checks.append(_capabilities())
+    report.checks += _bcc_and_bpf()
+    report.checks.append(_headers())
+    report.checks.append(_tracefs())
+    report.checks.append(_criu())
+    cuda_checks, report.gpus = _cuda()
+    report.checks += cuda_checks
+    report.checks.append(_shim())
+    return report
+
+
+def kernel_summary() -> str:
+    try:
+        distro = dict(line.split("=", 1) for line in Path("/etc/os-release").read_text().splitlines()
+                      if "=" in line).get("PRETTY_NAME", "").strip('"')
+    except OSError:
+        distro = "?"
+    return f"{distro}, kernel {platform.release()}"
+
+

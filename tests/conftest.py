@@ -1,0 +1,72 @@
+"""Test-wide rules: which tests need root/BPF/CRIU or a GPU, and when a skip is a failure.
+
+Tests marked ``root`` need root, BPF, tracefs and CRIU. They skip only where the machine truly
+lacks one; where RESTOREPROF_REQUIRE_ROOT_TESTS=1 (as .ci/run sets), a missing piece fails them.
+Tests marked ``gpu`` need an NVIDIA GPU and skip cleanly without one (CI has none).
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+
+import pytest
+
+
+@lru_cache(maxsize=1)
+def root_capabilities_missing() -> str:
+    if os.geteuid() != 0:
+        return "not root"
+    if not Path("/sys/kernel/tracing/events").is_dir():
+        return "tracefs not mounted"
+    try:
+        import bcc  # noqa: F401
+    except ImportError:
+        return "bcc not importable"
+    from restoreprof.errors import RestoreprofError
+    from restoreprof.system.paths import criu_path
+
+    try:
+        criu_path()
+    except RestoreprofError as exc:
+        return str(exc)
+    return ""
+
+
+@lru_cache(maxsize=1)
+def gpu_missing() -> str:
+    from restoreprof.cuda import driver
+    from restoreprof.system.paths import libcuda_path
+
+    if not libcuda_path():
+        return "no CUDA driver (libcuda) on this machine"
+    if not driver.available():
+        return "CUDA driver present but no usable GPU"
+    return ""
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    if item.get_closest_marker("root"):
+        missing = root_capabilities_missing()
+        if missing:
+            if os.environ.get("RESTOREPROF_REQUIRE_ROOT_TESTS") == "1":
+                pytest.fail(f"root/BPF/CRIU test cannot run here ({missing}), and this run requires it")
+            pytest.skip(f"needs root, BPF and CRIU: {missing}")
+    if item.get_closest_marker("gpu"):
+        missing = gpu_missing()
+        if missing:
+            pytest.skip(f"needs a GPU: {missing}")
+
+
+@pytest.fixture
+def restoreprof_cli():
+    """Run the restoreprof CLI in a subprocess; returns CompletedProcess (text)."""
+    import subprocess
+    import sys
+
+    def run(*args: str, check: bool = False, timeout: float = 300, **kwargs):
+        return subprocess.run([sys.executable, "-m", "restoreprof", *args], capture_output=True,
+                              text=True, check=check, timeout=timeout, **kwargs)
+
+    return run
