@@ -1,0 +1,44 @@
+"""Pre-warm in the background and `restoreprof warm` as a daemon, on the fake libcuda."""
+
+import os
+import signal
+import subprocess
+import sys
+
+import numpy as np
+from test_engine import device_alloc, drv, pattern  # noqa: F401 - drv is a fixture
+
+from restoreprof.optimizer.config import OptimizerConfig
+from restoreprof.optimizer.engine import Engine
+from restoreprof.optimizer.prewarm import Prewarm
+
+
+def test_background_prewarm_feeds_the_engine(drv, monkeypatch):  # noqa: F811
+    monkeypatch.setenv("FAKECUDA_DEVICES", "2")
+    cfg = OptimizerConfig(threads=2, chunk_mb=1)
+    ready = Prewarm(cfg).start().wait(timeout=30)
+    assert set(ready.contexts) == {0, 1}
+    assert ready.timings.devices == 2 and ready.timings.pool_bytes == 4 << 20
+    assert ready.timings.total_s >= 0
+    with Engine(cfg, pool=ready.pool) as engine:
+        data = pattern(3 << 20)
+        dptr = device_alloc(drv, data.nbytes)
+        engine.to_device(dptr, data)
+        back = np.zeros_like(data)
+        engine.to_host(back, dptr)
+        assert np.array_equal(back, data)
+    ready.release()
+    assert ready.pool is None and not ready.contexts
+
+
+def test_warm_command_holds_until_sigterm(drv):  # noqa: F811
+    env = dict(os.environ, RESTOREPROF_CHUNK_MB="1", RESTOREPROF_THREADS="2")
+    proc = subprocess.Popen([sys.executable, "-m", "restoreprof", "warm"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    first = proc.stdout.readline()
+    assert "1 GPU(s)" in first and "staging pool 4 MiB" in first, first + proc.stderr.read()
+    assert "holding" in proc.stdout.readline()
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert "released" in out
