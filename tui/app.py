@@ -90,6 +90,7 @@ class RestoreprofApp(App[int]):
         self.shown: Snapshot | None = None      # the frame on screen
         self.frames_received = 0
         self.exported: list[Path] = []
+        self.export_error = ""
         self.feed_error: BaseException | None = None
 
     # -- layout ------------------------------------------------------------------------------
@@ -189,12 +190,16 @@ class RestoreprofApp(App[int]):
 
     def on_restoreprof_app_export_done(self, message: ExportDone) -> None:
         if message.error:
+            self.export_error = message.error
             self.notify(f"export to {message.outdir} failed: {message.error}",
                         severity="error", timeout=15)
             return
         self.exported = message.files
         self.notify(f"exported {len(message.files)} files to {message.outdir.resolve()}",
                     title="export", timeout=15)
+
+    def on_unmount(self) -> None:
+        self.feed.stop()  # the feed thread ends within a frame; a live session detaches
 
     def export_screen_text(self) -> str:
         """The screen as plain text (tests and bug reports; an SVG needs a browser)."""

@@ -111,7 +111,8 @@ class ReplayFeed(Feed):
         self._clock = clock
         self._ordered = sorted(trace.events, key=lambda e: (e.end_ns, e.start_ns))
         self.start_ns = _trace_start_ns(trace)
-        self.end_ns = max((e.end_ns for e in self._ordered), default=self.start_ns)
+        last_event_ns = max((e.end_ns for e in self._ordered), default=self.start_ns)
+        self.end_ns = max(last_event_ns, getattr(trace.meta, "end_ns", 0) or 0)
         if until_ns is not None:
             self.end_ns = min(self.end_ns, self.start_ns + until_ns)
 
@@ -181,8 +182,9 @@ class LiveFeed(Feed):
 
     def meta(self):
         pids = sorted({e.pid for e in self.events_so_far()})
-        return pipeline.make_meta(target=self.target, pids=pids,
-                                  lost_events=self._lost_events(), gpus=query_gpus())
+        return pipeline.make_meta(target=self.target, pids=pids, start_ns=self.start_ns,
+                                  end_ns=time.monotonic_ns(), lost_events=self._lost_events(),
+                                  gpus=query_gpus())
 
     def _lost_events(self) -> int:
         return int(getattr(self.session, "lost_events", 0) or 0) if self.session else 0

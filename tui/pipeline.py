@@ -59,20 +59,26 @@ def export_all(trace, report: dict | None, outdir: Path) -> list[Path]:
     return list(write_all(trace, report, outdir))
 
 
+# The settings the view shows: the ones that change how a restore moves memory.
+SHOWN_OPTIMIZER_SETTINGS = ("streams", "chunk_mb", "threads", "pinned", "prewarm", "readahead",
+                            "offload")
+
+
 def optimizer_config_in_use() -> dict | None:
-    """The optimizer configuration in use, as a dict; None means the defaults."""
+    """The optimizer settings in effect here (file and environment); None: not installed."""
     try:
-        from restoreprof.optimizer import config
+        from restoreprof.optimizer.config import OptimizerConfig
     except ImportError:
         return None
-    for loader in ("in_use", "current", "load"):
-        get = getattr(config, loader, None)
-        if callable(get):
-            try:
-                return _as_dict(get())
-            except (OSError, ValueError, TypeError):  # unreadable config: the defaults apply
-                return None
-    return None
+    from restoreprof.errors import RestoreprofError
+
+    try:
+        config = OptimizerConfig.load()
+    except RestoreprofError as exc:
+        return {"error": str(exc).splitlines()[0]}
+    shown = {k: v for k, v in config.as_dict().items() if k in SHOWN_OPTIMIZER_SETTINGS}
+    shown["source"] = "defaults" if config == OptimizerConfig() else "config file / environment"
+    return shown
 
 
 def _as_dict(value) -> dict:

@@ -31,7 +31,7 @@ class CostRow:
     time_ns: int
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # arrays: compare by identity
 class ThroughputSeries:
     """Bytes moved per ``BUCKET_NS`` bucket, from the view's start to now."""
 
@@ -47,7 +47,9 @@ class ThroughputSeries:
         padded = np.zeros(-(-n // per_column) * per_column)
         padded[:n] = self.bytes_per_bucket
         sums = padded.reshape(-1, per_column).sum(axis=1)
-        return sums / (per_column * self.bucket_ns)  # bytes per ns == GB/s
+        widths = np.full(len(sums), per_column)
+        widths[-1] = n - per_column * (len(sums) - 1)  # the last column may be partial
+        return sums / (widths * self.bucket_ns)  # bytes per ns == GB/s
 
     def gbps_latest(self, window_ns: int = 500_000_000) -> float:
         buckets = max(1, window_ns // self.bucket_ns)
@@ -117,7 +119,8 @@ class _Buckets:
             self.values[bucket] += rate * (hi - lo)
 
     def series(self, now_ns: int) -> ThroughputSeries:
-        upto = max(self.used, (max(now_ns, self.start_ns) - self.start_ns) // BUCKET_NS + 1)
+        elapsed_ns = max(now_ns, self.start_ns) - self.start_ns
+        upto = max(self.used, 1, -(-elapsed_ns // BUCKET_NS))
         self._grow(upto)
         return ThroughputSeries(self.values[:upto].copy())
 
@@ -155,13 +158,14 @@ class LiveStats:
     def costs(self) -> tuple[CostRow, ...]:
         return tuple(CostRow(kind, name, *totals) for (kind, name), totals in self._costs.items())
 
-    def snapshot(self, now_ns: int, **extra) -> Snapshot:
+    def snapshot(self, now_ns: int, lost_events: int = 0, **extra) -> Snapshot:
         return Snapshot(
             target=self.target,
             mode=self.mode,
             start_ns=self.start_ns,
             now_ns=now_ns,
             events_seen=self.events_seen,
+            lost_events=lost_events,
             costs=self.costs(),
             page_reads=self._page_reads.series(now_ns),
             h2d_copies=self._h2d.series(now_ns),

@@ -171,11 +171,16 @@ class ConfigPanel(Static):
     """The optimizer configuration in use (streams, chunk size, threads, ...)."""
 
     def show(self, config: dict | None) -> None:
-        text = Text()
         if not config:
-            text.append("default")
-        else:
-            text.append("  ".join(f"{key}={_short(value)}" for key, value in config.items()))
+            self.update("default")
+            return
+        if "error" in config:
+            self.update(Text(config["error"], style="red"))
+            return
+        settings = {k: v for k, v in config.items() if k != "source"}
+        text = Text("  ".join(f"{key}={_short(value)}" for key, value in settings.items()))
+        if config.get("source"):
+            text.append(f"  ({config['source']})", style="dim")
         self.update(text)
 
 
