@@ -23,11 +23,14 @@ class HeldMemory:
 
     @classmethod
     def start(cls, state_dir: Path, mib: int, gpu_mib: int = 0, seed: int = 1234,
-              env: dict[str, str] | None = None, timeout_s: float = 300) -> "HeldMemory":
+              env: dict[str, str] | None = None, timeout_s: float = 300,
+              prefix: list[str] | None = None, children: int = 0) -> "HeldMemory":
+        """Start a holder (prefix: e.g. ['restoreprof', 'exec', '--']); children: a tree of N."""
         state_dir.mkdir(parents=True, exist_ok=True)
         (state_dir / "ready").unlink(missing_ok=True)
-        cmd = [sys.executable, "-m", "restoreprof.workloads.hold_memory", "--mib", str(mib),
-               "--gpu-mib", str(gpu_mib), "--seed", str(seed), "--state", str(state_dir)]
+        cmd = [*(prefix or []), sys.executable, "-m", "restoreprof.workloads.hold_memory",
+               "--mib", str(mib), "--gpu-mib", str(gpu_mib), "--seed", str(seed),
+               "--state", str(state_dir), "--children", str(children)]
         # Own session, no pipes: CRIU dumps it without --shell-job or external pipes.
         stderr = open(state_dir / "stderr.log", "ab")
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
@@ -44,10 +47,19 @@ class HeldMemory:
                 raise RestoreprofError(f"workload not ready after {timeout_s:.0f} s")
             time.sleep(0.05)
         digest = (state_dir / "ready").read_text().split()[0]
+        pid = int((state_dir / "ready").read_text().rsplit("pid=", 1)[1])
         # Reap the child in the background when it ends so it leaves no zombie.
         import threading
         threading.Thread(target=proc.wait, daemon=True).start()
-        return cls(proc.pid, state_dir, digest)
+        return cls(pid, state_dir, digest)
+
+    def children(self) -> list["HeldMemory"]:
+        """The holders of a tree started with children=N."""
+        found = []
+        for state in sorted(self.state_dir.glob("child-*")):
+            text = (state / "ready").read_text()
+            found.append(HeldMemory(int(text.rsplit("pid=", 1)[1]), state, text.split()[0]))
+        return found
 
     def verify(self, timeout_s: float = 120) -> bool:
         """Ask the process to re-hash what it holds; True when it matches the digest at start."""
@@ -80,3 +92,6 @@ class HeldMemory:
             time.sleep(0.02)
         if self.alive():
             os.kill(self.pid, signal.SIGKILL)
+        # Wait until the PID is reaped, not only dead: a restore needs it free.
+        while Path(f"/proc/{self.pid}").exists() and time.monotonic() < deadline + timeout_s:
+            time.sleep(0.01)

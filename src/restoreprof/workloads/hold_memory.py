@@ -24,21 +24,24 @@ _CHUNK_BYTES = 64 << 20
 
 
 def _fill(buffer: np.ndarray, seed: int) -> None:
-    rng = np.random.default_rng(seed)
+    """Distinctive data at memory speed: a random 64 MiB block, xor-ed with each chunk's index."""
+    block = np.random.default_rng(seed).integers(0, 2**64, size=_CHUNK_BYTES // 8, dtype=np.uint64)
     words = buffer.view(np.uint64)
-    step = _CHUNK_BYTES // 8
-    for start in range(0, words.size, step):
-        end = min(start + step, words.size)
-        words[start:end] = rng.integers(0, 2**64, size=end - start, dtype=np.uint64)
+    for index, start in enumerate(range(0, words.size, block.size)):
+        end = min(start + block.size, words.size)
+        np.bitwise_xor(block[: end - start], np.uint64(index * 0x9E3779B97F4A7C15 % 2**64),
+                       out=words[start:end])
 
 
 def _digest(*buffers: np.ndarray) -> str:
-    h = hashlib.sha256()
-    for buffer in buffers:
-        view = memoryview(buffer).cast("B")
-        for start in range(0, len(view), _CHUNK_BYTES):
-            h.update(view[start : start + _CHUNK_BYTES])
-    return h.hexdigest()
+    """SHA-256 over per-chunk SHA-256s, the chunks hashed in parallel (hashlib frees the GIL)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    views = [memoryview(b).cast("B") for b in buffers]
+    chunks = [v[s : s + _CHUNK_BYTES] for v in views for s in range(0, len(v), _CHUNK_BYTES)]
+    with ThreadPoolExecutor(max_workers=min(16, os.cpu_count() or 1)) as pool:
+        digests = pool.map(lambda c: hashlib.sha256(c).digest(), chunks)
+    return hashlib.sha256(b"".join(digests)).hexdigest()
 
 
 def _write_atomic(path: Path, text: str) -> None:
@@ -65,14 +68,40 @@ class _GpuBuffer:
         return host
 
 
+def _parent(args: argparse.Namespace) -> int:
+    """A process tree: one parent, N holders, so a checkpoint holds several CUDA processes."""
+    import subprocess
+
+    children = []
+    for i in range(args.children):
+        state = args.state / f"child-{i}"
+        state.mkdir(exist_ok=True)
+        (state / "ready").unlink(missing_ok=True)
+        cmd = [sys.executable, "-m", "restoreprof.workloads.hold_memory", "--mib", str(args.mib),
+               "--gpu-mib", str(args.gpu_mib), "--seed", str(args.seed + 10 * i), "--state", str(state)]
+        children.append(subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL))
+    while not all((args.state / f"child-{i}" / "ready").exists() for i in range(args.children)):
+        if any(c.poll() is not None for c in children):
+            return 1
+        time.sleep(0.05)
+    signal.signal(signal.SIGTERM, lambda *_: [c.terminate() for c in children] and sys.exit(0))
+    _write_atomic(args.state / "ready", f"tree pid={os.getpid()}\n")
+    while True:
+        time.sleep(3600)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--mib", type=int, default=256, help="host memory to hold, MiB")
     parser.add_argument("--gpu-mib", type=int, default=0, help="GPU memory to hold, MiB")
     parser.add_argument("--seed", type=int, default=1234)
     parser.add_argument("--state", type=Path, required=True, help="folder for ready/verified files")
+    parser.add_argument("--children", type=int, default=0,
+                        help="hold nothing here; start this many holders as children (state/child-N)")
     args = parser.parse_args(argv)
     args.state.mkdir(parents=True, exist_ok=True)
+    if args.children:
+        return _parent(args)
 
     host = np.empty(args.mib << 20, dtype=np.uint8)
     _fill(host, args.seed)

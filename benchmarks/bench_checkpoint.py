@@ -1,0 +1,108 @@
+"""Checkpoint and restore through restoreprof's commands: step times, data verified.
+
+    python benchmarks/bench_checkpoint.py --gpu-gib 8              one CUDA process
+    python benchmarks/bench_checkpoint.py --gpu-gib 4 --procs 4    a tree of 4, parallel vs serial
+    python benchmarks/bench_checkpoint.py --host-mib 1024          CPU only (no GPU needed)
+
+Each case: start the workload, `restoreprof checkpoint`, then `restoreprof restore` (warm page
+cache, and cold with --cold), verify the data in every process, stop the tree, and for trees
+restore again with --serial from the same images. Prints a table; --json FILE keeps the data.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from restoreprof.workloads.controller import HeldMemory
+
+
+def cli(*args: str) -> dict:
+    out = subprocess.run([sys.executable, "-m", "restoreprof", *args, "--json"],
+                         capture_output=True, text=True)
+    if out.returncode != 0:
+        raise SystemExit(f"restoreprof {' '.join(args)} failed:\n{out.stderr}")
+    return json.loads(out.stdout)
+
+
+def drop_caches() -> None:
+    subprocess.run(["sync"], check=True)
+    Path("/proc/sys/vm/drop_caches").write_text("3\n")
+
+
+def step_seconds(result: dict, name: str) -> float:
+    return sum((s["end_ns"] - s["start_ns"]) / 1e9 for s in result["steps"] if s["name"] == name)
+
+
+def one_restore(images: Path, holders: list[HeldMemory], root: HeldMemory, *, serial: bool,
+                cold: bool) -> dict:
+    if cold:
+        drop_caches()
+    start = time.monotonic()
+    result = cli("restore", "-D", str(images), *(["--serial"] if serial else []))
+    wall = time.monotonic() - start
+    ok = all(h.verify() for h in holders)
+    root.stop()
+    for h in holders:
+        h.stop()
+    return {"wall_s": wall, "total_s": result["total_s"], "verified": ok,
+            "verify_images_s": step_seconds(result, "verify images"),
+            "criu_restore_s": step_seconds(result, "criu restore"),
+            "gpu_restore_s": step_seconds(result, "GPU restore"),
+            "gpu_driver_restore_s": [round(step_seconds({"steps": [s]}, "GPU driver restore"), 3)
+                                     for s in result["steps"] if s["name"] == "GPU driver restore"],
+            "serial": serial, "cold": cold}
+
+
+def run_case(work: Path, host_mib: int, gpu_mib: int, procs: int, cold: bool, repeat: int) -> dict:
+    shutil.rmtree(work, ignore_errors=True)
+    root = HeldMemory.start(work / "state", host_mib, gpu_mib, children=procs if procs > 1 else 0)
+    holders = root.children() if procs > 1 else [root]
+    images = work / "images"
+    ckpt = cli("checkpoint", "-p", str(root.pid), "-D", str(images))
+    case = {"host_mib": host_mib, "gpu_mib": gpu_mib, "procs": procs,
+            "images_bytes": ckpt["images_bytes"],
+            "checkpoint": {s["name"]: round((s["end_ns"] - s["start_ns"]) / 1e9, 3)
+                           for s in ckpt["steps"]}, "restores": []}
+    modes = [(False, False)] * repeat + ([(False, True)] if cold else [])
+    if procs > 1:
+        modes += [(True, False)] * repeat
+    for serial, cold_cache in modes:
+        case["restores"].append(one_restore(images, holders, root, serial=serial, cold=cold_cache))
+    shutil.rmtree(work, ignore_errors=True)
+    return case
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--host-mib", type=int, default=64)
+    parser.add_argument("--gpu-gib", type=float, default=0)
+    parser.add_argument("--procs", type=int, default=1)
+    parser.add_argument("--repeat", type=int, default=1)
+    parser.add_argument("--cold", action="store_true", help="also restore from a cold page cache")
+    parser.add_argument("--work", type=Path, default=Path("/tmp/rp-bench-ckpt"))
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    case = run_case(args.work, args.host_mib, int(args.gpu_gib * 1024), args.procs, args.cold,
+                    args.repeat)
+    print(f"\n{args.procs} process(es), host {args.host_mib} MiB, GPU {args.gpu_gib} GiB each; "
+          f"images {case['images_bytes'] / 1e9:.2f} GB")
+    print("checkpoint: " + ", ".join(f"{k} {v:.2f} s" for k, v in case["checkpoint"].items()))
+    print(f"{'restore':<16} {'cache':<6} {'total s':>8} {'criu s':>7} {'gpu s':>7} "
+          f"{'verify s':>8} {'wall s':>7}  data")
+    for r in case["restores"]:
+        mode = "serial" if r["serial"] else "parallel"
+        print(f"{mode:<16} {'cold' if r['cold'] else 'warm':<6} {r['total_s']:>8.2f} "
+              f"{r['criu_restore_s']:>7.2f} {r['gpu_restore_s']:>7.2f} {r['verify_images_s']:>8.2f} "
+              f"{r['wall_s']:>7.2f}  {'OK' if r['verified'] else 'MISMATCH'}")
+    if args.json:
+        args.json.write_text(json.dumps(case, indent=2))
+
+
+if __name__ == "__main__":
+    main()
