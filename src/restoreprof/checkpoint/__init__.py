@@ -5,4 +5,4 @@
 
 from restoreprof.checkpoint.api import CheckpointResult, RestoreResult, checkpoint, restore
 
-__all__ = ["checkpoint", "restore", "CheckpointResult", "RestoreResult"]
+__all__ = ["CheckpointResult", "RestoreResult", "checkpoint", "restore"]

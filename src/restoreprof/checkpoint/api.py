@@ -11,49 +11,26 @@ from __future__ import annotations
 
 import os
 import platform
-import threading
 import time
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from restoreprof import __version__
 from restoreprof.checkpoint import criu, gpu
 from restoreprof.checkpoint.manifest import (
-    MANIFEST_NAME, Manifest, ProcessRecord, record_images, verify_images,
+    MANIFEST_NAME,
+    Manifest,
+    ProcessRecord,
+    record_images,
+    verify_images,
 )
+from restoreprof.checkpoint.steps import Step, StepClock
 from restoreprof.checkpoint.tree import comm, exists, process_tree
 from restoreprof.errors import RestoreprofError, require_root
+from restoreprof.optimizer.config import OptimizerConfig
 
 PIDFILE_NAME = "restored.pid"
-
-
-@dataclass
-class Step:
-    name: str
-    start_ns: int
-    end_ns: int
-    pid: int | None = None
-
-    @property
-    def seconds(self) -> float:
-        return (self.end_ns - self.start_ns) / 1e9
-
-
-class StepClock:
-    """Collects named, timed steps (CLOCK_MONOTONIC ns, the clock the probes use)."""
-
-    def __init__(self) -> None:
-        self.steps: list[Step] = []
-        self._lock = threading.Lock()
-
-    def run(self, name: str, fn, *args, pid: int | None = None, **kwargs):
-        start = time.monotonic_ns()
-        try:
-            return fn(*args, **kwargs)
-        finally:
-            with self._lock:
-                self.steps.append(Step(name, start, time.monotonic_ns(), pid))
 
 
 @dataclass
@@ -136,7 +113,7 @@ def checkpoint(pid: int, directory: Path, *, leave_running: bool = False, offloa
         gpus=gpu.gpu_records() if cuda_pids else [],
         shell_job=shell_job,
         versions=_versions(bool(cuda_pids)),
-        created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        created=datetime.now(UTC).isoformat(timespec="seconds"),
     )
     manifest.images = clock.run("checksum images", record_images, directory)
     manifest.steps = [{"name": s.name, "seconds": round(s.seconds, 6)} for s in clock.steps]
@@ -152,6 +129,7 @@ def restore(directory: Path, *, gpu_map: dict[str, str] | None = None, parallel:
     manifest = Manifest.load(directory)
     clock = StepClock()
     cuda_pids = manifest.cuda_pids
+    optimizer = optimizer or OptimizerConfig.load()
     pairs = gpu.gpu_pairs(manifest.gpus, gpu_map) if cuda_pids else []
 
     if gpu_only:  # retry the GPU step of a restore whose CRIU step succeeded
@@ -170,16 +148,20 @@ def restore(directory: Path, *, gpu_map: dict[str, str] | None = None, parallel:
             f"PID {taken[0]} is in use, and CRIU restores processes with their original PIDs",
             hint=f"stop the process now holding PID {taken[0]} (is the original still running?)",
         )
-    # cuInit and the contexts warm up in this process while CRIU works (it is not needed by
-    # CRIU, and the driver's restore needs it).
-    warm = gpu.Prewarm(optimizer) if cuda_pids else None
-    if warm:
-        warm.start(clock)
+    # cuInit, the contexts and the staging pool warm up in this process while CRIU works: the
+    # driver's restore needs cuInit, and none of it needs CRIU.
+    warm = gpu.start_prewarm(optimizer, clock) if cuda_pids else None
+    # Verification has just read every image; read-ahead helps only where it was skipped.
+    readahead = _start_readahead(directory, optimizer) if not verify else None
     pidfile = directory / PIDFILE_NAME
     pidfile.unlink(missing_ok=True)
-    root = clock.run("criu restore", criu.restore, directory, shell_job=manifest.shell_job,
-                     pidfile=pidfile, extra=criu_args or [])
-    pidfile.unlink(missing_ok=True)
+    try:
+        root = clock.run("criu restore", criu.restore, directory, shell_job=manifest.shell_job,
+                         pidfile=pidfile, extra=criu_args or [])
+    finally:
+        pidfile.unlink(missing_ok=True)
+        if readahead:
+            _finish_readahead(readahead, clock)
     notes = []
     if cuda_pids:
         warm.wait()
@@ -187,6 +169,23 @@ def restore(directory: Path, *, gpu_map: dict[str, str] | None = None, parallel:
                            parallel, optimizer, clock)
     return RestoreResult(directory, root, [p.pid for p in manifest.processes], cuda_pids,
                          clock.steps, notes)
+
+
+def _start_readahead(directory: Path, optimizer: OptimizerConfig):
+    if not optimizer.readahead:
+        return None
+    from restoreprof.optimizer.readahead import ReadAhead
+
+    start = time.monotonic_ns()
+    readahead = ReadAhead(directory, threads=optimizer.threads).start()
+    readahead.started_ns = start
+    return readahead
+
+
+def _finish_readahead(readahead, clock: StepClock) -> None:
+    stats = readahead.stop()
+    clock.steps.append(Step("image read-ahead (overlapped)", readahead.started_ns,
+                            readahead.started_ns + int(stats.seconds * 1e9)))
 
 
 def _wait_gone(pids: list[int], timeout_s: float = 30) -> None:

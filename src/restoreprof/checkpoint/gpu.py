@@ -7,7 +7,6 @@ driver's checkpoint, and streamed back at PCIe speed after the driver's restore.
 
 from __future__ import annotations
 
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -181,37 +180,29 @@ def gpu_pairs(saved: list[dict], gpu_map: dict[str, str] | None) -> list[tuple[b
     present = gpu_records()
     pairs = []
     for old, new in gpu_map.items():
-        old_gpu, new_gpu = _resolve_gpu(old, saved, "checkpoint's"), _resolve_gpu(new, present, "this machine's")
+        old_gpu = _resolve_gpu(old, saved, "checkpoint's")
+        new_gpu = _resolve_gpu(new, present, "this machine's")
         pairs.append((driver.uuid_to_bytes(old_gpu["uuid"]), driver.uuid_to_bytes(new_gpu["uuid"])))
     return pairs
 
 
-class Prewarm:
-    """cuInit and the primary contexts (and the staging pool) made while CRIU works."""
+class _PrewarmStep:
+    """cuInit and the primary contexts, made in the background while CRIU works."""
 
-    def __init__(self, optimizer) -> None:
-        self.optimizer = optimizer
-        self._thread: threading.Thread | None = None
-        self._error: BaseException | None = None
+    def __init__(self, optimizer, clock) -> None:
+        from restoreprof.optimizer.prewarm import Prewarm
 
-    def start(self, clock) -> None:
-        def work() -> None:
-            try:
-                clock.run("cuInit + contexts (overlapped)", self._warm)
-            except BaseException as exc:  # reported by wait()
-                self._error = exc
-
-        self._thread = threading.Thread(target=work, name="restoreprof-prewarm", daemon=True)
-        self._thread.start()
-
-    def _warm(self) -> None:
-        driver.init()
-        if self.optimizer is None or getattr(self.optimizer, "prewarm", True):
-            for g in driver.gpus():
-                driver.primary_context(g.index)
+        self._clock = clock
+        self._start_ns = time.monotonic_ns()
+        # The staging pool that matters lives in the application (the library's); none here.
+        self._warm = Prewarm(optimizer, with_pool=False).start()
 
     def wait(self) -> None:
-        if self._thread:
-            self._thread.join()
-        if self._error:
-            raise self._error
+        ready = self._warm.wait()
+        self._clock.add("prewarm: cuInit + contexts (overlapped)", self._start_ns,
+                        self._start_ns + int(ready.timings.total_s * 1e9))
+        driver.init()  # cuda-python's view of the same driver, now initialised
+
+
+def start_prewarm(optimizer, clock) -> _PrewarmStep:
+    return _PrewarmStep(optimizer, clock)

@@ -53,7 +53,7 @@ class Manifest:
         os.replace(tmp, directory / MANIFEST_NAME)
 
     @classmethod
-    def load(cls, directory: Path) -> "Manifest":
+    def load(cls, directory: Path) -> Manifest:
         path = directory / MANIFEST_NAME
         if not directory.is_dir():
             raise RestoreprofError(f"{directory} does not exist", hint="pass the -D DIR of a checkpoint")
@@ -98,7 +98,7 @@ def _hash_files(directory: Path, names: list[str], threads: int) -> dict[str, li
     with ThreadPoolExecutor(max_workers=threads) as pool:
         digests = list(pool.map(lambda j: _segment_digest(directory / j[0], j[1], j[2]), jobs))
     out: dict[str, list[str]] = {name: [] for name in names}
-    for (name, _, _), digest in zip(jobs, digests):
+    for (name, _, _), digest in zip(jobs, digests, strict=True):
         out[name].append(digest)
     return out
 

@@ -36,8 +36,8 @@ class CudaError(RestoreprofError):
 
 
 _HINTS = {
-    "CUDA_ERROR_NOT_SUPPORTED": "this driver or process does not support the operation (driver >= 550 needed)",
-    "CUDA_ERROR_ILLEGAL_STATE": "the process is not in the CUDA state this step needs; check 'restoreprof doctor'",
+    "CUDA_ERROR_NOT_SUPPORTED": "this driver or process does not support it (driver >= 550 needed)",
+    "CUDA_ERROR_ILLEGAL_STATE": "the process is not in the CUDA state this step needs",
     "CUDA_ERROR_NOT_FOUND": "the PID is not a CUDA process (or the driver does not see it)",
     "CUDA_ERROR_INVALID_VALUE": "a bad argument (PID, GPU map) was passed to the driver",
     "CUDA_ERROR_TIMEOUT": "the process did not reach a lockable point in time; raise --lock-timeout",

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import platform
-
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -47,7 +46,7 @@ def _capabilities() -> Check:
 
 def _bcc_and_bpf() -> list[Check]:
     try:
-        import bcc  # noqa: F401
+        import bcc
     except ImportError as exc:
         return [Check("bcc", False, f"not importable ({exc})",
                       "run ./scripts/setup.sh as root (installs python3-bpfcc, links it into .venv)"),

@@ -24,7 +24,7 @@ class HeldMemory:
     @classmethod
     def start(cls, state_dir: Path, mib: int, gpu_mib: int = 0, seed: int = 1234,
               env: dict[str, str] | None = None, timeout_s: float = 300,
-              prefix: list[str] | None = None, children: int = 0) -> "HeldMemory":
+              prefix: list[str] | None = None, children: int = 0) -> HeldMemory:
         """Start a holder (prefix: e.g. ['restoreprof', 'exec', '--']); children: a tree of N."""
         state_dir.mkdir(parents=True, exist_ok=True)
         (state_dir / "ready").unlink(missing_ok=True)
@@ -32,11 +32,10 @@ class HeldMemory:
                "--mib", str(mib), "--gpu-mib", str(gpu_mib), "--seed", str(seed),
                "--state", str(state_dir), "--children", str(children)]
         # Own session, no pipes: CRIU dumps it without --shell-job or external pipes.
-        stderr = open(state_dir / "stderr.log", "ab")
-        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                stderr=stderr, start_new_session=True,
-                                env={**os.environ, **(env or {})})
-        stderr.close()
+        with open(state_dir / "stderr.log", "ab") as stderr:
+            proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                    stderr=stderr, start_new_session=True,
+                                    env={**os.environ, **(env or {})})
         deadline = time.monotonic() + timeout_s
         while not (state_dir / "ready").exists():
             if proc.poll() is not None:
@@ -53,7 +52,7 @@ class HeldMemory:
         threading.Thread(target=proc.wait, daemon=True).start()
         return cls(pid, state_dir, digest)
 
-    def children(self) -> list["HeldMemory"]:
+    def children(self) -> list[HeldMemory]:
         """The holders of a tree started with children=N."""
         found = []
         for state in sorted(self.state_dir.glob("child-*")):
