@@ -432,7 +432,7 @@ class Engine:
             try:
                 self.driver.call("cuCtxSetCurrent", self.context)
                 worker(pair, self.streams[i % len(self.streams)], next_chunk)
-            except BaseException as exc:  # noqa: BLE001 - raised again by _run
+            except BaseException as exc:
                 errors.append(exc)
                 with lock:  # stop the other threads early
                     for _ in counter:

@@ -93,7 +93,7 @@ class Prewarm:
         def body() -> None:
             try:
                 self._result = warm(self.cfg, self.with_pool)
-            except BaseException as exc:  # noqa: BLE001 - raised again by wait()
+            except BaseException as exc:
                 self._error = exc
 
         self._thread = threading.Thread(target=body, name="restoreprof-prewarm", daemon=True)

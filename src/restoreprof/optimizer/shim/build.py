@@ -13,7 +13,9 @@ from pathlib import Path
 
 SOURCE_DIR = Path(__file__).parent
 LIBRARY_NAME = "librestoreprof_shim.so"
-CFLAGS = ["-O2", "-g", "-fPIC", "-shared", "-Wall", "-Wextra", "-Wno-unused-parameter", "-pthread"]
+# Hidden by default: only what RP_EXPORT marks (the driver's names, dlsym) leaves the library.
+CFLAGS = ["-O2", "-g", "-fPIC", "-shared", "-Wall", "-Wextra", "-Wno-unused-parameter",
+          "-pthread", "-fvisibility=hidden"]
 
 
 def cuda_include_dir() -> Path:
@@ -26,7 +28,8 @@ def cuda_include_dir() -> Path:
     if Path("/usr/include/cuda.h").exists():
         return Path("/usr/include")
     raise FileNotFoundError(
-        "cuda.h not found: install the CUDA toolkit headers (or set CUDA_HOME to a folder with include/cuda.h)"
+        "cuda.h not found: install the CUDA toolkit headers "
+        "(or set CUDA_HOME to a folder with include/cuda.h)"
     )
 
 

@@ -1,0 +1,127 @@
+"""Client of the interception library's control socket (see shim/control.c).
+
+    ctl = ShimControl(pid)
+    ctl.offload(Path("/ckpt/gpu-123.snap"), cfg)   # GPU memory -> file, physical memory released
+    ...                                            # driver checkpoint, criu dump / restore
+    ctl.reload(Path("/ckpt/gpu-123.snap"), cfg)    # file -> GPU at the same addresses
+    ctl.status()                                   # {"state": "running", "allocations": 3, ...}
+
+One request per connection: the library closes the connection as soon as it has replied, so
+no connected socket is left in the process for `criu dump` to refuse.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+from restoreprof.errors import RestoreprofError
+from restoreprof.optimizer.config import OptimizerConfig
+
+DEFAULT_TIMEOUT_S = 600.0  # an offload of tens of GiB to a slow disk takes minutes
+
+
+def run_dirs(pid: int) -> list[Path]:
+    """Where the library puts its socket, in the order it tries them (control.c: choose_dir)."""
+    dirs = []
+    if os.environ.get("RESTOREPROF_RUN_DIR"):
+        dirs.append(Path(os.environ["RESTOREPROF_RUN_DIR"]))
+    dirs.append(Path("/run/restoreprof"))
+    try:
+        uid = os.stat(f"/proc/{pid}").st_uid
+    except OSError:
+        uid = os.geteuid()
+    dirs.append(Path(f"/tmp/restoreprof-{uid}"))
+    return dirs
+
+
+def socket_path(pid: int) -> Path:
+    """The control socket of pid, or a RestoreprofError saying why there is none."""
+    if not Path(f"/proc/{pid}").exists():
+        raise RestoreprofError(f"no process with PID {pid}",
+                               hint="check the PID (ps -p PID), or whether it has already exited")
+    for directory in run_dirs(pid):
+        candidate = directory / f"shim-{pid}.sock"
+        if candidate.exists():
+            return candidate
+    raise RestoreprofError(
+        f"PID {pid} runs without restoreprof's interception library (no control socket "
+        f"shim-{pid}.sock in {', '.join(str(d) for d in run_dirs(pid))})",
+        hint="start the program with 'restoreprof exec -- CMD' to offload its GPU memory",
+    )
+
+
+def _parse_ok_numbers(text: str) -> dict[str, Any]:
+    nbytes, ns = (int(x) for x in text.split()[:2])
+    seconds = ns / 1e9
+    return {"bytes": nbytes, "seconds": seconds,
+            "gbps": nbytes / seconds / 1e9 if seconds > 0 else 0.0}
+
+
+class ShimControl:
+    """Requests to one process's interception library."""
+
+    def __init__(self, pid: int, timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
+        self.pid = pid
+        self.timeout_s = timeout_s
+        self.path = socket_path(pid)
+
+    def request(self, line: str) -> str:
+        """Send one request line; the text after OK, or RestoreprofError with the library's ERR."""
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(self.timeout_s)
+            try:
+                sock.connect(str(self.path))
+            except PermissionError:
+                raise RestoreprofError(
+                    f"not allowed to use PID {self.pid}'s control socket {self.path}",
+                    hint="run as the process owner or as root") from None
+            except OSError as exc:
+                raise RestoreprofError(
+                    f"PID {self.pid}'s control socket {self.path} does not answer: {exc}",
+                    hint="the process may have exited or be stopped; check it with ps") from None
+            sock.sendall(line.encode() + b"\n")
+            reply = b""
+            while not reply.endswith(b"\n"):
+                data = sock.recv(4096)
+                if not data:
+                    break
+                reply += data
+        text = reply.decode(errors="replace").strip()
+        if text.startswith("OK"):
+            return text[2:].strip()
+        message = text.removeprefix("ERR").strip() or "no reply"
+        hint = ("run as the process owner or as root" if "permission" in message
+                else "see the process's stderr (RESTOREPROF_SHIM_DEBUG=1 logs more)")
+        raise RestoreprofError(f"PID {self.pid}: {line.split()[0]} failed: {message}", hint=hint)
+
+    def _transfer(self, verb: str, path: Path, cfg: OptimizerConfig | None,
+                  safe: bool = False) -> dict[str, Any]:
+        path = Path(path).resolve()
+        if any(c.isspace() for c in str(path)):
+            raise RestoreprofError(f"snapshot path {path} contains whitespace",
+                                   hint="use a checkpoint directory without spaces")
+        cfg = cfg or OptimizerConfig()
+        # safe: one thread and one stream, the plainest path, for a retry after a failure.
+        streams, threads = (1, 1) if safe else (cfg.streams, cfg.threads)
+        start = time.monotonic()
+        result = _parse_ok_numbers(self.request(
+            f"{verb} {path} {streams} {cfg.chunk_mb} {threads}"))
+        result["wall_seconds"] = time.monotonic() - start
+        return result
+
+    def offload(self, path: Path, cfg: OptimizerConfig | None = None) -> dict[str, Any]:
+        """Write all GPU allocations to path and release their memory; {bytes, seconds, gbps}."""
+        return self._transfer("OFFLOAD", path, cfg)
+
+    def reload(self, path: Path, cfg: OptimizerConfig | None = None,
+               safe: bool = False) -> dict[str, Any]:
+        """Map memory at the same addresses again and load path into it (checksums verified)."""
+        return self._transfer("RELOAD", path, cfg, safe)
+
+    def status(self) -> dict[str, Any]:
+        fields = dict(item.split("=", 1) for item in self.request("STATUS").split())
+        return {k: int(v) if v.isdigit() else v for k, v in fields.items()}

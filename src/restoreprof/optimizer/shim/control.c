@@ -1,0 +1,494 @@
+/*
+ * The control channel: a Unix socket on which restoreprof asks the library to move the
+ * process's GPU memory out to a snapshot file (before the driver checkpoint) and back in
+ * (after the driver restore).
+ *
+ * One request per connection, one line each way; the library closes the connection as soon
+ * as it has replied, so by the time the client has read the reply no connected socket is left
+ * for `criu dump` to trip over (CRIU can dump a listening socket, not one joined to a peer
+ * outside the dumped tree). The listening socket itself is restored by CRIU at its path.
+ *
+ *   OFFLOAD <path> <streams> <chunk_mb> <threads>  -> OK <bytes> <ns> | ERR <message>
+ *   RELOAD <path> <streams> <chunk_mb> <threads>   -> OK <bytes> <ns> | ERR <message>
+ *   STATUS                                          -> OK state=<running|offloaded> ...
+ *
+ * While offloaded the gate is closed: the application's intercepted calls (copies, kernel and
+ * graph launches, allocations) wait inside the library until RELOAD has put the memory back.
+ * Calls the library does not intercept are not held; see README in the Python package docs.
+ */
+#define _GNU_SOURCE
+#include "shim.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <time.h>
+#include <unistd.h>
+
+#define SNAP_MAGIC "RPSNAP1"
+#define SNAP_VERSION 1
+#define SNAP_CRC32C 1
+#define SNAP_ALIGN 4096
+
+/* The snapshot file: header, then one record (plus its chunk checksums) per allocation, then
+ * each allocation's bytes at a 4 KiB-aligned offset (so O_DIRECT readers can use it). */
+struct snap_header {
+    char magic[8];
+    uint32_t version;
+    uint32_t checksum_kind;
+    uint64_t chunk_bytes;
+    uint64_t count;
+    uint64_t total_bytes;
+    uint64_t table_bytes; /* header + records + checksums */
+    uint64_t reserved[2];
+};
+
+struct snap_record {
+    uint64_t address;
+    uint64_t size;
+    uint64_t reserved;
+    uint64_t data_offset;
+    int32_t device;
+    uint32_t n_chunks; /* followed by n_chunks uint32_t crc32c values */
+};
+
+static char socket_path[sizeof(((struct sockaddr_un *)0)->sun_path)];
+static pid_t owner_pid;
+static int offloaded;
+
+/* ---- small helpers ---- */
+
+static uint64_t now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+static uint64_t align_up(uint64_t v, uint64_t a)
+{
+    return (v + a - 1) / a * a;
+}
+
+/* Checksum arrays are padded to 8 bytes so that every record stays 8-byte aligned. */
+static size_t sums_bytes(size_t n_chunks)
+{
+    return 4 * align_up(n_chunks, 2);
+}
+
+/* A snapshot of the registry, so the long copies run without holding its lock. */
+struct alloc_list {
+    struct rp_allocation *items;
+    size_t count;
+};
+
+static int collect_one(struct rp_allocation *a, void *arg)
+{
+    struct alloc_list *list = arg;
+    list->items[list->count++] = *a;
+    return 0;
+}
+
+static int collect(struct alloc_list *list)
+{
+    size_t count, bytes;
+    rp_registry_totals(&count, &bytes);
+    list->count = 0;
+    list->items = calloc(count ? count : 1, sizeof(*list->items));
+    if (!list->items)
+        return -1;
+    /* The gate is closed, so nothing can allocate between the count and the copy. */
+    rp_registry_each(collect_one, list);
+    return 0;
+}
+
+/* Updates the registry entry at a->address with a's handle (after map/unmap on a copy). */
+static int store_handle(struct rp_allocation *entry, void *arg)
+{
+    struct rp_allocation *a = arg;
+    if (entry->address != a->address)
+        return 0;
+    entry->handle = a->handle;
+    return 1;
+}
+
+static CUresult drain_contexts(struct alloc_list *list)
+{
+    for (size_t i = 0; i < list->count; i++) {
+        CUresult rc = rp_real.cuCtxSetCurrent(list->items[i].context);
+        if (rc == CUDA_SUCCESS)
+            rc = rp_real.cuCtxSynchronize();
+        if (rc != CUDA_SUCCESS)
+            return rc;
+    }
+    return CUDA_SUCCESS;
+}
+
+static size_t table_bytes(struct alloc_list *list, size_t chunk)
+{
+    size_t n = sizeof(struct snap_header);
+    for (size_t i = 0; i < list->count; i++)
+        n += sizeof(struct snap_record) + sums_bytes(rp_chunk_count(list->items[i].size, chunk));
+    return n;
+}
+
+static struct rp_engine_params params_from(int streams, int chunk_mb, int threads)
+{
+    struct rp_engine_params p = rp_engine_default_params();
+    if (streams > 0)
+        p.streams = streams;
+    if (chunk_mb > 0)
+        p.chunk_bytes = (size_t)chunk_mb * RP_MIB;
+    if (threads > 0)
+        p.threads = threads;
+    return p;
+}
+
+/* ---- OFFLOAD ---- */
+
+/* Writes every allocation's bytes and the table; leaves the memory mapped. */
+static int write_snapshot(int fd, struct alloc_list *list, struct rp_engine_params p,
+                          uint64_t *total, char *err, size_t errlen)
+{
+    size_t table = table_bytes(list, p.chunk_bytes);
+    char *buf = calloc(1, table);
+    if (!buf)
+        return snprintf(err, errlen, "out of memory"), -1;
+    struct snap_header *h = (struct snap_header *)buf;
+    memcpy(h->magic, SNAP_MAGIC, 8);
+    h->version = SNAP_VERSION;
+    h->checksum_kind = SNAP_CRC32C;
+    h->chunk_bytes = p.chunk_bytes;
+    h->count = list->count;
+    h->table_bytes = table;
+    uint64_t data = align_up(table, SNAP_ALIGN);
+    char *cursor = buf + sizeof(*h);
+    int rc = 0;
+    for (size_t i = 0; i < list->count && rc == 0; i++) {
+        struct rp_allocation *a = &list->items[i];
+        struct snap_record *r = (struct snap_record *)cursor;
+        uint32_t *sums = (uint32_t *)(r + 1);
+        *r = (struct snap_record){ a->address, a->size, a->reserved, data, a->device,
+                                   (uint32_t)rp_chunk_count(a->size, p.chunk_bytes) };
+        cursor = (char *)sums + sums_bytes(r->n_chunks);
+        struct rp_transfer t = { .direction = RP_D2H, .device = a->address, .fd = fd,
+                                 .file_offset = (off_t)data, .bytes = a->size, .checksums = sums };
+        CUresult cr = rp_real.cuCtxSetCurrent(a->context);
+        if (cr == CUDA_SUCCESS)
+            cr = rp_engine_run(&t, p, 1);
+        if (cr != CUDA_SUCCESS) {
+            snprintf(err, errlen, "copying %#llx (%zu bytes) out failed: %s",
+                     (unsigned long long)a->address, a->size, rp_error_name(cr));
+            rc = -1;
+        }
+        h->total_bytes += a->size;
+        data = align_up(data + a->size, SNAP_ALIGN);
+    }
+    if (rc == 0 && pwrite(fd, buf, table, 0) != (ssize_t)table) {
+        snprintf(err, errlen, "writing the snapshot table failed: %s", strerror(errno));
+        rc = -1;
+    }
+    *total = h->total_bytes;
+    free(buf);
+    return rc;
+}
+
+static int unmap_all(struct alloc_list *list, char *err, size_t errlen)
+{
+    int failures = 0;
+    for (size_t i = 0; i < list->count; i++) {
+        struct rp_allocation *a = &list->items[i];
+        CUresult rc = rp_vmm_unmap(a);
+        rp_registry_each(store_handle, a);
+        if (rc != CUDA_SUCCESS && !failures++)
+            snprintf(err, errlen, "releasing %#llx failed: %s; the snapshot is complete, "
+                     "RELOAD resumes", (unsigned long long)a->address, rp_error_name(rc));
+    }
+    return failures ? -1 : 0;
+}
+
+static void do_offload(const char *path, struct rp_engine_params p, char *reply, size_t len)
+{
+    if (offloaded) {
+        snprintf(reply, len, "ERR already offloaded: RELOAD first");
+        return;
+    }
+    uint64_t start = now_ns(), total = 0;
+    char err[256] = "";
+    struct alloc_list list = { 0 };
+    rp_gate_close(); /* the application's intercepted calls wait from here */
+    int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    CUresult drained = CUDA_SUCCESS;
+    int rc = -1;
+    if (fd < 0)
+        snprintf(err, sizeof(err), "cannot create %.160s: %s", path, strerror(errno));
+    else if (collect(&list) != 0)
+        snprintf(err, sizeof(err), "out of memory");
+    else if ((drained = drain_contexts(&list)) != CUDA_SUCCESS)
+        snprintf(err, sizeof(err), "waiting for the GPU failed: %s", rp_error_name(drained));
+    else
+        rc = write_snapshot(fd, &list, p, &total, err, sizeof(err));
+    if (fd >= 0 && close(fd) != 0 && rc == 0) {
+        snprintf(err, sizeof(err), "closing %.160s failed: %s", path, strerror(errno));
+        rc = -1;
+    }
+    if (rc != 0) {
+        rp_gate_open(); /* nothing was released: the application just carries on */
+        snprintf(reply, len, "ERR %s", err);
+    } else {
+        offloaded = 1; /* from here the gate stays closed until RELOAD */
+        if (unmap_all(&list, err, sizeof(err)) != 0)
+            snprintf(reply, len, "ERR %s", err);
+        else
+            snprintf(reply, len, "OK %llu %llu", (unsigned long long)total,
+                     (unsigned long long)(now_ns() - start));
+    }
+    free(list.items);
+}
+
+/* ---- RELOAD ---- */
+
+static char *read_table(int fd, struct snap_header *h, char *err, size_t errlen)
+{
+    if (pread(fd, h, sizeof(*h), 0) != sizeof(*h) || memcmp(h->magic, SNAP_MAGIC, 8) != 0 ||
+        h->version != SNAP_VERSION || h->checksum_kind != SNAP_CRC32C) {
+        snprintf(err, errlen, "not a restoreprof snapshot (or another version)");
+        return NULL;
+    }
+    char *table = malloc(h->table_bytes);
+    if (!table || pread(fd, table, h->table_bytes, 0) != (ssize_t)h->table_bytes) {
+        snprintf(err, errlen, "the snapshot table is truncated");
+        free(table);
+        return NULL;
+    }
+    return table;
+}
+
+static struct rp_allocation *find_in(struct alloc_list *list, const struct snap_record *r)
+{
+    for (size_t i = 0; i < list->count; i++)
+        if (list->items[i].address == r->address && list->items[i].size == r->size)
+            return &list->items[i];
+    return NULL;
+}
+
+/* Loads one record; on an engine failure, rebuilds the staging pool and tries once more
+ * (pinned buffers made before a driver checkpoint may not survive it on every driver). */
+static CUresult load_record(int fd, struct rp_allocation *a, const struct snap_record *r,
+                            struct rp_engine_params p)
+{
+    struct rp_transfer t = { .direction = RP_H2D, .device = a->address, .fd = fd,
+                             .file_offset = (off_t)r->data_offset, .bytes = r->size,
+                             .checksums = (uint32_t *)(r + 1) };
+    CUresult rc = rp_real.cuCtxSetCurrent(a->context);
+    if (rc == CUDA_SUCCESS && a->handle == 0) {
+        rc = rp_vmm_map(a);
+        rp_registry_each(store_handle, a);
+    }
+    if (rc != CUDA_SUCCESS)
+        return rc;
+    rc = rp_engine_run(&t, p, 1);
+    if (rc != CUDA_SUCCESS && rc != CUDA_ERROR_INVALID_IMAGE) {
+        rp_log("reload of %#llx failed (%s); retrying with a new staging pool",
+               (unsigned long long)a->address, rp_error_name(rc));
+        rp_engine_release();
+        rc = rp_engine_run(&t, p, 1);
+    }
+    return rc;
+}
+
+static void do_reload(const char *path, struct rp_engine_params p, char *reply, size_t len)
+{
+    if (!offloaded) {
+        snprintf(reply, len, "ERR not offloaded: nothing to reload");
+        return;
+    }
+    uint64_t start = now_ns(), total = 0;
+    char err[256] = "";
+    struct snap_header h;
+    struct alloc_list list = { 0 };
+    char *table = NULL;
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        snprintf(err, sizeof(err), "cannot open %.160s: %s", path, strerror(errno));
+    else if ((table = read_table(fd, &h, err, sizeof(err))) && collect(&list) != 0)
+        snprintf(err, sizeof(err), "out of memory");
+    p.chunk_bytes = table ? h.chunk_bytes : p.chunk_bytes; /* checksums are per saved chunk */
+    char *cursor = table ? table + sizeof(h) : NULL;
+    for (uint64_t i = 0; table && !err[0] && i < h.count; i++) {
+        const struct snap_record *r = (const struct snap_record *)cursor;
+        cursor = (char *)(r + 1) + sums_bytes(r->n_chunks);
+        struct rp_allocation *a = find_in(&list, r);
+        CUresult rc = a ? load_record(fd, a, r, p) : CUDA_ERROR_NOT_FOUND;
+        if (rc != CUDA_SUCCESS)
+            snprintf(err, sizeof(err), "%s %#llx (%llu bytes): %s",
+                     a ? "reloading" : "no allocation in this process at",
+                     (unsigned long long)r->address, (unsigned long long)r->size,
+                     rc == CUDA_ERROR_INVALID_IMAGE ? "checksum mismatch" : rp_error_name(rc));
+        total += r->size;
+    }
+    if (!err[0] && table && h.count != list.count)
+        snprintf(err, sizeof(err), "the snapshot holds %llu allocations, the process %zu",
+                 (unsigned long long)h.count, list.count);
+    if (fd >= 0)
+        close(fd);
+    free(table);
+    free(list.items);
+    if (err[0]) { /* the gate stays closed: the process must not run on missing memory */
+        snprintf(reply, len, "ERR %s", err);
+        return;
+    }
+    offloaded = 0;
+    rp_gate_open();
+    snprintf(reply, len, "OK %llu %llu", (unsigned long long)total,
+             (unsigned long long)(now_ns() - start));
+}
+
+/* ---- STATUS and the server ---- */
+
+static void do_status(char *reply, size_t len)
+{
+    size_t count, bytes;
+    rp_registry_totals(&count, &bytes);
+    snprintf(reply, len,
+             "OK state=%s allocations=%zu bytes=%zu intercepted=%lu intercepted_bytes=%lu "
+             "fallbacks=%lu gate=%s",
+             offloaded ? "offloaded" : "running", count, bytes, rp_stats.intercepted,
+             rp_stats.intercepted_bytes, rp_stats.fallbacks,
+             rp_gate_is_closed() ? "closed" : "open");
+}
+
+static void handle(const char *line, char *reply, size_t len)
+{
+    char path[4096];
+    int streams = 0, chunk_mb = 0, threads = 0;
+    if (strcmp(line, "STATUS") == 0)
+        do_status(reply, len);
+    else if (sscanf(line, "OFFLOAD %4095s %d %d %d", path, &streams, &chunk_mb, &threads) >= 1)
+        do_offload(path, params_from(streams, chunk_mb, threads), reply, len);
+    else if (sscanf(line, "RELOAD %4095s %d %d %d", path, &streams, &chunk_mb, &threads) >= 1)
+        do_reload(path, params_from(streams, chunk_mb, threads), reply, len);
+    else
+        snprintf(reply, len, "ERR unknown request (OFFLOAD, RELOAD or STATUS)");
+}
+
+static int peer_allowed(int conn)
+{
+    struct ucred cred;
+    socklen_t n = sizeof(cred);
+    if (getsockopt(conn, SOL_SOCKET, SO_PEERCRED, &cred, &n) != 0)
+        return 0;
+    return cred.uid == 0 || cred.uid == geteuid();
+}
+
+static int read_line(int conn, char *line, size_t len)
+{
+    size_t used = 0;
+    while (used + 1 < len) {
+        ssize_t n = read(conn, line + used, 1);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0)
+            return -1;
+        if (line[used] == '\n')
+            break;
+        used++;
+    }
+    line[used] = '\0';
+    return 0;
+}
+
+static void serve_one(int conn)
+{
+    char line[4200], reply[512];
+    struct timeval timeout = { .tv_sec = 10 };
+    setsockopt(conn, SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof(timeout));
+    if (!peer_allowed(conn))
+        snprintf(reply, sizeof(reply), "ERR permission denied: only the process owner or root");
+    else if (read_line(conn, line, sizeof(line)) != 0)
+        snprintf(reply, sizeof(reply), "ERR no request");
+    else
+        handle(line, reply, sizeof(reply));
+    strcat(reply, "\n");
+    ssize_t ignored = write(conn, reply, strlen(reply));
+    (void)ignored;
+    close(conn); /* before the client sees EOF: no connected socket outlives a request */
+}
+
+static void *serve(void *arg)
+{
+    int listener = (int)(intptr_t)arg;
+    for (;;) {
+        int conn = accept4(listener, NULL, NULL, SOCK_CLOEXEC);
+        if (conn < 0) {
+            if (errno == EINTR || errno == ECONNABORTED)
+                continue;
+            rp_log("control socket: accept failed: %s; control channel stopped", strerror(errno));
+            return NULL;
+        }
+        serve_one(conn);
+    }
+}
+
+/* $RESTOREPROF_RUN_DIR, else /run/restoreprof, else /tmp/restoreprof-<uid> (private). */
+static int choose_dir(char *dir, size_t len)
+{
+    const char *env = getenv("RESTOREPROF_RUN_DIR");
+    if (env && *env) {
+        mkdir(env, 0700);
+        snprintf(dir, len, "%s", env);
+        return access(dir, W_OK);
+    }
+    snprintf(dir, len, "/run/restoreprof");
+    if ((mkdir(dir, 0755) == 0 || errno == EEXIST) && access(dir, W_OK) == 0)
+        return 0;
+    snprintf(dir, len, "/tmp/restoreprof-%u", (unsigned)geteuid());
+    if (mkdir(dir, 0700) != 0 && errno != EEXIST)
+        return -1;
+    return access(dir, W_OK);
+}
+
+static void remove_socket(void)
+{
+    if (getpid() == owner_pid && socket_path[0])
+        unlink(socket_path);
+}
+
+void rp_control_start(void)
+{
+    char dir[sizeof(socket_path) - 32];
+    struct sockaddr_un addr = { .sun_family = AF_UNIX };
+    if (choose_dir(dir, sizeof(dir)) != 0) {
+        rp_log("no writable run directory for the control socket; offload unavailable");
+        return;
+    }
+    owner_pid = getpid();
+    snprintf(socket_path, sizeof(socket_path), "%s/shim-%d.sock", dir, (int)owner_pid);
+    snprintf(addr.sun_path, sizeof(addr.sun_path), "%s", socket_path);
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    unlink(socket_path); /* a stale one from an earlier process with this pid */
+    mode_t old = umask(0177); /* the socket file is created 0600 */
+    int bound = fd >= 0 && bind(fd, (struct sockaddr *)&addr, sizeof(addr)) == 0;
+    umask(old);
+    pthread_t tid;
+    pthread_attr_t attr;
+    pthread_attr_init(&attr);
+    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+    if (!bound || listen(fd, 8) != 0 ||
+        pthread_create(&tid, &attr, serve, (void *)(intptr_t)fd) != 0) {
+        rp_log("control socket %s: %s; offload unavailable", socket_path, strerror(errno));
+        if (fd >= 0)
+            close(fd);
+        socket_path[0] = '\0';
+    } else {
+        atexit(remove_socket);
+        RP_DEBUG("control socket %s", socket_path);
+    }
+    pthread_attr_destroy(&attr);
+}

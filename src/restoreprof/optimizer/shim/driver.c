@@ -1,0 +1,258 @@
+/*
+ * Reaching the real driver, and making sure programs reach us instead.
+ *
+ * A program finds driver functions in three ways, and each needs its own interposition:
+ *   1. by symbol, linked against libcuda:        LD_PRELOAD puts our exports first;
+ *   2. dlopen("libcuda.so.1") + dlsym(handle):   a handle lookup skips LD_PRELOAD, so we wrap
+ *                                                dlsym itself (cuda-python, cudart do this);
+ *   3. cuGetProcAddress("cuMemcpyHtoD", ver):    what cudart and PyTorch use for everything;
+ *                                                we answer with our wrapper where we have one.
+ */
+#define _GNU_SOURCE
+#include "shim.h"
+
+#include <dlfcn.h>
+#include <link.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+struct rp_real rp_real;
+static void *real_handle;
+static void *(*real_dlsym)(void *, const char *);
+static pthread_once_t real_once = PTHREAD_ONCE_INIT;
+static int real_loaded; /* 1 loaded, -1 failed */
+
+void rp_log(const char *fmt, ...)
+{
+    char line[512];
+    va_list ap;
+    va_start(ap, fmt);
+    int n = snprintf(line, sizeof(line), "restoreprof-shim[%d]: ", (int)getpid());
+    vsnprintf(line + n, sizeof(line) - (size_t)n - 1, fmt, ap);
+    va_end(ap);
+    strcat(line, "\n");
+    /* write(2), not stdio: we may run inside a signal-unsafe or half-initialised program */
+    ssize_t ignored = write(STDERR_FILENO, line, strlen(line));
+    (void)ignored;
+}
+
+const char *rp_error_name(CUresult rc)
+{
+    const char *name = NULL;
+    if (rp_real.cuGetErrorName && rp_real.cuGetErrorName(rc, &name) == CUDA_SUCCESS && name)
+        return name;
+    return "CUDA_ERROR_(unknown)";
+}
+
+/* glibc 2.34 moved dlsym into libc with a new version; older systems have only 2.2.5. */
+static void find_real_dlsym(void)
+{
+    if (real_dlsym)
+        return;
+    real_dlsym = dlvsym(RTLD_NEXT, "dlsym", "GLIBC_2.34");
+    if (!real_dlsym)
+        real_dlsym = dlvsym(RTLD_NEXT, "dlsym", "GLIBC_2.2.5");
+}
+
+static void load_real_once(void)
+{
+    find_real_dlsym();
+    const char *path = getenv("RESTOREPROF_REAL_LIBCUDA");
+    if (!path || !*path)
+        path = "libcuda.so.1";
+    real_handle = dlopen(path, RTLD_NOW | RTLD_GLOBAL);
+    if (!real_handle || !real_dlsym) {
+        rp_log("cannot load the CUDA driver %s: %s; passing nothing through", path, dlerror());
+        real_loaded = -1;
+        return;
+    }
+    /* The handle lookup searches libcuda itself, never this library: no recursion. */
+#define RESOLVE(name, params)                                                                \
+    *(void **)&rp_real.name = real_dlsym(real_handle, strcmp(#name, "cuGetProcAddress_v1") \
+                                                          ? #name                          \
+                                                          : "cuGetProcAddress");
+    RP_REAL_FUNCTIONS(RESOLVE)
+#undef RESOLVE
+    real_loaded = 1;
+    RP_DEBUG("driver %s loaded", path);
+}
+
+int rp_load_real(void)
+{
+    pthread_once(&real_once, load_real_once);
+    return real_loaded == 1 ? 0 : -1;
+}
+
+/* ---- the table of what we wrap ---- */
+
+CUresult cuMemcpy_ptds(CUdeviceptr, CUdeviceptr, size_t);
+CUresult cuMemcpyAsync_ptsz(CUdeviceptr, CUdeviceptr, size_t, CUstream);
+CUresult cuMemcpyHtoD_v2_ptds(CUdeviceptr, const void *, size_t);
+CUresult cuMemcpyDtoH_v2_ptds(void *, CUdeviceptr, size_t);
+CUresult cuMemcpyHtoDAsync_v2_ptsz(CUdeviceptr, const void *, size_t, CUstream);
+CUresult cuMemcpyDtoHAsync_v2_ptsz(void *, CUdeviceptr, size_t, CUstream);
+CUresult cuLaunchKernel_ptsz(CUfunction, unsigned int, unsigned int, unsigned int, unsigned int,
+                             unsigned int, unsigned int, unsigned int, CUstream, void **, void **);
+CUresult cuLaunchKernelEx_ptsz(const CUlaunchConfig *, CUfunction, void **, void **);
+CUresult cuGraphLaunch_ptsz(CUgraphExec, CUstream);
+CUresult cuGetProcAddress_v1(const char *, void **, int, cuuint64_t) __asm__("cuGetProcAddress");
+
+struct wrapped {
+    const char *base;   /* the name cuGetProcAddress is asked for */
+    int min_version;    /* the CUDA version from which `base` means this variant */
+    int per_thread;     /* the _ptds/_ptsz variant (CU_GET_PROC_ADDRESS_PER_THREAD_...) */
+    void **real;        /* slot in rp_real */
+    void *wrapper;
+};
+
+#define W(base, version, per_thread, name) \
+    { base, version, per_thread, (void **)&rp_real.name, (void *)name }
+static const struct wrapped wrapped[] = {
+    W("cuGetProcAddress", 11030, 0, cuGetProcAddress_v1),
+    W("cuGetProcAddress", 12000, 0, cuGetProcAddress_v2),
+    W("cuMemAlloc", 3020, 0, cuMemAlloc_v2),
+    W("cuMemFree", 3020, 0, cuMemFree_v2),
+    W("cuMemcpy", 4000, 0, cuMemcpy),
+    W("cuMemcpy", 7000, 1, cuMemcpy_ptds),
+    W("cuMemcpyAsync", 4000, 0, cuMemcpyAsync),
+    W("cuMemcpyAsync", 7000, 1, cuMemcpyAsync_ptsz),
+    W("cuMemcpyHtoD", 3020, 0, cuMemcpyHtoD_v2),
+    W("cuMemcpyHtoD", 7000, 1, cuMemcpyHtoD_v2_ptds),
+    W("cuMemcpyDtoH", 3020, 0, cuMemcpyDtoH_v2),
+    W("cuMemcpyDtoH", 7000, 1, cuMemcpyDtoH_v2_ptds),
+    W("cuMemcpyHtoDAsync", 3020, 0, cuMemcpyHtoDAsync_v2),
+    W("cuMemcpyHtoDAsync", 7000, 1, cuMemcpyHtoDAsync_v2_ptsz),
+    W("cuMemcpyDtoHAsync", 3020, 0, cuMemcpyDtoHAsync_v2),
+    W("cuMemcpyDtoHAsync", 7000, 1, cuMemcpyDtoHAsync_v2_ptsz),
+    W("cuLaunchKernel", 4000, 0, cuLaunchKernel),
+    W("cuLaunchKernel", 7000, 1, cuLaunchKernel_ptsz),
+    W("cuLaunchKernelEx", 11060, 0, cuLaunchKernelEx),
+    W("cuLaunchKernelEx", 11060, 1, cuLaunchKernelEx_ptsz),
+    W("cuGraphLaunch", 10000, 0, cuGraphLaunch),
+    W("cuGraphLaunch", 10000, 1, cuGraphLaunch_ptsz),
+};
+#undef W
+#define N_WRAPPED (sizeof(wrapped) / sizeof(wrapped[0]))
+
+/* Our wrapper for a real driver function pointer, or NULL when we do not wrap it. */
+static void *wrapper_for_pointer(void *fn)
+{
+    for (size_t i = 0; fn && i < N_WRAPPED; i++)
+        if (*wrapped[i].real == fn)
+            return wrapped[i].wrapper;
+    return NULL;
+}
+
+/*
+ * By name, for a driver that answers cuGetProcAddress with internal entry points rather than
+ * its exported symbols: the variant `base` means for this version and stream mode.
+ */
+static void *wrapper_for_request(const char *base, int version, cuuint64_t flags)
+{
+    int per_thread = (flags & CU_GET_PROC_ADDRESS_PER_THREAD_DEFAULT_STREAM) != 0;
+    const struct wrapped *best = NULL;
+    for (size_t i = 0; i < N_WRAPPED; i++) {
+        const struct wrapped *w = &wrapped[i];
+        if (strcmp(w->base, base) != 0 || w->min_version > version || !*w->real)
+            continue;
+        if (w->per_thread != per_thread && strcmp(base, "cuGetProcAddress") != 0)
+            continue;
+        if (!best || w->min_version > best->min_version)
+            best = w;
+    }
+    return best ? best->wrapper : NULL;
+}
+
+static void substitute(const char *symbol, void **pfn, int version, cuuint64_t flags)
+{
+    if (!pfn || !*pfn)
+        return;
+    void *ours = wrapper_for_pointer(*pfn);
+    if (!ours)
+        ours = wrapper_for_request(symbol, version, flags);
+    if (ours) {
+        RP_DEBUG("cuGetProcAddress(%s, %d, %llu) -> restoreprof", symbol, version,
+                 (unsigned long long)flags);
+        *pfn = ours;
+    }
+}
+
+RP_EXPORT CUresult cuGetProcAddress_v2(const char *symbol, void **pfn, int version,
+                                       cuuint64_t flags, CUdriverProcAddressQueryResult *status)
+{
+    if (rp_load_real() || !rp_real.cuGetProcAddress_v2)
+        return CUDA_ERROR_NOT_INITIALIZED;
+    CUresult rc = rp_real.cuGetProcAddress_v2(symbol, pfn, version, flags, status);
+    if (rc == CUDA_SUCCESS)
+        substitute(symbol, pfn, version, flags);
+    return rc;
+}
+
+RP_EXPORT CUresult cuGetProcAddress_v1(const char *symbol, void **pfn, int version,
+                                       cuuint64_t flags)
+{
+    if (rp_load_real() || !rp_real.cuGetProcAddress_v1)
+        return CUDA_ERROR_NOT_INITIALIZED;
+    CUresult rc = rp_real.cuGetProcAddress_v1(symbol, pfn, version, flags);
+    if (rc == CUDA_SUCCESS)
+        substitute(symbol, pfn, version, flags);
+    return rc;
+}
+
+/* ---- dlsym ---- */
+
+/*
+ * RTLD_NEXT is relative to the caller; through us the caller would look like this library.
+ * Search the objects loaded after the caller's, as glibc would have.
+ */
+static void *next_after(const void *caller, const char *name)
+{
+    Dl_info info;
+    struct link_map *map = NULL;
+    if (!dladdr1(caller, &info, (void **)&map, RTLD_DL_LINKMAP) || !map)
+        return NULL;
+    for (struct link_map *l = map->l_next; l; l = l->l_next) {
+        void *found = real_dlsym(l, name); /* a link_map is a glibc dlopen handle */
+        if (found)
+            return found;
+    }
+    return NULL;
+}
+
+RP_EXPORT void *dlsym(void *handle, const char *name)
+{
+    find_real_dlsym();
+    if (!real_dlsym)
+        return NULL;
+    void *found = handle == RTLD_NEXT ? next_after(__builtin_return_address(0), name)
+                                      : real_dlsym(handle, name);
+    if (!found || strncmp(name, "cu", 2) != 0)
+        return found;
+    /* A handle to libcuda skips LD_PRELOAD: hand out our wrapper for what we wrap. */
+    if (rp_load_real() == 0) {
+        void *ours = wrapper_for_pointer(found);
+        if (ours) {
+            RP_DEBUG("dlsym(%s) -> restoreprof", name);
+            return ours;
+        }
+    }
+    return found;
+}
+
+/* ---- start-up ---- */
+
+__attribute__((constructor)) static void rp_init(void)
+{
+    rp_config_load();
+    /* With an explicit driver path, load it now: the program's own dlopen("libcuda.so.1")
+     * then finds it by soname instead of searching the system for one. */
+    const char *path = getenv("RESTOREPROF_REAL_LIBCUDA");
+    if (path && *path)
+        rp_load_real();
+    if (rp_config.offload)
+        rp_control_start();
+}

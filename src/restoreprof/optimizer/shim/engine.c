@@ -1,0 +1,383 @@
+/*
+ * The engine in C: one transfer split into chunks, handed out to T threads, each with two
+ * pinned staging buffers and one of S streams. While one buffer's DMA runs, the thread fills
+ * (H2D) or drains (D2H) the other, so memcpy/pread/pwrite overlap the PCIe transfer.
+ *
+ * The staging pool is allocated on first use and kept: pinning costs 0.2-0.7 s per GiB on the
+ * H100, far more than the copies it speeds up. Its buffers are PORTABLE pinned memory, usable
+ * from any context; the streams and events belong to one context and are re-made if the
+ * caller's context changes.
+ */
+#define _GNU_SOURCE
+#include "shim.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#define MAX_STREAMS 32
+#define MAX_THREADS 128
+
+/* Distinct codes for failures that are not the driver's, so logs and callers can tell. */
+#define RP_ERROR_IO CUDA_ERROR_OPERATING_SYSTEM
+#define RP_ERROR_CHECKSUM CUDA_ERROR_INVALID_IMAGE
+
+struct slot {
+    void *buffer;
+    CUevent done; /* recorded after the DMA that uses `buffer` */
+    int pending;  /* `done` was recorded and not yet waited for */
+};
+
+static struct {
+    pthread_mutex_t busy; /* one transfer at a time owns the pool */
+    CUcontext context;
+    CUstream streams[MAX_STREAMS];
+    int n_streams;
+    struct slot slots[2 * MAX_THREADS];
+    int n_slots;
+    size_t slot_bytes;
+    int pinned;
+    CUevent order; /* "the caller's stream reached this point" */
+} pool = { .busy = PTHREAD_MUTEX_INITIALIZER };
+
+struct rp_engine_params rp_engine_default_params(void)
+{
+    return (struct rp_engine_params){ rp_config.streams, rp_config.threads,
+                                      rp_config.chunk_bytes };
+}
+
+size_t rp_chunk_count(size_t bytes, size_t chunk)
+{
+    return (bytes + chunk - 1) / chunk;
+}
+
+/* ---- crc32c: SSE4.2 instruction where the CPU has it, a table otherwise ---- */
+
+static uint32_t crc_table[256];
+
+static void crc_table_init(void)
+{
+    for (uint32_t i = 0; i < 256; i++) {
+        uint32_t c = i;
+        for (int k = 0; k < 8; k++)
+            c = c & 1 ? (c >> 1) ^ 0x82F63B78u : c >> 1;
+        crc_table[i] = c;
+    }
+}
+
+__attribute__((target("sse4.2"))) static uint32_t crc32c_hw(uint32_t crc, const uint8_t *p,
+                                                             size_t n)
+{
+    uint64_t c = crc;
+    for (; n >= 8; n -= 8, p += 8) {
+        uint64_t word;
+        memcpy(&word, p, 8);
+        c = __builtin_ia32_crc32di(c, word);
+    }
+    uint32_t c32 = (uint32_t)c;
+    for (; n; n--, p++)
+        c32 = __builtin_ia32_crc32qi(c32, *p);
+    return c32;
+}
+
+RP_EXPORT uint32_t rp_crc32c(uint32_t crc, const void *data, size_t n)
+{
+    static pthread_once_t once = PTHREAD_ONCE_INIT;
+    const uint8_t *p = data;
+    crc = ~crc;
+    if (__builtin_cpu_supports("sse4.2")) {
+        crc = crc32c_hw(crc, p, n);
+    } else {
+        pthread_once(&once, crc_table_init);
+        for (; n; n--, p++)
+            crc = crc_table[(crc ^ *p) & 0xff] ^ (crc >> 8);
+    }
+    return ~crc;
+}
+
+/* ---- the pool ---- */
+
+static void pool_free(void)
+{
+    if (pool.context)
+        rp_real.cuCtxSetCurrent(pool.context);
+    for (int i = 0; i < pool.n_slots; i++) {
+        if (pool.slots[i].done)
+            rp_real.cuEventDestroy_v2(pool.slots[i].done);
+        if (pool.slots[i].buffer && pool.pinned)
+            rp_real.cuMemFreeHost(pool.slots[i].buffer);
+        else
+            free(pool.slots[i].buffer);
+        pool.slots[i] = (struct slot){ 0 };
+    }
+    for (int i = 0; i < pool.n_streams; i++)
+        rp_real.cuStreamDestroy_v2(pool.streams[i]);
+    if (pool.order)
+        rp_real.cuEventDestroy_v2(pool.order);
+    pool.order = NULL;
+    pool.n_slots = pool.n_streams = 0;
+    pool.context = NULL;
+}
+
+static void *allocate_staging(size_t bytes, int pinned)
+{
+    void *p = NULL;
+    if (pinned) {
+        CUresult rc = rp_real.cuMemHostAlloc(&p, bytes, CU_MEMHOSTALLOC_PORTABLE);
+        if (rc != CUDA_SUCCESS) {
+            rp_log("cuMemHostAlloc(%zu) failed: %s", bytes, rp_error_name(rc));
+            return NULL;
+        }
+        return p;
+    }
+    return posix_memalign(&p, 4096, bytes) == 0 ? p : NULL;
+}
+
+/* Makes the pool fit p on context ctx (the caller's current one). */
+static CUresult pool_fit(struct rp_engine_params p, CUcontext ctx)
+{
+    int want_slots = 2 * p.threads;
+    if (pool.context == ctx && pool.slot_bytes == p.chunk_bytes && pool.n_slots == want_slots &&
+        pool.n_streams == p.streams && pool.pinned == rp_config.pinned)
+        return CUDA_SUCCESS;
+    pool_free();
+    rp_real.cuCtxSetCurrent(ctx);
+    pool.context = ctx;
+    pool.slot_bytes = p.chunk_bytes;
+    pool.pinned = rp_config.pinned;
+    CUresult rc = rp_real.cuEventCreate(&pool.order, CU_EVENT_DISABLE_TIMING);
+    for (; rc == CUDA_SUCCESS && pool.n_streams < p.streams; pool.n_streams++)
+        rc = rp_real.cuStreamCreate(&pool.streams[pool.n_streams], CU_STREAM_NON_BLOCKING);
+    for (; rc == CUDA_SUCCESS && pool.n_slots < want_slots; pool.n_slots++) {
+        struct slot *s = &pool.slots[pool.n_slots];
+        s->buffer = allocate_staging(p.chunk_bytes, pool.pinned);
+        rc = s->buffer ? rp_real.cuEventCreate(&s->done, CU_EVENT_DISABLE_TIMING)
+                       : CUDA_ERROR_OUT_OF_MEMORY;
+    }
+    if (rc != CUDA_SUCCESS) {
+        rp_log("staging pool (%d x %zu MiB) failed: %s", want_slots, p.chunk_bytes / RP_MIB,
+               rp_error_name(rc));
+        pool_free();
+    } else {
+        RP_DEBUG("staging pool: %d x %zu MiB, %d streams", want_slots, p.chunk_bytes / RP_MIB,
+                 p.streams);
+    }
+    return rc;
+}
+
+void rp_engine_release(void)
+{
+    pthread_mutex_lock(&pool.busy);
+    pool_free();
+    pthread_mutex_unlock(&pool.busy);
+}
+
+/* ---- one transfer ---- */
+
+struct job {
+    struct rp_transfer *t;
+    size_t chunk;
+    size_t n_chunks;
+    atomic_size_t next;
+    _Atomic CUresult rc;
+};
+
+static void fail(struct job *job, CUresult rc)
+{
+    CUresult expected = CUDA_SUCCESS;
+    atomic_compare_exchange_strong(&job->rc, &expected, rc);
+}
+
+/* The next chunk index, or n_chunks when done or when another thread failed. */
+static size_t take_chunk(struct job *job)
+{
+    if (atomic_load(&job->rc) != CUDA_SUCCESS)
+        return job->n_chunks;
+    size_t i = atomic_fetch_add(&job->next, 1);
+    return i < job->n_chunks ? i : job->n_chunks;
+}
+
+static int read_full(int fd, void *buf, size_t n, off_t offset)
+{
+    for (size_t done = 0; done < n;) {
+        ssize_t got = pread(fd, (char *)buf + done, n - done, offset + (off_t)done);
+        if (got < 0 && errno == EINTR)
+            continue;
+        if (got <= 0)
+            return -1;
+        done += (size_t)got;
+    }
+    return 0;
+}
+
+static int write_full(int fd, const void *buf, size_t n, off_t offset)
+{
+    for (size_t done = 0; done < n;) {
+        ssize_t put = pwrite(fd, (const char *)buf + done, n - done, offset + (off_t)done);
+        if (put < 0 && errno == EINTR)
+            continue;
+        if (put <= 0)
+            return -1;
+        done += (size_t)put;
+    }
+    return 0;
+}
+
+/* Waits for the slot's last DMA, if any. */
+static CUresult settle(struct slot *s)
+{
+    if (!s->pending)
+        return CUDA_SUCCESS;
+    s->pending = 0;
+    return rp_real.cuEventSynchronize(s->done);
+}
+
+/* H2D: fill the staging buffer from memory or file, check it, send it. */
+static CUresult h2d_chunk(struct job *job, struct slot *s, CUstream stream, size_t index)
+{
+    struct rp_transfer *t = job->t;
+    size_t offset = index * job->chunk;
+    size_t n = t->bytes - offset < job->chunk ? t->bytes - offset : job->chunk;
+    CUresult rc = settle(s);
+    if (rc != CUDA_SUCCESS)
+        return rc;
+    if (t->host)
+        memcpy(s->buffer, (const char *)t->host + offset, n);
+    else if (read_full(t->fd, s->buffer, n, t->file_offset + (off_t)offset))
+        return RP_ERROR_IO;
+    if (t->checksums && rp_crc32c(0, s->buffer, n) != t->checksums[index]) {
+        rp_log("checksum mismatch in chunk %zu: refusing to load it", index);
+        return RP_ERROR_CHECKSUM;
+    }
+    rc = rp_real.cuMemcpyHtoDAsync_v2(t->device + offset, s->buffer, n, stream);
+    if (rc == CUDA_SUCCESS)
+        rc = rp_real.cuEventRecord(s->done, stream);
+    s->pending = rc == CUDA_SUCCESS;
+    return rc;
+}
+
+/* D2H, second half: wait for the chunk in the slot to land, checksum it, drain it. */
+static CUresult d2h_drain(struct job *job, struct slot *s, size_t index)
+{
+    struct rp_transfer *t = job->t;
+    size_t offset = index * job->chunk;
+    size_t n = t->bytes - offset < job->chunk ? t->bytes - offset : job->chunk;
+    CUresult rc = settle(s);
+    if (rc != CUDA_SUCCESS)
+        return rc;
+    if (t->checksums)
+        t->checksums[index] = rp_crc32c(0, s->buffer, n);
+    if (t->host)
+        memcpy((char *)t->host + offset, s->buffer, n);
+    else if (write_full(t->fd, s->buffer, n, t->file_offset + (off_t)offset))
+        return RP_ERROR_IO;
+    return CUDA_SUCCESS;
+}
+
+/* D2H, first half: start the DMA of chunk `index` into the slot. */
+static CUresult d2h_start(struct job *job, struct slot *s, CUstream stream, size_t index)
+{
+    struct rp_transfer *t = job->t;
+    size_t offset = index * job->chunk;
+    size_t n = t->bytes - offset < job->chunk ? t->bytes - offset : job->chunk;
+    CUresult rc = rp_real.cuMemcpyDtoHAsync_v2(s->buffer, t->device + offset, n, stream);
+    if (rc == CUDA_SUCCESS)
+        rc = rp_real.cuEventRecord(s->done, stream);
+    s->pending = rc == CUDA_SUCCESS;
+    return rc;
+}
+
+struct worker_arg {
+    struct job *job;
+    int id;
+};
+
+static void *worker(void *raw)
+{
+    struct worker_arg *arg = raw;
+    struct job *job = arg->job;
+    struct slot *pair[2] = { &pool.slots[2 * arg->id], &pool.slots[2 * arg->id + 1] };
+    CUstream stream = pool.streams[arg->id % pool.n_streams];
+    size_t in_flight[2] = { job->n_chunks, job->n_chunks }; /* D2H chunk held by each slot */
+    CUresult rc = rp_real.cuCtxSetCurrent(pool.context);
+    int turn = 0;
+    for (size_t i; rc == CUDA_SUCCESS && (i = take_chunk(job)) < job->n_chunks; turn ^= 1) {
+        if (job->t->direction == RP_H2D) {
+            rc = h2d_chunk(job, pair[turn], stream, i);
+            continue;
+        }
+        /* Start chunk i in this slot, then finish the one the other slot holds. */
+        rc = d2h_start(job, pair[turn], stream, i);
+        in_flight[turn] = i;
+        if (rc == CUDA_SUCCESS && in_flight[!turn] < job->n_chunks)
+            rc = d2h_drain(job, pair[!turn], in_flight[!turn]);
+        in_flight[!turn] = job->n_chunks;
+    }
+    for (int k = 0; k < 2; k++) { /* finish (or, after an error, just wait for) the rest */
+        if (rc == CUDA_SUCCESS && in_flight[k] < job->n_chunks)
+            rc = d2h_drain(job, pair[k], in_flight[k]);
+        CUresult settled = settle(pair[k]);
+        if (rc == CUDA_SUCCESS)
+            rc = settled;
+    }
+    if (rc != CUDA_SUCCESS)
+        fail(job, rc);
+    return NULL;
+}
+
+/* Engine streams start after what the caller's stream holds so far. */
+static CUresult order_after_caller(struct rp_transfer *t)
+{
+    if (!t->order_after)
+        return CUDA_SUCCESS;
+    CUresult rc = rp_real.cuEventRecord(pool.order, t->after);
+    for (int i = 0; rc == CUDA_SUCCESS && i < pool.n_streams; i++)
+        rc = rp_real.cuStreamWaitEvent(pool.streams[i], pool.order, 0);
+    return rc;
+}
+
+static CUresult run_job(struct rp_transfer *t, struct rp_engine_params p)
+{
+    struct job job = { .t = t, .chunk = p.chunk_bytes };
+    job.n_chunks = rp_chunk_count(t->bytes, p.chunk_bytes);
+    atomic_init(&job.next, 0);
+    atomic_init(&job.rc, order_after_caller(t));
+    int threads = (size_t)p.threads < job.n_chunks ? p.threads : (int)job.n_chunks;
+    pthread_t tids[MAX_THREADS];
+    struct worker_arg args[MAX_THREADS];
+    int started = 0;
+    for (int i = 1; i < threads; i++, started++) {
+        args[i] = (struct worker_arg){ &job, i };
+        if (pthread_create(&tids[i], NULL, worker, &args[i]) != 0)
+            break; /* fewer threads still finish the job: chunks are handed out dynamically */
+    }
+    args[0] = (struct worker_arg){ &job, 0 };
+    worker(&args[0]); /* this thread is worker 0 */
+    for (int i = 1; i <= started; i++)
+        pthread_join(tids[i], NULL);
+    return atomic_load(&job.rc);
+}
+
+CUresult rp_engine_run(struct rp_transfer *t, struct rp_engine_params p, int wait)
+{
+    CUcontext ctx = NULL;
+    if (p.threads < 1 || p.threads > MAX_THREADS || p.streams < 1 || p.streams > MAX_STREAMS ||
+        p.chunk_bytes == 0)
+        return CUDA_ERROR_INVALID_VALUE;
+    CUresult rc = rp_real.cuCtxGetCurrent(&ctx);
+    if (rc != CUDA_SUCCESS || !ctx)
+        return rc != CUDA_SUCCESS ? rc : CUDA_ERROR_INVALID_CONTEXT;
+    if (wait)
+        pthread_mutex_lock(&pool.busy);
+    else if (pthread_mutex_trylock(&pool.busy) != 0)
+        return CUDA_ERROR_NOT_READY;
+    rc = pool_fit(p, ctx);
+    if (rc == CUDA_SUCCESS && t->bytes)
+        rc = run_job(t, p);
+    rp_real.cuCtxSetCurrent(ctx); /* worker 0 ran here and set the pool's: put the caller's back */
+    pthread_mutex_unlock(&pool.busy);
+    return rc;
+}

@@ -1,0 +1,190 @@
+/*
+ * restoreprof's interception library: shared declarations.
+ *
+ *   driver.c   loads the real libcuda, and interposes dlsym and cuGetProcAddress so that
+ *              programs which look driver functions up (cudart, cuda-python, PyTorch) get ours
+ *   config.c   the same environment variables as restoreprof.optimizer.config
+ *   engine.c   chunked copies through a pinned staging pool, several threads and streams
+ *   copies.c   large pageable H2D / D2H copies routed through the engine
+ *   vmm.c      device allocations served from VMM, their registry, and the offload gate
+ *   control.c  the control socket: OFFLOAD / RELOAD / STATUS
+ */
+#ifndef RESTOREPROF_SHIM_H
+#define RESTOREPROF_SHIM_H
+
+#include <cuda.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#define RP_EXPORT __attribute__((visibility("default")))
+#define RP_MIB ((size_t)1 << 20)
+
+/* ---- real driver entry points (driver.c) ---- */
+
+/* X(name, return, params): every driver function the library calls or wraps. */
+#define RP_REAL_FUNCTIONS(X)                                                                   \
+    X(cuInit, (unsigned int))                                                                  \
+    X(cuGetErrorName, (CUresult, const char **))                                               \
+    X(cuCtxGetCurrent, (CUcontext *))                                                          \
+    X(cuCtxSetCurrent, (CUcontext))                                                            \
+    X(cuCtxGetDevice, (CUdevice *))                                                            \
+    X(cuCtxSynchronize, (void))                                                                \
+    X(cuMemHostAlloc, (void **, size_t, unsigned int))                                         \
+    X(cuMemFreeHost, (void *))                                                                 \
+    X(cuMemHostGetFlags, (unsigned int *, void *))                                             \
+    X(cuPointerGetAttribute, (void *, CUpointer_attribute, CUdeviceptr))                       \
+    X(cuStreamCreate, (CUstream *, unsigned int))                                              \
+    X(cuStreamDestroy_v2, (CUstream))                                                          \
+    X(cuStreamWaitEvent, (CUstream, CUevent, unsigned int))                                    \
+    X(cuEventCreate, (CUevent *, unsigned int))                                                \
+    X(cuEventRecord, (CUevent, CUstream))                                                      \
+    X(cuEventSynchronize, (CUevent))                                                           \
+    X(cuEventDestroy_v2, (CUevent))                                                            \
+    X(cuMemGetAllocationGranularity,                                                           \
+      (size_t *, const CUmemAllocationProp *, CUmemAllocationGranularity_flags))               \
+    X(cuMemAddressReserve, (CUdeviceptr *, size_t, size_t, CUdeviceptr, unsigned long long))   \
+    X(cuMemAddressFree, (CUdeviceptr, size_t))                                                 \
+    X(cuMemCreate,                                                                             \
+      (CUmemGenericAllocationHandle *, size_t, const CUmemAllocationProp *, unsigned long long)) \
+    X(cuMemRelease, (CUmemGenericAllocationHandle))                                            \
+    X(cuMemMap, (CUdeviceptr, size_t, size_t, CUmemGenericAllocationHandle, unsigned long long)) \
+    X(cuMemUnmap, (CUdeviceptr, size_t))                                                       \
+    X(cuMemSetAccess, (CUdeviceptr, size_t, const CUmemAccessDesc *, size_t))                  \
+    /* wrapped: */                                                                             \
+    X(cuGetProcAddress_v1, (const char *, void **, int, cuuint64_t)) /* "cuGetProcAddress" */  \
+    X(cuGetProcAddress_v2,                                                                     \
+      (const char *, void **, int, cuuint64_t, CUdriverProcAddressQueryResult *))              \
+    X(cuMemAlloc_v2, (CUdeviceptr *, size_t))                                                  \
+    X(cuMemFree_v2, (CUdeviceptr))                                                             \
+    X(cuMemcpy, (CUdeviceptr, CUdeviceptr, size_t))                                            \
+    X(cuMemcpy_ptds, (CUdeviceptr, CUdeviceptr, size_t))                                       \
+    X(cuMemcpyAsync, (CUdeviceptr, CUdeviceptr, size_t, CUstream))                             \
+    X(cuMemcpyAsync_ptsz, (CUdeviceptr, CUdeviceptr, size_t, CUstream))                        \
+    X(cuMemcpyHtoD_v2, (CUdeviceptr, const void *, size_t))                                    \
+    X(cuMemcpyHtoD_v2_ptds, (CUdeviceptr, const void *, size_t))                               \
+    X(cuMemcpyDtoH_v2, (void *, CUdeviceptr, size_t))                                          \
+    X(cuMemcpyDtoH_v2_ptds, (void *, CUdeviceptr, size_t))                                     \
+    X(cuMemcpyHtoDAsync_v2, (CUdeviceptr, const void *, size_t, CUstream))                     \
+    X(cuMemcpyHtoDAsync_v2_ptsz, (CUdeviceptr, const void *, size_t, CUstream))                \
+    X(cuMemcpyDtoHAsync_v2, (void *, CUdeviceptr, size_t, CUstream))                           \
+    X(cuMemcpyDtoHAsync_v2_ptsz, (void *, CUdeviceptr, size_t, CUstream))                      \
+    X(cuLaunchKernel, (CUfunction, unsigned int, unsigned int, unsigned int, unsigned int,     \
+                       unsigned int, unsigned int, unsigned int, CUstream, void **, void **))  \
+    X(cuLaunchKernel_ptsz, (CUfunction, unsigned int, unsigned int, unsigned int, unsigned int, \
+                            unsigned int, unsigned int, unsigned int, CUstream, void **,       \
+                            void **))                                                          \
+    X(cuLaunchKernelEx, (const CUlaunchConfig *, CUfunction, void **, void **))                \
+    X(cuLaunchKernelEx_ptsz, (const CUlaunchConfig *, CUfunction, void **, void **))           \
+    X(cuGraphLaunch, (CUgraphExec, CUstream))                                                  \
+    X(cuGraphLaunch_ptsz, (CUgraphExec, CUstream))
+
+#define RP_DECLARE_REAL(name, params) CUresult (*name) params;
+struct rp_real {
+    RP_REAL_FUNCTIONS(RP_DECLARE_REAL)
+};
+#undef RP_DECLARE_REAL
+
+extern struct rp_real rp_real;
+
+/* Loads the real driver once; 0 when it is there. */
+int rp_load_real(void);
+/* "CUDA_ERROR_..." for logs. */
+const char *rp_error_name(CUresult rc);
+
+/* ---- configuration (config.c) ---- */
+
+struct rp_config {
+    int streams;
+    size_t chunk_bytes;
+    int threads;
+    int pinned;
+    size_t pool_bytes; /* 0: two chunks per thread */
+    size_t min_intercept_bytes;
+    int offload;   /* serve allocations from VMM, run the control socket */
+    int intercept; /* route big pageable copies through the engine */
+    int debug;
+};
+
+extern struct rp_config rp_config;
+void rp_config_load(void);
+
+void rp_log(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+#define RP_DEBUG(...)                \
+    do {                             \
+        if (rp_config.debug)         \
+            rp_log(__VA_ARGS__);     \
+    } while (0)
+
+/* ---- engine (engine.c) ---- */
+
+enum rp_direction { RP_H2D, RP_D2H };
+
+/* One transfer: device memory <-> host memory (host != NULL) or a file (fd, file_offset). */
+struct rp_transfer {
+    enum rp_direction direction;
+    CUdeviceptr device;
+    void *host;
+    int fd;
+    off_t file_offset;
+    size_t bytes;
+    CUstream after;      /* H2D/D2H start after the work queued on this stream so far */
+    int order_after;     /* whether `after` is meaningful (0 = no ordering needed) */
+    uint32_t *checksums; /* per chunk: written for D2H, verified for H2D; NULL = none */
+};
+
+struct rp_engine_params {
+    int streams;
+    int threads;
+    size_t chunk_bytes;
+};
+
+struct rp_engine_params rp_engine_default_params(void);
+/* Runs the transfer on the caller's current context; blocks until every byte has landed.
+ * Returns CUDA_SUCCESS, the first driver error, or CUDA_ERROR_INVALID_VALUE on I/O or checksum
+ * failure (with a log line). Returns CUDA_ERROR_NOT_READY when another transfer holds the
+ * engine and `wait` is 0, so a caller can fall back instead of queueing. */
+CUresult rp_engine_run(struct rp_transfer *t, struct rp_engine_params p, int wait);
+/* Frees the staging pool (it is allocated again on next use). */
+void rp_engine_release(void);
+size_t rp_chunk_count(size_t bytes, size_t chunk);
+uint32_t rp_crc32c(uint32_t crc, const void *data, size_t n);
+
+/* ---- VMM allocations, registry and gate (vmm.c) ---- */
+
+struct rp_allocation {
+    CUdeviceptr address;
+    size_t size;     /* what the application asked for */
+    size_t reserved; /* rounded up to the granularity */
+    CUdevice device;
+    CUcontext context;
+    CUmemGenericAllocationHandle handle; /* 0 while offloaded */
+};
+
+/* Calls fn for each live allocation, under the registry lock. Stops at the first nonzero. */
+int rp_registry_each(int (*fn)(struct rp_allocation *, void *), void *arg);
+void rp_registry_totals(size_t *count, size_t *bytes);
+CUresult rp_vmm_unmap(struct rp_allocation *a);
+CUresult rp_vmm_map(struct rp_allocation *a);
+
+/* The gate: intercepted application calls wait while GPU memory is offloaded. */
+void rp_gate_enter(void);
+void rp_gate_leave(void);
+void rp_gate_close(void); /* waits for calls inside the gate to leave */
+void rp_gate_open(void);
+int rp_gate_is_closed(void);
+
+/* ---- control socket (control.c) ---- */
+
+void rp_control_start(void);
+
+/* ---- counters for STATUS ---- */
+
+struct rp_stats {
+    unsigned long intercepted;
+    unsigned long intercepted_bytes;
+    unsigned long fallbacks;
+};
+extern struct rp_stats rp_stats;
+
+#endif

@@ -1,0 +1,254 @@
+/*
+ * Device allocations served from the driver's virtual memory management API.
+ *
+ * cuMemAlloc memory can only go away with its address; VMM memory can be unmapped and released
+ * while the address range stays reserved, then re-created at the same address. That is what
+ * lets OFFLOAD empty the GPU before the driver's checkpoint (which then has almost nothing to
+ * copy) and RELOAD bring it back at PCIe speed with every application pointer still valid.
+ *
+ * Allocations below RP_VMM_MIN_BYTES stay with cuMemAlloc: rounding each to the 2 MiB
+ * granularity would waste memory, and the driver's own checkpoint carries them cheaply.
+ */
+#define _GNU_SOURCE
+#include "shim.h"
+
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define RP_VMM_MIN_BYTES RP_MIB
+
+static struct {
+    pthread_mutex_t lock;
+    struct rp_allocation *items;
+    size_t count, capacity;
+} registry = { .lock = PTHREAD_MUTEX_INITIALIZER };
+
+/* ---- the gate ---- */
+
+static struct {
+    pthread_mutex_t lock;
+    pthread_cond_t changed;
+    int closed;
+    int inside;
+} gate = { PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0, 0 };
+
+void rp_gate_enter(void)
+{
+    pthread_mutex_lock(&gate.lock);
+    while (gate.closed)
+        pthread_cond_wait(&gate.changed, &gate.lock);
+    gate.inside++;
+    pthread_mutex_unlock(&gate.lock);
+}
+
+void rp_gate_leave(void)
+{
+    pthread_mutex_lock(&gate.lock);
+    if (--gate.inside == 0)
+        pthread_cond_broadcast(&gate.changed);
+    pthread_mutex_unlock(&gate.lock);
+}
+
+void rp_gate_close(void)
+{
+    pthread_mutex_lock(&gate.lock);
+    gate.closed = 1;
+    while (gate.inside > 0)
+        pthread_cond_wait(&gate.changed, &gate.lock);
+    pthread_mutex_unlock(&gate.lock);
+}
+
+void rp_gate_open(void)
+{
+    pthread_mutex_lock(&gate.lock);
+    gate.closed = 0;
+    pthread_cond_broadcast(&gate.changed);
+    pthread_mutex_unlock(&gate.lock);
+}
+
+int rp_gate_is_closed(void)
+{
+    pthread_mutex_lock(&gate.lock);
+    int closed = gate.closed;
+    pthread_mutex_unlock(&gate.lock);
+    return closed;
+}
+
+/* ---- registry ---- */
+
+static int registry_add(const struct rp_allocation *a)
+{
+    pthread_mutex_lock(&registry.lock);
+    if (registry.count == registry.capacity) {
+        size_t capacity = registry.capacity ? 2 * registry.capacity : 64;
+        void *grown = realloc(registry.items, capacity * sizeof(*registry.items));
+        if (!grown) {
+            pthread_mutex_unlock(&registry.lock);
+            return -1;
+        }
+        registry.items = grown;
+        registry.capacity = capacity;
+    }
+    registry.items[registry.count++] = *a;
+    pthread_mutex_unlock(&registry.lock);
+    return 0;
+}
+
+/* Removes the allocation at `address` into *out; 0 when found. */
+static int registry_take(CUdeviceptr address, struct rp_allocation *out)
+{
+    int found = -1;
+    pthread_mutex_lock(&registry.lock);
+    for (size_t i = 0; i < registry.count; i++) {
+        if (registry.items[i].address == address) {
+            *out = registry.items[i];
+            registry.items[i] = registry.items[--registry.count];
+            found = 0;
+            break;
+        }
+    }
+    pthread_mutex_unlock(&registry.lock);
+    return found;
+}
+
+int rp_registry_each(int (*fn)(struct rp_allocation *, void *), void *arg)
+{
+    int rc = 0;
+    pthread_mutex_lock(&registry.lock);
+    for (size_t i = 0; i < registry.count && rc == 0; i++)
+        rc = fn(&registry.items[i], arg);
+    pthread_mutex_unlock(&registry.lock);
+    return rc;
+}
+
+void rp_registry_totals(size_t *count, size_t *bytes)
+{
+    pthread_mutex_lock(&registry.lock);
+    *count = registry.count;
+    *bytes = 0;
+    for (size_t i = 0; i < registry.count; i++)
+        *bytes += registry.items[i].reserved;
+    pthread_mutex_unlock(&registry.lock);
+}
+
+/* ---- VMM steps ---- */
+
+static CUmemAllocationProp device_prop(CUdevice device)
+{
+    CUmemAllocationProp prop;
+    memset(&prop, 0, sizeof(prop));
+    prop.type = CU_MEM_ALLOCATION_TYPE_PINNED;
+    prop.location.type = CU_MEM_LOCATION_TYPE_DEVICE;
+    prop.location.id = device;
+    return prop;
+}
+
+/* Physical memory for a reserved range: create, map, allow read/write from its device. */
+CUresult rp_vmm_map(struct rp_allocation *a)
+{
+    CUmemAllocationProp prop = device_prop(a->device);
+    CUmemGenericAllocationHandle handle = 0;
+    CUresult rc = rp_real.cuMemCreate(&handle, a->reserved, &prop, 0);
+    if (rc != CUDA_SUCCESS)
+        return rc;
+    rc = rp_real.cuMemMap(a->address, a->reserved, 0, handle, 0);
+    if (rc != CUDA_SUCCESS) {
+        rp_real.cuMemRelease(handle);
+        return rc;
+    }
+    CUmemAccessDesc access = { .location = prop.location,
+                               .flags = CU_MEM_ACCESS_FLAGS_PROT_READWRITE };
+    rc = rp_real.cuMemSetAccess(a->address, a->reserved, &access, 1);
+    if (rc != CUDA_SUCCESS) {
+        rp_real.cuMemUnmap(a->address, a->reserved);
+        rp_real.cuMemRelease(handle);
+        return rc;
+    }
+    a->handle = handle;
+    return CUDA_SUCCESS;
+}
+
+/* Gives the physical memory back; the address range stays reserved for rp_vmm_map. */
+CUresult rp_vmm_unmap(struct rp_allocation *a)
+{
+    if (!a->handle)
+        return CUDA_SUCCESS;
+    CUresult rc = rp_real.cuMemUnmap(a->address, a->reserved);
+    if (rc == CUDA_SUCCESS)
+        rc = rp_real.cuMemRelease(a->handle);
+    if (rc == CUDA_SUCCESS)
+        a->handle = 0;
+    return rc;
+}
+
+static CUresult vmm_alloc(CUdeviceptr *dptr, size_t size)
+{
+    struct rp_allocation a = { .size = size };
+    CUresult rc = rp_real.cuCtxGetCurrent(&a.context);
+    if (rc == CUDA_SUCCESS)
+        rc = rp_real.cuCtxGetDevice(&a.device);
+    size_t granularity = 0;
+    CUmemAllocationProp prop = device_prop(a.device);
+    if (rc == CUDA_SUCCESS)
+        rc = rp_real.cuMemGetAllocationGranularity(&granularity, &prop,
+                                                   CU_MEM_ALLOC_GRANULARITY_MINIMUM);
+    if (rc != CUDA_SUCCESS)
+        return rc;
+    a.reserved = (size + granularity - 1) / granularity * granularity;
+    rc = rp_real.cuMemAddressReserve(&a.address, a.reserved, 0, 0, 0);
+    if (rc != CUDA_SUCCESS)
+        return rc;
+    rc = rp_vmm_map(&a);
+    if (rc == CUDA_SUCCESS && registry_add(&a) != 0) {
+        rp_vmm_unmap(&a);
+        rc = CUDA_ERROR_OUT_OF_MEMORY;
+    }
+    if (rc != CUDA_SUCCESS) {
+        rp_real.cuMemAddressFree(a.address, a.reserved);
+        return rc;
+    }
+    *dptr = a.address;
+    return CUDA_SUCCESS;
+}
+
+RP_EXPORT CUresult cuMemAlloc_v2(CUdeviceptr *dptr, size_t size)
+{
+    if (rp_load_real() || !rp_real.cuMemAlloc_v2)
+        return CUDA_ERROR_NOT_INITIALIZED;
+    if (!rp_config.offload || !dptr || size < RP_VMM_MIN_BYTES)
+        return rp_real.cuMemAlloc_v2(dptr, size);
+    rp_gate_enter();
+    CUresult rc = vmm_alloc(dptr, size);
+    if (rc != CUDA_SUCCESS) {
+        RP_DEBUG("VMM allocation of %zu bytes failed (%s); using cuMemAlloc", size,
+                 rp_error_name(rc));
+        rc = rp_real.cuMemAlloc_v2(dptr, size);
+    }
+    rp_gate_leave();
+    return rc;
+}
+
+RP_EXPORT CUresult cuMemFree_v2(CUdeviceptr dptr)
+{
+    if (rp_load_real() || !rp_real.cuMemFree_v2)
+        return CUDA_ERROR_NOT_INITIALIZED;
+    rp_gate_enter();
+    struct rp_allocation a;
+    CUresult rc;
+    if (dptr && registry_take(dptr, &a) == 0) {
+        /* cuMemFree waits for work using the memory; unmapping does not, so sync first. */
+        rc = rp_real.cuCtxSynchronize();
+        if (rc == CUDA_SUCCESS)
+            rc = rp_vmm_unmap(&a);
+        if (rc == CUDA_SUCCESS)
+            rc = rp_real.cuMemAddressFree(a.address, a.reserved);
+        if (rc != CUDA_SUCCESS)
+            rp_log("freeing VMM allocation %#llx failed: %s", (unsigned long long)dptr,
+                   rp_error_name(rc));
+    } else {
+        rc = rp_real.cuMemFree_v2(dptr);
+    }
+    rp_gate_leave();
+    return rc;
+}
