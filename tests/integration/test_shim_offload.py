@@ -1,0 +1,194 @@
+"""Issue 8's library side in a real process: VMM-served allocations, OFFLOAD / RELOAD through
+the control socket (bit-exact, checksummed, gated), and the client's errors."""
+
+import importlib.util
+import os
+import select
+import shutil
+import struct
+import subprocess
+import sys
+import tempfile
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from restoreprof.errors import RestoreprofError
+from restoreprof.optimizer.config import OptimizerConfig
+from restoreprof.optimizer.control import ShimControl
+from restoreprof.optimizer.shim.build import build_library
+
+MIB = 1 << 20
+SIZES = [MIB, 2 * MIB + 3, 5 * MIB + 7]
+
+APP = textwrap.dedent("""
+    import os, sys
+    import numpy as np
+    from cuda.bindings import driver as cu
+    assert cu.cuInit(0)[0] == 0
+    ctx = cu.cuDevicePrimaryCtxRetain(cu.cuDeviceGet(0)[1])[1]
+    cu.cuCtxSetCurrent(ctx)
+    sizes = [int(x) for x in sys.argv[1:]]
+    rng = np.random.default_rng(11)
+    data = [rng.integers(0, 256, n, dtype=np.uint8) for n in sizes]
+    ptrs = [cu.cuMemAlloc(n)[1] for n in sizes]
+    small = cu.cuMemAlloc(4096)[1]  # below the VMM threshold: stays with cuMemAlloc
+    for p, d in zip(ptrs, data):
+        assert cu.cuMemcpyHtoD(p, d.ctypes.data, d.nbytes)[0] == 0
+    print("ready", flush=True)
+    for line in sys.stdin:
+        cmd = line.strip()
+        if cmd == "check":
+            same = True
+            for p, d in zip(ptrs, data):
+                back = np.zeros_like(d)
+                assert cu.cuMemcpyDtoH(back.ctypes.data, p, d.nbytes)[0] == 0
+                same = same and bool((back == d).all())
+            print("ok" if same else "bad", flush=True)
+        elif cmd == "copy":
+            assert cu.cuMemcpyHtoD(ptrs[0], data[0].ctypes.data, 16)[0] == 0
+            print("copied", flush=True)
+        elif cmd == "free":
+            for p in ptrs:
+                assert cu.cuMemFree(p)[0] == 0
+            print("freed", flush=True)
+""")
+
+
+def _fake_libcuda() -> Path:
+    path = Path(__file__).parents[1] / "fakecuda" / "build.py"
+    spec = importlib.util.spec_from_file_location("fakecuda_build", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.build_fake_libcuda()
+
+
+@pytest.fixture
+def run_dir(monkeypatch):
+    # World-traversable, so the wrong-uid test reaches the socket's own 0600 permission.
+    directory = Path(tempfile.mkdtemp(prefix="rp-run-", dir="/tmp"))
+    directory.chmod(0o755)
+    monkeypatch.setenv("RESTOREPROF_RUN_DIR", str(directory))
+    yield directory
+    shutil.rmtree(directory, ignore_errors=True)
+
+
+class App:
+    def __init__(self, run_dir: Path) -> None:
+        fake = _fake_libcuda()
+        env = dict(os.environ, LD_PRELOAD=str(build_library()), RESTOREPROF_REAL_LIBCUDA=str(fake),
+                   RESTOREPROF_RUN_DIR=str(run_dir), RESTOREPROF_CHUNK_MB="1",
+                   RESTOREPROF_THREADS="3", RESTOREPROF_STREAMS="2")
+        self.proc = subprocess.Popen([sys.executable, "-c", APP, *map(str, SIZES)], env=env,
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, text=True)
+        assert self.line(timeout=60) == "ready", self.proc.stderr.read()
+
+    def line(self, timeout: float = 30) -> str | None:
+        ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
+        return self.proc.stdout.readline().strip() if ready else None
+
+    def ask(self, cmd: str, timeout: float = 30) -> str | None:
+        self.proc.stdin.write(cmd + "\n")
+        self.proc.stdin.flush()
+        return self.line(timeout)
+
+    def physical_mappings(self) -> int:
+        maps = Path(f"/proc/{self.proc.pid}/maps").read_text()
+        return sum("fakecuda-phys" in line for line in maps.splitlines())
+
+    def close(self) -> None:
+        self.proc.stdin.close()
+        self.proc.wait(timeout=30)
+
+
+@pytest.fixture
+def app(run_dir):
+    application = App(run_dir)
+    yield application
+    application.close()
+
+
+def test_status_lists_vmm_allocations(app):
+    status = ShimControl(app.proc.pid).status()
+    assert status["state"] == "running" and status["gate"] == "open"
+    assert status["allocations"] == len(SIZES)
+    assert status["bytes"] == 2 * MIB + 4 * MIB + 6 * MIB  # rounded to the 2 MiB granularity
+    assert app.physical_mappings() == len(SIZES)
+
+
+def test_offload_reload_round_trip(app, tmp_path):
+    ctl = ShimControl(app.proc.pid)
+    cfg = OptimizerConfig(streams=2, threads=3, chunk_mb=1)
+    snap = tmp_path / "gpu.snap"
+    for _ in range(3):
+        out = ctl.offload(snap, cfg)
+        assert out["bytes"] == sum(SIZES)
+        assert ctl.status()["state"] == "offloaded"
+        assert app.physical_mappings() == 0  # the memory is released, the addresses kept
+        back = ctl.reload(snap, cfg)
+        assert back["bytes"] == sum(SIZES)
+        assert ctl.status()["state"] == "running"
+        assert app.ask("check") == "ok"
+
+
+def test_application_waits_while_offloaded(app, tmp_path):
+    ctl = ShimControl(app.proc.pid)
+    snap = tmp_path / "gpu.snap"
+    ctl.offload(snap)
+    assert app.ask("copy", timeout=0.5) is None  # held at the gate
+    ctl.reload(snap)
+    assert app.line() == "copied"
+    assert app.ask("check") == "ok"
+
+
+def test_corrupt_snapshot_is_refused_and_process_stays_held(app, tmp_path):
+    ctl = ShimControl(app.proc.pid)
+    snap = tmp_path / "gpu.snap"
+    ctl.offload(snap, OptimizerConfig(chunk_mb=1))
+    bad = tmp_path / "bad.snap"
+    raw = bytearray(snap.read_bytes())
+    table_bytes = struct.unpack_from("<Q", raw, 40)[0]
+    raw[-(-table_bytes // 4096) * 4096 + MIB + 5] ^= 0xFF  # a byte in the second chunk
+    bad.write_bytes(raw)
+    with pytest.raises(RestoreprofError, match="checksum mismatch"):
+        ctl.reload(bad)
+    assert ctl.status()["state"] == "offloaded"
+    with pytest.raises(RestoreprofError, match="already offloaded"):
+        ctl.offload(snap)
+    ctl.reload(snap, safe=True)
+    assert app.ask("check") == "ok"
+    with pytest.raises(RestoreprofError, match="not offloaded"):
+        ctl.reload(snap)
+
+
+def test_free_releases_vmm_allocations(app):
+    assert app.ask("free") == "freed"
+    assert ShimControl(app.proc.pid).status()["allocations"] == 0
+    assert app.physical_mappings() == 0
+
+
+def test_socket_is_private(app, run_dir):
+    sock = run_dir / f"shim-{app.proc.pid}.sock"
+    assert sock.stat().st_mode & 0o777 == 0o600
+
+
+def test_wrong_uid_is_refused(app):
+    # Import first: the interpreter's own files may not be readable by uid 65534.
+    code = ("import os\nfrom restoreprof.optimizer.control import ShimControl\n"
+            "from restoreprof.errors import RestoreprofError\n"
+            "os.setegid(65534); os.seteuid(65534)\n"
+            f"ShimControl({app.proc.pid}).status()")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=60, check=False)
+    assert out.returncode != 0
+    assert "not allowed to use PID" in out.stderr and "owner or as root" in out.stderr
+
+
+def test_absent_process_and_process_without_shim(run_dir):
+    with pytest.raises(RestoreprofError, match="no process with PID"):
+        ShimControl(2**22 + 12345)
+    with pytest.raises(RestoreprofError, match="without restoreprof's interception library") as info:
+        ShimControl(os.getpid())
+    assert "restoreprof exec" in info.value.hint
