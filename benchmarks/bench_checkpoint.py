@@ -54,18 +54,23 @@ def one_restore(images: Path, holders: list[HeldMemory], root: HeldMemory, *, se
             "verify_images_s": step_seconds(result, "verify images"),
             "criu_restore_s": step_seconds(result, "criu restore"),
             "gpu_restore_s": step_seconds(result, "GPU restore"),
+            "gpu_reload_s": step_seconds(result, "GPU memory reload"),
             "gpu_driver_restore_s": [round(step_seconds({"steps": [s]}, "GPU driver restore"), 3)
                                      for s in result["steps"] if s["name"] == "GPU driver restore"],
             "serial": serial, "cold": cold}
 
 
-def run_case(work: Path, host_mib: int, gpu_mib: int, procs: int, cold: bool, repeat: int) -> dict:
+def run_case(work: Path, host_mib: int, gpu_mib: int, procs: int, cold: bool, repeat: int,
+             optimized: bool = False) -> dict:
+    """optimized: the workload runs under 'restoreprof exec' (GPU memory offload + reload)."""
     shutil.rmtree(work, ignore_errors=True)
-    root = HeldMemory.start(work / "state", host_mib, gpu_mib, children=procs if procs > 1 else 0)
+    prefix = [sys.executable, "-m", "restoreprof", "exec", "--"] if optimized else None
+    root = HeldMemory.start(work / "state", host_mib, gpu_mib, children=procs if procs > 1 else 0,
+                            prefix=prefix)
     holders = root.children() if procs > 1 else [root]
     images = work / "images"
     ckpt = cli("checkpoint", "-p", str(root.pid), "-D", str(images))
-    case = {"host_mib": host_mib, "gpu_mib": gpu_mib, "procs": procs,
+    case = {"host_mib": host_mib, "gpu_mib": gpu_mib, "procs": procs, "optimized": optimized,
             "images_bytes": ckpt["images_bytes"],
             "checkpoint": {s["name"]: round((s["end_ns"] - s["start_ns"]) / 1e9, 3)
                            for s in ckpt["steps"]}, "restores": []}

@@ -78,6 +78,7 @@ def checkpoint(pid: int, directory: Path, *, leave_running: bool = False, offloa
     require_root("restoreprof checkpoint")
     criu.criu_path()  # fail early, before anything is touched
     tree = process_tree(pid)
+    names = {p: comm(p) for p in tree}
     directory = Path(directory).resolve()
     clock = StepClock()
     cuda_pids = clock.run("find CUDA processes", gpu.cuda_processes, tree)
@@ -107,7 +108,7 @@ def checkpoint(pid: int, directory: Path, *, leave_running: bool = False, offloa
 
     manifest = Manifest(
         root_pid=pid,
-        processes=[ProcessRecord(p, comm(p) if exists(p) else "?", p in cuda_pids,
+        processes=[ProcessRecord(p, names[p], p in cuda_pids,
                                  "checkpointed" if p in cuda_pids else None, offloaded.get(p))
                    for p in tree],
         gpus=gpu.gpu_records() if cuda_pids else [],

@@ -31,7 +31,7 @@ def cuda_processes(tree: list[int]) -> list[int]:
         driver.init()
     except driver.NoDriverError as exc:
         raise RestoreprofError(
-            f"PID {users[0]} uses CUDA, but restoreprof cannot reach the CUDA driver: {exc}",
+            f"PID {users[0]} uses CUDA, but restoreprof cannot reach the CUDA driver: {exc.args[0]}",
             hint="run restoreprof where the process's GPU driver is installed",
         ) from exc
     found = []

@@ -6,6 +6,7 @@ Without a driver (no GPU machine) the first call raises NoDriverError, which say
 
 from __future__ import annotations
 
+import ctypes
 import threading
 from dataclasses import dataclass
 from functools import lru_cache
@@ -47,6 +48,16 @@ _HINTS = {
 
 @lru_cache(maxsize=1)
 def bindings() -> Any:
+    # Load the driver restoreprof resolved (RESTOREPROF_LIBCUDA included) under its soname
+    # first, so cuda-python's dlopen("libcuda.so.1") gets that one and not another.
+    from restoreprof.system.paths import libcuda_path
+
+    path = libcuda_path()
+    if path:
+        try:
+            ctypes.CDLL(path, mode=ctypes.RTLD_GLOBAL)
+        except OSError:
+            pass  # cuda-python's own search reports the problem
     try:
         from cuda.bindings import driver
     except ImportError as exc:

@@ -1,0 +1,69 @@
+"""Issue 8's whole path on CPU: a process under the interception library, its "GPU" memory (the
+fake driver's) offloaded through the control socket, a real criu dump and restore, the reload,
+and the data checked bit-exact by the process itself. The real-GPU run is tests/gpu."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+from restoreprof.checkpoint import checkpoint, restore
+from restoreprof.checkpoint.manifest import Manifest
+from restoreprof.workloads.controller import HeldMemory
+
+pytestmark = pytest.mark.root
+
+
+@pytest.fixture
+def fake_driver(monkeypatch):
+    path = Path(__file__).parents[1] / "fakecuda" / "build.py"
+    spec = importlib.util.spec_from_file_location("fakecuda_build", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    fake = module.build_fake_libcuda()
+    monkeypatch.setenv("RESTOREPROF_LIBCUDA", str(fake))
+    monkeypatch.setenv("LD_LIBRARY_PATH", str(fake.parent))
+    return fake
+
+
+def test_offloaded_round_trip_through_criu(fake_driver, tmp_path):
+    exec_prefix = [sys.executable, "-m", "restoreprof", "exec", "--"]
+    w = HeldMemory.start(tmp_path / "state", 16, gpu_mib=48, prefix=exec_prefix)
+    try:
+        result = checkpoint(w.pid, tmp_path / "ckpt")
+        record = result.manifest.processes[0]
+        assert record.cuda and record.offload["bytes"] == 48 << 20
+        snapshot = tmp_path / "ckpt" / record.offload["snapshot"]
+        assert snapshot.stat().st_size >= 48 << 20
+        # the GPU memory is in the snapshot, not in CRIU's page images
+        pages = sum(i["bytes"] for i in result.manifest.images if i["name"].startswith("pages-"))
+        assert pages < (48 << 20) + (200 << 20)
+        restored = restore(tmp_path / "ckpt")
+        names = [s.name for s in restored.steps]
+        assert names.index("criu restore") < names.index("GPU memory reload")
+        assert w.verify(), "GPU memory differs after offload, criu dump/restore and reload"
+        assert Manifest.load(tmp_path / "ckpt").processes[0].comm.startswith("python")
+    finally:
+        w.stop()
+
+
+def test_damaged_snapshot_keeps_process_held(fake_driver, tmp_path):
+    exec_prefix = [sys.executable, "-m", "restoreprof", "exec", "--"]
+    w = HeldMemory.start(tmp_path / "state", 16, gpu_mib=8, prefix=exec_prefix)
+    try:
+        result = checkpoint(w.pid, tmp_path / "ckpt")
+        snapshot = tmp_path / "ckpt" / result.manifest.processes[0].offload["snapshot"]
+        with open(snapshot, "r+b") as f:
+            f.seek(snapshot.stat().st_size - 100)
+            f.write(b"\xff" * 8)
+        from restoreprof.errors import RestoreprofError
+
+        with pytest.raises(RestoreprofError, match="reload failed") as err:
+            restore(tmp_path / "ckpt")
+        assert "--gpu-only" in str(err.value)
+        assert w.alive(), "a failed reload must leave the process alive and held"
+    finally:
+        w.stop()
