@@ -183,7 +183,7 @@ class RestoreprofApp(App[int]):
             trace = self.feed.trace_so_far()
             report = pipeline.analyze(trace, self.feed.ceilings)
             files = pipeline.export_all(trace, report, outdir)
-        except Exception as exc:  # noqa: BLE001  (any failure goes to the user as a notification)
+        except Exception as exc:
             self.post_message(self.ExportDone(outdir, [], f"{type(exc).__name__}: {exc}"))
             return
         self.post_message(self.ExportDone(outdir, files))

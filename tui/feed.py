@@ -40,7 +40,7 @@ class _ThrottledAnalysis:
         try:
             self.report = pipeline.analyze(trace_factory(), self.ceilings)
             self.error = ""
-        except Exception as exc:  # noqa: BLE001  (a half-done restore may not analyse yet)
+        except Exception as exc:
             self.error = f"analysis: {exc}"
         spent = time.monotonic() - now
         # A slow analysis must not starve the event loop: back off to a fifth of the time.
@@ -58,8 +58,6 @@ class Feed:
         self.ceilings = pipeline.load_ceilings() if ceilings is None else ceilings
         self.paused = threading.Event()
         self._stop = threading.Event()
-        self._lock = threading.Lock()
-        self._events: list[Event] = []
         self.final_trace = None
 
     def run(self, post: Post) -> None:
@@ -74,12 +72,7 @@ class Feed:
         return self._stop.is_set()
 
     def events_so_far(self) -> list[Event]:
-        with self._lock:
-            return list(self._events)
-
-    def _keep(self, event: Event) -> None:
-        with self._lock:
-            self._events.append(event)
+        raise NotImplementedError
 
     def meta(self):
         """The trace metadata as known so far (for analysis and export mid-run)."""
@@ -110,6 +103,7 @@ class ReplayFeed(Feed):
         self.until_ns = until_ns
         self._clock = clock
         self._ordered = sorted(trace.events, key=lambda e: (e.end_ns, e.start_ns))
+        self._released = 0  # events before this index have been shown
         self.start_ns = _trace_start_ns(trace)
         last_event_ns = max((e.end_ns for e in self._ordered), default=self.start_ns)
         self.end_ns = max(last_event_ns, getattr(trace.meta, "end_ns", 0) or 0)
@@ -119,13 +113,15 @@ class ReplayFeed(Feed):
     def meta(self):
         return self.trace.meta
 
+    def events_so_far(self) -> list[Event]:
+        return self._ordered[: self._released]
+
     def run(self, post: Post) -> None:
         stats = LiveStats(self.target, self.mode, self.start_ns)
         analysis = _ThrottledAnalysis(self.ceilings)
         gpus = tuple(_meta_gpus(self.trace.meta))
         lost = int(getattr(self.trace.meta, "lost_events", 0) or 0)
         position_ns = 0.0
-        released = 0
         last = self._clock()
         while not self.stopping:
             if self.paused.is_set():
@@ -139,11 +135,10 @@ class ReplayFeed(Feed):
                 position_ns = float(self.end_ns - self.start_ns)
             last = now
             now_ns = min(self.end_ns, self.start_ns + int(position_ns))
-            while released < len(self._ordered) and self._ordered[released].end_ns <= now_ns:
-                event = self._ordered[released]
-                stats.add(event)
-                self._keep(event)
-                released += 1
+            while (self._released < len(self._ordered)
+                   and self._ordered[self._released].end_ns <= now_ns):
+                stats.add(self._ordered[self._released])
+                self._released += 1
             done = now_ns >= self.end_ns
             report = analysis.maybe(self.trace_so_far, force=done)
             post(stats.snapshot(now_ns, lost_events=lost, gpus=gpus, report=report,
@@ -161,16 +156,15 @@ class LiveFeed(Feed):
 
     mode = "live"
 
-    def __init__(self, target, label: str, duration_s: float | None = None,
+    def __init__(self, target, label: str = "", duration_s: float | None = None,
                  ceilings: dict | None = None,
                  session_factory: Callable[..., object] | None = None) -> None:
-        super().__init__(label, ceilings)
+        super().__init__(label or target.describe(), ceilings)
         self.target_spec = target
         self.duration_s = duration_s
         self._session_factory = session_factory
         self.session = None
         self.start_ns = time.monotonic_ns()
-        self.error: BaseException | None = None
 
     def _make_session(self, on_event: Callable[[Event], None]):
         if self._session_factory is not None:
@@ -180,9 +174,14 @@ class LiveFeed(Feed):
 
         return TraceSession(self.target_spec, on_event=on_event, duration_s=self.duration_s)
 
+    def events_so_far(self) -> list[Event]:
+        # The session keeps the events; the view keeps none of its own.
+        return list(self.session.events) if self.session is not None else []
+
     def meta(self):
-        pids = sorted({e.pid for e in self.events_so_far()})
-        return pipeline.make_meta(target=self.target, pids=pids, start_ns=self.start_ns,
+        events = self.events_so_far()
+        return pipeline.make_meta(target=self.target, command=self.target_spec.argv() or [],
+                                  pids=sorted({e.pid for e in events}), start_ns=self.start_ns,
                                   end_ns=time.monotonic_ns(), lost_events=self._lost_events(),
                                   gpus=query_gpus())
 
@@ -197,11 +196,7 @@ class LiveFeed(Feed):
         gpus: tuple[dict, ...] = tuple(query_gpus())
         gpus_at = time.monotonic()
 
-        def on_event(event: Event) -> None:
-            stats.add(event)
-            self._keep(event)
-
-        self.session = self._make_session(on_event)
+        self.session = self._make_session(stats.add)
         self.session.start()
         try:
             next_frame = time.monotonic()
@@ -218,7 +213,7 @@ class LiveFeed(Feed):
                                     note=analysis.error))
         finally:
             self.final_trace = self.session.stop()
-        now_ns = max([time.monotonic_ns()] + [e.end_ns for e in self._events[-1:]])
+        now_ns = time.monotonic_ns()
         report = analysis.maybe(lambda: self.final_trace, force=True)
         reason = "stopped" if self.stopping else "target finished"
         post(stats.snapshot(now_ns, lost_events=self._lost_events(), gpus=gpus, report=report,
@@ -238,10 +233,4 @@ def _meta_gpus(meta) -> Sequence[dict]:
 
 def _describe_target(meta) -> str:
     target = getattr(meta, "target", "") or ""
-    if not isinstance(target, str):
-        target = " ".join(target) if isinstance(target, (list, tuple)) else str(target)
-    pids = getattr(meta, "pids", ()) or ()
-    if pids:
-        shown = ", ".join(str(p) for p in list(pids)[:4]) + (", ..." if len(pids) > 4 else "")
-        return f"{target} (pid {shown})" if target else f"pid {shown}"
-    return target or "unknown target"
+    return target if isinstance(target, str) else " ".join(map(str, target))

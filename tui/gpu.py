@@ -55,7 +55,10 @@ def describe_gpu(gpu: dict) -> str:
     gen, width = gpu.get("pcie_gen"), gpu.get("pcie_width")
     if gen or width:
         parts.append(f"PCIe Gen{gen or '?'} x{width or '?'}")
-    used, total = gpu.get("memory_used_bytes"), gpu.get("memory_total_bytes")
-    if total:
-        parts.append(f"{(used or 0) / 2**30:.1f}/{total / 2**30:.1f} GiB")
+    used = gpu.get("memory_used_bytes")
+    total = gpu.get("memory_total_bytes") or gpu.get("memory_bytes")  # a trace's meta: total only
+    if total and used is not None:
+        parts.append(f"{used / 2**30:.1f}/{total / 2**30:.1f} GiB used")
+    elif total:
+        parts.append(f"{total / 2**30:.1f} GiB")
     return " · ".join(parts)

@@ -70,6 +70,7 @@ class Snapshot:
     start_ns: int                  # trace time the view starts at
     now_ns: int                    # trace time of this frame
     events_seen: int
+    pids: tuple[int, ...]
     lost_events: int
     costs: tuple[CostRow, ...]
     page_reads: ThroughputSeries
@@ -133,6 +134,7 @@ class LiveStats:
         self.mode = mode
         self.start_ns = start_ns
         self.events_seen = 0
+        self._pids: set[int] = set()
         self._costs: dict[tuple[str, str], list[int]] = {}
         self._page_reads = _Buckets(start_ns)
         self._h2d = _Buckets(start_ns)
@@ -141,6 +143,7 @@ class LiveStats:
 
     def add(self, event: Event) -> None:
         self.events_seen += 1
+        self._pids.add(event.pid)
         if event.kind not in (SYSCALL, CUDA):
             return  # process and mark events are context, not costs
         totals = self._costs.setdefault((event.kind, event.name), [0, 0, 0])
@@ -165,6 +168,7 @@ class LiveStats:
             start_ns=self.start_ns,
             now_ns=now_ns,
             events_seen=self.events_seen,
+            pids=tuple(sorted(self._pids)),
             lost_events=lost_events,
             costs=self.costs(),
             page_reads=self._page_reads.series(now_ns),

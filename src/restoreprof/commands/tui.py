@@ -104,9 +104,9 @@ def make_feed(args: argparse.Namespace):
     from restoreprof.probes.session import Target
 
     if args.pid is not None:
-        target, label = Target(pid=args.pid), f"pid {args.pid}"
+        target = Target(pid=args.pid)
     elif args.restore is not None:
-        target, label = Target(restore_dir=args.restore), f"restore {args.restore}"
+        target = Target(restore_dir=args.restore)
     else:
-        target, label = Target(command=args.command_argv), " ".join(args.command_argv)
-    return LiveFeed(target, label, duration_s=args.duration)
+        target = Target(command=args.command_argv)
+    return LiveFeed(target, duration_s=args.duration)
