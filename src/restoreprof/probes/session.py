@@ -1,0 +1,286 @@
+"""The public API of the profiler: trace a process, a command or a restore, get a Trace.
+
+    session = TraceSession(Target(restore_dir=Path("/ckpt")), on_event=print)
+    session.start()
+    while session.running():
+        session.poll()
+    trace = session.stop()
+
+or simply ``trace = record(Target(pid=1234), duration_s=10)``.
+
+``on_event`` is called from ``poll`` (the caller's thread) once per completed call, in the
+order calls completed. Async copies get ``complete_ns`` later, when the synchronizing call
+that covers them is seen: the Event object passed earlier is updated in place.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from restoreprof.errors import RestoreprofError
+from restoreprof.probes import bpf_program, resolve, uprobe_multi
+from restoreprof.probes.attach import Probes, check_environment
+from restoreprof.probes.child import PausedChild
+from restoreprof.probes.decode import Enricher, decode, enrich
+from restoreprof.trace.events import MARK, Event
+from restoreprof.trace.model import Trace, TraceMeta
+
+RING_PAGES = 8192           # 32 MiB of ring buffer: ~350,000 records of slack
+RESCAN_INTERVAL_S = 0.5     # how often the maps of traced processes are checked for new libs
+
+
+@dataclass(frozen=True)
+class Target:
+    """What to trace: exactly one of pid, command or restore_dir."""
+
+    pid: int | None = None
+    command: list[str] | None = None
+    restore_dir: Path | None = None
+
+    def __post_init__(self) -> None:
+        given = [x for x in (self.pid, self.command, self.restore_dir) if x is not None]
+        if len(given) != 1:
+            raise ValueError("Target takes exactly one of pid=, command= or restore_dir=")
+        if self.command is not None and not self.command:
+            raise ValueError("Target(command=...) needs at least a program name")
+
+    def argv(self) -> list[str] | None:
+        """The command to start, or None for an existing process."""
+        if self.restore_dir is not None:
+            return [sys.executable, "-m", "restoreprof", "restore", "-D", str(self.restore_dir),
+                    "--json"]
+        return list(self.command) if self.command else None
+
+    def describe(self) -> str:
+        if self.pid is not None:
+            return f"pid {self.pid}"
+        if self.restore_dir is not None:
+            return f"restore: {self.restore_dir}"
+        return "command: " + " ".join(self.command or [])
+
+
+class TraceSession:
+    def __init__(self, target: Target, *, on_event: Callable[[Event], None] | None = None,
+                 duration_s: float | None = None, ring_pages: int = RING_PAGES) -> None:
+        self.target = target
+        self.on_event = on_event
+        self.duration_s = duration_s
+        self.ring_pages = ring_pages
+        self.events: list[Event] = []
+        self.attach_s = 0.0            # start() to probes attached
+        self._probes: Probes | None = None
+        self._child: PausedChild | None = None
+        self._stdout: list[str] = []
+        self._stdout_thread: threading.Thread | None = None
+        self._raw: list[bytes] = []
+        self._enricher = Enricher()
+        self._last_end_ns = 0
+        self._out_of_order = False
+        self._pids: set[int] = set()
+        self._next_rescan = 0.0
+        self._deadline: float | None = None
+        self._meta: TraceMeta | None = None
+        self._lost = 0
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Compile and attach the probes, then start the command if the target is one."""
+        t0 = time.monotonic()
+        check_environment()
+        target = self.target
+        if target.pid is not None and not os.path.exists(f"/proc/{target.pid}"):
+            raise RestoreprofError(f"no process with PID {target.pid}",
+                                   hint="check the PID with 'ps -e' and try again")
+        if target.restore_dir is not None and not Path(target.restore_dir).is_dir():
+            raise RestoreprofError(f"{target.restore_dir} is not a folder",
+                                   hint="pass the folder 'restoreprof checkpoint -D' wrote")
+        argv = target.argv()
+        self._meta = TraceMeta(target=target.describe(), command=argv or [],
+                               gpus=_gpus(), start_ns=time.monotonic_ns())
+        if argv is not None:
+            self._child = PausedChild(argv, capture_stdout=target.restore_dir is not None)
+            roots = [self._child.pid]
+            objects = resolve.objects_for_command(argv)
+        else:
+            roots = [target.pid, *resolve.descendants(target.pid)]
+            objects = [o for pid in roots for o in resolve.objects_of_process(pid)]
+        try:
+            multi = uprobe_multi.supported()
+            self._probes = Probes(bpf_program.render(ring_pages=self.ring_pages,
+                                                     uprobe_multi=multi), uprobe_multi=multi)
+            self._probes.seed(roots)
+            for obj in objects:
+                self._probes.attach(obj)
+            self._probes.open(self._on_record)
+        except BaseException:
+            if self._child is not None:
+                self._child.stop(timeout_s=1)
+            raise
+        self._pids.update(roots)
+        self.attach_s = time.monotonic() - t0
+        if self._child is not None:
+            if self._child.stdout_fd >= 0:
+                self._stdout_thread = threading.Thread(target=self._read_stdout, daemon=True)
+                self._stdout_thread.start()
+            self._child.release()
+        self._next_rescan = time.monotonic() + RESCAN_INTERVAL_S
+        if self.duration_s is not None:
+            self._deadline = time.monotonic() + self.duration_s
+
+    def _read_stdout(self) -> None:
+        assert self._child is not None
+        with os.fdopen(self._child.stdout_fd, "r", errors="replace") as f:
+            self._stdout.append(f.read())
+
+    def poll(self, timeout_ms: int = 100) -> None:
+        """Drain the ring buffer (waiting up to timeout_ms) and call on_event for each event."""
+        if self._probes is None:
+            raise RuntimeError("TraceSession.poll() before start()")
+        self._probes.poll(timeout_ms)
+        self._drain()
+        now = time.monotonic()
+        if now >= self._next_rescan:
+            self._rescan()
+            self._next_rescan = now + RESCAN_INTERVAL_S
+
+    def running(self) -> bool:
+        if self._deadline is not None and time.monotonic() >= self._deadline:
+            return False
+        if self._child is not None:
+            return self._child.poll() is None
+        return self.target.pid is not None and os.path.exists(f"/proc/{self.target.pid}")
+
+    def stop(self) -> Trace:
+        """Detach the probes and return the trace (its meta has lost_events set)."""
+        if self._probes is None or self._meta is None:
+            raise RuntimeError("TraceSession.stop() before start()")
+        self._stop_child()
+        self._probes.consume()
+        self._drain()
+        self._lost = self._probes.lost()
+        self._probes.close()
+        if self._stdout_thread is not None:
+            self._stdout_thread.join(timeout=10)
+            self._add_steps()
+        if self._out_of_order:
+            enrich(self.events)
+        meta = self._meta
+        meta.end_ns = time.monotonic_ns()
+        meta.lost_events = self._lost
+        meta.pids = sorted({e.pid for e in self.events} | self._pids)
+        self._probes = None
+        return Trace(meta, self.events)
+
+    @property
+    def lost_events(self) -> int:
+        if self._probes is not None:
+            self._lost = self._probes.lost()
+        return self._lost
+
+    @property
+    def probed_objects(self) -> list[str]:
+        return [o.path for o in self._probes.objects] if self._probes else []
+
+    # -- internals ------------------------------------------------------------------------
+
+    def _on_record(self, _ctx: int, data: int, size: int) -> int:
+        self._raw.append(ctypes.string_at(data, size))
+        return 0
+
+    def _drain(self) -> None:
+        raw, self._raw = self._raw, []
+        on_event, add, events = self.on_event, self._enricher.add, self.events
+        for record in raw:
+            event = decode(record)
+            if event.end_ns < self._last_end_ns:
+                self._out_of_order = True
+            else:
+                self._last_end_ns = event.end_ns
+            add(event)
+            events.append(event)
+            if event.kind == "process":
+                self._on_process(event)
+            if on_event is not None:
+                on_event(event)
+
+    def _on_process(self, event: Event) -> None:
+        if event.name == "fork":
+            self._pids.add(int(event.extra.get("child", 0)))
+        elif event.name == "exec":
+            self._next_rescan = 0.0   # a new image: look for its CUDA libraries soon
+
+    def _rescan(self) -> None:
+        assert self._probes is not None
+        for pid in list(self._pids):
+            if not os.path.exists(f"/proc/{pid}"):
+                self._pids.discard(pid)
+                continue
+            for obj in resolve.objects_of_process(pid):
+                self._probes.attach(obj)
+
+    def _stop_child(self) -> None:
+        if self._child is not None:
+            self._child.stop()
+
+    def _add_steps(self) -> None:
+        """The steps 'restoreprof restore --json' printed, as MARK events."""
+        assert self._child is not None
+        text = "".join(self._stdout).strip()
+        try:
+            result = json.loads(text[text.index("{"):]) if "{" in text else {}
+        except ValueError:
+            result = {}
+        pid = self._child.pid
+        for step in result.get("steps", []):
+            event = Event(MARK, step["name"], pid, pid, int(step["start_ns"]), int(step["end_ns"]),
+                          path=step["name"])
+            if step.get("pid"):
+                event.extra = {"step_pid": step["pid"]}
+            self.events.append(event)
+        self._pids.update(int(p) for p in result.get("pids", []))
+
+
+def record(target: Target, duration_s: float | None = None,
+           on_event: Callable[[Event], None] | None = None) -> Trace:
+    """Trace target until it ends, duration_s passes or Ctrl-C; return the Trace."""
+    session = TraceSession(target, on_event=on_event, duration_s=duration_s)
+    session.start()
+    try:
+        while session.running():
+            session.poll(100)
+    except KeyboardInterrupt:
+        pass
+    return session.stop()
+
+
+def _gpus() -> list[dict]:
+    """The GPUs of this machine through NVML, or [] where there is none."""
+    try:
+        import pynvml
+    except ImportError:
+        return []
+    try:
+        pynvml.nvmlInit()
+    except Exception:  # no driver: NVMLError_LibraryNotFound and friends
+        return []
+    try:
+        gpus = []
+        for index in range(pynvml.nvmlDeviceGetCount()):
+            handle = pynvml.nvmlDeviceGetHandleByIndex(index)
+            name = pynvml.nvmlDeviceGetName(handle)
+            uuid = pynvml.nvmlDeviceGetUUID(handle)
+            gpus.append({"index": index, "name": name if isinstance(name, str) else name.decode(),
+                         "uuid": uuid if isinstance(uuid, str) else uuid.decode(),
+                         "memory_bytes": int(pynvml.nvmlDeviceGetMemoryInfo(handle).total)})
+        return gpus
+    finally:
+        pynvml.nvmlShutdown()
