@@ -79,8 +79,11 @@ _BY_NAME = {s.name: s for s in SETTINGS}
 class OptimizerConfig:
     """How the engine, the interception library and the restore path move GPU memory."""
 
-    streams: int = 8
-    chunk_mb: int = 64
+    # From benchmarks/sweep_reload.py on the H100 (2026-11-26): 16 MiB chunks reload 8 GiB at
+    # 23 GB/s against 10 GB/s for 64 MiB, mostly because the staging pool pins faster; 4 and
+    # 16 streams were within 4%. `restoreprof run` tunes these per GPU.
+    streams: int = 4
+    chunk_mb: int = 16
     threads: int = 8
     pinned: bool = True
     pool_mb: int = 0

@@ -243,6 +243,9 @@ static void do_offload(const char *path, struct rp_engine_params p, char *reply,
         snprintf(reply, len, "ERR %s", err);
     } else {
         offloaded = 1; /* from here the gate stays closed until RELOAD */
+        /* The pinned staging pool would only add its size to CRIU's images and may not survive
+         * the driver's checkpoint: RELOAD makes a new one. */
+        rp_engine_release();
         if (unmap_all(&list, err, sizeof(err)) != 0)
             snprintf(reply, len, "ERR %s", err);
         else

@@ -1,0 +1,57 @@
+"""Offload/reload throughput of the interception library over its settings, on one process.
+
+    python benchmarks/sweep_reload.py --gib 8
+
+A holder of GIB of GPU memory runs under 'restoreprof exec'; for each chunk size the memory is
+offloaded to a snapshot (the chunk size fixes the checksum granularity), then reloaded with
+each threads x streams pair and offloaded again. The data is verified bit-exact at the end.
+Prints one row per transfer: the figure behind the engine's default settings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+from restoreprof.optimizer.config import OptimizerConfig
+from restoreprof.optimizer.control import ShimControl
+from restoreprof.workloads.controller import HeldMemory
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--gib", type=float, default=8)
+    parser.add_argument("--chunks", type=int, nargs="+", default=[16, 64])
+    parser.add_argument("--threads", type=int, nargs="+", default=[8, 12, 16])
+    parser.add_argument("--streams", type=int, nargs="+", default=[4, 16])
+    parser.add_argument("--work", type=Path, default=Path("/tmp/rp-sweep"))
+    args = parser.parse_args()
+    shutil.rmtree(args.work, ignore_errors=True)
+    prefix = [sys.executable, "-m", "restoreprof", "exec", "--"]
+    holder = HeldMemory.start(args.work / "state", 16, int(args.gib * 1024), prefix=prefix)
+    control = ShimControl(holder.pid)
+    snapshot = args.work / "gpu.snap"
+    base = OptimizerConfig()
+    print(f"{'op':<8} {'chunk MiB':>9} {'threads':>7} {'streams':>7} {'s':>7} {'GB/s':>6}")
+    try:
+        for chunk in args.chunks:
+            for threads in args.threads:
+                for streams in args.streams:
+                    cfg = replace(base, chunk_mb=chunk, threads=threads, streams=streams)
+                    out = control.offload(snapshot, cfg)
+                    print(f"{'offload':<8} {chunk:>9} {threads:>7} {streams:>7} "
+                          f"{out['seconds']:>7.3f} {out['gbps']:>6.1f}", flush=True)
+                    back = control.reload(snapshot, cfg)
+                    print(f"{'reload':<8} {chunk:>9} {threads:>7} {streams:>7} "
+                          f"{back['seconds']:>7.3f} {back['gbps']:>6.1f}", flush=True)
+        print("data after all cycles:", "OK" if holder.verify() else "MISMATCH")
+    finally:
+        holder.stop()
+        shutil.rmtree(args.work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
