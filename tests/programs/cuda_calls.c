@@ -187,7 +187,7 @@ int main(int argc, char **argv)
     X(cuMemAllocPitch_v2, any_fn, &pitched, &pitch, 512, 8, 4);
     X(cuMemAllocAsync, any_fn, &stream_ordered, 8192, s2);
     X(cuMemFreeAsync, any_fn, stream_ordered, s2);
-    X(cuMemHostRegister, any_fn, pageable, 4096, 0);
+    X(cuMemHostRegister, any_fn, pageable + (900 << 10), 4096, 0u);
 
     /* after unregistering, the same buffer is pageable again */
     D(cuMemHostUnregister, registered);

@@ -6,6 +6,7 @@ CUDA functions, the ring buffer and the lost-record counter.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes as ct
 import os
 import platform
@@ -163,7 +164,5 @@ class Probes:
 
 
 def _close(fd: int) -> None:
-    try:
+    with contextlib.suppress(OSError):
         os.close(fd)
-    except OSError:
-        pass

@@ -20,11 +20,16 @@ from collections import defaultdict, deque
 
 from restoreprof.probes import cuda_functions as cf
 from restoreprof.probes.bpf_program import (
-    CUDA_OP_BASE, OP_EXEC, OP_FORK, OP_OPENAT, PROCESS_OPS, RECORD_BYTES, RECORD_FORMAT,
+    CUDA_OP_BASE,
+    OP_EXEC,
+    OP_FORK,
+    OP_OPENAT,
+    PROCESS_OPS,
+    RECORD_BYTES,
+    RECORD_FORMAT,
     SYSCALL_OPS,
 )
-from restoreprof.trace.events import CUDA, DTOD, DTOH, HTOD, HTOH, PAGEABLE, PINNED, PROCESS, \
-    SYSCALL, Event
+from restoreprof.trace.events import CUDA, DTOD, DTOH, HTOD, HTOH, PAGEABLE, PINNED, PROCESS, SYSCALL, Event
 
 _unpack = struct.Struct(RECORD_FORMAT).unpack_from
 _NO_ARG = -1

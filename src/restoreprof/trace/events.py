@@ -47,7 +47,7 @@ class Event:
         return {k: v for k, v in asdict(self).items() if k in _REQUIRED or v != _DEFAULTS[k]}
 
     @classmethod
-    def from_dict(cls, data: dict) -> "Event":
+    def from_dict(cls, data: dict) -> Event:
         return cls(**{k: data[k] for k in _FIELD_NAMES if k in data})
 
 

@@ -102,7 +102,7 @@ def _unblock(block: dict) -> list[Event]:
     n = block["n"]
     defaults = {f.name: f.default for f in fields(Event) if f.name != "extra"}
     values = [columns.get(name) or [defaults[name]] * n for name in _COLUMNS]
-    events = [Event(*row) for row in zip(*values)]
+    events = [Event(*row) for row in zip(*values, strict=True)]
     for index, extra in block.get("extra", {}).items():
         events[int(index)].extra = extra
     return events

@@ -1,0 +1,36 @@
+"""Analysis of a trace: exact counts, the phases of a restore, the critical path, and the
+bottleneck against this machine's ceilings. ``analyze(trace)`` returns the report dict that
+report.json holds."""
+
+from __future__ import annotations
+
+from restoreprof.analysis import ceilings as ceilings_module
+from restoreprof.analysis.bottleneck import annotate_ceilings, bottleneck
+from restoreprof.analysis.ceilings import Ceilings
+from restoreprof.analysis.phases import phases
+from restoreprof.analysis.stats import cuda_stats, io_stats
+from restoreprof.trace.model import Trace
+
+
+def analyze(trace: Trace, ceilings: Ceilings | None = None) -> dict:
+    """The report of a trace (the shape of report.json)."""
+    if ceilings is None:
+        ceilings = ceilings_module.load(trace.meta.hostname, trace.meta.gpus)
+    events = trace.events
+    io = io_stats(events)
+    cuda = cuda_stats(events)
+    phase_list, critical, wall_ns = phases(events)
+    annotate_ceilings(phase_list, cuda, ceilings)
+    return {
+        "target": trace.meta.target,
+        "pids": sorted({e.pid for e in events} | set(trace.meta.pids)),
+        "wall_ns": wall_ns,
+        "io": io,
+        "cuda": cuda,
+        "phases": phase_list,
+        "critical_path": critical,
+        "bottleneck": bottleneck(phase_list, cuda, ceilings),
+        "ceilings": {**ceilings.to_dict()},
+        "lost_events": trace.meta.lost_events,
+        "events": len(events),
+    }

@@ -1,0 +1,97 @@
+"""Name the bottleneck: the phase that holds most of the wall time on its own, measured
+against its ceiling, with the optimizer setting that addresses it and the expected gain.
+
+Optimizer settings: streams, chunk_mb, threads, pinned, prewarm, readahead, offload.
+"""
+
+from __future__ import annotations
+
+from restoreprof.analysis.ceilings import UNCALIBRATED, Ceilings
+from restoreprof.analysis.phases import CPU_MEMORY, GPU_CONTEXT, GPU_MEMORY, OTHER
+
+CALIBRATE_HINT = "run 'restoreprof calibrate' on this machine to measure the ceilings"
+
+
+def _seconds(ns: float) -> str:
+    return f"{ns / 1e9:.2f} s"
+
+
+def phase_ceiling(phase: dict, cuda: dict, ceilings: Ceilings) -> tuple[float, str]:
+    """(ceiling GB/s, what it is) for a phase; 0.0 where there is none or none measured."""
+    name = phase["name"]
+    if name == CPU_MEMORY:
+        if ceilings.disk_read_gbps and phase["gbps"] > ceilings.disk_read_gbps:
+            return ceilings.host_memcpy_gbps, "host memcpy (the images were in the page cache)"
+        return ceilings.disk_read_gbps, "disk read"
+    if name == GPU_MEMORY:
+        return ceilings.htod_pinned_gbps, "H2D from pinned memory"
+    return 0.0, ""
+
+
+def _recommend(phase: dict, cuda: dict, ceilings: Ceilings, ceiling_gbps: float) -> str:
+    name, ns = phase["name"], phase["exclusive_ns"]
+    nbytes = phase["bytes"]
+    at_ceiling_ns = nbytes / ceiling_gbps if ceiling_gbps and nbytes else None
+    gain = (f"expected gain: up to {_seconds(max(0.0, ns - at_ceiling_ns))} of "
+            f"{_seconds(ns)}" if at_ceiling_ns is not None else "")
+    uncalibrated = ceilings.source == UNCALIBRATED
+    if name == CPU_MEMORY:
+        memcpy = ceilings.host_memcpy_gbps
+        target_ns = nbytes / memcpy if memcpy and nbytes else None
+        text = ("readahead=on: read pages-*.img into the page cache in parallel before CRIU "
+                "needs them, so its page reads run at memory speed")
+        if target_ns is not None:
+            return f"{text}; expected gain: up to {_seconds(max(0.0, ns - target_ns))} of {_seconds(ns)}"
+        return f"{text}; {CALIBRATE_HINT} for the expected gain" if uncalibrated else text
+    if name == GPU_MEMORY:
+        htod = cuda.get("htod", {})
+        if htod.get("bytes", 0) == 0:
+            text = ("offload=on: move GPU memory out before the driver checkpoint and back with "
+                    "streams=8 chunk_mb=64 threads=8 from pinned memory, instead of the "
+                    "driver's restore")
+            return f"{text}; {CALIBRATE_HINT} for the expected gain" if uncalibrated else (
+                f"{text}; the pinned H2D ceiling here is {ceiling_gbps:.1f} GB/s")
+        if htod.get("pageable_bytes", 0) > htod.get("pinned_bytes", 0):
+            pageable = ceilings.htod_pageable_gbps
+            text = (f"pinned=on: {htod['pageable_bytes'] / 1e9:.2f} GB of the host-to-device "
+                    "copies come from pageable memory; stage them through pinned buffers")
+            if pageable and ceiling_gbps:
+                text += f" ({pageable:.1f} -> {ceiling_gbps:.1f} GB/s)"
+            return f"{text}; {gain}" if gain else f"{text}; {CALIBRATE_HINT}"
+        text = ("streams=4 chunk_mb=64 threads=4: the copies are pinned but run below the "
+                "link's rate; overlap more of them")
+        return f"{text}; {gain}" if gain else f"{text}; {CALIBRATE_HINT}"
+    if name == GPU_CONTEXT:
+        return (f"prewarm=on: create the CUDA context before or during the CRIU restore "
+                f"(cuInit and contexts took {_seconds(phase['busy_ns'])}); expected gain: up "
+                f"to {_seconds(ns)}")
+    return ("no single restore phase dominates: the time goes to process setup outside the "
+            "page reads and GPU work; trace with -- CMD to see what the command does")
+
+
+def bottleneck(phases: list[dict], cuda: dict, ceilings: Ceilings) -> dict:
+    candidates = [p for p in phases if p["name"] != OTHER and p["exclusive_ns"] > 0]
+    if not candidates:
+        candidates = [p for p in phases if p["name"] == OTHER]
+    if not candidates:
+        return {"phase": "", "achieved_gbps": 0.0, "ceiling_gbps": 0.0,
+                "ceiling_source": ceilings.source, "recommendation": "the trace holds no events"}
+    worst = max(candidates, key=lambda p: p["exclusive_ns"])
+    ceiling_gbps, what = phase_ceiling(worst, cuda, ceilings)
+    return {
+        "phase": worst["name"],
+        "achieved_gbps": round(worst["gbps"], 3),
+        "ceiling_gbps": round(ceiling_gbps, 3),
+        "ceiling_source": (ceilings.source if ceiling_gbps or not what else UNCALIBRATED),
+        "ceiling_kind": what,
+        "exclusive_ns": worst["exclusive_ns"],
+        "recommendation": _recommend(worst, cuda, ceilings, ceiling_gbps),
+    }
+
+
+def annotate_ceilings(phases: list[dict], cuda: dict, ceilings: Ceilings) -> None:
+    """Each phase against its ceiling: ceiling_gbps and efficiency (achieved / ceiling)."""
+    for phase in phases:
+        ceiling_gbps, _what = phase_ceiling(phase, cuda, ceilings)
+        phase["ceiling_gbps"] = round(ceiling_gbps, 3)
+        phase["efficiency"] = round(phase["gbps"] / ceiling_gbps, 3) if ceiling_gbps else None

@@ -1,0 +1,138 @@
+"""The phases of a restore, and how much of the wall time each one holds on its own.
+
+- cpu memory restore: the page reads (reads of pages-*.img; every preadv where no file name
+  was seen), what CRIU spends filling the restored processes' memory;
+- gpu context creation: cuInit, cuCtxCreate*, cuDevicePrimaryCtxRetain;
+- gpu memory restore: host-to-device copies, the driver's cuCheckpointProcessRestore, and the
+  "GPU restore" step that 'restoreprof restore' announces;
+- other: the wall time none of the above covers (process setup, verification, exit).
+
+The critical path gives each instant of the wall time to one phase (GPU memory restore first,
+then CPU memory restore, then context creation, else other): phases overlap when prewarm runs
+cuInit during CRIU, and only time no other phase covers can be saved by speeding one up.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable
+
+from restoreprof.analysis.stats import READ_SYSCALLS, counted_copy, role, transfer_ns
+from restoreprof.probes import cuda_functions as cf
+from restoreprof.trace.events import CUDA, HTOD, MARK, SYSCALL, Event
+
+CPU_MEMORY = "cpu memory restore"
+GPU_CONTEXT = "gpu context creation"
+GPU_MEMORY = "gpu memory restore"
+OTHER = "other"
+PRIORITY = (GPU_MEMORY, CPU_MEMORY, GPU_CONTEXT)   # who owns an instant that several cover
+_PAGES = re.compile(r"pages-\d+\.img$")
+_GPU_RESTORE_MARK = re.compile(r"gpu restore|cuda restore", re.IGNORECASE)
+
+
+def wall_bounds(events: list[Event]) -> tuple[int, int]:
+    if not events:
+        return 0, 0
+    return min(e.start_ns for e in events), max(max(e.end_ns, e.complete_ns) for e in events)
+
+
+def classifier(events: list[Event]) -> Callable[[Event], str]:
+    """A function giving each event of this trace its phase (OTHER for the rest)."""
+    has_page_paths = any(e.kind == SYSCALL and e.name in READ_SYSCALLS
+                         and _PAGES.search(os.path.basename(e.path or "")) for e in events)
+
+    def classify(e: Event) -> str:
+        if e.kind == SYSCALL:
+            if e.name not in READ_SYSCALLS:
+                return OTHER
+            if has_page_paths:
+                return CPU_MEMORY if _PAGES.search(os.path.basename(e.path or "")) else OTHER
+            return CPU_MEMORY if e.name == "preadv" and not e.path else OTHER
+        if e.kind == CUDA and not e.extra.get("outer"):
+            r = role(e)
+            if r in (cf.INIT, cf.CONTEXT):
+                return GPU_CONTEXT
+            if (counted_copy(e) and e.direction == HTOD) or e.name == "cuCheckpointProcessRestore":
+                return GPU_MEMORY
+        elif e.kind == MARK and _GPU_RESTORE_MARK.search(e.name):
+            return GPU_MEMORY
+        return OTHER
+
+    return classify
+
+
+def phase_events(events: list[Event]) -> dict[str, list[tuple[int, int, int]]]:
+    """(start_ns, end_ns, bytes) of the work of each phase (async copies end at completion)."""
+    classify = classifier(events)
+    out: dict[str, list[tuple[int, int, int]]] = {CPU_MEMORY: [], GPU_CONTEXT: [], GPU_MEMORY: []}
+    for e in events:
+        name = classify(e)
+        if name != OTHER:
+            nbytes = e.bytes if e.kind != MARK else 0
+            out[name].append((e.start_ns, e.start_ns + transfer_ns(e), nbytes))
+    return out
+
+
+def merge(intervals: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    merged: list[tuple[int, int]] = []
+    for start, end in sorted(intervals):
+        if merged and start <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], end))
+        else:
+            merged.append((start, end))
+    return merged
+
+
+def _subtract(intervals: list[tuple[int, int]], taken: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    out = []
+    for start, end in intervals:
+        cursor = start
+        for t_start, t_end in taken:
+            if t_end <= cursor or t_start >= end:
+                continue
+            if t_start > cursor:
+                out.append((cursor, t_start))
+            cursor = max(cursor, t_end)
+        if cursor < end:
+            out.append((cursor, end))
+    return out
+
+
+def _total(intervals: list[tuple[int, int]]) -> int:
+    return sum(end - start for start, end in intervals)
+
+
+def phases(events: list[Event]) -> tuple[list[dict], list[dict], int]:
+    """(phases in start order, critical path by exclusive time, wall_ns)."""
+    start_ns, end_ns = wall_bounds(events)
+    wall_ns = end_ns - start_ns
+    work = phase_events(events)
+    taken: list[tuple[int, int]] = []
+    exclusive: dict[str, int] = {}
+    result = []
+    for name in PRIORITY:
+        items = work[name]
+        if not items:
+            continue
+        busy = merge([(s, e) for s, e, _ in items])
+        own = _subtract(busy, taken)
+        exclusive[name] = _total(own)
+        taken = merge(taken + busy)
+        span_start, span_end = min(s for s, _, _ in items), max(e for _, e, _ in items)
+        nbytes = sum(b for _, _, b in items)
+        busy_ns = _total(busy)
+        result.append({"name": name, "start_ns": span_start, "end_ns": span_end, "bytes": nbytes,
+                       "busy_ns": busy_ns, "calls": len(items),
+                       "gbps": round(nbytes / busy_ns, 3) if busy_ns and nbytes else 0.0})
+    other_ns = wall_ns - _total(taken) if wall_ns else 0
+    result.sort(key=lambda p: (p["start_ns"], p["end_ns"]))
+    if wall_ns:
+        result.append({"name": OTHER, "start_ns": start_ns, "end_ns": end_ns, "bytes": 0,
+                       "busy_ns": other_ns, "calls": 0, "gbps": 0.0})
+        exclusive[OTHER] = other_ns
+    for phase in result:
+        phase["exclusive_ns"] = exclusive.get(phase["name"], 0)
+    critical = [{"phase": name, "ns": ns, "share": round(ns / wall_ns, 4) if wall_ns else 0.0}
+                for name, ns in sorted(exclusive.items(), key=lambda kv: -kv[1])]
+    return result, critical, wall_ns

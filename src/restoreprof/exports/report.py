@@ -1,0 +1,80 @@
+"""report.json and the summary printed at the end of a trace (80 columns)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from restoreprof.analysis.stats import READ_SYSCALLS
+
+
+def write(report: dict, path: Path) -> Path:
+    path.write_text(json.dumps(report, indent=2) + "\n")
+    return path
+
+
+def _s(ns: int) -> str:
+    return f"{ns / 1e9:.3f}"
+
+
+def _gb(nbytes: int) -> str:
+    return f"{nbytes / 1e9:.3f}"
+
+
+def _rate(nbytes: int, ns: int) -> str:
+    return f"{nbytes / ns:.2f}" if ns and nbytes else "-"
+
+
+def summary(report: dict) -> str:
+    """The report as text no wider than 80 columns."""
+    lines = [f"restoreprof: {report.get('target', '')}"[:80],
+             f"wall {_s(report['wall_ns'])} s, {len(report['pids'])} processes, "
+             f"{report.get('events', 0)} events, {report['lost_events']} lost", ""]
+    lines.append(f"{'phase':<24}{'start s':>9}{'time s':>9}{'own s':>9}{'GB':>9}"
+                 f"{'GB/s':>9}{'ceiling':>10}")
+    origin = min((p["start_ns"] for p in report["phases"]), default=0)
+    for p in report["phases"]:
+        ceiling = p.get("ceiling_gbps") or 0
+        gbps = f"{p['gbps']:.2f}" if p["bytes"] else "-"
+        ceiling_text = f"{ceiling:.2f}" if ceiling else "-"
+        lines.append(f"{p['name'][:23]:<24}{_s(p['start_ns'] - origin):>9}"
+                     f"{_s(p['end_ns'] - p['start_ns']):>9}{_s(p.get('exclusive_ns', 0)):>9}"
+                     f"{_gb(p['bytes']):>9}{gbps:>9}{ceiling_text:>10}")
+    lines += ["", f"{'reads':<24}{'calls':>10}{'GB':>10}{'time s':>10}{'GB/s':>10}"]
+    for name in READ_SYSCALLS:
+        io = report["io"][name]
+        lines.append(f"{name:<24}{io['calls']:>10}{_gb(io['bytes']):>10}{_s(io['ns']):>10}"
+                     f"{_rate(io['bytes'], io['ns']):>10}")
+    cuda = report["cuda"]
+    lines += ["", f"{'cuda copies':<14}{'calls':>8}{'GB':>9}{'api s':>9}{'xfer s':>9}"
+                  f"{'GB/s':>8}{'pinned GB':>11}{'pageable':>10}"]
+    for name in ("htod", "dtoh", "dtod"):
+        c = cuda[name]
+        lines.append(f"{name:<14}{c['calls']:>8}{_gb(c['bytes']):>9}{_s(c['api_ns']):>9}"
+                     f"{_s(c.get('transfer_ns', c['api_ns'])):>9}"
+                     f"{_rate(c['bytes'], c.get('transfer_ns', c['api_ns'])):>8}"
+                     f"{_gb(c['pinned_bytes']):>11}{_gb(c['pageable_bytes']):>10}")
+    for name in ("init", "context_create", "checkpoint_api"):
+        if name in cuda:
+            lines.append(f"{name:<14}{cuda[name]['calls']:>8}{'':>9}{_s(cuda[name]['ns']):>9}")
+    b = report["bottleneck"]
+    lines += ["", f"bottleneck: {b['phase'] or 'none'}"]
+    if b["phase"]:
+        ceiling = (f"{b['ceiling_gbps']:.2f} GB/s ({b.get('ceiling_source', '')})"
+                   if b["ceiling_gbps"] else f"none ({b.get('ceiling_source', 'uncalibrated')})")
+        lines.append(f"  achieved {b['achieved_gbps']:.2f} GB/s, ceiling {ceiling}")
+    lines += _wrap(b["recommendation"], 80, first="  -> ", indent="     ")
+    if report["lost_events"]:
+        lines.append(f"WARNING: {report['lost_events']} events lost; counts are lower bounds")
+    return "\n".join(line[:80] for line in lines)
+
+
+def _wrap(text: str, width: int, *, first: str, indent: str) -> list[str]:
+    lines, line = [], first
+    for word in text.split():
+        if line.strip() and len(line) + 1 + len(word) > width:
+            lines.append(line)
+            line = indent + word
+        else:
+            line = f"{line} {word}" if line.strip() else line + word
+    return lines + ([line] if line.strip() else [])
