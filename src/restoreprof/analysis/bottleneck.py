@@ -69,6 +69,12 @@ def _recommend(phase: dict, cuda: dict, ceilings: Ceilings, ceiling_gbps: float)
             "page reads and GPU work; trace with -- CMD to see what the command does")
 
 
+def _source(ceilings: Ceilings, ceiling_gbps: float, what: str) -> str:
+    if ceiling_gbps or not what:
+        return ceilings.source
+    return UNCALIBRATED if ceilings.source == UNCALIBRATED else f"{what}: not measured here"
+
+
 def bottleneck(phases: list[dict], cuda: dict, ceilings: Ceilings) -> dict:
     candidates = [p for p in phases if p["name"] != OTHER and p["exclusive_ns"] > 0]
     if not candidates:
@@ -82,7 +88,7 @@ def bottleneck(phases: list[dict], cuda: dict, ceilings: Ceilings) -> dict:
         "phase": worst["name"],
         "achieved_gbps": round(worst["gbps"], 3),
         "ceiling_gbps": round(ceiling_gbps, 3),
-        "ceiling_source": (ceilings.source if ceiling_gbps or not what else UNCALIBRATED),
+        "ceiling_source": _source(ceilings, ceiling_gbps, what),
         "ceiling_kind": what,
         "exclusive_ns": worst["exclusive_ns"],
         "recommendation": _recommend(worst, cuda, ceilings, ceiling_gbps),

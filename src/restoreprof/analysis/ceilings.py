@@ -211,9 +211,12 @@ def measure_gpu(size_bytes: int = 1 * GIB) -> tuple[dict, dict[str, float]]:
     return gpu, results
 
 
-def measure(disk_dir: Path, *, gpu: bool = True) -> Ceilings:
-    """Measure every ceiling this machine has; a GPU that is missing is noted, not guessed."""
-    ceilings = Ceilings(hostname=socket.gethostname(),
+def measure(disk_dir: Path, *, gpu: bool = True, gpu_info: dict | None = None) -> Ceilings:
+    """Measure every ceiling this machine has; a GPU that is missing is noted, not guessed.
+
+    gpu_info (NVML's description of GPU 0) keys the cache the way traces name their GPU.
+    """
+    ceilings = Ceilings(hostname=socket.gethostname(), gpu=dict(gpu_info or {}),
                         measured_at=datetime.now(UTC).isoformat(timespec="seconds"))
     ceilings.host_memcpy_gbps = round(measure_host_memcpy_gbps(), 2)
     disk_gbps, how = measure_disk_read_gbps(disk_dir)
@@ -222,7 +225,8 @@ def measure(disk_dir: Path, *, gpu: bool = True) -> Ceilings:
     ceilings.notes.append(f"disk read: {how}")
     if gpu:
         try:
-            ceilings.gpu, results = measure_gpu()
+            measured_gpu, results = measure_gpu()
+            ceilings.gpu = ceilings.gpu or measured_gpu
             for name, value in results.items():
                 setattr(ceilings, name, round(value, 2))
         except Exception as exc:  # no driver, no GPU, no cuda-python: say so, measure the rest

@@ -28,6 +28,7 @@ GPU_MEMORY = "gpu memory restore"
 OTHER = "other"
 PRIORITY = (GPU_MEMORY, CPU_MEMORY, GPU_CONTEXT)   # who owns an instant that several cover
 _PAGES = re.compile(r"pages-\d+\.img$")
+_CRIU_RESTORE_MARK = re.compile(r"criu restore", re.IGNORECASE)
 _GPU_RESTORE_MARK = re.compile(r"gpu restore|cuda restore", re.IGNORECASE)
 
 
@@ -41,10 +42,19 @@ def classifier(events: list[Event]) -> Callable[[Event], str]:
     """A function giving each event of this trace its phase (OTHER for the rest)."""
     has_page_paths = any(e.kind == SYSCALL and e.name in READ_SYSCALLS
                          and _PAGES.search(os.path.basename(e.path or "")) for e in events)
+    # With 'restoreprof restore' steps, page reads outside "criu restore" are not the restore
+    # (the image checksums read pages-*.img too).
+    windows = [(e.start_ns, e.end_ns) for e in events
+               if e.kind == MARK and _CRIU_RESTORE_MARK.search(e.name)]
+
+    def in_restore(e: Event) -> bool:
+        return not windows or any(s <= e.start_ns <= t for s, t in windows)
 
     def classify(e: Event) -> str:
         if e.kind == SYSCALL:
             if e.name not in READ_SYSCALLS:
+                return OTHER
+            if not in_restore(e):
                 return OTHER
             if has_page_paths:
                 return CPU_MEMORY if _PAGES.search(os.path.basename(e.path or "")) else OTHER

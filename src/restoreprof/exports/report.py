@@ -70,11 +70,12 @@ def summary(report: dict) -> str:
 
 
 def _wrap(text: str, width: int, *, first: str, indent: str) -> list[str]:
-    lines, line = [], first
+    lines, line, fresh = [], first, True
     for word in text.split():
-        if line.strip() and len(line) + 1 + len(word) > width:
+        if not fresh and len(line) + 1 + len(word) > width:
             lines.append(line)
             line = indent + word
         else:
-            line = f"{line} {word}" if line.strip() else line + word
-    return lines + ([line] if line.strip() else [])
+            line = line + word if fresh else f"{line} {word}"
+        fresh = False
+    return lines + ([line] if not fresh else [])

@@ -84,7 +84,8 @@ class TraceSession:
         self._enricher = Enricher()
         self._last_end_ns = 0
         self._out_of_order = False
-        self._pids: set[int] = set()
+        self._pids: set[int] = set()   # tasks to rescan for new CUDA libraries
+        self._roots: list[int] = []
         self._next_rescan = 0.0
         self._deadline: float | None = None
         self._meta: TraceMeta | None = None
@@ -105,7 +106,7 @@ class TraceSession:
                                    hint="pass the folder 'restoreprof checkpoint -D' wrote")
         argv = target.argv()
         self._meta = TraceMeta(target=target.describe(), command=argv or [],
-                               gpus=_gpus(), start_ns=time.monotonic_ns())
+                               gpus=gpus(), start_ns=time.monotonic_ns())
         if argv is not None:
             self._child = PausedChild(argv, capture_stdout=target.restore_dir is not None)
             roots = [self._child.pid]
@@ -126,6 +127,7 @@ class TraceSession:
                 self._child.stop(timeout_s=1)
             raise
         self._pids.update(roots)
+        self._roots = list(roots)
         self.attach_s = time.monotonic() - t0
         if self._child is not None:
             if self._child.stdout_fd >= 0:
@@ -176,7 +178,7 @@ class TraceSession:
         meta = self._meta
         meta.end_ns = time.monotonic_ns()
         meta.lost_events = self._lost
-        meta.pids = sorted({e.pid for e in self.events} | self._pids)
+        meta.pids = sorted({e.pid for e in self.events} | set(self._roots))
         self._probes = None
         return Trace(meta, self.events)
 
@@ -246,7 +248,7 @@ class TraceSession:
             if step.get("pid"):
                 event.extra = {"step_pid": step["pid"]}
             self.events.append(event)
-        self._pids.update(int(p) for p in result.get("pids", []))
+        self._roots.extend(int(p) for p in result.get("pids", []))
 
 
 def record(target: Target, duration_s: float | None = None,
@@ -262,7 +264,7 @@ def record(target: Target, duration_s: float | None = None,
     return session.stop()
 
 
-def _gpus() -> list[dict]:
+def gpus() -> list[dict]:
     """The GPUs of this machine through NVML, or [] where there is none."""
     try:
         import pynvml

@@ -1,0 +1,57 @@
+"""restoreprof calibrate: measure this machine's ceilings and cache them for the analysis.
+
+Measures H2D and D2H from pinned and pageable memory (where a GPU exists), a one-thread host
+memcpy, and the read bandwidth of the disk that holds the checkpoints (page cache bypassed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+name = "calibrate"
+help = "measure this machine's copy and disk ceilings (cached per machine and GPU)"
+
+
+def prepare_parser(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-D", "--dir", type=Path, default=Path("/var/tmp"),
+                        help="a folder on the disk that holds checkpoints (default /var/tmp)")
+    parser.add_argument("--no-gpu", action="store_true", help="skip the GPU copy measurements")
+    parser.add_argument("--show", action="store_true",
+                        help="print the cached ceilings of this machine, measure nothing")
+    parser.add_argument("--json", action="store_true", help="print the ceilings as JSON")
+
+
+def _print(ceilings) -> None:
+    rows = [("H2D pinned", ceilings.htod_pinned_gbps), ("H2D pageable", ceilings.htod_pageable_gbps),
+            ("D2H pinned", ceilings.dtoh_pinned_gbps), ("D2H pageable", ceilings.dtoh_pageable_gbps),
+            ("host memcpy (1 thread)", ceilings.host_memcpy_gbps),
+            (f"disk read ({ceilings.disk_path or '?'})", ceilings.disk_read_gbps)]
+    gpu = ceilings.gpu.get("name", "no GPU") if ceilings.gpu else "no GPU"
+    print(f"ceilings of {ceilings.hostname} ({gpu}), {ceilings.source} {ceilings.measured_at}")
+    for label, value in rows:
+        print(f"  {label[:50]:<50} {f'{value:.2f} GB/s' if value else 'not measured':>14}")
+    for note in ceilings.notes:
+        print(f"  note: {note}")
+
+
+def run(args: argparse.Namespace) -> int:
+    from restoreprof.analysis import ceilings as ceilings_module
+    from restoreprof.probes.session import gpus
+
+    if args.show:
+        ceilings = ceilings_module.load(gpus=gpus())
+    else:
+        print("measuring host memcpy, disk read" + ("" if args.no_gpu else " and GPU copies")
+              + "...", flush=True)
+        found = gpus()
+        ceilings = ceilings_module.measure(args.dir, gpu=not args.no_gpu,
+                                           gpu_info=found[0] if found else None)
+        path = ceilings_module.save(ceilings)
+        print(f"cached in {path}")
+    if args.json:
+        print(json.dumps(ceilings.to_dict(), indent=2))
+    else:
+        _print(ceilings)
+    return 0
