@@ -36,13 +36,15 @@ def root_capabilities_missing() -> str:
 
 @lru_cache(maxsize=1)
 def gpu_missing() -> str:
-    from restoreprof.cuda import driver
-    from restoreprof.system.paths import libcuda_path
+    """A real NVIDIA GPU, seen through NVML (the fake libcuda test double has no NVML)."""
+    try:
+        import pynvml
 
-    if not libcuda_path():
-        return "no CUDA driver (libcuda) on this machine"
-    if not driver.available():
-        return "CUDA driver present but no usable GPU"
+        pynvml.nvmlInit()
+        if pynvml.nvmlDeviceGetCount() == 0:
+            return "NVML sees no GPU"
+    except Exception as exc:
+        return f"no NVIDIA driver ({type(exc).__name__})"
     return ""
 
 

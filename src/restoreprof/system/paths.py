@@ -64,7 +64,6 @@ def criu_path() -> str:
     )
 
 
-@lru_cache(maxsize=1)
 def libcuda_path() -> str | None:
     """The real CUDA driver library, or None on a machine without one."""
     override = os.environ.get("RESTOREPROF_LIBCUDA")

@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,11 +27,17 @@ class HeldMemory:
               env: dict[str, str] | None = None, timeout_s: float = 300,
               prefix: list[str] | None = None, children: int = 0) -> HeldMemory:
         """Start a holder (prefix: e.g. ['restoreprof', 'exec', '--']); children: a tree of N."""
-        state_dir.mkdir(parents=True, exist_ok=True)
-        (state_dir / "ready").unlink(missing_ok=True)
         cmd = [*(prefix or []), sys.executable, "-m", "restoreprof.workloads.hold_memory",
                "--mib", str(mib), "--gpu-mib", str(gpu_mib), "--seed", str(seed),
                "--state", str(state_dir), "--children", str(children)]
+        return cls.start_command(cmd, state_dir, env=env, timeout_s=timeout_s)
+
+    @classmethod
+    def start_command(cls, cmd: list[str], state_dir: Path, env: dict[str, str] | None = None,
+                      timeout_s: float = 300) -> HeldMemory:
+        """Start any program that speaks the ready/verified protocol (e.g. torch_model)."""
+        state_dir.mkdir(parents=True, exist_ok=True)
+        (state_dir / "ready").unlink(missing_ok=True)
         # Own session, no pipes: CRIU dumps it without --shell-job or external pipes.
         with open(state_dir / "stderr.log", "ab") as stderr:
             proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
@@ -48,7 +55,6 @@ class HeldMemory:
         digest = (state_dir / "ready").read_text().split()[0]
         pid = int((state_dir / "ready").read_text().rsplit("pid=", 1)[1])
         # Reap the child in the background when it ends so it leaves no zombie.
-        import threading
         threading.Thread(target=proc.wait, daemon=True).start()
         return cls(pid, state_dir, digest)
 
@@ -74,6 +80,12 @@ class HeldMemory:
             time.sleep(0.02)
         verdict, digest = verified.read_text().split()[:2]
         return verdict == "OK" and digest == self.expected_digest
+
+    def rss_bytes(self) -> int:
+        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+        return 0
 
     def alive(self) -> bool:
         try:
