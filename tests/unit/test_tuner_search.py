@@ -158,10 +158,8 @@ def test_settings_that_do_nothing_are_not_timed():
         reads = 1.0 - (0.1 * min(p["threads"], 4) - 0.02 * max(0, p["threads"] - 4) if ahead else 0)
         return (0.5 if p["verify"] else 0.0) + reads
 
-    start = default_point(space)
     result = coordinate_descent(order_for_bottleneck(space, "cpu memory restore"), cpu_restore_s,
-                                budget=20, start=start)
+                                budget=20, start=default_point(space))
     assert result.best == {"verify": False, "readahead": True, "threads": 4}
-    for p in seen:
-        if p["verify"]:
-            assert (p["readahead"], p["threads"]) == (start["readahead"], start["threads"])
+    # The start, and verify turned back on once from the best point: nothing else with checksums.
+    assert len([p for p in seen if p["verify"]]) == 2
