@@ -73,9 +73,14 @@ class TuningDatabase:
     def _move_aside(self, why: Exception) -> None:
         stamp = datetime.now().strftime("%Y%m%dT%H%M%S")
         aside = self.path.with_name(f"{self.path.name}.corrupt-{stamp}")
+        n = 1
+        while aside.exists():   # never overwrite an earlier one moved aside the same second
+            n += 1
+            aside = self.path.with_name(f"{self.path.name}.corrupt-{stamp}-{n}")
         os.replace(self.path, aside)
         _warn(f"the tuning database {self.path} is corrupt ({why}); moved it to {aside} and "
               "started a new one: rerun 'restoreprof run' to tune again")
+        self.entries = {}
         self.save()
 
     def lookup(self, host: HostIdentity) -> tuple[str, dict] | None:
