@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -52,8 +53,8 @@ def main() -> int:
     for label in ("default", "plain", "tuned"):
         times = summary["spread_s"][label]
         if times:
-            median = sorted(times)[(len(times) - 1) // 2]
-            print(f"{label:<10} {min(times):>8.3f} {median:>9.3f} {max(times):>8.3f}  {len(times)}")
+            print(f"{label:<10} {min(times):>8.3f} {statistics.median(times):>9.3f} "
+                  f"{max(times):>8.3f}  {len(times)}")
     print(f"speedup: {summary['speedup_over_default']:.2f}x over the default, "
           f"{summary['speedup_over_plain']:.2f}x over the plain driver path")
     return 0
