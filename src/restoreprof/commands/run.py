@@ -15,8 +15,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 from restoreprof.checkpoint import checkpoint
+from restoreprof.checkpoint.manifest import Manifest
 from restoreprof.errors import RestoreprofError, require_root
-from restoreprof.tuner.autotune import tune
+from restoreprof.tuner.autotune import MIN_BUDGET, tune
 from restoreprof.tuner.database import TuningDatabase
 from restoreprof.tuner.identity import identify
 from restoreprof.tuner.trial import Check, TrialRunner, pids_alive
@@ -61,6 +62,11 @@ def run(args: argparse.Namespace) -> int:
     require_root("restoreprof run")
     if args.repeat < 1:
         raise RestoreprofError("--repeat must be at least 1", hint="e.g. --repeat 3")
+    if args.budget < MIN_BUDGET:
+        raise RestoreprofError(f"--budget {args.budget} is too small to search",
+                               hint=f"give at least {MIN_BUDGET} restores (16 or more is better)")
+    if args.dir is not None:
+        Manifest.load(args.dir)   # a bad -D fails here, before anything is created
     outdir = _new_folder(args.output or Path(f"restoreprof-run-{time.strftime('%Y%m%d-%H%M%S')}"))
     say = _printer(sys.stderr if args.json else sys.stdout)
     holders: list[HeldMemory] = []
