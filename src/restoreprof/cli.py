@@ -32,6 +32,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
+        if command.name not in ("run", "tune"):  # tuning trials never read the database
+            from restoreprof.tuner import install_tuned_defaults
+
+            install_tuned_defaults(getattr(args, "dir", None))
         return int(command.run(args) or 0)
     except RestoreprofError as exc:
         print(f"restoreprof {command.name}: error: {exc}", file=sys.stderr)
