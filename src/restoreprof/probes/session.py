@@ -159,7 +159,7 @@ class TraceSession:
             return False
         if self._child is not None:
             return self._child.poll() is None
-        return self.target.pid is not None and os.path.exists(f"/proc/{self.target.pid}")
+        return self.target.pid is not None and _alive(self.target.pid)
 
     def stop(self) -> Trace:
         """Detach the probes and return the trace (its meta has lost_events set)."""
@@ -262,6 +262,16 @@ def record(target: Target, duration_s: float | None = None,
     except KeyboardInterrupt:
         pass
     return session.stop()
+
+
+def _alive(pid: int) -> bool:
+    """Whether pid runs (a zombie waiting for its parent to reap it does not)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            state = f.read().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in ("Z", "X")
 
 
 def gpus() -> list[dict]:
