@@ -10,8 +10,8 @@ import subprocess
 from collections import Counter
 
 import pytest
-
 from _bpf import cuda_calls, cuda_calls_static, fake_libcuda
+
 from restoreprof.analysis import analyze
 from restoreprof.probes.cuda_functions import FUNCTIONS, SYMBOLS
 from restoreprof.probes.session import Target, TraceSession, record

@@ -5,8 +5,8 @@ from __future__ import annotations
 import subprocess
 
 import pytest
-
 from _bpf import readers
+
 from restoreprof.analysis import analyze
 from restoreprof.probes.session import Target, TraceSession, record
 

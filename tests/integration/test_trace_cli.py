@@ -7,7 +7,6 @@ import os
 import xml.etree.ElementTree as ET
 
 import pytest
-
 from _bpf import fake_libcuda, readers
 
 pytestmark = pytest.mark.root

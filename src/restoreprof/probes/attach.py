@@ -66,7 +66,7 @@ class Probes:
         self._links: list[int] = []
         self._multi_progs: tuple[int, int] | None = None
         try:
-            self.bpf = BPF(text=text)
+            self.bpf = BPF(text=text.encode())
         except Exception as exc:  # bcc raises bare Exception on compile and load errors
             raise RestoreprofError(
                 f"the BPF program did not compile or load: {exc}",
@@ -97,10 +97,10 @@ class Probes:
         for symbol in sorted(obj.symbols):
             index = BY_SYMBOL[symbol]
             try:
-                self.bpf.attach_uprobe(name=obj.path, sym=symbol,
-                                       fn_name=bpf_program.entry_function(index))
-                self.bpf.attach_uretprobe(name=obj.path, sym=symbol,
-                                          fn_name=bpf_program.RETURN_FUNCTION)
+                self.bpf.attach_uprobe(name=obj.path.encode(), sym=symbol.encode(),
+                                       fn_name=bpf_program.entry_function(index).encode())
+                self.bpf.attach_uretprobe(name=obj.path.encode(), sym=symbol.encode(),
+                                          fn_name=bpf_program.RETURN_FUNCTION.encode())
                 count += 1
             except Exception as exc:  # bcc: bare Exception
                 self.attach_errors.append(f"{obj.path}:{symbol}: {exc}")
@@ -109,9 +109,9 @@ class Probes:
     def _attach_multi(self, obj: ProbeObject) -> int:
         if self._multi_progs is None:
             attach_type = uprobe_multi.BPF_TRACE_UPROBE_MULTI
-            enter = self.bpf.load_func(bpf_program.ENTRY_FUNCTION, self.bpf.KPROBE,
+            enter = self.bpf.load_func(bpf_program.ENTRY_FUNCTION.encode(), self.bpf.KPROBE,
                                        attach_type=attach_type)
-            leave = self.bpf.load_func(bpf_program.RETURN_FUNCTION, self.bpf.KPROBE,
+            leave = self.bpf.load_func(bpf_program.RETURN_FUNCTION.encode(), self.bpf.KPROBE,
                                        attach_type=attach_type)
             self._multi_progs = (enter.fd, leave.fd)
         offsets = [offset for _, offset in obj.offsets]

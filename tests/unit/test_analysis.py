@@ -1,0 +1,166 @@
+"""Analysis of synthetic restores: exact counts, phases, critical path, ceilings, bottleneck."""
+
+from __future__ import annotations
+
+import pytest
+
+from restoreprof.analysis import analyze
+from restoreprof.analysis import ceilings as ceilings_module
+from restoreprof.analysis.ceilings import Ceilings
+from restoreprof.trace.events import CUDA, MARK, SYSCALL, Event
+from restoreprof.trace.model import Trace, TraceMeta
+
+MS = 1_000_000
+PAGES = "/ckpt/pages-1.img"
+
+
+def restore_trace(*, pinned: bool = False, driver_restore: bool = False) -> Trace:
+    """verify (0-100 ms, reads pages too), criu restore (100-600 ms, 500 MB of preadv),
+    cuInit+context (150-300 ms, overlapped), GPU restore (600-1000 ms: 4 x 100 MB H2D)."""
+    ev = [Event(MARK, "verify images", 1, 1, 0, 100 * MS, path="verify images"),
+          Event(MARK, "criu restore", 1, 1, 100 * MS, 600 * MS, path="criu restore"),
+          Event(MARK, "GPU restore", 1, 1, 600 * MS, 1000 * MS, path="GPU restore"),
+          Event(SYSCALL, "read", 1, 1, 10 * MS, 90 * MS, bytes=500_000_000, fd=3, path=PAGES)]
+    for i in range(5):   # CRIU's page reads: 5 x 100 MB, 100 ms each
+        ev.append(Event(SYSCALL, "preadv", 2, 2, (100 + 100 * i) * MS, (200 + 100 * i) * MS,
+                        bytes=100_000_000, fd=4, path=PAGES))
+    ev.append(Event(SYSCALL, "pread64", 2, 2, 120 * MS, 121 * MS, bytes=4096, fd=5,
+                    path="/ckpt/core-2.img"))
+    ev.append(Event(CUDA, "cuInit", 1, 3, 150 * MS, 250 * MS))
+    ev.append(Event(CUDA, "cuDevicePrimaryCtxRetain", 1, 3, 250 * MS, 300 * MS))
+    if driver_restore:
+        ev.append(Event(CUDA, "cuCheckpointProcessRestore", 1, 1, 600 * MS, 1000 * MS,
+                        extra={"target_pid": 2}))
+    else:
+        for i in range(4):
+            start = (600 + 100 * i) * MS
+            ev.append(Event(CUDA, "cuMemcpyHtoD_v2", 1, 1, start, start + 100 * MS,
+                            bytes=100_000_000, direction="htod",
+                            host_memory="pinned" if pinned else "pageable", address=0x7000))
+    ev.append(Event(CUDA, "cudaMemcpy", 1, 1, 599 * MS, 1001 * MS, bytes=1,
+                    direction="htod", extra={"outer": True}))   # wraps: never counted
+    return Trace(TraceMeta(target="restore: /ckpt", pids=[1, 2], lost_events=0), ev)
+
+
+CALIBRATED = Ceilings(htod_pinned_gbps=50.0, htod_pageable_gbps=9.0, host_memcpy_gbps=10.0,
+                      disk_read_gbps=2.0, source="calibrated")
+
+
+def test_report_has_the_promised_shape():
+    report = analyze(restore_trace(), CALIBRATED)
+    assert set(report) >= {"pids", "wall_ns", "io", "cuda", "phases", "bottleneck", "lost_events"}
+    assert report["pids"] == [1, 2]
+    assert report["wall_ns"] == 1001 * MS
+    for name in ("preadv", "preadv2", "pread64", "read"):
+        assert set(report["io"][name]) == {"calls", "bytes", "ns"}
+    for name in ("htod", "dtoh", "dtod"):
+        assert set(report["cuda"][name]) >= {"calls", "bytes", "api_ns", "pageable_bytes",
+                                             "pinned_bytes"}
+    for name in ("context_create", "checkpoint_api"):
+        assert set(report["cuda"][name]) >= {"calls", "ns"}
+    for phase in report["phases"]:
+        assert {"name", "start_ns", "end_ns", "bytes"} <= set(phase)
+        assert isinstance(phase["bytes"], int)
+    assert set(report["bottleneck"]) >= {"phase", "achieved_gbps", "ceiling_gbps",
+                                         "recommendation"}
+    assert isinstance(report["bottleneck"]["achieved_gbps"], float)
+
+
+def test_counts_are_exact():
+    report = analyze(restore_trace(), CALIBRATED)
+    assert report["io"]["preadv"] == {"calls": 5, "bytes": 500_000_000, "ns": 500 * MS}
+    assert report["io"]["read"]["bytes"] == 500_000_000
+    assert report["io"]["pread64"]["calls"] == 1
+    htod = report["cuda"]["htod"]
+    assert (htod["calls"], htod["bytes"], htod["pageable_bytes"], htod["pinned_bytes"]) == (
+        4, 400_000_000, 400_000_000, 0)
+    assert report["cuda"]["context_create"] == {"calls": 1, "ns": 50 * MS}
+
+
+def test_phases_in_order_with_critical_path():
+    report = analyze(restore_trace(), CALIBRATED)
+    names = [p["name"] for p in report["phases"]]
+    assert names == ["cpu memory restore", "gpu context creation", "gpu memory restore", "other"]
+    cpu = report["phases"][0]
+    # the checksum reads of pages-1.img happen before "criu restore": not the restore
+    assert (cpu["start_ns"], cpu["end_ns"], cpu["bytes"]) == (100 * MS, 600 * MS, 500_000_000)
+    assert cpu["gbps"] == 1.0
+    context = report["phases"][1]
+    assert context["exclusive_ns"] == 0   # hidden under CRIU's page reads
+    path = {c["phase"]: c["ns"] for c in report["critical_path"]}
+    assert path["cpu memory restore"] == 500 * MS
+    assert path["gpu memory restore"] == 400 * MS
+    assert sum(path.values()) == report["wall_ns"]
+
+
+def test_bottleneck_cpu_memory_against_disk_ceiling():
+    b = analyze(restore_trace(), CALIBRATED)["bottleneck"]
+    assert b["phase"] == "cpu memory restore"
+    assert (b["achieved_gbps"], b["ceiling_gbps"]) == (1.0, 2.0)
+    assert "readahead=on" in b["recommendation"]
+    assert "expected gain: up to 0.45 s of 0.50 s" in b["recommendation"]
+
+
+def test_bottleneck_pageable_copies_recommend_pinned():
+    trace = restore_trace()
+    trace.events = [e for e in trace.events if e.name != "preadv"]
+    b = analyze(trace, CALIBRATED)["bottleneck"]
+    assert b["phase"] == "gpu memory restore" and b["ceiling_gbps"] == 50.0
+    assert b["recommendation"].startswith("pinned=on") and "9.0 -> 50.0 GB/s" in b["recommendation"]
+
+
+def test_bottleneck_pinned_copies_recommend_streams():
+    trace = restore_trace(pinned=True)
+    trace.events = [e for e in trace.events if e.name != "preadv"]
+    b = analyze(trace, CALIBRATED)["bottleneck"]
+    assert b["recommendation"].startswith("streams=")
+    assert "expected gain: up to 0.39 s of 0.40 s" in b["recommendation"]
+
+
+def test_bottleneck_driver_restore_recommends_offload():
+    trace = restore_trace(driver_restore=True)
+    trace.events = [e for e in trace.events if e.name != "preadv"]
+    b = analyze(trace, CALIBRATED)["bottleneck"]
+    assert b["phase"] == "gpu memory restore" and "offload=on" in b["recommendation"]
+
+
+def test_context_creation_recommends_prewarm():
+    ev = [Event(CUDA, "cuInit", 1, 1, 0, 200 * MS), Event(CUDA, "cuCtxCreate_v2", 1, 1,
+                                                          200 * MS, 300 * MS)]
+    b = analyze(Trace(TraceMeta(target="x"), ev), CALIBRATED)["bottleneck"]
+    assert b["phase"] == "gpu context creation" and "prewarm=on" in b["recommendation"]
+
+
+def test_uncalibrated_ceilings_are_labelled_not_invented(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    report = analyze(restore_trace())
+    b = report["bottleneck"]
+    assert b["ceiling_gbps"] == 0.0 and b["ceiling_source"] == "uncalibrated"
+    assert "restoreprof calibrate" in b["recommendation"]
+    assert all(p["ceiling_gbps"] == 0.0 for p in report["phases"])
+
+
+def test_ceiling_cache_per_machine_and_gpu(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    gpu = {"name": "NVIDIA H100 80GB HBM3", "uuid": "GPU-1"}
+    ceilings_module.save(Ceilings(hostname="h", gpu=gpu, htod_pinned_gbps=55.0))
+    ceilings_module.save(Ceilings(hostname="h", host_memcpy_gbps=11.0))
+    assert ceilings_module.load("h", [gpu]).htod_pinned_gbps == 55.0
+    assert ceilings_module.load("h", [gpu]).source == "calibrated"
+    assert ceilings_module.load("h", []).host_memcpy_gbps == 11.0
+    other = ceilings_module.load("h", [{"name": "A100", "uuid": "GPU-2"}])
+    assert other.source == "uncalibrated" and other.htod_pinned_gbps == 0.0
+
+
+def test_measure_without_gpu_notes_it(tmp_path):
+    ceilings = ceilings_module.measure(tmp_path, gpu=False)
+    assert ceilings.host_memcpy_gbps > 0 and ceilings.disk_read_gbps > 0
+    assert ceilings.htod_pinned_gbps == 0.0
+    assert any("not measured" in n for n in ceilings.notes)
+
+
+@pytest.mark.parametrize("events", [[]])
+def test_empty_trace(events):
+    report = analyze(Trace(TraceMeta(target="x"), events), CALIBRATED)
+    assert report["wall_ns"] == 0 and report["phases"] == []
+    assert report["bottleneck"]["phase"] == ""
