@@ -10,7 +10,6 @@ import pytest
 
 from restoreprof.optimizer.config import OptimizerConfig
 from restoreprof.optimizer.engine import ChecksumMismatch, CudaCallError, Engine, StagingPool
-from restoreprof.system import paths
 
 FAKE_BUILD = Path(__file__).parents[1] / "fakecuda" / "build.py"
 
@@ -25,13 +24,11 @@ def _fake_libcuda() -> Path:
 @pytest.fixture
 def drv(monkeypatch):
     monkeypatch.setenv("RESTOREPROF_LIBCUDA", str(_fake_libcuda()))
-    paths.libcuda_path.cache_clear()
     from restoreprof.optimizer import engine
 
     d = engine.driver()
     d.primary_context(0)
     yield d
-    paths.libcuda_path.cache_clear()
 
 
 def device_alloc(drv, nbytes):
