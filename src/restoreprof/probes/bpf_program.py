@@ -82,7 +82,7 @@ static __always_inline int enter_call(u32 op, u64 a0, u64 a1, u64 a2, u64 a3, u6
     call.a[0] = a0; call.a[1] = a1; call.a[2] = a2;
     call.a[3] = a3; call.a[4] = a4; call.a[5] = a5;
     u64 key = call_key((u32)id, op);
-    inflight.update(&key, &call);
+    if (inflight.update(&key, &call)) count_lost();   /* map full: the call is lost */
     return 0;
 }
 
@@ -137,7 +137,7 @@ static __always_inline int push_call(struct pt_regs *ctx, u32 op, s32 out_arg) {
     call.a[4] = PT_REGS_PARM5(ctx); call.a[5] = PT_REGS_PARM6(ctx);
     call.op = op; call.out_arg = out_arg;
     u64 key = call_key(tid, CUDA_KEY_BASE + level);
-    inflight.update(&key, &call);
+    if (inflight.update(&key, &call)) count_lost();   /* map full: the call is lost */
     return 0;
 }
 
@@ -164,7 +164,7 @@ static __always_inline int push_copy2d(struct pt_regs *ctx, u32 op) {
     call.a[4] = (f[2] & 0xff) | ((f[9] & 0xff) << 8);
     call.op = op; call.out_arg = -1;
     u64 key = call_key(tid, CUDA_KEY_BASE + level);
-    inflight.update(&key, &call);
+    if (inflight.update(&key, &call)) count_lost();   /* map full: the call is lost */
     return 0;
 }
 
