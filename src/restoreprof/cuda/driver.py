@@ -6,6 +6,7 @@ Without a driver (no GPU machine) the first call raises NoDriverError, which say
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import threading
 from dataclasses import dataclass
@@ -54,10 +55,8 @@ def bindings() -> Any:
 
     path = libcuda_path()
     if path:
-        try:
+        with contextlib.suppress(OSError):  # cuda-python's own search reports the problem
             ctypes.CDLL(path, mode=ctypes.RTLD_GLOBAL)
-        except OSError:
-            pass  # cuda-python's own search reports the problem
     try:
         from cuda.bindings import driver
     except ImportError as exc:
