@@ -36,24 +36,24 @@ from restoreprof.system.paths import criu_path  # noqa: E402
 
 def traced_run(argv: list[str], env: dict | None = None) -> tuple[str, TraceSession, object]:
     """Run argv under a TraceSession; returns (its stdout, the session, the trace)."""
-    out = tempfile.TemporaryFile(mode="w+")
-    saved = os.dup(1)
-    os.dup2(out.fileno(), 1)   # the paused child inherits fd 1: capture what it prints
-    try:
-        old_env = dict(os.environ)
-        os.environ.update(env or {})
-        session = TraceSession(Target(command=argv))
-        session.start()
-        os.environ.clear()
-        os.environ.update(old_env)
-        while session.running():
-            session.poll(50)
-        trace = session.stop()
-    finally:
-        os.dup2(saved, 1)
-        os.close(saved)
-    out.seek(0)
-    return out.read(), session, trace
+    with tempfile.TemporaryFile(mode="w+") as out:
+        saved = os.dup(1)
+        os.dup2(out.fileno(), 1)   # the paused child inherits fd 1: capture what it prints
+        try:
+            old_env = dict(os.environ)
+            os.environ.update(env or {})
+            session = TraceSession(Target(command=argv))
+            session.start()
+            os.environ.clear()
+            os.environ.update(old_env)
+            while session.running():
+                session.poll(50)
+            trace = session.stop()
+        finally:
+            os.dup2(saved, 1)
+            os.close(saved)
+        out.seek(0)
+        return out.read(), session, trace
 
 
 def bench_call_cost(calls: int) -> dict:
@@ -161,8 +161,8 @@ def main() -> int:
     print(f"4. CRIU restore of {restore['gib']:g} GiB (warm cache, median of {runs}): "
           f"{restore['untraced_s']:.3f} s untraced, {restore['traced_s']:.3f} s traced: "
           f"{restore['overhead_pct']:+.1f}% ({restore['lost']} lost)")
-    print(f"   untraced {['%.3f' % x for x in restore['untraced_all']]}, "
-          f"traced {['%.3f' % x for x in restore['traced_all']]}")
+    print(f"   untraced {[f'{x:.3f}' for x in restore['untraced_all']]}, "
+          f"traced {[f'{x:.3f}' for x in restore['traced_all']]}")
     return 0
 
 
