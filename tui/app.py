@@ -39,7 +39,9 @@ HELP_TEXT = """\
 [b]?[/b]  this help (escape or ? closes it)
 
 Graphs: GB/s of page reads (preadv, preadv2, pread64, read) and of host-to-device
-copies, over the whole run; the dashed line is the calibrated ceiling.
+copies, over the whole run; the dashed line is the calibrated ceiling the analysis
+measures the phase against (disk read, or host memcpy where the pages came from the
+page cache; H2D from pinned memory). No line: not calibrated (restoreprof calibrate).
 Phases and the bottleneck come from the same analysis as [i]restoreprof report[/i],
 re-run on the events so far about once a second.
 """
@@ -79,10 +81,11 @@ class RestoreprofApp(App[int]):
             self.outdir, self.files, self.error = outdir, files, error
 
     def __init__(self, feed: Feed, export_dir: Path | None = None,
-                 optimizer_config: dict | None = None) -> None:
+                 optimizer_config: dict | None = None, header_note: str = "") -> None:
         super().__init__()
         self.feed = feed
         self.export_dir = export_dir
+        self.header_note = header_note   # a line under the target (e.g. where its output goes)
         self.optimizer_config = (pipeline.optimizer_config_in_use()
                                  if optimizer_config is None else optimizer_config)
         self.paused = False
@@ -99,8 +102,8 @@ class RestoreprofApp(App[int]):
         yield HeaderBar(id="header")
         with Horizontal(id="middle"):
             with Vertical(id="graphs"):
-                yield ThroughputPlot("page reads", "page cache", id="reads-plot")
-                yield ThroughputPlot("H2D copies", "PCIe pinned", id="h2d-plot")
+                yield ThroughputPlot("page reads", id="reads-plot")
+                yield ThroughputPlot("H2D copies", id="h2d-plot")
             with Vertical(id="side"):
                 yield VerdictPanel(id="verdict")
                 yield ConfigPanel(id="config")
@@ -131,12 +134,14 @@ class RestoreprofApp(App[int]):
         self.shown = snapshot
         detail = f" x{self.feed.speed:g}" if isinstance(self.feed, ReplayFeed) and \
             self.feed.speed > 0 else ""
-        self.query_one(HeaderBar).show(snapshot, self.paused, detail)
-        ceilings = snapshot.ceilings
+        self.query_one(HeaderBar).show(snapshot, self.paused, detail, self.header_note)
+        ceilings, report = snapshot.ceilings, snapshot.report
         self.query_one("#reads-plot", ThroughputPlot).show(
-            snapshot.page_reads, _ceiling(ceilings, "page_read"), snapshot.page_read_bytes)
+            snapshot.page_reads, pipeline.graph_ceiling(ceilings, report, pipeline.PAGE_READS),
+            snapshot.page_read_bytes)
         self.query_one("#h2d-plot", ThroughputPlot).show(
-            snapshot.h2d_copies, _ceiling(ceilings, "h2d"), snapshot.h2d_bytes)
+            snapshot.h2d_copies, pipeline.graph_ceiling(ceilings, report, pipeline.H2D_COPIES),
+            snapshot.h2d_bytes)
         self.query_one(PhaseTimeline).show(snapshot)
         self.query_one(VerdictPanel).show(snapshot)
         self.query_one(CostsTable).show(snapshot)
@@ -214,15 +219,3 @@ class RestoreprofApp(App[int]):
         self.feed.stop()
         self.exit(0)
 
-
-def _ceiling(ceilings: dict, which: str) -> float | None:
-    """The calibrated ceiling for a graph: "page_read" or "h2d"."""
-    keys = {
-        "page_read": ("page_read_gbps", "page_cache_read_gbps", "disk_read_gbps", "read_gbps"),
-        "h2d": ("h2d_pinned_gbps", "htod_pinned_gbps", "h2d_gbps", "pcie_h2d_gbps"),
-    }[which]
-    for key in keys:
-        value = ceilings.get(key)
-        if value:
-            return float(value)
-    return None

@@ -8,6 +8,7 @@ real or accelerated speed. Both own a ``LiveStats`` on their thread and hand the
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -16,6 +17,7 @@ from restoreprof.tui import pipeline
 from restoreprof.tui.gpu import query_gpus
 from restoreprof.tui.stats import LiveStats, Snapshot
 
+from restoreprof.analysis.ceilings import Ceilings
 from restoreprof.trace.events import Event
 
 Post = Callable[[Snapshot], None]
@@ -26,7 +28,7 @@ FRAME_S = 0.1
 class _ThrottledAnalysis:
     """Runs the analysis on the events so far, no more often than it can afford."""
 
-    def __init__(self, ceilings: dict, min_interval_s: float = 1.0) -> None:
+    def __init__(self, ceilings: Ceilings, min_interval_s: float = 1.0) -> None:
         self.ceilings = ceilings
         self.min_interval_s = min_interval_s
         self.report: dict | None = None
@@ -53,9 +55,9 @@ class Feed:
 
     mode = "feed"
 
-    def __init__(self, target: str, ceilings: dict | None = None) -> None:
+    def __init__(self, target: str, ceilings: Ceilings) -> None:
         self.target = target
-        self.ceilings = pipeline.load_ceilings() if ceilings is None else ceilings
+        self.ceilings = ceilings   # what analysis measures each phase against
         self.paused = threading.Event()
         self._stop = threading.Event()
         self.final_trace = None
@@ -89,14 +91,17 @@ class ReplayFeed(Feed):
     """Plays a saved trace; ``speed`` 1 is real time, 10 ten times faster, 0 all at once.
 
     ``until_ns`` stops the replay that far into the trace, to show (and test) a mid-restore
-    frame.
+    frame. ``ceilings`` default to the ones ``restoreprof report`` would use for this trace:
+    the calibrate cache's entry for the trace's host and GPU, else uncalibrated.
     """
 
     mode = "replay"
 
     def __init__(self, trace, speed: float = 1.0, until_ns: int | None = None,
-                 ceilings: dict | None = None, clock: Callable[[], float] = time.monotonic,
+                 ceilings: Ceilings | None = None, clock: Callable[[], float] = time.monotonic,
                  target: str = "") -> None:
+        if ceilings is None:
+            ceilings = pipeline.load_ceilings(trace.meta.hostname, trace.meta.gpus)
         super().__init__(target or _describe_target(trace.meta), ceilings)
         self.trace = trace
         self.speed = speed
@@ -152,14 +157,24 @@ class ReplayFeed(Feed):
 
 
 class LiveFeed(Feed):
-    """Traces a target with ``restoreprof.probes.session.TraceSession`` and shows it live."""
+    """Traces a target with ``restoreprof.probes.session.TraceSession`` and shows it live.
+
+    ``label`` and ``command`` name the target where ``target`` wraps it (``restoreprof tui --
+    CMD`` runs CMD under ``sh`` to send its output to a log); the trace's meta says them.
+    ``ceilings`` default to this machine's calibrated ones (as 'restoreprof report' loads them).
+    """
 
     mode = "live"
 
     def __init__(self, target, label: str = "", duration_s: float | None = None,
-                 ceilings: dict | None = None,
-                 session_factory: Callable[..., object] | None = None) -> None:
+                 ceilings: Ceilings | None = None,
+                 session_factory: Callable[..., object] | None = None,
+                 command: list[str] | None = None) -> None:
+        self.machine_gpus = pipeline.machine_gpus()
+        if ceilings is None:
+            ceilings = pipeline.load_ceilings(socket.gethostname(), self.machine_gpus)
         super().__init__(label or target.describe(), ceilings)
+        self.command = list(command) if command is not None else (target.argv() or [])
         self.target_spec = target
         self.duration_s = duration_s
         self._session_factory = session_factory
@@ -180,10 +195,10 @@ class LiveFeed(Feed):
 
     def meta(self):
         events = self.events_so_far()
-        return pipeline.make_meta(target=self.target, command=self.target_spec.argv() or [],
+        return pipeline.make_meta(target=self.target, command=list(self.command),
                                   pids=sorted({e.pid for e in events}), start_ns=self.start_ns,
                                   end_ns=time.monotonic_ns(), lost_events=self._lost_events(),
-                                  gpus=query_gpus())
+                                  gpus=list(self.machine_gpus))
 
     def _lost_events(self) -> int:
         return int(getattr(self.session, "lost_events", 0) or 0) if self.session else 0
@@ -212,7 +227,9 @@ class LiveFeed(Feed):
                                     gpus=gpus, report=report, ceilings=self.ceilings,
                                     note=analysis.error))
         finally:
-            self.final_trace = self.session.stop()
+            final = self.session.stop()
+            final.meta.target, final.meta.command = self.target, list(self.command)
+            self.final_trace = final
         now_ns = time.monotonic_ns()
         report = analysis.maybe(lambda: self.final_trace, force=True)
         reason = "stopped" if self.stopping else "target finished"

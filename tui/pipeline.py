@@ -1,4 +1,5 @@
-"""The view's links to the rest of restoreprof: trace model, analysis, exports, optimizer config.
+"""The view's links to the rest of restoreprof: trace model, analysis, ceilings, exports,
+optimizer config.
 
 The view reads; it never recomputes what these modules own. Each link is one function here so
 the app and the feeds do not care where the pieces live.
@@ -6,57 +7,98 @@ the app and the feeds do not care where the pieces live.
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Sequence
-from dataclasses import asdict, is_dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
+from restoreprof.analysis import analyze as run_analysis
+from restoreprof.analysis import ceilings as ceilings_module
+from restoreprof.analysis.bottleneck import phase_ceiling
+from restoreprof.analysis.ceilings import UNCALIBRATED, Ceilings
+from restoreprof.analysis.phases import CPU_MEMORY, GPU_MEMORY
 from restoreprof.trace.events import Event
+from restoreprof.trace.model import Trace, TraceMeta
 
 
-def make_trace(meta, events: Sequence[Event]):
-    from restoreprof.trace.model import Trace
-
+def make_trace(meta: TraceMeta, events: Sequence[Event]) -> Trace:
     return Trace(meta, list(events))
 
 
-def make_meta(**fields):
-    from restoreprof.trace.model import TraceMeta
-
+def make_meta(**fields) -> TraceMeta:
     return TraceMeta(**fields)
 
 
-def load_trace(path: str | Path):
-    from restoreprof.trace.model import Trace
-
+def load_trace(path: str | Path) -> Trace:
     return Trace.load(path)
 
 
-def load_ceilings() -> dict:
-    """The calibrated ceilings (GB/s), or an empty dict where nothing was calibrated yet."""
-    try:
-        from restoreprof.analysis import load_ceilings as load
-    except ImportError:
-        return {}
-    try:
-        return _as_dict(load())
-    except (OSError, ValueError, TypeError):  # an unreadable cache is as good as none
-        return {}
+def machine_gpus() -> list[dict]:
+    """This machine's GPUs as a trace's meta names them (with UUIDs: they key the ceilings)."""
+    from restoreprof.probes.session import gpus
+
+    return gpus()
 
 
-def analyze(trace, ceilings: dict) -> dict | None:
-    """restoreprof.analysis on a trace; None where analysis is not installed."""
-    try:
-        from restoreprof.analysis import analyze as run_analysis
-    except ImportError:
-        return None
+def load_ceilings(hostname: str | None = None, gpus: list[dict] | None = None) -> Ceilings:
+    """The calibrated ceilings of hostname with gpus (default: this machine), as
+    ``restoreprof.analysis.analyze`` would load them for a trace with that meta; an
+    uncalibrated ``Ceilings`` (all 0.0) where nothing was measured."""
+    return ceilings_module.load(hostname or socket.gethostname(), gpus)
+
+
+def analyze(trace: Trace, ceilings: Ceilings) -> dict:
+    """restoreprof.analysis on a trace: the report.json dict."""
     return run_analysis(trace, ceilings)
 
 
-def export_all(trace, report: dict | None, outdir: Path) -> list[Path]:
+def export_all(trace: Trace, report: dict, outdir: Path) -> list[Path]:
     """The same files ``restoreprof trace -o OUTDIR`` writes."""
     from restoreprof.exports import write_all
 
     return list(write_all(trace, report, outdir))
+
+
+@dataclass(frozen=True, slots=True)
+class GraphCeiling:
+    """The reference line of a throughput graph: a calibrated ceiling, or why there is none."""
+
+    gbps: float          # 0.0: nothing to draw
+    label: str           # what the ceiling is: "disk read", "H2D from pinned memory", ...
+    missing: str = ""    # where gbps is 0.0: "uncalibrated", or "not measured" (calibrated
+    #                      without it, e.g. with --no-gpu)
+
+
+# The phase whose ceiling each graph draws.
+PAGE_READS = CPU_MEMORY
+H2D_COPIES = GPU_MEMORY
+
+
+def graph_ceiling(ceilings: Ceilings | None, report: dict | None, phase_name: str) -> GraphCeiling:
+    """The ceiling analysis measures phase_name against (``analysis.bottleneck.phase_ceiling``).
+
+    Page reads: the disk read ceiling, or host memcpy where the analysis saw the reads run
+    faster than the disk (the images were in the page cache). H2D copies: pinned H2D.
+    """
+    if ceilings is None:
+        return GraphCeiling(0.0, "", UNCALIBRATED)
+    report = report or {}
+    phase = next((p for p in report.get("phases") or () if p.get("name") == phase_name),
+                 {"name": phase_name, "gbps": 0.0})
+    gbps, what = phase_ceiling(phase, report.get("cuda") or {}, ceilings)
+    label = _short_label(what)
+    if gbps:
+        return GraphCeiling(float(gbps), label)
+    missing = UNCALIBRATED if ceilings.source == UNCALIBRATED else "not measured"
+    return GraphCeiling(0.0, label, missing)
+
+
+def _short_label(what: str) -> str:
+    """A graph's name for the analysis's ceiling: "disk read", "H2D pinned", "host memcpy
+    (page cache)" (the page reads ran faster than the disk: the images were cached)."""
+    base = what.split(" (")[0]
+    base = {"H2D from pinned memory": "H2D pinned"}.get(base, base)
+    return f"{base} (page cache)" if "page cache" in what else base
 
 
 # The settings the view shows: the ones that change how a restore moves memory.
@@ -65,12 +107,9 @@ SHOWN_OPTIMIZER_SETTINGS = ("streams", "chunk_mb", "threads", "pinned", "prewarm
 
 
 def optimizer_config_in_use() -> dict | None:
-    """The optimizer settings in effect here (file and environment); None: not installed."""
-    try:
-        from restoreprof.optimizer.config import OptimizerConfig
-    except ImportError:
-        return None
+    """The optimizer settings in effect here (file and environment)."""
     from restoreprof.errors import RestoreprofError
+    from restoreprof.optimizer.config import OptimizerConfig
 
     try:
         config = OptimizerConfig.load()
@@ -79,11 +118,3 @@ def optimizer_config_in_use() -> dict | None:
     shown = {k: v for k, v in config.as_dict().items() if k in SHOWN_OPTIMIZER_SETTINGS}
     shown["source"] = "defaults" if config == OptimizerConfig() else "config file / environment"
     return shown
-
-
-def _as_dict(value) -> dict:
-    if value is None:
-        return {}
-    if is_dataclass(value):
-        return asdict(value)
-    return dict(value)

@@ -7,10 +7,11 @@ far a few times a second at most; this module keeps only the cheap running sums 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
+from restoreprof.analysis.ceilings import Ceilings
 from restoreprof.trace.events import CUDA, HTOD, SYSCALL, Event
 
 # The syscalls that restore pages from an image (CRIU: preadv; Python's os.preadv: preadv2).
@@ -79,7 +80,7 @@ class Snapshot:
     h2d_bytes: int
     gpus: tuple[dict, ...] = ()
     report: dict | None = None     # restoreprof.analysis output on the events so far
-    ceilings: dict = field(default_factory=dict)
+    ceilings: Ceilings | None = None   # what the analysis measures the phases against
     finished: bool = False
     note: str = ""                 # why the feed stopped, or what it waits for
 

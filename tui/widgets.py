@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from restoreprof.tui.gpu import describe_gpu
+from restoreprof.tui.pipeline import GraphCeiling
 from restoreprof.tui.stats import CostRow, Snapshot, ThroughputSeries
 from rich.table import Table
 from rich.text import Text
@@ -30,7 +31,8 @@ def format_seconds(ns: float) -> str:
 class HeaderBar(Static):
     """Target, mode, elapsed time, events and lost events; one line per GPU."""
 
-    def show(self, snapshot: Snapshot, paused: bool, mode_detail: str = "") -> None:
+    def show(self, snapshot: Snapshot, paused: bool, mode_detail: str = "",
+             note: str = "") -> None:
         state = "PAUSED" if paused else ("done" if snapshot.finished else snapshot.mode.upper())
         text = Text(no_wrap=True, overflow="ellipsis")
         text.append("restoreprof ", style="bold")
@@ -45,6 +47,8 @@ class HeaderBar(Static):
         if snapshot.pids:
             pids = ", ".join(map(str, snapshot.pids[:4])) + (", ..." if len(snapshot.pids) > 4 else "")
             text.append(f" (pid {pids})", style="cyan")
+        if note:
+            text.append("\n" + note, style="yellow")
         gpus = [describe_gpu(g) for g in snapshot.gpus] or ["no GPU (no NVIDIA driver seen)"]
         for line in gpus:
             text.append("\n" + line, style="dim")
@@ -61,15 +65,14 @@ class ThroughputPlot(Widget):
 
     series: reactive[ThroughputSeries | None] = reactive(None, layout=False)
 
-    def __init__(self, title: str, ceiling_label: str, *, id: str | None = None) -> None:
+    def __init__(self, title: str, *, id: str | None = None) -> None:
         super().__init__(id=id)
         self.title = title
-        self.ceiling_label = ceiling_label
-        self.ceiling_gbps: float | None = None
+        self.ceiling = GraphCeiling(0.0, "")
         self.total_bytes = 0
 
-    def show(self, series: ThroughputSeries, ceiling_gbps: float | None, total_bytes: int) -> None:
-        self.ceiling_gbps = ceiling_gbps
+    def show(self, series: ThroughputSeries, ceiling: GraphCeiling, total_bytes: int) -> None:
+        self.ceiling = ceiling
         self.total_bytes = total_bytes
         self.series = series
 
@@ -82,90 +85,132 @@ class ThroughputPlot(Widget):
         values = series.gbps_columns(plot_width) if series is not None else []
         latest = series.gbps_latest() if series is not None else 0.0
         peak = float(max(values, default=0.0))
-        ceiling = self.ceiling_gbps
-        top = max(peak * 1.05, (ceiling or 0) * 1.15, 0.1)
+        ceiling = self.ceiling.gbps
+        top = max(peak * 1.05, ceiling * 1.15, 0.1)
 
         title = Text(f"{self.title} ", style="bold", no_wrap=True, overflow="ellipsis")
-        title.append(f"now {latest:.2f} GB/s · peak {peak:.2f} · {format_bytes(self.total_bytes)}")
+        title.append(f"now {latest:.2f} GB/s · {format_bytes(self.total_bytes)}")
+        label = self.ceiling.label or "ceiling"
         if ceiling:
-            title.append(f" · {self.ceiling_label} {ceiling:.1f}", style="magenta")
+            title.append(f" · ceiling {ceiling:.1f} GB/s", style="magenta")
         else:
-            title.append(" · no ceiling: run restoreprof calibrate", style="dim")
+            # No calibrated number: say so, draw no line.
+            title.append(f" · {label} ceiling: {self.ceiling.missing}", style="yellow")
         title.truncate(width, overflow="ellipsis")
         lines = [title]
         ceiling_row = None if not ceiling else min(rows - 1, int((top - ceiling) / top * rows))
+        # The dashed line says what the ceiling is, where no bar covers it.
+        line_label = f" {label} "
         for row in range(rows):
             row_low = (rows - 1 - row) / rows * top
-            label = {0: f"{top:5.1f} │", rows - 1: "    0 │"}.get(row, "      │")
+            label_text = {0: f"{top:5.1f} │", rows - 1: "    0 │"}.get(row, "      │")
             if row == ceiling_row:
-                label = f"{ceiling:5.1f} ┤"
-            line = Text(label.rjust(axis_width), style="dim")
-            for value in values:
+                label_text = f"{ceiling:5.1f} ┤"
+            line = Text(label_text.rjust(axis_width), style="dim")
+            for column in range(plot_width):
+                value = values[column] if column < len(values) else 0.0
                 eighths = round((value - row_low) / (top / rows) * 8)
                 cell = _EIGHTHS[max(0, min(8, eighths))]
                 if cell == " " and row == ceiling_row:
-                    line.append("╌", style="magenta")
+                    at = column - 2
+                    dash = line_label[at] if 0 <= at < len(line_label) else "╌"
+                    line.append(dash, style="magenta")
                 else:
                     line.append(cell, style="green" if cell != " " else "")
-            if row == ceiling_row:
-                line.append("╌" * (plot_width - len(values)), style="magenta")
             lines.append(line)
         return Text("\n").join(lines)
 
 
-class PhaseTimeline(Static):
-    """The restore's phases on one time axis, with bytes done and bandwidth."""
+class PhaseTimeline(Widget):
+    """The restore's phases on one time axis: bytes done, bandwidth against the ceiling, and
+    the time each holds on its own (the critical path). All figures are the analysis's.
+
+    Drawn at render time: the bars fit the width the layout gives, whenever the frame came.
+    """
+
+    snapshot: reactive[Snapshot | None] = reactive(None, layout=True)
 
     def show(self, snapshot: Snapshot) -> None:
-        phases = (snapshot.report or {}).get("phases") or []
+        self.snapshot = snapshot
+
+    def render(self) -> Table | Text:
+        snapshot = self.snapshot
+        if snapshot is None:
+            return Text("waiting for the first events", style="dim")
+        report = snapshot.report or {}
+        phases = report.get("phases") or []
         table = Table.grid(padding=(0, 1))
-        table.add_column("phase", style="bold", no_wrap=True)
+        table.add_column("phase", no_wrap=True)
         table.add_column("bar", no_wrap=True)
         table.add_column("when", justify="right", no_wrap=True)
         table.add_column("bytes", justify="right", no_wrap=True)
         table.add_column("rate", justify="right", no_wrap=True)
+        table.add_column("ceiling", justify="right", no_wrap=True)
+        table.add_column("own", justify="right", no_wrap=True)
         span = max(1, snapshot.now_ns - snapshot.start_ns)
-        bar_width = max(8, self.size.width - 70)
+        bar_width = max(8, self.size.width - 80)
+        wall_ns = report.get("wall_ns") or 0
+        if phases:
+            table.add_row(*(Text(h, style="dim") for h in (
+                "phase", "", "when", "bytes", "rate", "of ceiling", "own time")))
         for phase in phases:
+            other = phase.get("name") == "other"
             start = max(0, phase.get("start_ns", 0) - snapshot.start_ns)
             end = max(start, phase.get("end_ns", 0) - snapshot.start_ns)
             lo = min(bar_width - 1, int(start / span * bar_width))
             hi = max(lo + 1, min(bar_width, round(end / span * bar_width)))
             bar = Text("·" * lo, style="dim")
-            bar.append("█" * (hi - lo), style="cyan")
+            bar.append("█" * (hi - lo), style="dim" if other else "cyan")
             bar.append("·" * (bar_width - hi), style="dim")
             nbytes = phase.get("bytes", 0) or 0
-            duration = end - start
-            rate = f"{nbytes / duration:.2f} GB/s" if nbytes and duration else ""
-            table.add_row(phase.get("name", "?"), bar,
+            gbps = phase.get("gbps") or 0.0
+            efficiency = phase.get("efficiency")
+            if efficiency is not None:
+                ceiling = f"{efficiency:.0%} of {phase.get('ceiling_gbps', 0):.1f}"
+            elif nbytes and not other:
+                ceiling = Text("uncalibrated", style="yellow")
+            else:
+                ceiling = ""
+            own_ns = phase.get("exclusive_ns", 0) or 0
+            own = format_seconds(own_ns) + (f" {own_ns / wall_ns:4.0%}" if wall_ns else "")
+            table.add_row(Text(phase.get("name", "?"), style="dim" if other else "bold"), bar,
                           f"{start / 1e9:.2f}-{end / 1e9:.2f} s",
-                          format_bytes(nbytes) if nbytes else "", rate)
+                          format_bytes(nbytes) if nbytes else "",
+                          f"{gbps:.2f} GB/s" if gbps else "", ceiling, own)
         if not phases:
-            waiting = "analysis not available" if snapshot.report is None and snapshot.finished \
-                else "no phase seen yet"
-            table.add_row(Text(waiting, style="dim"), "", "", "", "")
-        self.update(table)
+            waiting = "no phase seen yet" + (f" ({snapshot.note})" if snapshot.note else "")
+            table.add_row(Text(waiting, style="dim"), "", "", "", "", "", "")
+        return table
 
 
 class VerdictPanel(Static):
     """The bottleneck and what to do about it, as soon as the analysis names one."""
 
     def show(self, snapshot: Snapshot) -> None:
-        bottleneck = (snapshot.report or {}).get("bottleneck") or {}
+        report = snapshot.report or {}
+        bottleneck = report.get("bottleneck") or {}
         text = Text()
+        text.append("Bottleneck: ", style="bold")
         if not bottleneck.get("phase"):
-            text.append("Bottleneck: ", style="bold")
-            text.append("not known yet" + (f" ({snapshot.note})" if snapshot.note else ""),
-                        style="dim")
+            reason = bottleneck.get("recommendation") or snapshot.note
+            text.append("not known yet" + (f" ({reason})" if reason else ""), style="dim")
             self.update(text)
             return
-        text.append("Bottleneck: ", style="bold")
         text.append(str(bottleneck["phase"]), style="bold red")
-        achieved, ceiling = bottleneck.get("achieved_gbps"), bottleneck.get("ceiling_gbps")
-        if achieved is not None:
+        achieved = bottleneck.get("achieved_gbps") or 0.0
+        ceiling = bottleneck.get("ceiling_gbps") or 0.0
+        kind = bottleneck.get("ceiling_kind") or "ceiling"
+        if achieved:
             text.append(f" at {achieved:.2f} GB/s")
             if ceiling:
-                text.append(f" of {ceiling:.1f} GB/s ceiling ({achieved / ceiling:.0%})")
+                text.append(f", {achieved / ceiling:.0%} of {ceiling:.1f} GB/s ({kind})")
+            elif bottleneck.get("ceiling_kind"):
+                text.append(f"; {kind} ceiling: {bottleneck.get('ceiling_source', '?')}",
+                            style="yellow")
+        own_ns, wall_ns = bottleneck.get("exclusive_ns") or 0, report.get("wall_ns") or 0
+        if own_ns and wall_ns:
+            text.append(f"\nholds {format_seconds(own_ns)} of {format_seconds(wall_ns)} "
+                        f"({own_ns / wall_ns:.0%}) on its own")
         if bottleneck.get("recommendation"):
             text.append("\n→ " + str(bottleneck["recommendation"]), style="yellow")
         self.update(text)
@@ -182,10 +227,8 @@ class ConfigPanel(Static):
             self.update(Text(config["error"], style="red"))
             return
         settings = {k: v for k, v in config.items() if k != "source"}
-        text = Text("  ".join(f"{key}={_short(value)}" for key, value in settings.items()))
-        if config.get("source"):
-            text.append(f"  ({config['source']})", style="dim")
-        self.update(text)
+        self.update(Text(" ".join(f"{key}={_short(value)}" for key, value in settings.items())))
+        self.border_subtitle = config.get("source") or ""
 
 
 def _short(value) -> str:

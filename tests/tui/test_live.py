@@ -10,7 +10,7 @@ from restoreprof.tui.app import RestoreprofApp
 from restoreprof.tui.feed import LiveFeed
 from restoreprof.tui.widgets import CostsTable
 
-from .conftest import CEILINGS, OPTIMIZER_CONFIG, TERMINAL_SIZE, wait_until
+from .conftest import OPTIMIZER_CONFIG, TERMINAL_SIZE, ceilings, wait_until
 
 pytestmark = [pytest.mark.root,
               pytest.mark.filterwarnings("ignore::DeprecationWarning")]  # bcc str vs bytes
@@ -26,7 +26,7 @@ async def test_live_view_shows_the_reads_of_a_traced_program(tmp_path):
     data = tmp_path / "pages.img"
     data.write_bytes(b"\x5a" * FILE_BYTES)
     command = [sys.executable, str(READER), str(data), str(ROUNDS)]
-    feed = LiveFeed(Target(command=command), ceilings=dict(CEILINGS))
+    feed = LiveFeed(Target(command=command), ceilings=ceilings())
     app = RestoreprofApp(feed, optimizer_config=dict(OPTIMIZER_CONFIG))
     async with app.run_test(size=TERMINAL_SIZE) as pilot:
         await wait_until(pilot, lambda: app.shown is not None and app.shown.finished,
