@@ -4,18 +4,28 @@
     restoreprof tui -p PID              attach to a running process
     restoreprof tui --restore DIR       restore a checkpoint and trace the restore
     restoreprof tui TRACE               replay a trace saved by 'restoreprof trace -o'
+
+With -- CMD, the command's stdout and stderr go to OUTDIR/command.log (its stdin is
+/dev/null): a program writing to the terminal would draw over the view, and one reading it
+would take the view's keys. The header says where the log is.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import shlex
+import shutil
+import sys
+import time
 from pathlib import Path
 
 from restoreprof.errors import RestoreprofError, require_root
 
 name = "tui"
 help = "live view of a restore (or replay of a saved trace)"
+
+COMMAND_LOG = "command.log"
 
 
 def prepare_parser(parser: argparse.ArgumentParser) -> None:
@@ -24,7 +34,8 @@ def prepare_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--restore", type=Path, metavar="DIR",
                         help="restore this checkpoint folder and trace the restore")
     parser.add_argument("-o", "--output", type=Path, metavar="OUTDIR",
-                        help="where the e key exports (default: ./restoreprof-tui-TIME)")
+                        help="where the e key exports and, with -- CMD, where the command's "
+                             "output goes (default: ./restoreprof-tui-TIME)")
     parser.add_argument("-d", "--duration", type=float, metavar="SECONDS",
                         help="stop tracing after this long (live only)")
     parser.add_argument("--speed", type=float, default=1.0,
@@ -39,11 +50,15 @@ def run(args: argparse.Namespace) -> int:
     feed = make_feed(args)
     from restoreprof.tui.app import RestoreprofApp
 
-    app = RestoreprofApp(feed, export_dir=args.output)
+    log = getattr(args, "command_log", None)
+    note = f"the command's output (stdout, stderr) goes to {log}" if log else ""
+    app = RestoreprofApp(feed, export_dir=args.output, header_note=note)
     try:
         code = app.run()
     finally:
         feed.stop()
+    if log:
+        print(f"the command's output is in {log}", file=sys.stderr)
     if isinstance(app.feed_error, RestoreprofError):
         raise app.feed_error
     if app.feed_error is not None:
@@ -104,9 +119,33 @@ def make_feed(args: argparse.Namespace):
     from restoreprof.probes.session import Target
 
     if args.pid is not None:
-        target = Target(pid=args.pid)
-    elif args.restore is not None:
-        target = Target(restore_dir=args.restore)
-    else:
-        target = Target(command=args.command_argv)
-    return LiveFeed(target, duration_s=args.duration)
+        return LiveFeed(Target(pid=args.pid), duration_s=args.duration)
+    if args.restore is not None:
+        return LiveFeed(Target(restore_dir=args.restore), duration_s=args.duration)
+    command = args.command_argv
+    _check_runnable(command[0])
+    if args.output is None:
+        args.output = Path(f"restoreprof-tui-{time.strftime('%Y%m%d-%H%M%S')}")
+    args.output.mkdir(parents=True, exist_ok=True)
+    args.command_log = (args.output / COMMAND_LOG).resolve()
+    return LiveFeed(Target(command=output_to_log(command, args.command_log)),
+                    label="command: " + " ".join(command), command=command,
+                    duration_s=args.duration)
+
+
+def output_to_log(command: list[str], log: Path) -> list[str]:
+    """command run by sh with stdout and stderr to log and stdin from /dev/null.
+
+    sh execs the command, so the traced PID (forked and held by the session before the exec)
+    is the command's own.
+    """
+    script = f'exec "$@" <"/dev/null" >{shlex.quote(str(log))} 2>&1'
+    return ["/bin/sh", "-c", script, "sh", *command]
+
+
+def _check_runnable(program: str) -> None:
+    """The error the session would give, before sh hides it in the log."""
+    path = shutil.which(program) if os.sep not in program else program
+    if not path or not os.access(path, os.X_OK) or os.path.isdir(path):
+        raise RestoreprofError(f"cannot run {program}: not found or not executable",
+                               hint="check the command name (and PATH)")
