@@ -41,6 +41,7 @@ def main() -> None:
             for threads in args.threads:
                 for streams in args.streams:
                     cfg = replace(base, chunk_mb=chunk, threads=threads, streams=streams)
+                    snapshot.unlink(missing_ok=True)  # a new file, as a checkpoint writes
                     out = control.offload(snapshot, cfg)
                     print(f"{'offload':<8} {chunk:>9} {threads:>7} {streams:>7} "
                           f"{out['seconds']:>7.3f} {out['gbps']:>6.1f}", flush=True)

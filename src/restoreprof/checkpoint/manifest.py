@@ -1,6 +1,6 @@
 """DIR/restoreprof.json: what a checkpoint holds, and the check that it is whole.
 
-Every image file is recorded with its size and the SHA-256 of each 256 MiB segment, so a
+Every image file is recorded with its size and the SHA-256 of each 32 MiB segment, so a
 truncated or altered checkpoint is caught before CRIU is started. Segments hash in parallel
 (hashlib releases the GIL), which keeps the check well under the time of a restore.
 """
@@ -18,7 +18,8 @@ from restoreprof.errors import RestoreprofError
 
 MANIFEST_NAME = "restoreprof.json"
 FORMAT = "restoreprof-checkpoint/1"
-SEGMENT_BYTES = 256 << 20
+# Small enough that even a checkpoint of a few images keeps every core hashing.
+SEGMENT_BYTES = 32 << 20
 _READ_BYTES = 8 << 20
 
 
@@ -39,6 +40,7 @@ class Manifest:
     images: list[dict] = field(default_factory=list)
     steps: list[dict] = field(default_factory=list)
     shell_job: bool = False
+    segment_bytes: int = SEGMENT_BYTES
     versions: dict = field(default_factory=dict)
     created: str = ""
     format: str = FORMAT
@@ -76,25 +78,30 @@ class Manifest:
 
 def _segment_digest(path: Path, offset: int, length: int) -> str:
     h = hashlib.sha256()
-    with open(path, "rb", buffering=0) as f:
-        f.seek(offset)
-        remaining = length
-        while remaining:
-            chunk = f.read(min(_READ_BYTES, remaining))
-            if not chunk:
+    buffer = bytearray(min(_READ_BYTES, max(length, 1)))
+    view = memoryview(buffer)
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        done = 0
+        while done < length:
+            n = os.preadv(fd, [view[: min(len(buffer), length - done)]], offset + done)
+            if n <= 0:
                 break
-            h.update(chunk)
-            remaining -= len(chunk)
+            h.update(view[:n])
+            done += n
+    finally:
+        os.close(fd)
     return h.hexdigest()
 
 
-def _segments(size: int) -> list[tuple[int, int]]:
-    return [(off, min(SEGMENT_BYTES, size - off)) for off in range(0, size, SEGMENT_BYTES)] or [(0, 0)]
+def _segments(size: int, segment: int) -> list[tuple[int, int]]:
+    return [(off, min(segment, size - off)) for off in range(0, size, segment)] or [(0, 0)]
 
 
-def _hash_files(directory: Path, names: list[str], threads: int) -> dict[str, list[str]]:
+def _hash_files(directory: Path, names: list[str], threads: int,
+                segment: int = SEGMENT_BYTES) -> dict[str, list[str]]:
     jobs = [(name, off, length) for name in names
-            for off, length in _segments((directory / name).stat().st_size)]
+            for off, length in _segments((directory / name).stat().st_size, segment)]
     with ThreadPoolExecutor(max_workers=threads) as pool:
         digests = list(pool.map(lambda j: _segment_digest(directory / j[0], j[1], j[2]), jobs))
     out: dict[str, list[str]] = {name: [] for name in names}
@@ -134,7 +141,8 @@ def verify_images(directory: Path, manifest: Manifest, threads: int | None = Non
         if image["name"] not in skip:
             names.append(image["name"])
     expected = {i["name"]: i["sha256_segments"] for i in manifest.images}
-    for name, digests in _hash_files(directory, names, threads or default_threads()).items():
+    found = _hash_files(directory, names, threads or default_threads(), manifest.segment_bytes)
+    for name, digests in found.items():
         if digests != expected[name]:
             raise RestoreprofError(
                 f"checkpoint image {directory / name} was altered (checksum mismatch)",
