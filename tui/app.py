@@ -24,6 +24,7 @@ from textual import work
 from textual.app import App, ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
+from textual.css.query import NoMatches
 from textual.message import Message
 from textual.screen import ModalScreen
 from textual.widgets import Footer, Static
@@ -43,7 +44,7 @@ copies, over the whole run; the dashed line is the calibrated ceiling the analys
 measures the phase against (disk read, or host memcpy where the pages came from the
 page cache; H2D from pinned memory). No line: not calibrated (restoreprof calibrate).
 Phases and the bottleneck come from the same analysis as [i]restoreprof report[/i],
-re-run on the events so far about once a second.
+re-run on the events so far about twice a second.
 """
 
 
@@ -128,7 +129,12 @@ class RestoreprofApp(App[int]):
         self.frames_received += 1
         self.snapshot = message.snapshot
         if not self.paused:
-            self._render(message.snapshot)
+            try:
+                self._render(message.snapshot)
+            except NoMatches:
+                # A frame the feed thread posted while the app shut down: its widgets are gone.
+                if self.is_running and not self._exit_renderables and self.screen.is_mounted:
+                    raise
 
     def _render(self, snapshot: Snapshot) -> None:
         self.shown = snapshot

@@ -3,7 +3,7 @@
 ``LiveFeed`` drives a ``TraceSession`` (the recorder's own session: its ``on_event`` callback is
 the view's only source, there is no second collector). ``ReplayFeed`` plays a saved trace at
 real or accelerated speed. Both own a ``LiveStats`` on their thread and hand the app one frozen
-``Snapshot`` per frame through ``post``; the report is re-run at most about once a second.
+``Snapshot`` per frame through ``post``; the report is re-run at most about twice a second.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ FRAME_S = 0.1
 class _ThrottledAnalysis:
     """Runs the analysis on the events so far, no more often than it can afford."""
 
-    def __init__(self, ceilings: Ceilings, min_interval_s: float = 1.0) -> None:
+    def __init__(self, ceilings: Ceilings, min_interval_s: float = 0.5) -> None:
         self.ceilings = ceilings
         self.min_interval_s = min_interval_s
         self.report: dict | None = None

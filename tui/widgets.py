@@ -192,8 +192,10 @@ class VerdictPanel(Static):
         text = Text()
         text.append("Bottleneck: ", style="bold")
         if not bottleneck.get("phase"):
-            reason = bottleneck.get("recommendation") or snapshot.note
-            text.append("not known yet" + (f" ({reason})" if reason else ""), style="dim")
+            # Analysis runs on the events so far a few times a second; until then, or while
+            # they hold no phase, there is nothing to name.
+            note = snapshot.note
+            text.append("not known yet" + (f" ({note})" if note else ""), style="dim")
             self.update(text)
             return
         text.append(str(bottleneck["phase"]), style="bold red")
