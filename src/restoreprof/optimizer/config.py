@@ -79,12 +79,13 @@ _BY_NAME = {s.name: s for s in SETTINGS}
 class OptimizerConfig:
     """How the engine, the interception library and the restore path move GPU memory."""
 
-    # From benchmarks/sweep_reload.py on the H100 (2026-11-26): 16 MiB chunks reload 8 GiB at
-    # 23 GB/s against 10 GB/s for 64 MiB, mostly because the staging pool pins faster; 4 and
-    # 16 streams were within 4%. `restoreprof run` tunes these per GPU.
+    # From benchmarks/sweep_reload.py on the H100 (2026-11-26, 8 GiB offloaded then reloaded):
+    # 2 MiB chunks x 16 threads reloaded at 39.6 GB/s, 16 MiB x 8 at 23 GB/s, 64 MiB x 8 at
+    # 10 GB/s. Small chunks stay in cache between the read, the checksum and the DMA, and the
+    # pinned pool they need pins in milliseconds. `restoreprof run` tunes these per GPU.
     streams: int = 4
-    chunk_mb: int = 16
-    threads: int = 8
+    chunk_mb: int = 2
+    threads: int = 16
     pinned: bool = True
     pool_mb: int = 0
     prewarm: bool = True
