@@ -17,6 +17,23 @@ for stage in $stages; do
     restore8)  rp_python benchmarks/bench_gpu_restore.py --gib 8 --cold --json "$out/restore8.json" 2>&1 | grep -v '^{' | tee "$out/restore8.txt" ;;
     restore16) rp_python benchmarks/bench_gpu_restore.py --gib 16 --cold --json "$out/restore16.json" 2>&1 | grep -v '^{' | tee "$out/restore16.txt" ;;
     ckpt)      rp_python benchmarks/bench_checkpoint.py --gpu-gib 4 --procs 4 --json "$out/tree4.json" 2>&1 | tee "$out/tree4.txt" ;;
+    calibrate) restoreprof calibrate -D /tmp 2>&1 | tee "$out/calibrate.txt" ;;
+    trace)     # the driver's restore of 8 GiB, the optimized one, and a PyTorch program, traced
+               rm -rf /tmp/rp-t; mkdir -p /tmp/rp-t
+               for kind in plain optimized; do
+                 rp_python benchmarks/h100/make_checkpoint.py /tmp/rp-t/$kind --gpu-gib 8 \
+                   $([ $kind = optimized ] && echo --optimized)
+                 restoreprof trace --restore /tmp/rp-t/$kind -o /tmp/rp-t/$kind-trace 2>&1 | tee "$out/trace-$kind.txt"
+                 kill -9 $(python3 -c "import json;print(json.load(open('/tmp/rp-t/$kind/restoreprof.json'))['root_pid'])") 2>/dev/null
+               done
+               restoreprof trace -o /tmp/rp-t/torch -- python3 benchmarks/h100/torch_copy.py 2>&1 | tee "$out/trace-torch.txt"
+               cp /tmp/rp-t/optimized-trace/report.json "$out/report-optimized.json" ;;
+    tui)       rm -rf /tmp/rp-tui; rp_python benchmarks/h100/make_checkpoint.py /tmp/rp-tui/ckpt --gpu-gib 8 --optimized
+               rp_python benchmarks/h100/tui_capture.py -D /tmp/rp-tui/ckpt --interval 0.3 2>&1 | tail -90 | tee "$out/tui.txt"
+               kill -9 $(python3 -c "import json;print(json.load(open('/tmp/rp-tui/ckpt/restoreprof.json'))['root_pid'])") 2>/dev/null ;;
+    overhead)  rp_python benchmarks/bench_trace_overhead.py --gpu-gib 8 --runs 2 2>&1 | tee "$out/overhead.txt" ;;
+    tuner)     rp_python benchmarks/bench_tuner.py --budget 12 --repeat 3 2>&1 | tail -40 | tee "$out/tuner.txt" ;;
+    demo)      restoreprof demo -o /tmp/rp-demo 2>&1 | tail -60 | tee "$out/demo.txt" ;;
     *)         echo "unknown stage $stage" ;;
   esac
 done
