@@ -98,7 +98,8 @@ def test_bottleneck_cpu_memory_against_disk_ceiling():
     assert b["phase"] == "cpu memory restore"
     assert (b["achieved_gbps"], b["ceiling_gbps"]) == (1.0, 2.0)
     assert "readahead=on" in b["recommendation"]
-    assert "expected gain: up to 0.45 s of 0.50 s" in b["recommendation"]
+    # read-ahead can bring the page reads up to the disk's rate (2 GB/s), not past it
+    assert "expected gain: up to 0.25 s of 0.50 s" in b["recommendation"]
 
 
 def test_bottleneck_pageable_copies_recommend_pinned():
@@ -113,7 +114,8 @@ def test_bottleneck_pinned_copies_recommend_streams():
     trace = restore_trace(pinned=True)
     trace.events = [e for e in trace.events if e.name != "preadv"]
     b = analyze(trace, CALIBRATED)["bottleneck"]
-    assert b["recommendation"].startswith("streams=")
+    assert b["recommendation"].startswith("streams, chunk_mb, threads")
+    assert "restoreprof run" in b["recommendation"]
     assert "expected gain: up to 0.39 s of 0.40 s" in b["recommendation"]
 
 
@@ -122,6 +124,21 @@ def test_bottleneck_driver_restore_recommends_offload():
     trace.events = [e for e in trace.events if e.name != "preadv"]
     b = analyze(trace, CALIBRATED)["bottleneck"]
     assert b["phase"] == "gpu memory restore" and "offload=on" in b["recommendation"]
+
+
+def test_gpu_memory_in_page_images_recommends_offload():
+    """The plain driver path: CRIU reads the GPU memory back as pages; offload is the fix."""
+    trace = restore_trace(driver_restore=True)
+    b = analyze(trace, CALIBRATED)["bottleneck"]
+    assert b["phase"] == "cpu memory restore"
+    assert "offload=on" in b["recommendation"] and "restoreprof exec" in b["recommendation"]
+
+
+def test_pages_at_disk_rate_say_only_fewer_pages_help():
+    trace = restore_trace()
+    fast = CALIBRATED.__class__(**{**CALIBRATED.to_dict(), "disk_read_gbps": 0.9})
+    b = analyze(trace, fast)["bottleneck"]
+    assert b["phase"] == "cpu memory restore" and "only fewer pages help" in b["recommendation"]
 
 
 def test_context_creation_recommends_prewarm():

@@ -36,19 +36,13 @@ def _recommend(phase: dict, cuda: dict, ceilings: Ceilings, ceiling_gbps: float)
             f"{_seconds(ns)}" if at_ceiling_ns is not None else "")
     uncalibrated = ceilings.source == UNCALIBRATED
     if name == CPU_MEMORY:
-        memcpy = ceilings.host_memcpy_gbps
-        target_ns = nbytes / memcpy if memcpy and nbytes else None
-        text = ("readahead=on: read pages-*.img into the page cache in parallel before CRIU "
-                "needs them, so its page reads run at memory speed")
-        if target_ns is not None:
-            return f"{text}; expected gain: up to {_seconds(max(0.0, ns - target_ns))} of {_seconds(ns)}"
-        return f"{text}; {CALIBRATE_HINT} for the expected gain" if uncalibrated else text
+        return _recommend_cpu_memory(phase, cuda, ceilings, ns, nbytes, uncalibrated)
     if name == GPU_MEMORY:
         htod = cuda.get("htod", {})
         if htod.get("bytes", 0) == 0:
-            text = ("offload=on: move GPU memory out before the driver checkpoint and back with "
-                    "streams=8 chunk_mb=64 threads=8 from pinned memory, instead of the "
-                    "driver's restore")
+            text = ("offload=on: run the application under 'restoreprof exec', so its GPU memory "
+                    "is saved beside the images at checkpoint and streamed back from pinned "
+                    "memory by the parallel engine instead of the driver's restore")
             return f"{text}; {CALIBRATE_HINT} for the expected gain" if uncalibrated else (
                 f"{text}; the pinned H2D ceiling here is {ceiling_gbps:.1f} GB/s")
         if htod.get("pageable_bytes", 0) > htod.get("pinned_bytes", 0):
@@ -58,8 +52,8 @@ def _recommend(phase: dict, cuda: dict, ceilings: Ceilings, ceiling_gbps: float)
             if pageable and ceiling_gbps:
                 text += f" ({pageable:.1f} -> {ceiling_gbps:.1f} GB/s)"
             return f"{text}; {gain}" if gain else f"{text}; {CALIBRATE_HINT}"
-        text = ("streams=4 chunk_mb=64 threads=4: the copies are pinned but run below the "
-                "link's rate; overlap more of them")
+        text = ("streams, chunk_mb, threads: the copies are pinned but run below the link's "
+                "rate; 'restoreprof run' tunes them for this GPU")
         return f"{text}; {gain}" if gain else f"{text}; {CALIBRATE_HINT}"
     if name == GPU_CONTEXT:
         return (f"prewarm=on: create the CUDA context before or during the CRIU restore "
@@ -67,6 +61,30 @@ def _recommend(phase: dict, cuda: dict, ceilings: Ceilings, ceiling_gbps: float)
                 f"to {_seconds(ns)}")
     return ("no single restore phase dominates: the time goes to process setup outside the "
             "page reads and GPU work; trace with -- CMD to see what the command does")
+
+
+def _recommend_cpu_memory(phase: dict, cuda: dict, ceilings: Ceilings, ns: int, nbytes: int,
+                          uncalibrated: bool) -> str:
+    """CRIU's page reads: too slow a disk (read ahead), or too many pages (make fewer)."""
+    disk = ceilings.disk_read_gbps
+    gpu_in_images = cuda.get("checkpoint_api", {}).get("calls", 0) and not cuda.get(
+        "htod", {}).get("bytes", 0)
+    if gpu_in_images:
+        return ("offload=on: the driver's checkpoint put the GPU memory into CRIU's page images, "
+                "so CRIU reads it back one preadv at a time and the driver copies it again; run "
+                "the application under 'restoreprof exec' and GPU memory skips both; expected "
+                f"gain: most of {_seconds(ns)}")
+    if disk and phase["gbps"] < 0.8 * disk:
+        target_ns = nbytes / disk
+        return ("readahead=on: read pages-*.img into the page cache in parallel before CRIU "
+                "needs them; expected gain: up to "
+                f"{_seconds(max(0.0, ns - target_ns))} of {_seconds(ns)}")
+    if uncalibrated:
+        return ("readahead=on: read pages-*.img into the page cache in parallel before CRIU "
+                f"needs them; {CALIBRATE_HINT} for the expected gain")
+    return (f"CRIU restores {nbytes / 1e9:.2f} GB of pages at {phase['gbps']:.2f} GB/s, as fast as "
+            "this disk or page cache gives them to one reader: only fewer pages help (keep less "
+            "host memory; GPU memory belongs outside the images: offload=on)")
 
 
 def _source(ceilings: Ceilings, ceiling_gbps: float, what: str) -> str:
