@@ -50,7 +50,7 @@ def test_engine_round_trip_bit_exact(tmp_path):
         assert np.array_equal(back, data)
         path = tmp_path / "snap.bin"
         saved = engine.device_to_file(path, 0, dptr + 3, size)
-        engine.file_to_device(dptr, path, 0, size, expected_crc32=saved.checksums)
+        engine.file_to_device(dptr, path, 0, size, expected_crc32c=saved.checksums)
         engine.to_host(back, dptr)
         assert np.array_equal(back, data)
     drv.call("cuMemFree_v2", dptr)

@@ -2,14 +2,19 @@
 
 import ctypes
 import importlib.util
-import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from restoreprof.optimizer.config import OptimizerConfig
-from restoreprof.optimizer.engine import ChecksumMismatch, CudaCallError, Engine, StagingPool
+from restoreprof.optimizer.engine import (
+    ChecksumMismatch,
+    CudaCallError,
+    Engine,
+    StagingPool,
+    crc32c,
+)
 
 FAKE_BUILD = Path(__file__).parents[1] / "fakecuda" / "build.py"
 
@@ -58,7 +63,7 @@ def test_memory_round_trip_odd_sizes(drv, cfg):
             stats = engine.to_host(back, dptr + 7)
             assert np.array_equal(back, data), size
             chunk = engine.pool.buffer_bytes
-            assert stats.checksums == [zlib.crc32(data[i:i + chunk].tobytes())
+            assert stats.checksums == [crc32c(memoryview(data[i:i + chunk].tobytes()))
                                        for i in range(0, size, chunk)]
             drv.call("cuMemFree_v2", dptr)
 
@@ -77,13 +82,13 @@ def test_file_round_trip_with_offset_and_checksums(drv, tmp_path):
         assert out.read_bytes()[4096:] == data.tobytes()
         # the checksums written out verify the file on the way back in
         dptr2 = device_alloc(drv, size)
-        engine.file_to_device(dptr2, out, 4096, size, expected_crc32=stats.checksums, direct=True)
+        engine.file_to_device(dptr2, out, 4096, size, expected_crc32c=stats.checksums)
         back = np.zeros(size, np.uint8)
         engine.to_host(back, dptr2)
         assert np.array_equal(back, data)
         stats.checksums[2] ^= 1
-        with pytest.raises(ChecksumMismatch, match="chunk 2"):
-            engine.file_to_device(dptr2, out, 4096, size, expected_crc32=stats.checksums)
+        with pytest.raises(ChecksumMismatch, match="crc32c"):
+            engine.file_to_device(dptr2, out, 4096, size, expected_crc32c=stats.checksums)
 
 
 def test_one_async_copy_per_chunk(drv):

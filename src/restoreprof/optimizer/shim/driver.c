@@ -253,6 +253,9 @@ __attribute__((constructor)) static void rp_init(void)
     const char *path = getenv("RESTOREPROF_REAL_LIBCUDA");
     if (path && *path)
         rp_load_real();
-    if (rp_config.offload)
+    /* The control channel belongs to applications started under the library, not to a
+     * program (restoreprof itself) that only loads it for its engine. */
+    const char *preload = getenv("LD_PRELOAD");
+    if (rp_config.offload && preload && strstr(preload, "librestoreprof_shim"))
         rp_control_start();
 }

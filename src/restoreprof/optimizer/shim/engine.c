@@ -470,3 +470,21 @@ CUresult rp_engine_run(struct rp_transfer *t, struct rp_engine_params p, int wai
     pthread_mutex_unlock(&pool.busy);
     return rc;
 }
+
+/* The engine for a caller that loads this library without preloading it (restoreprof's own
+ * Python engine, for files): file <-> device on the caller's current context, a crc32c per
+ * chunk written (device to file) or verified (file to device) where checksums is not NULL. */
+RP_EXPORT CUresult rp_engine_file_transfer(int to_device, CUdeviceptr device, int fd,
+                                           long long file_offset, size_t bytes,
+                                           uint32_t *checksums, int streams, int threads,
+                                           size_t chunk_bytes)
+{
+    if (rp_load_real())
+        return CUDA_ERROR_NOT_INITIALIZED;
+    struct rp_transfer t = { .direction = to_device ? RP_H2D : RP_D2H, .device = device,
+                             .fd = fd, .file_offset = (off_t)file_offset, .bytes = bytes,
+                             .checksums = checksums };
+    struct rp_engine_params p = { .streams = streams, .threads = threads,
+                                  .chunk_bytes = chunk_bytes };
+    return rp_engine_run(&t, p, 1);
+}
