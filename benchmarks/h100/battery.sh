@@ -12,6 +12,7 @@ for stage in $stages; do
   case $stage in
     doctor)    restoreprof doctor 2>&1 | tee "$out/doctor.txt" ;;
     gputests)  rp_python -m pytest -q -m gpu tests/gpu tests/integration/test_offload_cycles.py -p no:cacheprovider 2>&1 | tail -25 | tee "$out/gputests.txt" ;;
+    gpuquick)  rp_python -m pytest -q -m gpu tests/gpu -p no:cacheprovider 2>&1 | tail -5 | tee "$out/gpuquick.txt" ;;
     sweep)     rp_python benchmarks/sweep_reload.py --gib 8 --chunks 2 4 8 --threads 8 16 --streams 4 2>&1 | tee "$out/sweep.txt" ;;
     optimizer) rp_python benchmarks/bench_optimizer.py --gib 8 2>&1 | tee "$out/optimizer.txt" ;;
     restore8)  rp_python benchmarks/bench_gpu_restore.py --gib 8 --cold --json "$out/restore8.json" 2>&1 | grep -v '^{' | tee "$out/restore8.txt" ;;
@@ -32,7 +33,7 @@ for stage in $stages; do
                rp_python benchmarks/h100/tui_capture.py -D /tmp/rp-tui/ckpt --interval 0.3 2>&1 | tail -90 | tee "$out/tui.txt"
                kill -9 $(python3 -c "import json;print(json.load(open('/tmp/rp-tui/ckpt/restoreprof.json'))['root_pid'])") 2>/dev/null ;;
     overhead)  rp_python benchmarks/bench_trace_overhead.py --gpu-gib 8 --runs 2 2>&1 | tee "$out/overhead.txt" ;;
-    tuner)     rp_python benchmarks/bench_tuner.py --budget 12 --repeat 3 2>&1 | tail -40 | tee "$out/tuner.txt" ;;
+    tuner)     rp_python benchmarks/bench_tuner.py --budget 12 --repeat 3 --warm-cache 2>&1 | tail -40 | tee "$out/tuner.txt" ;;
     demo)      restoreprof demo -o /tmp/rp-demo 2>&1 | tail -60 | tee "$out/demo.txt" ;;
     *)         echo "unknown stage $stage" ;;
   esac
