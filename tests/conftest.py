@@ -61,6 +61,26 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
             pytest.skip(f"needs a GPU: {missing}")
 
 
+@pytest.fixture(scope="session")
+def fake_libcuda() -> Path:
+    """tests/fakecuda's libcuda.so.1 test double, built once (rebuilt when its source changes)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "fakecuda_build", Path(__file__).parent / "fakecuda" / "build.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.build_fake_libcuda()
+
+
+@pytest.fixture
+def fake_driver(monkeypatch, fake_libcuda):
+    """Point restoreprof, and the programs it starts, at the fake driver for one test."""
+    monkeypatch.setenv("RESTOREPROF_LIBCUDA", str(fake_libcuda))
+    monkeypatch.setenv("LD_LIBRARY_PATH", str(fake_libcuda.parent))
+    return fake_libcuda
+
+
 @pytest.fixture
 def restoreprof_cli():
     """Run the restoreprof CLI in a subprocess; returns CompletedProcess (text)."""

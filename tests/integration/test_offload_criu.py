@@ -4,9 +4,7 @@ and the data checked bit-exact by the process itself. The real-GPU run is tests/
 
 from __future__ import annotations
 
-import importlib.util
 import sys
-from pathlib import Path
 
 import pytest
 
@@ -15,18 +13,6 @@ from restoreprof.checkpoint.manifest import Manifest
 from restoreprof.workloads.controller import HeldMemory
 
 pytestmark = pytest.mark.root
-
-
-@pytest.fixture
-def fake_driver(monkeypatch):
-    path = Path(__file__).parents[1] / "fakecuda" / "build.py"
-    spec = importlib.util.spec_from_file_location("fakecuda_build", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    fake = module.build_fake_libcuda()
-    monkeypatch.setenv("RESTOREPROF_LIBCUDA", str(fake))
-    monkeypatch.setenv("LD_LIBRARY_PATH", str(fake.parent))
-    return fake
 
 
 def test_offloaded_round_trip_through_criu(fake_driver, tmp_path):

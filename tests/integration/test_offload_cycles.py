@@ -4,10 +4,8 @@ real interception library) and on a real GPU (tests marked gpu)."""
 
 from __future__ import annotations
 
-import importlib.util
 import shutil
 import sys
-from pathlib import Path
 
 import pytest
 
@@ -16,16 +14,6 @@ from restoreprof.workloads.controller import HeldMemory
 
 EXEC = [sys.executable, "-m", "restoreprof", "exec", "--"]
 MIB = 1 << 20
-
-
-def _use_fake_driver(monkeypatch) -> None:
-    path = Path(__file__).parents[1] / "fakecuda" / "build.py"
-    spec = importlib.util.spec_from_file_location("fakecuda_build", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    fake = module.build_fake_libcuda()
-    monkeypatch.setenv("RESTOREPROF_LIBCUDA", str(fake))
-    monkeypatch.setenv("LD_LIBRARY_PATH", str(fake.parent))
 
 
 def _gpu_used_bytes() -> int:
@@ -42,9 +30,9 @@ def _gpu_used_bytes() -> int:
     pytest.param("fake", 32, marks=pytest.mark.root),
     pytest.param("gpu", 1024, marks=pytest.mark.gpu),
 ])
-def test_twenty_cycles_bit_exact_without_growth(backend, gpu_mib, tmp_path, monkeypatch):
+def test_twenty_cycles_bit_exact_without_growth(backend, gpu_mib, tmp_path, request):
     if backend == "fake":
-        _use_fake_driver(monkeypatch)
+        request.getfixturevalue("fake_driver")
     w = HeldMemory.start(tmp_path / "state", 16, gpu_mib=gpu_mib, prefix=EXEC)
     rss, gpu = [], []
     try:

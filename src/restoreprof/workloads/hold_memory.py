@@ -68,6 +68,22 @@ class _GpuBuffer:
         return host
 
 
+def serve(state: Path, expected: str, digest_now) -> None:
+    """The ready/verified protocol (see the module's doc), until SIGTERM: never returns."""
+
+    def verify(signum: int, frame: object) -> None:
+        now = digest_now()
+        verdict = "OK" if now == expected else "MISMATCH"
+        _write_atomic(state / "verified", f"{verdict} {now} pid={os.getpid()}\n")
+
+    signal.signal(signal.SIGUSR1, verify)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    (state / "verified").unlink(missing_ok=True)
+    _write_atomic(state / "ready", f"{expected} pid={os.getpid()}\n")
+    while True:
+        time.sleep(3600)
+
+
 def _parent(args: argparse.Namespace) -> int:
     """A process tree: one parent, N holders, so a checkpoint holds several CUDA processes."""
     import subprocess
@@ -115,18 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         expected = _digest(host)
 
-    def verify(signum: int, frame: object) -> None:
-        held = [host] + ([gpu.read_back()] if gpu else [])
-        now = _digest(*held)
-        verdict = "OK" if now == expected else "MISMATCH"
-        _write_atomic(args.state / "verified", f"{verdict} {now} pid={os.getpid()}\n")
-
-    signal.signal(signal.SIGUSR1, verify)
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    (args.state / "verified").unlink(missing_ok=True)
-    _write_atomic(args.state / "ready", f"{expected} pid={os.getpid()}\n")
-    while True:
-        time.sleep(3600)
+    serve(args.state, expected, lambda: _digest(*([host] + ([gpu.read_back()] if gpu else []))))
 
 
 if __name__ == "__main__":

@@ -12,13 +12,9 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import os
-import signal
-import sys
-import time
 from pathlib import Path
 
-from restoreprof.workloads.hold_memory import _write_atomic
+from restoreprof.workloads.hold_memory import serve
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -51,19 +47,8 @@ def main(argv: list[str] | None = None) -> int:
             sha.update(hashlib.sha256(p.detach().cpu().numpy().tobytes()).digest())
         return sha.hexdigest()
 
-    expected = digest()
-
-    def verify(signum: int, frame: object) -> None:
-        now = digest()
-        verdict = "OK" if now == expected else "MISMATCH"
-        _write_atomic(args.state / "verified", f"{verdict} {now} pid={os.getpid()}\n")
-
-    signal.signal(signal.SIGUSR1, verify)
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    (args.state / "verified").unlink(missing_ok=True)
-    _write_atomic(args.state / "ready", f"{expected} pid={os.getpid()}\n")
-    while True:
-        time.sleep(3600)
+    serve(args.state, digest(), digest)
+    return 0
 
 
 if __name__ == "__main__":
