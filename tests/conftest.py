@@ -37,15 +37,9 @@ def root_capabilities_missing() -> str:
 @lru_cache(maxsize=1)
 def gpu_missing() -> str:
     """A real NVIDIA GPU, seen through NVML (the fake libcuda test double has no NVML)."""
-    try:
-        import pynvml
+    from restoreprof.system.gpus import nvml_gpus
 
-        pynvml.nvmlInit()
-        if pynvml.nvmlDeviceGetCount() == 0:
-            return "NVML sees no GPU"
-    except Exception as exc:
-        return f"no NVIDIA driver ({type(exc).__name__})"
-    return ""
+    return "" if nvml_gpus() else "no NVIDIA GPU seen through NVML"
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:

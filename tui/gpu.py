@@ -5,48 +5,12 @@ A machine without an NVIDIA driver gets an empty list, never an error: the view 
 
 from __future__ import annotations
 
-import contextlib
-
 
 def query_gpus() -> list[dict]:
-    """One dict per GPU: index, name, pcie_gen, pcie_width, memory_used_bytes, memory_total_bytes."""
-    try:
-        import pynvml
-    except ImportError:
-        return []
-    try:
-        pynvml.nvmlInit()
-    except pynvml.NVMLError:  # NVMLError_LibraryNotFound and friends: no driver here
-        return []
-    gpus = []
-    try:
-        for index in range(pynvml.nvmlDeviceGetCount()):
-            handle = pynvml.nvmlDeviceGetHandleByIndex(index)
-            memory = pynvml.nvmlDeviceGetMemoryInfo(handle)
-            name = pynvml.nvmlDeviceGetName(handle)
-            gpus.append({
-                "index": index,
-                "name": name.decode() if isinstance(name, bytes) else name,
-                "pcie_gen": _optional(pynvml.nvmlDeviceGetCurrPcieLinkGeneration, handle),
-                "pcie_width": _optional(pynvml.nvmlDeviceGetCurrPcieLinkWidth, handle),
-                "memory_used_bytes": int(memory.used),
-                "memory_total_bytes": int(memory.total),
-            })
-    except pynvml.NVMLError:
-        return gpus
-    finally:
-        with contextlib.suppress(pynvml.NVMLError):
-            pynvml.nvmlShutdown()
-    return gpus
+    """The machine's GPUs with PCIe link and memory in use (restoreprof.system.gpus)."""
+    from restoreprof.system.gpus import nvml_gpus
 
-
-def _optional(getter, handle) -> int | None:
-    import pynvml
-
-    try:
-        return int(getter(handle))
-    except pynvml.NVMLError:  # not supported on this GPU (e.g. SXM without a PCIe link to report)
-        return None
+    return nvml_gpus()
 
 
 def describe_gpu(gpu: dict) -> str:

@@ -17,13 +17,10 @@ MIB = 1 << 20
 
 
 def _gpu_used_bytes() -> int:
-    try:
-        import pynvml
+    from restoreprof.system.gpus import nvml_gpus
 
-        pynvml.nvmlInit()
-        return pynvml.nvmlDeviceGetMemoryInfo(pynvml.nvmlDeviceGetHandleByIndex(0)).used
-    except Exception:  # no NVML (the fake driver): host memory is what is measured
-        return 0
+    gpus = nvml_gpus()  # none with the fake driver: host memory is what is measured
+    return gpus[0]["memory_used_bytes"] if gpus else 0
 
 
 @pytest.mark.parametrize("backend,gpu_mib", [

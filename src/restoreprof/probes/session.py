@@ -241,14 +241,20 @@ class TraceSession:
             result = json.loads(text[text.index("{"):]) if "{" in text else {}
         except ValueError:
             result = {}
-        pid = self._child.pid
-        for step in result.get("steps", []):
-            event = Event(MARK, step["name"], pid, pid, int(step["start_ns"]), int(step["end_ns"]),
-                          path=step["name"])
-            if step.get("pid"):
-                event.extra = {"step_pid": step["pid"]}
-            self.events.append(event)
+        self.events += step_marks(result.get("steps", []), self._child.pid)
         self._roots.extend(int(p) for p in result.get("pids", []))
+
+
+def step_marks(steps: list[dict], pid: int) -> list[Event]:
+    """A restore's steps (as 'restoreprof restore --json' prints them) as MARK events of pid."""
+    marks = []
+    for step in steps:
+        event = Event(MARK, step["name"], pid, pid, int(step["start_ns"]), int(step["end_ns"]),
+                      path=step["name"])
+        if step.get("pid"):
+            event.extra = {"step_pid": step["pid"]}
+        marks.append(event)
+    return marks
 
 
 def record(target: Target, duration_s: float | None = None,
@@ -275,24 +281,7 @@ def _alive(pid: int) -> bool:
 
 
 def gpus() -> list[dict]:
-    """The GPUs of this machine through NVML, or [] where there is none."""
-    try:
-        import pynvml
-    except ImportError:
-        return []
-    try:
-        pynvml.nvmlInit()
-    except Exception:  # no driver: NVMLError_LibraryNotFound and friends
-        return []
-    try:
-        gpus = []
-        for index in range(pynvml.nvmlDeviceGetCount()):
-            handle = pynvml.nvmlDeviceGetHandleByIndex(index)
-            name = pynvml.nvmlDeviceGetName(handle)
-            uuid = pynvml.nvmlDeviceGetUUID(handle)
-            gpus.append({"index": index, "name": name if isinstance(name, str) else name.decode(),
-                         "uuid": uuid if isinstance(uuid, str) else uuid.decode(),
-                         "memory_bytes": int(pynvml.nvmlDeviceGetMemoryInfo(handle).total)})
-        return gpus
-    finally:
-        pynvml.nvmlShutdown()
+    """The GPUs of this machine (restoreprof.system.gpus), or [] where there is none."""
+    from restoreprof.system.gpus import nvml_gpus
+
+    return nvml_gpus()

@@ -110,36 +110,23 @@ def _cuda() -> tuple[list[Check], list[dict]]:
         checks.append(Check("CUDA driver", None, "no libcuda (no GPU): GPU features off",
                             "install the NVIDIA driver on a GPU machine", required=False))
         return checks, []
-    gpus = []
-    try:
-        import pynvml
+    from restoreprof.system.gpus import nvml_gpus
 
-        pynvml.nvmlInit()
-        version = pynvml.nvmlSystemGetDriverVersion()
-        checks.append(Check("CUDA driver", True, f"{version} ({lib})", required=False))
-        for i in range(pynvml.nvmlDeviceGetCount()):
-            h = pynvml.nvmlDeviceGetHandleByIndex(i)
-            mem = pynvml.nvmlDeviceGetMemoryInfo(h)
-            gpu = {
-                "index": i, "name": pynvml.nvmlDeviceGetName(h),
-                "uuid": pynvml.nvmlDeviceGetUUID(h),
-                "pcie_gen": pynvml.nvmlDeviceGetCurrPcieLinkGeneration(h),
-                "pcie_gen_max": pynvml.nvmlDeviceGetMaxPcieLinkGeneration(h),
-                "pcie_width": pynvml.nvmlDeviceGetCurrPcieLinkWidth(h),
-                "persistence": bool(pynvml.nvmlDeviceGetPersistenceMode(h)),
-                "memory_total_bytes": mem.total, "memory_used_bytes": mem.used,
-            }
-            gpus.append(gpu)
-            checks.append(Check(
-                f"GPU {i}", True,
-                f"{gpu['name']} PCIe Gen{gpu['pcie_gen']} x{gpu['pcie_width']} "
-                f"{mem.total / 2**30:.0f} GiB, persistence {'on' if gpu['persistence'] else 'OFF'}",
-                "" if gpu["persistence"] else "'restoreprof warm' keeps contexts warm without it",
-                required=False))
-    except Exception as exc:
-        checks.append(Check("CUDA driver", False, f"{lib}: {exc}"[:70],
+    gpus = nvml_gpus()
+    if not gpus:
+        checks.append(Check("CUDA driver", False, f"{lib}: NVML sees no GPU",
                             "check nvidia-smi; the driver may not match the kernel module",
                             required=False))
+        return checks, gpus
+    checks.append(Check("CUDA driver", True, f"{gpus[0]['driver_version']} ({lib})", required=False))
+    for gpu in gpus:
+        persistence = gpu["persistence"]
+        checks.append(Check(
+            f"GPU {gpu['index']}", True,
+            f"{gpu['name']} PCIe Gen{gpu['pcie_gen']} x{gpu['pcie_width']} "
+            f"{gpu['memory_total_bytes'] / 2**30:.0f} GiB, persistence {'on' if persistence else 'OFF'}",
+            "" if persistence else "'restoreprof warm' keeps contexts warm without it",
+            required=False))
     return checks, gpus
 
 

@@ -44,33 +44,15 @@ def identify(directory: str | os.PathLike | None = None) -> HostIdentity:
 
 def _first_gpu() -> tuple[str, str, str]:
     """(model, "GenN xW", driver) of GPU 0 through NVML, or ("cpu", "", "") without one."""
-    from restoreprof.system.paths import libcuda_path
+    from restoreprof.system.gpus import nvml_gpus
 
-    if not libcuda_path():
+    gpus = nvml_gpus()
+    if not gpus:
         return CPU_ONLY, "", ""
-    try:
-        import pynvml
-
-        pynvml.nvmlInit()
-    except Exception:  # no driver or no NVML: NVMLError_* and ImportError
-        return CPU_ONLY, "", ""
-    try:
-        if pynvml.nvmlDeviceGetCount() == 0:
-            return CPU_ONLY, "", ""
-        handle = pynvml.nvmlDeviceGetHandleByIndex(0)
-        name = _text(pynvml.nvmlDeviceGetName(handle))
-        # The maximum link, not the current one: an idle GPU drops its link to save power.
-        pcie = (f"Gen{pynvml.nvmlDeviceGetMaxPcieLinkGeneration(handle)} "
-                f"x{pynvml.nvmlDeviceGetMaxPcieLinkWidth(handle)}")
-        return name, pcie, _text(pynvml.nvmlSystemGetDriverVersion())
-    except Exception:
-        return CPU_ONLY, "", ""
-    finally:
-        pynvml.nvmlShutdown()
-
-
-def _text(value) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
+    gpu = gpus[0]
+    # The maximum link, not the current one: an idle GPU drops its link to save power.
+    pcie = f"Gen{gpu['pcie_gen_max']} x{gpu['pcie_width_max']}"
+    return gpu["name"], pcie, gpu["driver_version"]
 
 
 def storage_of(directory: str | os.PathLike) -> str:

@@ -136,23 +136,17 @@ class Profiler:
     @staticmethod
     def _traced(argv: list[str], trial_dir: Path, steps: Callable[[], list[dict]]) -> dict:
         from restoreprof.analysis import analyze
-        from restoreprof.probes.session import Target, record
-        from restoreprof.trace.events import MARK, Event
+        from restoreprof.probes.session import Target, record, step_marks
         from restoreprof.trace.model import TRACE_FILE_NAME
 
         trace = record(Target(command=argv))
-        # The restore's own steps, as marks, like the profiler adds for 'restoreprof restore'.
-        root = trace.events[0].pid if trace.events else 0
-        for step in steps():
-            trace.events.append(Event(MARK, step["name"], root, root, int(step["start_ns"]),
-                                      int(step["end_ns"]), path=step["name"]))
+        # The restore's own steps, as marks, as the profiler adds them for 'restoreprof restore'.
+        trace.events += step_marks(steps(), trace.events[0].pid if trace.events else 0)
         trace.save(trial_dir / TRACE_FILE_NAME)
         report = analyze(trace)
         (trial_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
-        try:
-            from restoreprof.exports import write_all
-        except ImportError:
-            return report
+        from restoreprof.exports import write_all
+
         write_all(trace, report, trial_dir)
         return report
 

@@ -1,0 +1,56 @@
+"""restoreprof.system.gpus over a stand-in NVML: the fields every reader relies on, and an
+empty list (not an error) where NVML is missing or fails."""
+
+import sys
+import types
+
+from restoreprof.system.gpus import nvml_gpus
+
+
+class _NVMLError(Exception):
+    pass
+
+
+def _nvml(count=1, persistence_fails=False, init_fails=False):
+    m = types.SimpleNamespace(NVMLError=_NVMLError)
+    m.nvmlInit = lambda: (_ for _ in ()).throw(_NVMLError("no driver")) if init_fails else None
+    m.nvmlShutdown = lambda: None
+    m.nvmlSystemGetDriverVersion = lambda: b"580.159.04"
+    m.nvmlDeviceGetCount = lambda: count
+    m.nvmlDeviceGetHandleByIndex = lambda i: i
+    m.nvmlDeviceGetMemoryInfo = lambda h: types.SimpleNamespace(total=80 << 30, used=1 << 30)
+    m.nvmlDeviceGetName = lambda h: b"NVIDIA H100 80GB HBM3"
+    m.nvmlDeviceGetUUID = lambda h: f"GPU-{h:08d}"
+    m.nvmlDeviceGetCurrPcieLinkGeneration = lambda h: 5
+    m.nvmlDeviceGetCurrPcieLinkWidth = lambda h: 16
+    m.nvmlDeviceGetMaxPcieLinkGeneration = lambda h: 5
+    m.nvmlDeviceGetMaxPcieLinkWidth = lambda h: 16
+
+    def persistence(h):
+        if persistence_fails:
+            raise _NVMLError("not supported")
+        return 1
+
+    m.nvmlDeviceGetPersistenceMode = persistence
+    return m
+
+
+def test_fields(monkeypatch):
+    monkeypatch.setitem(sys.modules, "pynvml", _nvml(count=2))
+    gpus = nvml_gpus()
+    assert [g["uuid"] for g in gpus] == ["GPU-00000000", "GPU-00000001"]
+    assert gpus[1] == {
+        "index": 1, "name": "NVIDIA H100 80GB HBM3", "uuid": "GPU-00000001", "pcie_gen": 5,
+        "pcie_width": 16, "pcie_gen_max": 5, "pcie_width_max": 16, "persistence": True,
+        "memory_total_bytes": 80 << 30, "memory_used_bytes": 1 << 30,
+        "driver_version": "580.159.04"}
+
+
+def test_unsupported_query_is_none(monkeypatch):
+    monkeypatch.setitem(sys.modules, "pynvml", _nvml(persistence_fails=True))
+    assert nvml_gpus()[0]["persistence"] is None
+
+
+def test_no_driver_is_an_empty_list(monkeypatch):
+    monkeypatch.setitem(sys.modules, "pynvml", _nvml(init_fails=True))
+    assert nvml_gpus() == []
