@@ -35,6 +35,9 @@ for stage in $stages; do
     overhead)  rp_python benchmarks/bench_trace_overhead.py --gpu-gib 8 --runs 2 2>&1 | tee "$out/overhead.txt" ;;
     tuner)     rp_python benchmarks/bench_tuner.py --budget 12 --repeat 3 --warm-cache 2>&1 | tail -40 | tee "$out/tuner.txt" ;;
     demo)      restoreprof demo -o /tmp/rp-demo 2>&1 | tail -60 | tee "$out/demo.txt" ;;
+    remap)     rp_python benchmarks/h100/gpu_remap.py --gib 2 2>&1 | tee "$out/remap.txt"
+               rp_python benchmarks/h100/gpu_remap.py --gib 2 --optimized 2>&1 | tee -a "$out/remap.txt" ;;
+    overhead5) rp_python benchmarks/bench_trace_overhead.py --gpu-gib 8 --runs 5 2>&1 | tee "$out/overhead5.txt" ;;
     *)         echo "unknown stage $stage" ;;
   esac
 done
