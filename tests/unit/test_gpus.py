@@ -54,3 +54,13 @@ def test_unsupported_query_is_none(monkeypatch):
 def test_no_driver_is_an_empty_list(monkeypatch):
     monkeypatch.setitem(sys.modules, "pynvml", _nvml(init_fails=True))
     assert nvml_gpus() == []
+
+
+def test_gpu_pair_uuid_is_built_from_bytes():
+    """cuda-python's CUuuid.bytes is read-only: the pair must still carry the UUID's bytes."""
+    from restoreprof.cuda import driver
+
+    raw = bytes(range(16))
+    pair = driver.bindings().CUcheckpointGpuPair()
+    pair.oldUuid = driver._cu_uuid(raw)
+    assert bytes(pair.oldUuid.bytes) == raw

@@ -135,6 +135,17 @@ def restore_all(pids: list[int], manifest, directory: Path, pairs, parallel: boo
     offload = {p.pid: p.offload for p in manifest.processes if p.offload}
 
     def one(pid: int) -> str | None:
+        try:
+            return restore_one(pid)
+        except Exception as exc:  # any failure: say where the process stands and how to resume
+            state = driver.process_state(pid)
+            raise RestoreprofError(
+                f"PID {pid}: the GPU restore failed ({exc}); CRIU restored the process and the "
+                f"driver holds it {state}",
+                hint="fix the cause, then resume it with 'restoreprof restore -D DIR --gpu-only'",
+            ) from exc
+
+    def restore_one(pid: int) -> str | None:
         state = driver.process_state(pid)
         if state == "checkpointed":
             clock.run("GPU driver restore", driver.process_restore, pid, pairs, pid=pid)

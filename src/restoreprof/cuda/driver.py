@@ -218,6 +218,7 @@ def process_unlock(pid: int) -> None:
 
 
 def _cu_uuid(raw: bytes) -> Any:
-    uuid = bindings().CUuuid()
-    uuid.bytes = raw
-    return uuid
+    """A CUuuid holding raw (its bytes field is read-only: build it over a buffer; the struct
+    it is assigned into takes a copy)."""
+    buffer = (ctypes.c_char * 16).from_buffer_copy(raw)
+    return bindings().CUuuid(ctypes.addressof(buffer))
