@@ -4,7 +4,7 @@
 # Then `restoreprof ...` runs with bcc importable and CRIU resolved ($RP_CRIU).
 set -e
 source .h100/activate.sh .h100 >/dev/null
-python3 -m pip install -q --no-deps --no-build-isolation --no-index --target /tmp/rp-pkg . >/tmp/rp-install.log 2>&1 \
+python3 -m pip install -q --upgrade --no-deps --no-build-isolation --no-index --target /tmp/rp-pkg . >/tmp/rp-install.log 2>&1 \
   || { cat /tmp/rp-install.log; return 1; }
 export PYTHONPATH=/tmp/rp-pkg:$PYTHONPATH
 export RESTOREPROF_CRIU=$RP_CRIU
