@@ -64,3 +64,21 @@ def test_gpu_pair_uuid_is_built_from_bytes():
     pair = driver.bindings().CUcheckpointGpuPair()
     pair.oldUuid = driver._cu_uuid(raw)
     assert bytes(pair.oldUuid.bytes) == raw
+
+
+def test_gpu_map_is_completed_to_one_to_one(monkeypatch):
+    from restoreprof.checkpoint import gpu
+    from restoreprof.cuda import driver
+
+    machine = [{"index": 0, "name": "H100", "uuid": "GPU-00000000-0000-0000-0000-000000000000"},
+               {"index": 1, "name": "H100", "uuid": "GPU-11111111-1111-1111-1111-111111111111"}]
+    monkeypatch.setattr(gpu, "gpu_records", lambda: machine)
+    pairs = gpu.gpu_pairs(machine, {machine[0]["uuid"]: "1"})
+    as_uuids = {o: n for o, n in pairs}
+    zero, one = (driver.uuid_to_bytes(g["uuid"]) for g in machine)
+    assert as_uuids == {zero: one, one: zero}  # the named move, and GPU 1 swapped into the gap
+    import pytest
+
+    from restoreprof.errors import RestoreprofError
+    with pytest.raises(RestoreprofError, match="two GPUs to one"):
+        gpu.gpu_pairs(machine, {"0": "1", "1": "1"})

@@ -185,16 +185,31 @@ def _resolve_gpu(spec: str, gpus: list[dict], what: str) -> dict:
 
 
 def gpu_pairs(saved: list[dict], gpu_map: dict[str, str] | None) -> list[tuple[bytes, bytes]]:
-    """Driver GPU pairs (old UUID, new UUID) from --gpu-map OLD=NEW; OLD is a checkpoint GPU."""
+    """Driver GPU pairs (old UUID, new UUID) from --gpu-map OLD=NEW; OLD is a checkpoint GPU.
+
+    The driver wants every checkpointed GPU in the pairs, so the named moves are completed to a
+    one-to-one map: each GPU not named keeps its place where it is free, else takes a free one.
+    """
     if not gpu_map:
         return []
     present = gpu_records()
-    pairs = []
+    moves = {}
     for old, new in gpu_map.items():
-        old_gpu = _resolve_gpu(old, saved, "checkpoint's")
-        new_gpu = _resolve_gpu(new, present, "this machine's")
-        pairs.append((driver.uuid_to_bytes(old_gpu["uuid"]), driver.uuid_to_bytes(new_gpu["uuid"])))
-    return pairs
+        moves[_resolve_gpu(old, saved, "checkpoint's")["uuid"]] = \
+            _resolve_gpu(new, present, "this machine's")["uuid"]
+    if len(set(moves.values())) != len(moves):
+        raise RestoreprofError("--gpu-map sends two GPUs to one", hint="map each GPU to its own")
+    free = [g["uuid"] for g in present if g["uuid"] not in moves.values()]
+    for gpu in saved:
+        if gpu["uuid"] in moves:
+            continue
+        if not free:
+            raise RestoreprofError(f"no GPU left here for the checkpoint's GPU {gpu['uuid']}",
+                                   hint="name a target for every GPU with --gpu-map")
+        target = gpu["uuid"] if gpu["uuid"] in free else free[0]
+        free.remove(target)
+        moves[gpu["uuid"]] = target
+    return [(driver.uuid_to_bytes(old), driver.uuid_to_bytes(new)) for old, new in moves.items()]
 
 
 class _PrewarmStep:
