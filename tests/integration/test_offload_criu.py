@@ -53,3 +53,25 @@ def test_damaged_snapshot_keeps_process_held(fake_driver, tmp_path):
         assert w.alive(), "a failed reload must leave the process alive and held"
     finally:
         w.stop()
+
+
+def test_a_process_already_locked_is_refused_untouched(fake_driver, tmp_path):
+    import ctypes
+
+    from restoreprof.cuda import driver
+
+    ctypes.CDLL(str(fake_driver), mode=ctypes.RTLD_GLOBAL)  # this process's driver: the fake
+    w = HeldMemory.start(tmp_path / "state", 16, gpu_mib=8)
+    try:
+        driver.init()
+        driver.process_lock(w.pid, 1000)  # as another checkpoint in progress would
+        from restoreprof.errors import RestoreprofError
+
+        with pytest.raises(RestoreprofError, match="already locked") as err:
+            checkpoint(w.pid, tmp_path / "ckpt")
+        assert "--gpu-only" in err.value.hint
+        assert not (tmp_path / "ckpt").exists(), "nothing may be written for a refused checkpoint"
+        driver.process_unlock(w.pid)
+        assert w.alive() and w.verify()
+    finally:
+        w.stop()
