@@ -5,26 +5,15 @@ cuGetProcAddress, through dlsym on a dlopen'd handle), copies pageable memory to
 back, checks the bytes and prints the fake driver's call counters. cuda-python is the fourth.
 """
 
-import importlib.util
 import json
 import os
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
 import pytest
 
 from restoreprof.optimizer.shim.build import build_library, cuda_include_dir
-
-
-def build_fake_libcuda() -> Path:
-    path = Path(__file__).parents[1] / "fakecuda" / "build.py"
-    spec = importlib.util.spec_from_file_location("fakecuda_build", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.build_fake_libcuda()
-
 
 MIB = 1 << 20
 
@@ -94,8 +83,8 @@ PROBE_C = textwrap.dedent(r"""
 
 
 @pytest.fixture(scope="module")
-def fake():
-    return build_fake_libcuda()
+def fake(fake_libcuda):
+    return fake_libcuda
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,6 @@
 """Issue 8's library side in a real process: VMM-served allocations, OFFLOAD / RELOAD through
 the control socket (bit-exact, checksummed, gated), and the client's errors."""
 
-import importlib.util
 import os
 import select
 import shutil
@@ -56,14 +55,6 @@ APP = textwrap.dedent("""
 """)
 
 
-def _fake_libcuda() -> Path:
-    path = Path(__file__).parents[1] / "fakecuda" / "build.py"
-    spec = importlib.util.spec_from_file_location("fakecuda_build", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.build_fake_libcuda()
-
-
 @pytest.fixture
 def run_dir(monkeypatch):
     # World-traversable, so the wrong-uid test reaches the socket's own 0600 permission.
@@ -75,8 +66,7 @@ def run_dir(monkeypatch):
 
 
 class App:
-    def __init__(self, run_dir: Path) -> None:
-        fake = _fake_libcuda()
+    def __init__(self, run_dir: Path, fake: Path) -> None:
         env = dict(os.environ, LD_PRELOAD=str(build_library()), RESTOREPROF_REAL_LIBCUDA=str(fake),
                    RESTOREPROF_RUN_DIR=str(run_dir), RESTOREPROF_CHUNK_MB="1",
                    RESTOREPROF_THREADS="3", RESTOREPROF_STREAMS="2")
@@ -104,8 +94,8 @@ class App:
 
 
 @pytest.fixture
-def app(run_dir):
-    application = App(run_dir)
+def app(run_dir, fake_libcuda):
+    application = App(run_dir, fake_libcuda)
     yield application
     application.close()
 

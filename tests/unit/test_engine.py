@@ -1,7 +1,6 @@
 """The parallel engine against the fake libcuda: bit-exact at odd sizes, offsets and configs."""
 
 import ctypes
-import importlib.util
 from pathlib import Path
 
 import numpy as np
@@ -19,16 +18,9 @@ from restoreprof.optimizer.engine import (
 FAKE_BUILD = Path(__file__).parents[1] / "fakecuda" / "build.py"
 
 
-def _fake_libcuda() -> Path:
-    spec = importlib.util.spec_from_file_location("fakecuda_build", FAKE_BUILD)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.build_fake_libcuda()
-
-
 @pytest.fixture
-def drv(monkeypatch):
-    monkeypatch.setenv("RESTOREPROF_LIBCUDA", str(_fake_libcuda()))
+def drv(monkeypatch, fake_libcuda):
+    monkeypatch.setenv("RESTOREPROF_LIBCUDA", str(fake_libcuda))
     from restoreprof.optimizer import engine
 
     d = engine.driver()
