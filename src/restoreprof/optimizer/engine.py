@@ -2,7 +2,7 @@
 
 Bytes move through a pinned staging pool (allocated once, reused), N host threads and M CUDA
 streams. Each thread owns two staging buffers, so while one buffer's DMA runs the thread fills
-the other (memcpy for memory, preadv for files): reads, copies and transfers overlap.
+the other: copies and transfers overlap. Files go through the same engine in C (below).
 
     engine = Engine(OptimizerConfig(streams=8, threads=8, chunk_mb=64))
     engine.to_device(dptr, host_array)                 # host memory -> GPU
@@ -293,7 +293,7 @@ class Engine:
         address, size = (src, nbytes) if isinstance(src, int) else host_address(src)
         size = size if nbytes is None else min(size, nbytes)
 
-        def fill(view: memoryview, buf_addr: int, offset: int, length: int) -> None:
+        def fill(buf_addr: int, offset: int, length: int) -> None:
             ctypes.memmove(buf_addr, address + offset, length)
 
         return self._h2d("host->device", dst, size, fill)
@@ -355,8 +355,7 @@ class Engine:
 
     # --- the two pipelines ------------------------------------------------------------------
 
-    def _h2d(self, direction: str, dst: int, size: int, fill: Callable,
-             expected: list[int] | None = None) -> TransferStats:
+    def _h2d(self, direction: str, dst: int, size: int, fill: Callable) -> TransferStats:
         chunk = self.pool.buffer_bytes
 
         def worker(pair: tuple[int, int], stream: int, next_chunk: Callable) -> None:
@@ -369,10 +368,7 @@ class Engine:
                         drv.call("cuEventSynchronize", self.events[slot])
                     offset = index * chunk
                     length = min(chunk, size - offset)
-                    view = self.pool.view(slot, length)
-                    fill(view, self.pool.addresses[slot], offset, length)
-                    if expected is not None:
-                        _verify(view, expected, index)
+                    fill(self.pool.addresses[slot], offset, length)
                     drv.call("cuMemcpyHtoDAsync_v2", dst + offset, self.pool.addresses[slot],
                              length, stream)
                     drv.call("cuEventRecord", self.events[slot], stream)
@@ -474,10 +470,6 @@ def _chunks(size: int, chunk: int) -> int:
     return (size + chunk - 1) // chunk
 
 
-def _aligned(offset: int, length: int, block: int = 4096) -> bool:
-    return offset % block == 0 and length % block == 0
-
-
 # How the native engine reports its own failures (shim/engine.c RP_ERROR_*).
 _NATIVE_IO_ERROR = 304            # CUDA_ERROR_OPERATING_SYSTEM
 _NATIVE_CHECKSUM_MISMATCH = 200   # CUDA_ERROR_INVALID_IMAGE
@@ -504,52 +496,24 @@ def native_engine() -> ctypes.CDLL:
 
 
 def crc32c(view: memoryview) -> int:
-    """crc32c of a buffer (the GIL is released while it runs)."""
-    buffer = (ctypes.c_char * len(view)).from_buffer(view) if not view.readonly else bytes(view)
-    return native_engine().rp_crc32c(0, ctypes.addressof(buffer) if not view.readonly
-                                     else ctypes.c_char_p(buffer), len(view))
-
-
-def _verify(view: memoryview, expected: list[int], index: int) -> None:
-    if index >= len(expected) or crc32c(view) != expected[index]:
-        raise ChecksumMismatch(f"chunk {index} does not match its checksum",
-                               hint="the file is damaged or was written with another chunk size")
-
-
-def _pread_full(fd: int, view: memoryview, offset: int) -> None:
-    done = 0
-    while done < len(view):
-        n = os.preadv(fd, [view[done:]], offset + done)
-        if n <= 0:
-            raise RestoreprofError(f"short read at offset {offset + done}",
-                                   hint="the file is shorter than the transfer asked for")
-        done += n
-
-
-def _pwrite_full(fd: int, view: memoryview, offset: int) -> None:
-    done = 0
-    while done < len(view):
-        done += os.pwritev(fd, [view[done:]], offset + done)
+    """crc32c of a buffer (the GIL is released while it runs); read-only buffers are copied."""
+    if view.readonly:
+        view = memoryview(bytearray(view))
+    buffer = (ctypes.c_char * view.nbytes).from_buffer(view)
+    return native_engine().rp_crc32c(0, ctypes.addressof(buffer), view.nbytes)
 
 
 @contextmanager
-def _open_for(path: str | os.PathLike | int, flags: int, optional: bool = False
-              ) -> Iterator[int | None]:
-    """Open a path (or borrow a descriptor) for the length of a transfer.
-
-    optional: yield None instead of raising (O_DIRECT on tmpfs: fall back to buffered reads).
-    """
+def _open_for(path: str | os.PathLike | int, flags: int) -> Iterator[int]:
+    """Open a path (or borrow a descriptor) for the length of a transfer."""
     if isinstance(path, int):
-        yield None if flags & os.O_DIRECT else path
+        yield path
         return
     try:
         fd = os.open(path, flags | os.O_CLOEXEC, 0o600)
     except OSError as exc:
-        if not optional:
-            raise RestoreprofError(f"cannot open {path}: {exc.strerror}",
-                                   hint="check the path and its permissions") from None
-        yield None
-        return
+        raise RestoreprofError(f"cannot open {path}: {exc.strerror}",
+                               hint="check the path and its permissions") from None
     try:
         yield fd
     finally:
