@@ -121,36 +121,42 @@ static __always_inline int exit_call(u32 op, s64 ret) {
 #define CUDA_KEY_BASE 0x1000   /* apart from the syscall ops, which key by op */
 BPF_HASH(depth, u32, u32, ${max_tasks});
 
-static __always_inline int push_call(struct pt_regs *ctx, u32 op, s32 out_arg) {
+/* A CUDA call's entry: count its nesting depth; 0 when it is not recorded (an untraced
+ * process, or nested deeper than MAX_DEPTH). */
+static __always_inline int cuda_depth_enter(u32 *tid, u32 *level) {
     u64 id = bpf_get_current_pid_tgid();
     if (!is_traced(id >> 32)) return 0;
-    u32 tid = (u32)id, zero = 0;
-    u32 *d = depth.lookup_or_try_init(&tid, &zero);
+    u32 zero = 0;
+    *tid = (u32)id;
+    u32 *d = depth.lookup_or_try_init(tid, &zero);
     if (!d) return 0;
-    u32 level = *d;
-    *d = level + 1;
-    if (level >= MAX_DEPTH) return 0;
+    *level = *d;
+    *d = *level + 1;
+    return *level < MAX_DEPTH;
+}
+
+static __always_inline void cuda_store_call(u32 tid, u32 level, struct call_t *call) {
+    u64 key = call_key(tid, CUDA_KEY_BASE + level);
+    if (inflight.update(&key, call)) count_lost();   /* map full: the call is lost */
+}
+
+static __always_inline int push_call(struct pt_regs *ctx, u32 op, s32 out_arg) {
+    u32 tid, level;
+    if (!cuda_depth_enter(&tid, &level)) return 0;
     struct call_t call = {};
     call.start_ns = bpf_ktime_get_ns();
     call.a[0] = PT_REGS_PARM1(ctx); call.a[1] = PT_REGS_PARM2(ctx);
     call.a[2] = PT_REGS_PARM3(ctx); call.a[3] = PT_REGS_PARM4(ctx);
     call.a[4] = PT_REGS_PARM5(ctx); call.a[5] = PT_REGS_PARM6(ctx);
     call.op = op; call.out_arg = out_arg;
-    u64 key = call_key(tid, CUDA_KEY_BASE + level);
-    if (inflight.update(&key, &call)) count_lost();   /* map full: the call is lost */
+    cuda_store_call(tid, level, &call);
     return 0;
 }
 
 /* 2D copies pass a CUDA_MEMCPY2D: keep the memory types, pointers and extent. */
 static __always_inline int push_copy2d(struct pt_regs *ctx, u32 op) {
-    u64 id = bpf_get_current_pid_tgid();
-    if (!is_traced(id >> 32)) return 0;
-    u32 tid = (u32)id, zero = 0;
-    u32 *d = depth.lookup_or_try_init(&tid, &zero);
-    if (!d) return 0;
-    u32 level = *d;
-    *d = level + 1;
-    if (level >= MAX_DEPTH) return 0;
+    u32 tid, level;
+    if (!cuda_depth_enter(&tid, &level)) return 0;
     u64 f[16] = {};
     u64 desc = PT_REGS_PARM1(ctx);
     if (desc) bpf_probe_read_user(&f, sizeof(f), (void *)desc);
@@ -163,8 +169,7 @@ static __always_inline int push_copy2d(struct pt_regs *ctx, u32 op) {
     call.a[3] = PT_REGS_PARM2(ctx);
     call.a[4] = (f[2] & 0xff) | ((f[9] & 0xff) << 8);
     call.op = op; call.out_arg = -1;
-    u64 key = call_key(tid, CUDA_KEY_BASE + level);
-    if (inflight.update(&key, &call)) count_lost();   /* map full: the call is lost */
+    cuda_store_call(tid, level, &call);
     return 0;
 }
 
