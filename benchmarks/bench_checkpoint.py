@@ -52,6 +52,7 @@ def one_restore(images: Path, holders: list[HeldMemory], root: HeldMemory, *, se
         h.stop()
     return {"wall_s": wall, "total_s": result["total_s"], "verified": ok,
             "verify_images_s": step_seconds(result, "verify images"),
+            "verify_page_images_s": step_seconds(result, "verify page images"),  # during CRIU
             "criu_restore_s": step_seconds(result, "criu restore"),
             "gpu_restore_s": step_seconds(result, "GPU restore"),
             "gpu_reload_s": step_seconds(result, "GPU memory reload"),
@@ -72,6 +73,8 @@ def run_case(work: Path, host_mib: int, gpu_mib: int, procs: int, cold: bool, re
     ckpt = cli("checkpoint", "-p", str(root.pid), "-D", str(images))
     case = {"host_mib": host_mib, "gpu_mib": gpu_mib, "procs": procs, "optimized": optimized,
             "images_bytes": ckpt["images_bytes"],
+            "largest_images": sorted(((f.name, f.stat().st_size) for f in images.iterdir()),
+                                     key=lambda item: -item[1])[:6],
             "checkpoint": {s["name"]: round((s["end_ns"] - s["start_ns"]) / 1e9, 3)
                            for s in ckpt["steps"]}, "restores": []}
     modes = [(False, False)] * repeat + ([(False, True)] if cold else [])

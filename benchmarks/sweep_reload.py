@@ -35,7 +35,8 @@ def main() -> None:
     control = ShimControl(holder.pid)
     snapshot = args.work / "gpu.snap"
     base = OptimizerConfig()
-    print(f"{'op':<8} {'chunk MiB':>9} {'threads':>7} {'streams':>7} {'s':>7} {'GB/s':>6}")
+    print(f"{'op':<8} {'chunk MiB':>9} {'threads':>7} {'streams':>7} {'s':>7} {'GB/s':>6} "
+          f"{'map s':>6} {'pinning s, all threads':>22}")
     try:
         for chunk in args.chunks:
             for threads in args.threads:
@@ -47,7 +48,8 @@ def main() -> None:
                           f"{out['seconds']:>7.3f} {out['gbps']:>6.1f}", flush=True)
                     back = control.reload(snapshot, cfg)
                     print(f"{'reload':<8} {chunk:>9} {threads:>7} {streams:>7} "
-                          f"{back['seconds']:>7.3f} {back['gbps']:>6.1f}", flush=True)
+                          f"{back['seconds']:>7.3f} {back['gbps']:>6.1f} "
+                          f"{back['map_seconds']:>6.3f} {back['pool_seconds']:>22.3f}", flush=True)
         print("data after all cycles:", "OK" if holder.verify() else "MISMATCH")
     finally:
         holder.stop()

@@ -37,6 +37,17 @@ for stage in $stages; do
     demo)      restoreprof demo -o /tmp/rp-demo 2>&1 | tail -60 | tee "$out/demo.txt" ;;
     remap)     rp_python benchmarks/h100/gpu_remap.py --gib 2 2>&1 | tee "$out/remap.txt"
                rp_python benchmarks/h100/gpu_remap.py --gib 2 --optimized 2>&1 | tee -a "$out/remap.txt" ;;
+    imagecheck) rp_python benchmarks/bench_image_check.py --mib 700 --segments 2 8 32 --threads 8 16 2>&1 | tee "$out/imagecheck.txt" ;;
+    sweepfine) rp_python benchmarks/sweep_reload.py --gib 8 --chunks 1 2 --threads 12 16 24 --streams 4 8 2>&1 | tee "$out/sweepfine.txt" ;;
+    engine)    rp_python benchmarks/bench_optimizer.py --gib 8 --only b d --repeat 5 2>&1 | tee "$out/engine.txt" ;;
+    restore8o) rp_python benchmarks/bench_gpu_restore.py --gib 8 --only optimized --repeat 3 --json "$out/restore8o.json" 2>&1 | grep -v '^{' | tee "$out/restore8o.txt" ;;
+    overhead1g) rp_python benchmarks/bench_trace_overhead.py --mib 1024 --runs 9 2>&1 | tee "$out/overhead1g.txt" ;;
+    criulog)   # CRIU's own logs of an optimized 8 GiB checkpoint and restore, for where its time goes
+               rm -rf /tmp/rp-cl /tmp/rp-cl.state
+               rp_python benchmarks/h100/make_checkpoint.py /tmp/rp-cl --gpu-gib 8 --optimized
+               restoreprof restore -D /tmp/rp-cl --json > "$out/criulog-restore.json"
+               cp /tmp/rp-cl/criu-restore.log /tmp/rp-cl/criu-dump.log "$out/"
+               kill -9 $(python3 -c "import json;print(json.load(open('/tmp/rp-cl/restoreprof.json'))['root_pid'])") 2>/dev/null ;;
     overhead5) rp_python benchmarks/bench_trace_overhead.py --gpu-gib 8 --runs 5 2>&1 | tee "$out/overhead5.txt" ;;
     *)         echo "unknown stage $stage" ;;
   esac

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -57,8 +60,6 @@ def test_round_trip_256_mib_bit_exact(checkpoint_256, tmp_path):
         assert restored.root_pid == w.pid
         assert w.alive()
         assert w.verify(), "restored process's data differs from what it held before the dump"
-        names = [s.name for s in restored.steps]
-        assert names.index("verify images") < names.index("criu restore")
     finally:
         w.stop()
 
@@ -82,19 +83,60 @@ def test_leave_running_keeps_process_and_cli_json(held, tmp_path, restoreprof_cl
     assert w.alive()
 
 
-def test_altered_image_is_caught_before_criu(checkpoint_256, tmp_path, restoreprof_cli):
-    _, result = checkpoint_256
-    images = _copy_checkpoint(result.directory, tmp_path / "altered")
-    page = sorted(images.glob("pages-*.img"))[0]
-    with open(page, "r+b") as f:
-        f.seek(12345)
-        byte = f.read(1)
-        f.seek(12345)
-        f.write(bytes([byte[0] ^ 0xFF]))
-    out = restoreprof_cli("restore", "-D", str(images))
-    assert out.returncode != 0
-    assert "altered" in out.stderr and page.name in out.stderr
-    assert not (images / "criu-restore.log").exists(), "CRIU must not start on a damaged checkpoint"
+def _state(pid: int) -> str | None:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return None
+
+
+def test_altered_image_is_caught_before_the_process_runs(tmp_path, restoreprof_cli):
+    """CRIU restores while the images are checked, leaving the processes stopped: a damaged
+    image kills them before they run one instruction, and the checkpoint is left as it was."""
+    log = tmp_path / "ticks"
+    ticker = subprocess.Popen(["bash", "-c", f"while :; do echo x >> {log}; sleep 0.01; done"],
+                              stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                              start_new_session=True)
+    try:
+        while not log.exists() or log.stat().st_size < 10:
+            time.sleep(0.01)
+        images = checkpoint(ticker.pid, tmp_path / "c").directory
+        ticker.wait(timeout=10)
+        ticks = log.stat().st_size
+        page = max(images.glob("pages-*.img"), key=lambda p: p.stat().st_size)
+        with open(page, "r+b") as f:
+            f.seek(page.stat().st_size // 2)
+            byte = f.read(1)
+            f.seek(page.stat().st_size // 2)
+            f.write(bytes([byte[0] ^ 0xFF]))
+        damaged = page.read_bytes()
+        out = restoreprof_cli("restore", "-D", str(images))
+        assert out.returncode != 0
+        assert "altered" in out.stderr and page.name in out.stderr
+        assert "killed before they ran" in out.stderr
+        time.sleep(0.3)  # a process that had been resumed would have ticked by now
+        assert log.stat().st_size == ticks, "a process restored from a damaged image ran"
+        assert _state(ticker.pid) in (None, "Z")
+        assert page.read_bytes() == damaged, "the checkpoint must be left as it was"
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(ticker.pid, signal.SIGKILL)
+
+
+def test_restored_processes_resume_only_after_the_image_check(checkpoint_256, tmp_path):
+    w, result = checkpoint_256
+    images = _copy_checkpoint(result.directory, tmp_path / "order")
+    restored = restore(images)
+    try:
+        steps = {s.name: s for s in restored.steps}
+        # metadata and sizes before CRIU starts; page data while it runs, before any resume
+        assert steps["verify images"].end_ns <= steps["criu restore"].start_ns
+        assert steps["verify page images"].start_ns < steps["criu restore"].end_ns
+        assert steps["verify page images"].end_ns <= steps["resume processes"].start_ns
+        assert steps["criu restore"].end_ns <= steps["resume processes"].start_ns
+        assert w.verify()
+    finally:
+        w.stop()
 
 
 def test_truncated_image_is_caught(checkpoint_256, tmp_path):

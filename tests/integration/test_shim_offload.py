@@ -119,6 +119,10 @@ def test_offload_reload_round_trip(app, tmp_path):
         assert app.physical_mappings() == 0  # the memory is released, the addresses kept
         back = ctl.reload(snap, cfg)
         assert back["bytes"] == sum(SIZES)
+        # the breakdown: re-creating physical memory, and pinning the staging pool (new after
+        # OFFLOAD; summed over the workers, which pin while others copy)
+        assert 0 < back["map_seconds"] < back["seconds"]
+        assert back["pool_seconds"] > 0
         assert ctl.status()["state"] == "running"
         assert app.ask("check") == "ok"
 

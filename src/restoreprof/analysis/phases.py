@@ -42,12 +42,15 @@ def classifier(events: list[Event]) -> Callable[[Event], str]:
     """A function giving each event of this trace its phase (OTHER for the rest)."""
     has_page_paths = any(e.kind == SYSCALL and e.name in READ_SYSCALLS
                          and _PAGES.search(os.path.basename(e.path or "")) for e in events)
-    # With 'restoreprof restore' steps, page reads outside "criu restore" are not the restore
-    # (the image checksums read pages-*.img too).
+    # With 'restoreprof restore' steps, page reads outside "criu restore" are not the restore,
+    # nor are those of restoreprof itself (the image checks read pages-*.img while CRIU runs).
     windows = [(e.start_ns, e.end_ns) for e in events
                if e.kind == MARK and _CRIU_RESTORE_MARK.search(e.name)]
+    tool_pids = {e.pid for e in events if e.kind == MARK}
 
     def in_restore(e: Event) -> bool:
+        if e.pid in tool_pids:
+            return False
         return not windows or any(s <= e.start_ns <= t for s, t in windows)
 
     def classify(e: Event) -> str:

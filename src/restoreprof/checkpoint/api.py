@@ -2,16 +2,21 @@
 
 Checkpoint: (offload GPU memory through the interception library) -> driver lock + checkpoint
 of every CUDA process -> criu dump -> manifest.
-Restore: verify the manifest -> criu restore, with cuInit and context pre-warm overlapped ->
-per CUDA process, in parallel: driver restore -> unlock -> (reload offloaded GPU memory).
+Restore: verify the manifest and CRIU's metadata images -> criu restore (processes left
+stopped), with the page images' check and cuInit/context pre-warm overlapped -> resume once
+every image passed -> per CUDA process, in parallel: driver restore -> unlock -> (reload
+offloaded GPU memory).
 A failure at any step puts the processes back the way they were, or says how to.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
+import signal
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -22,11 +27,12 @@ from restoreprof.checkpoint.manifest import (
     MANIFEST_NAME,
     Manifest,
     ProcessRecord,
+    is_page_data,
     record_images,
     verify_images,
 )
 from restoreprof.checkpoint.steps import Step, StepClock
-from restoreprof.checkpoint.tree import comm, exists, process_tree
+from restoreprof.checkpoint.tree import comm, exists, is_stopped, process_tree
 from restoreprof.errors import RestoreprofError, require_root
 from restoreprof.optimizer.config import OptimizerConfig
 
@@ -79,6 +85,7 @@ def checkpoint(pid: int, directory: Path, *, leave_running: bool = False, offloa
     criu.criu_path()  # fail early, before anything is touched
     tree = process_tree(pid)
     names = {p: comm(p) for p in tree}
+    stopped = {p for p in tree if is_stopped(p)}
     directory = Path(directory).resolve()
     clock = StepClock()
     cuda_pids = clock.run("find CUDA processes", gpu.cuda_processes, tree)
@@ -109,7 +116,8 @@ def checkpoint(pid: int, directory: Path, *, leave_running: bool = False, offloa
     manifest = Manifest(
         root_pid=pid,
         processes=[ProcessRecord(p, names[p], p in cuda_pids,
-                                 "checkpointed" if p in cuda_pids else None, offloaded.get(p))
+                                 "checkpointed" if p in cuda_pids else None, offloaded.get(p),
+                                 stopped=p in stopped)
                    for p in tree],
         gpus=gpu.gpu_records() if cuda_pids else [],
         shell_job=shell_job,
@@ -140,29 +148,41 @@ def restore(directory: Path, *, gpu_map: dict[str, str] | None = None, parallel:
                              cuda_pids, clock.steps)
 
     criu.criu_path()
-    if verify:
-        skip = tuple(p.offload["snapshot"] for p in manifest.processes if p.offload)
-        clock.run("verify images", verify_images, directory, manifest, skip=skip)
     taken = [p.pid for p in manifest.processes if exists(p.pid)]
     if taken:
         raise RestoreprofError(
             f"PID {taken[0]} is in use, and CRIU restores processes with their original PIDs",
             hint=f"stop the process now holding PID {taken[0]} (is the original still running?)",
         )
+    # Every image's size and the contents of those that steer CRIU are checked first; the page
+    # data (most of the bytes) is hashed while CRIU restores, and CRIU leaves the processes
+    # stopped: none of them runs an instruction until every image has passed.
+    check = None
+    if verify:
+        snapshots = tuple(p.offload["snapshot"] for p in manifest.processes if p.offload)
+        clock.run("verify images", verify_images, directory, manifest, skip=snapshots,
+                  only=lambda name: not is_page_data(name))
+        check = _start_page_check(directory, manifest, snapshots, clock)
     # cuInit, the contexts and the staging pool warm up in this process while CRIU works: the
     # driver's restore needs cuInit, and none of it needs CRIU.
     warm = gpu.start_prewarm(optimizer, clock) if cuda_pids else None
-    # Verification has just read every image; read-ahead helps only where it was skipped.
+    # The image check reads every image; read-ahead helps only where it was skipped.
     readahead = _start_readahead(directory, optimizer) if not verify else None
     pidfile = directory / PIDFILE_NAME
     pidfile.unlink(missing_ok=True)
     try:
         root = clock.run("criu restore", criu.restore, directory, shell_job=manifest.shell_job,
-                         pidfile=pidfile, extra=criu_args or [])
+                         pidfile=pidfile, extra=criu_args or [], leave_stopped=check is not None)
+    except RestoreprofError:
+        if check:
+            check.result()  # a damaged image explains a CRIU failure better than CRIU's log
+        raise
     finally:
         pidfile.unlink(missing_ok=True)
         if readahead:
             _finish_readahead(readahead, clock)
+    if check:
+        _resume_after_page_check(check, manifest, clock)
     notes = []
     if cuda_pids:
         warm.wait()
@@ -170,6 +190,38 @@ def restore(directory: Path, *, gpu_map: dict[str, str] | None = None, parallel:
                            parallel, optimizer, clock)
     return RestoreResult(directory, root, [p.pid for p in manifest.processes], cuda_pids,
                          clock.steps, notes)
+
+
+def _start_page_check(directory: Path, manifest: Manifest, snapshots: tuple[str, ...],
+                      clock: StepClock) -> Future:
+    """Hash the page data on a thread of its own; result() waits and raises on damage. (GPU
+    snapshots are skipped: the engine checks their crc32c chunk by chunk as it loads them.)"""
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="page-check")
+    check = pool.submit(clock.run, "verify page images", verify_images, directory, manifest,
+                        skip=snapshots, only=is_page_data)
+    pool.shutdown(wait=False)  # the check runs on
+    return check
+
+
+def _pass_page_check_or_kill(check: Future, manifest: Manifest) -> None:
+    """Resume the processes CRIU left stopped once every image passed; else kill them."""
+    pids = [p.pid for p in manifest.processes]
+    try:
+        check.result()
+    except RestoreprofError as exc:
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        raise RestoreprofError(f"{exc.args[0]}\n  The restored processes were killed before "
+                               "they ran; the checkpoint is untouched.", hint=exc.hint) from exc
+    for record in manifest.processes:
+        if not record.stopped:  # one stopped when checkpointed stays stopped, as CRIU left it
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(record.pid, signal.SIGCONT)
+
+
+def _resume_after_page_check(check: Future, manifest: Manifest, clock: StepClock) -> None:
+    clock.run("resume processes", _pass_page_check_or_kill, check, manifest)
 
 
 def _start_readahead(directory: Path, optimizer: OptimizerConfig):

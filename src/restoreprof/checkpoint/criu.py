@@ -45,12 +45,16 @@ def dump(pid: int, directory: Path, *, leave_running: bool, shell_job: bool, ext
         )
 
 
-def restore(directory: Path, *, shell_job: bool, pidfile: Path, extra: list[str]) -> int:
-    """criu restore --restore-detached; returns the PID of the restored tree's root."""
+def restore(directory: Path, *, shell_job: bool, pidfile: Path, extra: list[str],
+            leave_stopped: bool = False) -> int:
+    """criu restore --restore-detached; returns the PID of the restored tree's root.
+    leave_stopped: every restored process is left stopped (SIGCONT resumes it)."""
     cmd = [criu_path(), "restore", "-D", str(directory), "-o", RESTORE_LOG, "-v4",
            "--restore-detached", "--pidfile", str(pidfile)]
     if shell_job:
         cmd.append("--shell-job")
+    if leave_stopped:
+        cmd.append("--leave-stopped")
     cmd += extra
     result = subprocess.run(cmd, capture_output=True, text=True, stdin=subprocess.DEVNULL)
     if result.returncode != 0:

@@ -30,6 +30,7 @@ class ProcessRecord:
     cuda: bool
     cuda_state: str | None = None   # the driver's state after the checkpoint
     offload: dict | None = None      # GPU memory snapshot written by the interception library
+    stopped: bool = False            # stopped by a signal when checkpointed: restored stopped
 
 
 @dataclass
@@ -114,18 +115,26 @@ def default_threads() -> int:
     return min(16, os.cpu_count() or 1)
 
 
-def record_images(directory: Path, threads: int | None = None) -> list[dict]:
+def record_images(directory: Path, threads: int | None = None,
+                  segment: int = SEGMENT_BYTES) -> list[dict]:
     """Size and segment digests of every file in directory except the manifest and logs."""
     names = sorted(p.name for p in directory.iterdir()
                    if p.is_file() and p.name != MANIFEST_NAME and not p.name.endswith((".log", ".tmp")))
-    digests = _hash_files(directory, names, threads or default_threads())
+    digests = _hash_files(directory, names, threads or default_threads(), segment)
     return [{"name": n, "bytes": (directory / n).stat().st_size, "sha256_segments": digests[n]}
             for n in names]
 
 
+def is_page_data(name: str) -> bool:
+    """CRIU's pages-N.img hold memory contents only, which CRIU copies without reading them;
+    every other image (pagemap, core, mm, files...) steers what CRIU does."""
+    return name.startswith("pages-") and name.endswith(".img")
+
+
 def verify_images(directory: Path, manifest: Manifest, threads: int | None = None,
-                  skip: tuple[str, ...] = ()) -> None:
-    """Raise RestoreprofError naming the first missing, truncated or altered image."""
+                  skip: tuple[str, ...] = (), only=None) -> None:
+    """Raise RestoreprofError naming the first missing, truncated or altered image. Every image's
+    presence and size is checked; contents are hashed for those only(name) accepts, not in skip."""
     names = []
     for image in manifest.images:
         path = directory / image["name"]
@@ -138,7 +147,7 @@ def verify_images(directory: Path, manifest: Manifest, threads: int | None = Non
                 f"checkpoint image {path} is {size} bytes, the manifest says {image['bytes']} (truncated?)",
                 hint="the checkpoint is damaged; restore from an intact copy or take a new one",
             )
-        if image["name"] not in skip:
+        if image["name"] not in skip and (only is None or only(image["name"])):
             names.append(image["name"])
     expected = {i["name"]: i["sha256_segments"] for i in manifest.images}
     found = _hash_files(directory, names, threads or default_threads(), manifest.segment_bytes)

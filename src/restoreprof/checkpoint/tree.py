@@ -18,6 +18,14 @@ def comm(pid: int) -> str:
         return "?"
 
 
+def is_stopped(pid: int) -> bool:
+    """True when pid is stopped by a signal (state T), as CRIU will also restore it."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "T"
+    except (OSError, IndexError):
+        return False
+
+
 def process_tree(pid: int) -> list[int]:
     """pid and all its descendants, parents first."""
     if not exists(pid):

@@ -55,10 +55,17 @@ def socket_path(pid: int) -> Path:
 
 
 def _parse_ok_numbers(text: str) -> dict[str, Any]:
-    nbytes, ns = (int(x) for x in text.split()[:2])
+    """'<bytes> <ns> [name_ns=<ns> ...]' -> {bytes, seconds, gbps, name_seconds...}."""
+    words = text.split()
+    nbytes, ns = (int(x) for x in words[:2])
     seconds = ns / 1e9
-    return {"bytes": nbytes, "seconds": seconds,
-            "gbps": nbytes / seconds / 1e9 if seconds > 0 else 0.0}
+    result = {"bytes": nbytes, "seconds": seconds,
+              "gbps": nbytes / seconds / 1e9 if seconds > 0 else 0.0}
+    for word in words[2:]:  # RELOAD's breakdown: map_ns (physical memory), pool_ns (staging)
+        name, _, value = word.partition("=")
+        if name.endswith("_ns") and value.isdigit():
+            result[name.removesuffix("_ns") + "_seconds"] = int(value) / 1e9
+    return result
 
 
 class ShimControl:

@@ -66,6 +66,8 @@ _SIGNATURES: dict[str, list] = {
     "cuMemFreeHost": [_c_ptr],
     "cuMemAlloc_v2": [ctypes.POINTER(_c_dptr), _c_size],
     "cuMemFree_v2": [_c_dptr],
+    "cuMemsetD8_v2": [_c_dptr, ctypes.c_ubyte, _c_size],
+    "cuCtxSynchronize": [],
     "cuMemcpyHtoD_v2": [_c_dptr, _c_ptr, _c_size],
     "cuMemcpyDtoH_v2": [_c_ptr, _c_dptr, _c_size],
     "cuMemcpyHtoDAsync_v2": [_c_dptr, _c_ptr, _c_size, _c_ptr],

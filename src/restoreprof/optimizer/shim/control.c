@@ -64,13 +64,6 @@ static int offloaded;
 
 /* ---- small helpers ---- */
 
-static uint64_t now_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
-}
-
 static uint64_t align_up(uint64_t v, uint64_t a)
 {
     return (v + a - 1) / a * a;
@@ -219,7 +212,7 @@ static void do_offload(const char *path, struct rp_engine_params p, char *reply,
         snprintf(reply, len, "ERR already offloaded: RELOAD first");
         return;
     }
-    uint64_t start = now_ns(), total = 0;
+    uint64_t start = rp_now_ns(), total = 0;
     char err[256] = "";
     struct alloc_list list = { 0 };
     rp_gate_close(); /* the application's intercepted calls wait from here */
@@ -250,7 +243,7 @@ static void do_offload(const char *path, struct rp_engine_params p, char *reply,
             snprintf(reply, len, "ERR %s", err);
         else
             snprintf(reply, len, "OK %llu %llu", (unsigned long long)total,
-                     (unsigned long long)(now_ns() - start));
+                     (unsigned long long)(rp_now_ns() - start));
     }
     free(list.items);
 }
@@ -284,15 +277,17 @@ static struct rp_allocation *find_in(struct alloc_list *list, const struct snap_
 /* Loads one record; on an engine failure, rebuilds the staging pool and tries once more
  * (pinned buffers made before a driver checkpoint may not survive it on every driver). */
 static CUresult load_record(int fd, struct rp_allocation *a, const struct snap_record *r,
-                            struct rp_engine_params p)
+                            struct rp_engine_params p, uint64_t *map_ns)
 {
     struct rp_transfer t = { .direction = RP_H2D, .device = a->address, .fd = fd,
                              .file_offset = (off_t)r->data_offset, .bytes = r->size,
                              .checksums = (uint32_t *)(r + 1) };
     CUresult rc = rp_real.cuCtxSetCurrent(a->context);
     if (rc == CUDA_SUCCESS && a->handle == 0) {
+        uint64_t start = rp_now_ns();
         rc = rp_vmm_map(a);
         rp_registry_each(store_handle, a);
+        *map_ns += rp_now_ns() - start;
     }
     if (rc != CUDA_SUCCESS)
         return rc;
@@ -300,8 +295,7 @@ static CUresult load_record(int fd, struct rp_allocation *a, const struct snap_r
     if (rc != CUDA_SUCCESS && rc != CUDA_ERROR_INVALID_IMAGE) {
         rp_log("reload of %#llx failed (%s); retrying with a new staging pool",
                (unsigned long long)a->address, rp_error_name(rc));
-        rp_engine_release();
-        rc = rp_engine_run(&t, p, 1);
+        rc = rp_engine_run(&t, p, 1); /* the engine dropped the pool on the driver error */
     }
     return rc;
 }
@@ -312,7 +306,8 @@ static void do_reload(const char *path, struct rp_engine_params p, char *reply, 
         snprintf(reply, len, "ERR not offloaded: nothing to reload");
         return;
     }
-    uint64_t start = now_ns(), total = 0;
+    uint64_t start = rp_now_ns(), total = 0, map_ns = 0;
+    uint64_t pool_ns = rp_engine_pool_setup_ns();
     char err[256] = "";
     struct snap_header h;
     struct alloc_list list = { 0 };
@@ -328,7 +323,7 @@ static void do_reload(const char *path, struct rp_engine_params p, char *reply, 
         const struct snap_record *r = (const struct snap_record *)cursor;
         cursor = (char *)(r + 1) + sums_bytes(r->n_chunks);
         struct rp_allocation *a = find_in(&list, r);
-        CUresult rc = a ? load_record(fd, a, r, p) : CUDA_ERROR_NOT_FOUND;
+        CUresult rc = a ? load_record(fd, a, r, p, &map_ns) : CUDA_ERROR_NOT_FOUND;
         if (rc != CUDA_SUCCESS)
             snprintf(err, sizeof(err), "%s %#llx (%llu bytes): %s",
                      a ? "reloading" : "no allocation in this process at",
@@ -349,8 +344,9 @@ static void do_reload(const char *path, struct rp_engine_params p, char *reply, 
     }
     offloaded = 0;
     rp_gate_open();
-    snprintf(reply, len, "OK %llu %llu", (unsigned long long)total,
-             (unsigned long long)(now_ns() - start));
+    snprintf(reply, len, "OK %llu %llu map_ns=%llu pool_ns=%llu", (unsigned long long)total,
+             (unsigned long long)(rp_now_ns() - start), (unsigned long long)map_ns,
+             (unsigned long long)(rp_engine_pool_setup_ns() - pool_ns));
 }
 
 /* ---- STATUS and the server ---- */

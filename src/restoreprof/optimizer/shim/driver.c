@@ -18,6 +18,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 struct rp_real rp_real;
@@ -38,6 +39,13 @@ void rp_log(const char *fmt, ...)
     /* write(2), not stdio: we may run inside a signal-unsafe or half-initialised program */
     ssize_t ignored = write(STDERR_FILENO, line, strlen(line));
     (void)ignored;
+}
+
+uint64_t rp_now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
 }
 
 const char *rp_error_name(CUresult rc)

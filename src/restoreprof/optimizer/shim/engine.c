@@ -180,53 +180,33 @@ static void *allocate_staging(size_t bytes, int pinned)
     return posix_memalign(&p, 4096, bytes) == 0 ? p : NULL;
 }
 
-struct slot_alloc {
-    int first, count;
-    size_t bytes;
-    CUcontext ctx;
-    CUresult rc;
-};
+/* Time spent pinning staging buffers and making streams, summed over the process's life and
+ * over the threads that did it (they pin while others already copy); RELOAD reports it. */
+static _Atomic uint64_t pool_setup_ns;
 
-static void *allocate_slot_range(void *raw)
+uint64_t rp_engine_pool_setup_ns(void)
 {
-    struct slot_alloc *a = raw;
-    a->rc = rp_real.cuCtxSetCurrent(a->ctx);
-    for (int i = a->first; a->rc == CUDA_SUCCESS && i < a->first + a->count; i++) {
-        struct slot *s = &pool.slots[i];
-        s->buffer = allocate_staging(a->bytes, pool.pinned);
-        a->rc = s->buffer ? rp_real.cuEventCreate(&s->done, CU_EVENT_DISABLE_TIMING)
-                          : CUDA_ERROR_OUT_OF_MEMORY;
-    }
-    return NULL;
+    return atomic_load(&pool_setup_ns);
 }
 
-/* Pinning costs about 0.4 s a GiB on the H100 (the pages are faulted, zeroed and locked):
- * allocate the slots two per thread, in parallel, as the workers will use them. */
-static CUresult allocate_slots(int n_slots, size_t bytes, CUcontext ctx)
+/* A worker's two slots, made on its first chunk: pinning costs about 0.4 s a GiB on the H100
+ * (the pages are faulted, zeroed and locked), so the first workers copy while later ones still
+ * pin, instead of every worker waiting for the whole pool. */
+static CUresult ensure_slots(int worker)
 {
-    int n_threads = (n_slots + 1) / 2;
-    pthread_t tids[MAX_THREADS];
-    struct slot_alloc args[MAX_THREADS];
-    int started[MAX_THREADS] = { 0 };
-    for (int t = 0; t < n_threads; t++) {
-        int first = 2 * t;
-        args[t] = (struct slot_alloc){ first, first + 2 <= n_slots ? 2 : n_slots - first, bytes, ctx,
-                                       CUDA_SUCCESS };
-        started[t] = t > 0 && pthread_create(&tids[t], NULL, allocate_slot_range, &args[t]) == 0;
-        if (t > 0 && !started[t])
-            allocate_slot_range(&args[t]);
+    for (int i = 2 * worker; i < 2 * worker + 2; i++) {
+        struct slot *s = &pool.slots[i];
+        if (s->buffer)
+            continue;
+        uint64_t start = rp_now_ns();
+        s->buffer = allocate_staging(pool.slot_bytes, pool.pinned);
+        CUresult rc = s->buffer ? rp_real.cuEventCreate(&s->done, CU_EVENT_DISABLE_TIMING)
+                                : CUDA_ERROR_OUT_OF_MEMORY;
+        atomic_fetch_add(&pool_setup_ns, rp_now_ns() - start);
+        if (rc != CUDA_SUCCESS)
+            return rc;
     }
-    allocate_slot_range(&args[0]);
-    CUresult rc = args[0].rc;
-    for (int t = 1; t < n_threads; t++) {
-        if (started[t])
-            pthread_join(tids[t], NULL);
-        if (rc == CUDA_SUCCESS)
-            rc = args[t].rc;
-    }
-    rp_real.cuCtxSetCurrent(ctx);
-    pool.n_slots = n_slots; /* pool_free skips the slots that stayed empty */
-    return rc;
+    return CUDA_SUCCESS;
 }
 
 /* Makes the pool fit p on context ctx (the caller's current one). */
@@ -236,16 +216,18 @@ static CUresult pool_fit(struct rp_engine_params p, CUcontext ctx)
     if (pool.context == ctx && pool.slot_bytes == p.chunk_bytes && pool.n_slots == want_slots &&
         pool.n_streams == p.streams && pool.pinned == rp_config.pinned)
         return CUDA_SUCCESS;
+    uint64_t start = rp_now_ns();
     pool_free();
     rp_real.cuCtxSetCurrent(ctx);
     pool.context = ctx;
     pool.slot_bytes = p.chunk_bytes;
     pool.pinned = rp_config.pinned;
     CUresult rc = rp_real.cuEventCreate(&pool.order, CU_EVENT_DISABLE_TIMING);
-    for (; rc == CUDA_SUCCESS && pool.n_streams < p.streams; pool.n_streams++)
+    while (rc == CUDA_SUCCESS && pool.n_streams < p.streams) {
         rc = rp_real.cuStreamCreate(&pool.streams[pool.n_streams], CU_STREAM_NON_BLOCKING);
-    if (rc == CUDA_SUCCESS)
-        rc = allocate_slots(want_slots, p.chunk_bytes, ctx);
+        pool.n_streams += rc == CUDA_SUCCESS;
+    }
+    pool.n_slots = want_slots; /* empty: each worker fills its own pair (ensure_slots) */
     if (rc != CUDA_SUCCESS) {
         rp_log("staging pool (%d x %zu MiB) failed: %s", want_slots, p.chunk_bytes / RP_MIB,
                rp_error_name(rc));
@@ -254,6 +236,7 @@ static CUresult pool_fit(struct rp_engine_params p, CUcontext ctx)
         RP_DEBUG("staging pool: %d x %zu MiB, %d streams", want_slots, p.chunk_bytes / RP_MIB,
                  p.streams);
     }
+    atomic_fetch_add(&pool_setup_ns, rp_now_ns() - start);
     return rc;
 }
 
@@ -392,6 +375,8 @@ static void *worker(void *raw)
     CUstream stream = pool.streams[arg->id % pool.n_streams];
     size_t in_flight[2] = { job->n_chunks, job->n_chunks }; /* D2H chunk held by each slot */
     CUresult rc = rp_real.cuCtxSetCurrent(pool.context);
+    if (rc == CUDA_SUCCESS)
+        rc = ensure_slots(arg->id);
     int turn = 0;
     for (size_t i; rc == CUDA_SUCCESS && (i = take_chunk(job)) < job->n_chunks; turn ^= 1) {
         if (job->t->direction == RP_H2D) {
@@ -466,6 +451,8 @@ CUresult rp_engine_run(struct rp_transfer *t, struct rp_engine_params p, int wai
     rc = pool_fit(p, ctx);
     if (rc == CUDA_SUCCESS && t->bytes)
         rc = run_job(t, p);
+    if (rc != CUDA_SUCCESS && rc != RP_ERROR_IO && rc != RP_ERROR_CHECKSUM)
+        pool_free(); /* a pool a driver error left in doubt (or half made) is made anew */
     rp_real.cuCtxSetCurrent(ctx); /* worker 0 ran here and set the pool's: put the caller's back */
     pthread_mutex_unlock(&pool.busy);
     return rc;

@@ -110,6 +110,7 @@ extern struct rp_config rp_config;
 void rp_config_load(void);
 
 void rp_log(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+uint64_t rp_now_ns(void); /* CLOCK_MONOTONIC */
 #define RP_DEBUG(...)                \
     do {                             \
         if (rp_config.debug)         \
@@ -147,6 +148,8 @@ struct rp_engine_params rp_engine_default_params(void);
 CUresult rp_engine_run(struct rp_transfer *t, struct rp_engine_params p, int wait);
 /* Frees the staging pool (it is allocated again on next use). */
 void rp_engine_release(void);
+/* Nanoseconds spent setting up staging pools so far (pinning, streams, events). */
+uint64_t rp_engine_pool_setup_ns(void);
 size_t rp_chunk_count(size_t bytes, size_t chunk);
 uint32_t rp_crc32c(uint32_t crc, const void *data, size_t n);
 
