@@ -65,7 +65,6 @@ def test_trace_cli_restore_dir_marks_and_phase_order(tmp_path, restoreprof_cli):
         pages = _pages_bytes(result.directory)
         assert abs(report["io"]["preadv"]["bytes"] - pages) <= pages / 100
         marks = [e for e in _events(tmp_path / "out") if e.kind == "mark"]
-        steps = [m.name for m in sorted(marks, key=lambda m: m.start_ns)]
         by_name = {m.name: m for m in marks}
         assert by_name["verify images"].end_ns <= by_name["criu restore"].start_ns
         assert by_name["verify page images"].end_ns <= by_name["resume processes"].start_ns
