@@ -19,6 +19,7 @@
 #define _GNU_SOURCE
 #include <cuda.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdint.h>
@@ -26,6 +27,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #define EXPORT __attribute__((visibility("default")))
@@ -840,6 +842,44 @@ EXPORT CUresult cuMemRelease(CUmemGenericAllocationHandle handle)
         return CUDA_ERROR_INVALID_HANDLE;
     close(phys->fd);
     free(phys);
+    return CUDA_SUCCESS;
+}
+
+/* Shareable handles: the exported descriptor is a duplicate of the memfd, and importing one
+ * makes a new handle over the same memory, as sharing physical memory between processes does. */
+EXPORT CUresult cuMemExportToShareableHandle(void *shareable, CUmemGenericAllocationHandle handle,
+                                             CUmemAllocationHandleType type,
+                                             unsigned long long flags)
+{
+    ENTER_INIT("cuMemExportToShareableHandle");
+    struct fake_phys *phys = (struct fake_phys *)(uintptr_t)handle;
+    if (!phys || !shareable || type != CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR)
+        return CUDA_ERROR_INVALID_VALUE;
+    int fd = fcntl(phys->fd, F_DUPFD_CLOEXEC, 0);
+    if (fd < 0)
+        return CUDA_ERROR_OUT_OF_MEMORY;
+    *(int *)shareable = fd;
+    return CUDA_SUCCESS;
+}
+
+EXPORT CUresult cuMemImportFromShareableHandle(CUmemGenericAllocationHandle *handle,
+                                               void *shareable, CUmemAllocationHandleType type)
+{
+    ENTER_INIT("cuMemImportFromShareableHandle");
+    struct stat st;
+    int given = (int)(intptr_t)shareable;
+    if (!handle || type != CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR || fstat(given, &st) != 0)
+        return CUDA_ERROR_INVALID_VALUE;
+    struct fake_phys *phys = malloc(sizeof(*phys));
+    if (!phys)
+        return CUDA_ERROR_OUT_OF_MEMORY;
+    phys->fd = fcntl(given, F_DUPFD_CLOEXEC, 0);
+    phys->size = (size_t)st.st_size;
+    if (phys->fd < 0) {
+        free(phys);
+        return CUDA_ERROR_INVALID_VALUE;
+    }
+    *handle = (CUmemGenericAllocationHandle)(uintptr_t)phys;
     return CUDA_SUCCESS;
 }
 

@@ -1,5 +1,7 @@
 """Issue 8's library side in a real process: VMM-served allocations, OFFLOAD / RELOAD through
-the control socket (bit-exact, checksummed, gated), and the client's errors."""
+the control socket (bit-exact, checksummed, gated), the client's errors, and the preload path:
+restoreprof loads a snapshot into GPU memory it makes itself (the fake driver's memory is
+memfd-backed, so sharing it between processes works as on a GPU) and the application adopts it."""
 
 import os
 import select
@@ -16,6 +18,7 @@ import pytest
 from restoreprof.errors import RestoreprofError
 from restoreprof.optimizer.config import OptimizerConfig
 from restoreprof.optimizer.control import ShimControl
+from restoreprof.optimizer.preload import adopt, preload_snapshot
 from restoreprof.optimizer.shim.build import build_library
 
 MIB = 1 << 20
@@ -193,3 +196,109 @@ def test_absent_process_and_process_without_shim(run_dir):
         plain.kill()
         plain.wait()
     assert "restoreprof exec" in info.value.hint
+
+
+# ---- preload and ADOPT ----
+
+CFG = OptimizerConfig(streams=2, threads=3, chunk_mb=1)
+
+
+@pytest.fixture
+def ours(fake_libcuda, monkeypatch):
+    """This process's side of preloading (the engine loaded with ctypes) on the same fake."""
+    monkeypatch.setenv("RESTOREPROF_REAL_LIBCUDA", str(fake_libcuda))
+
+
+def _our_physical_mappings() -> int:
+    return sum("fakecuda-phys" in line for line in Path("/proc/self/maps").read_text().splitlines())
+
+
+def test_preloaded_memory_is_adopted_bit_exact(app, ours, tmp_path):
+    ctl = ShimControl(app.proc.pid)
+    snap = tmp_path / "gpu.snap"
+    ctl.offload(snap, CFG)
+    assert app.physical_mappings() == 0
+    loaded = preload_snapshot(snap, CFG)
+    try:
+        assert loaded.count == len(SIZES) and loaded.bytes == sum(SIZES)
+        assert _our_physical_mappings() == len(SIZES)
+        assert ctl.status()["state"] == "offloaded"
+        result = adopt(app.proc.pid, loaded)
+        assert result["bytes"] == sum(SIZES)
+    finally:
+        loaded.release()
+    assert _our_physical_mappings() == 0  # ours dropped; the application's mapping keeps it
+    status = ctl.status()
+    assert status["state"] == "running" and status["gate"] == "open"
+    assert app.physical_mappings() == len(SIZES)
+    assert app.ask("check") == "ok"
+    # adopted memory is the process's own: it offloads and reloads like any other
+    again = tmp_path / "again.snap"
+    ctl.offload(again, CFG)
+    ctl.reload(again, CFG)
+    assert app.ask("check") == "ok"
+
+
+def test_the_gate_opens_only_when_every_allocation_is_back(app, ours, tmp_path):
+    ctl = ShimControl(app.proc.pid)
+    snap = tmp_path / "gpu.snap"
+    ctl.offload(snap, CFG)
+    loaded = preload_snapshot(snap, CFG)
+    try:
+        first = loaded.items[0]
+        reply = ctl.adopt(first.address, bytes(first.uuid).hex(), first.fd)
+        assert reply["remaining"] == len(SIZES) - 1
+        assert ctl.status()["gate"] == "closed"
+        with pytest.raises(RestoreprofError, match="no offloaded allocation"):
+            ctl.adopt(first.address, bytes(first.uuid).hex(), first.fd)  # already back
+        # RELOAD completes the rest (and rewrites the adopted one with the same bytes)
+        ctl.reload(snap, CFG)
+    finally:
+        loaded.release()
+    assert ctl.status()["gate"] == "open"
+    assert app.ask("check") == "ok"
+
+
+def test_adopt_refuses_memory_of_another_gpu_and_a_missing_descriptor(app, ours, tmp_path):
+    ctl = ShimControl(app.proc.pid)
+    snap = tmp_path / "gpu.snap"
+    ctl.offload(snap, CFG)
+    loaded = preload_snapshot(snap, CFG)
+    try:
+        item = loaded.items[0]
+        with pytest.raises(RestoreprofError, match="the memory offered is on"):
+            ctl.adopt(item.address, "ab" * 16, item.fd)
+        with pytest.raises(RestoreprofError, match="needs the memory's descriptor"):
+            ctl.request(f"ADOPT {item.address:x} {bytes(item.uuid).hex()}")
+        assert ctl.status()["state"] == "offloaded"
+    finally:
+        loaded.release()
+    ctl.reload(snap, CFG)
+    assert app.ask("check") == "ok"
+
+
+def test_a_damaged_snapshot_is_refused_and_nothing_is_left_allocated(app, ours, tmp_path):
+    ctl = ShimControl(app.proc.pid)
+    snap = tmp_path / "gpu.snap"
+    ctl.offload(snap, CFG)
+    raw = bytearray(snap.read_bytes())
+    table_bytes = struct.unpack_from("<Q", raw, 40)[0]
+    raw[-(-table_bytes // 4096) * 4096 + MIB + 5] ^= 0xFF  # a byte in the second chunk
+    bad = tmp_path / "bad.snap"
+    bad.write_bytes(raw)
+    before = _our_physical_mappings()
+    fds = len(os.listdir("/proc/self/fd"))
+    with pytest.raises(RestoreprofError, match="checksum mismatch"):
+        preload_snapshot(bad, CFG)
+    assert _our_physical_mappings() == before
+    assert len(os.listdir("/proc/self/fd")) == fds
+    with pytest.raises(RestoreprofError, match="not a restoreprof snapshot"):
+        preload_snapshot(_truncated(snap, tmp_path), CFG)
+    ctl.reload(snap, CFG)
+    assert app.ask("check") == "ok"
+
+
+def _truncated(snap: Path, tmp_path: Path) -> Path:
+    cut = tmp_path / "cut.snap"
+    cut.write_bytes(snap.read_bytes()[:16])
+    return cut

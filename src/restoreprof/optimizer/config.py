@@ -71,6 +71,8 @@ SETTINGS: tuple[Setting, ...] = (
             help="route large pageable copies through the engine"),
     Setting("parallel", bool, env=("RESTOREPROF_PARALLEL", "CRIU_CUDA_PARALLEL_RESTORE"),
             help="restore GPU memory with the parallel engine (off: the driver alone)"),
+    Setting("preload", bool, env=("RESTOREPROF_PRELOAD",),
+            help="load offloaded GPU memory while CRIU restores, for the process to adopt"),
 )
 _BY_NAME = {s.name: s for s in SETTINGS}
 
@@ -94,6 +96,7 @@ class OptimizerConfig:
     offload: bool = True
     intercept: bool = True
     parallel: bool = True
+    preload: bool = True
 
     def __post_init__(self) -> None:
         for setting in SETTINGS:

@@ -4,6 +4,7 @@
     ctl.offload(Path("/ckpt/gpu-123.snap"), cfg)   # GPU memory -> file, physical memory released
     ...                                            # driver checkpoint, criu dump / restore
     ctl.reload(Path("/ckpt/gpu-123.snap"), cfg)    # file -> GPU at the same addresses
+    ctl.adopt(address, gpu_uuid, fd)               # or: memory preloaded by restoreprof
     ctl.status()                                   # {"state": "running", "allocations": 3, ...}
 
 One request per connection: the library closes the connection as soon as it has replied, so
@@ -61,10 +62,14 @@ def _parse_ok_numbers(text: str) -> dict[str, Any]:
     seconds = ns / 1e9
     result = {"bytes": nbytes, "seconds": seconds,
               "gbps": nbytes / seconds / 1e9 if seconds > 0 else 0.0}
-    for word in words[2:]:  # RELOAD's breakdown: map_ns (physical memory), pool_ns (staging)
+    for word in words[2:]:  # RELOAD's map_ns, pool_ns; ADOPT's remaining
         name, _, value = word.partition("=")
-        if name.endswith("_ns") and value.isdigit():
+        if not value.isdigit():
+            continue
+        if name.endswith("_ns"):
             result[name.removesuffix("_ns") + "_seconds"] = int(value) / 1e9
+        else:
+            result[name] = int(value)
     return result
 
 
@@ -76,8 +81,9 @@ class ShimControl:
         self.timeout_s = timeout_s
         self.path = socket_path(pid)
 
-    def request(self, line: str) -> str:
-        """Send one request line; the text after OK, or RestoreprofError with the library's ERR."""
+    def request(self, line: str, fd: int | None = None) -> str:
+        """Send one request line (with fd attached, for ADOPT); the text after OK, or
+        RestoreprofError with the library's ERR."""
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
             sock.settimeout(self.timeout_s)
             try:
@@ -90,7 +96,11 @@ class ShimControl:
                 raise RestoreprofError(
                     f"PID {self.pid}'s control socket {self.path} does not answer: {exc}",
                     hint="the process may have exited or be stopped; check it with ps") from None
-            sock.sendall(line.encode() + b"\n")
+            data = line.encode() + b"\n"
+            if fd is not None:  # the descriptor rides on the first byte; the rest follows
+                socket.send_fds(sock, [data[:1]], [fd])
+                data = data[1:]
+            sock.sendall(data)
             reply = b""
             while not reply.endswith(b"\n"):
                 data = sock.recv(4096)
@@ -128,6 +138,11 @@ class ShimControl:
                safe: bool = False) -> dict[str, Any]:
         """Map memory at the same addresses again and load path into it (checksums verified)."""
         return self._transfer("RELOAD", path, cfg, safe)
+
+    def adopt(self, address: int, gpu_uuid: str, fd: int) -> dict[str, Any]:
+        """Map preloaded memory (fd, see optimizer.preload) at an offloaded allocation's address;
+        {bytes, seconds, remaining}. When none remains offloaded, the process runs on."""
+        return _parse_ok_numbers(self.request(f"ADOPT {address:x} {gpu_uuid}", fd))
 
     def status(self) -> dict[str, Any]:
         fields = dict(item.split("=", 1) for item in self.request("STATUS").split())

@@ -51,6 +51,7 @@ DIMENSIONS = {
     "streams": Dimension("streams", (1, 2, 4, 8, 16), ordered=True),
     "chunk_mb": Dimension("chunk_mb", (8, 16, 32, 64, 128, 256), ordered=True),
     "pinned": _bool("pinned"),
+    "preload": _bool("preload"),
 }
 
 # Which settings move which phase of a restore. A bottleneck phase is matched by keywords
@@ -58,7 +59,7 @@ DIMENSIONS = {
 PHASE_SETTINGS: tuple[tuple[tuple[str, ...], tuple[str, ...]], ...] = (
     (("verify", "checksum"), ("verify", "readahead", "threads")),
     (("reload", "h2d", "gpu memory", "copy", "pcie"),
-     ("streams", "chunk_mb", "threads", "pinned", "parallel")),
+     ("preload", "streams", "chunk_mb", "threads", "pinned", "parallel")),
     (("cuinit", "context", "prewarm", "init"), ("prewarm",)),
     (("driver", "unlock", "gpu"), ("parallel", "prewarm")),
     (("criu", "page", "cpu", "image", "read", "disk", "storage"), ("readahead", "threads", "verify")),
@@ -79,7 +80,7 @@ def build_space(has_cuda: bool, has_offload: bool) -> list[Dimension]:
     if has_cuda:
         names += ["prewarm", "parallel"]
     if has_offload:
-        names += ["streams", "chunk_mb", "pinned"]
+        names += ["preload", "streams", "chunk_mb", "pinned"]
     space = [DIMENSIONS[n] for n in names]
     rules = {"readahead": _readahead_runs, "threads": threads_used}
     return [replace(d, matters=rules.get(d.name)) for d in space]
@@ -94,7 +95,7 @@ def default_point(space: list[Dimension], config: OptimizerConfig | None = None)
 def plain_point(space: list[Dimension]) -> Point:
     """The plain driver path: offload, parallel restore, read-ahead and pre-warm off."""
     return default_point(space) | {"readahead": False, "prewarm": False, "parallel": False,
-                                   "offload": False}
+                                   "offload": False, "preload": False}
 
 
 def settings_for_phase(phase: str | None) -> tuple[str, ...]:

@@ -10,7 +10,11 @@
  *
  *   OFFLOAD <path> <streams> <chunk_mb> <threads>  -> OK <bytes> <ns> | ERR <message>
  *   RELOAD <path> <streams> <chunk_mb> <threads>   -> OK <bytes> <ns> | ERR <message>
+ *   ADOPT <address> <gpu uuid> + one fd (SCM_RIGHTS) -> OK <bytes> <ns> remaining=<n> | ERR
  *   STATUS                                          -> OK state=<running|offloaded> ...
+ *
+ * ADOPT maps memory restoreprof preloaded from the snapshot (preload.c) at one offloaded
+ * allocation's address; when none is left offloaded, it is as if RELOAD had run.
  *
  * While offloaded the gate is closed: the application's intercepted calls (copies, kernel and
  * graph launches, allocations) wait inside the library until RELOAD has put the memory back.
@@ -30,33 +34,6 @@
 #include <sys/un.h>
 #include <time.h>
 #include <unistd.h>
-
-#define SNAP_MAGIC "RPSNAP1"
-#define SNAP_VERSION 1
-#define SNAP_CRC32C 1
-#define SNAP_ALIGN 4096
-
-/* The snapshot file: header, then one record (plus its chunk checksums) per allocation, then
- * each allocation's bytes at a 4 KiB-aligned offset (so O_DIRECT readers can use it). */
-struct snap_header {
-    char magic[8];
-    uint32_t version;
-    uint32_t checksum_kind;
-    uint64_t chunk_bytes;
-    uint64_t count;
-    uint64_t total_bytes;
-    uint64_t table_bytes; /* header + records + checksums */
-    uint64_t reserved[2];
-};
-
-struct snap_record {
-    uint64_t address;
-    uint64_t size;
-    uint64_t reserved;
-    uint64_t data_offset;
-    int32_t device;
-    uint32_t n_chunks; /* followed by n_chunks uint32_t crc32c values */
-};
 
 static char socket_path[sizeof(((struct sockaddr_un *)0)->sun_path)];
 static pid_t owner_pid;
@@ -154,13 +131,13 @@ static int write_snapshot(int fd, struct alloc_list *list, struct rp_engine_para
     if (!buf)
         return snprintf(err, errlen, "out of memory"), -1;
     struct snap_header *h = (struct snap_header *)buf;
-    memcpy(h->magic, SNAP_MAGIC, 8);
-    h->version = SNAP_VERSION;
-    h->checksum_kind = SNAP_CRC32C;
+    memcpy(h->magic, RP_SNAP_MAGIC, 8);
+    h->version = RP_SNAP_VERSION;
+    h->checksum_kind = RP_SNAP_CRC32C;
     h->chunk_bytes = p.chunk_bytes;
     h->count = list->count;
     h->table_bytes = table;
-    uint64_t data = align_up(table, SNAP_ALIGN);
+    uint64_t data = align_up(table, RP_SNAP_ALIGN);
     char *cursor = buf + sizeof(*h);
     int rc = 0;
     for (size_t i = 0; i < list->count && rc == 0; i++) {
@@ -181,7 +158,7 @@ static int write_snapshot(int fd, struct alloc_list *list, struct rp_engine_para
             rc = -1;
         }
         h->total_bytes += a->size;
-        data = align_up(data + a->size, SNAP_ALIGN);
+        data = align_up(data + a->size, RP_SNAP_ALIGN);
     }
     if (rc == 0 && pwrite(fd, buf, table, 0) != (ssize_t)table) {
         snprintf(err, errlen, "writing the snapshot table failed: %s", strerror(errno));
@@ -250,10 +227,10 @@ static void do_offload(const char *path, struct rp_engine_params p, char *reply,
 
 /* ---- RELOAD ---- */
 
-static char *read_table(int fd, struct snap_header *h, char *err, size_t errlen)
+char *rp_snapshot_table(int fd, struct snap_header *h, char *err, size_t errlen)
 {
-    if (pread(fd, h, sizeof(*h), 0) != sizeof(*h) || memcmp(h->magic, SNAP_MAGIC, 8) != 0 ||
-        h->version != SNAP_VERSION || h->checksum_kind != SNAP_CRC32C) {
+    if (pread(fd, h, sizeof(*h), 0) != sizeof(*h) || memcmp(h->magic, RP_SNAP_MAGIC, 8) != 0 ||
+        h->version != RP_SNAP_VERSION || h->checksum_kind != RP_SNAP_CRC32C) {
         snprintf(err, errlen, "not a restoreprof snapshot (or another version)");
         return NULL;
     }
@@ -264,6 +241,11 @@ static char *read_table(int fd, struct snap_header *h, char *err, size_t errlen)
         return NULL;
     }
     return table;
+}
+
+const struct snap_record *rp_snapshot_next(const struct snap_record *r)
+{
+    return (const struct snap_record *)((const char *)(r + 1) + sums_bytes(r->n_chunks));
 }
 
 static struct rp_allocation *find_in(struct alloc_list *list, const struct snap_record *r)
@@ -315,13 +297,11 @@ static void do_reload(const char *path, struct rp_engine_params p, char *reply, 
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0)
         snprintf(err, sizeof(err), "cannot open %.160s: %s", path, strerror(errno));
-    else if ((table = read_table(fd, &h, err, sizeof(err))) && collect(&list) != 0)
+    else if ((table = rp_snapshot_table(fd, &h, err, sizeof(err))) && collect(&list) != 0)
         snprintf(err, sizeof(err), "out of memory");
     p.chunk_bytes = table ? h.chunk_bytes : p.chunk_bytes; /* checksums are per saved chunk */
-    char *cursor = table ? table + sizeof(h) : NULL;
-    for (uint64_t i = 0; table && !err[0] && i < h.count; i++) {
-        const struct snap_record *r = (const struct snap_record *)cursor;
-        cursor = (char *)(r + 1) + sums_bytes(r->n_chunks);
+    const struct snap_record *r = table ? (const struct snap_record *)(table + sizeof(h)) : NULL;
+    for (uint64_t i = 0; table && !err[0] && i < h.count; i++, r = rp_snapshot_next(r)) {
         struct rp_allocation *a = find_in(&list, r);
         CUresult rc = a ? load_record(fd, a, r, p, &map_ns) : CUDA_ERROR_NOT_FOUND;
         if (rc != CUDA_SUCCESS)
@@ -349,6 +329,99 @@ static void do_reload(const char *path, struct rp_engine_params p, char *reply, 
              (unsigned long long)(rp_engine_pool_setup_ns() - pool_ns));
 }
 
+/* ---- ADOPT ---- */
+
+static int count_offloaded(struct rp_allocation *a, void *arg)
+{
+    *(size_t *)arg += a->handle == 0;
+    return 0;
+}
+
+struct adoption {
+    CUdeviceptr address;
+    struct rp_allocation found;
+    int matched;
+};
+
+static int find_offloaded(struct rp_allocation *a, void *arg)
+{
+    struct adoption *want = arg;
+    if (a->address != want->address || a->handle != 0)
+        return 0;
+    want->found = *a;
+    want->matched = 1;
+    return 1;
+}
+
+static void uuid_hex(const CUuuid *u, char *out)
+{
+    for (int i = 0; i < 16; i++)
+        sprintf(out + 2 * i, "%02x", (unsigned char)u->bytes[i]);
+}
+
+/* Maps memory that restoreprof preloaded (preload.c), passed as fd, at an offloaded
+ * allocation's address. When the last offloaded allocation is back, the gate opens. */
+static void do_adopt(CUdeviceptr address, const char *uuid, int fd, char *reply, size_t len)
+{
+    uint64_t start = rp_now_ns();
+    struct adoption want = { .address = address };
+    char ours[33];
+    CUuuid u;
+    if (!offloaded || fd < 0) {
+        snprintf(reply, len, "ERR %s", fd < 0 ? "ADOPT needs the memory's descriptor"
+                                              : "not offloaded: nothing to adopt");
+        return;
+    }
+    rp_registry_each(find_offloaded, &want);
+    if (!want.matched) {
+        snprintf(reply, len, "ERR no offloaded allocation at %#llx", (unsigned long long)address);
+        return;
+    }
+    struct rp_allocation *a = &want.found;
+    CUresult rc = rp_real.cuDeviceGetUuid_v2 && rp_real.cuMemImportFromShareableHandle
+                      ? rp_real.cuDeviceGetUuid_v2(&u, a->device)
+                      : CUDA_ERROR_NOT_SUPPORTED;
+    if (rc == CUDA_SUCCESS)
+        uuid_hex(&u, ours);
+    if (rc == CUDA_SUCCESS && strcmp(ours, uuid) != 0) {
+        snprintf(reply, len, "ERR %#llx lives on GPU %s, the memory offered is on %s",
+                 (unsigned long long)address, ours, uuid);
+        return;
+    }
+    CUmemGenericAllocationHandle handle = 0;
+    if (rc == CUDA_SUCCESS)
+        rc = rp_real.cuCtxSetCurrent(a->context);
+    if (rc == CUDA_SUCCESS)
+        rc = rp_real.cuMemImportFromShareableHandle(&handle, (void *)(intptr_t)fd,
+                                                    CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR);
+    if (rc == CUDA_SUCCESS)
+        rc = rp_real.cuMemMap(a->address, a->reserved, 0, handle, 0);
+    CUmemAccessDesc access = { .location = { CU_MEM_LOCATION_TYPE_DEVICE, a->device },
+                               .flags = CU_MEM_ACCESS_FLAGS_PROT_READWRITE };
+    if (rc == CUDA_SUCCESS) {
+        rc = rp_real.cuMemSetAccess(a->address, a->reserved, &access, 1);
+        if (rc != CUDA_SUCCESS)
+            rp_real.cuMemUnmap(a->address, a->reserved);
+    }
+    if (rc != CUDA_SUCCESS) {
+        if (handle)
+            rp_real.cuMemRelease(handle);
+        snprintf(reply, len, "ERR adopting %#llx: %s", (unsigned long long)address,
+                 rp_error_name(rc));
+        return;
+    }
+    a->handle = handle;
+    rp_registry_each(store_handle, a);
+    size_t remaining = 0;
+    rp_registry_each(count_offloaded, &remaining);
+    if (remaining == 0) {
+        offloaded = 0;
+        rp_gate_open();
+    }
+    snprintf(reply, len, "OK %zu %llu remaining=%zu", a->size,
+             (unsigned long long)(rp_now_ns() - start), remaining);
+}
+
 /* ---- STATUS and the server ---- */
 
 static void do_status(char *reply, size_t len)
@@ -363,18 +436,21 @@ static void do_status(char *reply, size_t len)
              rp_gate_is_closed() ? "closed" : "open");
 }
 
-static void handle(const char *line, char *reply, size_t len)
+static void handle(const char *line, int fd, char *reply, size_t len)
 {
-    char path[4096];
+    char path[4096], uuid[40];
+    unsigned long long address = 0;
     int streams = 0, chunk_mb = 0, threads = 0;
     if (strcmp(line, "STATUS") == 0)
         do_status(reply, len);
+    else if (sscanf(line, "ADOPT %llx %39s", &address, uuid) == 2)
+        do_adopt((CUdeviceptr)address, uuid, fd, reply, len);
     else if (sscanf(line, "OFFLOAD %4095s %d %d %d", path, &streams, &chunk_mb, &threads) >= 1)
         do_offload(path, params_from(streams, chunk_mb, threads), reply, len);
     else if (sscanf(line, "RELOAD %4095s %d %d %d", path, &streams, &chunk_mb, &threads) >= 1)
         do_reload(path, params_from(streams, chunk_mb, threads), reply, len);
     else
-        snprintf(reply, len, "ERR unknown request (OFFLOAD, RELOAD or STATUS)");
+        snprintf(reply, len, "ERR unknown request (OFFLOAD, RELOAD, ADOPT or STATUS)");
 }
 
 static int peer_allowed(int conn)
@@ -386,15 +462,28 @@ static int peer_allowed(int conn)
     return cred.uid == 0 || cred.uid == geteuid();
 }
 
-static int read_line(int conn, char *line, size_t len)
+/* Reads one request line, byte by byte so nothing after it is consumed; a file descriptor
+ * sent with it (SCM_RIGHTS, for ADOPT) lands in *fd, else *fd is -1. */
+static int read_request(int conn, char *line, size_t len, int *fd)
 {
     size_t used = 0;
+    *fd = -1;
     while (used + 1 < len) {
-        ssize_t n = read(conn, line + used, 1);
+        union {
+            struct cmsghdr header;
+            char space[CMSG_SPACE(sizeof(int))];
+        } control;
+        struct iovec iov = { line + used, 1 };
+        struct msghdr msg = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = &control,
+                              .msg_controllen = sizeof(control) };
+        ssize_t n = recvmsg(conn, &msg, MSG_CMSG_CLOEXEC);
         if (n < 0 && errno == EINTR)
             continue;
         if (n <= 0)
             return -1;
+        for (struct cmsghdr *c = CMSG_FIRSTHDR(&msg); c; c = CMSG_NXTHDR(&msg, c))
+            if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS && *fd < 0)
+                memcpy(fd, CMSG_DATA(c), sizeof(int));
         if (line[used] == '\n')
             break;
         used++;
@@ -406,14 +495,17 @@ static int read_line(int conn, char *line, size_t len)
 static void serve_one(int conn)
 {
     char line[4200], reply[512];
+    int fd = -1;
     struct timeval timeout = { .tv_sec = 10 };
     setsockopt(conn, SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof(timeout));
     if (!peer_allowed(conn))
         snprintf(reply, sizeof(reply), "ERR permission denied: only the process owner or root");
-    else if (read_line(conn, line, sizeof(line)) != 0)
+    else if (read_request(conn, line, sizeof(line), &fd) != 0)
         snprintf(reply, sizeof(reply), "ERR no request");
     else
-        handle(line, reply, sizeof(reply));
+        handle(line, fd, reply, sizeof(reply));
+    if (fd >= 0)
+        close(fd);
     strcat(reply, "\n");
     ssize_t ignored = write(conn, reply, strlen(reply));
     (void)ignored;

@@ -51,6 +51,13 @@
     X(cuMemMap, (CUdeviceptr, size_t, size_t, CUmemGenericAllocationHandle, unsigned long long)) \
     X(cuMemUnmap, (CUdeviceptr, size_t))                                                       \
     X(cuMemSetAccess, (CUdeviceptr, size_t, const CUmemAccessDesc *, size_t))                  \
+    X(cuMemExportToShareableHandle,                                                            \
+      (void *, CUmemGenericAllocationHandle, CUmemAllocationHandleType, unsigned long long))   \
+    X(cuMemImportFromShareableHandle,                                                          \
+      (CUmemGenericAllocationHandle *, void *, CUmemAllocationHandleType))                     \
+    X(cuDeviceGet, (CUdevice *, int))                                                          \
+    X(cuDeviceGetUuid_v2, (CUuuid *, CUdevice))                                                \
+    X(cuDevicePrimaryCtxRetain, (CUcontext *, CUdevice))                                       \
     /* wrapped: */                                                                             \
     X(cuGetProcAddress_v1, (const char *, void **, int, cuuint64_t)) /* "cuGetProcAddress" */  \
     X(cuGetProcAddress_v2,                                                                     \
@@ -176,6 +183,41 @@ void rp_gate_leave(void);
 void rp_gate_close(void); /* waits for calls inside the gate to leave */
 void rp_gate_open(void);
 int rp_gate_is_closed(void);
+
+/* ---- snapshot files (control.c writes and reads them; preload.c reads them) ---- */
+
+#define RP_SNAP_MAGIC "RPSNAP1"
+#define RP_SNAP_VERSION 1
+#define RP_SNAP_CRC32C 1
+#define RP_SNAP_ALIGN 4096
+
+/* The snapshot file: header, then one record (plus its chunk checksums) per allocation, then
+ * each allocation's bytes at a 4 KiB-aligned offset (so O_DIRECT readers can use it). */
+struct snap_header {
+    char magic[8];
+    uint32_t version;
+    uint32_t checksum_kind;
+    uint64_t chunk_bytes;
+    uint64_t count;
+    uint64_t total_bytes;
+    uint64_t table_bytes; /* header + records + checksums */
+    uint64_t reserved[2];
+};
+
+struct snap_record {
+    uint64_t address;
+    uint64_t size;
+    uint64_t reserved;
+    uint64_t data_offset;
+    int32_t device;
+    uint32_t n_chunks; /* followed by n_chunks uint32_t crc32c values */
+};
+
+/* The table (header, records, checksums) of the snapshot open on fd, malloc'd; NULL and a
+ * message in err when it is not a snapshot or is cut short. */
+char *rp_snapshot_table(int fd, struct snap_header *h, char *err, size_t errlen);
+/* The record after r in a table. */
+const struct snap_record *rp_snapshot_next(const struct snap_record *r);
 
 /* ---- control socket (control.c) ---- */
 

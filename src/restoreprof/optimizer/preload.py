@@ -1,0 +1,94 @@
+"""Offloaded GPU memory, loaded by restoreprof while CRIU restores the process (shim/preload.c).
+
+    loaded = preload_snapshot(Path("/ckpt/gpu-123.snap"), cfg)   # during criu restore
+    ...                                                          # driver restore + unlock
+    adopt(123, loaded)       # the process maps the memory at its allocations' addresses
+
+RELOAD streams a snapshot back inside the application, after CRIU and the driver's restore.
+Preloading does the same transfer earlier, in this process: physical memory is created here,
+exportable as a file descriptor, filled by the engine (each chunk's crc32c checked), and handed
+to the restored process over its control socket. Either side holds its own reference, so the
+memory lives on in the process once adopted; `release()` drops ours.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from restoreprof.errors import RestoreprofError
+from restoreprof.optimizer.config import OptimizerConfig
+
+MAX_ALLOCATIONS = 1 << 16
+
+
+class _Preloaded(ctypes.Structure):  # struct rp_preloaded in shim/preload.c
+    _fields_ = [("address", ctypes.c_uint64), ("size", ctypes.c_uint64),
+                ("reserved", ctypes.c_uint64), ("device", ctypes.c_int32),
+                ("fd", ctypes.c_int32), ("handle", ctypes.c_uint64), ("local", ctypes.c_uint64),
+                ("uuid", ctypes.c_uint8 * 16)]
+
+
+def _library() -> ctypes.CDLL:
+    from restoreprof.optimizer.engine import native_engine
+
+    lib = native_engine()
+    lib.rp_snapshot_preload.restype = ctypes.c_long
+    lib.rp_snapshot_preload.argtypes = [ctypes.c_char_p, ctypes.c_int, ctypes.c_int,
+                                        ctypes.POINTER(_Preloaded), ctypes.c_long,
+                                        ctypes.c_char_p, ctypes.c_size_t]
+    lib.rp_preloaded_release.restype = None
+    lib.rp_preloaded_release.argtypes = [ctypes.POINTER(_Preloaded), ctypes.c_long]
+    return lib
+
+
+@dataclass
+class PreloadedSnapshot:
+    """A snapshot's allocations, in GPU memory this process made and still holds."""
+
+    snapshot: Path
+    items: ctypes.Array
+    count: int
+    seconds: float
+
+    @property
+    def bytes(self) -> int:
+        return sum(self.items[i].size for i in range(self.count))
+
+    def release(self) -> None:
+        """Drop this process's references (the memory lives on where it was adopted)."""
+        if self.count:
+            _library().rp_preloaded_release(self.items, self.count)
+            self.count = 0
+
+
+def preload_snapshot(snapshot: Path, cfg: OptimizerConfig | None = None) -> PreloadedSnapshot:
+    """Load every allocation of snapshot into new, exportable GPU memory; raises on any failure
+    (a damaged chunk included), leaving nothing allocated."""
+    cfg = cfg or OptimizerConfig()
+    items = (_Preloaded * MAX_ALLOCATIONS)()
+    err = ctypes.create_string_buffer(512)
+    start = time.monotonic()
+    count = _library().rp_snapshot_preload(str(snapshot).encode(), cfg.streams, cfg.threads,
+                                           items, MAX_ALLOCATIONS, err, len(err))
+    if count < 0:
+        raise RestoreprofError(f"preloading {snapshot} failed: {err.value.decode(errors='replace')}",
+                               hint="the restore falls back to reloading inside the process")
+    return PreloadedSnapshot(Path(snapshot), items, count, time.monotonic() - start)
+
+
+def adopt(pid: int, loaded: PreloadedSnapshot) -> dict:
+    """Hand each allocation to pid's interception library; {bytes, seconds}. Raises on the
+    first refusal; allocations adopted before it stay adopted (RELOAD completes the rest)."""
+    from restoreprof.optimizer.control import ShimControl
+
+    control = ShimControl(pid)
+    start = time.monotonic()
+    total = 0
+    for i in range(loaded.count):
+        item = loaded.items[i]
+        control.adopt(item.address, bytes(item.uuid).hex(), item.fd)
+        total += item.size
+    return {"bytes": total, "seconds": time.monotonic() - start}

@@ -1,0 +1,148 @@
+/*
+ * Preloading a snapshot in restoreprof's own process, while CRIU restores the application.
+ *
+ * RELOAD streams the snapshot back inside the application, so it can only start once CRIU and
+ * the driver's restore are done. Preloading moves that transfer earlier: restoreprof creates the
+ * physical memory itself (exportable as a POSIX file descriptor), fills it from the snapshot
+ * with the engine (every chunk's crc32c checked), and, once the application is back, hands the
+ * descriptors over its control socket (ADOPT, control.c). The application maps them at the
+ * addresses its allocations kept reserved: its pointers stay valid, and the GPU memory
+ * transfer has overlapped CRIU instead of following the driver.
+ *
+ * Loaded by restoreprof with ctypes (nothing interposed, no control channel). The memory
+ * outlives this process once adopted: each side holds its own reference.
+ */
+#define _GNU_SOURCE
+#include "shim.h"
+
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+struct rp_preloaded {
+    uint64_t address;  /* where the application's allocation is reserved */
+    uint64_t size;     /* bytes of data */
+    uint64_t reserved; /* bytes of physical memory (the allocation's reservation) */
+    int32_t device;    /* ordinal, in this process's numbering */
+    int32_t fd;        /* POSIX fd of the physical memory; -1 until exported */
+    uint64_t handle;   /* this process's handle */
+    uint64_t local;    /* where it is mapped in this process, 0 when not */
+    uint8_t uuid[16];  /* of the device, for the application to check against its own */
+};
+
+RP_EXPORT void rp_preloaded_release(struct rp_preloaded *items, long count)
+{
+    for (long i = 0; i < count; i++) {
+        struct rp_preloaded *p = &items[i];
+        if (p->local) {
+            rp_real.cuMemUnmap(p->local, p->reserved);
+            rp_real.cuMemAddressFree(p->local, p->reserved);
+        }
+        if (p->handle)
+            rp_real.cuMemRelease(p->handle);
+        if (p->fd >= 0)
+            close(p->fd);
+        p->local = p->handle = 0;
+        p->fd = -1;
+    }
+}
+
+static CUresult make_exportable(struct rp_preloaded *p)
+{
+    CUdevice dev;
+    CUcontext ctx;
+    CUresult rc = rp_real.cuDeviceGet(&dev, p->device);
+    if (rc == CUDA_SUCCESS)
+        rc = rp_real.cuDeviceGetUuid_v2((CUuuid *)p->uuid, dev);
+    if (rc == CUDA_SUCCESS)
+        rc = rp_real.cuDevicePrimaryCtxRetain(&ctx, dev);
+    if (rc == CUDA_SUCCESS)
+        rc = rp_real.cuCtxSetCurrent(ctx);
+    CUmemAllocationProp prop;
+    memset(&prop, 0, sizeof(prop));
+    prop.type = CU_MEM_ALLOCATION_TYPE_PINNED;
+    prop.location.type = CU_MEM_LOCATION_TYPE_DEVICE;
+    prop.location.id = dev;
+    prop.requestedHandleTypes = CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR;
+    CUmemGenericAllocationHandle handle = 0;
+    if (rc == CUDA_SUCCESS)
+        rc = rp_real.cuMemCreate(&handle, p->reserved, &prop, 0);
+    if (rc != CUDA_SUCCESS)
+        return rc;
+    p->handle = handle;
+    CUdeviceptr local = 0;
+    rc = rp_real.cuMemAddressReserve(&local, p->reserved, 0, 0, 0);
+    if (rc != CUDA_SUCCESS)
+        return rc;
+    rc = rp_real.cuMemMap(local, p->reserved, 0, handle, 0);
+    if (rc != CUDA_SUCCESS) {
+        rp_real.cuMemAddressFree(local, p->reserved);
+        return rc;
+    }
+    p->local = local;
+    CUmemAccessDesc access = { .location = prop.location,
+                               .flags = CU_MEM_ACCESS_FLAGS_PROT_READWRITE };
+    return rp_real.cuMemSetAccess(local, p->reserved, &access, 1);
+}
+
+/* Fills out[0..count) from the snapshot at path and returns count, or -1 with err set (and
+ * nothing left allocated). streams/threads as for the engine; the chunk size is the snapshot's
+ * (its checksums are per chunk). Each item's fd is the memory, ready for ADOPT. */
+RP_EXPORT long rp_snapshot_preload(const char *path, int streams, int threads,
+                                   struct rp_preloaded *out, long max, char *err, size_t errlen)
+{
+    if (rp_load_real() || !rp_real.cuMemExportToShareableHandle || !rp_real.cuDeviceGetUuid_v2) {
+        snprintf(err, errlen, "the CUDA driver lacks what preloading needs");
+        return -1;
+    }
+    CUresult init = rp_real.cuInit(0); /* may run before this process's own pre-warm */
+    if (init != CUDA_SUCCESS) {
+        snprintf(err, errlen, "cuInit: %s", rp_error_name(init));
+        return -1;
+    }
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) {
+        snprintf(err, errlen, "cannot open %.200s: %m", path);
+        return -1;
+    }
+    struct snap_header h;
+    char *table = rp_snapshot_table(fd, &h, err, errlen);
+    long n = 0;
+    CUresult rc = CUDA_SUCCESS;
+    if (table && (long)h.count > max) {
+        snprintf(err, errlen, "the snapshot holds %llu allocations, more than %ld",
+                 (unsigned long long)h.count, max);
+        rc = CUDA_ERROR_INVALID_VALUE;
+    }
+    const struct snap_record *r = table ? (const struct snap_record *)(table + sizeof(h)) : NULL;
+    for (; table && rc == CUDA_SUCCESS && n < (long)h.count; n++, r = rp_snapshot_next(r)) {
+        struct rp_preloaded *p = &out[n];
+        *p = (struct rp_preloaded){ .address = r->address, .size = r->size,
+                                    .reserved = r->reserved, .device = r->device, .fd = -1 };
+        rc = make_exportable(p);
+        struct rp_transfer t = { .direction = RP_H2D, .device = p->local, .fd = fd,
+                                 .file_offset = (off_t)r->data_offset, .bytes = r->size,
+                                 .checksums = (uint32_t *)(r + 1) };
+        struct rp_engine_params params = { streams, threads, h.chunk_bytes };
+        if (rc == CUDA_SUCCESS)
+            rc = rp_engine_run(&t, params, 1);
+        int exported = -1;
+        if (rc == CUDA_SUCCESS)
+            rc = rp_real.cuMemExportToShareableHandle(&exported, p->handle,
+                                                      CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR, 0);
+        p->fd = exported;
+        if (rc != CUDA_SUCCESS)
+            snprintf(err, errlen, "preloading %#llx (%llu bytes): %s",
+                     (unsigned long long)r->address, (unsigned long long)r->size,
+                     rc == CUDA_ERROR_INVALID_IMAGE ? "checksum mismatch" : rp_error_name(rc));
+    }
+    free(table);
+    close(fd);
+    if (!table || rc != CUDA_SUCCESS) {
+        rp_preloaded_release(out, n);
+        return -1;
+    }
+    return n;
+}
