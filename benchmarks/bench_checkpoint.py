@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -22,9 +23,9 @@ from pathlib import Path
 from restoreprof.workloads.controller import HeldMemory
 
 
-def cli(*args: str) -> dict:
+def cli(*args: str, env: dict | None = None) -> dict:
     out = subprocess.run([sys.executable, "-m", "restoreprof", *args, "--json"],
-                         capture_output=True, text=True)
+                         capture_output=True, text=True, env=env)
     if out.returncode != 0:
         raise SystemExit(f"restoreprof {' '.join(args)} failed:\n{out.stderr}")
     return json.loads(out.stdout)
@@ -40,11 +41,11 @@ def step_seconds(result: dict, name: str) -> float:
 
 
 def one_restore(images: Path, holders: list[HeldMemory], root: HeldMemory, *, serial: bool,
-                cold: bool) -> dict:
+                cold: bool, env: dict | None = None) -> dict:
     if cold:
         drop_caches()
     start = time.monotonic()
-    result = cli("restore", "-D", str(images), *(["--serial"] if serial else []))
+    result = cli("restore", "-D", str(images), *(["--serial"] if serial else []), env=env)
     wall = time.monotonic() - start
     ok = all(h.verify() for h in holders)
     root.stop()
@@ -55,15 +56,20 @@ def one_restore(images: Path, holders: list[HeldMemory], root: HeldMemory, *, se
             "verify_page_images_s": step_seconds(result, "verify page images"),  # during CRIU
             "criu_restore_s": step_seconds(result, "criu restore"),
             "gpu_restore_s": step_seconds(result, "GPU restore"),
-            "gpu_reload_s": step_seconds(result, "GPU memory reload"),
+            # the process's GPU memory back: adopted (preloaded during CRIU) or reloaded
+            "gpu_reload_s": step_seconds(result, "GPU memory reload")
+            + step_seconds(result, "GPU memory adopt"),
+            "gpu_preload_s": step_seconds(result, "GPU memory preload (overlapped)"),
             "gpu_driver_restore_s": [round(step_seconds({"steps": [s]}, "GPU driver restore"), 3)
                                      for s in result["steps"] if s["name"] == "GPU driver restore"],
             "serial": serial, "cold": cold}
 
 
 def run_case(work: Path, host_mib: int, gpu_mib: int, procs: int, cold: bool, repeat: int,
-             optimized: bool = False) -> dict:
-    """optimized: the workload runs under 'restoreprof exec' (GPU memory offload + reload)."""
+             optimized: bool = False, preload: bool = True) -> dict:
+    """optimized: the workload runs under 'restoreprof exec' (GPU memory offload, then preload
+    and adopt, or with preload False, reload inside the process)."""
+    env = dict(os.environ, RESTOREPROF_PRELOAD=str(int(preload)))
     shutil.rmtree(work, ignore_errors=True)
     prefix = [sys.executable, "-m", "restoreprof", "exec", "--"] if optimized else None
     root = HeldMemory.start(work / "state", host_mib, gpu_mib, children=procs if procs > 1 else 0,
@@ -72,6 +78,7 @@ def run_case(work: Path, host_mib: int, gpu_mib: int, procs: int, cold: bool, re
     images = work / "images"
     ckpt = cli("checkpoint", "-p", str(root.pid), "-D", str(images))
     case = {"host_mib": host_mib, "gpu_mib": gpu_mib, "procs": procs, "optimized": optimized,
+            "preload": preload,
             "images_bytes": ckpt["images_bytes"],
             "largest_images": sorted(((f.name, f.stat().st_size) for f in images.iterdir()),
                                      key=lambda item: -item[1])[:6],
@@ -81,7 +88,8 @@ def run_case(work: Path, host_mib: int, gpu_mib: int, procs: int, cold: bool, re
     if procs > 1:
         modes += [(True, False)] * repeat
     for serial, cold_cache in modes:
-        case["restores"].append(one_restore(images, holders, root, serial=serial, cold=cold_cache))
+        case["restores"].append(one_restore(images, holders, root, serial=serial, cold=cold_cache,
+                                            env=env))
     shutil.rmtree(work, ignore_errors=True)
     return case
 

@@ -10,12 +10,14 @@ import pytest
 
 from restoreprof.checkpoint import checkpoint, restore
 from restoreprof.checkpoint.manifest import Manifest
+from restoreprof.optimizer.config import OptimizerConfig
 from restoreprof.workloads.controller import HeldMemory
 
 pytestmark = pytest.mark.root
 
 
-def test_offloaded_round_trip_through_criu(fake_driver, tmp_path):
+@pytest.mark.parametrize("preload", [True, False], ids=["preloaded", "reloaded"])
+def test_offloaded_round_trip_through_criu(fake_driver, tmp_path, preload):
     exec_prefix = [sys.executable, "-m", "restoreprof", "exec", "--"]
     w = HeldMemory.start(tmp_path / "state", 16, gpu_mib=48, prefix=exec_prefix)
     try:
@@ -27,9 +29,16 @@ def test_offloaded_round_trip_through_criu(fake_driver, tmp_path):
         # the GPU memory is in the snapshot, not in CRIU's page images
         pages = sum(i["bytes"] for i in result.manifest.images if i["name"].startswith("pages-"))
         assert pages < (48 << 20) + (200 << 20)
-        restored = restore(tmp_path / "ckpt")
-        names = [s.name for s in restored.steps]
-        assert names.index("criu restore") < names.index("GPU memory reload")
+        restored = restore(tmp_path / "ckpt", optimizer=OptimizerConfig(preload=preload))
+        steps = {s.name: s for s in restored.steps}
+        assert not restored.notes  # no fallback taken
+        if preload:  # loaded while CRIU ran, adopted after the driver's restore
+            assert steps["GPU memory preload (overlapped)"].start_ns < steps["criu restore"].end_ns
+            assert steps["criu restore"].end_ns <= steps["GPU memory adopt"].start_ns
+            assert "GPU memory reload" not in steps
+        else:
+            assert steps["criu restore"].end_ns <= steps["GPU memory reload"].start_ns
+            assert "GPU memory preload (overlapped)" not in steps
         assert w.verify(), "GPU memory differs after offload, criu dump/restore and reload"
         assert Manifest.load(tmp_path / "ckpt").processes[0].comm.startswith("python")
     finally:

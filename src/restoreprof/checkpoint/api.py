@@ -3,9 +3,9 @@
 Checkpoint: (offload GPU memory through the interception library) -> driver lock + checkpoint
 of every CUDA process -> criu dump -> manifest.
 Restore: verify the manifest and CRIU's metadata images -> criu restore (processes left
-stopped), with the page images' check and cuInit/context pre-warm overlapped -> resume once
-every image passed -> per CUDA process, in parallel: driver restore -> unlock -> (reload
-offloaded GPU memory).
+stopped), with the page images' check, cuInit/context pre-warm and the preload of offloaded GPU
+memory overlapped -> resume once every image passed -> per CUDA process, in parallel: driver
+restore -> unlock -> (adopt the preloaded GPU memory, or reload it).
 A failure at any step puts the processes back the way they were, or says how to.
 """
 
@@ -166,28 +166,37 @@ def restore(directory: Path, *, gpu_map: dict[str, str] | None = None, parallel:
     # cuInit, the contexts and the staging pool warm up in this process while CRIU works: the
     # driver's restore needs cuInit, and none of it needs CRIU.
     warm = gpu.start_prewarm(optimizer, clock) if cuda_pids else None
+    # Offloaded GPU memory is loaded here meanwhile, for each process to adopt once it is back;
+    # a GPU remap changes devices, so then the processes reload it themselves.
+    preloads = gpu.start_preloads(manifest, directory, optimizer, clock) \
+        if cuda_pids and optimizer.preload and optimizer.parallel and not pairs else None
     # The image check reads every image; read-ahead helps only where it was skipped.
     readahead = _start_readahead(directory, optimizer) if not verify else None
     pidfile = directory / PIDFILE_NAME
     pidfile.unlink(missing_ok=True)
     try:
-        root = clock.run("criu restore", criu.restore, directory, shell_job=manifest.shell_job,
-                         pidfile=pidfile, extra=criu_args or [], leave_stopped=check is not None)
-    except RestoreprofError:
+        try:
+            root = clock.run("criu restore", criu.restore, directory,
+                             shell_job=manifest.shell_job, pidfile=pidfile,
+                             extra=criu_args or [], leave_stopped=check is not None)
+        except RestoreprofError:
+            if check:
+                check.result()  # a damaged image explains a CRIU failure better than its log
+            raise
+        finally:
+            pidfile.unlink(missing_ok=True)
+            if readahead:
+                _finish_readahead(readahead, clock)
         if check:
-            check.result()  # a damaged image explains a CRIU failure better than CRIU's log
-        raise
+            _resume_after_page_check(check, manifest, clock)
+        notes = []
+        if cuda_pids:
+            warm.wait()
+            notes += clock.run("GPU restore", gpu.restore_all, cuda_pids, manifest, directory,
+                               pairs, parallel, optimizer, clock, preloads)
     finally:
-        pidfile.unlink(missing_ok=True)
-        if readahead:
-            _finish_readahead(readahead, clock)
-    if check:
-        _resume_after_page_check(check, manifest, clock)
-    notes = []
-    if cuda_pids:
-        warm.wait()
-        notes += clock.run("GPU restore", gpu.restore_all, cuda_pids, manifest, directory, pairs,
-                           parallel, optimizer, clock)
+        if preloads:
+            preloads.release()  # what a failure left unadopted
     return RestoreResult(directory, root, [p.pid for p in manifest.processes], cuda_pids,
                          clock.steps, notes)
 

@@ -2,11 +2,13 @@
 
 Offload: where a process runs with restoreprof's interception library, its GPU memory is
 written to DIR/gpu-<pid>.snap through the library's control channel and released before the
-driver's checkpoint, and streamed back at PCIe speed after the driver's restore.
+driver's checkpoint. On restore it is preloaded by restoreprof while CRIU works and adopted by
+the process after the driver's restore (or, failing that, streamed back inside the process).
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -116,6 +118,57 @@ def _reload(pid: int, directory: Path, record: dict, optimizer) -> str | None:
         return f"PID {pid}: fast reload failed ({first}); reloaded on the plain path"
 
 
+class Preloads:
+    """Offloaded snapshots loaded into GPU memory by this process while CRIU restores (see
+    optimizer.preload); each process adopts its own after the driver's restore."""
+
+    def __init__(self, offload: dict[int, dict], directory: Path, optimizer, clock) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="preload")
+        self._futures = {pid: self._pool.submit(self._load, pid, directory / rec["snapshot"],
+                                                optimizer, clock)
+                         for pid, rec in offload.items()}
+        self._pool.shutdown(wait=False)
+
+    @staticmethod
+    def _load(pid: int, snapshot: Path, optimizer, clock):
+        from restoreprof.optimizer.preload import preload_snapshot
+
+        return clock.run("GPU memory preload (overlapped)", preload_snapshot, snapshot, optimizer,
+                         pid=pid)
+
+    def adopt(self, pid: int, directory: Path, record: dict, optimizer) -> str | None:
+        """pid maps its preloaded memory; on any failure its snapshot is reloaded instead."""
+        from restoreprof.optimizer.preload import adopt
+
+        future = self._futures.pop(pid, None)
+        loaded = None
+        try:
+            if future is None:
+                raise RestoreprofError("nothing was preloaded")
+            loaded = future.result()
+            adopt(pid, loaded)
+            return None
+        except Exception as exc:  # the snapshot is intact: reload it inside the process
+            note = _reload(pid, directory, record, optimizer)
+            return f"PID {pid}: preloaded memory not adopted ({exc}); reloaded instead" + \
+                (f"; {note}" if note else "")
+        finally:
+            if loaded is not None:
+                loaded.release()
+
+    def release(self) -> None:
+        """Drop whatever was loaded and not adopted (after a failed restore)."""
+        for future in self._futures.values():
+            with contextlib.suppress(Exception):  # a failed preload holds nothing
+                future.result().release()
+        self._futures.clear()
+
+
+def start_preloads(manifest, directory: Path, optimizer, clock) -> Preloads | None:
+    offload = {p.pid: p.offload for p in manifest.processes if p.offload}
+    return Preloads(offload, directory, optimizer, clock) if offload else None
+
+
 def reload_all(offloaded: dict[int, dict], directory: Path, optimizer) -> list[str]:
     return [n for n in (_reload(pid, directory, rec, optimizer) for pid, rec in offloaded.items()) if n]
 
@@ -131,7 +184,7 @@ def resume_all(pids: list[int], offloaded: dict[int, dict], directory: Path, opt
 
 
 def restore_all(pids: list[int], manifest, directory: Path, pairs, parallel: bool, optimizer,
-                clock) -> list[str]:
+                clock, preloads: Preloads | None = None) -> list[str]:
     offload = {p.pid: p.offload for p in manifest.processes if p.offload}
 
     def one(pid: int) -> str | None:
@@ -155,6 +208,9 @@ def restore_all(pids: list[int], manifest, directory: Path, pairs, parallel: boo
         elif state != "running":
             raise RestoreprofError(f"PID {pid} is in CUDA state {state!r}, cannot restore it",
                                    hint="see the driver log (dmesg) and 'restoreprof doctor'")
+        if pid in offload and preloads:
+            return clock.run("GPU memory adopt", preloads.adopt, pid, directory, offload[pid],
+                             optimizer, pid=pid)
         if pid in offload:
             return clock.run("GPU memory reload", _reload, pid, directory, offload[pid], optimizer,
                              pid=pid)

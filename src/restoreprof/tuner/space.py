@@ -59,7 +59,7 @@ DIMENSIONS = {
 PHASE_SETTINGS: tuple[tuple[tuple[str, ...], tuple[str, ...]], ...] = (
     (("verify", "checksum"), ("verify", "readahead", "threads")),
     (("reload", "h2d", "gpu memory", "copy", "pcie"),
-     ("preload", "streams", "chunk_mb", "threads", "pinned", "parallel")),
+     ("streams", "chunk_mb", "threads", "pinned", "preload", "parallel")),
     (("cuinit", "context", "prewarm", "init"), ("prewarm",)),
     (("driver", "unlock", "gpu"), ("parallel", "prewarm")),
     (("criu", "page", "cpu", "image", "read", "disk", "storage"), ("readahead", "threads", "verify")),

@@ -69,7 +69,11 @@ static void find_real_dlsym(void)
 static void load_real_once(void)
 {
     find_real_dlsym();
+    /* The one restoreprof's Python side resolves (RESTOREPROF_LIBCUDA) when it loads this
+     * library itself, so both reach the same driver instance. */
     const char *path = getenv("RESTOREPROF_REAL_LIBCUDA");
+    if (!path || !*path)
+        path = getenv("RESTOREPROF_LIBCUDA");
     if (!path || !*path)
         path = "libcuda.so.1";
     real_handle = dlopen(path, RTLD_NOW | RTLD_GLOBAL);
