@@ -134,6 +134,7 @@ struct fake_ctx {
     int device;
     int primary;
     int refcount;
+    size_t stack_size; /* CU_LIMIT_STACK_SIZE; 0 means the default, 1024 */
 };
 
 static int initialized;
@@ -377,6 +378,29 @@ EXPORT CUresult cuCtxSynchronize(void)
 {
     ENTER_INIT("cuCtxSynchronize");
     NEED_CTX();
+    return CUDA_SUCCESS;
+}
+
+/* Only the stack size is kept (the one limit restoreprof's library changes); the others
+ * read as the driver's defaults. */
+EXPORT CUresult cuCtxGetLimit(size_t *value, CUlimit limit)
+{
+    ENTER_INIT("cuCtxGetLimit");
+    NEED_CTX();
+    if (!value)
+        return CUDA_ERROR_INVALID_VALUE;
+    *value = limit == CU_LIMIT_STACK_SIZE ? (current_ctx->stack_size ? current_ctx->stack_size : 1024)
+             : limit == CU_LIMIT_MALLOC_HEAP_SIZE ? 8u << 20
+                                                  : 0;
+    return CUDA_SUCCESS;
+}
+
+EXPORT CUresult cuCtxSetLimit(CUlimit limit, size_t value)
+{
+    ENTER_INIT("cuCtxSetLimit");
+    NEED_CTX();
+    if (limit == CU_LIMIT_STACK_SIZE)
+        current_ctx->stack_size = value;
     return CUDA_SUCCESS;
 }
 
@@ -1086,6 +1110,8 @@ static const struct {
     PROC("cuCtxPopCurrent", 4000, cuCtxPopCurrent_v2),
     PROC("cuCtxGetDevice", 2000, cuCtxGetDevice),
     PROC("cuCtxSynchronize", 2000, cuCtxSynchronize),
+    PROC("cuCtxGetLimit", 3010, cuCtxGetLimit),
+    PROC("cuCtxSetLimit", 3010, cuCtxSetLimit),
     PROC("cuMemAlloc", 3020, cuMemAlloc_v2),
     PROC("cuMemFree", 3020, cuMemFree_v2),
     PROC("cuMemGetInfo", 3020, cuMemGetInfo_v2),
@@ -1126,6 +1152,8 @@ static const struct {
     PROC("cuMemMap", 10020, cuMemMap),
     PROC("cuMemUnmap", 10020, cuMemUnmap),
     PROC("cuMemSetAccess", 10020, cuMemSetAccess),
+    PROC("cuMemExportToShareableHandle", 10020, cuMemExportToShareableHandle),
+    PROC("cuMemImportFromShareableHandle", 10020, cuMemImportFromShareableHandle),
     PROC("cuCheckpointProcessGetState", 12080, cuCheckpointProcessGetState),
     PROC("cuCheckpointProcessGetRestoreThreadId", 12080, cuCheckpointProcessGetRestoreThreadId),
     PROC("cuCheckpointProcessLock", 12080, cuCheckpointProcessLock),

@@ -36,6 +36,7 @@ APP = textwrap.dedent("""
     data = [rng.integers(0, 256, n, dtype=np.uint8) for n in sizes]
     ptrs = [cu.cuMemAlloc(n)[1] for n in sizes]
     small = cu.cuMemAlloc(4096)[1]  # below the VMM threshold: stays with cuMemAlloc
+    cu.cuCtxSetLimit(cu.CUlimit.CU_LIMIT_STACK_SIZE, 2048)  # not the default: put back exactly
     for p, d in zip(ptrs, data):
         assert cu.cuMemcpyHtoD(p, d.ctypes.data, d.nbytes)[0] == 0
     print("ready", flush=True)
@@ -51,6 +52,8 @@ APP = textwrap.dedent("""
         elif cmd == "copy":
             assert cu.cuMemcpyHtoD(ptrs[0], data[0].ctypes.data, 16)[0] == 0
             print("copied", flush=True)
+        elif cmd == "stack":  # not an intercepted call: it answers while offloaded too
+            print(cu.cuCtxGetLimit(cu.CUlimit.CU_LIMIT_STACK_SIZE)[1], flush=True)
         elif cmd == "free":
             for p in ptrs:
                 assert cu.cuMemFree(p)[0] == 0
@@ -120,7 +123,9 @@ def test_offload_reload_round_trip(app, tmp_path):
         assert out["bytes"] == sum(SIZES)
         assert ctl.status()["state"] == "offloaded"
         assert app.physical_mappings() == 0  # the memory is released, the addresses kept
+        assert app.ask("stack") == "16"  # no kernel runs: the stacks' local memory goes too
         back = ctl.reload(snap, cfg)
+        assert app.ask("stack") == "2048"
         assert back["bytes"] == sum(SIZES)
         # the breakdown: re-creating physical memory, and pinning the staging pool (new after
         # OFFLOAD; summed over the workers, which pin while others copy)
@@ -230,6 +235,7 @@ def test_preloaded_memory_is_adopted_bit_exact(app, ours, tmp_path):
     assert _our_physical_mappings() == 0  # ours dropped; the application's mapping keeps it
     status = ctl.status()
     assert status["state"] == "running" and status["gate"] == "open"
+    assert app.ask("stack") == "2048"
     assert app.physical_mappings() == len(SIZES)
     assert app.ask("check") == "ok"
     # adopted memory is the process's own: it offloads and reloads like any other

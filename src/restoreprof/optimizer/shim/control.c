@@ -120,6 +120,62 @@ static struct rp_engine_params params_from(int streams, int chunk_mb, int thread
     return p;
 }
 
+/* ---- per-thread stacks ----
+ *
+ * A context keeps local memory for the stack of every thread the GPU can hold (on an H100,
+ * 1 KiB x 2048 threads x 132 SMs: 260 of a bare context's 524 MiB). Its contents live only
+ * while a kernel runs, yet the driver's checkpoint copies it out, CRIU dumps and restores it
+ * and the driver's restore copies it back. While offloaded no kernel runs (the gate is closed
+ * and the contexts drained), so the stack limit is lowered for the checkpoint and put back,
+ * exactly, before the gate opens again. */
+
+#define RP_MAX_CONTEXTS 64
+#define RP_OFFLOAD_STACK_BYTES 16
+
+static struct {
+    CUcontext context;
+    size_t stack;
+} saved_stacks[RP_MAX_CONTEXTS];
+static int n_saved_stacks;
+
+static void shrink_stacks(struct alloc_list *list)
+{
+    n_saved_stacks = 0;
+    for (size_t i = 0; i < list->count && n_saved_stacks < RP_MAX_CONTEXTS; i++) {
+        CUcontext ctx = list->items[i].context;
+        int seen = 0;
+        for (int k = 0; k < n_saved_stacks; k++)
+            seen |= saved_stacks[k].context == ctx;
+        size_t stack = 0;
+        if (seen || !rp_real.cuCtxGetLimit || !rp_real.cuCtxSetLimit ||
+            rp_real.cuCtxSetCurrent(ctx) != CUDA_SUCCESS ||
+            rp_real.cuCtxGetLimit(&stack, CU_LIMIT_STACK_SIZE) != CUDA_SUCCESS ||
+            stack <= RP_OFFLOAD_STACK_BYTES)
+            continue;
+        if (rp_real.cuCtxSetLimit(CU_LIMIT_STACK_SIZE, RP_OFFLOAD_STACK_BYTES) == CUDA_SUCCESS)
+            saved_stacks[n_saved_stacks++] = (typeof(saved_stacks[0])){ ctx, stack };
+    }
+}
+
+/* Puts every lowered stack limit back; 0, or -1 with err set (the gate must stay closed: the
+ * application's kernels would not launch with the lowered limit). */
+static int restore_stacks(char *err, size_t errlen)
+{
+    while (n_saved_stacks > 0) {
+        typeof(saved_stacks[0]) *s = &saved_stacks[n_saved_stacks - 1];
+        CUresult rc = rp_real.cuCtxSetCurrent(s->context);
+        if (rc == CUDA_SUCCESS)
+            rc = rp_real.cuCtxSetLimit(CU_LIMIT_STACK_SIZE, s->stack);
+        if (rc != CUDA_SUCCESS) {
+            snprintf(err, errlen, "putting the stack size limit back to %zu failed: %s (free "
+                     "GPU memory and retry)", s->stack, rp_error_name(rc));
+            return -1;
+        }
+        n_saved_stacks--;
+    }
+    return 0;
+}
+
 /* ---- OFFLOAD ---- */
 
 /* Writes every allocation's bytes and the table; leaves the memory mapped. */
@@ -216,6 +272,7 @@ static void do_offload(const char *path, struct rp_engine_params p, char *reply,
         /* The pinned staging pool would only add its size to CRIU's images and may not survive
          * the driver's checkpoint: RELOAD makes a new one. */
         rp_engine_release();
+        shrink_stacks(&list);
         if (unmap_all(&list, err, sizeof(err)) != 0)
             snprintf(reply, len, "ERR %s", err);
         else
@@ -318,6 +375,8 @@ static void do_reload(const char *path, struct rp_engine_params p, char *reply, 
         close(fd);
     free(table);
     free(list.items);
+    if (!err[0])
+        restore_stacks(err, sizeof(err));
     if (err[0]) { /* the gate stays closed: the process must not run on missing memory */
         snprintf(reply, len, "ERR %s", err);
         return;
@@ -414,6 +473,11 @@ static void do_adopt(CUdeviceptr address, const char *uuid, int fd, char *reply,
     rp_registry_each(store_handle, a);
     size_t remaining = 0;
     rp_registry_each(count_offloaded, &remaining);
+    char err[256];
+    if (remaining == 0 && restore_stacks(err, sizeof(err)) != 0) {
+        snprintf(reply, len, "ERR %s", err); /* adopted, but held: RELOAD retries the limit */
+        return;
+    }
     if (remaining == 0) {
         offloaded = 0;
         rp_gate_open();

@@ -30,6 +30,8 @@
     X(cuCtxSetCurrent, (CUcontext))                                                            \
     X(cuCtxGetDevice, (CUdevice *))                                                            \
     X(cuCtxSynchronize, (void))                                                                \
+    X(cuCtxGetLimit, (size_t *, CUlimit))                                                      \
+    X(cuCtxSetLimit, (CUlimit, size_t))                                                        \
     X(cuMemHostAlloc, (void **, size_t, unsigned int))                                         \
     X(cuMemFreeHost, (void *))                                                                 \
     X(cuMemHostGetFlags, (unsigned int *, void *))                                             \
