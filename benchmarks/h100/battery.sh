@@ -41,7 +41,7 @@ for stage in $stages; do
     sweepfine) rp_python benchmarks/sweep_reload.py --gib 8 --chunks 1 2 --threads 12 16 24 --streams 4 8 2>&1 | tee "$out/sweepfine.txt" ;;
     engine)    rp_python benchmarks/bench_optimizer.py --gib 8 --only b d --repeat 5 2>&1 | tee "$out/engine.txt" ;;
     restore8o) rp_python benchmarks/bench_gpu_restore.py --gib 8 --modes reload preload --repeat 3 --json "$out/restore8o.json" 2>&1 | grep -v '^{' | tee "$out/restore8o.txt" ;;
-    overhead1g) rp_python benchmarks/bench_trace_overhead.py --mib 1024 --runs 9 2>&1 | tee "$out/overhead1g.txt" ;;
+    overhead1g) rp_python benchmarks/bench_trace_overhead.py --mib 1024 --runs 15 2>&1 | tee "$out/overhead1g.txt" ;;
     criulog)   # CRIU's own logs of an optimized 8 GiB checkpoint and restore, for where its time goes
                rm -rf /tmp/rp-cl /tmp/rp-cl.state
                rp_python benchmarks/h100/make_checkpoint.py /tmp/rp-cl --gpu-gib 8 --optimized

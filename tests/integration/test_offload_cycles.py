@@ -37,7 +37,8 @@ def test_twenty_cycles_bit_exact_without_growth(backend, gpu_mib, tmp_path, requ
             images = tmp_path / f"ckpt{cycle}"
             result = checkpoint(w.pid, images)
             assert result.manifest.processes[0].offload, "memory was not offloaded"
-            restore(images)
+            restored = restore(images)
+            assert "GPU memory adopt" in [s.name for s in restored.steps] and not restored.notes
             assert w.verify(), f"cycle {cycle}: data differs after restore"
             rss.append(w.rss_bytes())
             gpu.append(_gpu_used_bytes())
@@ -59,7 +60,8 @@ def test_pytorch_model_outputs_equal_after_offloaded_restore(tmp_path):
         result = checkpoint(model.pid, tmp_path / "ckpt")
         assert result.manifest.processes[0].offload["bytes"] >= 2 * 1024 * MIB * 0.9
         restored = restore(tmp_path / "ckpt")
-        assert "GPU memory reload" in [s.name for s in restored.steps]
+        # preloaded while CRIU ran and adopted by the process, with no fallback to a reload
+        assert "GPU memory adopt" in [s.name for s in restored.steps] and not restored.notes
         assert model.verify(), "the model's outputs or weights differ after the restore"
     finally:
         model.stop()
