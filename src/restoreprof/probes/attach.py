@@ -23,8 +23,9 @@ TRACEFS_DIRS = ("/sys/kernel/tracing", "/sys/kernel/debug/tracing")
 SETUP_HINT = "run ./scripts/setup.sh as root"
 
 
-def check_environment() -> None:
-    """Raise a RestoreprofError that says what to do when this machine cannot trace."""
+def check_environment(with_bcc: bool = True) -> None:
+    """Raise a RestoreprofError that says what to do when this machine cannot trace. (Without
+    with_bcc, bcc's import is left to Probes, which raises the same error.)"""
     require_root("restoreprof trace")
     if not any(os.path.isdir(os.path.join(d, "events", "syscalls")) for d in TRACEFS_DIRS):
         raise RestoreprofError(
@@ -42,7 +43,8 @@ def check_environment() -> None:
             hint=f"{SETUP_HINT} (it installs linux-headers and links them under "
                  f"/lib/modules/{release}/build)",
         )
-    import_bcc()
+    if with_bcc:
+        import_bcc()
 
 
 def import_bcc():  # -> type[bcc.BPF], untyped module

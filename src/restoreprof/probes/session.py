@@ -15,6 +15,7 @@ that covers them is seen: the Event object passed earlier is updated in place.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import json
 import os
@@ -22,6 +23,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -96,7 +98,7 @@ class TraceSession:
     def start(self) -> None:
         """Compile and attach the probes, then start the command if the target is one."""
         t0 = time.monotonic()
-        check_environment()
+        check_environment(with_bcc=False)  # bcc is imported by the compile, below
         target = self.target
         if target.pid is not None and not os.path.exists(f"/proc/{target.pid}"):
             raise RestoreprofError(f"no process with PID {target.pid}",
@@ -105,19 +107,30 @@ class TraceSession:
             raise RestoreprofError(f"{target.restore_dir} is not a folder",
                                    hint="pass the folder 'restoreprof checkpoint -D' wrote")
         argv = target.argv()
-        self._meta = TraceMeta(target=target.describe(), command=argv or [],
-                               gpus=gpus(), start_ns=time.monotonic_ns())
-        if argv is not None:
-            self._child = PausedChild(argv, capture_stdout=target.restore_dir is not None)
-            roots = [self._child.pid]
-            objects = resolve.objects_for_command(argv)
-        else:
-            roots = [target.pid, *resolve.descendants(target.pid)]
-            objects = [o for pid in roots for o in resolve.objects_of_process(pid)]
+        # Importing bcc and compiling take most of the start-up: they run on a thread (the
+        # compile outside the GIL) while the GPUs are listed and the objects to probe found.
+        multi = uprobe_multi.supported()
+        compiler = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bpf-compile")
+        compiled = compiler.submit(Probes, bpf_program.render(ring_pages=self.ring_pages,
+                                                              uprobe_multi=multi),
+                                   uprobe_multi=multi)
+        compiler.shutdown(wait=False)
         try:
-            multi = uprobe_multi.supported()
-            self._probes = Probes(bpf_program.render(ring_pages=self.ring_pages,
-                                                     uprobe_multi=multi), uprobe_multi=multi)
+            self._meta = TraceMeta(target=target.describe(), command=argv or [],
+                                   gpus=gpus(), start_ns=time.monotonic_ns())
+            if argv is not None:
+                self._child = PausedChild(argv, capture_stdout=target.restore_dir is not None)
+                roots = [self._child.pid]
+                objects = resolve.objects_for_command(argv)
+            else:
+                roots = [target.pid, *resolve.descendants(target.pid)]
+                objects = [o for pid in roots for o in resolve.objects_of_process(pid)]
+        except BaseException:
+            with contextlib.suppress(Exception):
+                compiled.result().close()
+            raise
+        try:
+            self._probes = compiled.result()
             self._probes.seed(roots)
             for obj in objects:
                 self._probes.attach(obj)
