@@ -48,6 +48,7 @@ for stage in $stages; do
                restoreprof restore -D /tmp/rp-cl --json > "$out/criulog-restore.json"
                cp /tmp/rp-cl/criu-restore.log /tmp/rp-cl/criu-dump.log "$out/"
                kill -9 $(python3 -c "import json;print(json.load(open('/tmp/rp-cl/restoreprof.json'))['root_pid'])") 2>/dev/null ;;
+    readahead) rp_python benchmarks/bench_readahead.py --mib 8192 --runs 3 2>&1 | tee "$out/readahead.txt" ;;
     overhead5) rp_python benchmarks/bench_trace_overhead.py --gpu-gib 8 --runs 5 2>&1 | tee "$out/overhead5.txt" ;;
     *)         echo "unknown stage $stage" ;;
   esac

@@ -3,6 +3,7 @@ the control socket (bit-exact, checksummed, gated), the client's errors, and the
 restoreprof loads a snapshot into GPU memory it makes itself (the fake driver's memory is
 memfd-backed, so sharing it between processes works as on a GPU) and the application adopts it."""
 
+import contextlib
 import os
 import select
 import shutil
@@ -218,20 +219,28 @@ def _our_physical_mappings() -> int:
     return sum("fakecuda-phys" in line for line in Path("/proc/self/maps").read_text().splitlines())
 
 
-def test_preloaded_memory_is_adopted_bit_exact(app, ours, tmp_path):
+@contextlib.contextmanager
+def _preloaded(app, tmp_path):
+    """app offloaded to a snapshot, and that snapshot preloaded here: (control, snapshot,
+    loaded); our references are dropped on the way out."""
     ctl = ShimControl(app.proc.pid)
     snap = tmp_path / "gpu.snap"
     ctl.offload(snap, CFG)
-    assert app.physical_mappings() == 0
     loaded = preload_snapshot(snap, CFG)
     try:
+        yield ctl, snap, loaded
+    finally:
+        loaded.release()
+
+
+def test_preloaded_memory_is_adopted_bit_exact(app, ours, tmp_path):
+    with _preloaded(app, tmp_path) as (ctl, _, loaded):
+        assert app.physical_mappings() == 0
         assert loaded.count == len(SIZES) and loaded.bytes == sum(SIZES)
         assert _our_physical_mappings() == len(SIZES)
         assert ctl.status()["state"] == "offloaded"
         result = adopt(app.proc.pid, loaded)
         assert result["bytes"] == sum(SIZES)
-    finally:
-        loaded.release()
     assert _our_physical_mappings() == 0  # ours dropped; the application's mapping keeps it
     status = ctl.status()
     assert status["state"] == "running" and status["gate"] == "open"
@@ -246,11 +255,7 @@ def test_preloaded_memory_is_adopted_bit_exact(app, ours, tmp_path):
 
 
 def test_the_gate_opens_only_when_every_allocation_is_back(app, ours, tmp_path):
-    ctl = ShimControl(app.proc.pid)
-    snap = tmp_path / "gpu.snap"
-    ctl.offload(snap, CFG)
-    loaded = preload_snapshot(snap, CFG)
-    try:
+    with _preloaded(app, tmp_path) as (ctl, snap, loaded):
         first = loaded.items[0]
         reply = ctl.adopt(first.address, bytes(first.uuid).hex(), first.fd)
         assert reply["remaining"] == len(SIZES) - 1
@@ -259,26 +264,18 @@ def test_the_gate_opens_only_when_every_allocation_is_back(app, ours, tmp_path):
             ctl.adopt(first.address, bytes(first.uuid).hex(), first.fd)  # already back
         # RELOAD completes the rest (and rewrites the adopted one with the same bytes)
         ctl.reload(snap, CFG)
-    finally:
-        loaded.release()
     assert ctl.status()["gate"] == "open"
     assert app.ask("check") == "ok"
 
 
 def test_adopt_refuses_memory_of_another_gpu_and_a_missing_descriptor(app, ours, tmp_path):
-    ctl = ShimControl(app.proc.pid)
-    snap = tmp_path / "gpu.snap"
-    ctl.offload(snap, CFG)
-    loaded = preload_snapshot(snap, CFG)
-    try:
+    with _preloaded(app, tmp_path) as (ctl, snap, loaded):
         item = loaded.items[0]
         with pytest.raises(RestoreprofError, match="the memory offered is on"):
             ctl.adopt(item.address, "ab" * 16, item.fd)
         with pytest.raises(RestoreprofError, match="needs the memory's descriptor"):
             ctl.request(f"ADOPT {item.address:x} {bytes(item.uuid).hex()}")
         assert ctl.status()["state"] == "offloaded"
-    finally:
-        loaded.release()
     ctl.reload(snap, CFG)
     assert app.ask("check") == "ok"
 
