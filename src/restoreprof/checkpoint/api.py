@@ -32,7 +32,7 @@ from restoreprof.checkpoint.manifest import (
     verify_images,
 )
 from restoreprof.checkpoint.steps import Step, StepClock
-from restoreprof.checkpoint.tree import comm, exists, is_stopped, process_tree
+from restoreprof.checkpoint.tree import comm, exists, is_stopped, process_tree, resume_stopped
 from restoreprof.errors import RestoreprofError, require_root
 from restoreprof.optimizer.config import OptimizerConfig
 
@@ -223,10 +223,11 @@ def _pass_page_check_or_kill(check: Future, manifest: Manifest) -> None:
                 os.kill(pid, signal.SIGKILL)
         raise RestoreprofError(f"{exc.args[0]}\n  The restored processes were killed before "
                                "they ran; the checkpoint is untouched.", hint=exc.hint) from exc
-    for record in manifest.processes:
-        if not record.stopped:  # one stopped when checkpointed stays stopped, as CRIU left it
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(record.pid, signal.SIGCONT)
+    # one stopped when checkpointed stays stopped, as CRIU left it
+    stuck = resume_stopped([r.pid for r in manifest.processes if not r.stopped])
+    if stuck:
+        raise RestoreprofError(f"PIDs {stuck} stay stopped after the restore",
+                               hint=f"resume them with 'kill -CONT {' '.join(map(str, stuck))}'")
 
 
 def _resume_after_page_check(check: Future, manifest: Manifest, clock: StepClock) -> None:

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
+import time
 from pathlib import Path
 
 from restoreprof.errors import RestoreprofError
@@ -18,12 +22,43 @@ def comm(pid: int) -> str:
         return "?"
 
 
+def state(pid: int) -> str | None:
+    """The one-letter state of pid (R, S, D, T, Z...), None when it is gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return None
+
+
 def is_stopped(pid: int) -> bool:
     """True when pid is stopped by a signal (state T), as CRIU will also restore it."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "T"
-    except (OSError, IndexError):
-        return False
+    return state(pid) == "T"
+
+
+def resume_stopped(pids: list[int], timeout_s: float = 5.0) -> list[int]:
+    """SIGCONT each of pids once it is seen stopped, until none is; returns those still stopped.
+
+    CRIU's --leave-stopped stops each task as it lets it go; the stop takes effect when the
+    task next runs, so a SIGCONT sent too early is overtaken by it. Hence: wait for the stop,
+    continue, and continue again while the task still reads as stopped.
+    """
+    deadline = time.monotonic() + timeout_s
+    waiting = list(pids)
+    seen_stopped: set[int] = set()
+    while waiting and time.monotonic() < deadline:
+        for pid in list(waiting):
+            now = state(pid)
+            if now is None or (pid in seen_stopped and now != "T"):
+                waiting.remove(pid)  # gone, or running again
+            elif now == "T":
+                seen_stopped.add(pid)
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGCONT)
+        time.sleep(0.001)
+    for pid in waiting:  # never seen stopped in time: continue it anyway
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGCONT)
+    return [pid for pid in waiting if state(pid) == "T"]
 
 
 def process_tree(pid: int) -> list[int]:
