@@ -454,14 +454,7 @@ static void do_adopt(CUdeviceptr address, const char *uuid, int fd, char *reply,
         rc = rp_real.cuMemImportFromShareableHandle(&handle, (void *)(intptr_t)fd,
                                                     CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR);
     if (rc == CUDA_SUCCESS)
-        rc = rp_real.cuMemMap(a->address, a->reserved, 0, handle, 0);
-    CUmemAccessDesc access = { .location = { CU_MEM_LOCATION_TYPE_DEVICE, a->device },
-                               .flags = CU_MEM_ACCESS_FLAGS_PROT_READWRITE };
-    if (rc == CUDA_SUCCESS) {
-        rc = rp_real.cuMemSetAccess(a->address, a->reserved, &access, 1);
-        if (rc != CUDA_SUCCESS)
-            rp_real.cuMemUnmap(a->address, a->reserved);
-    }
+        rc = rp_vmm_map_handle(a->address, a->reserved, a->device, handle);
     if (rc != CUDA_SUCCESS) {
         if (handle)
             rp_real.cuMemRelease(handle);

@@ -18,7 +18,6 @@
 #include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
-#include <string.h>
 #include <unistd.h>
 
 struct rp_preloaded {
@@ -60,15 +59,9 @@ static CUresult make_exportable(struct rp_preloaded *p)
         rc = rp_real.cuDevicePrimaryCtxRetain(&ctx, dev);
     if (rc == CUDA_SUCCESS)
         rc = rp_real.cuCtxSetCurrent(ctx);
-    CUmemAllocationProp prop;
-    memset(&prop, 0, sizeof(prop));
-    prop.type = CU_MEM_ALLOCATION_TYPE_PINNED;
-    prop.location.type = CU_MEM_LOCATION_TYPE_DEVICE;
-    prop.location.id = dev;
-    prop.requestedHandleTypes = CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR;
     CUmemGenericAllocationHandle handle = 0;
     if (rc == CUDA_SUCCESS)
-        rc = rp_real.cuMemCreate(&handle, p->reserved, &prop, 0);
+        rc = rp_vmm_create(dev, p->reserved, 1, &handle);
     if (rc != CUDA_SUCCESS)
         return rc;
     p->handle = handle;
@@ -76,15 +69,13 @@ static CUresult make_exportable(struct rp_preloaded *p)
     rc = rp_real.cuMemAddressReserve(&local, p->reserved, 0, 0, 0);
     if (rc != CUDA_SUCCESS)
         return rc;
-    rc = rp_real.cuMemMap(local, p->reserved, 0, handle, 0);
+    rc = rp_vmm_map_handle(local, p->reserved, dev, handle);
     if (rc != CUDA_SUCCESS) {
         rp_real.cuMemAddressFree(local, p->reserved);
         return rc;
     }
     p->local = local;
-    CUmemAccessDesc access = { .location = prop.location,
-                               .flags = CU_MEM_ACCESS_FLAGS_PROT_READWRITE };
-    return rp_real.cuMemSetAccess(local, p->reserved, &access, 1);
+    return CUDA_SUCCESS;
 }
 
 /* Fills out[0..count) from the snapshot at path and returns count, or -1 with err set (and

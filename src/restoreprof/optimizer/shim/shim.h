@@ -178,6 +178,12 @@ int rp_registry_each(int (*fn)(struct rp_allocation *, void *), void *arg);
 void rp_registry_totals(size_t *count, size_t *bytes);
 CUresult rp_vmm_unmap(struct rp_allocation *a);
 CUresult rp_vmm_map(struct rp_allocation *a);
+/* Physical memory on device (exportable: as a POSIX fd, for another process to map). */
+CUresult rp_vmm_create(CUdevice device, size_t size, int exportable,
+                       CUmemGenericAllocationHandle *handle);
+/* Maps handle at address and allows read/write from device; nothing stays mapped on failure. */
+CUresult rp_vmm_map_handle(CUdeviceptr address, size_t size, CUdevice device,
+                           CUmemGenericAllocationHandle handle);
 
 /* The gate: intercepted application calls wait while GPU memory is offloaded. */
 void rp_gate_enter(void);

@@ -144,24 +144,38 @@ static CUmemAllocationProp device_prop(CUdevice device)
     return prop;
 }
 
+CUresult rp_vmm_create(CUdevice device, size_t size, int exportable,
+                       CUmemGenericAllocationHandle *handle)
+{
+    CUmemAllocationProp prop = device_prop(device);
+    if (exportable)
+        prop.requestedHandleTypes = CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR;
+    return rp_real.cuMemCreate(handle, size, &prop, 0);
+}
+
+CUresult rp_vmm_map_handle(CUdeviceptr address, size_t size, CUdevice device,
+                           CUmemGenericAllocationHandle handle)
+{
+    CUresult rc = rp_real.cuMemMap(address, size, 0, handle, 0);
+    if (rc != CUDA_SUCCESS)
+        return rc;
+    CUmemAccessDesc access = { .location = device_prop(device).location,
+                               .flags = CU_MEM_ACCESS_FLAGS_PROT_READWRITE };
+    rc = rp_real.cuMemSetAccess(address, size, &access, 1);
+    if (rc != CUDA_SUCCESS)
+        rp_real.cuMemUnmap(address, size);
+    return rc;
+}
+
 /* Physical memory for a reserved range: create, map, allow read/write from its device. */
 CUresult rp_vmm_map(struct rp_allocation *a)
 {
-    CUmemAllocationProp prop = device_prop(a->device);
     CUmemGenericAllocationHandle handle = 0;
-    CUresult rc = rp_real.cuMemCreate(&handle, a->reserved, &prop, 0);
+    CUresult rc = rp_vmm_create(a->device, a->reserved, 0, &handle);
     if (rc != CUDA_SUCCESS)
         return rc;
-    rc = rp_real.cuMemMap(a->address, a->reserved, 0, handle, 0);
+    rc = rp_vmm_map_handle(a->address, a->reserved, a->device, handle);
     if (rc != CUDA_SUCCESS) {
-        rp_real.cuMemRelease(handle);
-        return rc;
-    }
-    CUmemAccessDesc access = { .location = prop.location,
-                               .flags = CU_MEM_ACCESS_FLAGS_PROT_READWRITE };
-    rc = rp_real.cuMemSetAccess(a->address, a->reserved, &access, 1);
-    if (rc != CUDA_SUCCESS) {
-        rp_real.cuMemUnmap(a->address, a->reserved);
         rp_real.cuMemRelease(handle);
         return rc;
     }
