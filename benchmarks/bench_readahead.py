@@ -11,26 +11,21 @@ Data verified after every restore. Prints each run and the medians.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import statistics
-import subprocess
-import sys
 from pathlib import Path
+
+from bench_checkpoint import cli, drop_caches
 
 from restoreprof.checkpoint import checkpoint
 from restoreprof.workloads.controller import HeldMemory
 
 
 def cold_restore(images: Path, readahead: bool) -> float:
-    subprocess.run(["sync"], check=True)
-    Path("/proc/sys/vm/drop_caches").write_text("3\n")
+    drop_caches()
     env = dict(os.environ, RESTOREPROF_READAHEAD=str(int(readahead)))
-    out = subprocess.run([sys.executable, "-m", "restoreprof", "restore", "-D", str(images),
-                          "--no-verify", "--json"], capture_output=True, text=True, env=env,
-                         check=True)
-    return json.loads(out.stdout)["total_s"]
+    return cli("restore", "-D", str(images), "--no-verify", env=env)["total_s"]
 
 
 def main() -> None:

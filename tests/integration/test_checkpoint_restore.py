@@ -15,6 +15,7 @@ import pytest
 
 from restoreprof.checkpoint import checkpoint, restore
 from restoreprof.checkpoint.manifest import MANIFEST_NAME, Manifest
+from restoreprof.checkpoint.tree import state
 from restoreprof.errors import RestoreprofError
 from restoreprof.workloads.controller import HeldMemory
 
@@ -83,13 +84,6 @@ def test_leave_running_keeps_process_and_cli_json(held, tmp_path, restoreprof_cl
     assert w.alive()
 
 
-def _state(pid: int) -> str | None:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return None
-
-
 def test_altered_image_is_caught_before_the_process_runs(tmp_path, restoreprof_cli):
     """CRIU restores while the images are checked, leaving the processes stopped: a damaged
     image kills them before they run one instruction, and the checkpoint is left as it was."""
@@ -116,7 +110,7 @@ def test_altered_image_is_caught_before_the_process_runs(tmp_path, restoreprof_c
         assert "killed before they ran" in out.stderr
         time.sleep(0.3)  # a process that had been resumed would have ticked by now
         assert log.stat().st_size == ticks, "a process restored from a damaged image ran"
-        assert _state(ticker.pid) in (None, "Z")
+        assert state(ticker.pid) in (None, "Z")
         assert page.read_bytes() == damaged, "the checkpoint must be left as it was"
     finally:
         with contextlib.suppress(ProcessLookupError):
