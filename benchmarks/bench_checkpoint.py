@@ -12,6 +12,7 @@ restore again with --serial from the same images. Prints a table; --json FILE ke
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -20,6 +21,8 @@ import sys
 import time
 from pathlib import Path
 
+from restoreprof.checkpoint.gpu import POOL_PRELOAD_STEP, PRELOAD_STEP
+from restoreprof.optimizer.pool import find_socket, pool_running
 from restoreprof.workloads.controller import HeldMemory
 
 
@@ -59,16 +62,46 @@ def one_restore(images: Path, holders: list[HeldMemory], root: HeldMemory, *, se
             # the process's GPU memory back: adopted (preloaded during CRIU) or reloaded
             "gpu_reload_s": step_seconds(result, "GPU memory reload")
             + step_seconds(result, "GPU memory adopt"),
-            "gpu_preload_s": step_seconds(result, "GPU memory preload (overlapped)"),
+            "gpu_preload_s": step_seconds(result, PRELOAD_STEP)
+            + step_seconds(result, POOL_PRELOAD_STEP),
+            "preloaded_by": "pool" if step_seconds(result, POOL_PRELOAD_STEP) else
+                            "restore" if step_seconds(result, PRELOAD_STEP) else None,
             "gpu_driver_restore_s": [round(step_seconds({"steps": [s]}, "GPU driver restore"), 3)
                                      for s in result["steps"] if s["name"] == "GPU driver restore"],
             "serial": serial, "cold": cold}
 
 
+class WarmPool:
+    """`restoreprof warm` running for the duration of a with block (serving once it says so)."""
+
+    def __init__(self, env: dict) -> None:
+        self.env = env
+
+    def __enter__(self) -> WarmPool:
+        self.proc = subprocess.Popen([sys.executable, "-m", "restoreprof", "warm"], env=self.env,
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        self.banner = ""
+        while not self.banner.rstrip().splitlines()[-1:] or \
+                not self.banner.rstrip().splitlines()[-1].startswith("serving"):
+            line = self.proc.stdout.readline()
+            if not line:
+                raise SystemExit(f"restoreprof warm failed:\n{self.banner}")
+            self.banner += line
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.proc.terminate()
+        self.banner += self.proc.communicate(timeout=60)[0]
+
+
 def run_case(work: Path, host_mib: int, gpu_mib: int, procs: int, cold: bool, repeat: int,
-             optimized: bool = False, preload: bool = True) -> dict:
+             optimized: bool = False, preload: bool = True, pool: bool = False) -> dict:
     """optimized: the workload runs under 'restoreprof exec' (GPU memory offload, then preload
-    and adopt, or with preload False, reload inside the process)."""
+    and adopt, or with preload False, reload inside the process). pool: a warm pool
+    (`restoreprof warm`) runs during the restores and preloads; without it, none may run."""
+    if not pool and pool_running():
+        raise SystemExit(f"a warm pool runs ({find_socket()}): stop it, or its preloads would "
+                         "be measured as the restore's own")
     env = dict(os.environ, RESTOREPROF_PRELOAD=str(int(preload)))
     shutil.rmtree(work, ignore_errors=True)
     prefix = [sys.executable, "-m", "restoreprof", "exec", "--"] if optimized else None
@@ -87,9 +120,12 @@ def run_case(work: Path, host_mib: int, gpu_mib: int, procs: int, cold: bool, re
     modes = [(False, False)] * repeat + ([(False, True)] if cold else [])
     if procs > 1:
         modes += [(True, False)] * repeat
-    for serial, cold_cache in modes:
-        case["restores"].append(one_restore(images, holders, root, serial=serial, cold=cold_cache,
-                                            env=env))
+    with WarmPool(env) if pool else contextlib.nullcontext() as warm:
+        for serial, cold_cache in modes:
+            case["restores"].append(one_restore(images, holders, root, serial=serial,
+                                                cold=cold_cache, env=env))
+    if warm:
+        case["pool_log"] = warm.banner
     shutil.rmtree(work, ignore_errors=True)
     return case
 

@@ -30,8 +30,9 @@ sys.path.insert(0, str(REPO / "tests" / "integration"))
 
 import _bpf  # noqa: E402  (builds the C helpers under tests/programs)
 
+from restoreprof.probes.resolve import cuda_symbols  # noqa: E402
 from restoreprof.probes.session import Target, TraceSession  # noqa: E402
-from restoreprof.system.paths import criu_path  # noqa: E402
+from restoreprof.system.paths import criu_path, libcuda_path  # noqa: E402
 
 
 def traced_run(argv: list[str], env: dict | None = None) -> tuple[str, TraceSession, object]:
@@ -72,14 +73,44 @@ def bench_call_cost(calls: int) -> dict:
             "cost_ns": min(traced) - min(plain)}
 
 
-def bench_attach(runs: int) -> dict:
-    os.environ["RESTOREPROF_LIBCUDA"] = str(_bpf.fake_libcuda())
-    times = []
-    for _ in range(runs):
-        _stdout, session, _trace = traced_run(["true"])
-        times.append(session.attach_s)
-    return {"median_s": statistics.median(times), "max_s": max(times),
-            "objects": "fake libcuda (33 CUDA functions)"}
+def bench_attach(runs: int, real_libcuda: bool = False) -> dict:
+    """start() to attached, probing the fake libcuda or (real_libcuda) this machine's own,
+    with the median of each part of the start-up (parts overlap: compile and GPU listing run
+    on threads while the objects are resolved)."""
+    saved = os.environ.pop("RESTOREPROF_LIBCUDA", None)
+    if not real_libcuda:
+        os.environ["RESTOREPROF_LIBCUDA"] = str(_bpf.fake_libcuda())
+    try:
+        sessions = [traced_run(["true"])[1] for _ in range(runs)]
+    finally:
+        os.environ.pop("RESTOREPROF_LIBCUDA", None)
+        if saved is not None:
+            os.environ["RESTOREPROF_LIBCUDA"] = saved
+    times = [s.attach_s for s in sessions]
+    parts = {k: statistics.median(s.start_timings.get(k, 0.0) for s in sessions)
+             for k in sessions[0].start_timings}
+    objects = sessions[0].probed_objects
+    functions = sum(len(cuda_symbols(path)) for path in objects)
+    return {"median_s": statistics.median(times), "max_s": max(times), "all_s": times,
+            "parts": parts,
+            "objects": f"{len(objects)} object(s), {functions} CUDA functions: "
+                       + ", ".join(objects)}
+
+
+def _machine_libcuda() -> str | None:
+    saved = os.environ.pop("RESTOREPROF_LIBCUDA", None)
+    try:
+        return libcuda_path()
+    finally:
+        if saved is not None:
+            os.environ["RESTOREPROF_LIBCUDA"] = saved
+
+
+def print_attach(attach: dict, label: str) -> None:
+    parts = ", ".join(f"{k.removesuffix('_s')} {v:.2f}" for k, v in attach["parts"].items())
+    print(f"2. start to probes attached ({label}): median {attach['median_s']:.2f} s, "
+          f"max {attach['max_s']:.2f} s, runs {[round(x, 2) for x in attach['all_s']]}\n"
+          f"   median parts (s): {parts}\n   probed: {attach['objects']}")
 
 
 def bench_event_rate(rates: list[int], seconds: float) -> list[dict]:
@@ -144,16 +175,21 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="fewer runs")
     parser.add_argument("--restore-gib", type=float, default=1.0)
     parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--attach-only", action="store_true",
+                        help="only item 2, with the fake and (where present) the real libcuda")
     args = parser.parse_args()
     runs = 2 if args.quick else args.runs
     print(f"restoreprof probe benchmarks, {time.strftime('%Y-%m-%d')}, {socket.gethostname()}, "
           f"kernel {platform.release()}, {os.cpu_count()} CPUs")
+    if args.attach_only:
+        print_attach(bench_attach(args.runs), "fake libcuda")
+        if _machine_libcuda():
+            print_attach(bench_attach(args.runs, real_libcuda=True), "this machine's libcuda")
+        return 0
     cost = bench_call_cost(20_000 if args.quick else 200_000)
     print(f"1. probed call (fake libcuda cuMemcpyHtoD_v2, 4 B): {cost['untraced_ns']:.0f} ns "
           f"untraced, {cost['traced_ns']:.0f} ns traced: +{cost['cost_ns']:.0f} ns per call")
-    attach = bench_attach(3 if args.quick else 5)
-    print(f"2. start to probes attached: median {attach['median_s']:.2f} s, "
-          f"max {attach['max_s']:.2f} s ({attach['objects']})")
+    print_attach(bench_attach(3 if args.quick else 5), "fake libcuda")
     for r in bench_event_rate([100_000, 200_000, 300_000, 500_000], 1.0 if args.quick else 3.0):
         print(f"3. event rate: asked {r['target_rate']:,}/s, made {r['achieved_rate']:,.0f}/s, "
               f"{r['events']:,} of {r['calls']:,} events received, {r['lost']} lost")

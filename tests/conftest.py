@@ -68,10 +68,12 @@ def fake_libcuda() -> Path:
 
 
 @pytest.fixture
-def fake_driver(monkeypatch, fake_libcuda):
-    """Point restoreprof, and the programs it starts, at the fake driver for one test."""
+def fake_driver(monkeypatch, fake_libcuda, tmp_path):
+    """Point restoreprof, and the programs it starts, at the fake driver for one test; sockets
+    (the library's, a warm pool's) go to a run directory of the test's own."""
     monkeypatch.setenv("RESTOREPROF_LIBCUDA", str(fake_libcuda))
     monkeypatch.setenv("LD_LIBRARY_PATH", str(fake_libcuda.parent))
+    monkeypatch.setenv("RESTOREPROF_RUN_DIR", str(tmp_path / "run"))
     return fake_libcuda
 
 

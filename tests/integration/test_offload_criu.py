@@ -9,6 +9,7 @@ import sys
 import pytest
 
 from restoreprof.checkpoint import checkpoint, restore
+from restoreprof.checkpoint.gpu import PRELOAD_STEP
 from restoreprof.checkpoint.manifest import Manifest
 from restoreprof.optimizer.config import OptimizerConfig
 from restoreprof.workloads.controller import HeldMemory
@@ -33,12 +34,12 @@ def test_offloaded_round_trip_through_criu(fake_driver, tmp_path, preload):
         steps = {s.name: s for s in restored.steps}
         assert not restored.notes  # no fallback taken
         if preload:  # loaded while CRIU ran, adopted after the driver's restore
-            assert steps["GPU memory preload (overlapped)"].start_ns < steps["criu restore"].end_ns
+            assert steps[PRELOAD_STEP].start_ns < steps["criu restore"].end_ns
             assert steps["criu restore"].end_ns <= steps["GPU memory adopt"].start_ns
             assert "GPU memory reload" not in steps
         else:
             assert steps["criu restore"].end_ns <= steps["GPU memory reload"].start_ns
-            assert "GPU memory preload (overlapped)" not in steps
+            assert PRELOAD_STEP not in steps
         assert w.verify(), "GPU memory differs after offload, criu dump/restore and reload"
         assert Manifest.load(tmp_path / "ckpt").processes[0].comm.startswith("python")
     finally:

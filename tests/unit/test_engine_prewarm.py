@@ -31,14 +31,22 @@ def test_background_prewarm_feeds_the_engine(drv, monkeypatch):  # noqa: F811
     assert ready.pool is None and not ready.contexts
 
 
-def test_warm_command_holds_until_sigterm(drv):  # noqa: F811
-    env = dict(os.environ, RESTOREPROF_CHUNK_MB="1", RESTOREPROF_THREADS="2")
+def test_warm_command_holds_until_sigterm(drv, tmp_path):  # noqa: F811
+    env = dict(os.environ, RESTOREPROF_CHUNK_MB="1", RESTOREPROF_THREADS="2",
+               RESTOREPROF_RUN_DIR=str(tmp_path))
     proc = subprocess.Popen([sys.executable, "-m", "restoreprof", "warm"], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    first = proc.stdout.readline()
-    assert "1 GPU(s)" in first and "staging pool 4 MiB" in first, first + proc.stderr.read()
-    assert "holding" in proc.stdout.readline()
-    proc.send_signal(signal.SIGTERM)
-    out, err = proc.communicate(timeout=30)
+    try:
+        first = proc.stdout.readline()
+        assert "1 GPU(s)" in first and "staging pool 4 MiB" in first, first
+        socket_path = tmp_path / f"warm-{os.geteuid()}.sock"
+        assert proc.stdout.readline().startswith(f"serving preloads on {socket_path}")
+        assert socket_path.exists()
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+        proc.wait()
     assert proc.returncode == 0, err
-    assert "released" in out
+    assert "released; 0 snapshot(s) preloaded" in out
+    assert not socket_path.exists()

@@ -18,6 +18,8 @@ from restoreprof.cuda import driver
 from restoreprof.errors import RestoreprofError
 
 SHIM_MARKER = "librestoreprof_shim"
+PRELOAD_STEP = "GPU memory preload (overlapped)"
+POOL_PRELOAD_STEP = "GPU memory preload (warm pool, overlapped)"
 
 
 def snapshot_name(pid: int) -> str:
@@ -131,10 +133,16 @@ class Preloads:
 
     @staticmethod
     def _load(pid: int, snapshot: Path, optimizer, clock):
+        """Through the warm pool where one runs (it is warm already), else in this process."""
+        from restoreprof.optimizer.pool import preload_through_pool
         from restoreprof.optimizer.preload import preload_snapshot
 
-        return clock.run("GPU memory preload (overlapped)", preload_snapshot, snapshot, optimizer,
-                         pid=pid)
+        start = time.monotonic_ns()
+        pooled = preload_through_pool(snapshot, optimizer)
+        if pooled is not None:
+            clock.add(POOL_PRELOAD_STEP, start, time.monotonic_ns(), pid=pid)
+            return pooled
+        return clock.run(PRELOAD_STEP, preload_snapshot, snapshot, optimizer, pid=pid)
 
     def adopt(self, pid: int, directory: Path, record: dict, optimizer) -> str | None:
         """pid maps its preloaded memory; on any failure its snapshot is reloaded instead."""

@@ -90,8 +90,10 @@ def run(args: argparse.Namespace) -> int:
     previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
         session.start()
+        parts = ", ".join(f"{k.removesuffix('_s')} {v:.2f}"
+                          for k, v in session.start_timings.items())
         print(f"probes attached in {session.attach_s:.2f} s "
-              f"({len(session.probed_objects)} CUDA objects probed)", file=sys.stderr)
+              f"({len(session.probed_objects)} CUDA objects probed; {parts})", file=sys.stderr)
         try:
             while session.running():
                 session.poll(100)

@@ -1,4 +1,5 @@
-"""restoreprof warm: hold CUDA contexts and the staging pool until stopped."""
+"""restoreprof warm: the warm pool. Hold cuInit, the CUDA contexts and the engine's staging pool,
+and preload snapshots for `restoreprof restore` (optimizer.pool), until stopped."""
 
 from __future__ import annotations
 
@@ -7,31 +8,37 @@ import signal
 import threading
 
 from restoreprof.optimizer import config
-from restoreprof.optimizer.prewarm import warm
+from restoreprof.optimizer.pool import WarmPool
 
 name = "warm"
-help = "keep CUDA initialised and a pinned staging pool ready (for hosts without persistence mode)"
+help = ("keep CUDA warm (contexts, pinned staging pool) and preload GPU memory for "
+        "'restoreprof restore'")
 
 
 def prepare_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-pool", action="store_true",
-                        help="hold contexts only, no pinned staging pool")
+                        help="hold contexts only, no pinned staging pool (pinned on first use)")
     config.add_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
     cfg = config.from_args(args)
-    ready = warm(cfg, with_pool=not args.no_pool)
-    t = ready.timings
-    print(f"warm: {t.devices} GPU(s); cuInit {t.init_s * 1e3:.0f} ms, "
-          f"contexts {t.contexts_s * 1e3:.0f} ms, staging pool {t.pool_bytes >> 20} MiB in "
-          f"{t.pool_s * 1e3:.0f} ms")
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
-    print("holding them; Ctrl-C or SIGTERM to stop", flush=True)
-    while not stop.wait(3600):
-        pass
-    ready.release()
-    print("warm: released")
+    pool = WarmPool(cfg, with_staging=not args.no_pool)
+    t = pool.warmed.timings
+    staging = cfg.threads * 2 * cfg.chunk_mb if not args.no_pool else 0
+    print(f"warm: {t.devices} GPU(s); cuInit {t.init_s * 1e3:.0f} ms, "
+          f"contexts {t.contexts_s * 1e3:.0f} ms, staging pool {staging} MiB in "
+          f"{pool.staging_s * 1e3:.0f} ms")
+    path = pool.bind()
+    print(f"serving preloads on {path}; Ctrl-C or SIGTERM to stop", flush=True)
+    try:
+        pool.serve(stop)
+    finally:
+        pool.release()
+    s = pool.stats
+    print(f"warm: released; {s.served} snapshot(s) preloaded ({s.bytes / 1e9:.2f} GB), "
+          f"{s.failed} failed")
     return 0

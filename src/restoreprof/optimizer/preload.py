@@ -8,7 +8,8 @@ RELOAD streams a snapshot back inside the application, after CRIU and the driver
 Preloading does the same transfer earlier, in this process: physical memory is created here,
 exportable as a file descriptor, filled by the engine (each chunk's crc32c checked), and handed
 to the restored process over its control socket. Either side holds its own reference, so the
-memory lives on in the process once adopted; `release()` drops ours.
+memory lives on in the process once adopted; `release()` drops ours. (A warm pool, see
+optimizer.pool, does the same in a process that is already warm.)
 """
 
 from __future__ import annotations
@@ -39,9 +40,31 @@ def _library() -> ctypes.CDLL:
     lib.rp_snapshot_preload.argtypes = [ctypes.c_char_p, ctypes.c_int, ctypes.c_int,
                                         ctypes.POINTER(_Preloaded), ctypes.c_long,
                                         ctypes.c_char_p, ctypes.c_size_t]
+    lib.rp_snapshot_preload_fd.restype = ctypes.c_long
+    lib.rp_snapshot_preload_fd.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int,
+                                           ctypes.POINTER(_Preloaded), ctypes.c_long,
+                                           ctypes.c_char_p, ctypes.c_size_t]
     lib.rp_preloaded_release.restype = None
     lib.rp_preloaded_release.argtypes = [ctypes.POINTER(_Preloaded), ctypes.c_long]
     return lib
+
+
+@dataclass(frozen=True)
+class Allocation:
+    """One preloaded allocation, as ADOPT needs it: where, how big, on which GPU, which fd."""
+
+    address: int
+    size: int
+    uuid: str  # hex, the GPU's
+    fd: int
+
+    def describe(self) -> dict:
+        """The parts a descriptor-passing message carries next to the fd."""
+        return {"address": self.address, "size": self.size, "uuid": self.uuid}
+
+    @classmethod
+    def from_description(cls, d: dict, fd: int) -> Allocation:
+        return cls(int(d["address"]), int(d["size"]), str(d["uuid"]), fd)
 
 
 @dataclass
@@ -57,6 +80,10 @@ class PreloadedSnapshot:
     def bytes(self) -> int:
         return sum(self.items[i].size for i in range(self.count))
 
+    def allocations(self) -> list[Allocation]:
+        return [Allocation(item.address, item.size, bytes(item.uuid).hex(), item.fd)
+                for item in self.items[:self.count]]
+
     def release(self) -> None:
         """Drop this process's references (the memory lives on where it was adopted)."""
         if self.count:
@@ -64,22 +91,28 @@ class PreloadedSnapshot:
             self.count = 0
 
 
-def preload_snapshot(snapshot: Path, cfg: OptimizerConfig | None = None) -> PreloadedSnapshot:
-    """Load every allocation of snapshot into new, exportable GPU memory; raises on any failure
-    (a damaged chunk included), leaving nothing allocated."""
+def preload_snapshot(snapshot: Path, cfg: OptimizerConfig | None = None, *,
+                     fd: int | None = None) -> PreloadedSnapshot:
+    """Load every allocation of snapshot (read through fd when given) into new, exportable GPU
+    memory; raises on any failure (a damaged chunk included), leaving nothing allocated."""
     cfg = cfg or OptimizerConfig()
     items = (_Preloaded * MAX_ALLOCATIONS)()
     err = ctypes.create_string_buffer(512)
+    lib = _library()
     start = time.monotonic()
-    count = _library().rp_snapshot_preload(str(snapshot).encode(), cfg.streams, cfg.threads,
-                                           items, MAX_ALLOCATIONS, err, len(err))
+    if fd is None:
+        count = lib.rp_snapshot_preload(str(snapshot).encode(), cfg.streams, cfg.threads, items,
+                                        MAX_ALLOCATIONS, err, len(err))
+    else:
+        count = lib.rp_snapshot_preload_fd(fd, cfg.streams, cfg.threads, items, MAX_ALLOCATIONS,
+                                           err, len(err))
     if count < 0:
         raise RestoreprofError(f"preloading {snapshot} failed: {err.value.decode(errors='replace')}",
                                hint="the restore falls back to reloading inside the process")
     return PreloadedSnapshot(Path(snapshot), items, count, time.monotonic() - start)
 
 
-def adopt(pid: int, loaded: PreloadedSnapshot) -> dict:
+def adopt(pid: int, loaded) -> dict:
     """Hand each allocation to pid's interception library; {bytes, seconds}. Raises on the
     first refusal; allocations adopted before it stay adopted (RELOAD completes the rest)."""
     from restoreprof.optimizer.control import ShimControl
@@ -87,8 +120,7 @@ def adopt(pid: int, loaded: PreloadedSnapshot) -> dict:
     control = ShimControl(pid)
     start = time.monotonic()
     total = 0
-    for i in range(loaded.count):
-        item = loaded.items[i]
-        control.adopt(item.address, bytes(item.uuid).hex(), item.fd)
+    for item in loaded.allocations():  # a PreloadedSnapshot, or a pool's PooledSnapshot
+        control.adopt(item.address, item.uuid, item.fd)
         total += item.size
     return {"bytes": total, "seconds": time.monotonic() - start}

@@ -78,6 +78,7 @@ class TraceSession:
         self.ring_pages = ring_pages
         self.events: list[Event] = []
         self.attach_s = 0.0            # start() to probes attached
+        self.start_timings: dict[str, float] = {}  # seconds: compile, gpus, resolve, attach
         self._probes: Probes | None = None
         self._child: PausedChild | None = None
         self._stdout: list[str] = []
@@ -92,6 +93,7 @@ class TraceSession:
         self._deadline: float | None = None
         self._meta: TraceMeta | None = None
         self._lost = 0
+        self._probed: list[str] = []
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -108,16 +110,17 @@ class TraceSession:
                                    hint="pass the folder 'restoreprof checkpoint -D' wrote")
         argv = target.argv()
         # Importing bcc and compiling take most of the start-up: they run on a thread (the
-        # compile outside the GIL) while the GPUs are listed and the objects to probe found.
+        # compile outside the GIL), NVML lists the GPUs on another, while this one finds the
+        # objects to probe.
         multi = uprobe_multi.supported()
-        compiler = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bpf-compile")
-        compiled = compiler.submit(Probes, bpf_program.render(ring_pages=self.ring_pages,
-                                                              uprobe_multi=multi),
-                                   uprobe_multi=multi)
-        compiler.shutdown(wait=False)
+        helpers = ThreadPoolExecutor(max_workers=2, thread_name_prefix="trace-start")
+        compiled = helpers.submit(_timed, Probes, bpf_program.render(ring_pages=self.ring_pages,
+                                                                     uprobe_multi=multi),
+                                  uprobe_multi=multi)
+        listed = helpers.submit(_timed, gpus)
+        helpers.shutdown(wait=False)
         try:
-            self._meta = TraceMeta(target=target.describe(), command=argv or [],
-                                   gpus=gpus(), start_ns=time.monotonic_ns())
+            t_resolve = time.monotonic()
             if argv is not None:
                 self._child = PausedChild(argv, capture_stdout=target.restore_dir is not None)
                 roots = [self._child.pid]
@@ -125,16 +128,24 @@ class TraceSession:
             else:
                 roots = [target.pid, *resolve.descendants(target.pid)]
                 objects = [o for pid in roots for o in resolve.objects_of_process(pid)]
+            self.start_timings["resolve_s"] = time.monotonic() - t_resolve
+            found, self.start_timings["gpus_s"] = listed.result()
+            self._meta = TraceMeta(target=target.describe(), command=argv or [], gpus=found,
+                                   start_ns=time.monotonic_ns())
         except BaseException:
             with contextlib.suppress(Exception):
-                compiled.result().close()
+                compiled.result()[0].close()
+            if self._child is not None:
+                self._child.stop(timeout_s=1)
             raise
         try:
-            self._probes = compiled.result()
+            self._probes, self.start_timings["compile_s"] = compiled.result()
+            t_attach = time.monotonic()
             self._probes.seed(roots)
             for obj in objects:
                 self._probes.attach(obj)
             self._probes.open(self._on_record)
+            self.start_timings["attach_s"] = time.monotonic() - t_attach
         except BaseException:
             if self._child is not None:
                 self._child.stop(timeout_s=1)
@@ -182,6 +193,7 @@ class TraceSession:
         self._probes.consume()
         self._drain()
         self._lost = self._probes.lost()
+        self._probed = self.probed_objects
         self._probes.close()
         if self._stdout_thread is not None:
             self._stdout_thread.join(timeout=10)
@@ -203,7 +215,8 @@ class TraceSession:
 
     @property
     def probed_objects(self) -> list[str]:
-        return [o.path for o in self._probes.objects] if self._probes else []
+        """The paths of the objects probed (still known after stop())."""
+        return [o.path for o in self._probes.objects] if self._probes else self._probed
 
     # -- internals ------------------------------------------------------------------------
 
@@ -291,6 +304,12 @@ def _alive(pid: int) -> bool:
     except (OSError, IndexError):
         return False
     return state not in ("Z", "X")
+
+
+def _timed(fn, *args, **kwargs) -> tuple:
+    """(fn's result, seconds it took)."""
+    start = time.monotonic()
+    return fn(*args, **kwargs), time.monotonic() - start
 
 
 def gpus() -> list[dict]:

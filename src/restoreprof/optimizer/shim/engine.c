@@ -240,7 +240,7 @@ static CUresult pool_fit(struct rp_engine_params p, CUcontext ctx)
     return rc;
 }
 
-void rp_engine_release(void)
+RP_EXPORT void rp_engine_release(void)
 {
     pthread_mutex_lock(&pool.busy);
     pool_free();
@@ -454,6 +454,32 @@ CUresult rp_engine_run(struct rp_transfer *t, struct rp_engine_params p, int wai
     if (rc != CUDA_SUCCESS && rc != RP_ERROR_IO && rc != RP_ERROR_CHECKSUM)
         pool_free(); /* a pool a driver error left in doubt (or half made) is made anew */
     rp_real.cuCtxSetCurrent(ctx); /* worker 0 ran here and set the pool's: put the caller's back */
+    pthread_mutex_unlock(&pool.busy);
+    return rc;
+}
+
+/* Makes the whole staging pool now, on the caller's current context, for transfers with these
+ * parameters: a process that serves transfers later (restoreprof warm) pays the pinning once,
+ * ahead of them, instead of inside the first. */
+RP_EXPORT CUresult rp_engine_warm(int streams, int threads, size_t chunk_bytes)
+{
+    if (rp_load_real())
+        return CUDA_ERROR_NOT_INITIALIZED;
+    struct rp_engine_params p = { .streams = streams, .threads = threads,
+                                  .chunk_bytes = chunk_bytes };
+    CUcontext ctx = NULL;
+    if (threads < 1 || threads > MAX_THREADS || streams < 1 || streams > MAX_STREAMS ||
+        chunk_bytes == 0)
+        return CUDA_ERROR_INVALID_VALUE;
+    CUresult rc = rp_real.cuCtxGetCurrent(&ctx);
+    if (rc != CUDA_SUCCESS || !ctx)
+        return rc != CUDA_SUCCESS ? rc : CUDA_ERROR_INVALID_CONTEXT;
+    pthread_mutex_lock(&pool.busy);
+    rc = pool_fit(p, ctx);
+    for (int worker = 0; rc == CUDA_SUCCESS && worker < threads; worker++)
+        rc = ensure_slots(worker);
+    if (rc != CUDA_SUCCESS)
+        pool_free();
     pthread_mutex_unlock(&pool.busy);
     return rc;
 }

@@ -78,11 +78,12 @@ static CUresult make_exportable(struct rp_preloaded *p)
     return CUDA_SUCCESS;
 }
 
-/* Fills out[0..count) from the snapshot at path and returns count, or -1 with err set (and
- * nothing left allocated). streams/threads as for the engine; the chunk size is the snapshot's
- * (its checksums are per chunk). Each item's fd is the memory, ready for ADOPT. */
-RP_EXPORT long rp_snapshot_preload(const char *path, int streams, int threads,
-                                   struct rp_preloaded *out, long max, char *err, size_t errlen)
+/* Fills out[0..count) from the snapshot open on fd (read with pread: its offset is left alone)
+ * and returns count, or -1 with err set (and nothing left allocated). streams/threads as for
+ * the engine; the chunk size is the snapshot's (its checksums are per chunk). Each item's fd is
+ * the memory, ready for ADOPT. The caller keeps fd. */
+RP_EXPORT long rp_snapshot_preload_fd(int fd, int streams, int threads, struct rp_preloaded *out,
+                                      long max, char *err, size_t errlen)
 {
     if (rp_load_real() || !rp_real.cuMemExportToShareableHandle || !rp_real.cuDeviceGetUuid_v2) {
         snprintf(err, errlen, "the CUDA driver lacks what preloading needs");
@@ -91,11 +92,6 @@ RP_EXPORT long rp_snapshot_preload(const char *path, int streams, int threads,
     CUresult init = rp_real.cuInit(0); /* may run before this process's own pre-warm */
     if (init != CUDA_SUCCESS) {
         snprintf(err, errlen, "cuInit: %s", rp_error_name(init));
-        return -1;
-    }
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) {
-        snprintf(err, errlen, "cannot open %.200s: %m", path);
         return -1;
     }
     struct snap_header h;
@@ -130,10 +126,23 @@ RP_EXPORT long rp_snapshot_preload(const char *path, int streams, int threads,
                      rc == CUDA_ERROR_INVALID_IMAGE ? "checksum mismatch" : rp_error_name(rc));
     }
     free(table);
-    close(fd);
     if (!table || rc != CUDA_SUCCESS) {
         rp_preloaded_release(out, n);
         return -1;
     }
+    return n;
+}
+
+/* rp_snapshot_preload_fd on the snapshot at path. */
+RP_EXPORT long rp_snapshot_preload(const char *path, int streams, int threads,
+                                   struct rp_preloaded *out, long max, char *err, size_t errlen)
+{
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) {
+        snprintf(err, errlen, "cannot open %.200s: %m", path);
+        return -1;
+    }
+    long n = rp_snapshot_preload_fd(fd, streams, threads, out, max, err, errlen);
+    close(fd);
     return n;
 }

@@ -1,0 +1,333 @@
+"""The warm pool: a long-lived ``restoreprof warm`` process that has already paid for cuInit,
+the primary contexts and the engine's pinned staging pool, and preloads snapshots for
+``restoreprof restore``.
+
+A restore that preloads in its own process first pays for cuInit, a context and pinning
+(about 0.3 s on the H100) before the first byte moves. Through the pool, the copy starts as
+soon as the restore asks, so it finishes while CRIU still runs and the driver's restore of
+the contexts no longer shares the PCIe link with it.
+
+    # restoreprof warm
+    pool = WarmPool(cfg)          # cuInit, contexts, staging pool
+    pool.serve(stop)              # until stop (a threading.Event) is set
+
+    # restoreprof restore
+    loaded = preload_through_pool(snapshot, cfg)   # None when no pool runs
+    adopt(pid, loaded)                             # optimizer.preload
+    loaded.release()                               # the pool drops its references
+
+Protocol, one connection per snapshot, AF_UNIX SOCK_SEQPACKET (each message one JSON object):
+the client sends {"op": "preload", "streams", "threads"} with the snapshot's open descriptor
+attached (the pool reads what the client could open, nothing else); the pool answers
+{"items": [...]} messages carrying up to FDS_PER_MESSAGE descriptors of GPU memory each, then
+{"done": true, "seconds": s} or {"error": "..."}. The pool holds its own references to that
+memory until the client hangs up. Only the pool's user and root may connect.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import struct
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from restoreprof.errors import RestoreprofError
+from restoreprof.optimizer.config import OptimizerConfig
+from restoreprof.optimizer.preload import Allocation, preload_snapshot
+
+FDS_PER_MESSAGE = 200         # SCM_RIGHTS carries at most 253 descriptors a message
+MESSAGE_BYTES = 1 << 16
+CONNECT_TIMEOUT_S = 1.0       # a pool that does not answer at once is treated as absent
+PRELOAD_TIMEOUT_S = 600.0
+
+
+def run_dirs(uid: int | None = None) -> list[Path]:
+    """Where the pool's socket lives, in the order tried (as the library's, control.c)."""
+    uid = os.geteuid() if uid is None else uid
+    dirs = [Path(os.environ["RESTOREPROF_RUN_DIR"])] if os.environ.get("RESTOREPROF_RUN_DIR") \
+        else []
+    return [*dirs, Path("/run/restoreprof"), Path(f"/tmp/restoreprof-{uid}")]
+
+
+def socket_name(uid: int | None = None) -> str:
+    return f"warm-{os.geteuid() if uid is None else uid}.sock"
+
+
+def find_socket() -> Path | None:
+    """This user's pool socket, or None when no pool was started."""
+    for directory in run_dirs():
+        candidate = directory / socket_name()
+        if candidate.exists():
+            return candidate
+    return None
+
+
+def _connect() -> socket.socket | None:
+    """A connection to this user's pool, or None when none answers (no socket, or a stale one
+    a killed pool left, or one we may not use)."""
+    path = find_socket()
+    if path is None:
+        return None
+    conn = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    conn.settimeout(CONNECT_TIMEOUT_S)
+    try:
+        conn.connect(str(path))
+    except OSError:
+        conn.close()
+        return None
+    return conn
+
+
+def pool_running() -> bool:
+    conn = _connect()
+    if conn is not None:
+        conn.close()  # hanging up before a request is no request at all
+    return conn is not None
+
+
+# --- the pool's side ---------------------------------------------------------------------------
+
+
+@dataclass
+class PoolStats:
+    served: int = 0
+    bytes: int = 0
+    failed: int = 0
+    seconds: list[float] = field(default_factory=list)
+
+
+class WarmPool:
+    """cuInit, the primary contexts and the engine's staging pool, held; serve() preloads."""
+
+    def __init__(self, cfg: OptimizerConfig | None = None, with_staging: bool = True) -> None:
+        from restoreprof.optimizer.prewarm import warm
+
+        self.cfg = cfg or OptimizerConfig()
+        self.warmed = warm(self.cfg, with_pool=False)
+        self.staging_s = 0.0
+        if with_staging and self.warmed.contexts:
+            self.staging_s = _warm_engine(self.warmed, self.cfg)
+        self.stats = PoolStats()
+        self.path: Path | None = None
+        self._listener: socket.socket | None = None
+
+    def bind(self) -> Path:
+        """Create the socket (0600, in a directory only this user can write); returns it."""
+        last: OSError | None = None
+        for directory in run_dirs():
+            try:
+                _private_dir(directory)
+                path = directory / socket_name()
+                listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()  # a stale one from an earlier pool
+                old = os.umask(0o177)
+                try:
+                    listener.bind(str(path))
+                finally:
+                    os.umask(old)
+                listener.listen(16)
+                self._listener, self.path = listener, path
+                return path
+            except OSError as exc:
+                last = exc
+        raise RestoreprofError(f"no run directory for the warm pool's socket ({last})",
+                               hint="set RESTOREPROF_RUN_DIR to a directory you can write")
+
+    def serve(self, stop: threading.Event) -> None:
+        """Answer preloads, each connection on a thread of its own, until stop is set."""
+        if self._listener is None:
+            self.bind()
+        assert self._listener is not None
+        self._listener.settimeout(0.2)
+        try:
+            while not stop.is_set():
+                try:
+                    conn, _ = self._listener.accept()
+                except TimeoutError:
+                    continue
+                threading.Thread(target=self._serve_one, args=(conn,), daemon=True,
+                                 name="warm-pool").start()
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        if self._listener is not None:
+            self._listener.close()
+            self._listener = None
+        if self.path is not None:
+            with contextlib.suppress(FileNotFoundError):
+                self.path.unlink()
+            self.path = None
+
+    def release(self) -> None:
+        self.close()
+        from restoreprof.optimizer.engine import native_engine
+
+        native_engine().rp_engine_release()
+        self.warmed.release()
+
+    def _serve_one(self, conn: socket.socket) -> None:
+        loaded = None
+        with conn:
+            try:
+                # Read before refusing: closing on an unread request would reset the connection
+                # and the client would never see why.
+                request, fds = _receive(conn, 1)
+                if not request:
+                    return  # hung up unasked (pool_running)
+                try:
+                    _check_peer(conn)
+                    if request.get("op") != "preload" or len(fds) != 1:
+                        raise RestoreprofError("expected a preload request with one descriptor")
+                    cfg = OptimizerConfig(streams=int(request.get("streams", self.cfg.streams)),
+                                          threads=int(request.get("threads", self.cfg.threads)))
+                    loaded = preload_snapshot(Path(request.get("name", "snapshot")), cfg,
+                                              fd=fds[0])
+                finally:
+                    for fd in fds:
+                        os.close(fd)
+                allocations = loaded.allocations()
+                for i in range(0, len(allocations), FDS_PER_MESSAGE):
+                    batch = allocations[i:i + FDS_PER_MESSAGE]
+                    _send(conn, {"items": [a.describe() for a in batch]}, [a.fd for a in batch])
+                _send(conn, {"done": True, "seconds": loaded.seconds})
+                self.stats.served += 1
+                self.stats.bytes += loaded.bytes
+                self.stats.seconds.append(loaded.seconds)
+                conn.settimeout(None)
+                conn.recv(1)  # our references live until the client hangs up (or says so)
+            except (RestoreprofError, OSError, ValueError) as exc:
+                self.stats.failed += 1
+                with contextlib.suppress(OSError):
+                    _send(conn, {"error": str(exc)})
+            finally:
+                if loaded is not None:
+                    loaded.release()
+
+
+def _warm_engine(warmed, cfg: OptimizerConfig) -> float:
+    """The C engine's staging pool, made now on the first GPU's primary context."""
+    import ctypes
+
+    from restoreprof.optimizer.engine import native_engine
+
+    lib = native_engine()
+    lib.rp_engine_warm.restype = ctypes.c_int
+    lib.rp_engine_warm.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_size_t]
+    start = time.monotonic()
+    first = min(warmed.contexts)
+    warmed.driver.call("cuCtxSetCurrent", warmed.contexts[first])
+    rc = lib.rp_engine_warm(cfg.streams, cfg.threads, cfg.chunk_mb << 20)
+    if rc != 0:
+        raise RestoreprofError(f"the engine's staging pool could not be made (CUDA error {rc})",
+                               hint="run 'restoreprof warm --no-pool' to hold contexts only")
+    return time.monotonic() - start
+
+
+def _private_dir(directory: Path) -> None:
+    """directory exists, and no other user can write to it (else the socket could be swapped)."""
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    st = directory.stat()
+    if st.st_uid not in (os.geteuid(), 0) or st.st_mode & 0o022:
+        raise PermissionError(f"{directory} is writable by others or owned by another user")
+
+
+def _check_peer(conn: socket.socket) -> None:
+    creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    _pid, uid, _gid = struct.unpack("3i", creds)
+    if uid not in (os.geteuid(), 0):
+        raise RestoreprofError(f"UID {uid} may not use this warm pool")
+
+
+# --- the restore's side ------------------------------------------------------------------------
+
+
+@dataclass
+class PooledSnapshot:
+    """A snapshot the warm pool loaded: the memory's descriptors, ours until release()."""
+
+    snapshot: Path
+    items: list[Allocation]
+    seconds: float
+    _conn: socket.socket | None = None
+
+    @property
+    def count(self) -> int:
+        return len(self.items)
+
+    @property
+    def bytes(self) -> int:
+        return sum(a.size for a in self.items)
+
+    def allocations(self) -> list[Allocation]:
+        return self.items
+
+    def release(self) -> None:
+        """Close our descriptors and hang up: the pool drops its references."""
+        for a in self.items:
+            with contextlib.suppress(OSError):
+                os.close(a.fd)
+        self.items = []
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+
+def preload_through_pool(snapshot: Path, cfg: OptimizerConfig | None = None) -> PooledSnapshot | None:
+    """Have this user's warm pool load snapshot; None when no pool answers (the caller preloads
+    itself). Raises RestoreprofError when the pool answered and failed (a damaged chunk)."""
+    conn = _connect()
+    if conn is None:
+        return None
+    cfg = cfg or OptimizerConfig()
+    items: list[Allocation] = []
+    try:
+        conn.settimeout(PRELOAD_TIMEOUT_S)
+        with open(snapshot, "rb") as f:
+            _send(conn, {"op": "preload", "name": str(snapshot), "streams": cfg.streams,
+                         "threads": cfg.threads}, [f.fileno()])
+        while True:
+            message, fds = _receive(conn, FDS_PER_MESSAGE)
+            if not message:
+                raise RestoreprofError(f"the warm pool hung up while preloading {snapshot}",
+                                       hint="see its output; the restore falls back to "
+                                            "reloading inside the process")
+            if "error" in message:
+                raise RestoreprofError(f"the warm pool could not preload {snapshot}: "
+                                       f"{message['error']}",
+                                       hint="the restore falls back to reloading inside the process")
+            described = message.get("items", [])
+            if len(described) != len(fds):
+                for fd in fds:
+                    os.close(fd)
+                raise RestoreprofError("the warm pool sent a malformed reply")
+            items += [Allocation.from_description(d, fd) for d, fd in zip(described, fds)]
+            if message.get("done"):
+                return PooledSnapshot(Path(snapshot), items, float(message["seconds"]), conn)
+    except BaseException:
+        PooledSnapshot(Path(snapshot), items, 0.0, conn).release()
+        raise
+
+
+def _send(conn: socket.socket, message: dict, fds: list[int] | None = None) -> None:
+    data = json.dumps(message).encode()
+    if fds:
+        socket.send_fds(conn, [data], fds)
+    else:
+        conn.send(data)
+
+
+def _receive(conn: socket.socket, max_fds: int) -> tuple[dict, list[int]]:
+    """One message and its descriptors; ({}, []) when the other side hung up."""
+    data, fds, _flags, _addr = socket.recv_fds(conn, MESSAGE_BYTES, max_fds)
+    if not data:
+        for fd in fds:
+            os.close(fd)
+        return {}, []
+    return json.loads(data), list(fds)
