@@ -307,7 +307,7 @@ def preload_through_pool(snapshot: Path, cfg: OptimizerConfig | None = None) -> 
                 for fd in fds:
                     os.close(fd)
                 raise RestoreprofError("the warm pool sent a malformed reply")
-            items += [Allocation.from_description(d, fd) for d, fd in zip(described, fds)]
+            items += [Allocation.from_description(d, fd) for d, fd in zip(described, fds, strict=True)]
             if message.get("done"):
                 return PooledSnapshot(Path(snapshot), items, float(message["seconds"]), conn)
     except BaseException:
