@@ -1,8 +1,9 @@
 """Package layout and the native build step (metadata lives in pyproject.toml).
 
 The Textual app sits in the top-level tui/ folder and installs as ``restoreprof.tui``.
-The LD_PRELOAD interception library is compiled while the package is built, so an installed
-restoreprof carries it; ``scripts/setup.sh`` builds it in place for the editable install.
+The LD_PRELOAD interception library and the kallsyms shortcut (probes/) are compiled while the
+package is built, so an installed restoreprof carries them; ``scripts/setup.sh`` builds them in
+place for the editable install.
 """
 
 import sys
@@ -19,12 +20,17 @@ class BuildPyWithShim(build_py):
         super().run()
         sys.path.insert(0, str(ROOT / "src"))
         from restoreprof.optimizer.shim.build import build_library
+        from restoreprof.probes import kallsyms_shortcut
 
         out_dir = Path(self.build_lib) / "restoreprof" / "optimizer" / "shim"
         try:
             build_library(out_dir=out_dir)
         except Exception as exc:  # the package still works without it; doctor says so
             print(f"warning: interception library not built: {exc}", file=sys.stderr)
+        try:
+            kallsyms_shortcut.build(out_dir=Path(self.build_lib) / "restoreprof" / "probes")
+        except Exception as exc:  # bcc then compiles as it always does, only slower
+            print(f"warning: kallsyms shortcut not built: {exc}", file=sys.stderr)
 
 
 setup(

@@ -134,9 +134,12 @@ else
   miss "bcc Python module: install python3-bpfcc (as root, rerun this script)"
 fi
 
-# --- 5. native parts: the LD_PRELOAD interception library and its test double ----------------
+# --- 5. native parts: the LD_PRELOAD interception library, the kallsyms shortcut ----------------
 if ! "$venv/bin/python" -m restoreprof.optimizer.shim build; then
   miss "native library: a C compiler and the CUDA headers (cuda.h) are needed: apt-get install gcc, set CUDA_HOME"
+fi
+if ! "$venv/bin/python" -m restoreprof.probes.kallsyms_shortcut build; then
+  miss "kallsyms shortcut (faster trace start-up): a C compiler and linux/bpf.h are needed: apt-get install gcc linux-libc-dev"
 fi
 
 if [ ${#missing[@]} -gt 0 ]; then

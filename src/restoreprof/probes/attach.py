@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from restoreprof.errors import RestoreprofError, require_root
-from restoreprof.probes import bpf_program, uprobe_multi
+from restoreprof.probes import bpf_program, kallsyms_shortcut, uprobe_multi
 from restoreprof.probes.cuda_functions import BY_SYMBOL
 from restoreprof.probes.resolve import ProbeObject
 
@@ -48,6 +48,9 @@ def check_environment(with_bcc: bool = True) -> None:
 
 
 def import_bcc():  # -> type[bcc.BPF], untyped module
+    # Before bcc's first compile: bcc's own lookups of the probe-read helpers then skip a read
+    # of all of /proc/kallsyms (kallsyms_shortcut.c); without the library, nothing changes.
+    kallsyms_shortcut.install()
     try:
         from bcc import BPF
     except ImportError as exc:
