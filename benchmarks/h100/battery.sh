@@ -51,6 +51,7 @@ for stage in $stages; do
     readahead) rp_python benchmarks/bench_readahead.py --mib 8192 --runs 3 2>&1 | tee "$out/readahead.txt" ;;
     overhead5) rp_python benchmarks/bench_trace_overhead.py --gpu-gib 8 --runs 5 2>&1 | tee "$out/overhead5.txt" ;;
     attach)    rp_python benchmarks/bench_probes.py --attach-only --runs 7 2>&1 | tee "$out/attach.txt" ;;
+    pool8w)    rp_python benchmarks/bench_gpu_restore.py --gib 8 --modes plain pool --repeat 5 --json "$out/pool8w.json" 2>&1 | grep -v '^{' | tee "$out/pool8w.txt" ;;
     pool8)     rp_python benchmarks/bench_gpu_restore.py --gib 8 --modes plain preload pool --repeat 3 --cold --json "$out/pool8.json" 2>&1 | grep -v '^{' | tee "$out/pool8.txt" ;;
     pool16)    rp_python benchmarks/bench_gpu_restore.py --gib 16 --modes plain preload pool --repeat 2 --cold --json "$out/pool16.json" 2>&1 | grep -v '^{' | tee "$out/pool16.txt" ;;
     tracepool) # the optimized 8 GiB restore traced, with a warm pool preloading
