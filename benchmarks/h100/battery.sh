@@ -56,10 +56,10 @@ for stage in $stages; do
     pool16)    rp_python benchmarks/bench_gpu_restore.py --gib 16 --modes plain preload pool --repeat 2 --cold --json "$out/pool16.json" 2>&1 | grep -v '^{' | tee "$out/pool16.txt" ;;
     tracepool) # the optimized 8 GiB restore traced, with a warm pool preloading
                rm -rf /tmp/rp-tp; rp_python benchmarks/h100/make_checkpoint.py /tmp/rp-tp/ckpt --gpu-gib 8 --optimized
-               restoreprof warm > "$out/tracepool-warm.txt" 2>&1 & warm=$!
+               restoreprof warm > "$out/tracepool-warm.txt" 2>&1 &
                until grep -q serving "$out/tracepool-warm.txt"; do sleep 0.2; done
                restoreprof trace --restore /tmp/rp-tp/ckpt -o /tmp/rp-tp/trace 2>&1 | tee "$out/trace-pool.txt"
-               kill $warm; wait $warm
+               pkill -TERM -f "restoreprof warm"; wait
                cp /tmp/rp-tp/trace/report.json "$out/report-pool.json"
                kill -9 $(python3 -c "import json;print(json.load(open('/tmp/rp-tp/ckpt/restoreprof.json'))['root_pid'])") 2>/dev/null ;;
     *)         echo "unknown stage $stage" ;;

@@ -168,3 +168,23 @@ def test_a_run_dir_others_can_write_is_refused(tmp_path):
         _private_dir(shared)
     _private_dir(tmp_path / "mine")
     assert (tmp_path / "mine").stat().st_mode & 0o777 == 0o700
+
+
+def test_a_traced_restore_shows_the_pools_transfer(pool, tmp_path, restoreprof_cli):
+    w = HeldMemory.start(tmp_path / "state", 16, gpu_mib=48, prefix=EXEC)
+    try:
+        checkpoint(w.pid, tmp_path / "ckpt")
+        out = restoreprof_cli("trace", "--restore", str(tmp_path / "ckpt"), "-o",
+                              str(tmp_path / "trace"))
+        assert out.returncode == 0, out.stderr
+        assert w.verify()
+        report = json.loads((tmp_path / "trace" / "report.json").read_text())
+        # the GPU memory moved in the pool's process: the profiler followed it there
+        assert pool.proc.pid in report["pids"] and w.pid in report["pids"]
+        assert report["cuda"]["htod"]["bytes"] == 48 << 20
+        # from staging the pool pinned before the trace began: it told the profiler
+        assert report["cuda"]["htod"]["pinned_bytes"] == 48 << 20
+        gpu = next(p for p in report["phases"] if p["name"] == "gpu memory restore")
+        assert gpu["bytes"] == 48 << 20
+    finally:
+        w.stop()

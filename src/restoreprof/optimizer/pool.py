@@ -90,6 +90,22 @@ def pool_running() -> bool:
     return conn is not None
 
 
+def describe_pool() -> dict | None:
+    """{"pid", "pinned": [[base, bytes], ...]} of this user's running pool, or None. The
+    profiler traces the pool beside a restore; its staging buffers were pinned before the trace
+    began, so the profiler learns them here to classify the pool's copies."""
+    conn = _connect()
+    if conn is None:
+        return None
+    with conn:
+        try:
+            _send(conn, {"op": "describe"})
+            reply, _ = _receive(conn, 0)
+        except OSError:
+            return None
+    return reply if "pid" in reply else None
+
+
 # --- the pool's side ---------------------------------------------------------------------------
 
 
@@ -181,6 +197,10 @@ class WarmPool:
                 request, fds = _receive(conn, 1)
                 if not request:
                     return  # hung up unasked (pool_running)
+                if request.get("op") == "describe" and not fds:
+                    _check_peer(conn)
+                    _send(conn, {"pid": os.getpid(), "pinned": _staging_ranges()})
+                    return
                 try:
                     _check_peer(conn)
                     if request.get("op") != "preload" or len(fds) != 1:
@@ -228,6 +248,22 @@ def _warm_engine(warmed, cfg: OptimizerConfig) -> float:
         raise RestoreprofError(f"the engine's staging pool could not be made (CUDA error {rc})",
                                hint="run 'restoreprof warm --no-pool' to hold contexts only")
     return time.monotonic() - start
+
+
+def _staging_ranges() -> list[list[int]]:
+    """[base, bytes] of each pinned staging buffer the engine holds in this process."""
+    import ctypes
+
+    from restoreprof.optimizer.engine import native_engine
+
+    lib = native_engine()
+    lib.rp_engine_staging.restype = ctypes.c_long
+    lib.rp_engine_staging.argtypes = [ctypes.POINTER(ctypes.c_uint64), ctypes.c_long,
+                                      ctypes.POINTER(ctypes.c_size_t)]
+    bases = (ctypes.c_uint64 * 1024)()
+    slot = ctypes.c_size_t()
+    n = lib.rp_engine_staging(bases, len(bases), ctypes.byref(slot))
+    return [[bases[i], slot.value] for i in range(n)]
 
 
 def _private_dir(directory: Path) -> None:

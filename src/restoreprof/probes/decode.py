@@ -143,6 +143,11 @@ class Enricher:
         self.fd_paths: dict[tuple[int, int], str] = {}
         self.recent: dict[int, deque[Event]] = defaultdict(lambda: deque(maxlen=16))
 
+    def know_pinned(self, pid: int, ranges: list[list[int]]) -> None:
+        """Host memory pid pinned before the trace began, which no traced call shows."""
+        for base, size in ranges:
+            self.pinned[pid].add(base, size)
+
     def add(self, event: Event) -> None:
         if event.kind == SYSCALL:
             self._syscall(event)
@@ -240,9 +245,12 @@ class Enricher:
         return still
 
 
-def enrich(events: list[Event]) -> None:
-    """Recompute the enrichment of a whole trace, in completion order."""
+def enrich(events: list[Event], known_pinned: dict[int, list[list[int]]] | None = None) -> None:
+    """Recompute the enrichment of a whole trace, in completion order. known_pinned: {pid:
+    [[base, bytes], ...]} pinned before the trace began (Enricher.know_pinned)."""
     enricher = Enricher()
+    for pid, ranges in (known_pinned or {}).items():
+        enricher.know_pinned(pid, ranges)
     for event in sorted(events, key=lambda e: e.end_ns):
         if event.kind == CUDA:
             event.extra.pop("outer", None)

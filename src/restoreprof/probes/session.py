@@ -85,6 +85,7 @@ class TraceSession:
         self._stdout_thread: threading.Thread | None = None
         self._raw: list[bytes] = []
         self._enricher = Enricher()
+        self._known_pinned: dict[int, list[list[int]]] = {}  # pid: pinned before the trace
         self._last_end_ns = 0
         self._out_of_order = False
         self._pids: set[int] = set()   # tasks to rescan for new CUDA libraries
@@ -125,6 +126,10 @@ class TraceSession:
                 self._child = PausedChild(argv, capture_stdout=target.restore_dir is not None)
                 roots = [self._child.pid]
                 objects = resolve.objects_for_command(argv)
+                if target.restore_dir is not None:
+                    roots += _warm_pool(self._known_pinned)
+                    for pid, ranges in self._known_pinned.items():
+                        self._enricher.know_pinned(pid, ranges)
             else:
                 roots = [target.pid, *resolve.descendants(target.pid)]
                 objects = [o for pid in roots for o in resolve.objects_of_process(pid)]
@@ -199,7 +204,7 @@ class TraceSession:
             self._stdout_thread.join(timeout=10)
             self._add_steps()
         if self._out_of_order:
-            enrich(self.events)
+            enrich(self.events, self._known_pinned)
         meta = self._meta
         meta.end_ns = time.monotonic_ns()
         meta.lost_events = self._lost
@@ -304,6 +309,18 @@ def _alive(pid: int) -> bool:
     except (OSError, IndexError):
         return False
     return state not in ("Z", "X")
+
+
+def _warm_pool(known_pinned: dict[int, list[list[int]]]) -> list[int]:
+    """A running warm pool does a restore's GPU memory transfer in its own process: trace it,
+    knowing which of its buffers are pinned (it pinned them before the trace began)."""
+    from restoreprof.optimizer.pool import describe_pool
+
+    pool = describe_pool()
+    if pool is None:
+        return []
+    known_pinned[pool["pid"]] = pool["pinned"]
+    return [pool["pid"]]
 
 
 def _timed(fn, *args, **kwargs) -> tuple:

@@ -484,6 +484,21 @@ RP_EXPORT CUresult rp_engine_warm(int streams, int threads, size_t chunk_bytes)
     return rc;
 }
 
+/* The staging buffers the pool holds now: up to max base addresses into bases, each of
+ * *slot_bytes; returns how many (0 when they are not pinned: nothing to report). For a
+ * profiler that starts watching a process after its pool was made (restoreprof warm). */
+RP_EXPORT long rp_engine_staging(uint64_t *bases, long max, size_t *slot_bytes)
+{
+    long n = 0;
+    pthread_mutex_lock(&pool.busy);
+    for (int i = 0; pool.pinned && i < pool.n_slots && n < max; i++)
+        if (pool.slots[i].buffer)
+            bases[n++] = (uint64_t)(uintptr_t)pool.slots[i].buffer;
+    *slot_bytes = pool.slot_bytes;
+    pthread_mutex_unlock(&pool.busy);
+    return n;
+}
+
 /* The engine for a caller that loads this library without preloading it (restoreprof's own
  * Python engine, for files): file <-> device on the caller's current context, a crc32c per
  * chunk written (device to file) or verified (file to device) where checksums is not NULL. */
