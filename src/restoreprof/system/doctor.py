@@ -134,8 +134,9 @@ def _cuda() -> tuple[list[Check], list[dict]]:
         checks.append(Check("CUDA driver", False, f"{lib}: NVML sees no GPU",
                             "check nvidia-smi; the driver may not match the kernel module",
                             required=False))
-        return checks, gpus
+        return [*checks, _checkpoint_storage(lib)], gpus
     checks.append(Check("CUDA driver", True, f"{gpus[0]['driver_version']} ({lib})", required=False))
+    checks.append(_checkpoint_storage(lib))
     for gpu in gpus:
         persistence = gpu["persistence"]
         checks.append(Check(
@@ -145,6 +146,23 @@ def _cuda() -> tuple[list[Check], list[dict]]:
             "" if persistence else "'restoreprof warm' keeps contexts warm without it",
             required=False))
     return checks, gpus
+
+
+def _checkpoint_storage(lib: str) -> Check:
+    """Whether the driver offers caller-driven checkpoint storage (CUDA 13.4's custom storage,
+    completed by cuCheckpointOperationComplete). restoreprof does not use it yet."""
+    import ctypes
+
+    name = "checkpoint storage"
+    try:
+        present = hasattr(ctypes.CDLL(lib), "cuCheckpointOperationComplete")
+    except OSError as exc:
+        return Check(name, None, f"cannot load {lib}: {exc}", "", required=False)
+    if present:
+        return Check(name, True, "driver offers custom storage; not used: the library offloads",
+                     required=False)
+    return Check(name, None, "driver has no custom storage (CUDA 13.4 adds it); the library "
+                 "offloads", required=False)
 
 
 def _shim() -> Check:
