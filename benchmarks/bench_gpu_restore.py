@@ -47,7 +47,7 @@ def main() -> None:
             print(json.dumps(case), flush=True)
     print(f"\n{'GiB':>4} {'path':<8} {'cache':<5} {'total s':>8} {'criu s':>7} {'driver s':>8} "
           f"{'adopt/reload s':>14} {'after CRIU s':>12} {'GPU GB/s':>8} {'preload s':>9} "
-          f"{'preload GB/s':>12} {'images GB':>9} data")
+          f"{'preload GB/s':>12} {'images GB':>9} {'wall s':>6} data")
     for gib, case in rows:
         for r in case["restores"]:
             driver_s = sum(r["gpu_driver_restore_s"])
@@ -61,7 +61,7 @@ def main() -> None:
                   f"{'cold' if r['cold'] else 'warm':<5} {r['total_s']:>8.2f} "
                   f"{r['criu_restore_s']:>7.2f} {driver_s:>8.2f} {r['gpu_reload_s']:>14.2f} "
                   f"{gpu_s:>12.2f} {gb / gpu_s if gpu_s else 0:>8.1f} {r['gpu_preload_s']:>9.2f} "
-                  f"{preload} {case['images_bytes'] / 1e9:>9.2f} "
+                  f"{preload} {case['images_bytes'] / 1e9:>9.2f} {r['wall_s']:>6.2f} "
                   f"{'OK' if r['verified'] else 'MISMATCH'}{unused}")
     if args.json:
         args.json.write_text(json.dumps([c for _, c in rows], indent=2))

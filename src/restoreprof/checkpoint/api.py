@@ -3,9 +3,9 @@
 Checkpoint: (offload GPU memory through the interception library) -> driver lock + checkpoint
 of every CUDA process -> criu dump -> manifest.
 Restore: verify the manifest and CRIU's metadata images -> criu restore (processes left
-stopped), with the page images' check, cuInit/context pre-warm and the preload of offloaded GPU
-memory overlapped -> resume once every image passed -> per CUDA process, in parallel: driver
-restore -> unlock -> (adopt the preloaded GPU memory, or reload it).
+stopped), with the page images' check, cuInit and the preload of offloaded GPU memory (by a
+warm pool where one runs) overlapped -> resume once every image passed -> per CUDA process, in
+parallel: driver restore -> unlock -> (adopt the preloaded GPU memory, or reload it).
 A failure at any step puts the processes back the way they were, or says how to.
 """
 
@@ -163,8 +163,8 @@ def restore(directory: Path, *, gpu_map: dict[str, str] | None = None, parallel:
         clock.run("verify images", verify_images, directory, manifest, skip=snapshots,
                   only=lambda name: not is_page_data(name))
         check = _start_page_check(directory, manifest, snapshots, clock)
-    # cuInit, the contexts and the staging pool warm up in this process while CRIU works: the
-    # driver's restore needs cuInit, and none of it needs CRIU.
+    # cuInit runs in this process while CRIU works: the driver's restore needs it, and it does
+    # not need CRIU.
     warm = gpu.start_prewarm(optimizer, clock) if cuda_pids else None
     # Offloaded GPU memory is loaded here meanwhile, for each process to adopt once it is back;
     # a GPU remap changes devices, so then the processes reload it themselves.

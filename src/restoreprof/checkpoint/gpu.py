@@ -277,19 +277,23 @@ def gpu_pairs(saved: list[dict], gpu_map: dict[str, str] | None) -> list[tuple[b
 
 
 class _PrewarmStep:
-    """cuInit and the primary contexts, made in the background while CRIU works."""
+    """cuInit, done in the background while CRIU works: the driver's restore needs it.
+
+    No context is made here: the driver's checkpoint calls need none, a preload makes its own,
+    and on the H100 the restore was faster without one (8 GiB, warm pool, 8 runs each: the
+    restore's steps 0.715 -> 0.68 s, its wall clock 1.39 -> 1.28 s, medians; RESULTS.md).
+    """
 
     def __init__(self, optimizer, clock) -> None:
         from restoreprof.optimizer.prewarm import Prewarm
 
         self._clock = clock
         self._start_ns = time.monotonic_ns()
-        # The staging pool that matters lives in the application (the library's); none here.
-        self._warm = Prewarm(optimizer, with_pool=False).start()
+        self._warm = Prewarm(optimizer, with_pool=False, contexts=False).start()
 
     def wait(self) -> None:
         ready = self._warm.wait()
-        self._clock.add("prewarm: cuInit + contexts (overlapped)", self._start_ns,
+        self._clock.add("prewarm: cuInit (overlapped)", self._start_ns,
                         self._start_ns + int(ready.timings.total_s * 1e9))
         driver.init()  # cuda-python's view of the same driver, now initialised
 

@@ -58,8 +58,9 @@ class Warmed:
 
 
 def warm(cfg: OptimizerConfig | None = None, with_pool: bool = True,
-         drv: Driver | None = None) -> Warmed:
-    """Do the work in this thread; the pool lives on device 0's primary context."""
+         drv: Driver | None = None, contexts: bool = True) -> Warmed:
+    """Do the work in this thread; the pool lives on device 0's primary context. contexts=False:
+    cuInit only (the driver's checkpoint calls need no context)."""
     cfg = cfg or OptimizerConfig()
     drv = drv or driver()
     ready = Warmed(drv)
@@ -67,10 +68,10 @@ def warm(cfg: OptimizerConfig | None = None, with_pool: bool = True,
     drv.call("cuInit", 0)
     count = drv.out("cuDeviceGetCount", ctypes.c_int)
     t1 = time.perf_counter()
-    for index in range(count):
+    for index in range(count if contexts else 0):
         ready.contexts[index] = drv.primary_context(index)
     t2 = time.perf_counter()
-    if with_pool and count:
+    if with_pool and ready.contexts:
         drv.call("cuCtxSetCurrent", ready.contexts[0])
         ready.pool = StagingPool.for_config(cfg, drv, ready.contexts[0])
     t3 = time.perf_counter()
@@ -82,9 +83,11 @@ def warm(cfg: OptimizerConfig | None = None, with_pool: bool = True,
 class Prewarm:
     """warm() in a background thread, so it overlaps with CRIU's work."""
 
-    def __init__(self, cfg: OptimizerConfig | None = None, with_pool: bool = True) -> None:
+    def __init__(self, cfg: OptimizerConfig | None = None, with_pool: bool = True,
+                 contexts: bool = True) -> None:
         self.cfg = cfg or OptimizerConfig()
         self.with_pool = with_pool
+        self.contexts = contexts
         self._thread: threading.Thread | None = None
         self._result: Warmed | None = None
         self._error: BaseException | None = None
@@ -92,7 +95,7 @@ class Prewarm:
     def start(self) -> Self:
         def body() -> None:
             try:
-                self._result = warm(self.cfg, self.with_pool)
+                self._result = warm(self.cfg, self.with_pool, contexts=self.contexts)
             except BaseException as exc:
                 self._error = exc
 
