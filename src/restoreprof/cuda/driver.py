@@ -11,9 +11,10 @@ import ctypes
 import threading
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
+if TYPE_CHECKING:  # numpy costs 50 ms to import, and only the copy helpers' callers use it
+    import numpy as np
 
 from restoreprof.errors import RestoreprofError
 
