@@ -46,13 +46,39 @@ CALIBRATED = Ceilings(htod_pinned_gbps=50.0, htod_pageable_gbps=9.0, host_memcpy
                       disk_read_gbps=2.0, source="calibrated")
 
 
+def test_concurrent_calls_count_once_in_busy_time():
+    """16 threads each copying 100 MB at once for 100 ms: 1.6 GB in 0.1 s of busy time (16 GB/s),
+    not in the 1.6 s the calls add up to; the same for reads."""
+    ev = []
+    for tid in range(16):
+        ev.append(Event(CUDA, "cuMemcpyHtoDAsync_v2", 1, 100 + tid, 0, 10 * MS,
+                        bytes=100_000_000, direction="htod", host_memory="pinned",
+                        complete_ns=100 * MS))
+        ev.append(Event(SYSCALL, "pread64", 1, 100 + tid, 0, 50 * MS, bytes=100_000_000, fd=3,
+                        path="/ckpt/gpu-1.snap"))
+    ev.append(Event(CUDA, "cuMemcpyHtoD_v2", 1, 1, 200 * MS, 300 * MS, bytes=100_000_000,
+                    direction="htod", host_memory="pinned"))  # alone, later: adds its own time
+    report = analyze(Trace(TraceMeta(target="t", pids=[1], lost_events=0), ev), CALIBRATED)
+    htod = report["cuda"]["htod"]
+    assert htod["transfer_ns"] == 16 * 100 * MS + 100 * MS
+    assert htod["busy_ns"] == 200 * MS
+    assert report["io"]["pread64"]["ns"] == 16 * 50 * MS
+    assert report["io"]["pread64"]["busy_ns"] == 50 * MS
+    from restoreprof.exports.report import summary
+
+    table = summary(report)
+    assert "busy s" in table
+    htod_row = next(line for line in table.splitlines() if line.startswith("htod"))
+    assert htod_row.split()[4:6] == ["0.200", "8.50"]  # busy s, GB/s: 1.7 GB in 0.2 s
+
+
 def test_report_has_the_promised_shape():
     report = analyze(restore_trace(), CALIBRATED)
     assert set(report) >= {"pids", "wall_ns", "io", "cuda", "phases", "bottleneck", "lost_events"}
     assert report["pids"] == [1, 2]
     assert report["wall_ns"] == 1001 * MS
     for name in ("preadv", "preadv2", "pread64", "read"):
-        assert set(report["io"][name]) == {"calls", "bytes", "ns"}
+        assert set(report["io"][name]) == {"calls", "bytes", "ns", "busy_ns"}
     for name in ("htod", "dtoh", "dtod"):
         assert set(report["cuda"][name]) >= {"calls", "bytes", "api_ns", "pageable_bytes",
                                              "pinned_bytes"}
@@ -68,7 +94,9 @@ def test_report_has_the_promised_shape():
 
 def test_counts_are_exact():
     report = analyze(restore_trace(), CALIBRATED)
-    assert report["io"]["preadv"] == {"calls": 5, "bytes": 500_000_000, "ns": 500 * MS}
+    # back to back, so the busy time equals the summed time
+    assert report["io"]["preadv"] == {"calls": 5, "bytes": 500_000_000, "ns": 500 * MS,
+                                      "busy_ns": 500 * MS}
     assert report["io"]["read"]["bytes"] == 500_000_000
     assert report["io"]["pread64"]["calls"] == 1
     htod = report["cuda"]["htod"]

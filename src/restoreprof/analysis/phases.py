@@ -18,7 +18,7 @@ import os
 import re
 from collections.abc import Callable
 
-from restoreprof.analysis.stats import READ_SYSCALLS, counted_copy, role, transfer_ns
+from restoreprof.analysis.stats import READ_SYSCALLS, counted_copy, merge, role, total_ns, transfer_ns
 from restoreprof.probes import cuda_functions as cf
 from restoreprof.trace.events import CUDA, HTOD, MARK, SYSCALL, Event
 
@@ -87,16 +87,6 @@ def phase_events(events: list[Event]) -> dict[str, list[tuple[int, int, int]]]:
     return out
 
 
-def merge(intervals: list[tuple[int, int]]) -> list[tuple[int, int]]:
-    merged: list[tuple[int, int]] = []
-    for start, end in sorted(intervals):
-        if merged and start <= merged[-1][1]:
-            merged[-1] = (merged[-1][0], max(merged[-1][1], end))
-        else:
-            merged.append((start, end))
-    return merged
-
-
 def _subtract(intervals: list[tuple[int, int]], taken: list[tuple[int, int]]) -> list[tuple[int, int]]:
     out = []
     for start, end in intervals:
@@ -110,10 +100,6 @@ def _subtract(intervals: list[tuple[int, int]], taken: list[tuple[int, int]]) ->
         if cursor < end:
             out.append((cursor, end))
     return out
-
-
-def _total(intervals: list[tuple[int, int]]) -> int:
-    return sum(end - start for start, end in intervals)
 
 
 def phases(events: list[Event]) -> tuple[list[dict], list[dict], int]:
@@ -130,15 +116,15 @@ def phases(events: list[Event]) -> tuple[list[dict], list[dict], int]:
             continue
         busy = merge([(s, e) for s, e, _ in items])
         own = _subtract(busy, taken)
-        exclusive[name] = _total(own)
+        exclusive[name] = total_ns(own)
         taken = merge(taken + busy)
         span_start, span_end = min(s for s, _, _ in items), max(e for _, e, _ in items)
         nbytes = sum(b for _, _, b in items)
-        busy_ns = _total(busy)
+        busy_ns = total_ns(busy)
         result.append({"name": name, "start_ns": span_start, "end_ns": span_end, "bytes": nbytes,
                        "busy_ns": busy_ns, "calls": len(items),
                        "gbps": round(nbytes / busy_ns, 3) if busy_ns and nbytes else 0.0})
-    other_ns = wall_ns - _total(taken) if wall_ns else 0
+    other_ns = wall_ns - total_ns(taken) if wall_ns else 0
     result.sort(key=lambda p: (p["start_ns"], p["end_ns"]))
     if wall_ns:
         result.append({"name": OTHER, "start_ns": start_ns, "end_ns": end_ns, "bytes": 0,

@@ -24,20 +24,45 @@ def transfer_ns(event: Event) -> int:
     return max(event.complete_ns, event.end_ns) - event.start_ns
 
 
+def merge(intervals: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """The union of intervals, as sorted disjoint intervals."""
+    merged: list[tuple[int, int]] = []
+    for start, end in sorted(intervals):
+        if merged and start <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], end))
+        else:
+            merged.append((start, end))
+    return merged
+
+
+def total_ns(intervals: list[tuple[int, int]]) -> int:
+    return sum(end - start for start, end in intervals)
+
+
 def io_stats(events: list[Event]) -> dict:
-    io = {name: {"calls": 0, "bytes": 0, "ns": 0} for name in READ_SYSCALLS}
+    """Per read syscall: calls, bytes returned, ns (summed over calls) and busy_ns (the time at
+    least one was in flight: concurrent reads count once, so bytes / busy_ns is their rate)."""
+    io = {name: {"calls": 0, "bytes": 0, "ns": 0, "busy_ns": 0} for name in READ_SYSCALLS}
+    spans: dict[str, list[tuple[int, int]]] = {name: [] for name in READ_SYSCALLS}
     for e in events:
         if e.kind == SYSCALL and e.name in io:
             entry = io[e.name]
             entry["calls"] += 1
             entry["bytes"] += e.bytes
             entry["ns"] += e.duration_ns
+            spans[e.name].append((e.start_ns, e.start_ns + e.duration_ns))
+    for name, entry in io.items():
+        entry["busy_ns"] = total_ns(merge(spans[name]))
     return io
 
 
 def cuda_stats(events: list[Event]) -> dict:
-    copies = {d: {"calls": 0, "bytes": 0, "api_ns": 0, "transfer_ns": 0, "pageable_bytes": 0,
-                  "pinned_bytes": 0} for d in DIRECTIONS}
+    """Per copy direction: calls, bytes requested, api_ns and transfer_ns (summed over calls),
+    busy_ns (the time at least one transfer was in flight), pinned and pageable bytes; and the
+    calls and time of init, context creation, the checkpoint API and synchronization."""
+    copies = {d: {"calls": 0, "bytes": 0, "api_ns": 0, "transfer_ns": 0, "busy_ns": 0,
+                  "pageable_bytes": 0, "pinned_bytes": 0} for d in DIRECTIONS}
+    spans: dict[str, list[tuple[int, int]]] = {d: [] for d in DIRECTIONS}
     timed = {"init": {"calls": 0, "ns": 0}, "context_create": {"calls": 0, "ns": 0},
              "checkpoint_api": {"calls": 0, "ns": 0}, "synchronize": {"calls": 0, "ns": 0}}
     role_to_key = {cf.INIT: "init", cf.CONTEXT: "context_create",
@@ -53,6 +78,7 @@ def cuda_stats(events: list[Event]) -> dict:
             entry["bytes"] += e.bytes
             entry["api_ns"] += e.duration_ns
             entry["transfer_ns"] += transfer_ns(e)
+            spans[e.direction].append((e.start_ns, e.start_ns + transfer_ns(e)))
             if e.host_memory == PAGEABLE:
                 entry["pageable_bytes"] += e.bytes
             elif e.host_memory == PINNED:
@@ -61,4 +87,6 @@ def cuda_stats(events: list[Event]) -> dict:
             entry = timed[role_to_key[r]]
             entry["calls"] += 1
             entry["ns"] += e.duration_ns
+    for direction, entry in copies.items():
+        entry["busy_ns"] = total_ns(merge(spans[direction]))
     return {**copies, **timed}

@@ -40,19 +40,22 @@ def summary(report: dict) -> str:
         lines.append(f"{p['name'][:23]:<24}{_s(p['start_ns'] - origin):>9}"
                      f"{_s(p['end_ns'] - p['start_ns']):>9}{_s(p.get('exclusive_ns', 0)):>9}"
                      f"{_gb(p['bytes']):>9}{gbps:>9}{ceiling_text:>10}")
-    lines += ["", f"{'reads':<24}{'calls':>10}{'GB':>10}{'time s':>10}{'GB/s':>10}"]
+    # "busy s": the time at least one call was in flight, so concurrent calls count once and
+    # GB/s is their combined rate (traces saved before busy_ns existed fall back to the sum).
+    lines += ["", f"{'reads':<24}{'calls':>10}{'GB':>10}{'busy s':>10}{'GB/s':>10}"]
     for name in READ_SYSCALLS:
         io = report["io"][name]
-        lines.append(f"{name:<24}{io['calls']:>10}{_gb(io['bytes']):>10}{_s(io['ns']):>10}"
-                     f"{_rate(io['bytes'], io['ns']):>10}")
+        busy = io.get("busy_ns", io["ns"])
+        lines.append(f"{name:<24}{io['calls']:>10}{_gb(io['bytes']):>10}{_s(busy):>10}"
+                     f"{_rate(io['bytes'], busy):>10}")
     cuda = report["cuda"]
-    lines += ["", f"{'cuda copies':<14}{'calls':>8}{'GB':>9}{'api s':>9}{'xfer s':>9}"
+    lines += ["", f"{'cuda copies':<14}{'calls':>8}{'GB':>9}{'api s':>9}{'busy s':>9}"
                   f"{'GB/s':>8}{'pinned GB':>11}{'pageable':>10}"]
     for name in ("htod", "dtoh", "dtod"):
         c = cuda[name]
+        busy = c.get("busy_ns", c.get("transfer_ns", c["api_ns"]))
         lines.append(f"{name:<14}{c['calls']:>8}{_gb(c['bytes']):>9}{_s(c['api_ns']):>9}"
-                     f"{_s(c.get('transfer_ns', c['api_ns'])):>9}"
-                     f"{_rate(c['bytes'], c.get('transfer_ns', c['api_ns'])):>8}"
+                     f"{_s(busy):>9}{_rate(c['bytes'], busy):>8}"
                      f"{_gb(c['pinned_bytes']):>11}{_gb(c['pageable_bytes']):>10}")
     for name in ("init", "context_create", "checkpoint_api"):
         if name in cuda:
