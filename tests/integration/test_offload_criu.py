@@ -7,6 +7,7 @@ from __future__ import annotations
 import sys
 
 import pytest
+from _snapshots import checkpoint_with_damaged_snapshot
 
 from restoreprof.checkpoint import checkpoint, restore
 from restoreprof.checkpoint.gpu import PRELOAD_STEP
@@ -50,11 +51,7 @@ def test_damaged_snapshot_keeps_process_held(fake_driver, tmp_path):
     exec_prefix = [sys.executable, "-m", "restoreprof", "exec", "--"]
     w = HeldMemory.start(tmp_path / "state", 16, gpu_mib=8, prefix=exec_prefix)
     try:
-        result = checkpoint(w.pid, tmp_path / "ckpt")
-        snapshot = tmp_path / "ckpt" / result.manifest.processes[0].offload["snapshot"]
-        with open(snapshot, "r+b") as f:
-            f.seek(snapshot.stat().st_size - 100)
-            f.write(b"\xff" * 8)
+        checkpoint_with_damaged_snapshot(w.pid, tmp_path / "ckpt")
         from restoreprof.errors import RestoreprofError
 
         with pytest.raises(RestoreprofError, match="reload failed") as err:

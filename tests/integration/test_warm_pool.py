@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
+from _snapshots import checkpoint_with_damaged_snapshot
 
 from restoreprof.checkpoint import checkpoint, restore
 from restoreprof.checkpoint.gpu import POOL_PRELOAD_STEP, PRELOAD_STEP
@@ -100,11 +101,7 @@ def test_restore_adopts_memory_the_pool_preloaded(pool, tmp_path):
 def test_a_damaged_snapshot_is_refused_and_the_process_stays_held(pool, tmp_path):
     w = HeldMemory.start(tmp_path / "state", 16, gpu_mib=8, prefix=EXEC)
     try:
-        result = checkpoint(w.pid, tmp_path / "ckpt")
-        snapshot = tmp_path / "ckpt" / result.manifest.processes[0].offload["snapshot"]
-        with open(snapshot, "r+b") as f:
-            f.seek(snapshot.stat().st_size - 100)
-            f.write(b"\xff" * 8)
+        snapshot = checkpoint_with_damaged_snapshot(w.pid, tmp_path / "ckpt")
         with pytest.raises(RestoreprofError, match="checksum mismatch"):
             preload_through_pool(snapshot)
         with pytest.raises(RestoreprofError, match="reload failed"):

@@ -197,12 +197,11 @@ class WarmPool:
                 request, fds = _receive(conn, 1)
                 if not request:
                     return  # hung up unasked (pool_running)
-                if request.get("op") == "describe" and not fds:
-                    _check_peer(conn)
-                    _send(conn, {"pid": os.getpid(), "pinned": _staging_ranges()})
-                    return
                 try:
                     _check_peer(conn)
+                    if request.get("op") == "describe" and not fds:
+                        _send(conn, {"pid": os.getpid(), "pinned": _staging_ranges()})
+                        return
                     if request.get("op") != "preload" or len(fds) != 1:
                         raise RestoreprofError("expected a preload request with one descriptor")
                     cfg = OptimizerConfig(streams=int(request.get("streams", self.cfg.streams)),
@@ -221,7 +220,7 @@ class WarmPool:
                 self.stats.bytes += loaded.bytes
                 self.stats.seconds.append(loaded.seconds)
                 conn.settimeout(None)
-                conn.recv(1)  # our references live until the client hangs up (or says so)
+                conn.recv(1)  # our references live until the client hangs up
             except (RestoreprofError, OSError, ValueError) as exc:
                 self.stats.failed += 1
                 with contextlib.suppress(OSError):
