@@ -284,6 +284,12 @@ EXPORT CUresult cuDevicePrimaryCtxGetState(CUdevice dev, unsigned int *flags, in
     return CUDA_SUCCESS;
 }
 
+/* For tests: the references held on dev's primary context. */
+EXPORT int fakecuda_primary_refcount(int dev)
+{
+    return check_device(dev) ? -1 : primary_ctx[dev].refcount;
+}
+
 static CUresult create_ctx(CUcontext *pctx, CUdevice dev)
 {
     if (!pctx)

@@ -4,6 +4,7 @@ restoreprof loads a snapshot into GPU memory it makes itself (the fake driver's 
 memfd-backed, so sharing it between processes works as on a GPU) and the application adopts it."""
 
 import contextlib
+import ctypes
 import os
 import select
 import shutil
@@ -252,6 +253,18 @@ def test_preloaded_memory_is_adopted_bit_exact(app, ours, tmp_path):
     ctl.offload(again, CFG)
     ctl.reload(again, CFG)
     assert app.ask("check") == "ok"
+
+
+def test_each_preloaded_allocation_holds_the_context_until_released(app, ours, fake_libcuda,
+                                                                    tmp_path):
+    fake = ctypes.CDLL(str(fake_libcuda))  # the driver the engine loaded here: the same globals
+    before = fake.fakecuda_primary_refcount(0)
+    with _preloaded(app, tmp_path) as (_, snap, loaded):
+        assert fake.fakecuda_primary_refcount(0) == before + loaded.count
+    assert fake.fakecuda_primary_refcount(0) == before, "release gives every reference back"
+    with pytest.raises(RestoreprofError):
+        preload_snapshot(_truncated(snap, tmp_path), CFG)
+    assert fake.fakecuda_primary_refcount(0) == before, "a failed preload keeps none"
 
 
 def test_the_gate_opens_only_when_every_allocation_is_back(app, ours, tmp_path):

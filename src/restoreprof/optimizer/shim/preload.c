@@ -26,7 +26,8 @@ struct rp_preloaded {
     uint64_t reserved; /* bytes of physical memory (the allocation's reservation) */
     int32_t device;    /* ordinal, in this process's numbering */
     int32_t fd;        /* POSIX fd of the physical memory; -1 until exported */
-    uint64_t handle;   /* this process's handle */
+    uint64_t handle;   /* this process's handle; while set, the item holds one reference
+                        * to its device's primary context (made current for the copy) */
     uint64_t local;    /* where it is mapped in this process, 0 when not */
     uint8_t uuid[16];  /* of the device, for the application to check against its own */
 };
@@ -39,8 +40,12 @@ RP_EXPORT void rp_preloaded_release(struct rp_preloaded *items, long count)
             rp_real.cuMemUnmap(p->local, p->reserved);
             rp_real.cuMemAddressFree(p->local, p->reserved);
         }
-        if (p->handle)
+        if (p->handle) {
             rp_real.cuMemRelease(p->handle);
+            CUdevice dev;
+            if (rp_real.cuDeviceGet(&dev, p->device) == CUDA_SUCCESS)
+                rp_real.cuDevicePrimaryCtxRelease_v2(dev);
+        }
         if (p->fd >= 0)
             close(p->fd);
         p->local = p->handle = 0;
@@ -57,14 +62,17 @@ static CUresult make_exportable(struct rp_preloaded *p)
         rc = rp_real.cuDeviceGetUuid_v2((CUuuid *)p->uuid, dev);
     if (rc == CUDA_SUCCESS)
         rc = rp_real.cuDevicePrimaryCtxRetain(&ctx, dev);
-    if (rc == CUDA_SUCCESS)
-        rc = rp_real.cuCtxSetCurrent(ctx);
+    if (rc != CUDA_SUCCESS)
+        return rc;
+    rc = rp_real.cuCtxSetCurrent(ctx);
     CUmemGenericAllocationHandle handle = 0;
     if (rc == CUDA_SUCCESS)
         rc = rp_vmm_create(dev, p->reserved, 1, &handle);
-    if (rc != CUDA_SUCCESS)
+    if (rc != CUDA_SUCCESS) {
+        rp_real.cuDevicePrimaryCtxRelease_v2(dev);
         return rc;
-    p->handle = handle;
+    }
+    p->handle = handle; /* from here the context reference is the item's (rp_preloaded_release) */
     CUdeviceptr local = 0;
     rc = rp_real.cuMemAddressReserve(&local, p->reserved, 0, 0, 0);
     if (rc != CUDA_SUCCESS)
@@ -85,7 +93,8 @@ static CUresult make_exportable(struct rp_preloaded *p)
 RP_EXPORT long rp_snapshot_preload_fd(int fd, int streams, int threads, struct rp_preloaded *out,
                                       long max, char *err, size_t errlen)
 {
-    if (rp_load_real() || !rp_real.cuMemExportToShareableHandle || !rp_real.cuDeviceGetUuid_v2) {
+    if (rp_load_real() || !rp_real.cuMemExportToShareableHandle || !rp_real.cuDeviceGetUuid_v2 ||
+        !rp_real.cuDevicePrimaryCtxRelease_v2) {
         snprintf(err, errlen, "the CUDA driver lacks what preloading needs");
         return -1;
     }

@@ -60,6 +60,7 @@
     X(cuDeviceGet, (CUdevice *, int))                                                          \
     X(cuDeviceGetUuid_v2, (CUuuid *, CUdevice))                                                \
     X(cuDevicePrimaryCtxRetain, (CUcontext *, CUdevice))                                       \
+    X(cuDevicePrimaryCtxRelease_v2, (CUdevice))                                                \
     /* wrapped: */                                                                             \
     X(cuGetProcAddress_v1, (const char *, void **, int, cuuint64_t)) /* "cuGetProcAddress" */  \
     X(cuGetProcAddress_v2,                                                                     \
