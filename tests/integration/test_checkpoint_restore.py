@@ -175,7 +175,9 @@ def test_never_overwrites_a_checkpoint(checkpoint_256, held):
 def test_not_root_is_refused(tmp_path):
     env = {**os.environ}
     # Import first (the interpreter under /root is not readable by nobody), then drop the euid.
-    code = ("import os; from restoreprof.cli import main; os.seteuid(65534); "
+    # The CLI imports a command's module when it runs: build that parser once before.
+    code = ("import os, locale; from restoreprof.cli import build_parser, main; "
+            "build_parser(['restore']); os.seteuid(65534); "
             f"raise SystemExit(main(['restore', '-D', '{tmp_path}']))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     assert out.returncode != 0 and "needs root" in out.stderr and "sudo" in out.stderr
