@@ -65,3 +65,12 @@ def test_same_program_without_reading_kallsyms():
     assert fast["functions"] == plain["functions"]
     assert plain["read"] >= kallsyms, "bcc itself reads all of /proc/kallsyms to compile"
     assert fast["read"] < plain["read"] - kallsyms // 2, "the shortcut must spare that read"
+
+
+def test_too_late_once_bcc_is_loaded():
+    # ctypes opens libbcc with RTLD_NOW: its calls are bound then, so the shortcut must come first
+    code = ("import bcc\nfrom restoreprof.probes import kallsyms_shortcut\n"
+            "print(kallsyms_shortcut.install())")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "False"

@@ -48,8 +48,8 @@ def check_environment(with_bcc: bool = True) -> None:
 
 
 def import_bcc():  # -> type[bcc.BPF], untyped module
-    # Before bcc's first compile: bcc's own lookups of the probe-read helpers then skip a read
-    # of all of /proc/kallsyms (kallsyms_shortcut.c); without the library, nothing changes.
+    # Before bcc is loaded: bcc's own lookups of the probe-read helpers then skip a read of all
+    # of /proc/kallsyms (kallsyms_shortcut.c); without the library, nothing changes.
     kallsyms_shortcut.install()
     try:
         from bcc import BPF

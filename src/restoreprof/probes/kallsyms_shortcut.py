@@ -41,15 +41,17 @@ def build(out_dir: Path | None = None, force: bool = False) -> Path:
 
 
 def install() -> bool:
-    """Load the library RTLD_GLOBAL, so that libbcc's own lookups find it first. Must run
-    before libbcc is loaded (bcc binds its calls lazily, at first use, so before the first
-    compile is enough). False when the library is not built (bcc then works as it always does)
-    or when the verifier could not be asked."""
+    """Load the library RTLD_GLOBAL, so that libbcc's own lookups find it first. It must be
+    loaded before libbcc is: ctypes opens libbcc with RTLD_NOW, which binds all its calls then.
+    False when the library is not built, when bcc was imported first (too late: bcc works as it
+    always does, only slower) or when the verifier could not be asked."""
     global _installed
     if _installed is None:
-        path = library_path()
+        if "bcc.libbcc" in sys.modules:
+            _installed = False
+            return _installed
         try:
-            lib = ctypes.CDLL(str(path), mode=ctypes.RTLD_GLOBAL)
+            lib = ctypes.CDLL(str(library_path()), mode=ctypes.RTLD_GLOBAL)
             _installed = lib.restoreprof_kallsyms_shortcut_answers() == 4
         except OSError:
             _installed = False

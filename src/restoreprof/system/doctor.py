@@ -45,6 +45,9 @@ def _capabilities() -> Check:
 
 
 def _bcc_and_bpf() -> list[Check]:
+    from restoreprof.probes import kallsyms_shortcut
+
+    kallsyms_shortcut.install()  # before bcc is loaded, as the profiler does
     try:
         import bcc
     except ImportError as exc:
@@ -55,29 +58,44 @@ def _bcc_and_bpf() -> list[Check]:
     try:
         from restoreprof.probes.attach import import_bcc
 
-        prog = import_bcc()(text="int probe(void *ctx) { return 0; }")
+        BPF = import_bcc()
+        before = _bytes_read()
+        prog = BPF(text="int probe(void *ctx) { return 0; }")
+        compile_read = _bytes_read() - before
         prog.load_func("probe", bcc.BPF.KPROBE)
         prog.cleanup()
         checks.append(Check("BPF syscall", True, "compiled and loaded a program"))
-        checks.append(_kallsyms_shortcut())
+        checks.append(_kallsyms_shortcut(compile_read))
     except Exception as exc:
         checks.append(Check("BPF syscall", False, str(exc).splitlines()[0][:70],
                             "needs root, a kernel with CONFIG_BPF_SYSCALL, and kernel headers"))
     return checks
 
 
-def _kallsyms_shortcut() -> Check:
+def _bytes_read() -> int:
+    with open("/proc/self/io") as f:
+        return int(next(line for line in f if line.startswith("rchar")).split()[1])
+
+
+def _kallsyms_shortcut(compile_read: int) -> Check:
+    """Whether the shortcut is loaded, and whether bcc's compile above still read all of
+    /proc/kallsyms (compile_read: bytes the compile read)."""
     from restoreprof.probes import kallsyms_shortcut
 
     name = "bcc start-up shortcut"
-    if kallsyms_shortcut.install():
-        return Check(name, True, "probe-read helpers asked of the verifier, not /proc/kallsyms",
-                     required=False)
     if not kallsyms_shortcut.library_path().exists():
         return Check(name, False, "not built (each trace starts 0.1-0.3 s slower)",
                      "./scripts/setup.sh (needs gcc)", required=False)
-    return Check(name, False, "built, but the verifier could not be asked; bcc reads "
-                 "/proc/kallsyms", "", required=False)
+    if not kallsyms_shortcut.install():
+        return Check(name, False, "built, but not loaded before bcc or the verifier could not "
+                     "be asked", "", required=False)
+    with open("/proc/kallsyms", "rb") as f:
+        kallsyms = len(f.read())
+    if compile_read >= kallsyms:
+        return Check(name, False, "loaded, but bcc still reads /proc/kallsyms (this bcc does "
+                     "not look it up through its PLT)", "", required=False)
+    return Check(name, True, "probe-read helpers asked of the verifier, not /proc/kallsyms",
+                 required=False)
 
 
 def _headers() -> Check:
