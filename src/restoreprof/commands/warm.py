@@ -28,9 +28,8 @@ def run(args: argparse.Namespace) -> int:
         signal.signal(signum, lambda *_: stop.set())
     pool = WarmPool(cfg, with_staging=not args.no_pool)
     t = pool.warmed.timings
-    staging = cfg.threads * 2 * cfg.chunk_mb if not args.no_pool else 0
     print(f"warm: {t.devices} GPU(s); cuInit {t.init_s * 1e3:.0f} ms, "
-          f"contexts {t.contexts_s * 1e3:.0f} ms, staging pool {staging} MiB in "
+          f"contexts {t.contexts_s * 1e3:.0f} ms, staging pool {pool.staging_bytes() >> 20} MiB in "
           f"{pool.staging_s * 1e3:.0f} ms")
     path = pool.bind()
     print(f"serving preloads on {path}; Ctrl-C or SIGTERM to stop", flush=True)

@@ -25,18 +25,22 @@ from restoreprof.optimizer.config import OptimizerConfig
 DEFAULT_TIMEOUT_S = 600.0  # an offload of tens of GiB to a slow disk takes minutes
 
 
-def run_dirs(pid: int) -> list[Path]:
-    """Where the library puts its socket, in the order it tries them (control.c: choose_dir)."""
+def user_run_dirs(uid: int) -> list[Path]:
+    """Where uid's sockets go (the library's, a warm pool's), in the order they are tried
+    (control.c: choose_dir)."""
     dirs = []
     if os.environ.get("RESTOREPROF_RUN_DIR"):
         dirs.append(Path(os.environ["RESTOREPROF_RUN_DIR"]))
-    dirs.append(Path("/run/restoreprof"))
+    return [*dirs, Path("/run/restoreprof"), Path(f"/tmp/restoreprof-{uid}")]
+
+
+def run_dirs(pid: int) -> list[Path]:
+    """Where pid's library puts its socket, in the order it tries them."""
     try:
         uid = os.stat(f"/proc/{pid}").st_uid
     except OSError:
         uid = os.geteuid()
-    dirs.append(Path(f"/tmp/restoreprof-{uid}"))
-    return dirs
+    return user_run_dirs(uid)
 
 
 def socket_path(pid: int) -> Path:

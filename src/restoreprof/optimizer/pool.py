@@ -33,11 +33,12 @@ import socket
 import struct
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from restoreprof.errors import RestoreprofError
 from restoreprof.optimizer.config import OptimizerConfig
+from restoreprof.optimizer.control import user_run_dirs
 from restoreprof.optimizer.preload import Allocation, preload_snapshot
 
 FDS_PER_MESSAGE = 200         # SCM_RIGHTS carries at most 253 descriptors a message
@@ -46,22 +47,14 @@ CONNECT_TIMEOUT_S = 1.0       # a pool that does not answer at once is treated a
 PRELOAD_TIMEOUT_S = 600.0
 
 
-def run_dirs(uid: int | None = None) -> list[Path]:
-    """Where the pool's socket lives, in the order tried (as the library's, control.c)."""
-    uid = os.geteuid() if uid is None else uid
-    dirs = [Path(os.environ["RESTOREPROF_RUN_DIR"])] if os.environ.get("RESTOREPROF_RUN_DIR") \
-        else []
-    return [*dirs, Path("/run/restoreprof"), Path(f"/tmp/restoreprof-{uid}")]
-
-
-def socket_name(uid: int | None = None) -> str:
-    return f"warm-{os.geteuid() if uid is None else uid}.sock"
+def _socket_name() -> str:
+    return f"warm-{os.geteuid()}.sock"
 
 
 def find_socket() -> Path | None:
     """This user's pool socket, or None when no pool was started."""
-    for directory in run_dirs():
-        candidate = directory / socket_name()
+    for directory in user_run_dirs(os.geteuid()):
+        candidate = directory / _socket_name()
         if candidate.exists():
             return candidate
     return None
@@ -114,7 +107,6 @@ class PoolStats:
     served: int = 0
     bytes: int = 0
     failed: int = 0
-    seconds: list[float] = field(default_factory=list)
 
 
 class WarmPool:
@@ -135,10 +127,10 @@ class WarmPool:
     def bind(self) -> Path:
         """Create the socket (0600, in a directory only this user can write); returns it."""
         last: OSError | None = None
-        for directory in run_dirs():
+        for directory in user_run_dirs(os.geteuid()):
             try:
                 _private_dir(directory)
-                path = directory / socket_name()
+                path = directory / _socket_name()
                 listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
                 with contextlib.suppress(FileNotFoundError):
                     path.unlink()  # a stale one from an earlier pool
@@ -181,6 +173,10 @@ class WarmPool:
                 self.path.unlink()
             self.path = None
 
+    def staging_bytes(self) -> int:
+        """The pinned staging the engine holds now."""
+        return sum(size for _, size in _staging_ranges())
+
     def release(self) -> None:
         self.close()
         from restoreprof.optimizer.engine import native_engine
@@ -218,7 +214,6 @@ class WarmPool:
                 _send(conn, {"done": True, "seconds": loaded.seconds})
                 self.stats.served += 1
                 self.stats.bytes += loaded.bytes
-                self.stats.seconds.append(loaded.seconds)
                 conn.settimeout(None)
                 conn.recv(1)  # our references live until the client hangs up
             except (RestoreprofError, OSError, ValueError) as exc:

@@ -10,8 +10,6 @@ found, and everything else bcc looks up still goes to bcc.
 from __future__ import annotations
 
 import ctypes
-import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -32,11 +30,10 @@ def build(out_dir: Path | None = None, force: bool = False) -> Path:
     out = library_path(out_dir)
     if out.exists() and out.stat().st_mtime >= SOURCE.stat().st_mtime and not force:
         return out
-    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
-    if not compiler:
-        raise FileNotFoundError("no C compiler: apt-get install gcc")
+    from restoreprof.optimizer.shim.build import c_compiler
+
     out.parent.mkdir(parents=True, exist_ok=True)
-    subprocess.run([compiler, *CFLAGS, "-o", str(out), str(SOURCE), "-ldl"], check=True)
+    subprocess.run([c_compiler(), *CFLAGS, "-o", str(out), str(SOURCE), "-ldl"], check=True)
     return out
 
 

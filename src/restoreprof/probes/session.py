@@ -127,9 +127,7 @@ class TraceSession:
                 roots = [self._child.pid]
                 objects = resolve.objects_for_command(argv)
                 if target.restore_dir is not None:
-                    roots += _warm_pool(self._known_pinned)
-                    for pid, ranges in self._known_pinned.items():
-                        self._enricher.know_pinned(pid, ranges)
+                    roots += self._follow_warm_pool()
             else:
                 roots = [target.pid, *resolve.descendants(target.pid)]
                 objects = [o for pid in roots for o in resolve.objects_of_process(pid)]
@@ -225,6 +223,18 @@ class TraceSession:
 
     # -- internals ------------------------------------------------------------------------
 
+    def _follow_warm_pool(self) -> list[int]:
+        """A running warm pool does a restore's GPU memory transfer in its own process: trace
+        it too ([its PID], or []), knowing which of its buffers it pinned before the trace."""
+        from restoreprof.optimizer.pool import describe_pool
+
+        pool = describe_pool()
+        if pool is None:
+            return []
+        self._known_pinned[pool["pid"]] = pool["pinned"]
+        self._enricher.know_pinned(pool["pid"], pool["pinned"])
+        return [pool["pid"]]
+
     def _on_record(self, _ctx: int, data: int, size: int) -> int:
         self._raw.append(ctypes.string_at(data, size))
         return 0
@@ -309,18 +319,6 @@ def _alive(pid: int) -> bool:
     except (OSError, IndexError):
         return False
     return state not in ("Z", "X")
-
-
-def _warm_pool(known_pinned: dict[int, list[list[int]]]) -> list[int]:
-    """A running warm pool does a restore's GPU memory transfer in its own process: trace it,
-    knowing which of its buffers are pinned (it pinned them before the trace began)."""
-    from restoreprof.optimizer.pool import describe_pool
-
-    pool = describe_pool()
-    if pool is None:
-        return []
-    known_pinned[pool["pid"]] = pool["pinned"]
-    return [pool["pid"]]
 
 
 def _timed(fn, *args, **kwargs) -> tuple:

@@ -33,6 +33,14 @@ def cuda_include_dir() -> Path:
     )
 
 
+def c_compiler() -> str:
+    """$CC, else cc, else gcc; FileNotFoundError saying what to install when there is none."""
+    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    if not compiler:
+        raise FileNotFoundError("no C compiler: apt-get install gcc")
+    return compiler
+
+
 def sources() -> list[Path]:
     return sorted(SOURCE_DIR.glob("*.c"))
 
@@ -51,11 +59,8 @@ def build_library(out_dir: Path | None = None, force: bool = False) -> Path:
     newest = max(p.stat().st_mtime for p in srcs + headers)
     if out.exists() and out.stat().st_mtime >= newest and not force:
         return out
-    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
-    if not compiler:
-        raise FileNotFoundError("no C compiler: apt-get install gcc")
     out.parent.mkdir(parents=True, exist_ok=True)
-    cmd = [compiler, *CFLAGS, f"-I{cuda_include_dir()}", f"-I{SOURCE_DIR}", "-o", str(out)]
+    cmd = [c_compiler(), *CFLAGS, f"-I{cuda_include_dir()}", f"-I{SOURCE_DIR}", "-o", str(out)]
     cmd += [str(s) for s in srcs] + ["-ldl", "-lpthread"]
     subprocess.run(cmd, check=True)
     return out

@@ -435,15 +435,24 @@ static CUresult run_job(struct rp_transfer *t, struct rp_engine_params p)
     return atomic_load(&job.rc);
 }
 
-CUresult rp_engine_run(struct rp_transfer *t, struct rp_engine_params p, int wait)
+/* Checks p and gives the caller's current context, which the pool is made to fit. */
+static CUresult caller_context(struct rp_engine_params p, CUcontext *ctx)
 {
-    CUcontext ctx = NULL;
     if (p.threads < 1 || p.threads > MAX_THREADS || p.streams < 1 || p.streams > MAX_STREAMS ||
         p.chunk_bytes == 0)
         return CUDA_ERROR_INVALID_VALUE;
-    CUresult rc = rp_real.cuCtxGetCurrent(&ctx);
-    if (rc != CUDA_SUCCESS || !ctx)
+    CUresult rc = rp_real.cuCtxGetCurrent(ctx);
+    if (rc != CUDA_SUCCESS || !*ctx)
         return rc != CUDA_SUCCESS ? rc : CUDA_ERROR_INVALID_CONTEXT;
+    return CUDA_SUCCESS;
+}
+
+CUresult rp_engine_run(struct rp_transfer *t, struct rp_engine_params p, int wait)
+{
+    CUcontext ctx = NULL;
+    CUresult rc = caller_context(p, &ctx);
+    if (rc != CUDA_SUCCESS)
+        return rc;
     if (wait)
         pthread_mutex_lock(&pool.busy);
     else if (pthread_mutex_trylock(&pool.busy) != 0)
@@ -468,12 +477,9 @@ RP_EXPORT CUresult rp_engine_warm(int streams, int threads, size_t chunk_bytes)
     struct rp_engine_params p = { .streams = streams, .threads = threads,
                                   .chunk_bytes = chunk_bytes };
     CUcontext ctx = NULL;
-    if (threads < 1 || threads > MAX_THREADS || streams < 1 || streams > MAX_STREAMS ||
-        chunk_bytes == 0)
-        return CUDA_ERROR_INVALID_VALUE;
-    CUresult rc = rp_real.cuCtxGetCurrent(&ctx);
-    if (rc != CUDA_SUCCESS || !ctx)
-        return rc != CUDA_SUCCESS ? rc : CUDA_ERROR_INVALID_CONTEXT;
+    CUresult rc = caller_context(p, &ctx);
+    if (rc != CUDA_SUCCESS)
+        return rc;
     pthread_mutex_lock(&pool.busy);
     rc = pool_fit(p, ctx);
     for (int worker = 0; rc == CUDA_SUCCESS && worker < threads; worker++)
