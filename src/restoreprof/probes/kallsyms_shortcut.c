@@ -18,6 +18,7 @@
 #include <dlfcn.h>
 #include <linux/bpf.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdint.h>
 #include <string.h>
@@ -78,10 +79,20 @@ static int helper_exists(int id)
     return -1;
 }
 
+/* libbcc's own function, found once (libbcc is loaded by then: it is the caller). */
 static resolve_name_fn real_resolve_name(void)
 {
-    void *bcc = dlopen("libbcc.so.0", RTLD_LAZY | RTLD_NOLOAD);
-    return bcc ? (resolve_name_fn)dlsym(bcc, "bcc_symcache_resolve_name") : NULL;
+    static _Atomic(resolve_name_fn) real;
+    resolve_name_fn fn = atomic_load(&real);
+    if (!fn) {
+        void *bcc = dlopen("libbcc.so.0", RTLD_LAZY | RTLD_NOLOAD);
+        if (bcc) {
+            fn = (resolve_name_fn)dlsym(bcc, "bcc_symcache_resolve_name");
+            dlclose(bcc); /* drops only this lookup's reference: libbcc stays loaded */
+            atomic_store(&real, fn);
+        }
+    }
+    return fn;
 }
 
 static pthread_once_t once = PTHREAD_ONCE_INIT;
