@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -154,7 +155,9 @@ def _refuses_another_user(pool: Pool) -> None:
     )
     out = subprocess.run([sys.executable, "-c", client, str(pool.socket)], capture_output=True,
                          text=True, timeout=30, check=True).stdout
-    assert json.loads(out) == {"error": "UID 65534 may not use this warm pool"}
+    assert json.loads(out) == {"error": "UID 65534 may not use this warm pool\n  -> restore as "
+                                        "the pool's user or as root, or start 'restoreprof "
+                                        "warm' as this user"}
 
 
 def test_a_run_dir_others_can_write_is_refused(tmp_path):
@@ -185,3 +188,82 @@ def test_a_traced_restore_shows_the_pools_transfer(pool, tmp_path, restoreprof_c
         assert gpu["bytes"] == 48 << 20
     finally:
         w.stop()
+
+
+def test_a_request_without_its_descriptor_is_refused(pool):
+    conn = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    conn.connect(str(pool.socket))
+    with conn:
+        conn.send(json.dumps({"op": "preload"}).encode())
+        reply = json.loads(conn.recv(65536))
+    assert reply["error"].startswith("expected a preload request with one descriptor\n  -> ")
+    assert pool.proc.poll() is None
+
+
+class _FakePool:
+    """A socket where the pool's would be: reads one request, sends the messages of `answer`
+    (no descriptors), hangs up."""
+
+    def __init__(self, path: Path, answer: list[dict]) -> None:
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        self.listener.bind(str(path))
+        self.listener.listen(1)
+        self.answer = answer
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        conn, _ = self.listener.accept()
+        with conn:
+            socket.recv_fds(conn, 65536, 1)
+            for message in self.answer:
+                conn.send(json.dumps(message).encode())
+
+    def close(self) -> None:
+        self.thread.join(timeout=10)
+        self.listener.close()
+
+
+@pytest.mark.parametrize("answer, error", [
+    ([], "the warm pool hung up while preloading"),
+    ([{"items": [{"address": 1, "size": 2, "uuid": "00"}]}],
+     "the warm pool sent a malformed reply"),
+], ids=["hung-up", "items-without-descriptors"])
+def test_a_broken_pool_answer_is_an_error_the_restore_falls_back_from(run_dir, tmp_path,
+                                                                      answer, error):
+    snapshot = tmp_path / "gpu.snap"
+    snapshot.write_bytes(b"not read by a fake pool")
+    fake = _FakePool(run_dir / f"warm-{os.geteuid()}.sock", answer)
+    try:
+        with pytest.raises(RestoreprofError, match=error) as err:
+            preload_through_pool(snapshot)
+        assert "falls back to reloading inside the process" in str(err.value)
+    finally:
+        fake.close()
+
+
+def test_no_usable_run_dir_says_where_to_put_the_socket(fake_driver, tmp_path, monkeypatch):
+    from restoreprof.optimizer import pool as pool_module
+
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)  # others could swap the socket: refused
+    monkeypatch.setattr(pool_module, "user_run_dirs", lambda uid: [shared])
+    warm = pool_module.WarmPool(OptimizerConfig(threads=2, chunk_mb=1))
+    try:
+        with pytest.raises(RestoreprofError, match="no run directory for the warm pool's socket")\
+                as err:
+            warm.bind()
+        assert "RESTOREPROF_RUN_DIR" in err.value.hint
+    finally:
+        warm.release()
+
+
+def test_a_staging_pool_that_cannot_be_pinned_is_a_clear_error(fake_driver):
+    env = {**os.environ, "FAKECUDA_FAIL": "cuMemHostAlloc:0"}
+    out = subprocess.run([sys.executable, "-m", "restoreprof", "warm"], capture_output=True,
+                         text=True, timeout=60, env=env)
+    assert out.returncode != 0
+    assert "the engine's staging pool could not be made" in out.stderr
+    assert "restoreprof warm --no-pool" in out.stderr

@@ -199,7 +199,9 @@ class WarmPool:
                         _send(conn, {"pid": os.getpid(), "pinned": _staging_ranges()})
                         return
                     if request.get("op") != "preload" or len(fds) != 1:
-                        raise RestoreprofError("expected a preload request with one descriptor")
+                        raise RestoreprofError(
+                            "expected a preload request with one descriptor",
+                            hint="use optimizer.pool.preload_through_pool to talk to the pool")
                     cfg = OptimizerConfig(streams=int(request.get("streams", self.cfg.streams)),
                                           threads=int(request.get("threads", self.cfg.threads)))
                     loaded = preload_snapshot(Path(request.get("name", "snapshot")), cfg,
@@ -272,7 +274,9 @@ def _check_peer(conn: socket.socket) -> None:
     creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
     _pid, uid, _gid = struct.unpack("3i", creds)
     if uid not in (os.geteuid(), 0):
-        raise RestoreprofError(f"UID {uid} may not use this warm pool")
+        raise RestoreprofError(f"UID {uid} may not use this warm pool",
+                               hint="restore as the pool's user or as root, or start "
+                                    "'restoreprof warm' as this user")
 
 
 # --- the restore's side ------------------------------------------------------------------------
@@ -336,7 +340,9 @@ def preload_through_pool(snapshot: Path, cfg: OptimizerConfig | None = None) -> 
             if len(described) != len(fds):
                 for fd in fds:
                     os.close(fd)
-                raise RestoreprofError("the warm pool sent a malformed reply")
+                raise RestoreprofError("the warm pool sent a malformed reply",
+                                       hint="restart 'restoreprof warm'; the restore falls back "
+                                            "to reloading inside the process")
             items += [Allocation.from_description(d, fd) for d, fd in zip(described, fds, strict=True)]
             if message.get("done"):
                 return PooledSnapshot(Path(snapshot), items, float(message["seconds"]), conn)
