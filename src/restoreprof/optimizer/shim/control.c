@@ -39,19 +39,6 @@ static char socket_path[sizeof(((struct sockaddr_un *)0)->sun_path)];
 static pid_t owner_pid;
 static int offloaded;
 
-/* ---- small helpers ---- */
-
-static uint64_t align_up(uint64_t v, uint64_t a)
-{
-    return (v + a - 1) / a * a;
-}
-
-/* Checksum arrays are padded to 8 bytes so that every record stays 8-byte aligned. */
-static size_t sums_bytes(size_t n_chunks)
-{
-    return 4 * align_up(n_chunks, 2);
-}
-
 /* A snapshot of the registry, so the long copies run without holding its lock. */
 struct alloc_list {
     struct rp_allocation *items;
@@ -98,14 +85,6 @@ static CUresult drain_contexts(struct alloc_list *list)
             return rc;
     }
     return CUDA_SUCCESS;
-}
-
-static size_t table_bytes(struct alloc_list *list, size_t chunk)
-{
-    size_t n = sizeof(struct snap_header);
-    for (size_t i = 0; i < list->count; i++)
-        n += sizeof(struct snap_record) + sums_bytes(rp_chunk_count(list->items[i].size, chunk));
-    return n;
 }
 
 static struct rp_engine_params params_from(int streams, int chunk_mb, int threads)
@@ -178,53 +157,6 @@ static int restore_stacks(char *err, size_t errlen)
 
 /* ---- OFFLOAD ---- */
 
-/* Writes every allocation's bytes and the table; leaves the memory mapped. */
-static int write_snapshot(int fd, struct alloc_list *list, struct rp_engine_params p,
-                          uint64_t *total, char *err, size_t errlen)
-{
-    size_t table = table_bytes(list, p.chunk_bytes);
-    char *buf = calloc(1, table);
-    if (!buf)
-        return snprintf(err, errlen, "out of memory"), -1;
-    struct snap_header *h = (struct snap_header *)buf;
-    memcpy(h->magic, RP_SNAP_MAGIC, 8);
-    h->version = RP_SNAP_VERSION;
-    h->checksum_kind = RP_SNAP_CRC32C;
-    h->chunk_bytes = p.chunk_bytes;
-    h->count = list->count;
-    h->table_bytes = table;
-    uint64_t data = align_up(table, RP_SNAP_ALIGN);
-    char *cursor = buf + sizeof(*h);
-    int rc = 0;
-    for (size_t i = 0; i < list->count && rc == 0; i++) {
-        struct rp_allocation *a = &list->items[i];
-        struct snap_record *r = (struct snap_record *)cursor;
-        uint32_t *sums = (uint32_t *)(r + 1);
-        *r = (struct snap_record){ a->address, a->size, a->reserved, data, a->device,
-                                   (uint32_t)rp_chunk_count(a->size, p.chunk_bytes) };
-        cursor = (char *)sums + sums_bytes(r->n_chunks);
-        struct rp_transfer t = { .direction = RP_D2H, .device = a->address, .fd = fd,
-                                 .file_offset = (off_t)data, .bytes = a->size, .checksums = sums };
-        CUresult cr = rp_real.cuCtxSetCurrent(a->context);
-        if (cr == CUDA_SUCCESS)
-            cr = rp_engine_run(&t, p, 1);
-        if (cr != CUDA_SUCCESS) {
-            snprintf(err, errlen, "copying %#llx (%zu bytes) out failed: %s",
-                     (unsigned long long)a->address, a->size, rp_error_name(cr));
-            rc = -1;
-        }
-        h->total_bytes += a->size;
-        data = align_up(data + a->size, RP_SNAP_ALIGN);
-    }
-    if (rc == 0 && pwrite(fd, buf, table, 0) != (ssize_t)table) {
-        snprintf(err, errlen, "writing the snapshot table failed: %s", strerror(errno));
-        rc = -1;
-    }
-    *total = h->total_bytes;
-    free(buf);
-    return rc;
-}
-
 static int unmap_all(struct alloc_list *list, char *err, size_t errlen)
 {
     int failures = 0;
@@ -259,7 +191,7 @@ static void do_offload(const char *path, struct rp_engine_params p, char *reply,
     else if ((drained = drain_contexts(&list)) != CUDA_SUCCESS)
         snprintf(err, sizeof(err), "waiting for the GPU failed: %s", rp_error_name(drained));
     else
-        rc = write_snapshot(fd, &list, p, &total, err, sizeof(err));
+        rc = rp_snapshot_write(fd, list.items, list.count, p, &total, err, sizeof(err));
     if (fd >= 0 && close(fd) != 0 && rc == 0) {
         snprintf(err, sizeof(err), "closing %.160s failed: %s", path, strerror(errno));
         rc = -1;
@@ -283,27 +215,6 @@ static void do_offload(const char *path, struct rp_engine_params p, char *reply,
 }
 
 /* ---- RELOAD ---- */
-
-char *rp_snapshot_table(int fd, struct snap_header *h, char *err, size_t errlen)
-{
-    if (pread(fd, h, sizeof(*h), 0) != sizeof(*h) || memcmp(h->magic, RP_SNAP_MAGIC, 8) != 0 ||
-        h->version != RP_SNAP_VERSION || h->checksum_kind != RP_SNAP_CRC32C) {
-        snprintf(err, errlen, "not a restoreprof snapshot (or another version)");
-        return NULL;
-    }
-    char *table = malloc(h->table_bytes);
-    if (!table || pread(fd, table, h->table_bytes, 0) != (ssize_t)h->table_bytes) {
-        snprintf(err, errlen, "the snapshot table is truncated");
-        free(table);
-        return NULL;
-    }
-    return table;
-}
-
-const struct snap_record *rp_snapshot_next(const struct snap_record *r)
-{
-    return (const struct snap_record *)((const char *)(r + 1) + sums_bytes(r->n_chunks));
-}
 
 static struct rp_allocation *find_in(struct alloc_list *list, const struct snap_record *r)
 {
@@ -346,7 +257,7 @@ static void do_reload(const char *path, struct rp_engine_params p, char *reply, 
         return;
     }
     uint64_t start = rp_now_ns(), total = 0, map_ns = 0;
-    uint64_t pool_ns = rp_engine_pool_setup_ns();
+    uint64_t pool_ns = rp_engine_staging_setup_ns();
     char err[256] = "";
     struct snap_header h;
     struct alloc_list list = { 0 };
@@ -385,7 +296,7 @@ static void do_reload(const char *path, struct rp_engine_params p, char *reply, 
     rp_gate_open();
     snprintf(reply, len, "OK %llu %llu map_ns=%llu pool_ns=%llu", (unsigned long long)total,
              (unsigned long long)(rp_now_ns() - start), (unsigned long long)map_ns,
-             (unsigned long long)(rp_engine_pool_setup_ns() - pool_ns));
+             (unsigned long long)(rp_engine_staging_setup_ns() - pool_ns));
 }
 
 /* ---- ADOPT ---- */

@@ -27,35 +27,6 @@ static void *(*real_dlsym)(void *, const char *);
 static pthread_once_t real_once = PTHREAD_ONCE_INIT;
 static int real_loaded; /* 1 loaded, -1 failed */
 
-void rp_log(const char *fmt, ...)
-{
-    char line[512];
-    va_list ap;
-    va_start(ap, fmt);
-    int n = snprintf(line, sizeof(line), "restoreprof-shim[%d]: ", (int)getpid());
-    vsnprintf(line + n, sizeof(line) - (size_t)n - 1, fmt, ap);
-    va_end(ap);
-    strcat(line, "\n");
-    /* write(2), not stdio: we may run inside a signal-unsafe or half-initialised program */
-    ssize_t ignored = write(STDERR_FILENO, line, strlen(line));
-    (void)ignored;
-}
-
-uint64_t rp_now_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
-}
-
-const char *rp_error_name(CUresult rc)
-{
-    const char *name = NULL;
-    if (rp_real.cuGetErrorName && rp_real.cuGetErrorName(rc, &name) == CUDA_SUCCESS && name)
-        return name;
-    return "CUDA_ERROR_(unknown)";
-}
-
 /* glibc 2.34 moved dlsym into libc with a new version; older systems have only 2.2.5. */
 static void find_real_dlsym(void)
 {
@@ -253,21 +224,4 @@ RP_EXPORT void *dlsym(void *handle, const char *name)
         }
     }
     return found;
-}
-
-/* ---- start-up ---- */
-
-__attribute__((constructor)) static void rp_init(void)
-{
-    rp_config_load();
-    /* With an explicit driver path, load it now: the program's own dlopen("libcuda.so.1")
-     * then finds it by soname instead of searching the system for one. */
-    const char *path = getenv("RESTOREPROF_REAL_LIBCUDA");
-    if (path && *path)
-        rp_load_real();
-    /* The control channel belongs to applications started under the library, not to a
-     * program (restoreprof itself) that only loads it for its engine. */
-    const char *preload = getenv("LD_PRELOAD");
-    if (rp_config.offload && preload && strstr(preload, "librestoreprof_shim"))
-        rp_control_start();
 }

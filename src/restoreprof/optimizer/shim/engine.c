@@ -41,7 +41,7 @@ static struct {
     size_t slot_bytes;
     int pinned;
     CUevent order; /* "the caller's stream reached this point" */
-} pool = { .busy = PTHREAD_MUTEX_INITIALIZER };
+} staging = { .busy = PTHREAD_MUTEX_INITIALIZER };
 
 struct rp_engine_params rp_engine_default_params(void)
 {
@@ -54,116 +54,28 @@ size_t rp_chunk_count(size_t bytes, size_t chunk)
     return (bytes + chunk - 1) / chunk;
 }
 
-/* ---- crc32c: SSE4.2 instruction where the CPU has it, a table otherwise ---- */
+/* ---- the staging pool: pinned buffers, streams and events the workers copy through ---- */
 
-static uint32_t crc_table[256];
-
-static void crc_table_init(void)
+static void staging_free(void)
 {
-    for (uint32_t i = 0; i < 256; i++) {
-        uint32_t c = i;
-        for (int k = 0; k < 8; k++)
-            c = c & 1 ? (c >> 1) ^ 0x82F63B78u : c >> 1;
-        crc_table[i] = c;
-    }
-}
-
-__attribute__((target("sse4.2"))) static uint32_t crc32c_hw_serial(uint32_t crc, const uint8_t *p,
-                                                                    size_t n)
-{
-    uint64_t c = crc;
-    for (; n >= 8; n -= 8, p += 8) {
-        uint64_t word;
-        memcpy(&word, p, 8);
-        c = __builtin_ia32_crc32di(c, word);
-    }
-    uint32_t c32 = (uint32_t)c;
-    for (; n; n--, p++)
-        c32 = __builtin_ia32_crc32qi(c32, *p);
-    return c32;
-}
-
-/*
- * One crc32 instruction has a latency of 3 cycles but issues every cycle, so three independent
- * streams run about three times as fast as one. The register update is linear over GF(2), so
- * crc(s, A || B) = shift(crc(s, A), |B|) ^ crc(0, B), where shift(x, L) is the state reached by
- * feeding L zero bytes from state x. For the fixed block length used here, shift is tabulated
- * per byte of x once.
- */
-#define CRC_BLOCK 8192
-static uint32_t crc_shift_table[4][256];
-
-__attribute__((target("sse4.2"))) static void crc_shift_init(void)
-{
-    static const uint8_t zeros[CRC_BLOCK];
-    for (int k = 0; k < 4; k++)
-        for (uint32_t v = 0; v < 256; v++)
-            crc_shift_table[k][v] = crc32c_hw_serial(v << (8 * k), zeros, CRC_BLOCK);
-}
-
-static uint32_t crc_shift(uint32_t x)
-{
-    return crc_shift_table[0][x & 0xff] ^ crc_shift_table[1][(x >> 8) & 0xff] ^
-           crc_shift_table[2][(x >> 16) & 0xff] ^ crc_shift_table[3][x >> 24];
-}
-
-__attribute__((target("sse4.2"))) static uint32_t crc32c_hw(uint32_t crc, const uint8_t *p, size_t n)
-{
-    static pthread_once_t once = PTHREAD_ONCE_INIT;
-    pthread_once(&once, crc_shift_init);
-    for (; n >= 3 * CRC_BLOCK; n -= 3 * CRC_BLOCK, p += 3 * CRC_BLOCK) {
-        uint64_t c0 = crc, c1 = 0, c2 = 0;
-        for (size_t i = 0; i < CRC_BLOCK; i += 8) {
-            uint64_t w0, w1, w2;
-            memcpy(&w0, p + i, 8);
-            memcpy(&w1, p + CRC_BLOCK + i, 8);
-            memcpy(&w2, p + 2 * CRC_BLOCK + i, 8);
-            c0 = __builtin_ia32_crc32di(c0, w0);
-            c1 = __builtin_ia32_crc32di(c1, w1);
-            c2 = __builtin_ia32_crc32di(c2, w2);
-        }
-        crc = crc_shift(crc_shift((uint32_t)c0) ^ (uint32_t)c1) ^ (uint32_t)c2;
-    }
-    return crc32c_hw_serial(crc, p, n);
-}
-
-RP_EXPORT uint32_t rp_crc32c(uint32_t crc, const void *data, size_t n)
-{
-    static pthread_once_t once = PTHREAD_ONCE_INIT;
-    const uint8_t *p = data;
-    crc = ~crc;
-    if (__builtin_cpu_supports("sse4.2")) {
-        crc = crc32c_hw(crc, p, n);
-    } else {
-        pthread_once(&once, crc_table_init);
-        for (; n; n--, p++)
-            crc = crc_table[(crc ^ *p) & 0xff] ^ (crc >> 8);
-    }
-    return ~crc;
-}
-
-/* ---- the pool ---- */
-
-static void pool_free(void)
-{
-    if (pool.context)
-        rp_real.cuCtxSetCurrent(pool.context);
-    for (int i = 0; i < pool.n_slots; i++) {
-        if (pool.slots[i].done)
-            rp_real.cuEventDestroy_v2(pool.slots[i].done);
-        if (pool.slots[i].buffer && pool.pinned)
-            rp_real.cuMemFreeHost(pool.slots[i].buffer);
+    if (staging.context)
+        rp_real.cuCtxSetCurrent(staging.context);
+    for (int i = 0; i < staging.n_slots; i++) {
+        if (staging.slots[i].done)
+            rp_real.cuEventDestroy_v2(staging.slots[i].done);
+        if (staging.slots[i].buffer && staging.pinned)
+            rp_real.cuMemFreeHost(staging.slots[i].buffer);
         else
-            free(pool.slots[i].buffer);
-        pool.slots[i] = (struct slot){ 0 };
+            free(staging.slots[i].buffer);
+        staging.slots[i] = (struct slot){ 0 };
     }
-    for (int i = 0; i < pool.n_streams; i++)
-        rp_real.cuStreamDestroy_v2(pool.streams[i]);
-    if (pool.order)
-        rp_real.cuEventDestroy_v2(pool.order);
-    pool.order = NULL;
-    pool.n_slots = pool.n_streams = 0;
-    pool.context = NULL;
+    for (int i = 0; i < staging.n_streams; i++)
+        rp_real.cuStreamDestroy_v2(staging.streams[i]);
+    if (staging.order)
+        rp_real.cuEventDestroy_v2(staging.order);
+    staging.order = NULL;
+    staging.n_slots = staging.n_streams = 0;
+    staging.context = NULL;
 }
 
 static void *allocate_staging(size_t bytes, int pinned)
@@ -182,27 +94,27 @@ static void *allocate_staging(size_t bytes, int pinned)
 
 /* Time spent pinning staging buffers and making streams, summed over the process's life and
  * over the threads that did it (they pin while others already copy); RELOAD reports it. */
-static _Atomic uint64_t pool_setup_ns;
+static _Atomic uint64_t staging_setup_ns;
 
-uint64_t rp_engine_pool_setup_ns(void)
+uint64_t rp_engine_staging_setup_ns(void)
 {
-    return atomic_load(&pool_setup_ns);
+    return atomic_load(&staging_setup_ns);
 }
 
 /* A worker's two slots, made on its first chunk: pinning costs about 0.4 s a GiB on the H100
  * (the pages are faulted, zeroed and locked), so the first workers copy while later ones still
- * pin, instead of every worker waiting for the whole pool. */
+ * pin, instead of every worker waiting for the whole staging. */
 static CUresult ensure_slots(int worker)
 {
     for (int i = 2 * worker; i < 2 * worker + 2; i++) {
-        struct slot *s = &pool.slots[i];
+        struct slot *s = &staging.slots[i];
         if (s->buffer)
             continue;
         uint64_t start = rp_now_ns();
-        s->buffer = allocate_staging(pool.slot_bytes, pool.pinned);
+        s->buffer = allocate_staging(staging.slot_bytes, staging.pinned);
         CUresult rc = s->buffer ? rp_real.cuEventCreate(&s->done, CU_EVENT_DISABLE_TIMING)
                                 : CUDA_ERROR_OUT_OF_MEMORY;
-        atomic_fetch_add(&pool_setup_ns, rp_now_ns() - start);
+        atomic_fetch_add(&staging_setup_ns, rp_now_ns() - start);
         if (rc != CUDA_SUCCESS)
             return rc;
     }
@@ -210,41 +122,41 @@ static CUresult ensure_slots(int worker)
 }
 
 /* Makes the pool fit p on context ctx (the caller's current one). */
-static CUresult pool_fit(struct rp_engine_params p, CUcontext ctx)
+static CUresult staging_fit(struct rp_engine_params p, CUcontext ctx)
 {
     int want_slots = 2 * p.threads;
-    if (pool.context == ctx && pool.slot_bytes == p.chunk_bytes && pool.n_slots == want_slots &&
-        pool.n_streams == p.streams && pool.pinned == rp_config.pinned)
+    if (staging.context == ctx && staging.slot_bytes == p.chunk_bytes && staging.n_slots == want_slots &&
+        staging.n_streams == p.streams && staging.pinned == rp_config.pinned)
         return CUDA_SUCCESS;
     uint64_t start = rp_now_ns();
-    pool_free();
+    staging_free();
     rp_real.cuCtxSetCurrent(ctx);
-    pool.context = ctx;
-    pool.slot_bytes = p.chunk_bytes;
-    pool.pinned = rp_config.pinned;
-    CUresult rc = rp_real.cuEventCreate(&pool.order, CU_EVENT_DISABLE_TIMING);
-    while (rc == CUDA_SUCCESS && pool.n_streams < p.streams) {
-        rc = rp_real.cuStreamCreate(&pool.streams[pool.n_streams], CU_STREAM_NON_BLOCKING);
-        pool.n_streams += rc == CUDA_SUCCESS;
+    staging.context = ctx;
+    staging.slot_bytes = p.chunk_bytes;
+    staging.pinned = rp_config.pinned;
+    CUresult rc = rp_real.cuEventCreate(&staging.order, CU_EVENT_DISABLE_TIMING);
+    while (rc == CUDA_SUCCESS && staging.n_streams < p.streams) {
+        rc = rp_real.cuStreamCreate(&staging.streams[staging.n_streams], CU_STREAM_NON_BLOCKING);
+        staging.n_streams += rc == CUDA_SUCCESS;
     }
-    pool.n_slots = want_slots; /* empty: each worker fills its own pair (ensure_slots) */
+    staging.n_slots = want_slots; /* empty: each worker fills its own pair (ensure_slots) */
     if (rc != CUDA_SUCCESS) {
         rp_log("staging pool (%d x %zu MiB) failed: %s", want_slots, p.chunk_bytes / RP_MIB,
                rp_error_name(rc));
-        pool_free();
+        staging_free();
     } else {
         RP_DEBUG("staging pool: %d x %zu MiB, %d streams", want_slots, p.chunk_bytes / RP_MIB,
                  p.streams);
     }
-    atomic_fetch_add(&pool_setup_ns, rp_now_ns() - start);
+    atomic_fetch_add(&staging_setup_ns, rp_now_ns() - start);
     return rc;
 }
 
 RP_EXPORT void rp_engine_release(void)
 {
-    pthread_mutex_lock(&pool.busy);
-    pool_free();
-    pthread_mutex_unlock(&pool.busy);
+    pthread_mutex_lock(&staging.busy);
+    staging_free();
+    pthread_mutex_unlock(&staging.busy);
 }
 
 /* ---- one transfer ---- */
@@ -371,10 +283,10 @@ static void *worker(void *raw)
 {
     struct worker_arg *arg = raw;
     struct job *job = arg->job;
-    struct slot *pair[2] = { &pool.slots[2 * arg->id], &pool.slots[2 * arg->id + 1] };
-    CUstream stream = pool.streams[arg->id % pool.n_streams];
+    struct slot *pair[2] = { &staging.slots[2 * arg->id], &staging.slots[2 * arg->id + 1] };
+    CUstream stream = staging.streams[arg->id % staging.n_streams];
     size_t in_flight[2] = { job->n_chunks, job->n_chunks }; /* D2H chunk held by each slot */
-    CUresult rc = rp_real.cuCtxSetCurrent(pool.context);
+    CUresult rc = rp_real.cuCtxSetCurrent(staging.context);
     if (rc == CUDA_SUCCESS)
         rc = ensure_slots(arg->id);
     int turn = 0;
@@ -407,9 +319,9 @@ static CUresult order_after_caller(struct rp_transfer *t)
 {
     if (!t->order_after)
         return CUDA_SUCCESS;
-    CUresult rc = rp_real.cuEventRecord(pool.order, t->after);
-    for (int i = 0; rc == CUDA_SUCCESS && i < pool.n_streams; i++)
-        rc = rp_real.cuStreamWaitEvent(pool.streams[i], pool.order, 0);
+    CUresult rc = rp_real.cuEventRecord(staging.order, t->after);
+    for (int i = 0; rc == CUDA_SUCCESS && i < staging.n_streams; i++)
+        rc = rp_real.cuStreamWaitEvent(staging.streams[i], staging.order, 0);
     return rc;
 }
 
@@ -454,16 +366,16 @@ CUresult rp_engine_run(struct rp_transfer *t, struct rp_engine_params p, int wai
     if (rc != CUDA_SUCCESS)
         return rc;
     if (wait)
-        pthread_mutex_lock(&pool.busy);
-    else if (pthread_mutex_trylock(&pool.busy) != 0)
+        pthread_mutex_lock(&staging.busy);
+    else if (pthread_mutex_trylock(&staging.busy) != 0)
         return CUDA_ERROR_NOT_READY;
-    rc = pool_fit(p, ctx);
+    rc = staging_fit(p, ctx);
     if (rc == CUDA_SUCCESS && t->bytes)
         rc = run_job(t, p);
     if (rc != CUDA_SUCCESS && rc != RP_ERROR_IO && rc != RP_ERROR_CHECKSUM)
-        pool_free(); /* a pool a driver error left in doubt (or half made) is made anew */
+        staging_free(); /* a pool a driver error left in doubt (or half made) is made anew */
     rp_real.cuCtxSetCurrent(ctx); /* worker 0 ran here and set the pool's: put the caller's back */
-    pthread_mutex_unlock(&pool.busy);
+    pthread_mutex_unlock(&staging.busy);
     return rc;
 }
 
@@ -480,13 +392,13 @@ RP_EXPORT CUresult rp_engine_warm(int streams, int threads, size_t chunk_bytes)
     CUresult rc = caller_context(p, &ctx);
     if (rc != CUDA_SUCCESS)
         return rc;
-    pthread_mutex_lock(&pool.busy);
-    rc = pool_fit(p, ctx);
+    pthread_mutex_lock(&staging.busy);
+    rc = staging_fit(p, ctx);
     for (int worker = 0; rc == CUDA_SUCCESS && worker < threads; worker++)
         rc = ensure_slots(worker);
     if (rc != CUDA_SUCCESS)
-        pool_free();
-    pthread_mutex_unlock(&pool.busy);
+        staging_free();
+    pthread_mutex_unlock(&staging.busy);
     return rc;
 }
 
@@ -496,12 +408,12 @@ RP_EXPORT CUresult rp_engine_warm(int streams, int threads, size_t chunk_bytes)
 RP_EXPORT long rp_engine_staging(uint64_t *bases, long max, size_t *slot_bytes)
 {
     long n = 0;
-    pthread_mutex_lock(&pool.busy);
-    for (int i = 0; pool.pinned && i < pool.n_slots && n < max; i++)
-        if (pool.slots[i].buffer)
-            bases[n++] = (uint64_t)(uintptr_t)pool.slots[i].buffer;
-    *slot_bytes = pool.slot_bytes;
-    pthread_mutex_unlock(&pool.busy);
+    pthread_mutex_lock(&staging.busy);
+    for (int i = 0; staging.pinned && i < staging.n_slots && n < max; i++)
+        if (staging.slots[i].buffer)
+            bases[n++] = (uint64_t)(uintptr_t)staging.slots[i].buffer;
+    *slot_bytes = staging.slot_bytes;
+    pthread_mutex_unlock(&staging.busy);
     return n;
 }
 

@@ -1,13 +1,24 @@
 /*
  * restoreprof's interception library: shared declarations.
  *
+ * Ground floor (call nothing above them):
+ *   util.c     logging, the clock, driver error names
+ *   crc32c.c   the per-chunk checksum
+ *   config.c   the same environment variables as restoreprof.optimizer.config
  *   driver.c   loads the real libcuda, and interposes dlsym and cuGetProcAddress so that
  *              programs which look driver functions up (cudart, cuda-python, PyTorch) get ours
- *   config.c   the same environment variables as restoreprof.optimizer.config
- *   engine.c   chunked copies through a pinned staging pool, several threads and streams
- *   copies.c   large pageable H2D / D2H copies routed through the engine
+ * Mechanisms:
+ *   engine.c   chunked copies through the staging pool (pinned buffers, streams), several threads
  *   vmm.c      device allocations served from VMM, their registry, and the offload gate
- *   control.c  the control socket: OFFLOAD / RELOAD / STATUS
+ *   snapshot.c the snapshot file format: write (from live allocations) and read its table
+ * Users of the mechanisms:
+ *   copies.c   large pageable H2D / D2H copies routed through the engine
+ *   preload.c  snapshots loaded into exportable memory in restoreprof's own process
+ *   control.c  the control socket: OFFLOAD / RELOAD / ADOPT / STATUS
+ *   init.c     start-up (the constructor)
+ *
+ * "Staging pool" always means the engine's pinned buffers; the warm pool is a process
+ * (restoreprof warm, in Python) and has no code here.
  */
 #ifndef RESTOREPROF_SHIM_H
 #define RESTOREPROF_SHIM_H
@@ -99,7 +110,7 @@ extern struct rp_real rp_real;
 
 /* Loads the real driver once; 0 when it is there. */
 int rp_load_real(void);
-/* "CUDA_ERROR_..." for logs. */
+/* "CUDA_ERROR_..." for logs (util.c). */
 const char *rp_error_name(CUresult rc);
 
 /* ---- configuration (config.c) ---- */
@@ -159,8 +170,9 @@ CUresult rp_engine_run(struct rp_transfer *t, struct rp_engine_params p, int wai
 /* Frees the staging pool (it is allocated again on next use). */
 void rp_engine_release(void);
 /* Nanoseconds spent setting up staging pools so far (pinning, streams, events). */
-uint64_t rp_engine_pool_setup_ns(void);
+uint64_t rp_engine_staging_setup_ns(void);
 size_t rp_chunk_count(size_t bytes, size_t chunk);
+/* crc32c.c */
 uint32_t rp_crc32c(uint32_t crc, const void *data, size_t n);
 
 /* ---- VMM allocations, registry and gate (vmm.c) ---- */
@@ -193,7 +205,7 @@ void rp_gate_close(void); /* waits for calls inside the gate to leave */
 void rp_gate_open(void);
 int rp_gate_is_closed(void);
 
-/* ---- snapshot files (control.c writes and reads them; preload.c reads them) ---- */
+/* ---- snapshot files (snapshot.c; control.c writes and reads them, preload.c reads them) ---- */
 
 #define RP_SNAP_MAGIC "RPSNAP1"
 #define RP_SNAP_VERSION 1
@@ -227,6 +239,10 @@ struct snap_record {
 char *rp_snapshot_table(int fd, struct snap_header *h, char *err, size_t errlen);
 /* The record after r in a table. */
 const struct snap_record *rp_snapshot_next(const struct snap_record *r);
+/* Writes every allocation's bytes (through the engine, on each allocation's context) and the
+ * table to fd; leaves the memory mapped. 0, or -1 with err set. */
+int rp_snapshot_write(int fd, const struct rp_allocation *items, size_t count,
+                      struct rp_engine_params p, uint64_t *total, char *err, size_t errlen);
 
 /* ---- control socket (control.c) ---- */
 

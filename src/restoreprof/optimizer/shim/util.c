@@ -1,0 +1,41 @@
+/*
+ * Utilities every other file uses: logging, the clock, driver error names. Nothing here calls
+ * into another file of the library except the driver table (rp_real) for error names.
+ */
+#define _GNU_SOURCE
+#include "shim.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+void rp_log(const char *fmt, ...)
+{
+    char line[512];
+    va_list ap;
+    va_start(ap, fmt);
+    int n = snprintf(line, sizeof(line), "restoreprof-shim[%d]: ", (int)getpid());
+    vsnprintf(line + n, sizeof(line) - (size_t)n - 1, fmt, ap);
+    va_end(ap);
+    strcat(line, "\n");
+    /* write(2), not stdio: we may run inside a signal-unsafe or half-initialised program */
+    ssize_t ignored = write(STDERR_FILENO, line, strlen(line));
+    (void)ignored;
+}
+
+uint64_t rp_now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+const char *rp_error_name(CUresult rc)
+{
+    const char *name = NULL;
+    if (rp_real.cuGetErrorName && rp_real.cuGetErrorName(rc, &name) == CUDA_SUCCESS && name)
+        return name;
+    return "CUDA_ERROR_(unknown)";
+}
