@@ -10,6 +10,8 @@
  *
  *   OFFLOAD <path> <streams> <chunk_mb> <threads>  -> OK <bytes> <ns> | ERR <message>
  *   RELOAD <path> <streams> <chunk_mb> <threads>   -> OK <bytes> <ns> | ERR <message>
+ *     (path "-": the file is the descriptor sent with the request, SCM_RIGHTS; a process in
+ *     its own mount namespace cannot reach a host path, e.g. CRIU's images folder)
  *   ADOPT <address> <gpu uuid> + one fd (SCM_RIGHTS) -> OK <bytes> <ns> remaining=<n> | ERR
  *   STATUS                                          -> OK state=<running|offloaded> ...
  *
@@ -171,7 +173,16 @@ static int unmap_all(struct alloc_list *list, char *err, size_t errlen)
     return failures ? -1 : 0;
 }
 
-static void do_offload(const char *path, struct rp_engine_params p, char *reply, size_t len)
+/* The snapshot file: the descriptor sent with the request when path is "-", else path. */
+static int open_snapshot(const char *path, int given, int flags)
+{
+    if (strcmp(path, "-") == 0)
+        return given >= 0 ? fcntl(given, F_DUPFD_CLOEXEC, 0) : (errno = EBADF, -1);
+    return open(path, flags | O_CLOEXEC, 0600);
+}
+
+static void do_offload(const char *path, int given, struct rp_engine_params p, char *reply,
+                       size_t len)
 {
     if (offloaded) {
         snprintf(reply, len, "ERR already offloaded: RELOAD first");
@@ -181,7 +192,7 @@ static void do_offload(const char *path, struct rp_engine_params p, char *reply,
     char err[256] = "";
     struct alloc_list list = { 0 };
     rp_gate_close(); /* the application's intercepted calls wait from here */
-    int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    int fd = open_snapshot(path, given, O_WRONLY | O_CREAT | O_TRUNC);
     CUresult drained = CUDA_SUCCESS;
     int rc = -1;
     if (fd < 0)
@@ -250,7 +261,8 @@ static CUresult load_record(int fd, struct rp_allocation *a, const struct snap_r
     return rc;
 }
 
-static void do_reload(const char *path, struct rp_engine_params p, char *reply, size_t len)
+static void do_reload(const char *path, int given, struct rp_engine_params p, char *reply,
+                      size_t len)
 {
     if (!offloaded) {
         snprintf(reply, len, "ERR not offloaded: nothing to reload");
@@ -262,7 +274,7 @@ static void do_reload(const char *path, struct rp_engine_params p, char *reply, 
     struct snap_header h;
     struct alloc_list list = { 0 };
     char *table = NULL;
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    int fd = open_snapshot(path, given, O_RDONLY);
     if (fd < 0)
         snprintf(err, sizeof(err), "cannot open %.160s: %s", path, strerror(errno));
     else if ((table = rp_snapshot_table(fd, &h, err, sizeof(err))) && collect(&list) != 0)
@@ -414,9 +426,9 @@ static void handle(const char *line, int fd, char *reply, size_t len)
     else if (sscanf(line, "ADOPT %llx %39s", &address, uuid) == 2)
         do_adopt((CUdeviceptr)address, uuid, fd, reply, len);
     else if (sscanf(line, "OFFLOAD %4095s %d %d %d", path, &streams, &chunk_mb, &threads) >= 1)
-        do_offload(path, params_from(streams, chunk_mb, threads), reply, len);
+        do_offload(path, fd, params_from(streams, chunk_mb, threads), reply, len);
     else if (sscanf(line, "RELOAD %4095s %d %d %d", path, &streams, &chunk_mb, &threads) >= 1)
-        do_reload(path, params_from(streams, chunk_mb, threads), reply, len);
+        do_reload(path, fd, params_from(streams, chunk_mb, threads), reply, len);
     else
         snprintf(reply, len, "ERR unknown request (OFFLOAD, RELOAD, ADOPT or STATUS)");
 }
@@ -431,7 +443,7 @@ static int peer_allowed(int conn)
 }
 
 /* Reads one request line, byte by byte so nothing after it is consumed; a file descriptor
- * sent with it (SCM_RIGHTS, for ADOPT) lands in *fd, else *fd is -1. */
+ * sent with it (SCM_RIGHTS, for ADOPT, or OFFLOAD/RELOAD of "-") lands in *fd, else *fd is -1. */
 static int read_request(int conn, char *line, size_t len, int *fd)
 {
     size_t used = 0;
