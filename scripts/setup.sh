@@ -100,6 +100,12 @@ else
   miss "CRIU >= 4.0: run this script as root, or install CRIU >= 4.0 and set RESTOREPROF_CRIU=/path/to/criu"
 fi
 
+# --- 2b. podman (optional: the container checkpoint tests; vfs storage, no registry needed) ---
+if ! command -v podman >/dev/null && is_root && command -v apt-get >/dev/null; then
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq podman >/dev/null 2>&1 \
+    && say "installed podman" || say "podman not installed (container tests skip): apt-get install podman"
+fi
+
 # --- 3. tracefs and debugfs -------------------------------------------------------------------
 if ! mountpoint -q /sys/kernel/tracing; then
   if is_root && mount -t tracefs tracefs /sys/kernel/tracing 2>/dev/null; then say "mounted tracefs"
@@ -137,6 +143,9 @@ fi
 # --- 5. native parts: the LD_PRELOAD interception library, the kallsyms shortcut ----------------
 if ! "$venv/bin/python" -m restoreprof.optimizer.shim build; then
   miss "native library: a C compiler and the CUDA headers (cuda.h) are needed: apt-get install gcc, set CUDA_HOME"
+fi
+if ! "$venv/bin/python" -m restoreprof.criu_plugin build; then
+  miss "CRIU plugin (the fast path inside criu and podman): a C compiler and cuda.h are needed: apt-get install gcc, set CUDA_HOME"
 fi
 if ! "$venv/bin/python" -m restoreprof.probes.kallsyms_shortcut build; then
   miss "kallsyms shortcut (faster trace start-up): a C compiler and linux/bpf.h are needed: apt-get install gcc linux-libc-dev"

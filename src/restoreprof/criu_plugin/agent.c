@@ -48,11 +48,15 @@ static void exec_agent(int fd, const char *stage, const char *images)
         if (null != 0)
             close(null);
     }
-    const char *python = getenv("RESTOREPROF_PYTHON");
-    if (!python || !*python)
-        python = RPC_PYTHON;
-    execlp(python, python, "-m", "restoreprof.criu_plugin.agent", stage, images, (char *)NULL);
-    fprintf(stderr, "restoreprof criu plugin: cannot run %s: %s\n", python, strerror(errno));
+    /* $RESTOREPROF_PYTHON, else the Python that built the plugin, else python3 on PATH (a
+     * wheel is built by a Python that may be gone when the plugin runs). */
+    const char *choices[] = { getenv("RESTOREPROF_PYTHON"), RPC_PYTHON, "python3" };
+    for (size_t i = 0; i < sizeof(choices) / sizeof(choices[0]); i++)
+        if (choices[i] && *choices[i])
+            execlp(choices[i], choices[i], "-m", "restoreprof.criu_plugin.agent", stage, images,
+                   (char *)NULL);
+    fprintf(stderr, "restoreprof criu plugin: cannot run Python (%s): set RESTOREPROF_PYTHON\n",
+            strerror(errno));
     _exit(127);
 }
 
