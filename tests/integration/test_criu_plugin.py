@@ -67,8 +67,9 @@ def test_dump_restore_with_the_plugin_is_bit_exact(fake_driver, plugin, tmp_path
         # the snapshot and the plugin's record sit beside CRIU's images (an export carries them)
         snapshot = tmp_path / "ckpt" / f"gpu-{w.pid}.snap"
         assert snapshot.stat().st_size >= GPU_MIB << 20
-        assert (tmp_path / "ckpt" / "restoreprof-criu.txt").read_text().split() == \
-            [str(w.pid), snapshot.name, str(GPU_MIB << 20)]
+        record = (tmp_path / "ckpt" / "restoreprof-criu.txt").read_text().splitlines()
+        assert record[0] == f"libcuda {fake_driver}"
+        assert record[1].split() == [str(w.pid), snapshot.name, str(GPU_MIB << 20)]
         pages = sum(p.stat().st_size for p in (tmp_path / "ckpt").glob("pages-*.img"))
         assert pages < (16 + GPU_MIB) << 20, "the GPU memory went into CRIU's pages too"
         wait_gone(w.pid)

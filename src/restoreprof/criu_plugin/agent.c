@@ -34,7 +34,7 @@ int rpc_agent_running(void)
     return channel >= 0;
 }
 
-static void exec_agent(int fd, const char *stage, const char *images)
+static void exec_agent(int fd, const char *stage, const char *images, const char *libcuda)
 {
     sigset_t all;
     sigemptyset(&all);
@@ -50,6 +50,8 @@ static void exec_agent(int fd, const char *stage, const char *images)
     }
     /* $RESTOREPROF_PYTHON, else the Python that built the plugin, else python3 on PATH (a
      * wheel is built by a Python that may be gone when the plugin runs). */
+    if (libcuda && *libcuda) /* the driver the plugin found, for restoreprof's Python too */
+        setenv("RESTOREPROF_LIBCUDA", libcuda, 0);
     const char *choices[] = { getenv("RESTOREPROF_PYTHON"), RPC_PYTHON, "python3" };
     for (size_t i = 0; i < sizeof(choices) / sizeof(choices[0]); i++)
         if (choices[i] && *choices[i])
@@ -60,7 +62,8 @@ static void exec_agent(int fd, const char *stage, const char *images)
     _exit(127);
 }
 
-int rpc_agent_start(const char *stage, const char *images, char *err, size_t len)
+int rpc_agent_start(const char *stage, const char *images, const char *libcuda, char *err,
+                    size_t len)
 {
     int sv[2];
     if (channel >= 0)
@@ -79,7 +82,7 @@ int rpc_agent_start(const char *stage, const char *images, char *err, size_t len
     if (child == 0) {
         setsid();
         if (fork() == 0)
-            exec_agent(sv[1], stage, images);
+            exec_agent(sv[1], stage, images, libcuda);
         _exit(0);
     }
     close(sv[1]);

@@ -9,8 +9,11 @@
 #include <dlfcn.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
 
 struct rpc_cuda rpc_cu;
+char rpc_cuda_path[RPC_LINE];
 static void *handle;
 static int loaded; /* 1 loaded and initialised, -1 failed for good */
 
@@ -22,18 +25,58 @@ static void *entry(const char *name, char *err, size_t len)
     return fn;
 }
 
-int rpc_cuda_load(char *err, size_t len)
+/* The driver library pid maps, as this process reaches it (through pid's root: a container's
+ * libcuda is the host driver's, mounted in by the NVIDIA container toolkit). */
+static int mapped_libcuda(int pid, char *path, size_t len)
+{
+    char maps[64], line[RPC_LINE];
+    snprintf(maps, sizeof(maps), "/proc/%d/maps", pid);
+    FILE *f = pid > 0 ? fopen(maps, "re") : NULL;
+    int found = 0;
+    while (f && !found && fgets(line, sizeof(line), f)) {
+        char *file = strchr(line, '/');
+        if (!file || !strstr(file, "/libcuda.so"))
+            continue;
+        file[strcspn(file, "\n")] = '\0';
+        snprintf(path, len, "/proc/%d/root%s", pid, file);
+        found = 1;
+    }
+    if (f)
+        fclose(f);
+    return found;
+}
+
+int rpc_cuda_load(int pid, const char *recorded, char *err, size_t len)
 {
     if (loaded)
         return loaded > 0 ? 0 : (snprintf(err, len, "the CUDA driver could not be loaded"), -1);
     loaded = -1;
-    const char *override = getenv("RESTOREPROF_LIBCUDA");
-    handle = override && *override ? dlopen(override, RTLD_NOW | RTLD_LOCAL) : NULL;
-    if (!handle)
-        handle = dlopen("libcuda.so.1", RTLD_NOW | RTLD_LOCAL);
+    /* $RESTOREPROF_LIBCUDA, the one the dump used (restore), the system's, the process's. CRIU
+     * started by a container runtime gets none of the caller's environment. */
+    char mapped[RPC_LINE];
+    const char *choices[] = { getenv("RESTOREPROF_LIBCUDA"), recorded, "libcuda.so.1",
+                              mapped_libcuda(pid, mapped, sizeof(mapped)) ? mapped : NULL };
+    for (size_t i = 0; i < sizeof(choices) / sizeof(choices[0]) && !handle; i++)
+        if (choices[i] && *choices[i] && (handle = dlopen(choices[i], RTLD_NOW | RTLD_LOCAL)))
+            snprintf(rpc_cuda_path, sizeof(rpc_cuda_path), "%s", choices[i]);
     if (!handle) {
         snprintf(err, len, "cannot load libcuda.so.1: %s", dlerror());
         return -1;
+    }
+    /* Reached through a process's root: where the host has that very file at the same path
+     * (the container toolkit's bind mount of the host driver), name it so; a /proc/PID path
+     * is no use once PID has gone. */
+    const char *inner = strncmp(rpc_cuda_path, "/proc/", 6) == 0 ? strstr(rpc_cuda_path, "/root/")
+                                                                 : NULL;
+    struct stat a, b;
+    if (inner && stat(rpc_cuda_path, &a) == 0 && stat(inner + 5, &b) == 0 &&
+        a.st_dev == b.st_dev && a.st_ino == b.st_ino)
+        memmove(rpc_cuda_path, inner + 5, strlen(inner + 5) + 1);
+    if (strcmp(rpc_cuda_path, "libcuda.so.1") == 0) { /* name the file, for the record */
+        Dl_info info;
+        void *fn = dlsym(handle, "cuInit");
+        if (fn && dladdr(fn, &info) && info.dli_fname)
+            snprintf(rpc_cuda_path, sizeof(rpc_cuda_path), "%s", info.dli_fname);
     }
     if (!(rpc_cu.init = entry("cuInit", err, len)) ||
         !(rpc_cu.get_state = entry("cuCheckpointProcessGetState", err, len)) ||

@@ -77,6 +77,7 @@ static int stage_now = -1;
 static int active; /* restore: the images hold a record of this plugin */
 static struct rpc_settings settings;
 static char images[RPC_LINE];
+static char recorded_libcuda[RPC_LINE]; /* restore: the driver library the dump used */
 
 /* ---- logging ---- */
 
@@ -126,9 +127,14 @@ static int record_append(const struct task *t)
     int fd = openat(images_fd(), RPC_RECORD, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
     if (fd < 0)
         return -1;
+    int ok = 1;
+    if (ntasks == 0) { /* first line: the driver library, for the agent at restore */
+        int n = snprintf(line, sizeof(line), "libcuda %.200s\n", rpc_cuda_path);
+        ok = write(fd, line, (size_t)n) == n;
+    }
     int n = snprintf(line, sizeof(line), "%d %s %lld\n", t->vpid, t->snapshot[0] ? t->snapshot : "-",
                      t->bytes);
-    int ok = write(fd, line, (size_t)n) == n && fsync(fd) == 0;
+    ok = ok && write(fd, line, (size_t)n) == n && fsync(fd) == 0;
     return close(fd) == 0 && ok ? 0 : -1;
 }
 
@@ -148,6 +154,13 @@ static int record_load(void)
     int vpid;
     ntasks = 0;
     while (ntasks < RPC_MAX_TASKS && fgets(line, sizeof(line), f)) {
+        if (strncmp(line, "libcuda ", 8) == 0) {
+            snprintf(recorded_libcuda, sizeof(recorded_libcuda), "%s", line + 8);
+            recorded_libcuda[strcspn(recorded_libcuda, "\n")] = '\0';
+            if (access(recorded_libcuda, R_OK) != 0) /* another machine's, or a gone PID's */
+                recorded_libcuda[0] = '\0';
+            continue;
+        }
         if (sscanf(line, "%d %63s %lld", &vpid, name, &bytes) != 3)
             continue;
         struct task *t = &tasks[ntasks++];
@@ -194,7 +207,8 @@ static void reload_now(const struct task *t)
 static void offload(struct task *t)
 {
     char line[128], reply[RPC_LINE], err[RPC_LINE];
-    if (!rpc_agent_running() && rpc_agent_start("dump", images, err, sizeof(err)) != 0) {
+    if (!rpc_agent_running() &&
+        rpc_agent_start("dump", images, rpc_cuda_path, err, sizeof(err)) != 0) {
         rpc_log(RPC_LOG_WARN, "PID %d: the restoreprof agent did not start (%s): the driver "
                 "checkpoints its GPU memory (the plain path)", t->pid, err);
         return;
@@ -232,7 +246,7 @@ static int pause_devices(int pid)
         rpc_log(RPC_LOG_ERROR, "more than %d CUDA processes in one dump", RPC_MAX_TASKS);
         return -1;
     }
-    if (rpc_cuda_load(err, sizeof(err)) != 0) {
+    if (rpc_cuda_load(pid, NULL, err, sizeof(err)) != 0) {
         rpc_log(RPC_LOG_ERROR, "PID %d uses CUDA, but the driver is out of reach: %s; run criu "
                 "where the process's GPU driver is installed", pid, err);
         return -1;
@@ -293,7 +307,8 @@ static void dump_fini(int ret)
         rpc_agent_close();
         return;
     }
-    if (!rpc_agent_running() && rpc_agent_start("dump", images, err, sizeof(err)) != 0) {
+    if (!rpc_agent_running() &&
+        rpc_agent_start("dump", images, rpc_cuda_path, err, sizeof(err)) != 0) {
         rpc_log(RPC_LOG_ERROR, "the restoreprof agent did not start (%s): CUDA processes that "
                 "live on stay locked; resume each with 'python -m restoreprof.criu_plugin.agent "
                 "resume PID'", err);
@@ -394,7 +409,10 @@ static void *finish(void *arg)
     (void)arg;
     /* Every task exists by now (the hook runs after they were all made), so cuInit here puts
      * no driver descriptor into them; it overlaps CRIU's last steps. */
-    int driver_ok = rpc_cuda_load(err, sizeof(err)) == 0;
+    int pid = 0;
+    for (int i = 0; i < ntasks && !pid; i++)
+        pid = tasks[i].state ? tasks[i].pid : 0;
+    int driver_ok = rpc_cuda_load(pid, recorded_libcuda, err, sizeof(err)) == 0;
     if (!driver_ok)
         note("Error: the CUDA driver is out of reach: %s", err);
     /* CRIU runs the hook for every process before it lets any go: once the first is let go,
@@ -467,7 +485,7 @@ static int restore_init(void)
     rpc_log(RPC_LOG_INFO, "%d CUDA process(es) to restore, %d with offloaded GPU memory", ntasks,
             snapshots);
     /* CRIU_CUDA_PARALLEL_RESTORE=0 still adopts nothing preloaded: the agent reloads instead. */
-    if (snapshots && rpc_agent_start("restore", images, err, sizeof(err)) != 0)
+    if (snapshots && rpc_agent_start("restore", images, recorded_libcuda, err, sizeof(err)) != 0)
         rpc_log(RPC_LOG_WARN, "the restoreprof agent did not start (%s); offloaded GPU memory "
                 "cannot come back", err);
     return 0;

@@ -44,12 +44,16 @@ struct rpc_cuda {
     CUresult (*error_name)(CUresult rc, const char **name);
 };
 extern struct rpc_cuda rpc_cu;
-int rpc_cuda_load(char *err, size_t len);
+extern char rpc_cuda_path[RPC_LINE]; /* the library loaded, handed on to the agent */
+/* pid: a process that uses CUDA (its libcuda is the last resort); recorded: the dump's. */
+int rpc_cuda_load(int pid, const char *recorded, char *err, size_t len);
 const char *rpc_cuda_error(CUresult rc);
 const char *rpc_cuda_state_name(CUprocessState state);
 
 /* The Python agent (agent.c; restoreprof/criu_plugin/agent.py): one line each way. */
-int rpc_agent_start(const char *stage, const char *images, char *err, size_t len);
+/* libcuda: the driver library found (or NULL), given to the agent as RESTOREPROF_LIBCUDA. */
+int rpc_agent_start(const char *stage, const char *images, const char *libcuda, char *err,
+                    size_t len);
 int rpc_agent_running(void);
 /* Sends line, reads the answer: 0 and reply = the text after OK, or -1 and reply = why.
  * Lines the agent sends as "LOG <text>" before it are handed to log_line (may be NULL). */
