@@ -101,9 +101,15 @@ else
 fi
 
 # --- 2b. podman (optional: the container checkpoint tests; vfs storage, no registry needed) ---
-if ! command -v podman >/dev/null && is_root && command -v apt-get >/dev/null; then
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq podman >/dev/null 2>&1 \
-    && say "installed podman" || say "podman not installed (container tests skip): apt-get install podman"
+# Checkpoint needs runc (bookworm's crun is built without CRIU) and a CRIU >= 4 on PATH, where
+# runc looks for it: link the one above when the system has none.
+if { ! command -v podman >/dev/null || ! command -v runc >/dev/null; } && is_root && command -v apt-get >/dev/null; then
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq podman runc >/dev/null 2>&1 \
+    && say "installed podman and runc" || say "podman not installed (container tests skip): apt-get install podman runc"
+fi
+if command -v podman >/dev/null && ! { command -v criu >/dev/null && criu_ok "$(command -v criu)"; } \
+   && [ -x "$criu_link" ] && is_root; then
+  ln -sfn "$(readlink -f "$criu_link")" /usr/local/sbin/criu && say "linked CRIU for runc: /usr/local/sbin/criu"
 fi
 
 # --- 3. tracefs and debugfs -------------------------------------------------------------------
