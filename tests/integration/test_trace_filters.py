@@ -105,7 +105,7 @@ def test_cgroup_filter_takes_the_cgroup_and_those_below(data_file, programs, tmp
             stranger = subprocess.Popen([str(other), str(data_file)], stdout=subprocess.DEVNULL)
             return [shell, stranger]
 
-        trace, (shell, stranger) = trace_while(target, start)
+        trace, (_shell, stranger) = trace_while(target, start)
         by_pid = reads_by_pid(trace, data_file)
         assert stranger.pid not in by_pid, "a process outside the cgroup was traced"
         assert list(by_pid.values()) == [EXPECTED], by_pid
