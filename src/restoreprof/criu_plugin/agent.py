@@ -167,8 +167,8 @@ def serve_dump(channel: Channel, images: Path, cfg: OptimizerConfig) -> list[tup
         try:
             if words[:1] == ["OFFLOAD"]:
                 pid, vpid = int(words[1]), int(words[2])
-                if not has_shim(pid):
-                    channel.say("OK", "- 0")
+                if not (has_shim(pid) and cfg.offload and cfg.parallel):
+                    channel.say("OK", "- 0")  # the driver checkpoints its GPU memory
                     continue
                 name = snapshot_name(vpid)
                 start = time.monotonic()
