@@ -188,3 +188,33 @@ def test_a_process_without_cuda_is_left_to_criu(fake_driver, plugin, tmp_path):
         assert result.returncode == 0 and w.verify()
     finally:
         w.stop()
+
+
+def test_restore_needs_the_plugin_and_writes_nothing_into_the_images(fake_driver, plugin,
+                                                                     tmp_path):
+    w = HeldMemory.start(tmp_path / "state", 8, gpu_mib=GPU_MIB, prefix=EXEC)
+    readonly = tmp_path / "readonly"
+    try:
+        result, log = dump(w, tmp_path / "ckpt", plugin)
+        assert result.returncode == 0, plugin_lines(log)
+        wait_gone(w.pid)
+        # without the plugin CRIU refuses: the GPU memory would never come back
+        result = subprocess.run([criu_path(), "restore", "-D", str(tmp_path / "ckpt"), "-d",
+                                 "-o", str(tmp_path / "bare.log")], capture_output=True,
+                                text=True, stdin=subprocess.DEVNULL, timeout=120)
+        assert result.returncode != 0
+        assert "Missing required plugin: restoreprof" in (tmp_path / "bare.log").read_text()
+        assert not Path(f"/proc/{w.pid}").exists()
+        # from a read-only folder (an image layer, a volume): the plugin writes nothing there
+        readonly.mkdir()
+        subprocess.run(["mount", "--bind", str(tmp_path / "ckpt"), str(readonly)], check=True)
+        subprocess.run(["mount", "-o", "remount,bind,ro", str(readonly)], check=True)
+        before = sorted(p.name for p in readonly.iterdir())
+        result, log = restore(readonly, tmp_path / "restore.log", plugin)
+        assert result.returncode == 0, plugin_lines(log) or result.stderr
+        assert "adopted" in log and w.verify()
+        assert sorted(p.name for p in readonly.iterdir()) == before
+    finally:
+        w.stop()
+        if readonly.exists():
+            subprocess.run(["umount", str(readonly)], check=False)

@@ -59,6 +59,12 @@
 
 extern void print_on_level(unsigned int loglevel, const char *format, ...) __attribute__((weak));
 extern int criu_get_image_dir(void) __attribute__((weak));
+/* Not in the UAPI header, but exported by the criu binary and used by CRIU's own GPU plugins:
+ * a plugin named in the inventory image must be loaded at restore, else CRIU refuses ("Missing
+ * required plugin"). So a checkpoint this plugin made is never restored without it (which
+ * would leave its processes held by the driver). Weak: absent, the record alone decides. */
+extern int add_inventory_plugin(const char *name) __attribute__((weak));
+extern bool check_and_remove_inventory_plugin(const char *name, size_t n) __attribute__((weak));
 
 #define LOCK_TIMEOUT_MS 10000 /* as restoreprof checkpoint's default --lock-timeout */
 #define RELEASE_TIMEOUT_S 120 /* how long the finisher waits for CRIU to let a process go */
@@ -262,6 +268,10 @@ static int pause_devices(int pid)
         rpc_log(RPC_LOG_ERROR, "PID %d is already %s by the CUDA driver: another checkpoint is in "
                 "progress, or a restore did not finish; nothing was changed", pid,
                 rpc_cuda_state_name(state));
+        return -1;
+    }
+    if (ntasks == 0 && add_inventory_plugin && add_inventory_plugin(RPC_NAME) != 0) {
+        rpc_log(RPC_LOG_ERROR, "cannot add the plugin to CRIU's inventory image");
         return -1;
     }
     struct task *t = &tasks[ntasks];
@@ -471,6 +481,8 @@ CR_PLUGIN_REGISTER_HOOK(CR_PLUGIN_HOOK__RESUME_DEVICES_LATE, resume_devices_late
 static int restore_init(void)
 {
     char err[RPC_LINE];
+    if (check_and_remove_inventory_plugin) /* we are loaded: CRIU's check must pass */
+        check_and_remove_inventory_plugin(RPC_NAME, strlen(RPC_NAME) + 1);
     int found = record_load();
     if (found < 0) {
         rpc_log(RPC_LOG_ERROR, "cannot read %s/%s: %s", images, RPC_RECORD, strerror(errno));
