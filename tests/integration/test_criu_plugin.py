@@ -218,3 +218,17 @@ def test_restore_needs_the_plugin_and_writes_nothing_into_the_images(fake_driver
         w.stop()
         if readonly.exists():
             subprocess.run(["umount", str(readonly)], check=False)
+
+
+def test_a_runtime_the_driver_cannot_restore_is_refused(fake_driver, plugin, tmp_path):
+    from test_unrestorable_runtimes import _start as start_jax_like
+
+    w = start_jax_like(tmp_path)
+    try:
+        result, log = dump(w, tmp_path / "ckpt", plugin)
+        assert result.returncode != 0
+        assert "cannot restore a JAX process" in log, plugin_lines(log)
+        assert not (tmp_path / "ckpt" / "restoreprof-criu.txt").exists()
+        assert w.alive() and w.verify(), "a refused dump must leave the process untouched"
+    finally:
+        w.stop()

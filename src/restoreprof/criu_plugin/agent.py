@@ -5,6 +5,8 @@ request; each answer is one "OK ..." or "ERR ..." line, after any number of "LOG
 that the plugin writes into CRIU's log.
 
     python -m restoreprof.criu_plugin.agent dump IMAGES
+        CHECK <pid>                  -> OK | ERR why (a runtime whose checkpoint the driver
+                                        cannot restore: checkpoint.compat)
         OFFLOAD <pid> <vpid>         -> OK <snapshot> <bytes> | OK - 0 (no library) | ERR why
         RELOAD <pid> <vpid> <snap>   -> OK | ERR why          (a failed dump, pid still runs)
         WATCH <pid> <vpid> <snap|->  -> OK                    (a process CRIU holds frozen)
@@ -165,7 +167,12 @@ def serve_dump(channel: Channel, images: Path, cfg: OptimizerConfig) -> list[tup
     for line in channel.lines():
         words = line.split()
         try:
-            if words[:1] == ["OFFLOAD"]:
+            if words[:1] == ["CHECK"]:
+                from restoreprof.checkpoint.compat import refuse_unrestorable
+
+                refuse_unrestorable([int(words[1])])
+                channel.say("OK")
+            elif words[:1] == ["OFFLOAD"]:
                 pid, vpid = int(words[1]), int(words[2])
                 if not (has_shim(pid) and cfg.offload and cfg.parallel):
                     channel.say("OK", "- 0")  # the driver checkpoints its GPU memory
@@ -187,7 +194,9 @@ def serve_dump(channel: Channel, images: Path, cfg: OptimizerConfig) -> list[tup
                 return watched
             else:
                 channel.say("ERR", f"unknown request {line!r}")
-        except (RestoreprofError, OSError, ValueError, IndexError) as exc:
+        except RestoreprofError as exc:
+            channel.say("ERR", f"{exc.args[0]} ({exc.hint})" if exc.hint else str(exc))
+        except (OSError, ValueError, IndexError) as exc:
             channel.say("ERR", str(exc))
     return []  # the plugin hung up without RESUME: CRIU ended, nothing is ours to resume
 

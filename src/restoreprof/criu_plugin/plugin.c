@@ -210,13 +210,34 @@ static void reload_now(const struct task *t)
                 t->snapshot, t->pid, images, t->snapshot);
 }
 
-static void offload(struct task *t)
+/* 0: go on; -1: the process runs a runtime whose checkpoint cannot be restored
+ * (restoreprof.checkpoint.compat decides, in the agent): refuse before anything is touched. */
+static int check_restorable(int pid)
 {
-    char line[128], reply[RPC_LINE], err[RPC_LINE];
+    char line[64], reply[RPC_LINE], err[RPC_LINE];
     if (!rpc_agent_running() &&
         rpc_agent_start("dump", images, rpc_cuda_path, err, sizeof(err)) != 0) {
-        rpc_log(RPC_LOG_WARN, "PID %d: the restoreprof agent did not start (%s): the driver "
-                "checkpoints its GPU memory (the plain path)", t->pid, err);
+        rpc_log(RPC_LOG_WARN, "PID %d: the restoreprof agent did not start (%s): no offload, "
+                "and no check for runtimes the driver cannot restore", pid, err);
+        return 0;
+    }
+    snprintf(line, sizeof(line), "CHECK %d", pid);
+    if (rpc_agent_request(line, reply, sizeof(reply), log_agent_line) == 0)
+        return 0;
+    if (!rpc_agent_running()) { /* the agent died: not a verdict */
+        rpc_log(RPC_LOG_WARN, "PID %d: %s", pid, reply);
+        return 0;
+    }
+    rpc_log(RPC_LOG_ERROR, "%s", reply);
+    return -1;
+}
+
+static void offload(struct task *t)
+{
+    char line[128], reply[RPC_LINE];
+    if (!rpc_agent_running()) {
+        rpc_log(RPC_LOG_WARN, "PID %d: no restoreprof agent: the driver checkpoints its GPU "
+                "memory (the plain path)", t->pid);
         return;
     }
     snprintf(line, sizeof(line), "OFFLOAD %d %d", t->pid, t->vpid);
@@ -270,6 +291,8 @@ static int pause_devices(int pid)
                 rpc_cuda_state_name(state));
         return -1;
     }
+    if (check_restorable(pid) != 0)
+        return -1;
     if (ntasks == 0 && add_inventory_plugin && add_inventory_plugin(RPC_NAME) != 0) {
         rpc_log(RPC_LOG_ERROR, "cannot add the plugin to CRIU's inventory image");
         return -1;
