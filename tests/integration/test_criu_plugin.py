@@ -232,3 +232,24 @@ def test_a_runtime_the_driver_cannot_restore_is_refused(fake_driver, plugin, tmp
         assert w.alive() and w.verify(), "a refused dump must leave the process untouched"
     finally:
         w.stop()
+
+
+def test_a_tree_of_cuda_processes_comes_back(fake_driver, plugin, tmp_path):
+    root = HeldMemory.start(tmp_path / "state", 8, gpu_mib=8, prefix=EXEC, children=2)
+    holders = root.children()
+    try:
+        result, log = dump(root, tmp_path / "ckpt", plugin)
+        assert result.returncode == 0, plugin_lines(log)
+        for h in holders:
+            assert f"PID {h.pid}: {8 << 20} bytes of GPU memory offloaded" in log
+        for pid in [root.pid, *(h.pid for h in holders)]:
+            wait_gone(pid)
+        result, log = restore(tmp_path / "ckpt", tmp_path / "restore.log", plugin)
+        assert result.returncode == 0, plugin_lines(log)
+        for h in holders:
+            assert f"PID {h.pid}: CUDA restored and unlocked; GPU memory back: adopted" in log
+            assert h.verify()
+    finally:
+        root.stop()
+        for h in holders:
+            h.stop()

