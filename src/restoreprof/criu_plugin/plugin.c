@@ -590,6 +590,8 @@ static int plugin_init(int stage)
     }
     rpc_log(RPC_LOG_INFO, "loaded (stage %d, images %s, parallel %d)", stage, images,
             settings.parallel);
+    if (stage == CR_PLUGIN_STAGE__DUMP) /* a record left by an earlier dump into this folder */
+        unlinkat(images_fd(), RPC_RECORD, 0);
     return stage == CR_PLUGIN_STAGE__RESTORE ? restore_init() : 0;
 }
 
