@@ -8,6 +8,7 @@ import xml.etree.ElementTree as ET
 
 import pytest
 from _bpf import fake_libcuda, readers
+from export_checks import check_all
 
 pytestmark = pytest.mark.root
 
@@ -25,6 +26,7 @@ def test_trace_command_writes_every_output(tmp_path, restoreprof_cli):
     assert report["io"]["preadv2"]["bytes"] == 11 * 12288
     ET.parse(tmp_path / "out" / "flame.svg")
     assert "bottleneck:" in out.stdout
+    check_all(tmp_path / "out")
 
 
 def test_format_selects_exports(tmp_path, restoreprof_cli):
