@@ -92,3 +92,16 @@ def test_calibrate_caches_measured_ceilings(tmp_path, restoreprof_cli):
     assert entry["htod_pinned_gbps"] == 0.0   # not measured: no GPU, never guessed
     shown = restoreprof_cli("calibrate", "--show", env=env)
     assert "calibrated" in shown.stdout and "not measured" in shown.stdout
+
+
+def test_trace_returns_the_commands_exit_status(tmp_path, restoreprof_cli):
+    """A script sees the traced command fail; report.json says how it ended."""
+    out = restoreprof_cli("trace", "-o", str(tmp_path / "o"), "--", "sh", "-c", "exit 3")
+    assert out.returncode == 3, out.stderr
+    assert "exited with status 3" in out.stderr
+    assert json.loads((tmp_path / "o" / "report.json").read_text())["exit_status"] == 3
+    ok = restoreprof_cli("trace", "-o", str(tmp_path / "ok"), "--", "true")
+    assert ok.returncode == 0
+    assert json.loads((tmp_path / "ok" / "report.json").read_text())["exit_status"] == 0
+    killed = restoreprof_cli("trace", "-o", str(tmp_path / "k"), "--", "sh", "-c", "kill -9 $$")
+    assert killed.returncode == 128 + 9

@@ -72,6 +72,16 @@ def load(hostname: str | None = None, gpus: list[dict] | None = None) -> Ceiling
     return Ceilings(hostname=hostname, gpu=(gpus or [{}])[0] or {})
 
 
+def for_trace(meta) -> Ceilings:
+    """The ceilings a trace is judged by: those it was recorded with where they were measured,
+    else this machine's cache for the trace's host and GPU (meta: a TraceMeta)."""
+    if meta.ceilings:
+        stored = Ceilings.from_dict(meta.ceilings)
+        if stored.source == CALIBRATED:
+            return stored
+    return load(meta.hostname, meta.gpus)
+
+
 def save(ceilings: Ceilings) -> Path:
     path = cache_path()
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -106,4 +106,8 @@ def run(args: argparse.Namespace) -> int:
     paths = write_all(trace, report, args.output, formats=formats(args))
     print(summary(report))
     print(f"\nwrote {', '.join(p.name for p in paths)} to {args.output}")
-    return 0
+    # a script sees the traced command's failure as it would without the profiler
+    status = trace.meta.shell_exit_status
+    if status:
+        print(f"the traced command exited with status {status}", file=sys.stderr)
+    return status or 0
