@@ -83,8 +83,9 @@ def test_report_rejects_a_file_that_is_not_a_trace(tmp_path, restoreprof_cli):
 
 def test_calibrate_caches_measured_ceilings(tmp_path, restoreprof_cli):
     env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    (tmp_path / "disk").mkdir()
     out = restoreprof_cli("calibrate", "-D", str(tmp_path / "disk"), "--no-gpu", "--json",
-                          env=env)
+                          "--disk-mib", "64", env=env)
     assert out.returncode == 0, out.stderr
     cached = json.loads((tmp_path / "cache" / "restoreprof" / "ceilings.json").read_text())
     (entry,) = cached.values()
