@@ -154,9 +154,12 @@ def _headers() -> Check:
         return Check("kernel headers", True, str(build.resolve()))
     if Path("/sys/kernel/btf/vmlinux").exists() and os.environ.get("BCC_KERNEL_SOURCE"):
         return Check("kernel headers", True, os.environ["BCC_KERNEL_SOURCE"])
+    from restoreprof.system.paths import debian_arch
+
+    arch = debian_arch()
     return Check("kernel headers", False, f"none at {build}",
-                 f"apt-get install linux-headers-amd64 and ln -s /usr/src/linux-headers-*-amd64 {build}"
-                 " (./scripts/setup.sh does it)")
+                 f"apt-get install linux-headers-{arch} and ln -s /usr/src/linux-headers-*-{arch} "
+                 f"{build} (./scripts/setup.sh does it)")
 
 
 def _tracefs() -> Check:
