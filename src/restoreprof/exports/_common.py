@@ -49,11 +49,12 @@ def pack_lanes(items: Sequence[T], span: Callable[[T], tuple[int, int]]) -> list
     nests, a new lane where it nests nowhere. Within a lane, items are in start order, an
     enclosing span before the spans it holds.
     """
-    order = sorted(items, key=lambda item: (span(item)[0], -span(item)[1]))
+    spans = sorted(((*span(item), index) for index, item in enumerate(items)),
+                   key=lambda s: (s[0], -s[1]))
     lanes: list[list[T]] = []
     open_ends: list[list[int]] = []    # per lane: the ends of the spans still open, innermost last
-    for item in order:
-        start, end = span(item)
+    for start, end, index in spans:
+        item = items[index]
         for lane, ends in zip(lanes, open_ends, strict=True):
             while ends and ends[-1] <= start:
                 ends.pop()

@@ -130,7 +130,8 @@ def _place(groups: dict, out: list[dict]) -> list[tuple[int, int, str, int]]:
                 next_lane_tid[pid] += 1
             tracks.append((pid, tid, _label(thread, kind, lane_index), order * 64 + lane_index))
             for _start, _end, item in lane:
-                out.append({**item, "pid": pid, "tid": tid})
+                item["pid"], item["tid"] = pid, tid
+                out.append(item)
     return tracks
 
 
