@@ -106,3 +106,11 @@ def test_trace_returns_the_commands_exit_status(tmp_path, restoreprof_cli):
     assert json.loads((tmp_path / "ok" / "report.json").read_text())["exit_status"] == 0
     killed = restoreprof_cli("trace", "-o", str(tmp_path / "k"), "--", "sh", "-c", "kill -9 $$")
     assert killed.returncode == 128 + 9
+
+
+def test_output_onto_a_file_is_refused_before_tracing(tmp_path, restoreprof_cli):
+    target = tmp_path / "existing"
+    target.write_text("keep me")
+    out = restoreprof_cli("trace", "-o", str(target), "--", "true")
+    assert out.returncode != 0 and "is a file, not a folder" in out.stderr
+    assert "Tracing" not in out.stdout and target.read_text() == "keep me"

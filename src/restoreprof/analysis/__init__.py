@@ -16,11 +16,11 @@ def analyze(trace: Trace, ceilings: Ceilings | None = None) -> dict:
     """The report of a trace (the shape of report.json).
 
     Without ceilings, the trace's own (those it was recorded with) or, where it has none
-    measured, this machine's cached ones, which the trace then keeps (saved with it, a trace
-    is judged against them again, whatever is calibrated later)."""
+    measured, this machine's cached ones. The trace then keeps the ceilings it was judged by:
+    saved with it, it is judged against them again, whatever is calibrated later."""
     if ceilings is None:
         ceilings = ceilings_module.for_trace(trace.meta)
-        trace.meta.ceilings = ceilings.to_dict()
+    trace.meta.ceilings = ceilings.to_dict()
     events = trace.events
     io = io_stats(events)
     cuda = cuda_stats(events)

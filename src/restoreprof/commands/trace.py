@@ -76,6 +76,9 @@ def run(args: argparse.Namespace) -> int:
         print(bpf_program.render(uprobe_multi=uprobe_multi.supported()))
         return 0
     target = _target(args)
+    if args.output.exists() and not args.output.is_dir():   # before tracing, not after
+        raise RestoreprofError(f"-o {args.output} is a file, not a folder for the exports",
+                               hint="pass -o a new or existing folder")
     from restoreprof.analysis import analyze
     from restoreprof.exports import write_all
     from restoreprof.exports.report import summary
