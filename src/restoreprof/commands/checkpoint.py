@@ -8,6 +8,7 @@ from pathlib import Path
 
 from restoreprof.checkpoint import checkpoint
 from restoreprof.commands._output import print_steps
+from restoreprof.optimizer import config
 
 name = "checkpoint"
 help = "checkpoint a process tree (CUDA processes included) into a folder"
@@ -24,12 +25,13 @@ def prepare_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--criu-arg", action="append", default=[], metavar="ARG",
                         help="extra argument for criu dump (repeatable)")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    config.add_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
     result = checkpoint(args.pid, args.dir, leave_running=args.leave_running,
                         offload=not args.no_offload, lock_timeout_ms=args.lock_timeout,
-                        criu_args=args.criu_arg)
+                        criu_args=args.criu_arg, optimizer=config.from_args(args))
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))
         return 0

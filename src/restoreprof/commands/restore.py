@@ -9,6 +9,7 @@ from pathlib import Path
 from restoreprof.checkpoint import restore
 from restoreprof.commands._output import print_steps
 from restoreprof.errors import RestoreprofError
+from restoreprof.optimizer import config
 
 name = "restore"
 help = "restore a checkpoint made by 'restoreprof checkpoint'"
@@ -38,11 +39,13 @@ def prepare_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--criu-arg", action="append", default=[], metavar="ARG",
                         help="extra argument for criu restore (repeatable)")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    config.add_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
     result = restore(args.dir, gpu_map=_gpu_map(args.gpu_map), parallel=not args.serial,
-                     verify=not args.no_verify, criu_args=args.criu_arg, gpu_only=args.gpu_only)
+                     verify=not args.no_verify, criu_args=args.criu_arg, gpu_only=args.gpu_only,
+                     optimizer=config.from_args(args))
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))
         return 0
