@@ -17,6 +17,9 @@
  *   fakecuda_reset()                       zero the counters and the copy record.
  *   fakecuda_async_max_bytes()             largest cuMemcpy{HtoD,DtoH}Async_v2 since reset
  *   fakecuda_async_streams()               distinct streams those copies ran on
+ *   fakecuda_async_threads()               distinct host threads that issued them
+ *   FAKECUDA_COPY_DELAY_US=n               each of those copies takes n us (so that every
+ *                                          engine thread gets chunks, as on a real link)
  *   fakecuda_async_pinned/_pageable()      how many of them staged through memory from
  *                                          cuMemHostAlloc/cuMemAllocHost, or through other memory
  *   fakecuda_host_alloc_bytes_max()        largest pinned allocation since reset
@@ -492,6 +495,8 @@ static atomic_size_t async_max_bytes, host_alloc_max_bytes;
 static atomic_ulong async_pinned, async_pageable;
 static CUstream seen_streams[MAX_SEEN_STREAMS];
 static int n_seen_streams;
+static pthread_t seen_threads[MAX_SEEN_STREAMS];
+static int n_seen_threads;
 static pthread_mutex_t record_lock = PTHREAD_MUTEX_INITIALIZER;
 
 static void raise_to(atomic_size_t *max, size_t value)
@@ -511,7 +516,23 @@ static void record_async(const void *host, size_t n, CUstream s)
         seen = seen_streams[i] == s;
     if (!seen && n_seen_streams < MAX_SEEN_STREAMS)
         seen_streams[n_seen_streams++] = s;
+    seen = 0;
+    for (int i = 0; i < n_seen_threads && !seen; i++)
+        seen = pthread_equal(seen_threads[i], pthread_self());
+    if (!seen && n_seen_threads < MAX_SEEN_STREAMS)
+        seen_threads[n_seen_threads++] = pthread_self();
     pthread_mutex_unlock(&record_lock);
+    const char *delay = getenv("FAKECUDA_COPY_DELAY_US");
+    if (delay && *delay)
+        usleep((useconds_t)atoi(delay));
+}
+
+EXPORT int fakecuda_async_threads(void)
+{
+    pthread_mutex_lock(&record_lock);
+    int n = n_seen_threads;
+    pthread_mutex_unlock(&record_lock);
+    return n;
 }
 
 EXPORT size_t fakecuda_async_max_bytes(void) { return atomic_load(&async_max_bytes); }
@@ -534,7 +555,7 @@ static void reset_record(void)
     atomic_store(&async_pinned, 0);
     atomic_store(&async_pageable, 0);
     pthread_mutex_lock(&record_lock);
-    n_seen_streams = 0;
+    n_seen_streams = n_seen_threads = 0;
     pthread_mutex_unlock(&record_lock);
 }
 

@@ -88,8 +88,9 @@ SETTINGS: tuple[Setting, ...] = (
                  "with --no-verify: the image check reads them anyway)",
             acts_on="restore"),
     Setting("offload", bool, True, env=("RESTOREPROF_OFFLOAD",),
-            help="serve device memory from VMM and offload it around the driver checkpoint",
-            acts_on="the interception library (restoreprof exec)"),
+            help="serve device memory from VMM and offload it around the driver checkpoint "
+                 "(--no-offload at checkpoint: never offload through the library)",
+            acts_on="the interception library (restoreprof exec); checkpoint"),
     Setting("intercept", bool, True, env=("RESTOREPROF_INTERCEPT", "CUDA_INTERCEPT_RESTORE"),
             help="route large pageable copies through the engine",
             acts_on="the interception library (restoreprof exec)"),
