@@ -5,8 +5,8 @@ import argparse
 import pytest
 
 from restoreprof.errors import RestoreprofError
-from restoreprof.optimizer import config as config_mod
 from restoreprof.optimizer.config import SETTINGS, OptimizerConfig, add_arguments, from_args
+from restoreprof.settings import layers as settings_layers
 
 
 def load(env=None, path=None, **overrides):
@@ -91,7 +91,7 @@ def test_cli_flags(tmp_path, monkeypatch):
 
 
 def test_tuned_defaults_hook(monkeypatch):
-    monkeypatch.setattr(config_mod, "tuned_defaults",
+    monkeypatch.setattr(settings_layers, "tuned_provider",
                         lambda: ({"streams": 16, "chunk_mb": 128}, "gpu X in db.json"))
     cfg, sources = OptimizerConfig.resolve(environ={"RESTOREPROF_CHUNK_MB": "32"})
     assert (cfg.streams, cfg.chunk_mb) == (16, 32)

@@ -13,17 +13,12 @@ from __future__ import annotations
 
 import argparse
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 from restoreprof.settings import SETTINGS, config_file_path, resolve
 from restoreprof.settings.schema import BY_NAME, DEFAULTS, MIB
-
-# The tuner (restoreprof.tuner.install_tuned_defaults) sets this to a function returning
-# ({setting: value}, where they came from) measured on this host, or None. Its values sit above
-# the defaults and below everything a person sets (file, environment, flags).
-tuned_defaults: Callable[[], tuple[dict[str, Any], str] | None] | None = None
 
 
 @dataclass(frozen=True)
@@ -62,9 +57,9 @@ class OptimizerConfig:
     def resolve(cls, config_path: str | os.PathLike | None = None,
                 environ: Mapping[str, str] | None = None,
                 overrides: Mapping[str, Any] | None = None) -> tuple[OptimizerConfig, dict[str, str]]:
-        """(configuration, {setting: where its value came from})."""
-        tuned = tuned_defaults() if tuned_defaults is not None else None
-        resolved = resolve(overrides, environ, config_path, tuned)
+        """(configuration, {setting: where its value came from}); the tuning DB's layer is
+        what restoreprof.tuner.install_tuned_defaults() installed, if anything."""
+        resolved = resolve(overrides, environ, config_path)
         return replace(cls(), **resolved.values), resolved.sources
 
     @classmethod
@@ -110,7 +105,7 @@ def resolve_args(args: argparse.Namespace) -> tuple[OptimizerConfig, dict[str, s
 
 __all__ = [
     "SETTINGS", "OptimizerConfig", "add_arguments", "default_config_path", "from_args",
-    "resolve_args", "tuned_defaults",
+    "resolve_args",
 ]
 # Fields and settings must agree: a new field without a Setting is a bug caught at import.
 assert [f.name for f in fields(OptimizerConfig)] == [s.name for s in SETTINGS]

@@ -21,6 +21,7 @@ from typing import Any
 
 from restoreprof.errors import RestoreprofError
 from restoreprof.optimizer import config as optimizer_config
+from restoreprof.settings import layers as settings_layers
 from restoreprof.tuner.identity import HostIdentity, identify
 
 FORMAT = "restoreprof-tuning"
@@ -182,10 +183,10 @@ def install_tuned_defaults(directory: str | os.PathLike | None = None,
         found = cache["found"]
         return (dict(found[0]), found[1]) if found else None
 
-    optimizer_config.tuned_defaults = tuned
+    settings_layers.tuned_provider = tuned
 
 
 def uninstall_tuned_defaults() -> None:
-    optimizer_config.tuned_defaults = None
+    settings_layers.tuned_provider = None
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +23,13 @@ from restoreprof.errors import RestoreprofError
 from restoreprof.settings.schema import BY_NAME, SETTINGS
 
 DEFAULT = "default"
+Tuned = tuple[Mapping[str, Any], str]  # (settings, where they came from)
+
+# The tuning DB's layer: the tuner installs a function returning what it measured best for this
+# host (restoreprof.tuner.install_tuned_defaults), or None for none. Every command's resolve()
+# asks it, so the profiler's view (tui) and the optimizer's commands see the same values.
+tuned_provider: Callable[[], Tuned | None] | None = None
+_INSTALLED = object()
 
 
 @dataclass(frozen=True)
@@ -42,10 +49,12 @@ def config_file_path(explicit: str | os.PathLike | None = None) -> Path:
 
 
 def resolve(flags: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None,
-            config_path: str | os.PathLike | None = None,
-            tuned: tuple[Mapping[str, Any], str] | None = None) -> Resolved:
+            config_path: str | os.PathLike | None = None, tuned: Any = _INSTALLED) -> Resolved:
     """Resolve every setting. flags: {name: value or None (not given)}; environ: os.environ
-    when None; tuned: (settings, where they came from) out of the tuning DB, or None."""
+    when None; tuned: (settings, where they came from), None for no tuning DB, or by default
+    what the installed tuned_provider says."""
+    if tuned is _INSTALLED:
+        tuned = tuned_provider() if tuned_provider is not None else None
     values = {s.name: s.default for s in SETTINGS}
     sources = dict.fromkeys(values, DEFAULT)
 
