@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from restoreprof.system.doctor import diagnose, kernel_summary
+from restoreprof.doctor import diagnose, kernel_summary
 
 name = "doctor"
 help = "check what this machine can trace and restore, and how to fix what is missing"
