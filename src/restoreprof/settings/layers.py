@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import os
+import sys
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -93,20 +94,31 @@ def _from_env(environ: Mapping[str, str]) -> dict[str, tuple[str, Any]]:
 
 def _from_file(config_path: str | os.PathLike | None) -> tuple[Path, dict[str, Any]]:
     path = config_file_path(config_path)
-    if not path.exists():
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
         if config_path:
             raise RestoreprofError(f"config file {path} does not exist",
-                                   hint="check the path given to --config")
+                                   hint="check the path given to --config") from None
         return path, {}
+    except PermissionError as exc:
+        if config_path:
+            raise RestoreprofError(f"cannot read config file {path}: {exc.strerror}",
+                                   hint="check its permissions, or pass another --config") \
+                from None
+        # The default place under a home that is not this user's (seteuid, sudo -u): not ours.
+        print(f"restoreprof: warning: config file {path} not used: {exc.strerror}",
+              file=sys.stderr)
+        return path, {}
+    except (OSError, UnicodeDecodeError) as exc:
+        raise RestoreprofError(f"cannot read config file {path}: {exc}",
+                               hint="check its permissions, or remove the file") from None
     try:
-        data = tomllib.loads(path.read_text())
+        data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise RestoreprofError(f"config file {path} is not valid TOML: {exc}",
                                hint="fix the line it names (e.g. 'streams = 8'), or remove "
                                     "the file") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise RestoreprofError(f"cannot read config file {path}: {exc}",
-                               hint="check its permissions, or remove the file") from None
     # Keys may sit at the top level or under an [optimizer] table.
     table = data.get("optimizer", {})
     if not isinstance(table, dict):
