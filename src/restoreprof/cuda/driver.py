@@ -101,6 +101,15 @@ def init() -> None:
         _initialized = True
 
 
+def has_entry_point(name: str) -> bool:
+    """Whether the resolved driver exports name (a newer driver's function), without calling it;
+    False where there is no driver, OSError where it cannot be loaded."""
+    from restoreprof.system.paths import libcuda_path
+
+    path = libcuda_path()
+    return bool(path) and hasattr(ctypes.CDLL(path), name)
+
+
 def available() -> bool:
     try:
         init()
