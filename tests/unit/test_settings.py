@@ -115,3 +115,33 @@ def test_the_library_loads_the_schemas_defaults(tmp_path):
     assert (f"config: streams={d.streams} chunk={d.chunk_mb} MiB threads={d.threads} "
             f"pinned={int(d.pinned)} min_intercept={d.min_intercept_bytes} "
             f"offload={int(d.offload)} intercept={int(d.intercept)}") in err, err
+
+
+@pytest.mark.parametrize("command, argv, call", [
+    ("checkpoint", ["-p", "1", "-D", "ckpt"], "checkpoint"),
+    ("restore", ["-D", "ckpt"], "restore"),
+])
+def test_commands_hand_their_resolved_settings_on(command, argv, call, monkeypatch):
+    """checkpoint and restore pass what they resolved (flags, environment, ...) to the API,
+    which hands it to the engine (tests/integration/test_settings_reach.py follows it there)."""
+    import importlib
+
+    module = importlib.import_module(f"restoreprof.commands.{command}")
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    def capture(*args, **kwargs):
+        seen.update(kwargs)
+        raise Stop
+
+    monkeypatch.setattr(module, call, capture)
+    monkeypatch.setenv("CRIU_CUDA_STREAMS", "7")
+    with pytest.raises(Stop):
+        main([command, *argv, "--chunk-mb", "5", "--no-pinned", "--no-offload"])
+    optimizer = seen["optimizer"]
+    assert (optimizer.streams, optimizer.chunk_mb, optimizer.pinned, optimizer.offload) == \
+        (7, 5, False, False)
+    if command == "checkpoint":
+        assert seen["offload"] is False  # --no-offload: nothing offloaded through the library
