@@ -59,7 +59,7 @@ def test_the_tuning_db_sits_below_the_file(tmp_path, monkeypatch, capsys):
     path = tmp_path / "optimizer.toml"
     path.write_text("streams = 2\n")
     try:
-        code, out, err = show(capsys, "--json", "--config", str(path))
+        _code, out, err = show(capsys, "--json", "--config", str(path))
     finally:
         uninstall_tuned_defaults()
     settings = json.loads(out)["settings"]
