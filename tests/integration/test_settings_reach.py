@@ -306,3 +306,36 @@ def test_warm_no_pinned_stages_through_pageable_memory(snapshot, fake, tmp_path,
         assert record["pinned_copies"] == 0 and record["pageable_copies"] > 0
     finally:
         pool.release()
+
+
+# The library's own switches, one per source (the layers are the same code for every setting:
+# tests/unit/test_settings.py): each turns off what the library does with the copies above.
+LIBRARY_CASES = {
+    "flag": {"min_intercept_bytes": 64 * MIB},       # the 24 MiB copies are now too small
+    "environment": {"intercept": False},              # through CUDA_INTERCEPT_RESTORE=0
+    "config file": {"parallel": False},               # the driver alone: no engine, no VMM
+    "tuning DB": {"offload": False},                  # no VMM, so no control socket
+}
+
+
+@pytest.mark.parametrize("source", SOURCES)
+def test_the_librarys_switches_reach_it(source, tmp_path, monkeypatch, fake_driver):
+    from restoreprof.errors import RestoreprofError
+
+    want = LIBRARY_CASES[source]
+    flags = set_by(source, tmp_path, monkeypatch, None, want)
+    resolve(exec_command, [*flags, "--", "true"], source, want)
+    app = App(tmp_path, flags)
+    try:
+        copies = app.first_copies["pinned_copies"] + app.first_copies["pageable_copies"]
+        if "offload" in want or "parallel" in want:
+            with pytest.raises(RestoreprofError, match="without restoreprof's interception"):
+                ShimControl(app.proc.pid)
+        else:
+            assert ShimControl(app.proc.pid).status()["allocations"] == len(SIZES)
+        if "offload" in want:
+            assert copies > 0  # the engine still routes the copies: only VMM is off
+        else:
+            assert copies == 0, app.first_copies  # the driver's own copies, none through ours
+    finally:
+        app.close()
