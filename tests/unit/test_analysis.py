@@ -169,11 +169,11 @@ def test_pages_at_disk_rate_say_only_fewer_pages_help():
     assert b["phase"] == "cpu memory restore" and "only fewer pages help" in b["recommendation"]
 
 
-def test_context_creation_recommends_prewarm():
+def test_context_creation_recommends_the_warm_pool():
     ev = [Event(CUDA, "cuInit", 1, 1, 0, 200 * MS), Event(CUDA, "cuCtxCreate_v2", 1, 1,
                                                           200 * MS, 300 * MS)]
     b = analyze(Trace(TraceMeta(target="x"), ev), CALIBRATED)["bottleneck"]
-    assert b["phase"] == "gpu context creation" and "prewarm=on" in b["recommendation"]
+    assert b["phase"] == "gpu context creation" and "restoreprof warm" in b["recommendation"]
 
 
 def test_uncalibrated_ceilings_are_labelled_not_invented(tmp_path, monkeypatch):

@@ -218,7 +218,10 @@ def measure_gpu(size_bytes: int = 1 * GIB) -> tuple[dict, dict[str, float]]:
     Returns (gpu description, {field: GB/s}); raises RuntimeError where there is no GPU.
     """
     import numpy as np
-    from cuda.bindings import driver as cu
+
+    from restoreprof.cuda import driver  # the one door to libcuda (the library it resolves)
+
+    cu = driver.bindings()
 
     def ok(result):
         err, *rest = result if isinstance(result, tuple) else (result,)

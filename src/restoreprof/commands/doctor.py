@@ -6,7 +6,7 @@ import argparse
 import json
 import textwrap
 
-from restoreprof.system.doctor import diagnose, kernel_summary
+from restoreprof.doctor import diagnose, kernel_summary
 
 name = "doctor"
 help = "check what this machine can trace and restore, and how to fix what is missing"

@@ -229,7 +229,7 @@ class TraceSession:
     def _follow_warm_pool(self) -> list[int]:
         """A running warm pool does a restore's GPU memory transfer in its own process: trace
         it too ([its PID], or []), knowing which of its buffers it pinned before the trace."""
-        from restoreprof.optimizer.pool import describe_pool
+        from restoreprof.system.warm_socket import describe_pool
 
         pool = describe_pool()
         if pool is None:

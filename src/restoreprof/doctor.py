@@ -222,11 +222,11 @@ def _cuda() -> tuple[list[Check], list[dict]]:
 def _checkpoint_storage(lib: str) -> Check:
     """Whether the driver offers caller-driven checkpoint storage (CUDA 13.4's custom storage,
     completed by cuCheckpointOperationComplete). restoreprof does not use it yet."""
-    import ctypes
+    from restoreprof.cuda import driver
 
     name = "checkpoint storage"
     try:
-        present = hasattr(ctypes.CDLL(lib), "cuCheckpointOperationComplete")
+        present = driver.has_entry_point("cuCheckpointOperationComplete")
     except OSError as exc:
         return Check(name, None, f"cannot load {lib}: {exc}", "", required=False)
     if present:
