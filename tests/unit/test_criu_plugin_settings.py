@@ -1,5 +1,5 @@
 """The CRIU plugin's CRIU_CUDA_* check (settings.c), called through ctypes: the same ranges as
-restoreprof.optimizer.config.SETTINGS, and a message that says what to do."""
+restoreprof.settings.schema, and a message that says what to do."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import ctypes
 import pytest
 
 from restoreprof.criu_plugin import build_plugin
-from restoreprof.optimizer.config import SETTINGS
+from restoreprof.settings import SETTINGS
 
 
 class Settings(ctypes.Structure):  # struct rpc_settings in plugin.h

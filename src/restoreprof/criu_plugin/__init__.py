@@ -18,7 +18,7 @@ The plugin replaces NVIDIA's cuda_plugin.so: it refuses to load from a folder th
 it. The offloaded snapshots and the plugin's record (restoreprof-criu.txt) are written into
 CRIU's images folder, so an exported container checkpoint carries them. CRIU_CUDA_STREAMS,
 CRIU_CUDA_CHUNK_MB, CRIU_CUDA_USE_PINNED_MEM and CRIU_CUDA_PARALLEL_RESTORE are checked against
-restoreprof.optimizer.config.SETTINGS when the plugin loads; a bad value fails the CRIU run.
+restoreprof.settings.schema when the plugin loads; a bad value fails the CRIU run.
 """
 
 from restoreprof.criu_plugin.build import build_plugin, plugin_dir, plugin_path

@@ -67,7 +67,8 @@ def _transfer(verb: str, pid: int, fd: int, cfg: OptimizerConfig, safe: bool = F
     from restoreprof.optimizer.control import ShimControl
 
     streams, threads = (1, 1) if safe else (cfg.streams, cfg.threads)
-    answer = ShimControl(pid).request(f"{verb} - {streams} {cfg.chunk_mb} {threads}", fd=fd)
+    answer = ShimControl(pid).request(
+        f"{verb} - {streams} {cfg.chunk_mb} {threads} {int(cfg.pinned)}", fd=fd)
     return int(answer.split()[0]) if answer else 0
 
 

@@ -8,18 +8,17 @@ CRIU loads every ``*.so`` of its plugin folder, so the plugin is built into a fo
 own. It builds against CRIU 4.1.1's plugin header (vendor/, see its README) and the CUDA
 headers; libcuda is opened at run time. The Python that runs the agent is baked in (the one
 building it, which has restoreprof installed); RESTOREPROF_PYTHON overrides it at run time.
-The CRIU_CUDA_* ranges come from restoreprof.optimizer.config.SETTINGS, so C and Python accept
-the same values.
+The CRIU_CUDA_* ranges come from restoreprof.settings.schema, so C and Python accept the same
+values.
 """
 
 from __future__ import annotations
 
-import subprocess
 import sys
 from pathlib import Path
 
-from restoreprof.optimizer.config import SETTINGS
-from restoreprof.optimizer.shim.build import c_compiler, cuda_include_dir
+from restoreprof.settings import SETTINGS, schema
+from restoreprof.system.cbuild import compile_shared, cuda_include_dir, up_to_date
 
 SOURCE_DIR = Path(__file__).parent
 LIBRARY_NAME = "restoreprof_criu.so"
@@ -36,7 +35,7 @@ def plugin_path() -> Path:
     return plugin_dir() / LIBRARY_NAME
 
 
-def _range_flags() -> list[str]:
+def range_flags() -> list[str]:
     """-D flags with the ranges of the settings that the CRIU_CUDA_* variables alias."""
     by_alias = {var: s for s in SETTINGS for var in s.env}
     flags = []
@@ -50,15 +49,10 @@ def build_plugin(out_dir: Path | None = None, force: bool = False) -> Path:
     """Compile the plugin into out_dir (default plugin_dir()); skip when up to date."""
     out = Path(out_dir or plugin_dir()) / LIBRARY_NAME
     sources = sorted(SOURCE_DIR.glob("*.c"))
-    headers = [*SOURCE_DIR.glob("*.h"), *SOURCE_DIR.glob("vendor/*.h")]
-    newest = max(p.stat().st_mtime for p in [*sources, *headers, Path(__file__)])
-    if out.exists() and out.stat().st_mtime >= newest and not force:
+    inputs = [*sources, *SOURCE_DIR.glob("*.h"), *SOURCE_DIR.glob("vendor/*.h"),
+              Path(__file__), Path(schema.__file__)]
+    if up_to_date(out, inputs) and not force:
         return out
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{LIBRARY_NAME}.tmp")
-    cmd = [c_compiler(), *CFLAGS, "-isystem", str(SOURCE_DIR / "vendor"), f"-I{SOURCE_DIR}",
-           f"-I{cuda_include_dir()}", f'-DRPC_PYTHON="{sys.executable}"', *_range_flags(),
-           "-o", str(tmp), *map(str, sources), "-ldl", "-lpthread"]
-    subprocess.run(cmd, check=True)
-    tmp.replace(out)  # atomic: a CRIU starting now never loads half a file
-    return out
+    cflags = [*CFLAGS, "-isystem", str(SOURCE_DIR / "vendor"), f"-I{SOURCE_DIR}",
+              f"-I{cuda_include_dir()}", f'-DRPC_PYTHON="{sys.executable}"', *range_flags()]
+    return compile_shared(out, sources, cflags, ["-ldl", "-lpthread"])

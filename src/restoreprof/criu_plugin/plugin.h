@@ -23,7 +23,7 @@
 #define RPC_LOG_DEBUG 4
 void rpc_log(unsigned int level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
-/* CRIU_CUDA_* (settings.c): the ranges come from restoreprof.optimizer.config.SETTINGS, passed
+/* CRIU_CUDA_* (settings.c): the ranges come from restoreprof.settings.schema, passed
  * as -D flags by build.py, so Python and C accept exactly the same values. */
 struct rpc_settings {
     int streams;

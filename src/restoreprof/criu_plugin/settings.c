@@ -26,10 +26,10 @@ static int read_setting(const char *name, long low, long high, int *value, char 
         return 0;
     char *end;
     errno = 0;
-    long parsed = strtol(text, &end, 10);
+    long parsed = strtol(text, &end, 0); /* as the schema reads it: 0x.. too */
     if (errno || end == text || *end || parsed < low || parsed > high) {
         snprintf(err, len, "%s=%s is not valid: it must be %s%ld to %ld (the range of "
-                 "restoreprof.optimizer.config.SETTINGS); fix or unset it and run criu again",
+                 "restoreprof.settings.schema); fix or unset it and run criu again",
                  name, text, low == 0 && high == 1 ? "" : "an integer from ", low, high);
         return -1;
     }
