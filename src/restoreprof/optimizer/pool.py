@@ -21,7 +21,10 @@ the client sends {"op": "preload", "streams", "threads"} with the snapshot's ope
 attached (the pool reads what the client could open, nothing else); the pool answers
 {"items": [...]} messages carrying up to FDS_PER_MESSAGE descriptors of GPU memory each, then
 {"done": true, "seconds": s} or {"error": "..."}. The pool holds its own references to that
-memory until the client hangs up. Only the pool's user and root may connect.
+memory until the client hangs up. Only the pool's user and root may connect, and a restore
+uses a pool only once it is proved to be its user's or root's (optimizer.sockets): a socket in a
+directory others could write, or served by another user, is refused with a warning, and the
+restore preloads the snapshot itself; its descriptor goes nowhere unproved.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ import contextlib
 import json
 import os
 import socket
-import struct
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -38,8 +41,14 @@ from pathlib import Path
 
 from restoreprof.errors import RestoreprofError
 from restoreprof.optimizer.config import OptimizerConfig
-from restoreprof.optimizer.control import user_run_dirs
 from restoreprof.optimizer.preload import Allocation, preload_snapshot
+from restoreprof.optimizer.sockets import (
+    UntrustedSocketError,
+    connect_checked,
+    make_private_dir,
+    peer_credentials,
+    user_run_dirs,
+)
 
 FDS_PER_MESSAGE = 200         # SCM_RIGHTS carries at most 253 descriptors a message
 MESSAGE_BYTES = 1 << 16
@@ -61,19 +70,26 @@ def find_socket() -> Path | None:
 
 
 def _connect() -> socket.socket | None:
-    """A connection to this user's pool, or None when none answers (no socket, or a stale one
-    a killed pool left, or one we may not use)."""
-    path = find_socket()
-    if path is None:
-        return None
-    conn = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    conn.settimeout(CONNECT_TIMEOUT_S)
-    try:
-        conn.connect(str(path))
-    except OSError:
-        conn.close()
-        return None
-    return conn
+    """A connection to this user's pool, proved to be served by this user or root from a
+    private directory; None when none answers (no socket, a stale one a killed pool left, one
+    we may not use) or when one is refused (with a warning: the caller preloads itself)."""
+    uid = os.geteuid()
+    for directory in user_run_dirs(uid):
+        try:
+            conn = connect_checked(
+                directory, _socket_name(), socket.SOCK_SEQPACKET, uids={uid, 0}, pid=None,
+                what="the warm pool's socket", timeout_s=CONNECT_TIMEOUT_S,
+                hint=f"another user may have put it there: stop any 'restoreprof warm', remove "
+                     f"{directory} and start 'restoreprof warm' again (it makes the directory "
+                     f"private); this restore preloads without the pool")
+        except UntrustedSocketError as exc:
+            print(f"restoreprof: warning: {exc}", file=sys.stderr)
+            continue
+        except OSError:
+            continue
+        if conn is not None:
+            return conn
+    return None
 
 
 def pool_running() -> bool:
@@ -94,7 +110,7 @@ def describe_pool() -> dict | None:
         try:
             _send(conn, {"op": "describe"})
             reply, _ = _receive(conn, 0)
-        except OSError:
+        except (OSError, ValueError):
             return None
     return reply if "pid" in reply else None
 
@@ -129,7 +145,7 @@ class WarmPool:
         last: OSError | None = None
         for directory in user_run_dirs(os.geteuid()):
             try:
-                _private_dir(directory)
+                make_private_dir(directory)
                 path = directory / _socket_name()
                 listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
                 with contextlib.suppress(FileNotFoundError):
@@ -191,9 +207,9 @@ class WarmPool:
                 # Read before refusing: closing on an unread request would reset the connection
                 # and the client would never see why.
                 request, fds = _receive(conn, 1)
-                if not request:
-                    return  # hung up unasked (pool_running)
-                try:
+                try:  # every descriptor received is closed, whatever the request held
+                    if not request and not fds:
+                        return  # hung up unasked (pool_running)
                     _check_peer(conn)
                     if request.get("op") == "describe" and not fds:
                         _send(conn, {"pid": os.getpid(), "pinned": _staging_ranges()})
@@ -204,7 +220,7 @@ class WarmPool:
                             hint="use optimizer.pool.preload_through_pool to talk to the pool")
                     cfg = OptimizerConfig(streams=int(request.get("streams", self.cfg.streams)),
                                           threads=int(request.get("threads", self.cfg.threads)))
-                    loaded = preload_snapshot(Path(request.get("name", "snapshot")), cfg,
+                    loaded = preload_snapshot(Path(str(request.get("name", "snapshot"))), cfg,
                                               fd=fds[0])
                 finally:
                     for fd in fds:
@@ -218,7 +234,8 @@ class WarmPool:
                 self.stats.bytes += loaded.bytes
                 conn.settimeout(None)
                 conn.recv(1)  # our references live until the client hangs up
-            except (RestoreprofError, OSError, ValueError) as exc:
+            except (RestoreprofError, OSError, ValueError, TypeError) as exc:
+                # TypeError: a field of the wrong JSON type ({"streams": null})
                 self.stats.failed += 1
                 with contextlib.suppress(OSError):
                     _send(conn, {"error": str(exc)})
@@ -262,17 +279,8 @@ def _staging_ranges() -> list[list[int]]:
     return [[bases[i], slot.value] for i in range(n)]
 
 
-def _private_dir(directory: Path) -> None:
-    """directory exists, and no other user can write to it (else the socket could be swapped)."""
-    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-    st = directory.stat()
-    if st.st_uid not in (os.geteuid(), 0) or st.st_mode & 0o022:
-        raise PermissionError(f"{directory} is writable by others or owned by another user")
-
-
 def _check_peer(conn: socket.socket) -> None:
-    creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-    _pid, uid, _gid = struct.unpack("3i", creds)
+    _pid, uid, _gid = peer_credentials(conn)
     if uid not in (os.geteuid(), 0):
         raise RestoreprofError(f"UID {uid} may not use this warm pool",
                                hint="restore as the pool's user or as root, or start "
@@ -327,7 +335,12 @@ def preload_through_pool(snapshot: Path, cfg: OptimizerConfig | None = None) -> 
             _send(conn, {"op": "preload", "name": str(snapshot), "streams": cfg.streams,
                          "threads": cfg.threads}, [f.fileno()])
         while True:
-            message, fds = _receive(conn, FDS_PER_MESSAGE)
+            try:
+                message, fds = _receive(conn, FDS_PER_MESSAGE)
+            except ValueError:
+                raise RestoreprofError("the warm pool sent a malformed reply",
+                                       hint="restart 'restoreprof warm'; the restore falls back "
+                                            "to reloading inside the process") from None
             if not message:
                 raise RestoreprofError(f"the warm pool hung up while preloading {snapshot}",
                                        hint="see its output; the restore falls back to "
@@ -337,13 +350,17 @@ def preload_through_pool(snapshot: Path, cfg: OptimizerConfig | None = None) -> 
                                        f"{message['error']}",
                                        hint="the restore falls back to reloading inside the process")
             described = message.get("items", [])
-            if len(described) != len(fds):
-                for fd in fds:
+            try:
+                if not isinstance(described, list) or len(described) != len(fds):
+                    raise ValueError("items and descriptors differ")
+                items += [Allocation.from_description(d, fd)
+                          for d, fd in zip(described, fds, strict=True)]
+            except (ValueError, TypeError, KeyError, AttributeError):
+                for fd in fds:  # none of this batch joined items
                     os.close(fd)
                 raise RestoreprofError("the warm pool sent a malformed reply",
                                        hint="restart 'restoreprof warm'; the restore falls back "
-                                            "to reloading inside the process")
-            items += [Allocation.from_description(d, fd) for d, fd in zip(described, fds, strict=True)]
+                                            "to reloading inside the process") from None
             if message.get("done"):
                 return PooledSnapshot(Path(snapshot), items, float(message["seconds"]), conn)
     except BaseException:
@@ -360,10 +377,18 @@ def _send(conn: socket.socket, message: dict, fds: list[int] | None = None) -> N
 
 
 def _receive(conn: socket.socket, max_fds: int) -> tuple[dict, list[int]]:
-    """One message and its descriptors; ({}, []) when the other side hung up."""
+    """One message and its descriptors; ({}, []) when the other side hung up. ValueError for a
+    message that is not a JSON object, its descriptors closed: nothing received is leaked."""
     data, fds, _flags, _addr = socket.recv_fds(conn, MESSAGE_BYTES, max_fds)
-    if not data:
+    fds = list(fds)
+    message = None
+    if data:
+        with contextlib.suppress(ValueError):  # not JSON, or not UTF-8
+            message = json.loads(data)
+    if not isinstance(message, dict):
         for fd in fds:
             os.close(fd)
+        if data:
+            raise ValueError("a malformed message (not a JSON object)")
         return {}, []
-    return json.loads(data), list(fds)
+    return message, fds
