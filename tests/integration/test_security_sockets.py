@@ -327,6 +327,32 @@ def test_a_non_root_programs_socket_is_found_in_its_runtime_dir_and_proved(base)
         program.wait()
 
 
+def test_a_run_dir_that_is_a_symbolic_link_is_refused_by_every_side(base, monkeypatch, capfd):
+    from restoreprof.optimizer.pool import preload_through_pool
+    from restoreprof.optimizer.sockets import make_private_dir
+
+    real = base / "real"
+    real.mkdir(mode=0o700)
+    link = base / "link"
+    link.symlink_to(real)
+    # the pool's side: no socket is made behind a link
+    with pytest.raises(PermissionError, match="symbolic link"):
+        make_private_dir(link)
+    # the client's side: a socket reached through a link is not used
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    listener.bind(str(real / f"warm-{os.geteuid()}.sock"))
+    listener.listen(1)
+    with listener:
+        monkeypatch.setattr("restoreprof.optimizer.pool.user_run_dirs", lambda uid: [link])
+        assert preload_through_pool(base / "any.snap") is None
+        assert "its directory is a symbolic link" in capfd.readouterr().err
+    # the library's side
+    program = subprocess.run(["sleep", "0.2"], env=_shim_env(RESTOREPROF_RUN_DIR=str(link)),
+                             capture_output=True, text=True, timeout=30)
+    assert f"run directory {link} refused: it is a symbolic link" in program.stderr
+    assert not any(p.name.startswith("shim-") for p in real.iterdir())
+
+
 # ---- the library under a client that goes away ----
 
 

@@ -142,7 +142,7 @@ class WarmPool:
 
     def bind(self) -> Path:
         """Create the socket (0600, in a directory only this user can write); returns it."""
-        last: OSError | None = None
+        tried: list[str] = []
         for directory in user_run_dirs(os.geteuid()):
             try:
                 make_private_dir(directory)
@@ -159,9 +159,10 @@ class WarmPool:
                 self._listener, self.path = listener, path
                 return path
             except OSError as exc:
-                last = exc
-        raise RestoreprofError(f"no run directory for the warm pool's socket ({last})",
-                               hint="set RESTOREPROF_RUN_DIR to a directory you can write")
+                tried.append(f"{directory}: {exc.strerror or exc}")
+        raise RestoreprofError(f"no run directory for the warm pool's socket ({'; '.join(tried)})",
+                               hint="set RESTOREPROF_RUN_DIR to a folder of yours that nobody "
+                                    "else can write (chmod 700)")
 
     def serve(self, stop: threading.Event) -> None:
         """Answer preloads, each connection on a thread of its own, until stop is set."""
