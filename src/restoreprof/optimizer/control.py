@@ -73,7 +73,10 @@ class _Target:
         return cls(pid, int(ns_pids[-1]), uid, _root_prefix(pid), _environ(pid))
 
     def run_dirs(self) -> list[Path]:
-        return [Path(self.root + str(d)) for d in user_run_dirs(self.uid, self.environ)]
+        dirs = user_run_dirs(self.uid, self.environ)
+        # A program started as root that later changed user bound its socket as root.
+        dirs += [d for d in user_run_dirs(0, self.environ) if d not in dirs]
+        return [Path(self.root + str(d)) for d in dirs]
 
     @property
     def socket_name(self) -> str:

@@ -364,6 +364,12 @@ def preload_through_pool(snapshot: Path, cfg: OptimizerConfig | None = None) -> 
                                             "to reloading inside the process") from None
             if message.get("done"):
                 return PooledSnapshot(Path(snapshot), items, float(message["seconds"]), conn)
+    except TimeoutError:
+        PooledSnapshot(Path(snapshot), items, 0.0, conn).release()
+        raise RestoreprofError(f"the warm pool did not finish preloading {snapshot} within "
+                               f"{PRELOAD_TIMEOUT_S:.0f} s",
+                               hint="see the pool's output; the restore falls back to reloading "
+                                    "inside the process") from None
     except BaseException:
         PooledSnapshot(Path(snapshot), items, 0.0, conn).release()
         raise
