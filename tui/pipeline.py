@@ -47,6 +47,12 @@ def load_ceilings(hostname: str | None = None, gpus: list[dict] | None = None) -
     return ceilings_module.load(hostname or socket.gethostname(), gpus)
 
 
+def trace_ceilings(meta: TraceMeta) -> Ceilings:
+    """The ceilings a saved trace is judged by (those it was recorded with, where measured),
+    as ``restoreprof report`` uses them."""
+    return ceilings_module.for_trace(meta)
+
+
 def analyze(trace: Trace, ceilings: Ceilings) -> dict:
     """restoreprof.analysis on a trace: the report.json dict."""
     return run_analysis(trace, ceilings)

@@ -7,7 +7,8 @@ import json
 from pathlib import Path
 
 from restoreprof.checkpoint import checkpoint
-from restoreprof.commands._output import print_steps
+from restoreprof.commands._args import accept_dash_values
+from restoreprof.commands._output import add_quiet_flag, print_steps, step_progress
 
 name = "checkpoint"
 help = "checkpoint a process tree (CUDA processes included) into a folder"
@@ -22,14 +23,19 @@ def prepare_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lock-timeout", type=int, default=10_000, metavar="MS",
                         help="how long the driver may wait for CUDA work to drain (default 10000)")
     parser.add_argument("--criu-arg", action="append", default=[], metavar="ARG",
-                        help="extra argument for criu dump (repeatable)")
+                        help="extra argument for criu dump (repeatable; "
+                             "--criu-arg --tcp-established and --criu-arg=--tcp-established "
+                             "both work)")
+    accept_dash_values(parser, "--criu-arg")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    add_quiet_flag(parser)
 
 
 def run(args: argparse.Namespace) -> int:
-    result = checkpoint(args.pid, args.dir, leave_running=args.leave_running,
-                        offload=not args.no_offload, lock_timeout_ms=args.lock_timeout,
-                        criu_args=args.criu_arg)
+    with step_progress(args, "checkpoint"):
+        result = checkpoint(args.pid, args.dir, leave_running=args.leave_running,
+                            offload=not args.no_offload, lock_timeout_ms=args.lock_timeout,
+                            criu_args=args.criu_arg)
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))
         return 0
