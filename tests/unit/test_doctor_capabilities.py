@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from restoreprof.system.doctor import effective_capabilities, missing_capabilities
+from restoreprof.doctor import effective_capabilities, missing_capabilities
 
 ALL = (1 << 41) - 1
 

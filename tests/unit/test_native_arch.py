@@ -14,7 +14,7 @@ import pytest
 from test_crc32c import crc32c_reference
 
 from restoreprof.optimizer.shim import build
-from restoreprof.system import paths
+from restoreprof.system import cbuild, paths
 
 CROSS_CC = "aarch64-linux-gnu-gcc"
 EM_AARCH64 = 183
@@ -30,8 +30,9 @@ def _elf_machine(path) -> int:
 def test_the_portable_crc32c_matches_the_definition(tmp_path):
     """The table path (every CPU without a crc32c instruction), built alone."""
     lib = tmp_path / "crc32c_portable.so"
-    subprocess.run([build.c_compiler(), "-O2", "-fPIC", "-shared", "-Wall", "-Werror",
-                    "-DRP_CRC32C_PORTABLE", f"-I{build.cuda_include_dir()}",
+    build.write_settings_header()  # shim.h includes the generated defaults
+    subprocess.run([cbuild.c_compiler(), "-O2", "-fPIC", "-shared", "-Wall", "-Werror",
+                    "-DRP_CRC32C_PORTABLE", f"-I{cbuild.cuda_include_dir()}",
                     f"-I{build.SOURCE_DIR}", "-o", str(lib), str(build.SOURCE_DIR / "crc32c.c"),
                     "-lpthread"], check=True)
     crc = ctypes.CDLL(str(lib)).rp_crc32c
