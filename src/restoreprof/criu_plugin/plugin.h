@@ -11,7 +11,8 @@
 
 #define RPC_NAME "restoreprof"
 #define RPC_EXPORT __attribute__((visibility("default")))
-#define RPC_RECORD "restoreprof-criu.txt" /* beside CRIU's images: which processes, which snapshot */
+/* Beside CRIU's images: which processes, which snapshot. */
+#define RPC_RECORD "restoreprof-criu.txt"
 #define RPC_MAX_TASKS 256
 #define RPC_LINE 4096
 
@@ -23,6 +24,9 @@
 #define RPC_LOG_DEBUG 4
 void rpc_log(unsigned int level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
+#include <pthread.h>
+#include <stdbool.h>
+
 /* CRIU_CUDA_* (settings.c): the ranges come from restoreprof.settings.schema, passed
  * as -D flags by build.py, so Python and C accept exactly the same values. */
 struct rpc_settings {
@@ -32,6 +36,38 @@ struct rpc_settings {
     int parallel; /* 0: the plain driver path only (no offload, no preload) */
 };
 int rpc_settings_load(struct rpc_settings *out, char *err, size_t len);
+
+/* One CUDA process of this dump or restore. */
+struct rpc_task {
+    int pid;                /* as CRIU sees it (the host's PID namespace) */
+    int vpid;               /* in its own PID namespace: the same at dump and at restore */
+    char snapshot[64];      /* offloaded GPU memory beside the images, or "" */
+    long long bytes;
+    int state;              /* dump: 1 locked, 2 checkpointed; restore: 1 seen by the hook */
+    /* restore: the finisher's per-process thread */
+    pthread_t thread;
+    int threaded;
+    int released;           /* wait_released()'s answer */
+    CUresult driver_rc;
+    CUprocessState driver_state;
+};
+
+/* plugin.c: state of this CRIU run, shared by the dump (dump.c) and restore (restore.c) halves */
+extern struct rpc_task rpc_tasks[RPC_MAX_TASKS];
+extern int rpc_ntasks;
+extern int rpc_stage;                        /* CR_PLUGIN_STAGE__* of this run */
+extern struct rpc_settings rpc_settings_now;
+extern char rpc_images[RPC_LINE];            /* CRIU's images folder */
+extern char rpc_recorded_libcuda[RPC_LINE];  /* restore: the driver library the dump used */
+void rpc_log_agent_line(const char *text);   /* an agent's LOG line into CRIU's log */
+int rpc_images_fd(void);
+int rpc_record_append(const struct rpc_task *t);
+int rpc_record_load(void);                   /* 1 loaded, 0 none (not ours), -1 unreadable */
+/* dump.c and restore.c */
+void rpc_dump_fini(int ret);
+int rpc_restore_init(void);
+void rpc_restore_fini(int ret);
+
 
 /* The CUDA driver, opened with dlopen (cuda.c): one table, every call goes through it. */
 struct rpc_cuda {
