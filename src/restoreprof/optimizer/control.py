@@ -143,10 +143,12 @@ class ShimControl:
         """Map memory at the same addresses again and load path into it (checksums verified)."""
         return self._transfer("RELOAD", path, cfg, safe)
 
-    def adopt(self, address: int, gpu_uuid: str, fd: int) -> dict[str, Any]:
-        """Map preloaded memory (fd, see optimizer.preload) at an offloaded allocation's address;
+    def adopt(self, address: int, gpu_uuid: str, fd: int, handle: int = 0) -> dict[str, Any]:
+        """Map preloaded memory (fd, see optimizer.preload) at an offloaded allocation's address,
+        or, given the application's handle of a physical allocation, wherever that was mapped;
         {bytes, seconds, remaining}. When none remains offloaded, the process runs on."""
-        return _parse_ok_numbers(self.request(f"ADOPT {address:x} {gpu_uuid}", fd))
+        suffix = f" {handle:x}" if handle else ""
+        return _parse_ok_numbers(self.request(f"ADOPT {address:x} {gpu_uuid}{suffix}", fd))
 
     def status(self) -> dict[str, Any]:
         fields = dict(item.split("=", 1) for item in self.request("STATUS").split())

@@ -10,11 +10,18 @@
  *
  *   OFFLOAD <path> <streams> <chunk_mb> <threads>  -> OK <bytes> <ns> | ERR <message>
  *   RELOAD <path> <streams> <chunk_mb> <threads>   -> OK <bytes> <ns> | ERR <message>
- *   ADOPT <address> <gpu uuid> + one fd (SCM_RIGHTS) -> OK <bytes> <ns> remaining=<n> | ERR
+ *   ADOPT <address> <gpu uuid> [<handle>] + one fd (SCM_RIGHTS)
+ *                                                   -> OK <bytes> <ns> remaining=<n> | ERR
  *   STATUS                                          -> OK state=<running|offloaded> ...
  *
  * ADOPT maps memory restoreprof preloaded from the snapshot (preload.c) at one offloaded
- * allocation's address; when none is left offloaded, it is as if RELOAD had run.
+ * allocation's address, or, given a handle, where the application's physical allocation of
+ * that handle was mapped (app_vmm.c); when none is left offloaded, it is as if RELOAD had run.
+ *
+ * OFFLOAD saves the library's allocations (cuMemAlloc and stream-ordered, mempool.c) and the
+ * application's own physical allocations (app_vmm.c). Memory shared with another process is
+ * refused before anything is written or released; the stream-ordered cache (memory nobody
+ * uses) is released, not saved.
  *
  * While offloaded the gate is closed: the application's intercepted calls (copies, kernel and
  * graph launches, allocations) wait inside the library until RELOAD has put the memory back.
@@ -75,10 +82,10 @@ static int store_handle(struct rp_allocation *entry, void *arg)
     return 1;
 }
 
-static CUresult drain_contexts(struct alloc_list *list)
+static CUresult drain_contexts(const struct rp_snap_item *items, size_t count)
 {
-    for (size_t i = 0; i < list->count; i++) {
-        CUresult rc = rp_real.cuCtxSetCurrent(list->items[i].context);
+    for (size_t i = 0; i < count; i++) {
+        CUresult rc = rp_real.cuCtxSetCurrent(items[i].context);
         if (rc == CUDA_SUCCESS)
             rc = rp_real.cuCtxSynchronize();
         if (rc != CUDA_SUCCESS)
@@ -171,6 +178,28 @@ static int unmap_all(struct alloc_list *list, char *err, size_t errlen)
     return failures ? -1 : 0;
 }
 
+/* The snapshot's items: the library's allocations, then the application's physical ones (each
+ * with a window to read it through; rp_app_vmm_close_windows closes them). */
+static int offload_items(struct alloc_list *list, struct rp_snap_item **items, size_t *count,
+                         char *err, size_t errlen)
+{
+    size_t capacity = list->count ? list->count : 1;
+    *count = 0;
+    *items = calloc(capacity, sizeof(**items));
+    if (!*items)
+        return snprintf(err, errlen, "out of memory"), -1;
+    for (size_t i = 0; i < list->count; i++) {
+        const struct rp_allocation *a = &list->items[i];
+        (*items)[(*count)++] = (struct rp_snap_item){
+            .record = { .address = a->address, .size = a->size, .reserved = a->reserved,
+                        .device = a->device, .kind = RP_SNAP_ALLOCATION },
+            .source = a->address,
+            .context = a->context,
+        };
+    }
+    return rp_app_vmm_items(items, count, &capacity, err, errlen);
+}
+
 static void do_offload(const char *path, struct rp_engine_params p, char *reply, size_t len)
 {
     if (offloaded) {
@@ -178,9 +207,17 @@ static void do_offload(const char *path, struct rp_engine_params p, char *reply,
         return;
     }
     uint64_t start = rp_now_ns(), total = 0;
-    char err[256] = "";
+    char err[512] = "";
     struct alloc_list list = { 0 };
+    struct rp_snap_item *items = NULL;
+    size_t n_items = 0;
     rp_gate_close(); /* the application's intercepted calls wait from here */
+    /* Refused before the file is made: a refused checkpoint leaves nothing behind. */
+    if (rp_app_vmm_refusal(err, sizeof(err)) != 0) {
+        rp_gate_open();
+        snprintf(reply, len, "ERR cannot checkpoint: %s", err);
+        return;
+    }
     int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
     CUresult drained = CUDA_SUCCESS;
     int rc = -1;
@@ -188,10 +225,17 @@ static void do_offload(const char *path, struct rp_engine_params p, char *reply,
         snprintf(err, sizeof(err), "cannot create %.160s: %s", path, strerror(errno));
     else if (collect(&list) != 0)
         snprintf(err, sizeof(err), "out of memory");
-    else if ((drained = drain_contexts(&list)) != CUDA_SUCCESS)
+    else if (offload_items(&list, &items, &n_items, err, sizeof(err)) != 0)
+        ; /* err says why */
+    else if ((drained = drain_contexts(items, n_items)) != CUDA_SUCCESS)
         snprintf(err, sizeof(err), "waiting for the GPU failed: %s", rp_error_name(drained));
-    else
-        rc = rp_snapshot_write(fd, list.items, list.count, p, &total, err, sizeof(err));
+    else {
+        size_t cached = rp_mempool_release_cached(); /* free memory is not the application's */
+        if (cached)
+            RP_DEBUG("released %zu bytes of cached stream-ordered memory", cached);
+        rc = rp_snapshot_write(fd, items, n_items, p, &total, err, sizeof(err));
+    }
+    rp_app_vmm_close_windows();
     if (fd >= 0 && close(fd) != 0 && rc == 0) {
         snprintf(err, sizeof(err), "closing %.160s failed: %s", path, strerror(errno));
         rc = -1;
@@ -205,12 +249,15 @@ static void do_offload(const char *path, struct rp_engine_params p, char *reply,
          * the driver's checkpoint: RELOAD makes a new one. */
         rp_engine_release();
         shrink_stacks(&list);
-        if (unmap_all(&list, err, sizeof(err)) != 0)
+        int released = unmap_all(&list, err, sizeof(err));
+        if (rp_app_vmm_release(err[0] ? err + strlen(err) : err,
+                               sizeof(err) - strlen(err)) != 0 || released != 0)
             snprintf(reply, len, "ERR %s", err);
         else
             snprintf(reply, len, "OK %llu %llu", (unsigned long long)total,
                      (unsigned long long)(rp_now_ns() - start));
     }
+    free(items);
     free(list.items);
 }
 
@@ -231,11 +278,13 @@ static CUresult load_record(int fd, struct rp_allocation *a, const struct snap_r
 {
     struct rp_transfer t = { .direction = RP_H2D, .device = a->address, .fd = fd,
                              .file_offset = (off_t)r->data_offset, .bytes = r->size,
-                             .checksums = (uint32_t *)(r + 1) };
+                             .checksums = rp_snapshot_sums(r) };
     CUresult rc = rp_real.cuCtxSetCurrent(a->context);
     if (rc == CUDA_SUCCESS && a->handle == 0) {
         uint64_t start = rp_now_ns();
         rc = rp_vmm_map(a);
+        if (rc == CUDA_SUCCESS)
+            rc = rp_mempool_after_map(a);
         rp_registry_each(store_handle, a);
         *map_ns += rp_now_ns() - start;
     }
@@ -268,20 +317,34 @@ static void do_reload(const char *path, struct rp_engine_params p, char *reply, 
     else if ((table = rp_snapshot_table(fd, &h, err, sizeof(err))) && collect(&list) != 0)
         snprintf(err, sizeof(err), "out of memory");
     p.chunk_bytes = table ? h.chunk_bytes : p.chunk_bytes; /* checksums are per saved chunk */
-    const struct snap_record *r = table ? (const struct snap_record *)(table + sizeof(h)) : NULL;
+    const struct snap_record *r = table ? rp_snapshot_first(table) : NULL;
+    uint64_t allocations = 0;
     for (uint64_t i = 0; table && !err[0] && i < h.count; i++, r = rp_snapshot_next(r)) {
-        struct rp_allocation *a = find_in(&list, r);
-        CUresult rc = a ? load_record(fd, a, r, p, &map_ns) : CUDA_ERROR_NOT_FOUND;
+        int physical = r->kind == RP_SNAP_PHYSICAL;
+        struct rp_allocation *a = physical ? NULL : find_in(&list, r);
+        CUresult rc = physical ? rp_app_vmm_reload(fd, r, p, &map_ns)
+                      : a      ? load_record(fd, a, r, p, &map_ns)
+                               : CUDA_ERROR_NOT_FOUND;
+        allocations += !physical;
         if (rc != CUDA_SUCCESS)
-            snprintf(err, sizeof(err), "%s %#llx (%llu bytes): %s",
-                     a ? "reloading" : "no allocation in this process at",
-                     (unsigned long long)r->address, (unsigned long long)r->size,
-                     rc == CUDA_ERROR_INVALID_IMAGE ? "checksum mismatch" : rp_error_name(rc));
+            snprintf(err, sizeof(err), "%s %s %#llx (%llu bytes): %s",
+                     physical || a ? "reloading" : "no allocation in this process at",
+                     physical ? "GPU memory handle" : "allocation",
+                     (unsigned long long)(physical ? r->handle : r->address),
+                     (unsigned long long)r->size,
+                     rc == CUDA_ERROR_INVALID_IMAGE ? "checksum mismatch"
+                     : rc == CUDA_ERROR_NOT_FOUND && physical
+                         ? "no such offloaded handle in this process"
+                         : rp_error_name(rc));
         total += r->size;
     }
-    if (!err[0] && table && h.count != list.count)
+    if (!err[0] && table && allocations != list.count)
         snprintf(err, sizeof(err), "the snapshot holds %llu allocations, the process %zu",
-                 (unsigned long long)h.count, list.count);
+                 (unsigned long long)allocations, list.count);
+    size_t missing = table && !err[0] ? rp_app_vmm_offloaded() : 0;
+    if (missing)
+        snprintf(err, sizeof(err), "%zu of the process's GPU memory handles are not in the "
+                 "snapshot", missing);
     if (fd >= 0)
         close(fd);
     free(table);
@@ -323,59 +386,12 @@ static int find_offloaded(struct rp_allocation *a, void *arg)
     return 1;
 }
 
-static void uuid_hex(const CUuuid *u, char *out)
-{
-    for (int i = 0; i < 16; i++)
-        sprintf(out + 2 * i, "%02x", (unsigned char)u->bytes[i]);
-}
-
 /* Maps memory that restoreprof preloaded (preload.c), passed as fd, at an offloaded
  * allocation's address. When the last offloaded allocation is back, the gate opens. */
-static void do_adopt(CUdeviceptr address, const char *uuid, int fd, char *reply, size_t len)
+/* Both kinds still offloaded; when none is left, the gate opens (after the stack limits). */
+static void finish_adopt(size_t bytes, uint64_t start, char *reply, size_t len)
 {
-    uint64_t start = rp_now_ns();
-    struct adoption want = { .address = address };
-    char ours[33];
-    CUuuid u;
-    if (!offloaded || fd < 0) {
-        snprintf(reply, len, "ERR %s", fd < 0 ? "ADOPT needs the memory's descriptor"
-                                              : "not offloaded: nothing to adopt");
-        return;
-    }
-    rp_registry_each(find_offloaded, &want);
-    if (!want.matched) {
-        snprintf(reply, len, "ERR no offloaded allocation at %#llx", (unsigned long long)address);
-        return;
-    }
-    struct rp_allocation *a = &want.found;
-    CUresult rc = rp_real.cuDeviceGetUuid_v2 && rp_real.cuMemImportFromShareableHandle
-                      ? rp_real.cuDeviceGetUuid_v2(&u, a->device)
-                      : CUDA_ERROR_NOT_SUPPORTED;
-    if (rc == CUDA_SUCCESS)
-        uuid_hex(&u, ours);
-    if (rc == CUDA_SUCCESS && strcmp(ours, uuid) != 0) {
-        snprintf(reply, len, "ERR %#llx lives on GPU %s, the memory offered is on %s",
-                 (unsigned long long)address, ours, uuid);
-        return;
-    }
-    CUmemGenericAllocationHandle handle = 0;
-    if (rc == CUDA_SUCCESS)
-        rc = rp_real.cuCtxSetCurrent(a->context);
-    if (rc == CUDA_SUCCESS)
-        rc = rp_real.cuMemImportFromShareableHandle(&handle, (void *)(intptr_t)fd,
-                                                    CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR);
-    if (rc == CUDA_SUCCESS)
-        rc = rp_vmm_map_handle(a->address, a->reserved, a->device, handle);
-    if (rc != CUDA_SUCCESS) {
-        if (handle)
-            rp_real.cuMemRelease(handle);
-        snprintf(reply, len, "ERR adopting %#llx: %s", (unsigned long long)address,
-                 rp_error_name(rc));
-        return;
-    }
-    a->handle = handle;
-    rp_registry_each(store_handle, a);
-    size_t remaining = 0;
+    size_t remaining = rp_app_vmm_offloaded();
     rp_registry_each(count_offloaded, &remaining);
     char err[256];
     if (remaining == 0 && restore_stacks(err, sizeof(err)) != 0) {
@@ -386,33 +402,94 @@ static void do_adopt(CUdeviceptr address, const char *uuid, int fd, char *reply,
         offloaded = 0;
         rp_gate_open();
     }
-    snprintf(reply, len, "OK %zu %llu remaining=%zu", a->size,
+    snprintf(reply, len, "OK %zu %llu remaining=%zu", bytes,
              (unsigned long long)(rp_now_ns() - start), remaining);
+}
+
+static void do_adopt(CUdeviceptr address, const char *uuid, uint64_t handle, int fd, char *reply,
+                     size_t len)
+{
+    uint64_t start = rp_now_ns();
+    struct adoption want = { .address = address };
+    char ours[33];
+    if (!offloaded || fd < 0) {
+        snprintf(reply, len, "ERR %s", fd < 0 ? "ADOPT needs the memory's descriptor"
+                                              : "not offloaded: nothing to adopt");
+        return;
+    }
+    if (handle) {
+        char err[256];
+        size_t bytes = 0;
+        if (rp_app_vmm_adopt(handle, uuid, fd, &bytes, err, sizeof(err)) != 0)
+            snprintf(reply, len, "ERR %s", err);
+        else
+            finish_adopt(bytes, start, reply, len);
+        return;
+    }
+    rp_registry_each(find_offloaded, &want);
+    if (!want.matched) {
+        snprintf(reply, len, "ERR no offloaded allocation at %#llx", (unsigned long long)address);
+        return;
+    }
+    struct rp_allocation *a = &want.found;
+    CUresult rc = rp_real.cuMemImportFromShareableHandle && rp_device_uuid_hex(a->device, ours) == 0
+                      ? CUDA_SUCCESS
+                      : CUDA_ERROR_NOT_SUPPORTED;
+    if (rc == CUDA_SUCCESS && strcmp(ours, uuid) != 0) {
+        snprintf(reply, len, "ERR %#llx lives on GPU %s, the memory offered is on %s",
+                 (unsigned long long)address, ours, uuid);
+        return;
+    }
+    CUmemGenericAllocationHandle memory = 0;
+    if (rc == CUDA_SUCCESS)
+        rc = rp_real.cuCtxSetCurrent(a->context);
+    if (rc == CUDA_SUCCESS)
+        rc = rp_real.cuMemImportFromShareableHandle(&memory, (void *)(intptr_t)fd,
+                                                    CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR);
+    if (rc == CUDA_SUCCESS)
+        rc = rp_vmm_map_handle(a->address, a->reserved, a->device, memory);
+    if (rc == CUDA_SUCCESS) {
+        a->handle = memory;
+        rc = rp_mempool_after_map(a);
+        if (rc != CUDA_SUCCESS)
+            rp_real.cuMemUnmap(a->address, a->reserved);
+        a->handle = rc == CUDA_SUCCESS ? memory : 0;
+    }
+    if (rc != CUDA_SUCCESS) {
+        if (memory)
+            rp_real.cuMemRelease(memory);
+        snprintf(reply, len, "ERR adopting %#llx: %s", (unsigned long long)address,
+                 rp_error_name(rc));
+        return;
+    }
+    rp_registry_each(store_handle, a);
+    finish_adopt(a->size, start, reply, len);
 }
 
 /* ---- STATUS and the server ---- */
 
 static void do_status(char *reply, size_t len)
 {
-    size_t count, bytes;
+    size_t count, bytes, app_count, app_bytes;
     rp_registry_totals(&count, &bytes);
+    rp_app_vmm_totals(&app_count, &app_bytes);
     snprintf(reply, len,
              "OK state=%s allocations=%zu bytes=%zu intercepted=%lu intercepted_bytes=%lu "
-             "fallbacks=%lu gate=%s",
+             "fallbacks=%lu gate=%s app_handles=%zu app_bytes=%zu",
              offloaded ? "offloaded" : "running", count, bytes, rp_stats.intercepted,
              rp_stats.intercepted_bytes, rp_stats.fallbacks,
-             rp_gate_is_closed() ? "closed" : "open");
+             rp_gate_is_closed() ? "closed" : "open", app_count, app_bytes);
 }
 
 static void handle(const char *line, int fd, char *reply, size_t len)
 {
     char path[4096], uuid[40];
-    unsigned long long address = 0;
+    unsigned long long address = 0, app_handle = 0;
     int streams = 0, chunk_mb = 0, threads = 0;
     if (strcmp(line, "STATUS") == 0)
         do_status(reply, len);
-    else if (sscanf(line, "ADOPT %llx %39s", &address, uuid) == 2)
-        do_adopt((CUdeviceptr)address, uuid, fd, reply, len);
+    else if (sscanf(line, "ADOPT %llx %39s %llx", &address, uuid, &app_handle) >= 2)
+        do_adopt((CUdeviceptr)address, uuid, app_handle, fd, reply, len);
     else if (sscanf(line, "OFFLOAD %4095s %d %d %d", path, &streams, &chunk_mb, &threads) >= 1)
         do_offload(path, params_from(streams, chunk_mb, threads), reply, len);
     else if (sscanf(line, "RELOAD %4095s %d %d %d", path, &streams, &chunk_mb, &threads) >= 1)

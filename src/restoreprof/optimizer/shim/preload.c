@@ -9,6 +9,11 @@
  * addresses its allocations kept reserved: its pointers stay valid, and the GPU memory
  * transfer has overlapped CRIU instead of following the driver.
  *
+ * An application's own physical allocation (cuMemCreate, app_vmm.c) is preloaded the same way:
+ * the memory made here has its properties plus the POSIX descriptor type (the application's may
+ * not have been exportable); ADOPT names its handle, and the application maps it where that
+ * handle was mapped, presenting it under the same handle value.
+ *
  * Loaded by restoreprof with ctypes (nothing interposed, no control channel). The memory
  * outlives this process once adopted: each side holds its own reference.
  */
@@ -18,6 +23,7 @@
 #include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <unistd.h>
 
 struct rp_preloaded {
@@ -30,6 +36,7 @@ struct rp_preloaded {
                         * to its device's primary context (made current for the copy) */
     uint64_t local;    /* where it is mapped in this process, 0 when not */
     uint8_t uuid[16];  /* of the device, for the application to check against its own */
+    uint64_t app_handle; /* the application's handle for a physical allocation; 0: an address */
 };
 
 RP_EXPORT void rp_preloaded_release(struct rp_preloaded *items, long count)
@@ -53,7 +60,28 @@ RP_EXPORT void rp_preloaded_release(struct rp_preloaded *items, long count)
     }
 }
 
-static CUresult make_exportable(struct rp_preloaded *p)
+/* The record's own properties, made exportable; plain device memory for an allocation (or when
+ * the properties cannot be had exportable). */
+static CUresult create_exportable(CUdevice dev, const struct snap_record *r, size_t size,
+                                  CUmemGenericAllocationHandle *handle)
+{
+    if (r->kind == RP_SNAP_PHYSICAL) {
+        CUmemAllocationProp prop;
+        memset(&prop, 0, sizeof(prop));
+        prop.type = r->prop.type;
+        prop.location.type = r->prop.location_type;
+        prop.location.id = dev;
+        prop.requestedHandleTypes = CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR;
+        prop.allocFlags.compressionType = r->prop.compression;
+        prop.allocFlags.gpuDirectRDMACapable = r->prop.rdma;
+        prop.allocFlags.usage = r->prop.usage;
+        if (rp_real.cuMemCreate(handle, size, &prop, 0) == CUDA_SUCCESS)
+            return CUDA_SUCCESS;
+    }
+    return rp_vmm_create(dev, size, 1, handle);
+}
+
+static CUresult make_exportable(struct rp_preloaded *p, const struct snap_record *r)
 {
     CUdevice dev;
     CUcontext ctx;
@@ -67,7 +95,7 @@ static CUresult make_exportable(struct rp_preloaded *p)
     rc = rp_real.cuCtxSetCurrent(ctx);
     CUmemGenericAllocationHandle handle = 0;
     if (rc == CUDA_SUCCESS)
-        rc = rp_vmm_create(dev, p->reserved, 1, &handle);
+        rc = create_exportable(dev, r, p->reserved, &handle);
     if (rc != CUDA_SUCCESS) {
         rp_real.cuDevicePrimaryCtxRelease_v2(dev);
         return rc;
@@ -112,15 +140,16 @@ RP_EXPORT long rp_snapshot_preload_fd(int fd, int streams, int threads, struct r
                  (unsigned long long)h.count, max);
         rc = CUDA_ERROR_INVALID_VALUE;
     }
-    const struct snap_record *r = table ? (const struct snap_record *)(table + sizeof(h)) : NULL;
+    const struct snap_record *r = table ? rp_snapshot_first(table) : NULL;
     for (; table && rc == CUDA_SUCCESS && n < (long)h.count; n++, r = rp_snapshot_next(r)) {
         struct rp_preloaded *p = &out[n];
         *p = (struct rp_preloaded){ .address = r->address, .size = r->size,
-                                    .reserved = r->reserved, .device = r->device, .fd = -1 };
-        rc = make_exportable(p);
+                                    .reserved = r->reserved, .device = r->device, .fd = -1,
+                                    .app_handle = r->kind == RP_SNAP_PHYSICAL ? r->handle : 0 };
+        rc = make_exportable(p, r);
         struct rp_transfer t = { .direction = RP_H2D, .device = p->local, .fd = fd,
                                  .file_offset = (off_t)r->data_offset, .bytes = r->size,
-                                 .checksums = (uint32_t *)(r + 1) };
+                                 .checksums = rp_snapshot_sums(r) };
         struct rp_engine_params params = { streams, threads, h.chunk_bytes };
         if (rc == CUDA_SUCCESS)
             rc = rp_engine_run(&t, params, 1);
