@@ -96,7 +96,13 @@ def offload_all(pids: list[int], directory: Path, optimizer) -> dict[int, dict]:
     for pid in [p for p in pids if has_shim(p)]:
         name = snapshot_name(pid)
         start = time.monotonic()
-        result = _shim_control(pid).offload(directory / name, optimizer)
+        try:
+            result = _shim_control(pid).offload(directory / name, optimizer)
+        except RestoreprofError:
+            # One process refused (or failed): those offloaded before it get their memory back,
+            # so the whole tree runs on as it was.
+            reload_all(records, directory, optimizer)
+            raise
         records[pid] = {"snapshot": name, "bytes": int(result.get("bytes", 0)),
                         "seconds": round(time.monotonic() - start, 6)}
     return records

@@ -115,8 +115,13 @@ class ShimControl:
         if text.startswith("OK"):
             return text[2:].strip()
         message = text.removeprefix("ERR").strip() or "no reply"
-        hint = ("run as the process owner or as root" if "permission" in message
-                else "see the process's stderr (RESTOREPROF_SHIM_DEBUG=1 logs more)")
+        if "permission" in message:
+            hint = "run as the process owner or as root"
+        elif message.startswith("cannot checkpoint"):  # refused before anything was touched
+            hint = ("the process keeps running, untouched; stop sharing the memory named (or "
+                    "free it), then checkpoint again")
+        else:
+            hint = "see the process's stderr (RESTOREPROF_SHIM_DEBUG=1 logs more)"
         raise RestoreprofError(f"PID {self.pid}: {line.split()[0]} failed: {message}", hint=hint)
 
     def _transfer(self, verb: str, path: Path, cfg: OptimizerConfig | None,
