@@ -44,6 +44,7 @@ struct block_list {
 struct rp_pool {
     CUmemoryPool handle; /* the driver's pool object, which the application names */
     CUdevice device;
+    size_t granularity; /* of its memory; 0 until first asked */
     int served; /* its allocations come from our VMM */
     int destroyed;
     uint64_t threshold;
@@ -130,10 +131,31 @@ static struct rp_pool *pool_for(CUmemoryPool handle, CUdevice device)
     return pool_add(handle, device, is_default);
 }
 
+/* The driver keeps freed memory until the next synchronization when over the threshold; we see
+ * no synchronizations, so keep as much as the pool ever had in use (a program that needed it
+ * once needs it again), the threshold, or the floor, whichever is largest. */
 static size_t cache_limit(const struct rp_pool *p)
 {
-    return p->threshold > RP_POOL_CACHE_FLOOR_BYTES ? (size_t)p->threshold
-                                                   : RP_POOL_CACHE_FLOOR_BYTES;
+    size_t limit = p->threshold > RP_POOL_CACHE_FLOOR_BYTES ? (size_t)p->threshold
+                                                           : RP_POOL_CACHE_FLOOR_BYTES;
+    return p->used_high > limit ? p->used_high : limit;
+}
+
+/* Makes ctx current for work of ours on an application thread; the caller puts back what this
+ * returns (the application's current context must not change under it). */
+static CUcontext switch_to(CUcontext ctx)
+{
+    CUcontext before = NULL;
+    rp_real.cuCtxGetCurrent(&before);
+    if (before != ctx)
+        rp_real.cuCtxSetCurrent(ctx);
+    return before;
+}
+
+static void switch_back(CUcontext before, CUcontext now)
+{
+    if (before != now)
+        rp_real.cuCtxSetCurrent(before);
 }
 
 static void spare_event(CUcontext ctx, CUevent ev)
@@ -146,6 +168,7 @@ static void spare_event(CUcontext ctx, CUevent ev)
         state.events[state.n_events++] = (struct spare_event){ ctx, ev };
 }
 
+/* An event of ctx (the freed block's, so of its stream's context): a spare, else a new one. */
 static CUresult take_event(CUcontext ctx, CUevent *ev)
 {
     for (size_t i = state.n_events; i-- > 0;)
@@ -154,14 +177,18 @@ static CUresult take_event(CUcontext ctx, CUevent *ev)
             state.events[i] = state.events[--state.n_events];
             return CUDA_SUCCESS;
         }
-    return rp_real.cuEventCreate(ev, CU_EVENT_DISABLE_TIMING);
+    CUcontext before = switch_to(ctx);
+    CUresult rc = rp_real.cuEventCreate(ev, CU_EVENT_DISABLE_TIMING);
+    switch_back(before, ctx);
+    return rc;
 }
 
 /* Gives a block's memory back to the driver. */
 static void release_block(struct rp_pool *p, struct block *b)
 {
-    rp_real.cuCtxSetCurrent(b->a.context);
+    CUcontext before = switch_to(b->a.context);
     CUresult rc = rp_vmm_destroy(&b->a);
+    switch_back(before, b->a.context);
     if (rc != CUDA_SUCCESS)
         rp_log("releasing a stream-ordered block at %#llx failed: %s",
                (unsigned long long)b->a.address, rp_error_name(rc));
@@ -220,10 +247,14 @@ static void note_use(struct rp_pool *p, size_t size)
  * makes it safe at once), or new. */
 static CUresult serve(struct rp_pool *p, size_t size, CUstream stream, struct rp_allocation *out)
 {
-    size_t granularity = 2 * RP_MIB;
-    CUmemAllocationProp prop = { .type = CU_MEM_ALLOCATION_TYPE_PINNED,
-                                 .location = { CU_MEM_LOCATION_TYPE_DEVICE, p->device } };
-    rp_real.cuMemGetAllocationGranularity(&granularity, &prop, CU_MEM_ALLOC_GRANULARITY_MINIMUM);
+    if (!p->granularity) {
+        CUmemAllocationProp prop = { .type = CU_MEM_ALLOCATION_TYPE_PINNED,
+                                     .location = { CU_MEM_LOCATION_TYPE_DEVICE, p->device } };
+        if (rp_real.cuMemGetAllocationGranularity(&p->granularity, &prop,
+                                                  CU_MEM_ALLOC_GRANULARITY_MINIMUM) != CUDA_SUCCESS)
+            p->granularity = 2 * RP_MIB;
+    }
+    size_t granularity = p->granularity;
     size_t bucket = (size + granularity - 1) / granularity * granularity;
     harvest(p);
     for (size_t i = p->cached.count; i-- > 0;)
@@ -357,9 +388,7 @@ static CUresult free_async(free_fn real, CUdeviceptr dptr, CUstream stream, int 
         pthread_mutex_lock(&state.lock);
         struct rp_pool *p = a.pool;
         struct block b = { .a = a, .stream = stream };
-        rc = rp_real.cuCtxSetCurrent(a.context);
-        if (rc == CUDA_SUCCESS)
-            rc = take_event(a.context, &b.done);
+        rc = take_event(a.context, &b.done);
         if (rc == CUDA_SUCCESS)
             rc = rp_real.cuEventRecord(b.done, stream);
         p->used -= a.size;
@@ -390,8 +419,7 @@ static void trim(struct rp_pool *p, size_t keep)
 {
     while (p->pending.count > 0) {
         struct block b = list_remove(&p->pending, 0);
-        rp_real.cuCtxSetCurrent(b.a.context);
-        rp_real.cuEventSynchronize(b.done);
+        rp_real.cuEventSynchronize(b.done); /* needs no current context */
         cache_block(p, &b);
     }
     while (p->cached.count > 0 && p->reserved - p->cached.items[0].a.reserved >= keep) {
