@@ -177,7 +177,7 @@ def test_a_version_1_snapshot_is_still_reloaded(fake_libcuda, run_dir, tmp_path)
 
 def _as_version_1(raw: bytes) -> bytes:
     """A version 2 snapshot of allocations only, rewritten with version 1's table."""
-    magic, version, kind, chunk, count, total, table_bytes = struct.unpack_from("<8sIIQQQQ", raw)
+    magic, version, kind, chunk, count, total, _table = struct.unpack_from("<8sIIQQQQ", raw)
     assert version == 2
     offset, records = 64, b""
     for _ in range(count):
