@@ -63,7 +63,9 @@ struct phys {
     int imported;      /* came from another process */
     int in_array;      /* mapped into a CUDA array (cuMemMapArrayAsync) */
     int offloaded;
-    int adopted; /* the memory now is restoreprof's preloaded, exportable memory */
+    int prepared; /* RELOAD: new memory mapped, its bytes not loaded yet */
+    int live;     /* prepared, though not offloaded (adopted before the RELOAD) */
+    int adopted;  /* the memory now is restoreprof's preloaded, exportable memory */
     /* OFFLOAD's copy: where the bytes are read, and what was made for it */
     CUdeviceptr window;
     int window_mapped; /* the window is a range of our own */
@@ -740,13 +742,24 @@ static void unmap_all(struct phys *p)
             rp_real.cuMemUnmap(app.maps[i].va, app.maps[i].size);
 }
 
-CUresult rp_app_vmm_reload(int fd, const struct snap_record *r, struct rp_engine_params params,
-                           uint64_t *map_ns)
+CUresult rp_app_vmm_prepare(const struct snap_record *r, CUdeviceptr *window, CUcontext *context,
+                            uint64_t *map_ns)
 {
     pthread_mutex_lock(&app.lock);
     struct phys *p = phys_of(r->handle);
-    CUresult rc = p && p->offloaded && p->size == r->size ? phys_context(p)
-                                                          : CUDA_ERROR_NOT_FOUND;
+    CUresult rc = p && p->real && !p->offloaded && !p->prepared && p->size == r->size
+                      ? phys_context(p)
+                      : CUDA_ERROR_NOT_FOUND;
+    if (rc == CUDA_SUCCESS) { /* adopted before this RELOAD: only its bytes again */
+        rc = open_window(p, CU_MEM_ACCESS_FLAGS_PROT_READWRITE); /* a reference if need be */
+        p->prepared = p->live = rc == CUDA_SUCCESS;
+        *window = p->window;
+        *context = p->context;
+        pthread_mutex_unlock(&app.lock);
+        return rc;
+    }
+    rc = p && p->offloaded && !p->prepared && p->size == r->size ? phys_context(p)
+                                                                 : CUDA_ERROR_NOT_FOUND;
     CUmemGenericAllocationHandle real = 0;
     uint64_t start = rp_now_ns();
     if (rc == CUDA_SUCCESS)
@@ -754,36 +767,49 @@ CUresult rp_app_vmm_reload(int fd, const struct snap_record *r, struct rp_engine
     if (rc == CUDA_SUCCESS) {
         p->real = real; /* for the window */
         rc = remap(p, real);
-        if (rc != CUDA_SUCCESS) {
-            rp_real.cuMemRelease(real);
-            p->real = 0;
-        }
     }
     if (rc == CUDA_SUCCESS) {
         int refs = p->refs;
         p->refs = 1; /* we hold real: no extra reference for the window */
         rc = open_window(p, CU_MEM_ACCESS_FLAGS_PROT_READWRITE);
         p->refs = refs;
+        if (rc != CUDA_SUCCESS)
+            unmap_all(p);
+    }
+    if (rc == CUDA_SUCCESS) {
+        p->prepared = 1;
+        *window = p->window;
+        *context = p->context;
+    } else if (real) {
+        rp_real.cuMemRelease(real);
+        p->real = 0;
     }
     *map_ns += rp_now_ns() - start;
-    if (rc == CUDA_SUCCESS) {
-        struct rp_transfer t = { .direction = RP_H2D, .device = p->window, .fd = fd,
-                                 .file_offset = (off_t)r->data_offset, .bytes = r->size,
-                                 .checksums = rp_snapshot_sums(r) };
-        rc = rp_engine_run(&t, params, 1);
-        if (rc != CUDA_SUCCESS && rc != CUDA_ERROR_INVALID_IMAGE)
-            rc = rp_engine_run(&t, params, 1); /* the engine made its staging anew */
+    pthread_mutex_unlock(&app.lock);
+    return rc;
+}
+
+void rp_app_vmm_finish(int loaded)
+{
+    pthread_mutex_lock(&app.lock);
+    for (size_t i = 0; i < app.n_phys; i++) {
+        struct phys *p = app.phys[i];
+        if (!p || !p->prepared)
+            continue;
+        rp_real.cuCtxSetCurrent(p->context);
         close_window(p);
-        if (rc == CUDA_SUCCESS) {
-            settle_back(p, real);
-        } else {
+        p->prepared = 0;
+        if (p->live) { /* it was mapped before: it stays so */
+            p->live = 0;
+        } else if (loaded) {
+            settle_back(p, p->real);
+        } else { /* offloaded again: a later RELOAD starts over */
             unmap_all(p);
-            rp_real.cuMemRelease(real);
+            rp_real.cuMemRelease(p->real);
             p->real = 0;
         }
     }
     pthread_mutex_unlock(&app.lock);
-    return rc;
 }
 
 int rp_app_vmm_adopt(uint64_t handle, const char *uuid, int fd, size_t *bytes, char *err,

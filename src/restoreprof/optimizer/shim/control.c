@@ -271,14 +271,10 @@ static struct rp_allocation *find_in(struct alloc_list *list, const struct snap_
     return NULL;
 }
 
-/* Loads one record; on an engine failure, rebuilds the staging pool and tries once more
- * (pinned buffers made before a driver checkpoint may not survive it on every driver). */
-static CUresult load_record(int fd, struct rp_allocation *a, const struct snap_record *r,
-                            struct rp_engine_params p, uint64_t *map_ns)
+/* Physical memory for an offloaded allocation again, at its address (nothing when it is mapped:
+ * adopted before this RELOAD, its bytes are simply loaded again). */
+static CUresult map_allocation(struct rp_allocation *a, uint64_t *map_ns)
 {
-    struct rp_transfer t = { .direction = RP_H2D, .device = a->address, .fd = fd,
-                             .file_offset = (off_t)r->data_offset, .bytes = r->size,
-                             .checksums = rp_snapshot_sums(r) };
     CUresult rc = rp_real.cuCtxSetCurrent(a->context);
     if (rc == CUDA_SUCCESS && a->handle == 0) {
         uint64_t start = rp_now_ns();
@@ -288,14 +284,49 @@ static CUresult load_record(int fd, struct rp_allocation *a, const struct snap_r
         rp_registry_each(store_handle, a);
         *map_ns += rp_now_ns() - start;
     }
-    if (rc != CUDA_SUCCESS)
-        return rc;
-    rc = rp_engine_run(&t, p, 1);
-    if (rc != CUDA_SUCCESS && rc != CUDA_ERROR_INVALID_IMAGE) {
-        rp_log("reload of %#llx failed (%s); retrying with a new staging pool",
-               (unsigned long long)a->address, rp_error_name(rc));
-        rc = rp_engine_run(&t, p, 1); /* the engine dropped the pool on the driver error */
+    return rc;
+}
+
+/* Where one record's bytes go. */
+struct load {
+    const struct snap_record *record;
+    CUdeviceptr device;
+    CUcontext context;
+    int done;
+};
+
+/* Loads every record, one engine batch per context (chunks of all records shared out across
+ * the threads). On an engine failure, rebuilds the staging pool and tries once more (pinned
+ * buffers made before a driver checkpoint may not survive it on every driver). */
+static CUresult load_all(int fd, struct load *loads, size_t n, struct rp_engine_params p)
+{
+    struct rp_transfer *t = calloc(n ? n : 1, sizeof(*t));
+    if (!t)
+        return CUDA_ERROR_OUT_OF_MEMORY;
+    CUresult rc = CUDA_SUCCESS;
+    for (size_t first = 0; first < n && rc == CUDA_SUCCESS; first++) {
+        if (loads[first].done)
+            continue;
+        size_t count = 0;
+        for (size_t i = first; i < n; i++) {
+            if (loads[i].done || loads[i].context != loads[first].context)
+                continue;
+            const struct snap_record *r = loads[i].record;
+            t[count++] = (struct rp_transfer){ .direction = RP_H2D, .device = loads[i].device,
+                                               .fd = fd, .file_offset = (off_t)r->data_offset,
+                                               .bytes = r->size, .checksums = rp_snapshot_sums(r) };
+            loads[i].done = 1;
+        }
+        rc = rp_real.cuCtxSetCurrent(loads[first].context);
+        if (rc == CUDA_SUCCESS)
+            rc = rp_engine_run_batch(t, count, p, 1);
+        if (rc != CUDA_SUCCESS && rc != CUDA_ERROR_INVALID_IMAGE) {
+            rp_log("reload of %zu allocations failed (%s); retrying with a new staging pool",
+                   count, rp_error_name(rc));
+            rc = rp_engine_run_batch(t, count, p, 1); /* the engine dropped the pool */
+        }
     }
+    free(t);
     return rc;
 }
 
@@ -311,33 +342,48 @@ static void do_reload(const char *path, struct rp_engine_params p, char *reply, 
     struct snap_header h;
     struct alloc_list list = { 0 };
     char *table = NULL;
+    struct load *loads = NULL;
+    size_t n_loads = 0;
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0)
         snprintf(err, sizeof(err), "cannot open %.160s: %s", path, strerror(errno));
-    else if ((table = rp_snapshot_table(fd, &h, err, sizeof(err))) && collect(&list) != 0)
+    else if ((table = rp_snapshot_table(fd, &h, err, sizeof(err))) &&
+             (collect(&list) != 0 || !(loads = calloc(h.count ? h.count : 1, sizeof(*loads)))))
         snprintf(err, sizeof(err), "out of memory");
     p.chunk_bytes = table ? h.chunk_bytes : p.chunk_bytes; /* checksums are per saved chunk */
     const struct snap_record *r = table ? rp_snapshot_first(table) : NULL;
     uint64_t allocations = 0;
+    /* First the memory, every record's, then the bytes, all records at once. */
     for (uint64_t i = 0; table && !err[0] && i < h.count; i++, r = rp_snapshot_next(r)) {
         int physical = r->kind == RP_SNAP_PHYSICAL;
         struct rp_allocation *a = physical ? NULL : find_in(&list, r);
-        CUresult rc = physical ? rp_app_vmm_reload(fd, r, p, &map_ns)
-                      : a      ? load_record(fd, a, r, p, &map_ns)
+        struct load *l = &loads[n_loads];
+        l->record = r;
+        CUresult rc = physical ? rp_app_vmm_prepare(r, &l->device, &l->context, &map_ns)
+                      : a      ? map_allocation(a, &map_ns)
                                : CUDA_ERROR_NOT_FOUND;
+        if (a) {
+            l->device = a->address;
+            l->context = a->context;
+        }
         allocations += !physical;
+        n_loads += rc == CUDA_SUCCESS;
         if (rc != CUDA_SUCCESS)
             snprintf(err, sizeof(err), "%s %s %#llx (%llu bytes): %s",
                      physical || a ? "reloading" : "no allocation in this process at",
                      physical ? "GPU memory handle" : "allocation",
                      (unsigned long long)(physical ? r->handle : r->address),
                      (unsigned long long)r->size,
-                     rc == CUDA_ERROR_INVALID_IMAGE ? "checksum mismatch"
-                     : rc == CUDA_ERROR_NOT_FOUND && physical
+                     rc == CUDA_ERROR_NOT_FOUND && physical
                          ? "no such offloaded handle in this process"
                          : rp_error_name(rc));
         total += r->size;
     }
+    CUresult loaded = err[0] ? CUDA_ERROR_NOT_READY : load_all(fd, loads, n_loads, p);
+    if (!err[0] && loaded != CUDA_SUCCESS)
+        snprintf(err, sizeof(err), "reloading %zu allocations from %.160s: %s", n_loads, path,
+                 loaded == CUDA_ERROR_INVALID_IMAGE ? "checksum mismatch" : rp_error_name(loaded));
+    rp_app_vmm_finish(loaded == CUDA_SUCCESS);
     if (!err[0] && table && allocations != list.count)
         snprintf(err, sizeof(err), "the snapshot holds %llu allocations, the process %zu",
                  (unsigned long long)allocations, list.count);
@@ -347,6 +393,7 @@ static void do_reload(const char *path, struct rp_engine_params p, char *reply, 
                  "snapshot", missing);
     if (fd >= 0)
         close(fd);
+    free(loads);
     free(table);
     free(list.items);
     if (!err[0])

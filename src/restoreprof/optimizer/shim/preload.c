@@ -140,29 +140,73 @@ RP_EXPORT long rp_snapshot_preload_fd(int fd, int streams, int threads, struct r
                  (unsigned long long)h.count, max);
         rc = CUDA_ERROR_INVALID_VALUE;
     }
+    /* The memory of every record first, then the bytes of all records in one engine batch per
+     * device (the chunks of many small allocations shared out across the threads), then the
+     * descriptors. */
     const struct snap_record *r = table ? rp_snapshot_first(table) : NULL;
+    const struct snap_record **records = table ? calloc(h.count ? h.count : 1, sizeof(*records))
+                                               : NULL;
+    struct rp_transfer *t = table ? calloc(h.count ? h.count : 1, sizeof(*t)) : NULL;
+    if (table && (!records || !t) && rc == CUDA_SUCCESS) {
+        snprintf(err, errlen, "out of memory");
+        rc = CUDA_ERROR_OUT_OF_MEMORY;
+    }
     for (; table && rc == CUDA_SUCCESS && n < (long)h.count; n++, r = rp_snapshot_next(r)) {
         struct rp_preloaded *p = &out[n];
         *p = (struct rp_preloaded){ .address = r->address, .size = r->size,
                                     .reserved = r->reserved, .device = r->device, .fd = -1,
                                     .app_handle = r->kind == RP_SNAP_PHYSICAL ? r->handle : 0 };
+        records[n] = r;
         rc = make_exportable(p, r);
-        struct rp_transfer t = { .direction = RP_H2D, .device = p->local, .fd = fd,
-                                 .file_offset = (off_t)r->data_offset, .bytes = r->size,
-                                 .checksums = rp_snapshot_sums(r) };
-        struct rp_engine_params params = { streams, threads, h.chunk_bytes };
-        if (rc == CUDA_SUCCESS)
-            rc = rp_engine_run(&t, params, 1);
-        int exported = -1;
-        if (rc == CUDA_SUCCESS)
-            rc = rp_real.cuMemExportToShareableHandle(&exported, p->handle,
-                                                      CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR, 0);
-        p->fd = exported;
         if (rc != CUDA_SUCCESS)
             snprintf(err, errlen, "preloading %#llx (%llu bytes): %s",
                      (unsigned long long)r->address, (unsigned long long)r->size,
+                     rp_error_name(rc));
+    }
+    struct rp_engine_params params = { streams, threads, table ? h.chunk_bytes : 0 };
+    for (long first = 0; rc == CUDA_SUCCESS && first < n; first++) {
+        if (out[first].fd == -2)
+            continue; /* loaded with an earlier device's batch */
+        size_t count = 0;
+        for (long i = first; i < n; i++) {
+            if (out[i].device != out[first].device || out[i].fd == -2)
+                continue;
+            t[count++] = (struct rp_transfer){ .direction = RP_H2D, .device = out[i].local,
+                                               .fd = fd,
+                                               .file_offset = (off_t)records[i]->data_offset,
+                                               .bytes = records[i]->size,
+                                               .checksums = rp_snapshot_sums(records[i]) };
+            out[i].fd = -2; /* marks "in a batch"; every fd is set below */
+        }
+        CUdevice dev;
+        CUcontext ctx;
+        rc = rp_real.cuDeviceGet(&dev, out[first].device);
+        if (rc == CUDA_SUCCESS)
+            rc = rp_real.cuDevicePrimaryCtxRetain(&ctx, dev);
+        if (rc == CUDA_SUCCESS) {
+            rc = rp_real.cuCtxSetCurrent(ctx);
+            if (rc == CUDA_SUCCESS)
+                rc = rp_engine_run_batch(t, count, params, 1);
+            rp_real.cuDevicePrimaryCtxRelease_v2(dev); /* each item holds its own reference */
+        }
+        if (rc != CUDA_SUCCESS)
+            snprintf(err, errlen, "preloading %zu allocations on GPU %d: %s", count,
+                     (int)out[first].device,
                      rc == CUDA_ERROR_INVALID_IMAGE ? "checksum mismatch" : rp_error_name(rc));
     }
+    for (long i = 0; i < n; i++)
+        out[i].fd = -1;
+    for (long i = 0; rc == CUDA_SUCCESS && i < n; i++) {
+        int exported = -1;
+        rc = rp_real.cuMemExportToShareableHandle(&exported, out[i].handle,
+                                                  CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR, 0);
+        out[i].fd = exported;
+        if (rc != CUDA_SUCCESS)
+            snprintf(err, errlen, "exporting %#llx: %s", (unsigned long long)out[i].address,
+                     rp_error_name(rc));
+    }
+    free(records);
+    free(t);
     free(table);
     if (!table || rc != CUDA_SUCCESS) {
         rp_preloaded_release(out, n);

@@ -194,6 +194,9 @@ struct rp_engine_params rp_engine_default_params(void);
  * failure (with a log line). Returns CUDA_ERROR_NOT_READY when another transfer holds the
  * engine and `wait` is 0, so a caller can fall back instead of queueing. */
 CUresult rp_engine_run(struct rp_transfer *t, struct rp_engine_params p, int wait);
+/* The same for n transfers in one direction, their chunks shared out across the threads (many
+ * small allocations go as fast as one large); the first error of any. */
+CUresult rp_engine_run_batch(struct rp_transfer *t, size_t n, struct rp_engine_params p, int wait);
 /* Frees the staging pool (it is allocated again on next use). */
 void rp_engine_release(void);
 /* Nanoseconds spent setting up staging pools so far (pinning, streams, events). */
@@ -338,10 +341,12 @@ int rp_app_vmm_items(struct rp_snap_item **items, size_t *count, size_t *capacit
 void rp_app_vmm_close_windows(void);
 /* Unmaps every offloaded allocation's mappings and releases its memory; 0 or -1 with err. */
 int rp_app_vmm_release(char *err, size_t errlen);
-/* Re-creates the physical allocation of record r (same properties), maps it where it was, with
- * the same access, and loads its bytes from the snapshot open on fd. */
-CUresult rp_app_vmm_reload(int fd, const struct snap_record *r, struct rp_engine_params p,
-                           uint64_t *map_ns);
+/* RELOAD, first half: re-creates the physical allocation of record r (same properties), maps
+ * it where it was, with the same access, and gives where its bytes go (on context). */
+CUresult rp_app_vmm_prepare(const struct snap_record *r, CUdeviceptr *window, CUcontext *context,
+                            uint64_t *map_ns);
+/* Second half, for every prepared one: loaded (back in use), or not (offloaded again). */
+void rp_app_vmm_finish(int loaded);
 /* Maps memory imported from fd (preloaded by restoreprof) as the application's handle;
  * *bytes is its size. 0, or -1 with err set. */
 int rp_app_vmm_adopt(uint64_t handle, const char *uuid, int fd, size_t *bytes, char *err,

@@ -61,14 +61,52 @@ const struct snap_record *rp_snapshot_next(const struct snap_record *r)
     return (const struct snap_record *)((const char *)r + record_bytes(r->n_mappings, r->n_chunks));
 }
 
+/* Copies the items' bytes out, one engine batch per run of items on the same context. */
+static int write_data(int fd, const struct rp_snap_item *items, size_t count,
+                      const struct snap_record *const *records, struct rp_engine_params p,
+                      char *err, size_t errlen)
+{
+    struct rp_transfer *t = calloc(count ? count : 1, sizeof(*t));
+    if (!t)
+        return snprintf(err, errlen, "out of memory"), -1;
+    for (size_t i = 0; i < count; i++)
+        t[i] = (struct rp_transfer){ .direction = RP_D2H, .device = items[i].source, .fd = fd,
+                                     .file_offset = (off_t)records[i]->data_offset,
+                                     .bytes = records[i]->size,
+                                     .checksums = rp_snapshot_sums(records[i]) };
+    int rc = 0;
+    for (size_t start = 0, end; start < count && rc == 0; start = end) {
+        for (end = start + 1; end < count && items[end].context == items[start].context;)
+            end++;
+        CUresult cr = rp_real.cuCtxSetCurrent(items[start].context);
+        if (cr == CUDA_SUCCESS)
+            cr = rp_engine_run_batch(&t[start], end - start, p, 1);
+        if (cr != CUDA_SUCCESS) {
+            const struct snap_record *r = records[start];
+            int physical = r->kind == RP_SNAP_PHYSICAL;
+            snprintf(err, errlen, "copying %s %#llx%s out failed: %s",
+                     physical ? "GPU memory handle" : "allocation",
+                     (unsigned long long)(physical ? r->handle : r->address),
+                     end - start > 1 ? " and the others on its context" : "", rp_error_name(cr));
+            rc = -1;
+        }
+    }
+    free(t);
+    return rc;
+}
+
 /* Writes every item's bytes and the table; leaves the memory mapped. */
 int rp_snapshot_write(int fd, const struct rp_snap_item *items, size_t count,
                       struct rp_engine_params p, uint64_t *total, char *err, size_t errlen)
 {
     size_t table = table_bytes(items, count, p.chunk_bytes);
     char *buf = calloc(1, table);
-    if (!buf)
+    const struct snap_record **records = calloc(count ? count : 1, sizeof(*records));
+    if (!buf || !records) {
+        free(buf);
+        free(records);
         return snprintf(err, errlen, "out of memory"), -1;
+    }
     struct snap_header *h = (struct snap_header *)buf;
     memcpy(h->magic, RP_SNAP_MAGIC, 8);
     h->version = RP_SNAP_VERSION;
@@ -78,36 +116,24 @@ int rp_snapshot_write(int fd, const struct rp_snap_item *items, size_t count,
     h->table_bytes = table;
     uint64_t data = align_up(table, RP_SNAP_ALIGN);
     struct snap_record *r = (struct snap_record *)(buf + sizeof(*h));
-    int rc = 0;
-    for (size_t i = 0; i < count && rc == 0; i++, r = (struct snap_record *)rp_snapshot_next(r)) {
-        const struct rp_snap_item *item = &items[i];
-        *r = item->record;
+    for (size_t i = 0; i < count; i++, r = (struct snap_record *)rp_snapshot_next(r)) {
+        *r = items[i].record;
         r->data_offset = data;
         r->n_chunks = (uint32_t)rp_chunk_count(r->size, p.chunk_bytes);
         if (r->n_mappings)
-            memcpy((void *)rp_snapshot_mappings(r), item->mappings,
+            memcpy((void *)rp_snapshot_mappings(r), items[i].mappings,
                    r->n_mappings * sizeof(struct snap_mapping));
-        struct rp_transfer t = { .direction = RP_D2H, .device = item->source, .fd = fd,
-                                 .file_offset = (off_t)data, .bytes = r->size,
-                                 .checksums = rp_snapshot_sums(r) };
-        CUresult cr = rp_real.cuCtxSetCurrent(item->context);
-        if (cr == CUDA_SUCCESS)
-            cr = rp_engine_run(&t, p, 1);
-        if (cr != CUDA_SUCCESS) {
-            snprintf(err, errlen, "copying %s %#llx (%llu bytes) out failed: %s",
-                     r->kind == RP_SNAP_PHYSICAL ? "GPU memory handle" : "allocation",
-                     (unsigned long long)(r->kind == RP_SNAP_PHYSICAL ? r->handle : r->address),
-                     (unsigned long long)r->size, rp_error_name(cr));
-            rc = -1;
-        }
+        records[i] = r;
         h->total_bytes += r->size;
         data = align_up(data + r->size, RP_SNAP_ALIGN);
     }
+    int rc = write_data(fd, items, count, records, p, err, errlen);
     if (rc == 0 && pwrite(fd, buf, table, 0) != (ssize_t)table) {
         snprintf(err, errlen, "writing the snapshot table failed: %s", strerror(errno));
         rc = -1;
     }
     *total = h->total_bytes;
+    free(records);
     free(buf);
     return rc;
 }
