@@ -143,7 +143,9 @@ def main() -> int:
           f"{'intact' if refused['verified'] else 'DIFFERENT'}, teardown {refused['teardown']}")
     print(f"  reason: {str(refused['reason'])[:400]}")
     print("\nallocation path on this driver:", flush=True)
-    libcuda = os.environ.get("RESTOREPROF_LIBCUDA") or "libcuda.so.1"
+    from restoreprof.system.paths import libcuda_path
+
+    libcuda = libcuda_path() or "libcuda.so.1"
     subprocess.run([sys.executable, str(HERE / "bench_alloc_path.py"), "--driver", libcuda,
                     "--repeat", "3", "--iterations", "5000"], check=False)
     if args.json:

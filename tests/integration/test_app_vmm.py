@@ -121,6 +121,82 @@ def test_preloaded_memory_is_adopted_under_the_applications_handles(workload, fa
     assert teardown(workload) == "OK"
 
 
+def test_the_gate_opens_only_when_every_handle_is_back(workload, fake_libcuda, monkeypatch,
+                                                      tmp_path):
+    """Adopting part of the memory leaves the process held; RELOAD completes the rest (and
+    loads the bytes of what was adopted again)."""
+    monkeypatch.setenv("RESTOREPROF_REAL_LIBCUDA", str(fake_libcuda))
+    ctl = ShimControl(workload.pid)
+    snap = tmp_path / "gpu.snap"
+    ctl.offload(snap, CFG)
+    loaded = preload_snapshot(snap, CFG)
+    try:
+        physical = [a for a in loaded.allocations() if a.handle]
+        reply = ctl.adopt(physical[0].address, physical[0].uuid, physical[0].fd,
+                          physical[0].handle)
+        assert reply["remaining"] == len(loaded.allocations()) - 1
+        assert ctl.status()["gate"] == "closed"
+        with pytest.raises(RestoreprofError, match="no offloaded GPU memory handle"):
+            ctl.adopt(physical[0].address, physical[0].uuid, physical[0].fd, physical[0].handle)
+        with pytest.raises(RestoreprofError, match="the memory offered is on"):
+            ctl.adopt(physical[1].address, "ab" * 16, physical[1].fd, physical[1].handle)
+    finally:
+        loaded.release()
+    ctl.reload(snap, CFG)
+    assert ctl.status()["gate"] == "open"
+    assert workload.verify(), (workload.state_dir / "verified").read_text()
+    assert teardown(workload) == "OK"
+
+
+def _records(raw: bytes) -> list[dict]:
+    """The records of a version 2 snapshot (shim.h: struct snap_record)."""
+    count = struct.unpack_from("<Q", raw, 24)[0]
+    offset, out = 64, []
+    for _ in range(count):
+        address, size, _reserved, data_offset, _device, n_chunks, kind, n_maps, handle = \
+            struct.unpack_from("<QQQQiIIIQ", raw, offset)
+        maps = [struct.unpack_from("<QQQ", raw, offset + 80 + 24 * i) for i in range(n_maps)]
+        out.append({"address": address, "size": size, "data_offset": data_offset, "kind": kind,
+                    "handle": handle, "mappings": maps})
+        offset += 80 + 24 * n_maps + 4 * (n_chunks + n_chunks % 2)
+    return out
+
+
+def test_the_snapshot_records_handles_and_mappings(workload, tmp_path):
+    snap = tmp_path / "gpu.snap"
+    ctl = ShimControl(workload.pid)
+    ctl.offload(snap, CFG)
+    try:
+        physical = {r["handle"] - VHANDLE_BASE: r for r in _records(snap.read_bytes())
+                    if r["kind"] == 1}
+        assert sorted(physical) == [1, 2, 3, 4]
+        h1, h3, h4 = physical[1], physical[3], physical[4]
+        assert len(h1["mappings"]) == 2 and {m[1:] for m in h1["mappings"]} == {(2 * U, 0)}
+        assert [m[1:] for m in h3["mappings"]] == [(2 * U, U)]  # two units at offset one
+        assert h4["mappings"] == [] and h4["size"] == U  # unmapped, saved all the same
+    finally:
+        ctl.reload(snap, CFG)
+
+
+def test_a_damaged_physical_record_keeps_the_process_held(workload, tmp_path):
+    ctl = ShimControl(workload.pid)
+    snap = tmp_path / "gpu.snap"
+    ctl.offload(snap, CFG)
+    raw = bytearray(snap.read_bytes())
+    h3 = next(r for r in _records(bytes(raw)) if r["handle"] == VHANDLE_BASE + 3)
+    raw[h3["data_offset"] + U + 11] ^= 0xFF
+    bad = tmp_path / "bad.snap"
+    bad.write_bytes(raw)
+    with pytest.raises(RestoreprofError, match="checksum mismatch"):
+        ctl.reload(bad, CFG)
+    assert ctl.status()["state"] == "offloaded" and ctl.status()["gate"] == "closed"
+    allocations = sum(r["kind"] == 0 for r in _records(bytes(raw)))
+    assert physical_memory(workload.pid) == allocations, \
+        "allocations stay mapped for the retry; handles go back to offloaded"
+    ctl.reload(snap, CFG)
+    assert workload.verify(), (workload.state_dir / "verified").read_text()
+
+
 def test_an_exported_handle_refuses_the_offload_untouched(fake_libcuda, run_dir, tmp_path):
     w = _start(fake_libcuda, run_dir, tmp_path / "state", "--export")
     try:
