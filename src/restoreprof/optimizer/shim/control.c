@@ -124,11 +124,11 @@ static struct {
 } saved_stacks[RP_MAX_CONTEXTS];
 static int n_saved_stacks;
 
-static void shrink_stacks(struct alloc_list *list)
+static void shrink_stacks(const struct rp_snap_item *items, size_t count)
 {
     n_saved_stacks = 0;
-    for (size_t i = 0; i < list->count && n_saved_stacks < RP_MAX_CONTEXTS; i++) {
-        CUcontext ctx = list->items[i].context;
+    for (size_t i = 0; i < count && n_saved_stacks < RP_MAX_CONTEXTS; i++) {
+        CUcontext ctx = items[i].context;
         int seen = 0;
         for (int k = 0; k < n_saved_stacks; k++)
             seen |= saved_stacks[k].context == ctx;
@@ -248,7 +248,7 @@ static void do_offload(const char *path, struct rp_engine_params p, char *reply,
         /* The pinned staging pool would only add its size to CRIU's images and may not survive
          * the driver's checkpoint: RELOAD makes a new one. */
         rp_engine_release();
-        shrink_stacks(&list);
+        shrink_stacks(items, n_items); /* the contexts of both kinds of memory */
         int released = unmap_all(&list, err, sizeof(err));
         if (rp_app_vmm_release(err[0] ? err + strlen(err) : err,
                                sizeof(err) - strlen(err)) != 0 || released != 0)
