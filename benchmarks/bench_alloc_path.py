@@ -26,7 +26,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from restoreprof.optimizer.shim.build import build_library, c_compiler, cuda_include_dir  # noqa: E402
+from restoreprof.optimizer.shim.build import build_library  # noqa: E402
+from restoreprof.system.cbuild import c_compiler, cuda_include_dir  # noqa: E402
 
 
 def _build(out: Path) -> Path:

@@ -8,8 +8,9 @@
  * for `criu dump` to trip over (CRIU can dump a listening socket, not one joined to a peer
  * outside the dumped tree). The listening socket itself is restored by CRIU at its path.
  *
- *   OFFLOAD <path> <streams> <chunk_mb> <threads>  -> OK <bytes> <ns> | ERR <message>
- *   RELOAD <path> <streams> <chunk_mb> <threads>   -> OK <bytes> <ns> | ERR <message>
+ *   OFFLOAD <path> <streams> <chunk_mb> <threads> <pinned>  -> OK <bytes> <ns> | ERR <message>
+ *   RELOAD <path> <streams> <chunk_mb> <threads> <pinned>   -> OK <bytes> <ns> | ERR <message>
+ *   (a number left out or negative: this process's own setting, from its environment)
  *   ADOPT <address> <gpu uuid> [<handle>] + one fd (SCM_RIGHTS)
  *                                                   -> OK <bytes> <ns> remaining=<n> | ERR
  *   STATUS                                          -> OK state=<running|offloaded> ...
@@ -94,9 +95,11 @@ static CUresult drain_contexts(const struct rp_snap_item *items, size_t count)
     return CUDA_SUCCESS;
 }
 
-static struct rp_engine_params params_from(int streams, int chunk_mb, int threads)
+static struct rp_engine_params params_from(int streams, int chunk_mb, int threads, int pinned)
 {
     struct rp_engine_params p = rp_engine_default_params();
+    if (pinned == 0 || pinned == 1)
+        p.pinned = pinned;
     if (streams > 0)
         p.streams = streams;
     if (chunk_mb > 0)
@@ -298,7 +301,8 @@ struct load {
 /* Loads every record, one engine batch per context (chunks of all records shared out across
  * the threads). On an engine failure, rebuilds the staging pool and tries once more (pinned
  * buffers made before a driver checkpoint may not survive it on every driver). */
-static CUresult load_all(int fd, struct load *loads, size_t n, struct rp_engine_params p)
+static CUresult load_all(int fd, struct load *loads, size_t n, size_t checksum_bytes,
+                         struct rp_engine_params p)
 {
     struct rp_transfer *t = calloc(n ? n : 1, sizeof(*t));
     if (!t)
@@ -314,7 +318,8 @@ static CUresult load_all(int fd, struct load *loads, size_t n, struct rp_engine_
             const struct snap_record *r = loads[i].record;
             t[count++] = (struct rp_transfer){ .direction = RP_H2D, .device = loads[i].device,
                                                .fd = fd, .file_offset = (off_t)r->data_offset,
-                                               .bytes = r->size, .checksums = rp_snapshot_sums(r) };
+                                               .bytes = r->size, .checksums = rp_snapshot_sums(r),
+                                               .checksum_bytes = checksum_bytes };
             loads[i].done = 1;
         }
         rc = rp_real.cuCtxSetCurrent(loads[first].context);
@@ -350,7 +355,6 @@ static void do_reload(const char *path, struct rp_engine_params p, char *reply, 
     else if ((table = rp_snapshot_table(fd, &h, err, sizeof(err))) &&
              (collect(&list) != 0 || !(loads = calloc(h.count ? h.count : 1, sizeof(*loads)))))
         snprintf(err, sizeof(err), "out of memory");
-    p.chunk_bytes = table ? h.chunk_bytes : p.chunk_bytes; /* checksums are per saved chunk */
     const struct snap_record *r = table ? rp_snapshot_first(table) : NULL;
     uint64_t allocations = 0;
     /* First the memory, every record's, then the bytes, all records at once. */
@@ -379,7 +383,7 @@ static void do_reload(const char *path, struct rp_engine_params p, char *reply, 
                          : rp_error_name(rc));
         total += r->size;
     }
-    CUresult loaded = err[0] ? CUDA_ERROR_NOT_READY : load_all(fd, loads, n_loads, p);
+    CUresult loaded = err[0] ? CUDA_ERROR_NOT_READY : load_all(fd, loads, n_loads, h.chunk_bytes, p);
     if (!err[0] && loaded != CUDA_SUCCESS)
         snprintf(err, sizeof(err), "reloading %zu allocations from %.160s: %s", n_loads, path,
                  loaded == CUDA_ERROR_INVALID_IMAGE ? "checksum mismatch" : rp_error_name(loaded));
@@ -532,15 +536,17 @@ static void handle(const char *line, int fd, char *reply, size_t len)
 {
     char path[4096], uuid[40];
     unsigned long long address = 0, app_handle = 0;
-    int streams = 0, chunk_mb = 0, threads = 0;
+    int streams = 0, chunk_mb = 0, threads = 0, pinned = -1;
     if (strcmp(line, "STATUS") == 0)
         do_status(reply, len);
     else if (sscanf(line, "ADOPT %llx %39s %llx", &address, uuid, &app_handle) >= 2)
         do_adopt((CUdeviceptr)address, uuid, app_handle, fd, reply, len);
-    else if (sscanf(line, "OFFLOAD %4095s %d %d %d", path, &streams, &chunk_mb, &threads) >= 1)
-        do_offload(path, params_from(streams, chunk_mb, threads), reply, len);
-    else if (sscanf(line, "RELOAD %4095s %d %d %d", path, &streams, &chunk_mb, &threads) >= 1)
-        do_reload(path, params_from(streams, chunk_mb, threads), reply, len);
+    else if (sscanf(line, "OFFLOAD %4095s %d %d %d %d", path, &streams, &chunk_mb, &threads,
+                    &pinned) >= 1)
+        do_offload(path, params_from(streams, chunk_mb, threads, pinned), reply, len);
+    else if (sscanf(line, "RELOAD %4095s %d %d %d %d", path, &streams, &chunk_mb, &threads,
+                    &pinned) >= 1)
+        do_reload(path, params_from(streams, chunk_mb, threads, pinned), reply, len);
     else
         snprintf(reply, len, "ERR unknown request (OFFLOAD, RELOAD, ADOPT or STATUS)");
 }

@@ -115,11 +115,12 @@ static CUresult make_exportable(struct rp_preloaded *p, const struct snap_record
 }
 
 /* Fills out[0..count) from the snapshot open on fd (read with pread: its offset is left alone)
- * and returns count, or -1 with err set (and nothing left allocated). streams/threads as for
- * the engine; the chunk size is the snapshot's (its checksums are per chunk). Each item's fd is
- * the memory, ready for ADOPT. The caller keeps fd. */
-RP_EXPORT long rp_snapshot_preload_fd(int fd, int streams, int threads, struct rp_preloaded *out,
-                                      long max, char *err, size_t errlen)
+ * and returns count, or -1 with err set (and nothing left allocated). params: the caller's
+ * settings, used as given (its chunk rounded up only for an older snapshot's coarser
+ * checksums). Each item's fd is the memory, ready for ADOPT. The caller keeps fd. */
+RP_EXPORT long rp_snapshot_preload_fd(int fd, const struct rp_engine_params *params,
+                                      struct rp_preloaded *out, long max, char *err,
+                                      size_t errlen)
 {
     if (rp_load_real() || !rp_real.cuMemExportToShareableHandle || !rp_real.cuDeviceGetUuid_v2 ||
         !rp_real.cuDevicePrimaryCtxRelease_v2) {
@@ -163,7 +164,6 @@ RP_EXPORT long rp_snapshot_preload_fd(int fd, int streams, int threads, struct r
                      (unsigned long long)r->address, (unsigned long long)r->size,
                      rp_error_name(rc));
     }
-    struct rp_engine_params params = { streams, threads, table ? h.chunk_bytes : 0 };
     for (long first = 0; rc == CUDA_SUCCESS && first < n; first++) {
         if (out[first].fd == -2)
             continue; /* loaded with an earlier device's batch */
@@ -175,7 +175,8 @@ RP_EXPORT long rp_snapshot_preload_fd(int fd, int streams, int threads, struct r
                                                .fd = fd,
                                                .file_offset = (off_t)records[i]->data_offset,
                                                .bytes = records[i]->size,
-                                               .checksums = rp_snapshot_sums(records[i]) };
+                                               .checksums = rp_snapshot_sums(records[i]),
+                                               .checksum_bytes = h.chunk_bytes };
             out[i].fd = -2; /* marks "in a batch"; every fd is set below */
         }
         CUdevice dev;
@@ -186,7 +187,7 @@ RP_EXPORT long rp_snapshot_preload_fd(int fd, int streams, int threads, struct r
         if (rc == CUDA_SUCCESS) {
             rc = rp_real.cuCtxSetCurrent(ctx);
             if (rc == CUDA_SUCCESS)
-                rc = rp_engine_run_batch(t, count, params, 1);
+                rc = rp_engine_run_batch(t, count, *params, 1);
             rp_real.cuDevicePrimaryCtxRelease_v2(dev); /* each item holds its own reference */
         }
         if (rc != CUDA_SUCCESS)
@@ -216,7 +217,7 @@ RP_EXPORT long rp_snapshot_preload_fd(int fd, int streams, int threads, struct r
 }
 
 /* rp_snapshot_preload_fd on the snapshot at path. */
-RP_EXPORT long rp_snapshot_preload(const char *path, int streams, int threads,
+RP_EXPORT long rp_snapshot_preload(const char *path, const struct rp_engine_params *params,
                                    struct rp_preloaded *out, long max, char *err, size_t errlen)
 {
     int fd = open(path, O_RDONLY | O_CLOEXEC);
@@ -224,7 +225,7 @@ RP_EXPORT long rp_snapshot_preload(const char *path, int streams, int threads,
         snprintf(err, errlen, "cannot open %.200s: %m", path);
         return -1;
     }
-    long n = rp_snapshot_preload_fd(fd, streams, threads, out, max, err, errlen);
+    long n = rp_snapshot_preload_fd(fd, params, out, max, err, errlen);
     close(fd);
     return n;
 }

@@ -73,7 +73,8 @@ static int write_data(int fd, const struct rp_snap_item *items, size_t count,
         t[i] = (struct rp_transfer){ .direction = RP_D2H, .device = items[i].source, .fd = fd,
                                      .file_offset = (off_t)records[i]->data_offset,
                                      .bytes = records[i]->size,
-                                     .checksums = rp_snapshot_sums(records[i]) };
+                                     .checksums = rp_snapshot_sums(records[i]),
+                                     .checksum_bytes = RP_SNAP_CHECKSUM_BYTES };
     int rc = 0;
     for (size_t start = 0, end; start < count && rc == 0; start = end) {
         for (end = start + 1; end < count && items[end].context == items[start].context;)
@@ -99,7 +100,7 @@ static int write_data(int fd, const struct rp_snap_item *items, size_t count,
 int rp_snapshot_write(int fd, const struct rp_snap_item *items, size_t count,
                       struct rp_engine_params p, uint64_t *total, char *err, size_t errlen)
 {
-    size_t table = table_bytes(items, count, p.chunk_bytes);
+    size_t table = table_bytes(items, count, RP_SNAP_CHECKSUM_BYTES);
     char *buf = calloc(1, table);
     const struct snap_record **records = calloc(count ? count : 1, sizeof(*records));
     if (!buf || !records) {
@@ -111,7 +112,7 @@ int rp_snapshot_write(int fd, const struct rp_snap_item *items, size_t count,
     memcpy(h->magic, RP_SNAP_MAGIC, 8);
     h->version = RP_SNAP_VERSION;
     h->checksum_kind = RP_SNAP_CRC32C;
-    h->chunk_bytes = p.chunk_bytes;
+    h->chunk_bytes = RP_SNAP_CHECKSUM_BYTES; /* copies go in p.chunk_bytes, a multiple of it */
     h->count = count;
     h->table_bytes = table;
     uint64_t data = align_up(table, RP_SNAP_ALIGN);
@@ -119,7 +120,7 @@ int rp_snapshot_write(int fd, const struct rp_snap_item *items, size_t count,
     for (size_t i = 0; i < count; i++, r = (struct snap_record *)rp_snapshot_next(r)) {
         *r = items[i].record;
         r->data_offset = data;
-        r->n_chunks = (uint32_t)rp_chunk_count(r->size, p.chunk_bytes);
+        r->n_chunks = (uint32_t)rp_chunk_count(r->size, RP_SNAP_CHECKSUM_BYTES);
         if (r->n_mappings)
             memcpy((void *)rp_snapshot_mappings(r), items[i].mappings,
                    r->n_mappings * sizeof(struct snap_mapping));
