@@ -341,3 +341,45 @@ def test_stream_ordered_frees_are_reused_only_in_stream_order(fake_libcuda, run_
                          text=True, timeout=60, env={**os.environ, **_env(fake_libcuda, run_dir)})
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["1", "1", "1"]
+
+
+PEERS = textwrap.dedent("""
+    import sys
+    from cuda.bindings import driver as cu
+    cu.cuInit(0)
+    cu.cuCtxSetCurrent(cu.cuDevicePrimaryCtxRetain(cu.cuDeviceGet(0)[1])[1])
+    pool = cu.cuDeviceGetDefaultMemPool(0)[1]
+    desc = cu.CUmemAccessDesc()
+    desc.location.type = cu.CUmemLocationType.CU_MEM_LOCATION_TYPE_DEVICE
+    desc.location.id = 1
+    desc.flags = cu.CUmemAccess_flags.CU_MEM_ACCESS_FLAGS_PROT_READWRITE
+    assert cu.cuMemPoolSetAccess(pool, [desc], 1)[0] == 0  # before any allocation (PyTorch)
+    ptr = int(cu.cuMemAllocAsync(3 << 20, 0)[1])
+    print(ptr, flush=True)
+    for line in sys.stdin:
+        print(int(cu.cuMemGetAccess(desc.location, ptr)[1]), flush=True)
+""")
+
+
+def test_peer_access_to_a_pool_reaches_its_blocks_and_survives_a_reload(fake_libcuda, run_dir,
+                                                                        tmp_path):
+    env = {**os.environ, **_env(fake_libcuda, run_dir), "FAKECUDA_DEVICES": "2"}
+    proc = subprocess.Popen([sys.executable, "-c", PEERS], env=env, stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        assert int(proc.stdout.readline()) > 0
+        ctl = ShimControl(proc.pid)
+        assert ctl.status()["allocations"] == 1, "served from the library's VMM"
+        read_write = "3"  # CU_MEM_ACCESS_FLAGS_PROT_READWRITE
+        proc.stdin.write("\n")
+        proc.stdin.flush()
+        assert proc.stdout.readline().strip() == read_write
+        snap = tmp_path / "gpu.snap"
+        ctl.offload(snap, CFG)
+        ctl.reload(snap, CFG)
+        proc.stdin.write("\n")
+        proc.stdin.flush()
+        assert proc.stdout.readline().strip() == read_write
+    finally:
+        proc.kill()
+        proc.wait()

@@ -122,7 +122,12 @@ static struct phys *phys_add(CUmemGenericAllocationHandle real, const CUmemAlloc
     p->size = size;
     p->flags = flags;
     p->refs = 1;
-    rp_real.cuCtxGetCurrent(&p->context);
+    /* the current context copies its bytes, when it is on the memory's own device (else the
+     * device's primary context will, see phys_context) */
+    CUdevice device;
+    if (rp_real.cuCtxGetCurrent(&p->context) != CUDA_SUCCESS ||
+        rp_real.cuCtxGetDevice(&device) != CUDA_SUCCESS || device != prop->location.id)
+        p->context = NULL;
     app.phys[app.n_phys++] = p;
     p->handle = RP_VHANDLE_BASE + app.n_phys;
     return p;

@@ -532,12 +532,21 @@ RP_EXPORT CUresult cuMemPoolCreate(CUmemoryPool *pool, const CUmemPoolProps *pro
     return rc;
 }
 
+/* Our record of a pool the application names: one it created, or the current device's default
+ * pool (which it may configure before its first allocation: PyTorch sets the release threshold
+ * and peer access first). NULL for any other: the driver's alone. */
 static struct rp_pool *known_pool(CUmemoryPool handle)
 {
     for (size_t i = 0; i < state.n_pools; i++)
         if (state.pools[i]->handle == handle && !state.pools[i]->destroyed)
             return state.pools[i];
-    return NULL;
+    CUdevice device;
+    CUmemoryPool fallback = NULL;
+    if (!rp_config.offload || rp_real.cuCtxGetDevice(&device) != CUDA_SUCCESS ||
+        !rp_real.cuDeviceGetDefaultMemPool ||
+        rp_real.cuDeviceGetDefaultMemPool(&fallback, device) != CUDA_SUCCESS || fallback != handle)
+        return NULL;
+    return pool_add(handle, device, 1);
 }
 
 RP_EXPORT CUresult cuMemPoolDestroy(CUmemoryPool pool)
