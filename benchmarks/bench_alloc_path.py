@@ -24,7 +24,10 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "src"))
+try:  # the installed restoreprof (the GPU machine's), else this checkout's
+    import restoreprof  # noqa: F401
+except ImportError:
+    sys.path.insert(0, str(ROOT / "src"))
 
 from restoreprof.optimizer.shim.build import build_library  # noqa: E402
 from restoreprof.system.cbuild import c_compiler, cuda_include_dir  # noqa: E402
