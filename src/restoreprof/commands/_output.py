@@ -2,6 +2,22 @@
 
 from __future__ import annotations
 
+import json
+import sys
+
+from restoreprof import __version__
+
+# Bumped when a JSON output changes incompatibly; each output's JSON Schema is
+# restoreprof/schemas/<name>.json (the package ships them).
+JSON_VERSION = 1
+
+
+def print_json(data: dict, schema: str) -> None:
+    """One JSON document on stdout, with its version and the name of the schema it follows."""
+    document = {"version": JSON_VERSION, "schema": schema, "restoreprof": __version__, **data}
+    sys.stdout.write(json.dumps(document, indent=2) + "\n")
+    sys.stdout.flush()
+
 
 def print_steps(steps, title: str = "step") -> None:
     """One line per timed step, then the wall time from the first start to the last end."""

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from restoreprof.checkpoint import checkpoint
-from restoreprof.commands._output import print_steps
+from restoreprof.commands._output import print_json, print_steps
 
 name = "checkpoint"
 help = "checkpoint a process tree (CUDA processes included) into a folder"
@@ -31,7 +30,7 @@ def run(args: argparse.Namespace) -> int:
                         offload=not args.no_offload, lock_timeout_ms=args.lock_timeout,
                         criu_args=args.criu_arg)
     if args.json:
-        print(json.dumps(result.to_dict(), indent=2))
+        print_json(result.to_dict(), "checkpoint")
         return 0
     cuda = result.manifest.cuda_pids
     print(f"checkpointed PID {args.pid} ({len(result.manifest.processes)} processes, "

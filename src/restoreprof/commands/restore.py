@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
-from restoreprof.checkpoint import restore
-from restoreprof.commands._output import print_steps
+from restoreprof.checkpoint import abort_restore, restore
+from restoreprof.commands._output import print_json, print_steps
 from restoreprof.errors import RestoreprofError
 
 name = "restore"
@@ -37,14 +36,28 @@ def prepare_parser(parser: argparse.ArgumentParser) -> None:
                         help="only the GPU step: resume processes a failed restore left locked")
     parser.add_argument("--criu-arg", action="append", default=[], metavar="ARG",
                         help="extra argument for criu restore (repeatable)")
+    parser.add_argument("--abort", action="store_true",
+                        help="kill what an interrupted restore of DIR left held, then exit")
+    parser.add_argument("-o", "--work-dir", type=Path, metavar="WORKDIR",
+                        help="where the restore writes CRIU's log, its PID file and its journal "
+                             "(default /run/restoreprof/restores/<hash of DIR>); nothing is ever "
+                             "written into DIR, which may be read-only")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.abort:
+        outcome = abort_restore(args.dir, args.work_dir)
+        if args.json:
+            print_json({"command": "restore", "abort": outcome}, "restore-abort")
+        else:
+            print(outcome)
+        return 0
     result = restore(args.dir, gpu_map=_gpu_map(args.gpu_map), parallel=not args.serial,
-                     verify=not args.no_verify, criu_args=args.criu_arg, gpu_only=args.gpu_only)
+                     verify=not args.no_verify, criu_args=args.criu_arg, gpu_only=args.gpu_only,
+                     work_dir=args.work_dir)
     if args.json:
-        print(json.dumps(result.to_dict(), indent=2))
+        print_json(result.to_dict(), "restore")
         return 0
     print(f"restored {len(result.pids)} processes (root PID {result.root_pid}, "
           f"{len(result.cuda_pids)} with CUDA) from {result.directory}")
