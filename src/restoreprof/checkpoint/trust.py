@@ -66,7 +66,7 @@ def _check_ancestor(folder: Path, error) -> None:
     sticky = bool(st.st_mode & stat.S_ISVTX)
     if st.st_uid not in _trusted_owners() or (st.st_mode & _OTHERS_WRITE and not sticky):
         raise error(
-            f"{folder} (above the checkpoint folder) can be changed by other users "
+            f"{folder} (above the checkpoint folder) can be changed by others "
             f"(owner UID {st.st_uid}, mode {stat.filemode(st.st_mode)}): they could swap the checkpoint",
             hint="keep checkpoints under folders owned by root (or you) that only the owner can write")
 
