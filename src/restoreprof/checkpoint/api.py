@@ -200,6 +200,8 @@ def _restore_locked(directory: Path, manifest: Manifest, work: Path, *, gpu_map,
     optimizer = optimizer or OptimizerConfig.load()
     pairs = gpu.gpu_pairs(manifest.gpus, gpu_map) if cuda_pids else []
     criu.criu_path()
+    # a killed process keeps its PID until it is reaped: give the reaper a moment
+    _wait_gone([p.pid for p in manifest.processes if state(p.pid) == "Z"], timeout_s=5)
     taken = [p.pid for p in manifest.processes if exists(p.pid)]
     if taken:
         raise TargetFailure(

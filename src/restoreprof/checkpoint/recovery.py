@@ -192,11 +192,15 @@ def recover_checkpoint(directory: Path) -> str:
 # --- restore --------------------------------------------------------------------------------
 
 
-def kill_unrun(pids: list[int]) -> None:
-    """Kill restored processes that never ran (CRIU left them stopped)."""
+def kill_unrun(pids: list[int], reaped_within_s: float = 5.0) -> None:
+    """Kill restored processes that never ran (CRIU left them stopped), and wait a little for
+    their PIDs to be reaped: a restore that follows needs them free."""
     for pid in pids:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + reaped_within_s
+    while any(os.path.exists(f"/proc/{p}") for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.01)
 
 
 def recover_restore(work_dir: Path, abort: bool = False) -> str:
