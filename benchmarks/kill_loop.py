@@ -48,6 +48,10 @@ SIGNALS = {"KILL": signal.SIGKILL, "TERM": signal.SIGTERM, "INT": signal.SIGINT}
 SETTLE_S = 120.0
 
 
+def say_now(text: str) -> None:
+    print(text, flush=True)
+
+
 def fake_gpu_env(run_dir: Path) -> dict[str, str]:
     """Environment for the fake libcuda (tests/fakecuda), built on first use."""
     spec = importlib.util.spec_from_file_location("fakecuda_build", REPO / "tests/fakecuda/build.py")
@@ -61,7 +65,7 @@ def fake_gpu_env(run_dir: Path) -> dict[str, str]:
 
 class Loop:
     def __init__(self, base: Path, kind: str, mib: int, gpu_mib: int, rng: random.Random,
-                 env: dict[str, str], say=print) -> None:
+                 env: dict[str, str], say=say_now) -> None:
         self.base, self.kind, self.rng, self.env, self.say = base, kind, rng, env, say
         prefix = [sys.executable, "-m", "restoreprof", "exec", "--"] if kind != "cpu" else None
         os.environ.update(env)  # the workload and the commands see the same driver
@@ -76,7 +80,6 @@ class Loop:
     def _command(self, argv: list[str], what: str) -> tuple[str, float, int]:
         delay = self.rng.uniform(0, self.durations[what] * 2.0)
         sig_name = self.rng.choice(list(SIGNALS))
-        start = time.monotonic()
         proc = subprocess.Popen([sys.executable, "-m", "restoreprof", *argv],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                                 start_new_session=True)
@@ -212,7 +215,7 @@ class Loop:
 
 
 def run_loop(iterations: int, kinds: list[str], seed: int, mib: int, gpu_mib: int,
-             base: Path, say=print) -> Counter:
+             base: Path, say=say_now) -> Counter:
     rng = random.Random(seed)
     tally: Counter = Counter()
     for kind in kinds:

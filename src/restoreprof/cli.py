@@ -71,7 +71,16 @@ def _quiet_broken_pipe() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
+    as_program = argv is None
+    try:
+        return _main(sys.argv[1:] if argv is None else argv)
+    finally:
+        if as_program:  # the work is done: an interrupt at exit must not turn it into a failure
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+def _main(argv: list[str]) -> int:
     parser = build_parser(argv)
     args = parser.parse_args(argv)
     command = getattr(args, "_command", None)

@@ -55,7 +55,7 @@ def _kill_tree(pids) -> None:
             os.kill(pid, signal.SIGKILL)
 
 
-FORKER = "while :; do sleep 0.3 & sleep 0.003; done"
+FORKER = "while :; do sleep 0.6 & sleep 0.004; done"
 
 
 def test_children_forked_during_the_freeze_are_all_resumed(tmp_path):
@@ -70,7 +70,7 @@ def test_children_forked_during_the_freeze_are_all_resumed(tmp_path):
         result = checkpoint(forker.pid, tmp_path / "c")
         forker.wait(timeout=30)
         criu_pids = pstree.pids(tmp_path / "c")
-        assert len(criu_pids) >= 50
+        assert len(criu_pids) >= 30  # about 100 on an idle machine
         assert sorted(p.pid for p in result.manifest.processes) == sorted(criu_pids)
         out = restore(tmp_path / "c")
         restored = out.pids

@@ -8,7 +8,9 @@ from restoreprof.checkpoint.api import (
     RestoreResult,
     abort_restore,
     checkpoint,
+    recover_checkpoint,
     restore,
 )
 
-__all__ = ["CheckpointResult", "RestoreResult", "abort_restore", "checkpoint", "restore"]
+__all__ = ["CheckpointResult", "RestoreResult", "abort_restore", "checkpoint", "recover_checkpoint",
+           "restore"]

@@ -23,12 +23,13 @@ from restoreprof import __version__
 from restoreprof.checkpoint import criu, gpu, lock, pstree, recovery, trust
 from restoreprof.checkpoint.guardian import Guardian
 from restoreprof.checkpoint.journal import Journal, checkpoint_journal, restore_journal
-from restoreprof.checkpoint.manifest import MANIFEST_NAME, Manifest, is_page_data, verify_images
+from restoreprof.checkpoint.manifest import JOURNAL_NAME, MANIFEST_NAME, Manifest, is_page_data, verify_images
 from restoreprof.checkpoint.recovery import deferred_interrupts
 from restoreprof.checkpoint.steps import Step, StepClock
 from restoreprof.checkpoint.tree import comm, exists, is_stopped, process_tree, resume_stopped, state
 from restoreprof.checkpoint.trust import private_umask
 from restoreprof.errors import (
+    EXIT_ENVIRONMENT,
     EXIT_TARGET,
     IntegrityError,
     Interrupted,
@@ -84,7 +85,15 @@ def checkpoint(pid: int, directory: Path, *, leave_running: bool = False, offloa
     stopped = sorted(p for p in tree if is_stopped(p))
     directory = Path(os.path.abspath(directory))
     clock = StepClock()
+    if pid == os.getpid() or pid in _ancestors():
+        raise RestoreprofError(f"PID {pid} is restoreprof itself or runs it",
+                               hint="checkpoint another process tree")
     cuda_pids = clock.run("find CUDA processes", gpu.cuda_processes, tree)
+    held = [p for p in cuda_pids if p in stopped]
+    if held:  # neither the library nor the driver can answer for a stopped process
+        raise TargetFailure(f"PID {held[0]} uses CUDA and is stopped (SIGSTOP): its GPU state "
+                            "cannot be checkpointed while it does not run",
+                            hint=f"resume it first with 'kill -CONT {held[0]}'")
     shell_job = criu.needs_shell_job(pid, tree)
     with private_umask():
         trust.prepare_checkpoint_directory(directory, MANIFEST_NAME)
@@ -109,8 +118,14 @@ def checkpoint(pid: int, directory: Path, *, leave_running: bool = False, offloa
                 journal.write("dumped", steps=_step_records(clock))
                 manifest = clock.run("checksum images", recovery.finish_checkpoint, directory,
                                      journal, criu.DUMP_LOG)
+            except (OSError, RestoreprofError) as exc:
+                raise RestoreprofError(
+                    f"CRIU's dump completed, but the checkpoint could not be finished: {exc}",
+                    exit_code=EXIT_ENVIRONMENT,
+                    hint=f"the images are kept; fix the cause (free space?), then "
+                         f"'restoreprof checkpoint --recover -D {directory}' finishes it") from exc
             finally:
-                guard.release()  # finished, or failed with the images kept for the guardian's retry
+                guard.release()
     if not leave_running:
         _wait_gone([p.pid for p in manifest.processes])
     if interrupted or late.arrived:
@@ -118,6 +133,28 @@ def checkpoint(pid: int, directory: Path, *, leave_running: bool = False, offloa
                           f"{directory} was finished and is complete",
                           hint=f"restore it with 'restoreprof restore -D {directory}'")
     return CheckpointResult(directory, manifest, clock.steps)
+
+
+def recover_checkpoint(directory: Path) -> str:
+    """checkpoint --recover: finish or put back a checkpoint whose command and guardian died
+    (or whose finishing failed); what it did."""
+    require_root("restoreprof checkpoint --recover")
+    directory = Path(os.path.abspath(directory))
+    if not (directory / JOURNAL_NAME).exists():
+        raise RestoreprofError(f"{directory} holds no interrupted checkpoint (no {JOURNAL_NAME})",
+                               hint="nothing to recover")
+    return recovery.recover_checkpoint(directory)
+
+
+def _ancestors() -> set[int]:
+    found, pid = set(), os.getppid()
+    while pid > 1 and pid not in found:
+        found.add(pid)
+        try:
+            pid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            break
+    return found
 
 
 def _lock_and_dump(pid: int, directory: Path, journal, clock: StepClock, *, offload: bool,

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import subprocess
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -34,22 +36,49 @@ def needs_shell_job(pid: int, tree: list[int]) -> bool:
 def _run(cmd: list[str], on_start: Callable[[int], None] | None) -> tuple[int, str, bool]:
     """Run CRIU in a session of its own and wait for it, Ctrl-C and SIGTERM included: CRIU
     interrupted half way leaves processes half-dumped or half-restored (every signal blocked),
-    so it always runs to its end, and the caller decides what to do with the result.
+    so it always runs to its end, and the caller decides what to do with the result. Its stderr
+    goes to an unlinked file, not a pipe: if this process dies, CRIU must not die of SIGPIPE.
     Returns (exit status, stderr, whether an interrupt arrived meanwhile)."""
-    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
-    interrupted = False
-    try:
-        if on_start:
-            on_start(proc.pid)
-    except KeyboardInterrupt:
-        interrupted = True
-    while True:
+    with tempfile.TemporaryFile() as stderr:
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                stderr=stderr, start_new_session=True)
+        interrupted = False
         try:
-            _, stderr = proc.communicate()
-            return proc.returncode, stderr or "", interrupted
+            if on_start:
+                on_start(proc.pid)
         except KeyboardInterrupt:
             interrupted = True
+        while True:
+            try:
+                proc.wait()
+                break
+            except KeyboardInterrupt:
+                interrupted = True
+        stderr.seek(0)
+        return proc.returncode, stderr.read().decode(errors="replace"), interrupted
+
+
+def running_criu(verb: str, directory: Path) -> list[int]:
+    """PIDs of CRIU processes running `verb` on directory (found by their command line), for
+    a guardian whose command died before it could note CRIU's PID."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            args = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if _is_criu_on(args, verb.encode(), os.fsencode(directory)):
+            found.append(int(entry.name))
+    return found
+
+
+def _is_criu_on(args: list[bytes], verb: bytes, directory: bytes) -> bool:
+    # criu itself, or its private loader running it (setup.sh's wrapper: ld.so ... criu ARGS)
+    if not any(os.path.basename(a) == b"criu" for a in args[:5]) or verb not in args:
+        return False
+    return any(a == b"-D" and b == directory for a, b in itertools.pairwise(args))
 
 
 def dump(pid: int, directory: Path, *, leave_running: bool, shell_job: bool, extra: list[str],

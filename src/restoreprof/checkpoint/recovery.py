@@ -69,6 +69,15 @@ def wait_gone(pid: int, timeout_s: float = CRIU_EXIT_WAIT_S) -> bool:
     return True
 
 
+def _wait_criu(pid: int | None, verb: str, directory: Path) -> None:
+    """Wait for the CRIU run of a dead command: by its noted PID, or (when the command died
+    before it could note it) by its command line."""
+    from restoreprof.checkpoint.criu import running_criu
+
+    for criu_pid in [int(pid)] if pid else running_criu(verb, directory):
+        wait_gone(criu_pid)
+
+
 def dump_succeeded(directory: Path, log_name: str) -> bool:
     try:
         with open(directory / log_name, "rb") as log:
@@ -179,8 +188,8 @@ def recover_checkpoint(directory: Path) -> str:
             journal.remove()
         return "nothing to do"
     with trust.private_umask():
-        if journal.phase == "dumping" and journal.data.get("criu_pid"):
-            wait_gone(int(journal.data["criu_pid"]))
+        if journal.phase == "dumping":  # CRIU runs on: its outcome decides
+            _wait_criu(journal.data.get("criu_pid"), "dump", directory)
         if journal.phase in ("dumping", "dumped") and dump_succeeded(directory, DUMP_LOG):
             finish_checkpoint(directory, journal, DUMP_LOG)
             return "the dump had completed: the checkpoint was finished"
@@ -220,8 +229,8 @@ def recover_restore(work_dir: Path, abort: bool = False) -> str:
 def recover_restore_locked(journal: Journal, abort: bool) -> str:
     data = journal.data
     pids = [int(p) for p in data.get("pids", [])]
-    if journal.phase == "criu" and data.get("criu_pid"):
-        wait_gone(int(data["criu_pid"]))
+    if journal.phase == "criu":
+        _wait_criu(data.get("criu_pid"), "restore", Path(data.get("directory", "/")))
     if journal.phase in ("criu", "restored") or (abort and journal.phase in ("verified", "gpu")):
         kill_unrun(pids)
         journal.remove()

@@ -5,15 +5,16 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from restoreprof.checkpoint import checkpoint
+from restoreprof.checkpoint import checkpoint, recover_checkpoint
 from restoreprof.commands._output import print_json, print_steps
+from restoreprof.errors import RestoreprofError
 
 name = "checkpoint"
 help = "checkpoint a process tree (CUDA processes included) into a folder"
 
 
 def prepare_parser(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("-p", "--pid", type=int, required=True, help="root of the tree to checkpoint")
+    parser.add_argument("-p", "--pid", type=int, help="root of the tree to checkpoint")
     parser.add_argument("-D", "--dir", type=Path, required=True, help="new or empty folder for images")
     parser.add_argument("--leave-running", action="store_true", help="keep the tree running after")
     parser.add_argument("--no-offload", action="store_true",
@@ -22,10 +23,26 @@ def prepare_parser(parser: argparse.ArgumentParser) -> None:
                         help="how long the driver may wait for CUDA work to drain (default 10000)")
     parser.add_argument("--criu-arg", action="append", default=[], metavar="ARG",
                         help="extra argument for criu dump (repeatable)")
+    parser.add_argument("--recover", action="store_true",
+                        help="finish (if CRIU's dump completed) or put back an interrupted "
+                             "checkpoint in DIR whose guardian could not")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.recover:
+        outcome = recover_checkpoint(args.dir)
+        if args.json:
+            print_json({"command": "checkpoint", "recover": outcome}, "checkpoint-recover")
+        else:
+            print(outcome)
+        return 0
+    if args.pid is None:
+        raise RestoreprofError("say which process tree to checkpoint: -p PID",
+                               hint="restoreprof checkpoint -p PID -D DIR")
+    if args.pid <= 0 or args.lock_timeout <= 0:
+        raise RestoreprofError("-p and --lock-timeout take positive numbers",
+                               hint="restoreprof checkpoint -p PID -D DIR [--lock-timeout MS]")
     result = checkpoint(args.pid, args.dir, leave_running=args.leave_running,
                         offload=not args.no_offload, lock_timeout_ms=args.lock_timeout,
                         criu_args=args.criu_arg)

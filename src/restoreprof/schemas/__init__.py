@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from importlib import resources
 
-NAMES = ("checkpoint", "restore", "restore-abort", "error", "manifest")
+NAMES = ("checkpoint", "checkpoint-recover", "restore", "restore-abort", "error", "manifest")
 
 
 def load(name: str) -> dict:
