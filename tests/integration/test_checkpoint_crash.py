@@ -56,19 +56,32 @@ def _kill_tree(pids) -> None:
 
 
 FORKER = "while :; do sleep 0.6 & sleep 0.004; done"
+# The forker runs under a subreaper that reaps it and its orphans, so their PIDs are free for
+# the restore at once (this VM's init reaps orphans only every few seconds).
+REAPER = """
+import ctypes, os, subprocess, sys
+ctypes.CDLL(None).prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
+child = subprocess.Popen(["bash", "-c", sys.argv[1]], start_new_session=True,
+                         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+print(child.pid, flush=True)
+while True:
+    try:
+        os.wait()
+    except ChildProcessError:
+        break
+"""
 
 
 def test_children_forked_during_the_freeze_are_all_resumed(tmp_path):
     """A tree forking about 100 children per run: every process CRIU restored (its own list,
     not a scan) runs after the restore; none stays stopped."""
-    forker = subprocess.Popen(["bash", "-c", FORKER], stdin=subprocess.DEVNULL,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                              start_new_session=True)
+    reaper = subprocess.Popen([sys.executable, "-c", REAPER, FORKER], stdin=subprocess.DEVNULL,
+                              stdout=subprocess.PIPE, text=True, start_new_session=True)
     restored = []
     try:
+        forker = int(reaper.stdout.readline())
         time.sleep(0.5)  # about 100 children alive from here on
-        result = checkpoint(forker.pid, tmp_path / "c")
-        forker.wait(timeout=30)
+        result = checkpoint(forker, tmp_path / "c")
         criu_pids = pstree.pids(tmp_path / "c")
         assert len(criu_pids) >= 30  # about 100 on an idle machine
         assert sorted(p.pid for p in result.manifest.processes) == sorted(criu_pids)
@@ -79,7 +92,7 @@ def test_children_forked_during_the_freeze_are_all_resumed(tmp_path):
         time.sleep(0.5)
         assert _stopped(out.pids) == []
     finally:
-        forker.kill()
+        reaper.kill()
         _kill_tree(restored)
 
 

@@ -127,7 +127,7 @@ def checkpoint(pid: int, directory: Path, *, leave_running: bool = False, offloa
             finally:
                 guard.release()
     if not leave_running:
-        _wait_gone([p.pid for p in manifest.processes])
+        _wait_gone([p.pid for p in manifest.processes], zombies_count=False)
     if interrupted or late.arrived:
         raise Interrupted(f"interrupted after CRIU's dump had completed: the checkpoint in "
                           f"{directory} was finished and is complete",
@@ -238,7 +238,7 @@ def _restore_locked(directory: Path, manifest: Manifest, work: Path, *, gpu_map,
     pairs = gpu.gpu_pairs(manifest.gpus, gpu_map) if cuda_pids else []
     criu.criu_path()
     # a killed process keeps its PID until it is reaped: give the reaper a moment
-    _wait_gone([p.pid for p in manifest.processes if state(p.pid) == "Z"], timeout_s=5)
+    _wait_gone([p.pid for p in manifest.processes if state(p.pid) == "Z"], timeout_s=30)
     taken = [p.pid for p in manifest.processes if exists(p.pid)]
     if taken:
         raise TargetFailure(
@@ -409,10 +409,16 @@ def _finish_readahead(readahead, clock: StepClock) -> None:
                             readahead.started_ns + int(stats.seconds * 1e9)))
 
 
-def _wait_gone(pids: list[int], timeout_s: float = 30) -> None:
-    """CRIU kills a dumped tree; wait until the kernel has reaped it, so its PIDs are free."""
+def _wait_gone(pids: list[int], timeout_s: float = 30, zombies_count: bool = True) -> None:
+    """CRIU kills a dumped tree; wait until it is dead, or (zombies_count) also reaped, so
+    its PIDs are free. (The reaper of an orphan is its subreaper or init, which may take a
+    while: a restore waits for it, a checkpoint need not.)"""
     deadline = time.monotonic() + timeout_s
-    while any(exists(p) for p in pids) and time.monotonic() < deadline:
+
+    def there(pid: int) -> bool:
+        return exists(pid) if zombies_count else state(pid) not in (None, "Z", "X")
+
+    while any(there(p) for p in pids) and time.monotonic() < deadline:
         time.sleep(0.01)
 
 
