@@ -93,7 +93,7 @@ class Loop:
                     os.kill(proc.pid, SIGNALS[sig_name])
             except ProcessLookupError:
                 pass
-        proc.communicate(timeout=600)
+        _, self.last_stderr = proc.communicate(timeout=600)
         return sig_name, delay, proc.returncode
 
     def calibrate(self) -> None:
@@ -159,6 +159,8 @@ class Loop:
             self._settle(self._work() / RESTORE_JOURNAL_NAME)
             outcome = self._after_restore()
         self.say(f"  {self.kind:<4} {label:<28} exit {code:<4} -> {outcome}")
+        if outcome.startswith("FAILED"):
+            self.say("    its stderr: " + self.last_stderr.strip().replace("\n", "\n    "))
         return outcome
 
     def _after_checkpoint(self, folder: Path) -> str:

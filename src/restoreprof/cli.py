@@ -81,14 +81,18 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(argv: list[str]) -> int:
-    parser = build_parser(argv)
-    args = parser.parse_args(argv)
+    if argv and argv[0] in _SIGTERM_UNWINDS and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
+    try:
+        parser = build_parser(argv)
+        args = parser.parse_args(argv)
+    except KeyboardInterrupt:  # before anything started
+        print("restoreprof: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
     command = getattr(args, "_command", None)
     if command is None:
         parser.print_help()
         return 2
-    if command.name in _SIGTERM_UNWINDS and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
-        signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
     try:
         if command.name not in ("run", "tune"):  # tuning trials never read the database
             from restoreprof.tuner import install_tuned_defaults
