@@ -59,8 +59,10 @@ def fake_gpu_env(run_dir: Path) -> dict[str, str]:
     spec.loader.exec_module(module)
     fake = module.build_fake_libcuda()
     run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    # the driver's per-process checkpoint state shared by all processes, as a real driver's is
+    (run_dir / "driver-state").mkdir(exist_ok=True)
     return {"RESTOREPROF_LIBCUDA": str(fake), "LD_LIBRARY_PATH": str(fake.parent),
-            "RESTOREPROF_RUN_DIR": str(run_dir)}
+            "RESTOREPROF_RUN_DIR": str(run_dir), "FAKECUDA_STATE_DIR": str(run_dir / "driver-state")}
 
 
 class Loop:
@@ -184,6 +186,17 @@ class Loop:
 
     def _after_restore(self) -> str:
         journal = self._work() / RESTORE_JOURNAL_NAME
+        if journal.exists() and json.loads(journal.read_text()).get("phase") in ("verified", "gpu"):
+            # held by the driver after its GPU step failed: the one command that resumes it
+            out = subprocess.run([sys.executable, "-m", "restoreprof", "restore", "-D",
+                                  str(self.checkpoint), "-o", str(self._work()), "--gpu-only"],
+                                 capture_output=True, text=True, timeout=120)
+            if out.returncode != 0 or journal.exists():
+                return f"FAILED: restore --gpu-only did not recover it: {out.stderr.strip()[:300]}"
+            if not self._verify():
+                return "FAILED: the process resumed by --gpu-only does not verify"
+            self.checkpoint = None
+            return "held"
         if self._alive() and state(self.held.pid) == "T":
             if not journal.exists():
                 return "FAILED: the restored process is stopped forever (no journal, no way out)"

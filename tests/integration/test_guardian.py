@@ -20,6 +20,15 @@ from restoreprof.workloads.controller import HeldMemory
 pytestmark = pytest.mark.root
 
 
+@pytest.fixture
+def shared_driver_state(fake_driver, tmp_path, monkeypatch):
+    """The fake driver keeps each PID's checkpoint state where every process sees it, as the
+    real one does (otherwise the guardian, another process, would see nothing locked)."""
+    (tmp_path / "driver-state").mkdir()
+    monkeypatch.setenv("FAKECUDA_STATE_DIR", str(tmp_path / "driver-state"))
+    return fake_driver
+
+
 def _offloaded_and_locked(tmp_path, fake_driver):
     ctypes.CDLL(str(fake_driver), mode=ctypes.RTLD_GLOBAL)  # this process's driver: the fake
     exec_prefix = [sys.executable, "-m", "restoreprof", "exec", "--"]
@@ -40,8 +49,8 @@ def _offloaded_and_locked(tmp_path, fake_driver):
     return w, folder, journal
 
 
-def test_guardian_puts_back_when_its_command_dies(fake_driver, tmp_path):
-    w, folder, journal = _offloaded_and_locked(tmp_path, fake_driver)
+def test_guardian_puts_back_when_its_command_dies(shared_driver_state, tmp_path):
+    w, folder, journal = _offloaded_and_locked(tmp_path, shared_driver_state)
     try:
         guard = Guardian.start("checkpoint", folder, log=tmp_path / "guardian.log")
         os.close(guard._write_fd)  # the command dies: no "done"
@@ -59,8 +68,8 @@ def test_guardian_puts_back_when_its_command_dies(fake_driver, tmp_path):
         w.stop()
 
 
-def test_guardian_does_nothing_once_released(fake_driver, tmp_path):
-    w, folder, journal = _offloaded_and_locked(tmp_path, fake_driver)
+def test_guardian_does_nothing_once_released(shared_driver_state, tmp_path):
+    w, folder, journal = _offloaded_and_locked(tmp_path, shared_driver_state)
     try:
         guard = Guardian.start("checkpoint", folder)
         guard.release()

@@ -22,9 +22,9 @@ from pathlib import Path
 from restoreprof import __version__
 from restoreprof.checkpoint import criu, gpu, lock, pstree, recovery, trust
 from restoreprof.checkpoint.guardian import Guardian
+from restoreprof.checkpoint.interrupts import deferred_interrupts
 from restoreprof.checkpoint.journal import Journal, checkpoint_journal, restore_journal
 from restoreprof.checkpoint.manifest import JOURNAL_NAME, MANIFEST_NAME, Manifest, is_page_data, verify_images
-from restoreprof.checkpoint.recovery import deferred_interrupts
 from restoreprof.checkpoint.steps import Step, StepClock
 from restoreprof.checkpoint.tree import comm, exists, is_stopped, process_tree, resume_stopped, state
 from restoreprof.checkpoint.trust import private_umask
@@ -109,26 +109,21 @@ def checkpoint(pid: int, directory: Path, *, leave_running: bool = False, offloa
                                          leave_running=leave_running, shell_job=shell_job,
                                          lock_timeout_ms=lock_timeout_ms, criu_args=criu_args or [],
                                          optimizer=optimizer)
-        except BaseException as exc:
-            guard.release()
-            raise _put_back_error(exc, directory, journal) from exc
-        # The dump completed: from here the checkpoint is finished, whatever arrives meanwhile.
-        with deferred_interrupts() as late:
-            try:
+            # The dump completed: from here the checkpoint is finished, whatever arrives.
+            with deferred_interrupts() as late:
                 journal.write("dumped", steps=_step_records(clock))
                 manifest = clock.run("checksum images", recovery.finish_checkpoint, directory,
                                      journal, criu.DUMP_LOG)
-            except (OSError, RestoreprofError) as exc:
-                raise RestoreprofError(
-                    f"CRIU's dump completed, but the checkpoint could not be finished: {exc}",
-                    exit_code=EXIT_ENVIRONMENT,
-                    hint=f"the images are kept; fix the cause (free space?), then "
-                         f"'restoreprof checkpoint --recover -D {directory}' finishes it") from exc
-            finally:
+            interrupted = interrupted or late.arrived
+            guard.release()
+        except BaseException as exc:
+            with deferred_interrupts():
+                error = _settle_failed_checkpoint(exc, directory, journal)
                 guard.release()
+            raise error from exc
     if not leave_running:
         _wait_gone([p.pid for p in manifest.processes], zombies_count=False)
-    if interrupted or late.arrived:
+    if interrupted:
         raise Interrupted(f"interrupted after CRIU's dump had completed: the checkpoint in "
                           f"{directory} was finished and is complete",
                           hint=f"restore it with 'restoreprof restore -D {directory}'")
@@ -175,21 +170,37 @@ def _lock_and_dump(pid: int, directory: Path, journal, clock: StepClock, *, offl
                      on_start=lambda criu_pid: journal.write("dumping", criu_pid=criu_pid))
 
 
-def _put_back_error(exc: BaseException, directory: Path, journal) -> BaseException:
-    """Put the processes back after a failed or interrupted checkpoint; the error to raise."""
-    with deferred_interrupts():
-        problems = recovery.roll_back_checkpoint(directory, journal)
+def _settle_failed_checkpoint(exc: BaseException, directory: Path, journal) -> BaseException:
+    """After a failure or an interrupt: a dump that completed is finished (it may be the only
+    copy of the processes), anything before it is put back. Returns the error to raise."""
+    interrupted = isinstance(exc, KeyboardInterrupt)
+    if journal.phase in ("dumping", "dumped"):
+        recovery.wait_criu(journal.data.get("criu_pid"), "dump", directory)
+        if recovery.dump_succeeded(directory, criu.DUMP_LOG):
+            try:
+                recovery.finish_checkpoint(directory, journal, criu.DUMP_LOG)
+            except (OSError, RestoreprofError) as late:
+                return RestoreprofError(
+                    f"CRIU's dump completed, but the checkpoint could not be finished: {late}",
+                    exit_code=EXIT_ENVIRONMENT,
+                    hint=f"the images are kept; fix the cause (free space?), then "
+                         f"'restoreprof checkpoint --recover -D {directory}' finishes it")
+            if interrupted:
+                return Interrupted(f"interrupted after CRIU's dump had completed: the checkpoint "
+                                   f"in {directory} was finished and is complete",
+                                   hint=f"restore it with 'restoreprof restore -D {directory}'")
+            return exc
+    problems = recovery.roll_back_checkpoint(directory, journal)
     if problems:
         held = "; ".join(problems)
         return RestoreprofError(f"{exc}\n  Putting the processes back failed in part: {held}",
                                 exit_code=EXIT_TARGET,
                                 hint=f"see {journal.path} for where each process stands")
-    if isinstance(exc, KeyboardInterrupt):
+    if interrupted:
         return Interrupted("interrupted before CRIU's dump completed: the processes were put "
                            "back and keep running", hint="run the checkpoint again when ready")
     if isinstance(exc, RestoreprofError):
         exc.args = (f"{exc.message}\n  The processes were put back and keep running.",)
-        return exc
     return exc
 
 
@@ -288,34 +299,41 @@ def _restore_locked(directory: Path, manifest: Manifest, work: Path, *, gpu_map,
         journal.write("restored")
         if interrupted:
             raise KeyboardInterrupt
-        clock.run("resume processes", _pass_check_and_resume, check, journal.data, criu_pids)
-        journal.write("verified")
+        if check is not None:  # interruptible: until it passes, the processes never ran
+            _pass_check_or_kill(check, criu_pids)
         notes = []
-        with deferred_interrupts() as late:  # checked processes are brought all the way back
+        # Checked processes are brought all the way back, whatever arrives meanwhile.
+        with deferred_interrupts() as late:
+            journal.write("verified")
+            clock.run("resume processes", _resume, journal.data["resume"])
             if cuda_pids:
                 journal.write("gpu")
                 warm.wait()
                 notes += clock.run("GPU restore", gpu.restore_all, cuda_pids, manifest, directory,
                                    pairs, parallel, optimizer, clock, preloads)
+            journal.remove()
         if late.arrived:
-            notes.append("interrupted after the processes had passed every check and run: "
-                         "the restore was completed")
-        journal.remove()
-    except BaseException as exc:
-        raise _unwind_restore(exc, journal, directory) from exc
-    finally:
+            notes.append("interrupted after the processes had passed every check: the restore "
+                         "was completed")
         guard.release()
+    except BaseException as exc:
+        error = _unwind_restore(exc, journal, directory)
+        guard.release()  # only once unwound: an interrupt meanwhile leaves the work to it
+        raise error from exc
+    finally:
         if preloads:
             preloads.release()  # what a failure left unadopted
     return RestoreResult(directory, root, criu_pids, cuda_pids, clock.steps, notes)
 
 
 def _unwind_restore(exc: BaseException, journal, directory: Path) -> BaseException:
-    """After a failure or an interrupt: processes that never ran are killed; ones held by the
-    driver after their GPU step failed stay held, with the way out in the message."""
+    """After a failure or an interrupt: processes that never ran are killed; ones that passed
+    every check and then failed (the GPU step) stay held, with the way out in the message."""
     if journal.phase in ("criu", "restored"):
-        recovery.kill_unrun(journal.data["pids"])
-        journal.remove()
+        with deferred_interrupts():
+            recovery.wait_criu(journal.data.get("criu_pid"), "restore", directory)
+            recovery.kill_unrun(journal.data["pids"])
+            journal.remove()
         if isinstance(exc, KeyboardInterrupt):
             return Interrupted("interrupted: the restored processes were killed before they ran; "
                                "the checkpoint is untouched", hint="restore again when ready")
@@ -323,11 +341,14 @@ def _unwind_restore(exc: BaseException, journal, directory: Path) -> BaseExcepti
             exc.args = (f"{exc.message}\n  The restored processes were killed before they ran; "
                         "the checkpoint is untouched.",)
         return exc
-    if journal.phase == "gpu":  # kept: --gpu-only and --abort read it
-        return exc if isinstance(exc, RestoreprofError) else TargetFailure(
-            f"the GPU restore failed: {exc}",
-            hint=f"'restoreprof restore --gpu-only -D {directory}' retries, "
-                 f"'restoreprof restore --abort -D {directory}' kills the processes")
+    if journal.phase in ("verified", "gpu"):  # kept: --gpu-only and --abort read it
+        hint = (f"'restoreprof restore --gpu-only -D {directory}' retries the GPU step, "
+                f"'restoreprof restore --abort -D {directory}' kills the processes")
+        if isinstance(exc, RestoreprofError):
+            exc.hint = f"{exc.hint}; {hint}" if exc.hint and "--gpu-only" not in exc.hint else \
+                (exc.hint or hint)
+            return exc
+        return TargetFailure(f"the restore failed after the image check: {exc}", hint=hint)
     journal.remove()
     if isinstance(exc, KeyboardInterrupt):
         return Interrupted("interrupted before CRIU ran: nothing was restored",
@@ -376,17 +397,19 @@ def _start_page_check(directory: Path, manifest: Manifest, snapshots: tuple[str,
     return check
 
 
-def _pass_check_and_resume(check: Future | None, journal_data: dict, pids: list[int]) -> None:
-    """Resume CRIU's processes once every image passed (one stopped when checkpointed stays
-    stopped, as CRIU left it); on damage, kill them before they run."""
-    if check is not None:
-        try:
-            check.result()
-        except RestoreprofError as exc:
-            recovery.kill_unrun(pids)
-            raise IntegrityError(f"{exc.message}\n  The restored processes were killed before "
-                                 "they ran; the checkpoint is untouched.", hint=exc.hint) from exc
-    stuck = resume_stopped(journal_data["resume"])
+def _pass_check_or_kill(check: Future, pids: list[int]) -> None:
+    """Wait for the page images' check; on damage, kill the processes before they run."""
+    try:
+        check.result()
+    except RestoreprofError as exc:
+        recovery.kill_unrun(pids)
+        raise IntegrityError(f"{exc.message}\n  The restored processes were killed before "
+                             "they ran; the checkpoint is untouched.", hint=exc.hint) from exc
+
+
+def _resume(pids: list[int]) -> None:
+    """Resume CRIU's processes (one stopped when checkpointed stays stopped, as CRIU left it)."""
+    stuck = resume_stopped(pids)
     if stuck:
         raise TargetFailure(f"PIDs {stuck} stay stopped after the restore",
                             hint=f"resume them with 'kill -CONT {' '.join(map(str, stuck))}'")

@@ -9,6 +9,7 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+from restoreprof.checkpoint.interrupts import deferred_interrupts
 from restoreprof.errors import RestoreprofError, TargetFailure
 from restoreprof.system.paths import criu_path, criu_version  # noqa: F401 (re-exported)
 
@@ -39,23 +40,14 @@ def _run(cmd: list[str], on_start: Callable[[int], None] | None) -> tuple[int, s
     so it always runs to its end, and the caller decides what to do with the result. Its stderr
     goes to an unlinked file, not a pipe: if this process dies, CRIU must not die of SIGPIPE.
     Returns (exit status, stderr, whether an interrupt arrived meanwhile)."""
-    with tempfile.TemporaryFile() as stderr:
+    with tempfile.TemporaryFile() as stderr, deferred_interrupts() as interrupt:
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                 stderr=stderr, start_new_session=True)
-        interrupted = False
-        try:
-            if on_start:
-                on_start(proc.pid)
-        except KeyboardInterrupt:
-            interrupted = True
-        while True:
-            try:
-                proc.wait()
-                break
-            except KeyboardInterrupt:
-                interrupted = True
+        if on_start:
+            on_start(proc.pid)
+        proc.wait()
         stderr.seek(0)
-        return proc.returncode, stderr.read().decode(errors="replace"), interrupted
+        return proc.returncode, stderr.read().decode(errors="replace"), interrupt.arrived
 
 
 def running_criu(verb: str, directory: Path) -> list[int]:

@@ -27,31 +27,6 @@ from restoreprof.checkpoint.manifest import MANIFEST_NAME, Manifest, ProcessReco
 from restoreprof.checkpoint.tree import resume_stopped, state
 from restoreprof.errors import RestoreprofError
 
-
-@contextlib.contextmanager
-def deferred_interrupts():
-    """Ctrl-C and SIGTERM are noted, not raised, while a step that must not stop half way runs
-    (the manifest's writing, the resume of checked processes); the caller reads .arrived."""
-    import threading
-
-    class Flag:
-        arrived = False
-
-    flag = Flag()
-    if threading.current_thread() is not threading.main_thread():
-        yield flag
-        return
-
-    def note(signum, frame) -> None:
-        flag.arrived = True
-
-    old = {sig: signal.signal(sig, note) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield flag
-    finally:
-        for sig, handler in old.items():
-            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
-
 DUMP_SUCCESS_LINE = "Dumping finished successfully"  # criu dump -v4, its last line on success
 CRIU_EXIT_WAIT_S = 600.0
 
@@ -69,7 +44,7 @@ def wait_gone(pid: int, timeout_s: float = CRIU_EXIT_WAIT_S) -> bool:
     return True
 
 
-def _wait_criu(pid: int | None, verb: str, directory: Path) -> None:
+def wait_criu(pid: int | None, verb: str, directory: Path) -> None:
     """Wait for the CRIU run of a dead command: by its noted PID, or (when the command died
     before it could note it) by its command line."""
     from restoreprof.checkpoint.criu import running_criu
@@ -189,7 +164,7 @@ def recover_checkpoint(directory: Path) -> str:
         return "nothing to do"
     with trust.private_umask():
         if journal.phase == "dumping":  # CRIU runs on: its outcome decides
-            _wait_criu(journal.data.get("criu_pid"), "dump", directory)
+            wait_criu(journal.data.get("criu_pid"), "dump", directory)
         if journal.phase in ("dumping", "dumped") and dump_succeeded(directory, DUMP_LOG):
             finish_checkpoint(directory, journal, DUMP_LOG)
             return "the dump had completed: the checkpoint was finished"
@@ -230,7 +205,7 @@ def recover_restore_locked(journal: Journal, abort: bool) -> str:
     data = journal.data
     pids = [int(p) for p in data.get("pids", [])]
     if journal.phase == "criu":
-        _wait_criu(data.get("criu_pid"), "restore", Path(data.get("directory", "/")))
+        wait_criu(data.get("criu_pid"), "restore", Path(data.get("directory", "/")))
     if journal.phase in ("criu", "restored") or (abort and journal.phase in ("verified", "gpu")):
         kill_unrun(pids)
         journal.remove()
