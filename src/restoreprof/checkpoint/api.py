@@ -21,6 +21,7 @@ from pathlib import Path
 
 from restoreprof import __version__
 from restoreprof.checkpoint import criu, gpu, lock, pstree, recovery, trust
+from restoreprof.checkpoint.compat import refuse_unrestorable
 from restoreprof.checkpoint.guardian import Guardian
 from restoreprof.checkpoint.interrupts import deferred_interrupts
 from restoreprof.checkpoint.journal import Journal, checkpoint_journal, restore_journal
@@ -89,6 +90,7 @@ def checkpoint(pid: int, directory: Path, *, leave_running: bool = False, offloa
         raise RestoreprofError(f"PID {pid} is restoreprof itself or runs it",
                                hint="checkpoint another process tree")
     cuda_pids = clock.run("find CUDA processes", gpu.cuda_processes, tree)
+    refuse_unrestorable(cuda_pids)
     held = [p for p in cuda_pids if p in stopped]
     if held:  # neither the library nor the driver can answer for a stopped process
         raise TargetFailure(f"PID {held[0]} uses CUDA and is stopped (SIGSTOP): its GPU state "
