@@ -293,3 +293,20 @@ def test_restore_into_a_closed_pipe(copy, small_checkpoint):
         assert w.verify()
     finally:
         w.stop()
+
+
+def test_plain_input_errors_have_no_traceback(tmp_path, restoreprof_cli):
+    a_file = tmp_path / "file"
+    a_file.write_text("x")
+    out = restoreprof_cli("restore", "-D", str(a_file))
+    assert out.returncode == EXIT_USAGE and "is not a folder" in out.stderr
+    out = restoreprof_cli("checkpoint", "-D", str(tmp_path / "c"))
+    assert out.returncode == EXIT_USAGE and "-p PID" in out.stderr
+    out = restoreprof_cli("checkpoint", "-p", "-3", "-D", str(tmp_path / "c"))
+    assert out.returncode == EXIT_USAGE
+    out = restoreprof_cli("checkpoint", "--recover", "-D", str(tmp_path))
+    assert out.returncode == EXIT_USAGE and "no interrupted checkpoint" in out.stderr
+    out = restoreprof_cli("restore", "--abort", "-D", str(tmp_path), "-o", str(tmp_path / "w"))
+    assert out.returncode == 0 and "no interrupted restore" in out.stdout
+    out = restoreprof_cli("checkpoint", "-p", str(os.getpid()), "-D", str(tmp_path / "c"))
+    assert out.returncode == EXIT_USAGE and "runs it" in out.stderr
