@@ -310,3 +310,36 @@ def test_plain_input_errors_have_no_traceback(tmp_path, restoreprof_cli):
     assert out.returncode == 0 and "no interrupted restore" in out.stdout
     out = restoreprof_cli("checkpoint", "-p", str(os.getpid()), "-D", str(tmp_path / "c"))
     assert out.returncode == EXIT_USAGE and "runs it" in out.stderr
+
+
+def test_another_user_can_neither_read_nor_plant(small_checkpoint, tmp_path):
+    """S2 as a second, unprivileged user: the images and the folder are closed to it (the
+    folder above is opened to it, so only the checkpoint's own modes stand in the way)."""
+    _, result = small_checkpoint
+    images = result.directory
+    page = sorted(images.glob("pages-*.img"))[0]
+    parents = [p for p in images.parents if str(p).startswith("/tmp/")]
+    old = {p: stat.S_IMODE(p.stat().st_mode) for p in parents}
+    for p in parents:
+        os.chmod(p, 0o755)
+    try:
+        pid = os.fork()
+        if pid == 0:  # the other user
+            code = 0
+            try:
+                os.setgid(NOBODY)
+                os.setuid(NOBODY)
+                for attempt in (lambda: page.read_bytes(), lambda: os.listdir(images),
+                                lambda: (images / "planted.img").write_bytes(b"x")):
+                    try:
+                        attempt()
+                        code |= 1  # it worked: S2 is broken
+                    except PermissionError:
+                        pass
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0, "another user read or wrote the checkpoint"
+    finally:
+        for p, mode in old.items():
+            os.chmod(p, mode)
