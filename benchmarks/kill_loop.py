@@ -80,13 +80,17 @@ class Loop:
     # --- one command, killed at a random point ---------------------------------------------
 
     def _command(self, argv: list[str], what: str) -> tuple[str, float, int]:
-        delay = self.rng.uniform(0, self.durations[what] * 2.0)
+        # anywhere from start-up to a little past the slowest whole run seen so far
+        delay = self.rng.uniform(0, self.durations[what] * 1.3)
         sig_name = self.rng.choice(list(SIGNALS))
+        start = time.monotonic()
         proc = subprocess.Popen([sys.executable, "-m", "restoreprof", *argv],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                                 start_new_session=True)
         try:
             proc.wait(timeout=delay)
+            if proc.returncode == 0:  # it beat the kill: runs take this long now
+                self.durations[what] = max(self.durations[what], time.monotonic() - start)
         except subprocess.TimeoutExpired:
             try:
                 if sig_name == "INT":
