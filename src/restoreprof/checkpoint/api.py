@@ -1,12 +1,16 @@
 """Checkpoint and restore as a Python API; the CLI, profiler, optimizer and tuner call these.
 
-Checkpoint: (offload GPU memory through the interception library) -> driver lock + checkpoint
-of every CUDA process -> criu dump -> manifest.
-Restore: verify the manifest and CRIU's metadata images -> criu restore (processes left
-stopped), with the page images' check, cuInit and the preload of offloaded GPU memory (by a
-warm pool where one runs) overlapped -> resume once every image passed -> per CUDA process, in
-parallel: driver restore -> unlock -> (adopt the preloaded GPU memory, or reload it).
-A failure at any step puts the processes back the way they were, or says how to.
+Checkpoint: a private folder (trust) -> (offload GPU memory through the interception library)
+-> driver lock + checkpoint of every CUDA process -> criu dump -> manifest of CRIU's own
+process list and every file's checksums.
+Restore: the folder's trust, the manifest's coverage and types, CRIU's metadata images and its
+process list -> criu restore (processes left stopped; log and PID file in a work folder), with
+the page images' check, cuInit and the preload of offloaded GPU memory (by a warm pool where
+one runs) overlapped -> resume once every image passed -> per CUDA process, in parallel:
+driver restore -> unlock -> (adopt the preloaded GPU memory, or reload it).
+Each phase is journaled and watched by a guardian process (journal, guardian, recovery): a
+failure or an interrupt at any point finishes the work or puts the processes back, or leaves
+them held with the one command that recovers them.
 """
 
 from __future__ import annotations

@@ -23,8 +23,8 @@ RUN_ROOT = Path("/run/restoreprof/restores")
 
 def default_work_dir(directory: Path) -> Path:
     """/run/restoreprof/restores/<hash of the folder's path>: the restore's log, PID file,
-    CRIU's stats and journal. RESTOREPROF_RESTORE_RUN_DIR moves the root (tests)."""
-    root = Path(os.environ.get("RESTOREPROF_RESTORE_RUN_DIR") or RUN_ROOT)
+    CRIU's stats and journal."""
+    root = RUN_ROOT
     key = hashlib.sha256(os.fsencode(os.path.realpath(directory))).hexdigest()[:16]
     return root / key
 
