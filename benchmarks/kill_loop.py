@@ -148,8 +148,15 @@ class Loop:
         return state(self.held.pid) not in (None, "Z")
 
     def _intact(self, folder: Path) -> bool:
+        """Everything a restore checks before CRIU runs, page images included: no data lost."""
+        from restoreprof.checkpoint import pstree, trust
+        from restoreprof.checkpoint.manifest import verify_images
+
+        trust.check_checkpoint_directory(folder)
         manifest = Manifest.load(folder)
         manifest.check_files(folder)
+        verify_images(folder, manifest)
+        manifest.check_processes(pstree.pids(folder))
         return True
 
     def step(self) -> str:
@@ -165,7 +172,7 @@ class Loop:
             self._settle(self._work() / RESTORE_JOURNAL_NAME)
             outcome = self._after_restore()
         self.say(f"  {self.kind:<4} {label:<28} exit {code:<4} -> {outcome}")
-        if outcome.startswith("FAILED"):
+        if outcome.startswith("FAILED") or (code not in (0, 130) and code > 0):
             self.say("    its stderr: " + self.last_stderr.strip().replace("\n", "\n    "))
         return outcome
 

@@ -234,7 +234,8 @@ def record_images(directory: Path, threads: int | None = None,
     restore refuses any file the manifest does not cover (CRIU's log and stats included)."""
     names = sorted(p.name for p in directory.iterdir()
                    if p.is_file() and not p.is_symlink()
-                   and p.name not in (MANIFEST_NAME, MANIFEST_NAME + ".tmp", JOURNAL_NAME))
+                   and p.name not in (MANIFEST_NAME, MANIFEST_NAME + ".tmp")
+                   and not p.name.startswith(JOURNAL_NAME))  # the journal and its next version
     digests = _hash_files(directory, names, threads or default_threads(), segment)
     return [{"name": n, "bytes": (directory / n).stat().st_size, "sha256_segments": digests[n]}
             for n in names]
