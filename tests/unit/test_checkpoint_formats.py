@@ -122,3 +122,14 @@ def test_every_schema_is_valid():
 
     for name in schemas.NAMES:
         jsonschema.Draft202012Validator.check_schema(schemas.load(name))
+
+
+def test_the_manifest_never_lists_the_journal(tmp_path):
+    """A checkpoint finished while its journal was being replaced must not list the journal's
+    temporary file: it is gone a moment later, and the checkpoint would never restore."""
+    from restoreprof.checkpoint.manifest import JOURNAL_NAME, record_images
+
+    for name in ("pstree.img", "criu-dump.log", JOURNAL_NAME, JOURNAL_NAME + ".tmp",
+                 "restoreprof.json.tmp"):
+        (tmp_path / name).write_bytes(b"x")
+    assert [i["name"] for i in record_images(tmp_path)] == ["criu-dump.log", "pstree.img"]
