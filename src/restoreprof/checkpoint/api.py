@@ -95,11 +95,7 @@ def checkpoint(pid: int, directory: Path, *, leave_running: bool = False, offloa
                                hint="checkpoint another process tree")
     cuda_pids = clock.run("find CUDA processes", gpu.cuda_processes, tree)
     refuse_unrestorable(cuda_pids)
-    held = [p for p in cuda_pids if p in stopped]
-    if held:  # neither the library nor the driver can answer for a stopped process
-        raise TargetFailure(f"PID {held[0]} uses CUDA and is stopped (SIGSTOP): its GPU state "
-                            "cannot be checkpointed while it does not run",
-                            hint=f"resume it first with 'kill -CONT {held[0]}'")
+    optimizer = optimizer or OptimizerConfig.load()  # as restore(): never the bare defaults
     shell_job = criu.needs_shell_job(pid, tree)
     with private_umask():
         trust.prepare_checkpoint_directory(directory, MANIFEST_NAME)
@@ -165,7 +161,10 @@ def _lock_and_dump(pid: int, directory: Path, journal, clock: StepClock, *, offl
     starts. Returns whether an interrupt arrived while CRIU ran (it ran to its end)."""
     cuda_pids = journal.data["cuda_pids"]
     if offload and cuda_pids:
-        journal.write("offloading", shim_pids=[p for p in cuda_pids if gpu.has_shim(p)])
+        # a stopped process cannot answer its library: the driver takes it whole (gpu.offload_all)
+        stopped = set(journal.data["stopped"])
+        journal.write("offloading",
+                      shim_pids=[p for p in cuda_pids if gpu.has_shim(p) and p not in stopped])
         offloaded = clock.run("offload GPU memory", gpu.offload_all, cuda_pids, directory, optimizer)
         journal.write("offloading", offloaded={str(p): r for p, r in offloaded.items()})
     journal.write("gpu-locked")

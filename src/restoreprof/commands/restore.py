@@ -6,8 +6,10 @@ import argparse
 from pathlib import Path
 
 from restoreprof.checkpoint import abort_restore, restore
-from restoreprof.commands._output import print_json, print_steps
+from restoreprof.commands._args import accept_dash_values
+from restoreprof.commands._output import add_quiet_flag, print_json, print_steps, step_progress
 from restoreprof.errors import RestoreprofError
+from restoreprof.optimizer import config
 
 name = "restore"
 help = "restore a checkpoint made by 'restoreprof checkpoint'"
@@ -35,7 +37,10 @@ def prepare_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--gpu-only", action="store_true",
                         help="only the GPU step: resume processes a failed restore left locked")
     parser.add_argument("--criu-arg", action="append", default=[], metavar="ARG",
-                        help="extra argument for criu restore (repeatable)")
+                        help="extra argument for criu restore (repeatable; "
+                             "--criu-arg --tcp-established and --criu-arg=--tcp-established "
+                             "both work)")
+    accept_dash_values(parser, "--criu-arg")
     parser.add_argument("--abort", action="store_true",
                         help="kill what an interrupted restore of DIR left held, then exit")
     parser.add_argument("-o", "--work-dir", type=Path, metavar="WORKDIR",
@@ -43,6 +48,8 @@ def prepare_parser(parser: argparse.ArgumentParser) -> None:
                              "(default /run/restoreprof/restores/<hash of DIR>); nothing is ever "
                              "written into DIR, which may be read-only")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    add_quiet_flag(parser)
+    config.add_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -53,9 +60,11 @@ def run(args: argparse.Namespace) -> int:
         else:
             print(outcome)
         return 0
-    result = restore(args.dir, gpu_map=_gpu_map(args.gpu_map), parallel=not args.serial,
-                     verify=not args.no_verify, criu_args=args.criu_arg, gpu_only=args.gpu_only,
-                     work_dir=args.work_dir)
+    settings = config.from_args(args)
+    with step_progress(args, "restore"):
+        result = restore(args.dir, gpu_map=_gpu_map(args.gpu_map), parallel=not args.serial,
+                         verify=not args.no_verify, criu_args=args.criu_arg,
+                         gpu_only=args.gpu_only, work_dir=args.work_dir, optimizer=settings)
     if args.json:
         print_json(result.to_dict(), "restore")
         return 0
