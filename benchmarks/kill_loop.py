@@ -46,6 +46,7 @@ from restoreprof.workloads.controller import HeldMemory
 REPO = Path(__file__).resolve().parents[1]
 SIGNALS = {"KILL": signal.SIGKILL, "TERM": signal.SIGTERM, "INT": signal.SIGINT}
 SETTLE_S = 120.0
+STRATA = 8
 
 
 def say_now(text: str) -> None:
@@ -76,12 +77,17 @@ class Loop:
         self.checkpoint: Path | None = None  # the checkpoint that holds the process, if gone
         self.count = 0
         self.durations = {"checkpoint": 1.0, "restore": 1.0}
+        self._strata: dict[str, list[int]] = {"checkpoint": [], "restore": []}
 
     # --- one command, killed at a random point ---------------------------------------------
 
     def _command(self, argv: list[str], what: str) -> tuple[str, float, int]:
-        # anywhere from start-up to a little past the slowest whole run seen so far
-        delay = self.rng.uniform(0, self.durations[what] * 1.3)
+        # anywhere from start-up to a little past the slowest whole run seen so far, spread
+        # evenly: each of STRATA slices of that span is drawn once per STRATA runs
+        if not self._strata[what]:
+            self._strata[what] = self.rng.sample(range(STRATA), STRATA)
+        part = self._strata[what].pop()
+        delay = self.durations[what] * 1.3 * (part + self.rng.random()) / STRATA
         sig_name = self.rng.choice(list(SIGNALS))
         start = time.monotonic()
         proc = subprocess.Popen([sys.executable, "-m", "restoreprof", *argv],
