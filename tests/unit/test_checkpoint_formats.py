@@ -133,3 +133,20 @@ def test_the_manifest_never_lists_the_journal(tmp_path):
                  "restoreprof.json.tmp"):
         (tmp_path / name).write_bytes(b"x")
     assert [i["name"] for i in record_images(tmp_path)] == ["criu-dump.log", "pstree.img"]
+
+
+def test_an_older_manifest_may_leave_only_its_logs_unlisted(tmp_path):
+    """Checkpoints made before manifest version 1 left CRIU's logs and stats unlisted: tolerated
+    there (a restore never reads them); anything else unlisted, or in a new manifest, is not."""
+    (tmp_path / "pstree.img").write_bytes(b"")
+    (tmp_path / "criu-restore.log").write_text("old")
+    old = _manifest()
+    (tmp_path / "restoreprof.json").write_text(json.dumps(old))
+    Manifest.load(tmp_path).check_files(tmp_path)
+    (tmp_path / "restoreprof.json").write_text(json.dumps({**old, "version": 1}))
+    with pytest.raises(IntegrityError, match="not in the manifest"):
+        Manifest.load(tmp_path).check_files(tmp_path)
+    (tmp_path / "extra.img").write_bytes(b"x")
+    (tmp_path / "restoreprof.json").write_text(json.dumps(old))
+    with pytest.raises(IntegrityError, match=r"extra\.img"):
+        Manifest.load(tmp_path).check_files(tmp_path)

@@ -18,6 +18,10 @@ from pathlib import Path
 from restoreprof.errors import IntegrityError, RestoreprofError
 
 MANIFEST_NAME = "restoreprof.json"
+# Files that checkpoints of restoreprof before manifest version 1 left unlisted (CRIU's logs and
+# stats, the PID file of a restore): tolerated there, since a restore never reads them.
+LEGACY_UNLISTED = frozenset({"criu-dump.log", "criu-restore.log", "restored.pid", "stats-dump",
+                             "stats-restore"})
 # Present only while a checkpoint is being made (see checkpoint.journal).
 JOURNAL_NAME = ".restoreprof-journal.json"
 FORMAT = "restoreprof-checkpoint/1"
@@ -82,6 +86,7 @@ class Manifest:
         try:
             data = json.loads(path.read_text())
             _check_types(data)
+            data.setdefault("version", 0)  # written before the manifest covered every file
             data["processes"] = [ProcessRecord(**p) for p in data["processes"]]
             return cls(**data)
         except (ValueError, TypeError, KeyError, UnicodeDecodeError) as exc:
@@ -99,6 +104,8 @@ class Manifest:
             raise IntegrityError(f"{directory / MANIFEST_NAME} lists an image twice",
                                  hint="the checkpoint cannot be trusted; take a new one")
         present = set(os.listdir(directory)) - {MANIFEST_NAME}
+        if self.version == 0:  # an older restoreprof's logs, which CRIU's restore never reads
+            present -= LEGACY_UNLISTED
         unlisted = sorted(present - set(listed))
         if unlisted:
             raise IntegrityError(
