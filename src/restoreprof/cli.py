@@ -73,14 +73,14 @@ def _quiet_broken_pipe() -> None:
 def main(argv: list[str] | None = None) -> int:
     as_program = argv is None
     try:
-        return _main(sys.argv[1:] if argv is None else argv)
+        return _main(sys.argv[1:] if argv is None else argv, as_program)
     finally:
         if as_program:  # the work is done: an interrupt at exit must not turn it into a failure
             signal.signal(signal.SIGINT, signal.SIG_IGN)
             signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
-def _main(argv: list[str]) -> int:
+def _main(argv: list[str], as_program: bool) -> int:
     if argv and argv[0] in _SIGTERM_UNWINDS and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
         signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
     try:
@@ -116,8 +116,8 @@ def _main(argv: list[str]) -> int:
         return _report(command.name, args, RestoreprofError(
             f"{exc.strerror or exc}{where}", exit_code=EXIT_ENVIRONMENT,
             hint="check the path, its permissions and free space; RESTOREPROF_DEBUG=1 shows where"))
-    except Exception as exc:  # a bug: say so plainly, and how to see more
-        if os.environ.get("RESTOREPROF_DEBUG") == "1":
+    except Exception as exc:  # a bug: said plainly to a user; a caller in Python gets it raised
+        if not as_program or os.environ.get("RESTOREPROF_DEBUG") == "1":
             raise
         return _report(command.name, args, RestoreprofError(
             f"internal error: {type(exc).__name__}: {exc}", exit_code=EXIT_FAILURE,
