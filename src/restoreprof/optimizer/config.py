@@ -73,6 +73,11 @@ SETTINGS: tuple[Setting, ...] = (
             help="restore GPU memory with the parallel engine (off: the driver alone)"),
     Setting("preload", bool, env=("RESTOREPROF_PRELOAD",),
             help="load offloaded GPU memory while CRIU restores, for the process to adopt"),
+    Setting("release_caches", bool, env=("RESTOREPROF_RELEASE_CACHES",),
+            help="at checkpoint, free the program's cached free GPU blocks first (PyTorch, CuPy: "
+                 "what empty_cache() does), so only live bytes are saved"),
+    Setting("release_timeout_s", int, 1, 3600, ("RESTOREPROF_RELEASE_TIMEOUT_S",),
+            "how long a checkpoint waits for the program to free its cached blocks, s"),
 )
 _BY_NAME = {s.name: s for s in SETTINGS}
 
@@ -97,6 +102,8 @@ class OptimizerConfig:
     intercept: bool = True
     parallel: bool = True
     preload: bool = True
+    release_caches: bool = True
+    release_timeout_s: int = 10
 
     def __post_init__(self) -> None:
         for setting in SETTINGS:

@@ -45,6 +45,9 @@ void rp_config_load(void)
         (size_t)env_long("RESTOREPROF_MIN_INTERCEPT_BYTES", NULL, 0, 1L << 50, 16L << 20);
     rp_config.offload = (int)env_long("RESTOREPROF_OFFLOAD", NULL, 0, 1, 1);
     rp_config.intercept = (int)env_long("RESTOREPROF_INTERCEPT", "CUDA_INTERCEPT_RESTORE", 0, 1, 1);
+    rp_config.release_caches = (int)env_long("RESTOREPROF_RELEASE_CACHES", NULL, 0, 1, 1);
+    rp_config.release_timeout_ms =
+        (unsigned)env_long("RESTOREPROF_RELEASE_TIMEOUT_S", NULL, 1, 3600, 10) * 1000u;
     rp_config.debug = (int)env_long("RESTOREPROF_SHIM_DEBUG", NULL, 0, 1, 0);
     /* CRIU_CUDA_PARALLEL_RESTORE=0 means "the driver alone": no engine, no VMM. */
     if (!env_long("RESTOREPROF_PARALLEL", "CRIU_CUDA_PARALLEL_RESTORE", 0, 1, 1))

@@ -8,10 +8,17 @@
  * for `criu dump` to trip over (CRIU can dump a listening socket, not one joined to a peer
  * outside the dumped tree). The listening socket itself is restored by CRIU at its path.
  *
- *   OFFLOAD <path> <streams> <chunk_mb> <threads>  -> OK <bytes> <ns> | ERR <message>
+ *   OFFLOAD <path> <streams> <chunk_mb> <threads>  -> OK <bytes> <ns> held=<bytes>
+ *                                                     released=<bytes> release=<outcome>
+ *                                                     release_ns=<ns> | ERR <message>
  *   RELOAD <path> <streams> <chunk_mb> <threads>   -> OK <bytes> <ns> | ERR <message>
  *   ADOPT <address> <gpu uuid> + one fd (SCM_RIGHTS) -> OK <bytes> <ns> remaining=<n> | ERR
  *   STATUS                                          -> OK state=<running|offloaded> ...
+ *                                                     kind.<name>=<count>:<bytes> ...
+ *
+ * OFFLOAD first runs the program's release hooks (release.c), so the free blocks of its
+ * caching allocators are not saved: held is what the library served before them, released
+ * what they gave back.
  *
  * ADOPT maps memory restoreprof preloaded from the snapshot (preload.c) at one offloaded
  * allocation's address; when none is left offloaded, it is as if RELOAD had run.
@@ -177,9 +184,13 @@ static void do_offload(const char *path, struct rp_engine_params p, char *reply,
         snprintf(reply, len, "ERR already offloaded: RELOAD first");
         return;
     }
-    uint64_t start = rp_now_ns(), total = 0;
+    uint64_t start = rp_now_ns(), total = 0, release_ns = 0;
     char err[256] = "";
     struct alloc_list list = { 0 };
+    /* The program frees its cached blocks first, while it may still call the driver. */
+    long long held = rp_coverage_bytes();
+    enum rp_release_outcome release = rp_release_run(rp_config.release_timeout_ms, &release_ns);
+    long long released = held - rp_coverage_bytes();
     rp_gate_close(); /* the application's intercepted calls wait from here */
     int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
     CUresult drained = CUDA_SUCCESS;
@@ -208,8 +219,10 @@ static void do_offload(const char *path, struct rp_engine_params p, char *reply,
         if (unmap_all(&list, err, sizeof(err)) != 0)
             snprintf(reply, len, "ERR %s", err);
         else
-            snprintf(reply, len, "OK %llu %llu", (unsigned long long)total,
-                     (unsigned long long)(rp_now_ns() - start));
+            snprintf(reply, len,
+                     "OK %llu %llu held=%lld released=%lld release=%s release_ns=%llu",
+                     (unsigned long long)total, (unsigned long long)(rp_now_ns() - start), held,
+                     released, rp_release_outcome_name(release), (unsigned long long)release_ns);
     }
     free(list.items);
 }
@@ -395,13 +408,15 @@ static void do_adopt(CUdeviceptr address, const char *uuid, int fd, char *reply,
 static void do_status(char *reply, size_t len)
 {
     size_t count, bytes;
+    char kinds[256] = "";
     rp_registry_totals(&count, &bytes);
+    rp_coverage_format(kinds, sizeof(kinds));
     snprintf(reply, len,
              "OK state=%s allocations=%zu bytes=%zu intercepted=%lu intercepted_bytes=%lu "
-             "fallbacks=%lu gate=%s",
+             "fallbacks=%lu gate=%s %s",
              offloaded ? "offloaded" : "running", count, bytes, rp_stats.intercepted,
              rp_stats.intercepted_bytes, rp_stats.fallbacks,
-             rp_gate_is_closed() ? "closed" : "open");
+             rp_gate_is_closed() ? "closed" : "open", kinds);
 }
 
 static void handle(const char *line, int fd, char *reply, size_t len)
