@@ -94,6 +94,8 @@ def checkpoint(pid: int, directory: Path, *, leave_running: bool = False, offloa
     offloaded: dict[int, dict] = {}
     if offload:
         offloaded = clock.run("offload GPU memory", gpu.offload_all, cuda_pids, directory, optimizer)
+    coverage = clock.run("GPU memory coverage", gpu.coverage_all, cuda_pids, offloaded) \
+        if cuda_pids else {}
     try:
         clock.run("GPU lock + checkpoint", gpu.lock_and_checkpoint, cuda_pids, lock_timeout_ms)
     except RestoreprofError:
@@ -117,7 +119,7 @@ def checkpoint(pid: int, directory: Path, *, leave_running: bool = False, offloa
         root_pid=pid,
         processes=[ProcessRecord(p, names[p], p in cuda_pids,
                                  "checkpointed" if p in cuda_pids else None, offloaded.get(p),
-                                 stopped=p in stopped)
+                                 stopped=p in stopped, coverage=coverage.get(p))
                    for p in tree],
         gpus=gpu.gpu_records() if cuda_pids else [],
         shell_job=shell_job,

@@ -31,6 +31,7 @@ class ProcessRecord:
     cuda_state: str | None = None   # the driver's state after the checkpoint
     offload: dict | None = None      # GPU memory snapshot written by the interception library
     stopped: bool = False            # stopped by a signal when checkpointed: restored stopped
+    coverage: dict | None = None     # GPU memory offloaded per kind, and left to the driver
 
 
 @dataclass

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from restoreprof.checkpoint import checkpoint
+from restoreprof.checkpoint.gpu import coverage_summary
 from restoreprof.commands._output import print_steps
 
 name = "checkpoint"
@@ -37,6 +38,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"checkpointed PID {args.pid} ({len(result.manifest.processes)} processes, "
           f"{len(cuda)} with CUDA) into {result.directory}")
     print_steps(result.steps)
+    for line in coverage_summary(result.manifest.processes):
+        print(line)
     size = sum(i["bytes"] for i in result.manifest.images)
     print(f"images: {size / 1e9:.2f} GB in {len(result.manifest.images)} files")
     return 0
