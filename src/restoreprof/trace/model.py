@@ -39,6 +39,8 @@ class TraceMeta:
     restoreprof_version: str = __version__
     start_ns: int = 0                    # CLOCK_MONOTONIC when tracing started
     end_ns: int = 0                      # and when it stopped
+    coverage: list[dict] = field(default_factory=list)  # a traced restore's GPU memory per
+    #                                    process: offloaded per kind, left to the driver
 
     def to_dict(self) -> dict:
         return asdict(self)
