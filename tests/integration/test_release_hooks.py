@@ -50,6 +50,7 @@ def test_freed_cache_is_not_saved_and_live_bytes_come_back(fake_driver, tmp_path
         assert snapshot.stat().st_size < LIVE + 64 * 1024 < ALL
         assert record.offload["release"] == "ok"
         assert record.offload["released_bytes"] == CACHED_RESERVED
+        assert record.offload["reserved_bytes"] == 2 * CACHED_RESERVED  # before the release
         coverage = record.coverage
         assert coverage["offloaded"] == {"cuMemAlloc": {"count": 2, "bytes": 4 * MIB + 6 * MIB}}
         assert coverage["saved_bytes"] == LIVE and coverage["release"] == "ok"
@@ -72,7 +73,7 @@ def test_checkpoint_prints_the_coverage(fake_driver, tmp_path):
         assert f"GPU memory of PID {w.pid}" in text
         assert "offloaded       cuMemAlloc" in text and "2 allocations" in text
         assert "left to driver" in text and "unknown (no NVML here)" in text
-        assert "saved           0.01 GB of 0.02 GB held; 0.01 GB of freed cached blocks" in text
+        assert "saved           0.01 GB of 0.02 GB reserved; 0.01 GB of freed cached blocks" in text
         assert w.verify(), "--leave-running: the process runs on with its live bytes"
     finally:
         w.stop()

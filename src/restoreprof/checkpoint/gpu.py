@@ -100,7 +100,7 @@ def offload_all(pids: list[int], directory: Path, optimizer) -> dict[int, dict]:
         records[pid] = {"snapshot": name, "bytes": int(result.get("bytes", 0)),
                         "seconds": round(time.monotonic() - start, 6),
                         # the program's cached free blocks, freed before the offload
-                        "held_bytes": int(result.get("held", 0)),
+                        "reserved_bytes": int(result.get("reserved", 0)),
                         "released_bytes": int(result.get("released", 0)),
                         "release": str(result.get("release", "unknown"))}
     return records
@@ -133,7 +133,7 @@ def coverage_all(pids: list[int], offloaded: dict[int, dict]) -> dict[int, dict]
             "offloaded": kinds,
             "offloaded_bytes": sum(k["bytes"] for k in kinds.values()),
             "saved_bytes": record["bytes"] if record else 0,
-            "held_bytes": (record or {}).get("held_bytes", 0),
+            "reserved_bytes": (record or {}).get("reserved_bytes", 0),
             "released_bytes": (record or {}).get("released_bytes", 0),
             "release": (record or {}).get("release", "not offloaded"),
             "left_to_driver_bytes": left,
@@ -148,7 +148,7 @@ def _gb(nbytes: int) -> str:
 
 def coverage_summary(processes) -> list[str]:
     """Lines for `restoreprof checkpoint`: per CUDA process, what was offloaded by kind, what
-    was left to the driver, and saved against held bytes."""
+    was left to the driver, and saved against reserved bytes."""
     lines = []
     for p in processes:
         c = getattr(p, "coverage", None)
@@ -167,15 +167,16 @@ def coverage_summary(processes) -> list[str]:
         left_text = _gb(left) + " (NVML)" if left is not None else "unknown (no NVML here)"
         lines.append(f"  left to driver  context, managed, host-registered, other: {left_text}")
         if c["shim"] and c["release"] != "not offloaded":
-            held = max(c["held_bytes"], c["saved_bytes"])
-            lines.append(f"  saved           {_gb(c['saved_bytes'])} of {_gb(held)} held; "
+            reserved = max(c["reserved_bytes"], c["saved_bytes"])
+            lines.append(f"  saved           {_gb(c['saved_bytes'])} of {_gb(reserved)} reserved; "
                          f"{_gb(max(0, c['released_bytes']))} of freed cached blocks released "
                          f"first ({_release_text(c['release'])})")
     return lines
 
 
 def _release_text(outcome: str) -> str:
-    return {"ok": "release hook: ok", "none": "no release hook: not Python, or no cache",
+    return {"ok": "release hook: ok",
+            "none": "no release hook: not Python, or started without the start-up hook",
             "off": "release off: --no-release-caches",
             "timeout": "release hook timed out: cached blocks saved too",
             "busy": "release hook still busy from an earlier checkpoint",

@@ -66,7 +66,7 @@ def _parse_ok_numbers(text: str) -> dict[str, Any]:
     seconds = ns / 1e9
     result = {"bytes": nbytes, "seconds": seconds,
               "gbps": nbytes / seconds / 1e9 if seconds > 0 else 0.0}
-    # RELOAD's map_ns, pool_ns; ADOPT's remaining; OFFLOAD's held, released, release(_ns)
+    # RELOAD's map_ns, pool_ns; ADOPT's remaining; OFFLOAD's reserved, released, release(_ns)
     for word in words[2:]:
         name, _, value = word.partition("=")
         if not value:
@@ -158,8 +158,8 @@ class ShimControl:
 
     def offload(self, path: Path, cfg: OptimizerConfig | None = None) -> dict[str, Any]:
         """Write all GPU allocations to path and release their memory; {bytes, seconds, gbps,
-        held, released, release, release_seconds}: the program's release hooks run first
-        (held: bytes the library served before them; released: what they gave back)."""
+        reserved, released, release, release_seconds}: the program's release hooks run first
+        (reserved: bytes the library served before them; released: what they gave back)."""
         return self._transfer("OFFLOAD", path, cfg)
 
     def reload(self, path: Path, cfg: OptimizerConfig | None = None,

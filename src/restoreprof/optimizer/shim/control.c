@@ -8,7 +8,7 @@
  * for `criu dump` to trip over (CRIU can dump a listening socket, not one joined to a peer
  * outside the dumped tree). The listening socket itself is restored by CRIU at its path.
  *
- *   OFFLOAD <path> <streams> <chunk_mb> <threads>  -> OK <bytes> <ns> held=<bytes>
+ *   OFFLOAD <path> <streams> <chunk_mb> <threads>  -> OK <bytes> <ns> reserved=<bytes>
  *                                                     released=<bytes> release=<outcome>
  *                                                     release_ns=<ns> | ERR <message>
  *   RELOAD <path> <streams> <chunk_mb> <threads>   -> OK <bytes> <ns> | ERR <message>
@@ -17,7 +17,7 @@
  *                                                     kind.<name>=<count>:<bytes> ...
  *
  * OFFLOAD first runs the program's release hooks (release.c), so the free blocks of its
- * caching allocators are not saved: held is what the library served before them, released
+ * caching allocators are not saved: reserved is what the library served before them, released
  * what they gave back.
  *
  * ADOPT maps memory restoreprof preloaded from the snapshot (preload.c) at one offloaded
@@ -188,9 +188,9 @@ static void do_offload(const char *path, struct rp_engine_params p, char *reply,
     char err[256] = "";
     struct alloc_list list = { 0 };
     /* The program frees its cached blocks first, while it may still call the driver. */
-    long long held = rp_coverage_bytes();
+    long long reserved = rp_coverage_bytes();
     enum rp_release_outcome release = rp_release_run(rp_config.release_timeout_ms, &release_ns);
-    long long released = held - rp_coverage_bytes();
+    long long released = reserved - rp_coverage_bytes();
     rp_gate_close(); /* the application's intercepted calls wait from here */
     int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
     CUresult drained = CUDA_SUCCESS;
@@ -220,8 +220,8 @@ static void do_offload(const char *path, struct rp_engine_params p, char *reply,
             snprintf(reply, len, "ERR %s", err);
         else
             snprintf(reply, len,
-                     "OK %llu %llu held=%lld released=%lld release=%s release_ns=%llu",
-                     (unsigned long long)total, (unsigned long long)(rp_now_ns() - start), held,
+                     "OK %llu %llu reserved=%lld released=%lld release=%s release_ns=%llu",
+                     (unsigned long long)total, (unsigned long long)(rp_now_ns() - start), reserved,
                      released, rp_release_outcome_name(release), (unsigned long long)release_ns);
     }
     free(list.items);
