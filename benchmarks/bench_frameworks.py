@@ -16,8 +16,9 @@ each holding GIB of weights plus 2 GiB its allocator keeps cached) and each mode
 
 the program is started, its output digest taken (forward pass + a fingerprint of every weight,
 computed on the GPU), checkpointed, restored --repeat times, and after every restore asked for
-the digest again: "outputs" says whether it matched. A program that fails (JAX's restore fails
-on driver 580: issue 13) is reported with its error and the next one runs.
+the digest again: "outputs" says whether it matched. A program that fails or is refused (JAX:
+driver 580 cannot restore it after CRIU, so `restoreprof checkpoint` refuses it and it keeps
+running) is reported with its error and the next one runs.
 
 Printed per program and mode: the restore's own time (restoreprof restore's steps, median over
 --repeat) and its wall clock, the speed-up against plain, the GPU stage (after CRIU: the
@@ -66,7 +67,9 @@ def cli(*args: str, env: dict | None = None, timeout_s: float = 300) -> dict:
         raise Failed(stage, f"restoreprof {args[0]} did not finish in {timeout_s:.0f} s") from None
     if out.returncode != 0:
         lines = [ln for ln in out.stderr.strip().splitlines() if ln.strip()]
-        raise Failed("refused" if stage == "checkpoint" and "refus" in out.stderr else stage,
+        refused = stage == "checkpoint" and any(
+            s in out.stderr for s in ("refus", "nothing was checkpointed"))
+        raise Failed("refused" if refused else stage,
                      " | ".join(lines[-3:]) or f"exit {out.returncode}")
     return json.loads(out.stdout)
 
@@ -201,7 +204,8 @@ def print_table(rows: list[dict]) -> None:
           f"{'driver GB':>10}  outputs")
     for r in rows:
         if "failed" in r:
-            print(f"{r['program']:<17}{r['mode']:<6}  FAILED at {r['failed']}"[:200])
+            verdict = "REFUSED" if r["stage"] == "refused" else "FAILED at"
+            print(f"{r['program']:<17}{r['mode']:<6}  {verdict} {r['failed']}"[:240])
             continue
         total = statistics.median(x["total_s"] for x in r["restores"])
         wall = statistics.median(x["wall_s"] for x in r["restores"])
