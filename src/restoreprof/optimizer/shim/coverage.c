@@ -1,7 +1,7 @@
 /*
- * What the library serves, per allocation kind, for STATUS: `restoreprof checkpoint` reports
- * it beside what the driver is left to copy. Each file that serves a kind counts its live
- * allocations here as they come and go.
+ * What the library serves, per allocation kind, for STATUS and OFFLOAD: `restoreprof
+ * checkpoint` reports it beside what the driver is left to copy. Counted from the registry
+ * when asked (STATUS and OFFLOAD are rare; allocation and free pay nothing for it).
  */
 #define _GNU_SOURCE
 #include "shim.h"
@@ -14,35 +14,47 @@ static const char *kind_names[RP_KIND_COUNT] = {
     [RP_KIND_STREAM_ORDERED] = "async",
 };
 
-static struct {
-    long count;
-    long long bytes;
-} kinds[RP_KIND_COUNT];
-
-void rp_coverage_add(enum rp_kind kind, long count, long long bytes)
+/* Which kind a registry entry is: the registry holds what the library allocates itself. */
+static enum rp_kind kind_of(const struct rp_allocation *a)
 {
-    if (kind >= RP_KIND_COUNT)
-        return;
-    __atomic_add_fetch(&kinds[kind].count, count, __ATOMIC_RELAXED);
-    __atomic_add_fetch(&kinds[kind].bytes, bytes, __ATOMIC_RELAXED);
+    (void)a;
+    return RP_KIND_MEMALLOC;
 }
 
-long long rp_coverage_bytes(void)
+static int count_one(struct rp_allocation *a, void *arg)
 {
-    long long total = 0;
+    struct rp_kind_totals *totals = arg;
+    enum rp_kind kind = kind_of(a);
+    totals[kind].count++;
+    totals[kind].bytes += a->reserved;
+    return 0;
+}
+
+void rp_coverage(struct rp_kind_totals totals[RP_KIND_COUNT])
+{
     for (int k = 0; k < RP_KIND_COUNT; k++)
-        total += __atomic_load_n(&kinds[k].bytes, __ATOMIC_RELAXED);
+        totals[k] = (struct rp_kind_totals){ 0, 0 };
+    rp_registry_each(count_one, totals);
+}
+
+size_t rp_coverage_bytes(void)
+{
+    struct rp_kind_totals totals[RP_KIND_COUNT];
+    size_t total = 0;
+    rp_coverage(totals);
+    for (int k = 0; k < RP_KIND_COUNT; k++)
+        total += totals[k].bytes;
     return total;
 }
 
 int rp_coverage_format(char *out, size_t len)
 {
+    struct rp_kind_totals totals[RP_KIND_COUNT];
     size_t used = 0;
+    rp_coverage(totals);
     for (int k = 0; k < RP_KIND_COUNT && used < len; k++) {
-        long count = __atomic_load_n(&kinds[k].count, __ATOMIC_RELAXED);
-        long long bytes = __atomic_load_n(&kinds[k].bytes, __ATOMIC_RELAXED);
-        int n = snprintf(out + used, len - used, "%skind.%s=%ld:%lld", k ? " " : "",
-                         kind_names[k], count, bytes);
+        int n = snprintf(out + used, len - used, "%skind.%s=%zu:%zu", k ? " " : "",
+                         kind_names[k], totals[k].count, totals[k].bytes);
         if (n < 0)
             return -1;
         used += (size_t)n;

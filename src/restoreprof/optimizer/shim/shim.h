@@ -277,10 +277,13 @@ enum rp_kind {
     RP_KIND_STREAM_ORDERED, /* cuMemAllocAsync and memory pools */
     RP_KIND_COUNT
 };
-/* Counts live allocations the library serves (negative on free). */
-void rp_coverage_add(enum rp_kind kind, long count, long long bytes);
+struct rp_kind_totals {
+    size_t count, bytes; /* live allocations, and their reserved bytes */
+};
+/* What the library serves now, per kind. */
+void rp_coverage(struct rp_kind_totals totals[RP_KIND_COUNT]);
 /* All kinds' bytes together. */
-long long rp_coverage_bytes(void);
+size_t rp_coverage_bytes(void);
 /* "kind.cuMemAlloc=<count>:<bytes> kind.vmm=... kind.async=..."; 0, or -1 when cut short. */
 int rp_coverage_format(char *out, size_t len);
 

@@ -222,7 +222,6 @@ static CUresult vmm_alloc(CUdeviceptr *dptr, size_t size)
         rp_real.cuMemAddressFree(a.address, a.reserved);
         return rc;
     }
-    rp_coverage_add(RP_KIND_MEMALLOC, 1, (long long)a.reserved);
     *dptr = a.address;
     return CUDA_SUCCESS;
 }
@@ -252,7 +251,6 @@ RP_EXPORT CUresult cuMemFree_v2(CUdeviceptr dptr)
     struct rp_allocation a;
     CUresult rc;
     if (dptr && registry_take(dptr, &a) == 0) {
-        rp_coverage_add(RP_KIND_MEMALLOC, -1, -(long long)a.reserved);
         /* cuMemFree waits for work using the memory; unmapping does not, so sync first. */
         rc = rp_real.cuCtxSynchronize();
         if (rc == CUDA_SUCCESS)
