@@ -35,7 +35,7 @@ def release_torch(torch) -> None:
         return
     try:
         used = [d for d in range(torch.cuda.device_count()) if torch.cuda.memory_reserved(d)]
-    except RuntimeError:  # an allocator backend without statistics: this thread's device
+    except Exception:  # an allocator backend without statistics: this thread's device
         used = [torch.cuda.current_device()]
     for device in used:  # never one the program did not use: that would create a context
         with torch.cuda.device(device):
