@@ -73,7 +73,10 @@ def test_checkpoint_prints_the_coverage(fake_driver, tmp_path):
         assert f"GPU memory of PID {w.pid}" in text
         assert "offloaded       cuMemAlloc" in text and "2 allocations" in text
         assert "left to driver" in text and "unknown (no NVML here)" in text
-        assert "saved           0.01 GB of 0.02 GB reserved; 0.01 GB of freed cached blocks" in text
+        assert "saved           0.01 GB of 0.02 GB reserved" in text
+        assert "freed first     0.01 GB of cached blocks (release hook: ok)" in text
+        coverage = text[text.index("GPU memory of PID"):text.index("images:")]
+        assert max(len(line) for line in coverage.splitlines()) <= 80
         assert w.verify(), "--leave-running: the process runs on with its live bytes"
     finally:
         w.stop()

@@ -165,12 +165,12 @@ def coverage_summary(processes) -> list[str]:
                                                         "not offloaded" else ""))
         left = c["left_to_driver_bytes"]
         left_text = _gb(left) + " (NVML)" if left is not None else "unknown (no NVML here)"
-        lines.append(f"  left to driver  context, managed, host-registered, other: {left_text}")
+        lines.append(f"  left to driver  {left_text}: context, managed, host-registered...")
         if c["shim"] and c["release"] != "not offloaded":
             reserved = max(c["reserved_bytes"], c["saved_bytes"])
-            lines.append(f"  saved           {_gb(c['saved_bytes'])} of {_gb(reserved)} reserved; "
-                         f"{_gb(max(0, c['released_bytes']))} of freed cached blocks released "
-                         f"first ({_release_text(c['release'])})")
+            lines.append(f"  saved           {_gb(c['saved_bytes'])} of {_gb(reserved)} reserved")
+            lines.append(f"  freed first     {_gb(max(0, c['released_bytes']))} of cached blocks "
+                         f"({_release_text(c['release'])})")
     return lines
 
 
