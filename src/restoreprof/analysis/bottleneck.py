@@ -96,7 +96,6 @@ def _source(ceilings: Ceilings, ceiling_gbps: float, what: str) -> str:
 # Left to the driver after the offload, a process still holds its context (about 0.3 to
 # 0.5 GB): only more than this is memory of a kind the library did not take.
 UNCOVERED_MIN_BYTES = 1 << 30
-SERVED_KINDS = "cuMemAlloc, app VMM, stream-ordered"
 
 
 def uncovered(coverage: list[dict] | None) -> dict | None:
@@ -112,8 +111,8 @@ def uncovered(coverage: list[dict] | None) -> dict | None:
         elif left is not None and left > UNCOVERED_MIN_BYTES:
             pids.append(c["pid"])
             total = None if total is None else total + left
-            kinds.append(f"kinds the library does not serve (not {SERVED_KINDS}): managed, "
-                         "host-registered or other memory")
+            kinds.append("memory of a kind the library does not serve (managed, "
+                         "host-registered or other)")
     if not pids:
         return None
     return {"bytes": total, "pids": pids, "kinds": sorted(set(kinds))}
