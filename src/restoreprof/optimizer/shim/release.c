@@ -125,17 +125,12 @@ enum rp_release_outcome rp_release_run(unsigned timeout_ms, uint64_t *ns)
         return RP_RELEASE_BUSY;
     }
     pthread_t tid;
-    pthread_attr_t attr;
-    pthread_attr_init(&attr);
-    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
     release.running = 1;
-    if (pthread_create(&tid, &attr, run_hooks, NULL) != 0) {
+    if (pthread_create(&tid, NULL, run_hooks, NULL) != 0) {
         release.running = 0;
         pthread_mutex_unlock(&release.lock);
-        pthread_attr_destroy(&attr);
         return RP_RELEASE_ERROR;
     }
-    pthread_attr_destroy(&attr);
     struct timespec deadline;
     clock_gettime(CLOCK_MONOTONIC, &deadline);
     deadline.tv_sec += timeout_ms / 1000;
@@ -151,6 +146,12 @@ enum rp_release_outcome rp_release_run(unsigned timeout_ms, uint64_t *ns)
                                       : release.failures ? RP_RELEASE_FAILED
                                                          : RP_RELEASE_OK;
     pthread_mutex_unlock(&release.lock);
+    /* A thread that returned is joined, so none is left exiting while CRIU dumps the process;
+     * one that did not is left to finish on its own. */
+    if (outcome == RP_RELEASE_TIMEOUT)
+        pthread_detach(tid);
+    else
+        pthread_join(tid, NULL);
     *ns = rp_now_ns() - start;
     if (outcome == RP_RELEASE_TIMEOUT)
         rp_log("the program's release hook did not return within %u ms; offloading without it "
