@@ -188,9 +188,9 @@ static void do_offload(const char *path, struct rp_engine_params p, char *reply,
     char err[256] = "";
     struct alloc_list list = { 0 };
     /* The program frees its cached blocks first, while it may still call the driver. */
-    long long reserved = (long long)rp_coverage_bytes();
-    enum rp_release_outcome release = rp_release_run(rp_config.release_timeout_ms, &release_ns);
-    long long released = reserved - (long long)rp_coverage_bytes();
+    long long hooks_reserved = (long long)rp_coverage_bytes();
+    enum rp_release_outcome hooks = rp_release_run(rp_config.release_timeout_ms, &release_ns);
+    long long hooks_released = hooks_reserved - (long long)rp_coverage_bytes();
     rp_gate_close(); /* the application's intercepted calls wait from here */
     int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
     CUresult drained = CUDA_SUCCESS;
@@ -221,8 +221,9 @@ static void do_offload(const char *path, struct rp_engine_params p, char *reply,
         else
             snprintf(reply, len,
                      "OK %llu %llu reserved=%lld released=%lld release=%s release_ns=%llu",
-                     (unsigned long long)total, (unsigned long long)(rp_now_ns() - start), reserved,
-                     released, rp_release_outcome_name(release), (unsigned long long)release_ns);
+                     (unsigned long long)total, (unsigned long long)(rp_now_ns() - start),
+                     hooks_reserved, hooks_released, rp_release_outcome_name(hooks),
+                     (unsigned long long)release_ns);
     }
     free(list.items);
 }
