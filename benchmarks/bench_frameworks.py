@@ -25,8 +25,9 @@ Printed per program and mode: the restore's own time (restoreprof restore's step
 driver's restore + the adoption or reload) and its rate over the GPU memory it brought back,
 the snapshot against what the framework's allocator had allocated at checkpoint
 (torch.cuda.memory_allocated(); the issue asks for at most 1.05x), and what the checkpoint left
-to the driver. Runs as root. About 60 s per program at 8 GiB on an H200: all six fit one 10-minute
-call with --repeat 1; --programs picks a subset.
+to the driver. Runs as root. About 60 to 80 s per program at 8 GiB on an H200 (JAX is refused in
+seconds): all six should fit one 10-minute call with --repeat 1; --programs picks a subset.
+On the CPU machine, `--programs cuda-python --gib 0.05` runs the harness on the fake driver.
 """
 
 from __future__ import annotations
@@ -148,6 +149,7 @@ def run_modes(program: str, args: argparse.Namespace) -> list[dict]:
                "--program", program, "--gib", str(args.gib), "--slack-gib", str(args.slack_gib),
                "--state", str(work / "state")]
         w = None
+        current = "+".join(modes)  # the mode a failure belongs to (all of them, until a restore)
         try:
             try:
                 w = HeldMemory.start_command(cmd, work / "state", env=env,
@@ -159,6 +161,7 @@ def run_modes(program: str, args: argparse.Namespace) -> list[dict]:
                        timeout_s=args.timeout)
             record = ckpt["processes"][0]
             for mode in modes:
+                current = mode
                 pool = WarmPool(env) if mode == "pool" else None
                 try:
                     restores = [one_restore(images, w, env, args.timeout)
@@ -172,7 +175,7 @@ def run_modes(program: str, args: argparse.Namespace) -> list[dict]:
                              "checkpoint_steps": {s["name"]: round((s["end_ns"] - s["start_ns"])
                                                                    / 1e9, 3) for s in ckpt["steps"]}})
         except Failed as exc:
-            rows.append({"program": program, "mode": "+".join(modes), "failed": str(exc),
+            rows.append({"program": program, "mode": current, "failed": str(exc),
                          "stage": exc.stage})
         finally:
             if w is not None:
