@@ -27,7 +27,8 @@ the snapshot against what the framework's allocator had allocated at checkpoint
 (torch.cuda.memory_allocated(); the issue asks for at most 1.05x), and what the checkpoint left
 to the driver. Runs as root. About 60 to 80 s per program at 8 GiB on an H200 (JAX is refused in
 seconds): all six should fit one 10-minute call with --repeat 1; --programs picks a subset.
-On the CPU machine, `--programs cuda-python --gib 0.05` runs the harness on the fake driver.
+On the CPU machine, `--programs cuda-python --gib 0.05` runs the harness on the fake driver
+(RESTOREPROF_LIBCUDA=tests/fakecuda/build/libcuda.so.1, LD_LIBRARY_PATH=its folder).
 """
 
 from __future__ import annotations
