@@ -94,6 +94,7 @@ def checkpoint(pid: int, directory: Path, *, leave_running: bool = False, offloa
     _prepare_directory(directory)
 
     offloaded: dict[int, dict] = {}
+    optimizer = optimizer or OptimizerConfig.load()  # as restore(): never the bare defaults
     if offload:
         offloaded = clock.run("offload GPU memory", gpu.offload_all, cuda_pids, directory, optimizer)
     coverage = clock.run("GPU memory coverage", gpu.coverage_all, cuda_pids, offloaded) \

@@ -14,7 +14,7 @@ from types import ModuleType
 MODULES = {
     "doctor": "doctor", "demo": "demo", "checkpoint": "checkpoint", "restore": "restore",
     "trace": "trace", "report": "report", "calibrate": "calibrate", "exec": "exec_",
-    "warm": "warm", "run": "run", "tune": "tune", "tui": "tui",
+    "warm": "warm", "run": "run", "tune": "tune", "config": "config", "tui": "tui",
 }
 
 

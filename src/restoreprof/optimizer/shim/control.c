@@ -8,10 +8,12 @@
  * for `criu dump` to trip over (CRIU can dump a listening socket, not one joined to a peer
  * outside the dumped tree). The listening socket itself is restored by CRIU at its path.
  *
- *   OFFLOAD <path> <streams> <chunk_mb> <threads>  -> OK <bytes> <ns> reserved=<bytes>
- *                                                     released=<bytes> release=<outcome>
- *                                                     release_ns=<ns> | ERR <message>
- *   RELOAD <path> <streams> <chunk_mb> <threads>   -> OK <bytes> <ns> | ERR <message>
+ *   OFFLOAD <path> <streams> <chunk_mb> <threads> <pinned>  -> OK <bytes> <ns>
+ *                                                     reserved=<bytes> released=<bytes>
+ *                                                     release=<outcome> release_ns=<ns>
+ *                                                     | ERR <message>
+ *   RELOAD <path> <streams> <chunk_mb> <threads> <pinned>   -> OK <bytes> <ns> | ERR <message>
+ *   (a number left out or negative: this process's own setting, from its environment)
  *   ADOPT <address> <gpu uuid> + one fd (SCM_RIGHTS) -> OK <bytes> <ns> remaining=<n> | ERR
  *   STATUS                                          -> OK state=<running|offloaded> ...
  *                                                     kind.<name>=<count>:<bytes> ...
@@ -94,9 +96,11 @@ static CUresult drain_contexts(struct alloc_list *list)
     return CUDA_SUCCESS;
 }
 
-static struct rp_engine_params params_from(int streams, int chunk_mb, int threads)
+static struct rp_engine_params params_from(int streams, int chunk_mb, int threads, int pinned)
 {
     struct rp_engine_params p = rp_engine_default_params();
+    if (pinned == 0 || pinned == 1)
+        p.pinned = pinned;
     if (streams > 0)
         p.streams = streams;
     if (chunk_mb > 0)
@@ -241,11 +245,11 @@ static struct rp_allocation *find_in(struct alloc_list *list, const struct snap_
 /* Loads one record; on an engine failure, rebuilds the staging pool and tries once more
  * (pinned buffers made before a driver checkpoint may not survive it on every driver). */
 static CUresult load_record(int fd, struct rp_allocation *a, const struct snap_record *r,
-                            struct rp_engine_params p, uint64_t *map_ns)
+                            size_t checksum_bytes, struct rp_engine_params p, uint64_t *map_ns)
 {
     struct rp_transfer t = { .direction = RP_H2D, .device = a->address, .fd = fd,
                              .file_offset = (off_t)r->data_offset, .bytes = r->size,
-                             .checksums = (uint32_t *)(r + 1) };
+                             .checksums = (uint32_t *)(r + 1), .checksum_bytes = checksum_bytes };
     CUresult rc = rp_real.cuCtxSetCurrent(a->context);
     if (rc == CUDA_SUCCESS && a->handle == 0) {
         uint64_t start = rp_now_ns();
@@ -281,11 +285,10 @@ static void do_reload(const char *path, struct rp_engine_params p, char *reply, 
         snprintf(err, sizeof(err), "cannot open %.160s: %s", path, strerror(errno));
     else if ((table = rp_snapshot_table(fd, &h, err, sizeof(err))) && collect(&list) != 0)
         snprintf(err, sizeof(err), "out of memory");
-    p.chunk_bytes = table ? h.chunk_bytes : p.chunk_bytes; /* checksums are per saved chunk */
     const struct snap_record *r = table ? (const struct snap_record *)(table + sizeof(h)) : NULL;
     for (uint64_t i = 0; table && !err[0] && i < h.count; i++, r = rp_snapshot_next(r)) {
         struct rp_allocation *a = find_in(&list, r);
-        CUresult rc = a ? load_record(fd, a, r, p, &map_ns) : CUDA_ERROR_NOT_FOUND;
+        CUresult rc = a ? load_record(fd, a, r, h.chunk_bytes, p, &map_ns) : CUDA_ERROR_NOT_FOUND;
         if (rc != CUDA_SUCCESS)
             snprintf(err, sizeof(err), "%s %#llx (%llu bytes): %s",
                      a ? "reloading" : "no allocation in this process at",
@@ -424,15 +427,17 @@ static void handle(const char *line, int fd, char *reply, size_t len)
 {
     char path[4096], uuid[40];
     unsigned long long address = 0;
-    int streams = 0, chunk_mb = 0, threads = 0;
+    int streams = 0, chunk_mb = 0, threads = 0, pinned = -1;
     if (strcmp(line, "STATUS") == 0)
         do_status(reply, len);
     else if (sscanf(line, "ADOPT %llx %39s", &address, uuid) == 2)
         do_adopt((CUdeviceptr)address, uuid, fd, reply, len);
-    else if (sscanf(line, "OFFLOAD %4095s %d %d %d", path, &streams, &chunk_mb, &threads) >= 1)
-        do_offload(path, params_from(streams, chunk_mb, threads), reply, len);
-    else if (sscanf(line, "RELOAD %4095s %d %d %d", path, &streams, &chunk_mb, &threads) >= 1)
-        do_reload(path, params_from(streams, chunk_mb, threads), reply, len);
+    else if (sscanf(line, "OFFLOAD %4095s %d %d %d %d", path, &streams, &chunk_mb, &threads,
+                    &pinned) >= 1)
+        do_offload(path, params_from(streams, chunk_mb, threads, pinned), reply, len);
+    else if (sscanf(line, "RELOAD %4095s %d %d %d %d", path, &streams, &chunk_mb, &threads,
+                    &pinned) >= 1)
+        do_reload(path, params_from(streams, chunk_mb, threads, pinned), reply, len);
     else
         snprintf(reply, len, "ERR unknown request (OFFLOAD, RELOAD, ADOPT or STATUS)");
 }

@@ -87,11 +87,12 @@ static CUresult make_exportable(struct rp_preloaded *p)
 }
 
 /* Fills out[0..count) from the snapshot open on fd (read with pread: its offset is left alone)
- * and returns count, or -1 with err set (and nothing left allocated). streams/threads as for
- * the engine; the chunk size is the snapshot's (its checksums are per chunk). Each item's fd is
- * the memory, ready for ADOPT. The caller keeps fd. */
-RP_EXPORT long rp_snapshot_preload_fd(int fd, int streams, int threads, struct rp_preloaded *out,
-                                      long max, char *err, size_t errlen)
+ * and returns count, or -1 with err set (and nothing left allocated). params: the caller's
+ * settings, used as given (its chunk rounded up only for an older snapshot's coarser
+ * checksums). Each item's fd is the memory, ready for ADOPT. The caller keeps fd. */
+RP_EXPORT long rp_snapshot_preload_fd(int fd, const struct rp_engine_params *params,
+                                      struct rp_preloaded *out, long max, char *err,
+                                      size_t errlen)
 {
     if (rp_load_real() || !rp_real.cuMemExportToShareableHandle || !rp_real.cuDeviceGetUuid_v2 ||
         !rp_real.cuDevicePrimaryCtxRelease_v2) {
@@ -120,10 +121,10 @@ RP_EXPORT long rp_snapshot_preload_fd(int fd, int streams, int threads, struct r
         rc = make_exportable(p);
         struct rp_transfer t = { .direction = RP_H2D, .device = p->local, .fd = fd,
                                  .file_offset = (off_t)r->data_offset, .bytes = r->size,
-                                 .checksums = (uint32_t *)(r + 1) };
-        struct rp_engine_params params = { streams, threads, h.chunk_bytes };
+                                 .checksums = (uint32_t *)(r + 1),
+                                 .checksum_bytes = h.chunk_bytes };
         if (rc == CUDA_SUCCESS)
-            rc = rp_engine_run(&t, params, 1);
+            rc = rp_engine_run(&t, *params, 1);
         int exported = -1;
         if (rc == CUDA_SUCCESS)
             rc = rp_real.cuMemExportToShareableHandle(&exported, p->handle,
@@ -143,7 +144,7 @@ RP_EXPORT long rp_snapshot_preload_fd(int fd, int streams, int threads, struct r
 }
 
 /* rp_snapshot_preload_fd on the snapshot at path. */
-RP_EXPORT long rp_snapshot_preload(const char *path, int streams, int threads,
+RP_EXPORT long rp_snapshot_preload(const char *path, const struct rp_engine_params *params,
                                    struct rp_preloaded *out, long max, char *err, size_t errlen)
 {
     int fd = open(path, O_RDONLY | O_CLOEXEC);
@@ -151,7 +152,7 @@ RP_EXPORT long rp_snapshot_preload(const char *path, int streams, int threads,
         snprintf(err, errlen, "cannot open %.200s: %m", path);
         return -1;
     }
-    long n = rp_snapshot_preload_fd(fd, streams, threads, out, max, err, errlen);
+    long n = rp_snapshot_preload_fd(fd, params, out, max, err, errlen);
     close(fd);
     return n;
 }

@@ -4,7 +4,8 @@
  * Ground floor (call nothing above them):
  *   util.c     logging, the clock, driver error names
  *   crc32c.c   the per-chunk checksum
- *   config.c   the same environment variables as restoreprof.optimizer.config
+ *   config.c   the settings' environment variables (settings_defaults.h, generated from
+ *              restoreprof/settings/schema.py at build)
  *   driver.c   loads the real libcuda, and interposes dlsym and cuGetProcAddress so that
  *              programs which look driver functions up (cudart, cuda-python, PyTorch) get ours
  * Mechanisms:
@@ -122,7 +123,6 @@ struct rp_config {
     size_t chunk_bytes;
     int threads;
     int pinned;
-    size_t pool_bytes; /* 0: two chunks per thread */
     size_t min_intercept_bytes;
     int offload;   /* serve allocations from VMM, run the control socket */
     int intercept; /* route big pageable copies through the engine */
@@ -156,13 +156,18 @@ struct rp_transfer {
     size_t bytes;
     CUstream after;      /* H2D/D2H start after the work queued on this stream so far */
     int order_after;     /* whether `after` is meaningful (0 = no ordering needed) */
-    uint32_t *checksums; /* per chunk: written for D2H, verified for H2D; NULL = none */
+    uint32_t *checksums; /* per checksum_bytes: written for D2H, verified for H2D; NULL = none */
+    size_t checksum_bytes; /* what each checksum covers; 0: one per copied chunk */
 };
 
+/* Every setting a transfer uses, given per call (restoreprof passes its resolved settings; a
+ * program under the library gets rp_engine_default_params(): its environment's). Python mirrors
+ * this struct in restoreprof/optimizer/engine.py (EngineParams). */
 struct rp_engine_params {
     int streams;
     int threads;
-    size_t chunk_bytes;
+    size_t chunk_bytes; /* rounded up to a multiple of the transfer's checksum_bytes */
+    int pinned;         /* stage through pinned (1) or pageable (0) buffers */
 };
 
 struct rp_engine_params rp_engine_default_params(void);
@@ -215,6 +220,10 @@ int rp_gate_is_closed(void);
 #define RP_SNAP_VERSION 1
 #define RP_SNAP_CRC32C 1
 #define RP_SNAP_ALIGN 4096
+/* What one checksum covers in snapshots written now: any chunk_mb (whole MiB) is a multiple of
+ * it, so a restore copies in the chunk it was given, whatever the checkpoint's was. (Older
+ * snapshots carry their own, in the header's chunk_bytes.) */
+#define RP_SNAP_CHECKSUM_BYTES RP_MIB
 
 /* The snapshot file: header, then one record (plus its chunk checksums) per allocation, then
  * each allocation's bytes at a 4 KiB-aligned offset (so O_DIRECT readers can use it). */
@@ -222,7 +231,7 @@ struct snap_header {
     char magic[8];
     uint32_t version;
     uint32_t checksum_kind;
-    uint64_t chunk_bytes;
+    uint64_t chunk_bytes; /* what each checksum covers */
     uint64_t count;
     uint64_t total_bytes;
     uint64_t table_bytes; /* header + records + checksums */

@@ -35,7 +35,7 @@ static size_t table_bytes(const struct rp_allocation *items, size_t count, size_
 int rp_snapshot_write(int fd, const struct rp_allocation *items, size_t count,
                       struct rp_engine_params p, uint64_t *total, char *err, size_t errlen)
 {
-    size_t table = table_bytes(items, count, p.chunk_bytes);
+    size_t table = table_bytes(items, count, RP_SNAP_CHECKSUM_BYTES);
     char *buf = calloc(1, table);
     if (!buf)
         return snprintf(err, errlen, "out of memory"), -1;
@@ -43,7 +43,7 @@ int rp_snapshot_write(int fd, const struct rp_allocation *items, size_t count,
     memcpy(h->magic, RP_SNAP_MAGIC, 8);
     h->version = RP_SNAP_VERSION;
     h->checksum_kind = RP_SNAP_CRC32C;
-    h->chunk_bytes = p.chunk_bytes;
+    h->chunk_bytes = RP_SNAP_CHECKSUM_BYTES; /* copies go in p.chunk_bytes, a multiple of it */
     h->count = count;
     h->table_bytes = table;
     uint64_t data = align_up(table, RP_SNAP_ALIGN);
@@ -54,10 +54,11 @@ int rp_snapshot_write(int fd, const struct rp_allocation *items, size_t count,
         struct snap_record *r = (struct snap_record *)cursor;
         uint32_t *sums = (uint32_t *)(r + 1);
         *r = (struct snap_record){ a->address, a->size, a->reserved, data, a->device,
-                                   (uint32_t)rp_chunk_count(a->size, p.chunk_bytes) };
+                                   (uint32_t)rp_chunk_count(a->size, RP_SNAP_CHECKSUM_BYTES) };
         cursor = (char *)sums + sums_bytes(r->n_chunks);
         struct rp_transfer t = { .direction = RP_D2H, .device = a->address, .fd = fd,
-                                 .file_offset = (off_t)data, .bytes = a->size, .checksums = sums };
+                                 .file_offset = (off_t)data, .bytes = a->size, .checksums = sums,
+                                 .checksum_bytes = RP_SNAP_CHECKSUM_BYTES };
         CUresult cr = rp_real.cuCtxSetCurrent(a->context);
         if (cr == CUDA_SUCCESS)
             cr = rp_engine_run(&t, p, 1);
