@@ -18,7 +18,8 @@ from pathlib import Path
 import pytest
 
 from restoreprof.checkpoint import checkpoint, restore
-from restoreprof.optimizer.control import ShimControl
+from restoreprof.optimizer.config import OptimizerConfig
+from restoreprof.optimizer.control import ShimControl, _parse_ok_numbers
 from restoreprof.workloads.controller import HeldMemory
 
 pytestmark = pytest.mark.root
@@ -83,12 +84,23 @@ def test_checkpoint_prints_the_coverage(fake_driver, tmp_path):
 
 
 def test_switched_off_the_cache_is_saved(fake_driver, tmp_path):
+    """Off at exec (no start-up hook: nothing frees the cache) or at checkpoint (the hooks are
+    not run): either way the cached blocks are saved with the rest, and nothing is lost."""
     w = start(tmp_path, "torch", "--no-release-caches")
     try:
         assert not json.loads((tmp_path / "state" / "stats.json").read_text())[
             "startup_hook_loaded"]
         ctl = ShimControl(w.pid)
         result = ctl.offload(tmp_path / "snap")
+        assert result["release"] == "none" and result["bytes"] == ALL
+        ctl.reload(tmp_path / "snap")
+        assert w.verify()
+    finally:
+        w.stop()
+    w = start(tmp_path, "own")
+    try:
+        ctl = ShimControl(w.pid)
+        result = ctl.offload(tmp_path / "snap", OptimizerConfig(release_caches=False))
         assert result["release"] == "off" and result["bytes"] == ALL
         ctl.reload(tmp_path / "snap")
         assert w.verify()
@@ -102,14 +114,16 @@ def test_a_program_holding_the_gil_does_not_hang_the_offload(fake_driver, tmp_pa
         time.sleep(0.6)  # the program's thread holds the GIL from 0.3 s after ready
         ctl = ShimControl(w.pid)
         start_s = time.monotonic()
-        result = ctl.offload(tmp_path / "snap")
+        # no settings in the request: the process's own (exec's --release-timeout-s 1)
+        result = _parse_ok_numbers(ctl.request(f"OFFLOAD {tmp_path / 'snap'}"))
         assert result["release"] == "timeout" and 1.0 <= result["release_seconds"] < 2.0
         assert time.monotonic() - start_s < 5
         assert result["bytes"] == ALL, "without the hook the cached blocks are saved too"
         again = ctl.reload(tmp_path / "snap")
         assert again["bytes"] == ALL
         # the earlier run is still waiting for the GIL: none piles up behind it
-        assert ctl.offload(tmp_path / "snap2")["release"] == "busy"
+        quick = OptimizerConfig(release_timeout_s=1)
+        assert ctl.offload(tmp_path / "snap2", quick)["release"] == "busy"
         ctl.reload(tmp_path / "snap2")
         assert ctl.status()["state"] == "running"
     finally:

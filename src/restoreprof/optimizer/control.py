@@ -142,9 +142,12 @@ class ShimControl:
         cfg = cfg or OptimizerConfig()
         # safe: one thread and one stream, the plainest path, for a retry after a failure.
         streams, threads = (1, 1) if safe else (cfg.streams, cfg.threads)
+        # OFFLOAD: how long the program's release hooks may take (0: do not run them).
+        release = f" {cfg.release_timeout_s if cfg.release_caches else 0}" \
+            if verb == "OFFLOAD" else ""
         start = time.monotonic()
         result = _parse_ok_numbers(self.request(
-            f"{verb} {path} {streams} {cfg.chunk_mb} {threads} {int(cfg.pinned)}"))
+            f"{verb} {path} {streams} {cfg.chunk_mb} {threads} {int(cfg.pinned)}{release}"))
         result["wall_seconds"] = time.monotonic() - start
         return result
 

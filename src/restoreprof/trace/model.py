@@ -76,7 +76,7 @@ _META_TYPES: dict[str, tuple[type, ...]] = {
     "target": (str,), "pids": (list,), "command": (list,), "started_wall": (int, float),
     "clock": (str,), "hostname": (str,), "gpus": (list,), "lost_events": (int,),
     "restoreprof_version": (str,), "start_ns": (int,), "end_ns": (int,),
-    "exit_status": (int, type(None)), "ceilings": (dict, type(None)),
+    "exit_status": (int, type(None)), "ceilings": (dict, type(None)), "coverage": (list,),
 }
 
 

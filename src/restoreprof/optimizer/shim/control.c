@@ -8,7 +8,7 @@
  * for `criu dump` to trip over (CRIU can dump a listening socket, not one joined to a peer
  * outside the dumped tree). The listening socket itself is restored by CRIU at its path.
  *
- *   OFFLOAD <path> <streams> <chunk_mb> <threads> <pinned>  -> OK <bytes> <ns>
+ *   OFFLOAD <path> <streams> <chunk_mb> <threads> <pinned> <release_s>  -> OK <bytes> <ns>
  *                                                     reserved=<bytes> released=<bytes>
  *                                                     release=<outcome> release_ns=<ns>
  *                                                     | ERR <message>
@@ -18,9 +18,9 @@
  *   STATUS                                          -> OK state=<running|offloaded> ...
  *                                                     kind.<name>=<count>:<bytes> ...
  *
- * OFFLOAD first runs the program's release hooks (release.c), so the free blocks of its
- * caching allocators are not saved: reserved is what the library served before them, released
- * what they gave back.
+ * OFFLOAD first runs the program's release hooks (release.c), waiting at most release_s seconds
+ * (0: not at all), so the free blocks of its caching allocators are not saved: reserved is what
+ * the library served before them, released what they gave back.
  *
  * ADOPT maps memory restoreprof preloaded from the snapshot (preload.c) at one offloaded
  * allocation's address; when none is left offloaded, it is as if RELOAD had run.
@@ -182,7 +182,10 @@ static int unmap_all(struct alloc_list *list, char *err, size_t errlen)
     return failures ? -1 : 0;
 }
 
-static void do_offload(const char *path, struct rp_engine_params p, char *reply, size_t len)
+/* release_s: how long to wait for the program's release hooks; 0: do not run them; negative:
+ * this process's own settings (RESTOREPROF_RELEASE_CACHES, RESTOREPROF_RELEASE_TIMEOUT_S). */
+static void do_offload(const char *path, struct rp_engine_params p, int release_s, char *reply,
+                       size_t len)
 {
     if (offloaded) {
         snprintf(reply, len, "ERR already offloaded: RELOAD first");
@@ -193,7 +196,10 @@ static void do_offload(const char *path, struct rp_engine_params p, char *reply,
     struct alloc_list list = { 0 };
     /* The program frees its cached blocks first, while it may still call the driver. */
     long long hooks_reserved = (long long)rp_coverage_bytes();
-    enum rp_release_outcome hooks = rp_release_run(rp_config.release_timeout_ms, &release_ns);
+    enum rp_release_outcome hooks =
+        rp_release_run(release_s < 0 ? rp_config.release_caches : release_s > 0,
+                       release_s > 0 ? (unsigned)release_s * 1000u : rp_config.release_timeout_ms,
+                       &release_ns);
     long long hooks_released = hooks_reserved - (long long)rp_coverage_bytes();
     rp_gate_close(); /* the application's intercepted calls wait from here */
     int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
@@ -427,14 +433,14 @@ static void handle(const char *line, int fd, char *reply, size_t len)
 {
     char path[4096], uuid[40];
     unsigned long long address = 0;
-    int streams = 0, chunk_mb = 0, threads = 0, pinned = -1;
+    int streams = 0, chunk_mb = 0, threads = 0, pinned = -1, release_s = -1;
     if (strcmp(line, "STATUS") == 0)
         do_status(reply, len);
     else if (sscanf(line, "ADOPT %llx %39s", &address, uuid) == 2)
         do_adopt((CUdeviceptr)address, uuid, fd, reply, len);
-    else if (sscanf(line, "OFFLOAD %4095s %d %d %d %d", path, &streams, &chunk_mb, &threads,
-                    &pinned) >= 1)
-        do_offload(path, params_from(streams, chunk_mb, threads, pinned), reply, len);
+    else if (sscanf(line, "OFFLOAD %4095s %d %d %d %d %d", path, &streams, &chunk_mb, &threads,
+                    &pinned, &release_s) >= 1)
+        do_offload(path, params_from(streams, chunk_mb, threads, pinned), release_s, reply, len);
     else if (sscanf(line, "RELOAD %4095s %d %d %d %d", path, &streams, &chunk_mb, &threads,
                     &pinned) >= 1)
         do_reload(path, params_from(streams, chunk_mb, threads, pinned), reply, len);

@@ -108,11 +108,11 @@ const char *rp_release_outcome_name(enum rp_release_outcome outcome)
     return outcome < sizeof(names) / sizeof(names[0]) ? names[outcome] : "error";
 }
 
-enum rp_release_outcome rp_release_run(unsigned timeout_ms, uint64_t *ns)
+enum rp_release_outcome rp_release_run(int enabled, unsigned timeout_ms, uint64_t *ns)
 {
     uint64_t start = rp_now_ns();
     *ns = 0;
-    if (!rp_config.release_caches)
+    if (!enabled)
         return RP_RELEASE_OFF;
     pthread_once(&cond_once, init_cond);
     pthread_mutex_lock(&release.lock);

@@ -266,7 +266,7 @@ void rp_control_start(void);
 /* A program's function that frees memory it holds but does not use; nonzero means it failed. */
 typedef int (*rp_release_hook)(void);
 enum rp_release_outcome {
-    RP_RELEASE_OFF,     /* switched off (RESTOREPROF_RELEASE_CACHES=0) */
+    RP_RELEASE_OFF,     /* switched off (release_caches: --no-release-caches) */
     RP_RELEASE_NONE,    /* no hook registered (not Python, or started without the start-up hook) */
     RP_RELEASE_OK,
     RP_RELEASE_FAILED,  /* a hook returned nonzero */
@@ -274,8 +274,8 @@ enum rp_release_outcome {
     RP_RELEASE_BUSY,    /* an earlier run has not returned yet */
     RP_RELEASE_ERROR,   /* no thread to run them on */
 };
-/* Runs every registered hook on a thread of its own and waits at most timeout_ms. */
-enum rp_release_outcome rp_release_run(unsigned timeout_ms, uint64_t *ns);
+/* Runs every registered hook (when enabled) on a thread of its own; waits at most timeout_ms. */
+enum rp_release_outcome rp_release_run(int enabled, unsigned timeout_ms, uint64_t *ns);
 const char *rp_release_outcome_name(enum rp_release_outcome outcome);
 
 /* ---- coverage per allocation kind (coverage.c) ---- */
