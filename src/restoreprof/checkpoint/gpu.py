@@ -176,8 +176,8 @@ def coverage_summary(processes) -> list[str]:
 
 def _release_text(outcome: str) -> str:
     return {"ok": "release hook: ok",
-            "none": "no release hook: not Python, or started without the start-up hook",
-            "off": "release off: --no-release-caches",
+            "none": "no release hook: not Python, or exec --no-release-caches",
+            "off": "checkpoint --no-release-caches",
             "timeout": "release hook timed out: cached blocks saved too",
             "busy": "release hook still busy from an earlier checkpoint",
             "failed": "release hook failed: see the program's stderr"}.get(
