@@ -14,11 +14,11 @@ static const char *kind_names[RP_KIND_COUNT] = {
     [RP_KIND_STREAM_ORDERED] = "async",
 };
 
-/* Which kind a registry entry is: the registry holds what the library allocates itself. */
+/* Which kind a registry entry is: the registry holds what the library allocates itself,
+ * cuMemAlloc and stream-ordered (from a pool, mempool.c). */
 static enum rp_kind kind_of(const struct rp_allocation *a)
 {
-    (void)a;
-    return RP_KIND_MEMALLOC;
+    return a->pool ? RP_KIND_STREAM_ORDERED : RP_KIND_MEMALLOC;
 }
 
 static int count_one(struct rp_allocation *a, void *arg)
@@ -35,6 +35,8 @@ void rp_coverage(struct rp_kind_totals totals[RP_KIND_COUNT])
     for (int k = 0; k < RP_KIND_COUNT; k++)
         totals[k] = (struct rp_kind_totals){ 0, 0 };
     rp_registry_each(count_one, totals);
+    /* The application's own VMM memory is counted by app_vmm.c (its physical allocations). */
+    rp_app_vmm_totals(&totals[RP_KIND_APP_VMM].count, &totals[RP_KIND_APP_VMM].bytes);
 }
 
 size_t rp_coverage_bytes(void)
