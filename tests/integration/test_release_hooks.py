@@ -128,3 +128,27 @@ def test_a_program_holding_the_gil_does_not_hang_the_offload(fake_driver, tmp_pa
         assert ctl.status()["state"] == "running"
     finally:
         os.kill(w.pid, signal.SIGKILL)  # its Python can never run again to handle SIGTERM
+
+
+def test_coverage_names_each_kind_the_library_served(fake_driver, tmp_path):
+    """The application's own VMM memory and its stream-ordered allocations (app_memory: 4
+    physical allocations of 7 x 2 MiB in all; 2 live stream-ordered ones) are offloaded and
+    reported as their own kinds, in the manifest and in the printed lines."""
+    from restoreprof.checkpoint.gpu import coverage_summary
+
+    cmd = [sys.executable, "-m", "restoreprof", "exec", "--", sys.executable, "-m",
+           "restoreprof.workloads.app_memory", "--state", str(tmp_path / "state")]
+    w = HeldMemory.start_command(cmd, tmp_path / "state", timeout_s=60)
+    try:
+        result = checkpoint(w.pid, tmp_path / "ckpt")
+        offloaded = result.manifest.processes[0].coverage["offloaded"]
+        assert set(offloaded) == {"vmm", "async"}
+        assert offloaded["vmm"] == {"count": 4, "bytes": 7 * 2 * MIB}
+        assert offloaded["async"]["count"] == 2
+        text = "\n".join(coverage_summary(result.manifest.processes))
+        assert "offloaded       app VMM             4 allocations" in text
+        assert "offloaded       stream-ordered      2 allocations" in text
+        restore(tmp_path / "ckpt")
+        assert w.verify()
+    finally:
+        w.stop()
