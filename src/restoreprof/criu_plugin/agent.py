@@ -67,8 +67,11 @@ def _transfer(verb: str, pid: int, fd: int, cfg: OptimizerConfig, safe: bool = F
     from restoreprof.optimizer.control import ShimControl
 
     streams, threads = (1, 1) if safe else (cfg.streams, cfg.threads)
+    # OFFLOAD: how long the program's release hooks may take (0: do not run them), as
+    # ShimControl's own OFFLOAD asks.
+    release = f" {cfg.release_timeout_s if cfg.release_caches else 0}" if verb == "OFFLOAD" else ""
     answer = ShimControl(pid).request(
-        f"{verb} - {streams} {cfg.chunk_mb} {threads} {int(cfg.pinned)}", fd=fd)
+        f"{verb} - {streams} {cfg.chunk_mb} {threads} {int(cfg.pinned)}{release}", fd=fd)
     return int(answer.split()[0]) if answer else 0
 
 
