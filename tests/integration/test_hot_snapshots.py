@@ -18,12 +18,13 @@ from pathlib import Path
 import pytest
 
 from restoreprof.checkpoint import checkpoint, restore
+from restoreprof.doctor import _warm_pool
 from restoreprof.errors import RestoreprofError
 from restoreprof.optimizer.config import OptimizerConfig
 from restoreprof.optimizer.control import ShimControl
-from restoreprof.optimizer.hot_snapshots import HotSnapshots, pool_row, snapshots_in
+from restoreprof.optimizer.hot_snapshots import HotSnapshots, snapshots_in
 from restoreprof.optimizer.preload import preload_snapshot
-from restoreprof.system.warm_socket import describe_pool
+from restoreprof.system.warm_socket import describe_pool, pinned_summary
 from restoreprof.workloads.controller import HeldMemory
 
 pytestmark = pytest.mark.root
@@ -190,8 +191,14 @@ def test_the_pool_holds_a_checkpoint_and_restores_from_it(fake_driver, tmp_path)
         # every pinned range is reported, the hot copies' too (the profiler classifies by them)
         assert sum(size for _, size in described["pinned"]) == \
             held + sum(size for _, size in described["staging"])
-        ok, detail = pool_row(described)
-        assert ok and f"PID {described['pid']}" in detail and "hot 1 snapshot(s)" in detail
+        detail = pinned_summary(described)
+        assert f"PID {described['pid']}" in detail and "(hot 1: " in detail
+        assert len(detail) <= 46, "doctor's detail column"
+        from restoreprof.tui.pipeline import warm_pool_in_use
+
+        assert warm_pool_in_use() == detail, "the TUI's line says the same"
+        row = _warm_pool()
+        assert row.name == "warm pool" and row.ok and not row.required and row.detail == detail
         for _ in range(2):  # the same checkpoint twice: both from the hot copy
             restored = restore(tmp_path / "ckpt", optimizer=OptimizerConfig(preload=True))
             assert not restored.notes, "no fallback may be taken"

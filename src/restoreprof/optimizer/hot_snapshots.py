@@ -369,16 +369,3 @@ def snapshots_in(target: Path) -> list[Path]:
                                hint="name a checkpoint folder or a gpu-*.snap file in one")
     return [target]
 
-
-def pool_row(describe: dict | None) -> tuple[bool | None, str]:
-    """(ok, detail) for doctor: what the running warm pool holds pinned, or that none runs."""
-    if describe is None:
-        return None, "not running ('restoreprof warm' keeps CUDA warm for restores)"
-    staging = sum(size for _base, size in describe.get("staging", describe.get("pinned", [])))
-    hot = describe.get("hot") or {}
-    held = hot.get("held_bytes", 0) + hot.get("intake_bytes", 0)
-    detail = (f"PID {describe['pid']}: {(staging + held) / 2**30:.1f} GiB pinned "
-              f"(staging {staging / 2**30:.1f}, hot {len(hot.get('snapshots', []))} "
-              f"snapshot(s) {held / 2**30:.1f} of {hot.get('budget_bytes', 0) / 2**30:.1f})")
-    return True, detail
-
