@@ -9,6 +9,7 @@ the process after the driver's restore (or, failing that, streamed back inside t
 from __future__ import annotations
 
 import contextlib
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -16,6 +17,7 @@ from pathlib import Path
 from restoreprof.checkpoint.tree import maps_library
 from restoreprof.cuda import driver
 from restoreprof.errors import RestoreprofError
+from restoreprof.optimizer.control import TargetStoppedError
 
 SHIM_MARKER = "librestoreprof_shim"
 PRELOAD_STEP = "GPU memory preload (overlapped)"
@@ -96,7 +98,11 @@ def offload_all(pids: list[int], directory: Path, optimizer) -> dict[int, dict]:
     for pid in [p for p in pids if has_shim(p)]:
         name = snapshot_name(pid)
         start = time.monotonic()
-        result = _shim_control(pid).offload(directory / name, optimizer)
+        try:
+            result = _shim_control(pid).offload(directory / name, optimizer)
+        except TargetStoppedError as exc:  # it cannot answer: the driver checkpoints it whole
+            print(f"restoreprof: note: {exc.args[0]}; the driver checkpoints it", file=sys.stderr)
+            continue
         records[pid] = {"snapshot": name, "bytes": int(result.get("bytes", 0)),
                         "seconds": round(time.monotonic() - start, 6)}
     return records
@@ -114,7 +120,7 @@ def _reload(pid: int, directory: Path, record: dict, optimizer) -> str | None:
         except RestoreprofError as second:
             raise RestoreprofError(
                 f"PID {pid}: GPU memory reload failed ({second}); the process is restored but "
-                f"held before its next CUDA call, and {directory / record['snapshot']} is intact",
+                f"held before its next CUDA call; {directory / record['snapshot']} was not loaded",
                 hint="retry with 'restoreprof restore -D DIR --gpu-only'",
             ) from second
         return f"PID {pid}: fast reload failed ({first}); reloaded on the plain path"

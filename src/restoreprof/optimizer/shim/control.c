@@ -8,7 +8,8 @@
  * for `criu dump` to trip over (CRIU can dump a listening socket, not one joined to a peer
  * outside the dumped tree). The listening socket itself is restored by CRIU at its path.
  *
- *   OFFLOAD <path> <streams> <chunk_mb> <threads> <pinned>  -> OK <bytes> <ns> | ERR <message>
+ *   OFFLOAD <path> <streams> <chunk_mb> <threads> <pinned>  -> READY <bytes> <ns> | ERR <message>
+ *     then COMMIT                                            -> OK <bytes> <ns> | ERR <message>
  *   RELOAD <path> <streams> <chunk_mb> <threads> <pinned>   -> OK <bytes> <ns> | ERR <message>
  *   (a number left out or negative: this process's own setting, from its environment)
  *   ADOPT <address> <gpu uuid> + one fd (SCM_RIGHTS) -> OK <bytes> <ns> remaining=<n> | ERR
@@ -16,6 +17,22 @@
  *
  * ADOPT maps memory restoreprof preloaded from the snapshot (preload.c) at one offloaded
  * allocation's address; when none is left offloaded, it is as if RELOAD had run.
+ *
+ * OFFLOAD is two-phase so that no process is left offloaded with nobody to bring it back: the
+ * memory is released only once the client has read READY (the snapshot is complete) and
+ * confirmed with COMMIT. A client that hangs up first, or is silent for RP_COMMIT_TIMEOUT_MS,
+ * gets nothing released: the gate reopens and the application runs on, as if no OFFLOAD had
+ * come. (The alternative, releasing at once and mapping and reloading everything again when the
+ * reply cannot be delivered, would read the whole snapshot back for nothing, and could not
+ * tell a reply that was delivered from one that was sent and then never read.) A request whose
+ * client hung up before it was served, as when it was queued while the process was stopped,
+ * is dropped. Replies are sent with MSG_NOSIGNAL: a client gone never kills the application.
+ *
+ * Where the socket lives (sockets.py's user_run_dirs lists the same places, in the same
+ * order): $RESTOREPROF_RUN_DIR, then /run/restoreprof for root, else
+ * $XDG_RUNTIME_DIR/restoreprof and /tmp/restoreprof-<uid>. A directory is used only when it is
+ * a real directory of this user (or root) that group and others cannot write; a foreign one
+ * (as another user could plant in /tmp) is refused and logged.
  *
  * While offloaded the gate is closed: the application's intercepted calls (copies, kernel and
  * graph launches, allocations) wait inside the library until RELOAD has put the memory back.
@@ -26,6 +43,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <poll.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -36,9 +54,46 @@
 #include <time.h>
 #include <unistd.h>
 
+/* How long OFFLOAD waits for the client's COMMIT after READY; the client sends it at once. */
+#define RP_COMMIT_TIMEOUT_MS 10000
+
 static char socket_path[sizeof(((struct sockaddr_un *)0)->sun_path)];
 static pid_t owner_pid;
 static int offloaded;
+
+static int read_request(int conn, char *line, size_t len, int *fd);
+
+/* One reply line, sent so that a client that hung up cannot kill us with SIGPIPE. */
+static int send_reply(int conn, const char *reply)
+{
+    char line[600];
+    int n = snprintf(line, sizeof(line), "%s\n", reply);
+    if (n < 0 || (size_t)n >= sizeof(line))
+        return -1;
+    return send(conn, line, (size_t)n, MSG_NOSIGNAL) == n ? 0 : -1;
+}
+
+/* Whether the client hung up: nobody would read a reply, or bring the memory back. */
+static int client_gone(int conn)
+{
+    struct pollfd p = { .fd = conn, .events = POLLRDHUP };
+    return poll(&p, 1, 0) > 0 && (p.revents & (POLLRDHUP | POLLHUP | POLLERR));
+}
+
+/* 0 once the client sent COMMIT within RP_COMMIT_TIMEOUT_MS; -1 when it hung up, was silent or
+ * sent anything else. */
+static int await_commit(int conn)
+{
+    char line[16];
+    int fd = -1;
+    struct pollfd p = { .fd = conn, .events = POLLIN };
+    int rc = poll(&p, 1, RP_COMMIT_TIMEOUT_MS) > 0 && read_request(conn, line, sizeof(line), &fd) == 0
+                 ? strcmp(line, "COMMIT")
+                 : -1;
+    if (fd >= 0)
+        close(fd);
+    return rc == 0 ? 0 : -1;
+}
 
 /* A snapshot of the registry, so the long copies run without holding its lock. */
 struct alloc_list {
@@ -174,7 +229,8 @@ static int unmap_all(struct alloc_list *list, char *err, size_t errlen)
     return failures ? -1 : 0;
 }
 
-static void do_offload(const char *path, struct rp_engine_params p, char *reply, size_t len)
+static void do_offload(int conn, const char *path, struct rp_engine_params p, char *reply,
+                       size_t len)
 {
     if (offloaded) {
         snprintf(reply, len, "ERR already offloaded: RELOAD first");
@@ -202,18 +258,33 @@ static void do_offload(const char *path, struct rp_engine_params p, char *reply,
     if (rc != 0) {
         rp_gate_open(); /* nothing was released: the application just carries on */
         snprintf(reply, len, "ERR %s", err);
-    } else {
-        offloaded = 1; /* from here the gate stays closed until RELOAD */
-        /* The pinned staging pool would only add its size to CRIU's images and may not survive
-         * the driver's checkpoint: RELOAD makes a new one. */
-        rp_engine_release();
-        shrink_stacks(&list);
-        if (unmap_all(&list, err, sizeof(err)) != 0)
-            snprintf(reply, len, "ERR %s", err);
-        else
-            snprintf(reply, len, "OK %llu %llu", (unsigned long long)total,
-                     (unsigned long long)(rp_now_ns() - start));
+        free(list.items);
+        return;
     }
+    /* The snapshot is complete and the memory still mapped: release it only for a client that
+     * is there to bring it back. */
+    char ready[96];
+    snprintf(ready, sizeof(ready), "READY %llu %llu", (unsigned long long)total,
+             (unsigned long long)(rp_now_ns() - start));
+    if (send_reply(conn, ready) != 0 || await_commit(conn) != 0) {
+        rp_gate_open();
+        rp_log("OFFLOAD to %.160s rolled back: the client hung up or did not confirm within %d s; "
+               "nothing was released and the application runs on", path,
+               RP_COMMIT_TIMEOUT_MS / 1000);
+        reply[0] = '\0'; /* nobody to answer */
+        free(list.items);
+        return;
+    }
+    offloaded = 1; /* from here the gate stays closed until RELOAD */
+    /* The pinned staging pool would only add its size to CRIU's images and may not survive
+     * the driver's checkpoint: RELOAD makes a new one. */
+    rp_engine_release();
+    shrink_stacks(&list);
+    if (unmap_all(&list, err, sizeof(err)) != 0)
+        snprintf(reply, len, "ERR %s", err);
+    else
+        snprintf(reply, len, "OK %llu %llu", (unsigned long long)total,
+                 (unsigned long long)(rp_now_ns() - start));
     free(list.items);
 }
 
@@ -406,7 +477,7 @@ static void do_status(char *reply, size_t len)
              rp_gate_is_closed() ? "closed" : "open");
 }
 
-static void handle(const char *line, int fd, char *reply, size_t len)
+static void handle(int conn, const char *line, int fd, char *reply, size_t len)
 {
     char path[4096], uuid[40];
     unsigned long long address = 0;
@@ -417,7 +488,7 @@ static void handle(const char *line, int fd, char *reply, size_t len)
         do_adopt((CUdeviceptr)address, uuid, fd, reply, len);
     else if (sscanf(line, "OFFLOAD %4095s %d %d %d %d", path, &streams, &chunk_mb, &threads,
                     &pinned) >= 1)
-        do_offload(path, params_from(streams, chunk_mb, threads, pinned), reply, len);
+        do_offload(conn, path, params_from(streams, chunk_mb, threads, pinned), reply, len);
     else if (sscanf(line, "RELOAD %4095s %d %d %d %d", path, &streams, &chunk_mb, &threads,
                     &pinned) >= 1)
         do_reload(path, params_from(streams, chunk_mb, threads, pinned), reply, len);
@@ -466,7 +537,7 @@ static int read_request(int conn, char *line, size_t len, int *fd)
 
 static void serve_one(int conn)
 {
-    char line[4200], reply[512];
+    char line[4200], reply[512] = "";
     int fd = -1;
     struct timeval timeout = { .tv_sec = 10 };
     setsockopt(conn, SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof(timeout));
@@ -474,13 +545,14 @@ static void serve_one(int conn)
         snprintf(reply, sizeof(reply), "ERR permission denied: only the process owner or root");
     else if (read_request(conn, line, sizeof(line), &fd) != 0)
         snprintf(reply, sizeof(reply), "ERR no request");
+    else if (client_gone(conn)) /* queued while we were stopped, say: nobody waits for it */
+        rp_log("request dropped, its client hung up before it was served: %.40s", line);
     else
-        handle(line, fd, reply, sizeof(reply));
+        handle(conn, line, fd, reply, sizeof(reply));
     if (fd >= 0)
         close(fd);
-    strcat(reply, "\n");
-    ssize_t ignored = write(conn, reply, strlen(reply));
-    (void)ignored;
+    if (reply[0] && send_reply(conn, reply) != 0)
+        RP_DEBUG("control socket: the reply was not delivered: %s", strerror(errno));
     close(conn); /* before the client sees EOF: no connected socket outlives a request */
 }
 
@@ -499,22 +571,69 @@ static void *serve(void *arg)
     }
 }
 
-/* $RESTOREPROF_RUN_DIR, else /run/restoreprof, else /tmp/restoreprof-<uid> (private). */
+/* 0 when dir may hold the control socket: a real directory (no symbolic link), of this user
+ * or root, that group and others cannot write, and that we can write. 1 with why set when it is
+ * foreign (sockets.py: directory_problem); -1 when it is merely unusable (absent, no access). */
+static int check_dir(const char *dir, char *why, size_t len)
+{
+    struct stat st;
+    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    if (fd < 0) {
+        if (errno != ELOOP && errno != ENOTDIR)
+            return -1;
+        snprintf(why, len, "it is a symbolic link or not a directory");
+        return 1;
+    }
+    int rc = fstat(fd, &st);
+    close(fd);
+    if (rc != 0)
+        return -1;
+    if (st.st_uid != geteuid() && st.st_uid != 0) {
+        snprintf(why, len, "it is owned by UID %u", (unsigned)st.st_uid);
+        return 1;
+    }
+    if (st.st_mode & 022) {
+        snprintf(why, len, "group or others may write to it (mode %04o)",
+                 (unsigned)(st.st_mode & 07777));
+        return 1;
+    }
+    return access(dir, W_OK) == 0 ? 0 : -1;
+}
+
+/* The first usable run directory, created 0700 when missing (see the top of this file). */
 static int choose_dir(char *dir, size_t len)
 {
+    char candidates[3][256];
+    int n = 0;
     const char *env = getenv("RESTOREPROF_RUN_DIR");
-    if (env && *env) {
-        mkdir(env, 0700);
-        snprintf(dir, len, "%s", env);
-        return access(dir, W_OK);
+    const char *runtime = getenv("XDG_RUNTIME_DIR");
+    if (env && *env)
+        snprintf(candidates[n++], sizeof(candidates[0]), "%s", env);
+    if (geteuid() == 0) {
+        snprintf(candidates[n++], sizeof(candidates[0]), "/run/restoreprof");
+    } else {
+        if (runtime && runtime[0] == '/') /* the XDG spec: a relative value is invalid */
+            snprintf(candidates[n++], sizeof(candidates[0]), "%s/restoreprof", runtime);
+        snprintf(candidates[n++], sizeof(candidates[0]), "/tmp/restoreprof-%u",
+                 (unsigned)geteuid());
     }
-    snprintf(dir, len, "/run/restoreprof");
-    if ((mkdir(dir, 0755) == 0 || errno == EEXIST) && access(dir, W_OK) == 0)
-        return 0;
-    snprintf(dir, len, "/tmp/restoreprof-%u", (unsigned)geteuid());
-    if (mkdir(dir, 0700) != 0 && errno != EEXIST)
-        return -1;
-    return access(dir, W_OK);
+    for (int i = 0; i < n; i++) {
+        char why[96];
+        if (strlen(candidates[i]) >= len) {
+            rp_log("run directory %s: too long for a socket path", candidates[i]);
+            continue;
+        }
+        mkdir(candidates[i], 0700);
+        int rc = check_dir(candidates[i], why, sizeof(why));
+        if (rc == 1)
+            rp_log("run directory %s refused: %s (another user could swap the socket there)",
+                   candidates[i], why);
+        if (rc == 0) {
+            snprintf(dir, len, "%s", candidates[i]);
+            return 0;
+        }
+    }
+    return -1;
 }
 
 static void remove_socket(void)
