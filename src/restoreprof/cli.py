@@ -30,6 +30,12 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["restore"]:  # a running warm pool restores, already imported and warm
+        from restoreprof.commands.pooled_restore import restore_through_pool
+
+        code = restore_through_pool(argv[1:])
+        if code is not None:
+            return code
     parser = build_parser(argv)
     args = parser.parse_args(argv)
     command = getattr(args, "_command", None)

@@ -47,18 +47,22 @@ def prepare_parser(parser: argparse.ArgumentParser) -> None:
     config.add_arguments(parser)
 
 
-def run(args: argparse.Namespace) -> int:
-    settings = config.from_args(args)
+def run(args: argparse.Namespace, environ: dict[str, str] | None = None, out=None) -> int:
+    """The restore; environ: the variables settings are resolved from (default: this
+    process's), out: where the result is printed (default: stdout). The warm pool runs a
+    client's restore with the client's (commands/pooled_restore.py)."""
+    settings = config.OptimizerConfig.load(getattr(args, "config", None), environ=environ,
+                                           overrides=config.flags_of(args))
     with step_progress(args, "restore"):
         result = restore(args.dir, gpu_map=_gpu_map(args.gpu_map), parallel=not args.serial,
                          verify=not args.no_verify, criu_args=args.criu_arg,
                          gpu_only=args.gpu_only, optimizer=settings)
     if args.json:
-        print(json.dumps(result.to_dict(), indent=2))
+        print(json.dumps(result.to_dict(), indent=2), file=out)
         return 0
     print(f"restored {len(result.pids)} processes (root PID {result.root_pid}, "
-          f"{len(result.cuda_pids)} with CUDA) from {result.directory}")
-    print_steps(result.steps)
+          f"{len(result.cuda_pids)} with CUDA) from {result.directory}", file=out)
+    print_steps(result.steps, file=out)
     for note in result.notes:
-        print(f"note: {note}")
+        print(f"note: {note}", file=out)
     return 0

@@ -17,6 +17,7 @@ import signal
 import threading
 from pathlib import Path
 
+from restoreprof.commands.pooled_restore import serve_restore
 from restoreprof.errors import RestoreprofError
 from restoreprof.optimizer import config
 from restoreprof.optimizer.hot_snapshots import HotSnapshots, default_budget_bytes, snapshots_in
@@ -38,6 +39,9 @@ def prepare_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--hold-mib", type=int, default=None, metavar="N",
                         help=f"pinned memory hot snapshots may use, MiB (default ${HOLD_ENV}, "
                              "else a quarter of this host's memory; 0: none)")
+    parser.add_argument("--restores", action=argparse.BooleanOptionalAction, default=True,
+                        help="carry out 'restoreprof restore' of this user here, so its "
+                             "start-up and imports are paid once (see commands/pooled_restore)")
     parser.add_argument("--auto-hold", action=argparse.BooleanOptionalAction, default=True,
                         help="after a restore read a snapshot from disk, hold it hot (within "
                              "--hold-mib)")
@@ -72,6 +76,8 @@ def run(args: argparse.Namespace) -> int:
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
     warm_pool = WarmPool(cfg, with_staging=not args.no_staging, hot=hot)
+    if args.restores:
+        warm_pool.handlers["restore"] = serve_restore
     t = warm_pool.warmed.timings
     staging = (f"{warm_pool.staging_bytes() >> 20} MiB pinned" if cfg.pinned
                else "pageable (--no-pinned: nothing pinned)")
@@ -92,5 +98,6 @@ def run(args: argparse.Namespace) -> int:
         warm_pool.release()
     s = warm_pool.stats
     print(f"warm: released; {s.served} snapshot(s) preloaded ({s.bytes / 1e9:.2f} GB), "
-          f"{s.failed} failed; {s.hot} sent from hot copies")
+          f"{s.failed} failed; {s.hot} sent from hot copies; {s.handled.get('restore', 0)} "
+          f"restore(s) carried out")
     return 0

@@ -35,7 +35,8 @@ import os
 import socket
 import threading
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from restoreprof.errors import RestoreprofError
@@ -70,6 +71,7 @@ class PoolStats:
     bytes: int = 0
     failed: int = 0
     hot: int = 0       # of served: sent from a hot snapshot (optimizer.hot_snapshots)
+    handled: dict[str, int] = field(default_factory=dict)  # requests served by handlers
 
 
 class WarmPool:
@@ -81,6 +83,9 @@ class WarmPool:
 
         self.cfg = cfg or OptimizerConfig()
         self.hot = hot  # snapshots held in pinned memory; None: none
+        # Requests without descriptors that layers above serve ({"op": name} -> reply), e.g.
+        # "restore" (commands/pooled_restore.py): the pool itself imports none of them.
+        self.handlers: dict[str, Callable[[dict], dict]] = {}
         self.warmed = warm()
         self.staging_s = 0.0
         if with_staging and self.warmed.contexts:
@@ -164,6 +169,14 @@ class WarmPool:
                     _check_peer(conn)
                     if request.get("op") == "describe" and not fds:
                         _send(conn, self.describe())
+                        return
+                    handler = self.handlers.get(str(request.get("op")))
+                    if handler is not None and not fds:
+                        op = str(request.get("op"))
+                        reply = handler(request)
+                        if "declined" not in reply:
+                            self.stats.handled[op] = self.stats.handled.get(op, 0) + 1
+                        _send(conn, reply)
                         return
                     if request.get("op") == "hold" and len(fds) == 1 and self.hot is not None:
                         held = self.hot.hold(fds[0], str(request.get("name", "snapshot")))
