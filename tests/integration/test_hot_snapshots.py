@@ -236,3 +236,19 @@ def test_hold_mib_zero_holds_nothing(fake_driver, tmp_path):
     out = subprocess.run([sys.executable, "-m", "restoreprof", "warm", "--hold", str(tmp_path),
                           "--hold-mib", "0"], capture_output=True, text=True, timeout=60)
     assert out.returncode != 0 and "--hold with --hold-mib 0 holds nothing" in out.stderr
+
+
+def test_a_running_pool_is_told_to_hold(fake_driver, tmp_path):
+    from restoreprof.optimizer.pool import hold_through_pool
+
+    snap = _offloaded_snapshot(tmp_path, "a", 9, 1)
+    pool = Pool("--hold-mib", "64", "--no-auto-hold")
+    try:
+        held = hold_through_pool(snap)
+        assert held["bytes"] >= 9 * MIB and held["name"] == str(snap)
+        assert describe_pool()["hot"]["held_bytes"] == held["bytes"]
+        with pytest.raises(RestoreprofError, match="could not hold") as err:
+            hold_through_pool(_offloaded_snapshot(tmp_path, "big", 80, 3))  # over 64 MiB
+        assert "--hold-mib" in err.value.hint
+    finally:
+        pool.stop()

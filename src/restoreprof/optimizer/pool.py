@@ -354,3 +354,21 @@ def preload_through_pool(snapshot: Path, cfg: OptimizerConfig | None = None) -> 
     except BaseException:
         PooledSnapshot(Path(snapshot), items, 0.0, conn).release()
         raise
+
+
+def hold_through_pool(snapshot: Path, timeout_s: float = PRELOAD_TIMEOUT_S) -> dict:
+    """Have this user's warm pool hold snapshot hot (optimizer.hot_snapshots): what it holds,
+    once taken in. Raises when no pool runs or it could not."""
+    conn = _connect()
+    if conn is None:
+        raise RestoreprofError("no warm pool runs", hint="start one: restoreprof warm --hold DIR")
+    with conn, open(snapshot, "rb") as f:
+        conn.settimeout(timeout_s)
+        _send(conn, {"op": "hold", "name": str(snapshot)}, [f.fileno()])
+        reply, _ = _receive(conn, 0)
+    if "held" not in reply:
+        raise RestoreprofError(f"the warm pool could not hold {snapshot}: "
+                               f"{reply.get('error', 'no answer')}",
+                               hint="see 'restoreprof doctor' for its budget; restart it with a "
+                                    "larger --hold-mib")
+    return reply["held"]
