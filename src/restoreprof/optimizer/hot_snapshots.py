@@ -160,6 +160,8 @@ class HotSnapshots:
         self._intake: set[tuple[int, int]] = set()
         self.evictions = 0
         self.refused = 0
+        self._intakes: list[threading.Thread] = []  # auto-hold intakes in the background
+        self._closing = False
 
     # --- taking snapshots in ---
 
@@ -198,6 +200,9 @@ class HotSnapshots:
                 self._reserved_bytes -= need
                 self._intake.discard(key)
         with self._lock:
+            if self._closing:  # released while this was read: nothing may stay behind
+                hot.free()
+                raise RestoreprofError(f"{name}: the pool is stopping", hint="start 'restoreprof warm' again to hold it")
             old = self._held.pop(key, None)
             if old is not None:  # the same inode, rewritten: the old copy goes
                 self._retire(old)
@@ -208,7 +213,7 @@ class HotSnapshots:
         """After a restore read name from the page cache: take it in, in the background, when
         auto-hold is on and it fits the budget (evicting older ones). Never raises; the caller
         keeps fd (it is duplicated here)."""
-        if not self.auto_hold:
+        if not self.auto_hold or self._closing:
             return None
         try:
             st = os.fstat(fd)
@@ -231,6 +236,8 @@ class HotSnapshots:
                 os.close(own)
 
         thread = threading.Thread(target=take, name="hot-intake", daemon=True)
+        with self._lock:
+            self._intakes = [t for t in self._intakes if t.is_alive()] + [thread]
         thread.start()
         return thread
 
@@ -347,7 +354,12 @@ class HotSnapshots:
                     "snapshots": [h.describe() for h in sorted(self._held.values(),
                                                                key=lambda h: -h.last_used)]}
 
-    def release(self) -> None:
+    def release(self, timeout_s: float = 120) -> None:
+        """Free every hot copy, after the intakes under way (the driver must outlive them)."""
+        self._closing = True
+        deadline = time.monotonic() + timeout_s
+        for thread in list(self._intakes):
+            thread.join(max(0.0, deadline - time.monotonic()))
         with self._lock:
             for hot in self._held.values():
                 self._retire(hot)
