@@ -202,7 +202,8 @@ class HotSnapshots:
         with self._lock:
             if self._closing:  # released while this was read: nothing may stay behind
                 hot.free()
-                raise RestoreprofError(f"{name}: the pool is stopping", hint="start 'restoreprof warm' again to hold it")
+                raise RestoreprofError(f"{name}: the pool is stopping",
+                                       hint="start 'restoreprof warm' again to hold it")
             old = self._held.pop(key, None)
             if old is not None:  # the same inode, rewritten: the old copy goes
                 self._retire(old)
