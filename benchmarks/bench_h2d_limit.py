@@ -11,6 +11,9 @@ loaded into fresh exportable GPU memory, exactly as the warm pool does for a res
                 each chunk's crc32c checked as it is queued (one row per --threads)
   hot, no check the same DMA without the checks (rp_hot_copy, into plain device memory): the
                 link's own rate, for comparison; restore never runs this way
+  mapped page    an experiment for the page-cache path: the first allocation's bytes mapped
+  cache         from the file, registered read-only with the driver (cuMemHostRegister pins
+                the cached pages: its time is the row's "median"), then the DMA alone
 Before anything, the page cache holds the snapshot (it was just written, then read once).
 Each row: median and range of --repeat runs, GB/s of the median (10^9 bytes/s), and whether
 the memory loaded equals the snapshot (the first 64 MiB and the last 64 MiB of each run's first
@@ -89,6 +92,45 @@ def _row(label: str, seconds: list[float], nbytes: int, same: bool | None) -> No
           f"{nbytes / median / 1e9:>7.1f} {data:>8}", flush=True)
 
 
+def _mapped_page_cache(cu, ok, lib, snapshot: Path, nbytes: int, device, base, args) -> None:
+    """An experiment: DMA straight from the page cache, the snapshot's first allocation mapped
+    and registered with the driver read-only (cuMemHostRegister pins the cached pages): how
+    long registering takes, and the DMA's rate after it."""
+    from restoreprof.optimizer.hot_snapshots import read_table
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mmap.restype = ctypes.c_void_p
+    libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int,
+                          ctypes.c_int, ctypes.c_long]
+    libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+    with open(snapshot, "rb") as f:
+        offset = int.from_bytes(read_table(f.fileno())[64 + 24:64 + 32], "little")
+        length = offset + nbytes
+        mapped = libc.mmap(None, length, 1, 1, f.fileno(), 0)  # PROT_READ, MAP_SHARED
+    if mapped in (None, ctypes.c_void_p(-1).value):
+        print(f"mapped page cache: mmap failed (errno {ctypes.get_errno()})")
+        return
+    read_only = 0x08  # CU_MEMHOSTREGISTER_READ_ONLY
+    times, register_s = [], []
+    try:
+        for _ in range(args.repeat):
+            t0 = time.monotonic()
+            ok(cu.cuMemHostRegister(mapped + offset, nbytes, read_only))
+            register_s.append(time.monotonic() - t0)
+            params = engine.EngineParams.of(replace(base, threads=max(args.threads)))
+            t0 = time.monotonic()
+            rc = lib.rp_hot_copy(int(device), mapped + offset, nbytes, None, 2 << 20,
+                                 ctypes.byref(params))
+            times.append(time.monotonic() - t0)
+            ok(cu.cuMemHostUnregister(mapped + offset))
+            if rc:
+                raise SystemExit(f"rp_hot_copy from the mapped page cache: CUDA error {rc}")
+    finally:
+        libc.munmap(mapped, length)
+    _row(f"mapped page cache: register ({nbytes >> 20} MiB)", register_s, nbytes, None)
+    _row("mapped page cache: DMA after it", times, nbytes, None)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--gib", type=float, default=16)
@@ -165,6 +207,7 @@ def main() -> None:
             if rc:
                 raise SystemExit(f"rp_hot_copy: CUDA error {rc}")
         _row(f"hot, no check ({first.bytes >> 20} MiB), {threads} thr", times, first.bytes, None)
+    _mapped_page_cache(cu, ok, lib, snapshot, first.bytes, device, base, args)
     ok(cu.cuMemFree(device))
     hot.release()
     shutil.rmtree(args.work, ignore_errors=True)
