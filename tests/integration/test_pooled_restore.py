@@ -70,7 +70,7 @@ def test_the_pool_restores_and_the_client_prints_what_a_local_restore_prints(hel
     w, ckpt = held
     pool = Pool("--hold-mib", "0")
     try:
-        out = _restore(ckpt, "--json")
+        out = _restore(ckpt, "--json", env={"RESTOREPROF_POOL_RESTORE": "1"})  # not a reason
         assert out.returncode == 0, out.stderr
         result = json.loads(out.stdout)
         assert result["root_pid"] == w.pid and result["cuda_pids"] == [w.pid]

@@ -32,6 +32,9 @@ RELEVANT_PREFIXES = ("RESTOREPROF_", "CRIU_CUDA_", "CUDA_INTERCEPT_")
 RELEVANT_NAMES = ("XDG_CONFIG_HOME", "HOME", "PATH", "LD_LIBRARY_PATH")
 LOCAL_ONLY = ("-h", "--help", "--criu-arg")
 OFF_ENV = "RESTOREPROF_POOL_RESTORE"  # 0: always restore in this process
+# Variables that say nothing about how a restore runs: never a reason to decline.
+NEUTRAL = (OFF_ENV, "RESTOREPROF_HOLD_MIB", "RESTOREPROF_REQUIRE_ROOT_TESTS",
+           "RESTOREPROF_SHIM_DEBUG")
 _restore_lock = threading.Lock()
 
 
@@ -90,7 +93,7 @@ def _environment_differs(client: dict[str, str]) -> str | None:
     settings_vars = {var for s in SETTINGS for var in s.env}
     ours = relevant_environment(os.environ)
     for var in sorted(set(ours) | set(client)):
-        if var not in settings_vars and ours.get(var) != client.get(var):
+        if var not in settings_vars and var not in NEUTRAL and ours.get(var) != client.get(var):
             return var
     return None
 
