@@ -252,3 +252,22 @@ def test_a_running_pool_is_told_to_hold(fake_driver, tmp_path):
         assert "--hold-mib" in err.value.hint
     finally:
         pool.stop()
+
+
+def test_released_hot_copies_leave_nothing_pinned_or_retained(snap, fake_driver):
+    fake = ctypes.CDLL(str(fake_driver))  # the driver loaded in this process: its counters
+    fake.fakecuda_calls.restype = ctypes.c_ulong
+    fake.fakecuda_calls.argtypes = [ctypes.c_char_p]
+    contexts_before = fake.fakecuda_primary_refcount(0)
+    allocs_before = fake.fakecuda_calls(b"cuMemHostAlloc")
+    frees_before = fake.fakecuda_calls(b"cuMemFreeHost")
+    hot = HotSnapshots(64 * MIB)
+    held = hot.hold_file(snap)
+    with open(snap, "rb") as f:
+        hot.preload(f.fileno(), str(snap), CFG).release()
+    allocs = fake.fakecuda_calls(b"cuMemHostAlloc") - allocs_before
+    assert allocs == sum(1 for b in held.buffers[:held.count] if b.host) > 0
+    hot.release()
+    assert fake.fakecuda_calls(b"cuMemFreeHost") - frees_before == allocs
+    assert fake.fakecuda_primary_refcount(0) == contexts_before
+    assert hot.status()["held_bytes"] == 0

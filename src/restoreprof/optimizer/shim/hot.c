@@ -103,11 +103,17 @@ RP_EXPORT void rp_hot_free(struct rp_hot_buffer *buffers, long count)
 {
     for (long i = 0; i < count; i++) {
         struct rp_hot_buffer *b = &buffers[i];
-        if (b->host)
-            rp_real.cuMemFreeHost(b->host);
         CUdevice dev;
-        if (b->device >= 0 && rp_real.cuDeviceGet(&dev, b->device) == CUDA_SUCCESS)
+        CUcontext ctx;
+        if (b->device >= 0 && rp_real.cuDeviceGet(&dev, b->device) == CUDA_SUCCESS) {
+            /* freed on the context that made it (the buffer's reference keeps it alive) */
+            if (b->host && rp_real.cuDevicePrimaryCtxRetain(&ctx, dev) == CUDA_SUCCESS) {
+                rp_real.cuCtxSetCurrent(ctx);
+                rp_real.cuMemFreeHost(b->host);
+                rp_real.cuDevicePrimaryCtxRelease_v2(dev);
+            }
             rp_real.cuDevicePrimaryCtxRelease_v2(dev);
+        }
         b->host = NULL;
         b->device = -1;
     }
