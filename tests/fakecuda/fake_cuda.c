@@ -1050,11 +1050,57 @@ static struct {
 } pid_states[MAX_PIDS];
 static pthread_mutex_t pid_lock = PTHREAD_MUTEX_INITIALIZER;
 
+/* With FAKECUDA_STATE_DIR set, each pid's state lives in a file there, shared by every process
+ * (as a real driver's is): a guardian process can then restore and unlock what another locked.
+ * Without it, the state is this process's own, as before. */
+static int shared_state_path(int pid, char *path, size_t len)
+{
+    const char *dir = getenv("FAKECUDA_STATE_DIR");
+    if (!dir || !*dir)
+        return 0;
+    snprintf(path, len, "%s/pid-%d", dir, pid);
+    return 1;
+}
+
+static CUprocessState shared_state_read(const char *path)
+{
+    CUprocessState state = CU_PROCESS_STATE_RUNNING;
+    FILE *f = fopen(path, "r");
+    if (f) {
+        int value;
+        if (fscanf(f, "%d", &value) == 1)
+            state = (CUprocessState)value;
+        fclose(f);
+    }
+    return state;
+}
+
+static void shared_state_write(const char *path, CUprocessState state)
+{
+    char tmp[4200];
+    snprintf(tmp, sizeof tmp, "%s.%d.tmp", path, (int)getpid());
+    FILE *f = fopen(tmp, "w");
+    if (!f)
+        return;
+    fprintf(f, "%d\n", (int)state);
+    fclose(f);
+    rename(tmp, path);
+}
+
 /* Moves pid from `from` to `to`; CUDA_ERROR_ILLEGAL_STATE when it is not in `from`. */
 static CUresult transition(int pid, CUprocessState from, CUprocessState to)
 {
     CUresult rc = CUDA_ERROR_ILLEGAL_STATE;
+    char path[4096];
     pthread_mutex_lock(&pid_lock);
+    if (shared_state_path(pid, path, sizeof path)) {
+        if (shared_state_read(path) == from) {
+            shared_state_write(path, to);
+            rc = CUDA_SUCCESS;
+        }
+        pthread_mutex_unlock(&pid_lock);
+        return rc;
+    }
     int slot = -1;
     for (int i = 0; i < MAX_PIDS && slot < 0; i++)
         if (pid_states[i].pid == pid)
@@ -1079,10 +1125,14 @@ EXPORT CUresult cuCheckpointProcessGetState(int pid, CUprocessState *state)
     if (!state)
         return CUDA_ERROR_INVALID_VALUE;
     *state = CU_PROCESS_STATE_RUNNING;
+    char path[4096];
     pthread_mutex_lock(&pid_lock);
-    for (int i = 0; i < MAX_PIDS; i++)
-        if (pid_states[i].pid == pid)
-            *state = pid_states[i].state;
+    if (shared_state_path(pid, path, sizeof path))
+        *state = shared_state_read(path);
+    else
+        for (int i = 0; i < MAX_PIDS; i++)
+            if (pid_states[i].pid == pid)
+                *state = pid_states[i].state;
     pthread_mutex_unlock(&pid_lock);
     return CUDA_SUCCESS;
 }

@@ -9,22 +9,25 @@ per host, by the pool, instead of once per restore.
     pool.handlers["restore"] = serve_restore
 
 The client side imports only the socket framing. It sends {"op": "restore", "argv", "cwd",
-"env"} (its restoreprof-related environment variables); the pool parses argv with the restore
-command's own parser, resolves the settings from the client's variables, runs the command with
-its output captured, and answers {"stdout", "stderr", "exit_code"}. It declines ({"declined":
-why}) what it would not run as the client would: a request it cannot parse (the client then
-shows the parser's error itself), --criu-arg (CRIU would see the pool's working directory), or
-an environment that differs in anything but the settings (another CRIU, libcuda, run
-directory, config or tuning file). A declined or unanswered request runs here as if no pool ran.
-Once the pool has accepted a restore, its answer is the restore's: a pool that dies midway is
-reported, never retried here (the processes may be restored already).
+"env"} (its restoreprof-related environment variables); the pool runs the command line's own
+code for `restore argv` in the client's working directory with the client's settings variables,
+its output captured, and answers {"stdout", "stderr", "exit_code"}: exactly what the command
+would have printed and returned. It declines ({"declined": why}) what it would not run as the
+client would: --criu-arg (CRIU would not see the client's descriptors), or an environment that
+differs in anything but the settings (another CRIU, libcuda, run directory, config or tuning
+file). A declined or unanswered request runs here as if no pool ran. Once the pool has accepted
+a restore, its answer is the restore's: a pool that dies midway is reported, never retried
+here (the processes may be restored already).
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import sys
 import threading
+from collections.abc import Iterator
 
 # Variables that change what a restore does: the settings (resolved per request from the
 # client's values) and the rest (which must match the pool's own).
@@ -88,58 +91,109 @@ def restore_through_pool(argv: list[str]) -> int | None:
 
 def _environment_differs(client: dict[str, str]) -> str | None:
     """The first non-setting variable whose value differs between the client and the pool."""
-    from restoreprof.settings import SETTINGS
-
-    settings_vars = {var for s in SETTINGS for var in s.env}
     ours = relevant_environment(os.environ)
     for var in sorted(set(ours) | set(client)):
-        if var not in settings_vars and var not in NEUTRAL and ours.get(var) != client.get(var):
+        if var not in _settings_variables() and var not in NEUTRAL and \
+                ours.get(var) != client.get(var):
             return var
     return None
 
 
-def serve_restore(request: dict) -> dict:
-    """A client's `restoreprof restore`, run here: its reply (see the module's docstring)."""
-    import contextlib
-    import io
-    from pathlib import Path
+def _settings_variables() -> set[str]:
+    from restoreprof.settings import SETTINGS
 
+    return {var for s in SETTINGS for var in s.env}
+
+
+class _RoutedStream:
+    """sys.stdout or sys.stderr in the pool: a thread that carries out a restore writes into
+    its own buffer, every other thread to the pool's real stream."""
+
+    def __init__(self, real) -> None:
+        self.real = real
+        self.local = threading.local()
+
+    def _target(self):
+        return getattr(self.local, "buffer", None) or self.real
+
+    def write(self, text: str) -> int:
+        return self._target().write(text)
+
+    def flush(self) -> None:
+        self._target().flush()
+
+    def isatty(self) -> bool:  # nobody watches a captured restore: no progress is drawn
+        return self._target() is self.real and self.real.isatty()
+
+    def fileno(self) -> int:
+        return self.real.fileno()
+
+    def __getattr__(self, name: str):
+        return getattr(self.real, name)
+
+
+@contextlib.contextmanager
+def _captured() -> Iterator[tuple[io.StringIO, io.StringIO]]:
+    """This thread's stdout and stderr, into buffers, for the block."""
+    for name in ("stdout", "stderr"):
+        if not isinstance(getattr(sys, name), _RoutedStream):
+            setattr(sys, name, _RoutedStream(getattr(sys, name)))
+    out, err = io.StringIO(), io.StringIO()
+    sys.stdout.local.buffer, sys.stderr.local.buffer = out, err
+    try:
+        yield out, err
+    finally:
+        sys.stdout.local.buffer = sys.stderr.local.buffer = None
+
+
+@contextlib.contextmanager
+def _as_the_client(cwd: str, env: dict[str, str]) -> Iterator[None]:
+    """The client's working directory and settings variables, for the block (both are the
+    process's: the caller holds _restore_lock, and nothing else in the pool reads them)."""
+    before_cwd = os.getcwd()
+    names = _settings_variables()
+    before = {k: os.environ.get(k) for k in names}
+    try:
+        os.chdir(cwd)
+        for k in names:
+            if k in env:
+                os.environ[k] = env[k]
+            else:
+                os.environ.pop(k, None)
+        yield
+    finally:
+        for k, v in before.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        os.chdir(before_cwd)
+
+
+def serve_restore(request: dict) -> dict:
+    """A client's `restoreprof restore`, run here by the command line's own code: its reply
+    (see the module's docstring)."""
     argv, cwd, env = request.get("argv"), request.get("cwd"), request.get("env")
     if not (isinstance(argv, list) and isinstance(cwd, str) and isinstance(env, dict)):
         return {"declined": "a malformed restore request"}
     argv, env = [str(a) for a in argv], {str(k): str(v) for k, v in env.items()}
+    if any(a in LOCAL_ONLY or a.startswith("--criu-arg=") for a in argv):
+        return {"declined": "--criu-arg runs in the client"}
     differs = _environment_differs(env)
     if differs:
         return {"declined": f"the pool runs with another {differs}"}
-    from restoreprof.cli import build_parser
+    if not os.path.isdir(cwd):
+        return {"declined": "the client's working directory is not visible here"}
+    from restoreprof import cli
 
-    try:
-        with contextlib.redirect_stderr(io.StringIO()):  # the client shows the parser's errors
-            args = build_parser(["restore"]).parse_args(["restore", *argv])
-    except SystemExit:
-        return {"declined": "the pool could not parse the request"}
-    if args.criu_arg:
-        return {"declined": "--criu-arg runs in the client"}
-    args.dir = Path(cwd, args.dir)
-    if getattr(args, "config", None):
-        args.config = str(Path(cwd, args.config))
-    args.quiet = True  # the pool draws no progress on its own terminal
-    out = io.StringIO()
-    from restoreprof.commands import restore as command
-    from restoreprof.errors import RestoreprofError
-    from restoreprof.tuner import install_tuned_defaults
-
-    with _restore_lock:  # the tuned defaults are process-wide: one restore at a time
+    with _restore_lock, _captured() as (out, err), _as_the_client(cwd, env):
         try:
-            install_tuned_defaults(args.dir)
-            code = command.run(args, environ=env, out=out)
-            return {"stdout": out.getvalue(), "stderr": "", "exit_code": code}
-        except RestoreprofError as exc:
-            return {"stdout": out.getvalue(), "stderr": f"restoreprof restore: error: {exc}\n",
-                    "exit_code": exc.exit_code}
-        except Exception as exc:  # reported to the client as any failed restore is
-            return {"stdout": out.getvalue(),
-                    "stderr": f"restoreprof restore: error: the warm pool's restore failed: "
-                              f"{exc!r}\n  -> see the pool's output; 'restoreprof restore -D DIR "
-                              f"--gpu-only' resumes a GPU step\n", "exit_code": 1}
-
+            # as_program: errors are reported as the command reports them, never raised here
+            code = cli._main(["restore", *argv], as_program=True)
+        except SystemExit as exc:  # argparse, having printed its usage and error
+            code = exc.code if isinstance(exc.code, int) else int(exc.code is not None)
+        except Exception as exc:  # reported to the client as the command reports a bug
+            err.write(f"restoreprof restore: error: internal error in the warm pool: "
+                      f"{type(exc).__name__}: {exc}\n")
+            code = 1
+    return {"stdout": out.getvalue(), "stderr": err.getvalue(), "exit_code": code}

@@ -86,6 +86,8 @@ class WarmPool:
         # Requests without descriptors that layers above serve ({"op": name} -> reply), e.g.
         # "restore" (commands/pooled_restore.py): the pool itself imports none of them.
         self.handlers: dict[str, Callable[[dict], dict]] = {}
+        self._handling = threading.Condition()  # guards _in_handlers
+        self._in_handlers = 0
         self.warmed = warm()
         self.staging_s = 0.0
         if with_staging and self.warmed.contexts:
@@ -148,8 +150,12 @@ class WarmPool:
         """The pinned staging the engine holds now."""
         return sum(size for _, size in engine.staging_ranges())
 
-    def release(self) -> None:
+    def release(self, timeout_s: float = 600) -> None:
+        """Stop serving, let a restore under way finish (it preloads through this pool), then
+        free everything."""
         self.close()
+        with self._handling:
+            self._handling.wait_for(lambda: self._in_handlers == 0, timeout_s)
         if self.hot is not None:
             self.hot.release()
         engine.release_staging()
@@ -173,7 +179,7 @@ class WarmPool:
                     handler = self.handlers.get(str(request.get("op")))
                     if handler is not None and not fds:
                         op = str(request.get("op"))
-                        reply = handler(request)
+                        reply = self._handle(handler, request)
                         if "declined" not in reply:
                             self.stats.handled[op] = self.stats.handled.get(op, 0) + 1
                         _send(conn, reply)
@@ -217,6 +223,16 @@ class WarmPool:
                 if offer is not None:  # after the restore, so the intake never competes with it
                     self.hot.offer(*offer)
                     os.close(offer[0])
+
+    def _handle(self, handler: Callable[[dict], dict], request: dict) -> dict:
+        with self._handling:
+            self._in_handlers += 1
+        try:
+            return handler(request)
+        finally:
+            with self._handling:
+                self._in_handlers -= 1
+                self._handling.notify_all()
 
     def _preload_hot(self, fd: int, name: str, cfg: OptimizerConfig):
         """The snapshot from its hot copy, or None (not held, or its copy failed a check:

@@ -16,7 +16,7 @@ import sys
 from functools import lru_cache
 from pathlib import Path
 
-from restoreprof.errors import RestoreprofError
+from restoreprof.errors import EXIT_ENVIRONMENT, RestoreprofError
 
 MIN_CRIU_VERSION = (4, 0)
 
@@ -75,6 +75,7 @@ def criu_path() -> str:
     raise RestoreprofError(
         f"CRIU >= {'.'.join(map(str, MIN_CRIU_VERSION))} not found{detail}",
         hint="run ./scripts/setup.sh as root, or set RESTOREPROF_CRIU=/path/to/criu",
+        exit_code=EXIT_ENVIRONMENT,
     )
 
 
