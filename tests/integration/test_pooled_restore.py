@@ -52,9 +52,10 @@ def _kill(w: HeldMemory) -> None:
         time.sleep(0.02)
 
 
-def _restore(ckpt: Path, *extra: str, env: dict | None = None) -> subprocess.CompletedProcess:
+def _restore(ckpt: Path | str, *extra: str, env: dict | None = None,
+             cwd: Path | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([*CLI, "restore", "-D", str(ckpt), *extra], capture_output=True,
-                          text=True, timeout=120, env={**os.environ, **(env or {})})
+                          text=True, timeout=120, env={**os.environ, **(env or {})}, cwd=cwd)
 
 
 @pytest.fixture
@@ -77,7 +78,7 @@ def test_the_pool_restores_and_the_client_prints_what_a_local_restore_prints(hel
         assert "GPU memory adopt" in {s["name"] for s in result["steps"]}
         assert w.verify()
         _kill(w)
-        text = _restore(ckpt)  # the table, as the local command prints it
+        text = _restore("ckpt", cwd=ckpt.parent)  # relative to the client's directory
         assert text.returncode == 0, text.stderr
         assert text.stdout.startswith(f"restored 1 processes (root PID {w.pid}, 1 with CUDA)")
         assert "  total" in text.stdout
@@ -93,13 +94,18 @@ def test_an_error_in_the_pool_reads_as_the_local_one(held):
     try:
         assert _restore(ckpt).returncode == 0
         pooled = _restore(ckpt)  # again, while the restored process holds the PID
+        pooled_json = _restore(ckpt, "--json")
     finally:
         log = pool.stop()
     local = _restore(ckpt, env={"RESTOREPROF_POOL_RESTORE": "0"})
+    local_json = _restore(ckpt, "--json", env={"RESTOREPROF_POOL_RESTORE": "0"})
     assert pooled.returncode == local.returncode != 0
     assert pooled.stderr == local.stderr
     assert f"PID {w.pid} is in use" in pooled.stderr
-    assert "2 restore(s) carried out" in log
+    assert pooled_json.returncode == local_json.returncode
+    assert json.loads(pooled_json.stdout) == json.loads(local_json.stdout)
+    assert json.loads(pooled_json.stdout)["error"]
+    assert "3 restore(s) carried out" in log
 
 
 @pytest.mark.parametrize("env, flags", [
@@ -181,3 +187,16 @@ def test_the_clients_answers(fake_driver, tmp_path, monkeypatch, capsys, answer,
         assert "--gpu-only" in err.err
     if code == 0:
         assert err.out == "out\n"
+
+
+def test_a_bad_command_line_reads_as_the_local_one(fake_driver):
+    pool = Pool("--hold-mib", "0")
+    try:
+        pooled = subprocess.run([*CLI, "restore", "--bogus"], capture_output=True, text=True,
+                                timeout=60)
+    finally:
+        pool.stop()
+    local = subprocess.run([*CLI, "restore", "--bogus"], capture_output=True, text=True,
+                           timeout=60, env={**os.environ, "RESTOREPROF_POOL_RESTORE": "0"})
+    assert pooled.returncode == local.returncode == 2
+    assert pooled.stderr == local.stderr and "arguments are required: -D/--dir" in pooled.stderr
