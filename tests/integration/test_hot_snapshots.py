@@ -271,3 +271,17 @@ def test_released_hot_copies_leave_nothing_pinned_or_retained(snap, fake_driver)
     assert fake.fakecuda_calls(b"cuMemFreeHost") - frees_before == allocs
     assert fake.fakecuda_primary_refcount(0) == contexts_before
     assert hot.status()["held_bytes"] == 0
+
+
+def test_warm_hold_hands_snapshots_to_the_running_pool(fake_driver, tmp_path):
+    snap = _offloaded_snapshot(tmp_path, "a", 9, 1)
+    pool = Pool("--hold-mib", "64", "--no-auto-hold")
+    try:
+        out = subprocess.run([sys.executable, "-m", "restoreprof", "warm", "--hold", str(snap)],
+                             capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+        assert f"the running pool holds {snap} hot" in out.stdout
+        assert [s["name"] for s in describe_pool()["hot"]["snapshots"]] == [str(snap)]
+        assert pool.proc.poll() is None, "the running pool serves on"
+    finally:
+        pool.stop()

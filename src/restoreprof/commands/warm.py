@@ -21,7 +21,7 @@ from restoreprof.commands.pooled_restore import serve_restore
 from restoreprof.errors import RestoreprofError
 from restoreprof.optimizer import config
 from restoreprof.optimizer.hot_snapshots import HotSnapshots, default_budget_bytes, snapshots_in
-from restoreprof.optimizer.pool import WarmPool
+from restoreprof.optimizer.pool import WarmPool, hold_through_pool, pool_running
 
 name = "warm"
 help = ("keep CUDA warm (contexts, pinned staging pool) and preload GPU memory for "
@@ -35,7 +35,8 @@ def prepare_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--hold", action="append", default=[], type=Path,
                         metavar="DIR_OR_SNAPSHOT",
                         help="keep this checkpoint's GPU snapshots (or this gpu-*.snap) in "
-                             "pinned memory, for restores at the link's rate (repeatable)")
+                             "pinned memory, for restores at the link's rate (repeatable; where "
+                             "a pool runs already, it is asked to and this command returns)")
     parser.add_argument("--hold-mib", type=int, default=None, metavar="N",
                         help=f"pinned memory hot snapshots may use, MiB (default ${HOLD_ENV}, "
                              "else a quarter of this host's memory; 0: none)")
@@ -72,6 +73,12 @@ def run(args: argparse.Namespace) -> int:
         raise RestoreprofError("--hold with --hold-mib 0 holds nothing",
                                hint="give --hold-mib room for the snapshots, or drop --hold")
     targets = [s for target in args.hold for s in snapshots_in(target)]
+    if targets and pool_running():  # one pool per user: the running one takes them in
+        for snapshot in targets:
+            held = hold_through_pool(snapshot)
+            print(f"warm: the running pool holds {snapshot} hot: {held['bytes'] >> 20} MiB pinned, "
+                  f"checked, in {held['intake_s']:.2f} s")
+        return 0
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
