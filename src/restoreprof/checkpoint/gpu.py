@@ -103,6 +103,11 @@ def offload_all(pids: list[int], directory: Path, optimizer) -> dict[int, dict]:
         except TargetStoppedError as exc:  # it cannot answer: the driver checkpoints it whole
             print(f"restoreprof: note: {exc.args[0]}; the driver checkpoints it", file=sys.stderr)
             continue
+        except RestoreprofError:
+            # One process refused (or failed): those offloaded before it get their memory back,
+            # so the whole tree runs on as it was.
+            reload_all(records, directory, optimizer)
+            raise
         records[pid] = {"snapshot": name, "bytes": int(result.get("bytes", 0)),
                         "seconds": round(time.monotonic() - start, 6)}
     return records

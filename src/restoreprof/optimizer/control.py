@@ -181,8 +181,13 @@ class ShimControl:
         if text.startswith("OK"):
             return text[2:].strip()
         message = text.removeprefix("ERR").strip() or "no reply"
-        hint = ("run as the process owner or as root" if "permission" in message
-                else "see the process's stderr (RESTOREPROF_SHIM_DEBUG=1 logs more)")
+        if "permission" in message:
+            hint = "run as the process owner or as root"
+        elif message.startswith("cannot checkpoint"):  # refused before anything was touched
+            hint = ("the process keeps running, untouched; stop sharing the memory named (or "
+                    "free it), then checkpoint again")
+        else:
+            hint = "see the process's stderr (RESTOREPROF_SHIM_DEBUG=1 logs more)"
         raise RestoreprofError(f"PID {self.pid}: {verb} failed: {message}", hint=hint)
 
     def _require_running(self, verb: str, during: bool = False) -> None:
@@ -280,10 +285,12 @@ class ShimControl:
         """Map memory at the same addresses again and load path into it (checksums verified)."""
         return self._transfer("RELOAD", path, cfg, safe)
 
-    def adopt(self, address: int, gpu_uuid: str, fd: int) -> dict[str, Any]:
-        """Map preloaded memory (fd, see optimizer.preload) at an offloaded allocation's address;
+    def adopt(self, address: int, gpu_uuid: str, fd: int, handle: int = 0) -> dict[str, Any]:
+        """Map preloaded memory (fd, see optimizer.preload) at an offloaded allocation's address,
+        or, given the application's handle of a physical allocation, wherever that was mapped;
         {bytes, seconds, remaining}. When none remains offloaded, the process runs on."""
-        return _parse_ok_numbers(self.request(f"ADOPT {address:x} {gpu_uuid}", fd))
+        suffix = f" {handle:x}" if handle else ""
+        return _parse_ok_numbers(self.request(f"ADOPT {address:x} {gpu_uuid}{suffix}", fd))
 
     def status(self) -> dict[str, Any]:
         fields = dict(item.split("=", 1) for item in self.request("STATUS").split())

@@ -12,11 +12,18 @@
  *     then COMMIT                                            -> OK <bytes> <ns> | ERR <message>
  *   RELOAD <path> <streams> <chunk_mb> <threads> <pinned>   -> OK <bytes> <ns> | ERR <message>
  *   (a number left out or negative: this process's own setting, from its environment)
- *   ADOPT <address> <gpu uuid> + one fd (SCM_RIGHTS) -> OK <bytes> <ns> remaining=<n> | ERR
+ *   ADOPT <address> <gpu uuid> [<handle>] + one fd (SCM_RIGHTS)
+ *                                                   -> OK <bytes> <ns> remaining=<n> | ERR
  *   STATUS                                          -> OK state=<running|offloaded> ...
  *
  * ADOPT maps memory restoreprof preloaded from the snapshot (preload.c) at one offloaded
- * allocation's address; when none is left offloaded, it is as if RELOAD had run.
+ * allocation's address, or, given a handle, where the application's physical allocation of
+ * that handle was mapped (app_vmm.c); when none is left offloaded, it is as if RELOAD had run.
+ *
+ * OFFLOAD saves the library's allocations (cuMemAlloc and stream-ordered, mempool.c) and the
+ * application's own physical allocations (app_vmm.c). Memory shared with another process is
+ * refused before anything is written or released; the stream-ordered cache (memory nobody
+ * uses) is released, not saved.
  *
  * OFFLOAD is two-phase so that no process is left offloaded with nobody to bring it back: the
  * memory is released only once the client has read READY (the snapshot is complete) and
@@ -131,10 +138,10 @@ static int store_handle(struct rp_allocation *entry, void *arg)
     return 1;
 }
 
-static CUresult drain_contexts(struct alloc_list *list)
+static CUresult drain_contexts(const struct rp_snap_item *items, size_t count)
 {
-    for (size_t i = 0; i < list->count; i++) {
-        CUresult rc = rp_real.cuCtxSetCurrent(list->items[i].context);
+    for (size_t i = 0; i < count; i++) {
+        CUresult rc = rp_real.cuCtxSetCurrent(items[i].context);
         if (rc == CUDA_SUCCESS)
             rc = rp_real.cuCtxSynchronize();
         if (rc != CUDA_SUCCESS)
@@ -175,11 +182,11 @@ static struct {
 } saved_stacks[RP_MAX_CONTEXTS];
 static int n_saved_stacks;
 
-static void shrink_stacks(struct alloc_list *list)
+static void shrink_stacks(const struct rp_snap_item *items, size_t count)
 {
     n_saved_stacks = 0;
-    for (size_t i = 0; i < list->count && n_saved_stacks < RP_MAX_CONTEXTS; i++) {
-        CUcontext ctx = list->items[i].context;
+    for (size_t i = 0; i < count && n_saved_stacks < RP_MAX_CONTEXTS; i++) {
+        CUcontext ctx = items[i].context;
         int seen = 0;
         for (int k = 0; k < n_saved_stacks; k++)
             seen |= saved_stacks[k].context == ctx;
@@ -229,6 +236,28 @@ static int unmap_all(struct alloc_list *list, char *err, size_t errlen)
     return failures ? -1 : 0;
 }
 
+/* The snapshot's items: the library's allocations, then the application's physical ones (each
+ * with a window to read it through; rp_app_vmm_close_windows closes them). */
+static int offload_items(struct alloc_list *list, struct rp_snap_item **items, size_t *count,
+                         char *err, size_t errlen)
+{
+    size_t capacity = list->count ? list->count : 1;
+    *count = 0;
+    *items = calloc(capacity, sizeof(**items));
+    if (!*items)
+        return snprintf(err, errlen, "out of memory"), -1;
+    for (size_t i = 0; i < list->count; i++) {
+        const struct rp_allocation *a = &list->items[i];
+        (*items)[(*count)++] = (struct rp_snap_item){
+            .record = { .address = a->address, .size = a->size, .reserved = a->reserved,
+                        .device = a->device, .kind = RP_SNAP_ALLOCATION },
+            .source = a->address,
+            .context = a->context,
+        };
+    }
+    return rp_app_vmm_items(items, count, &capacity, err, errlen);
+}
+
 static void do_offload(int conn, const char *path, struct rp_engine_params p, char *reply,
                        size_t len)
 {
@@ -237,9 +266,17 @@ static void do_offload(int conn, const char *path, struct rp_engine_params p, ch
         return;
     }
     uint64_t start = rp_now_ns(), total = 0;
-    char err[256] = "";
+    char err[512] = "";
     struct alloc_list list = { 0 };
+    struct rp_snap_item *items = NULL;
+    size_t n_items = 0;
     rp_gate_close(); /* the application's intercepted calls wait from here */
+    /* Refused before the file is made: a refused checkpoint leaves nothing behind. */
+    if (rp_app_vmm_refusal(err, sizeof(err)) != 0) {
+        rp_gate_open();
+        snprintf(reply, len, "ERR cannot checkpoint: %s", err);
+        return;
+    }
     int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
     CUresult drained = CUDA_SUCCESS;
     int rc = -1;
@@ -247,10 +284,17 @@ static void do_offload(int conn, const char *path, struct rp_engine_params p, ch
         snprintf(err, sizeof(err), "cannot create %.160s: %s", path, strerror(errno));
     else if (collect(&list) != 0)
         snprintf(err, sizeof(err), "out of memory");
-    else if ((drained = drain_contexts(&list)) != CUDA_SUCCESS)
+    else if (offload_items(&list, &items, &n_items, err, sizeof(err)) != 0)
+        ; /* err says why */
+    else if ((drained = drain_contexts(items, n_items)) != CUDA_SUCCESS)
         snprintf(err, sizeof(err), "waiting for the GPU failed: %s", rp_error_name(drained));
-    else
-        rc = rp_snapshot_write(fd, list.items, list.count, p, &total, err, sizeof(err));
+    else {
+        size_t cached = rp_mempool_release_cached(); /* free memory is not the application's */
+        if (cached)
+            RP_DEBUG("released %zu bytes of cached stream-ordered memory", cached);
+        rc = rp_snapshot_write(fd, items, n_items, p, &total, err, sizeof(err));
+    }
+    rp_app_vmm_close_windows();
     if (fd >= 0 && close(fd) != 0 && rc == 0) {
         snprintf(err, sizeof(err), "closing %.160s failed: %s", path, strerror(errno));
         rc = -1;
@@ -258,6 +302,7 @@ static void do_offload(int conn, const char *path, struct rp_engine_params p, ch
     if (rc != 0) {
         rp_gate_open(); /* nothing was released: the application just carries on */
         snprintf(reply, len, "ERR %s", err);
+        free(items);
         free(list.items);
         return;
     }
@@ -272,6 +317,7 @@ static void do_offload(int conn, const char *path, struct rp_engine_params p, ch
                "nothing was released and the application runs on", path,
                RP_COMMIT_TIMEOUT_MS / 1000);
         reply[0] = '\0'; /* nobody to answer */
+        free(items);
         free(list.items);
         return;
     }
@@ -279,12 +325,15 @@ static void do_offload(int conn, const char *path, struct rp_engine_params p, ch
     /* The pinned staging pool would only add its size to CRIU's images and may not survive
      * the driver's checkpoint: RELOAD makes a new one. */
     rp_engine_release();
-    shrink_stacks(&list);
-    if (unmap_all(&list, err, sizeof(err)) != 0)
+    shrink_stacks(items, n_items); /* the contexts of both kinds of memory */
+    int released = unmap_all(&list, err, sizeof(err));
+    if (rp_app_vmm_release(err[0] ? err + strlen(err) : err, sizeof(err) - strlen(err)) != 0 ||
+        released != 0)
         snprintf(reply, len, "ERR %s", err);
     else
         snprintf(reply, len, "OK %llu %llu", (unsigned long long)total,
                  (unsigned long long)(rp_now_ns() - start));
+    free(items);
     free(list.items);
 }
 
@@ -298,29 +347,64 @@ static struct rp_allocation *find_in(struct alloc_list *list, const struct snap_
     return NULL;
 }
 
-/* Loads one record; on an engine failure, rebuilds the staging pool and tries once more
- * (pinned buffers made before a driver checkpoint may not survive it on every driver). */
-static CUresult load_record(int fd, struct rp_allocation *a, const struct snap_record *r,
-                            size_t checksum_bytes, struct rp_engine_params p, uint64_t *map_ns)
+/* Physical memory for an offloaded allocation again, at its address (nothing when it is mapped:
+ * adopted before this RELOAD, its bytes are simply loaded again). */
+static CUresult map_allocation(struct rp_allocation *a, uint64_t *map_ns)
 {
-    struct rp_transfer t = { .direction = RP_H2D, .device = a->address, .fd = fd,
-                             .file_offset = (off_t)r->data_offset, .bytes = r->size,
-                             .checksums = (uint32_t *)(r + 1), .checksum_bytes = checksum_bytes };
     CUresult rc = rp_real.cuCtxSetCurrent(a->context);
     if (rc == CUDA_SUCCESS && a->handle == 0) {
         uint64_t start = rp_now_ns();
         rc = rp_vmm_map(a);
+        if (rc == CUDA_SUCCESS)
+            rc = rp_mempool_after_map(a);
         rp_registry_each(store_handle, a);
         *map_ns += rp_now_ns() - start;
     }
-    if (rc != CUDA_SUCCESS)
-        return rc;
-    rc = rp_engine_run(&t, p, 1);
-    if (rc != CUDA_SUCCESS && rc != CUDA_ERROR_INVALID_IMAGE) {
-        rp_log("reload of %#llx failed (%s); retrying with a new staging pool",
-               (unsigned long long)a->address, rp_error_name(rc));
-        rc = rp_engine_run(&t, p, 1); /* the engine dropped the pool on the driver error */
+    return rc;
+}
+
+/* Where one record's bytes go. */
+struct load {
+    const struct snap_record *record;
+    CUdeviceptr device;
+    CUcontext context;
+    int done;
+};
+
+/* Loads every record, one engine batch per context (chunks of all records shared out across
+ * the threads). On an engine failure, rebuilds the staging pool and tries once more (pinned
+ * buffers made before a driver checkpoint may not survive it on every driver). */
+static CUresult load_all(int fd, struct load *loads, size_t n, size_t checksum_bytes,
+                         struct rp_engine_params p)
+{
+    struct rp_transfer *t = calloc(n ? n : 1, sizeof(*t));
+    if (!t)
+        return CUDA_ERROR_OUT_OF_MEMORY;
+    CUresult rc = CUDA_SUCCESS;
+    for (size_t first = 0; first < n && rc == CUDA_SUCCESS; first++) {
+        if (loads[first].done)
+            continue;
+        size_t count = 0;
+        for (size_t i = first; i < n; i++) {
+            if (loads[i].done || loads[i].context != loads[first].context)
+                continue;
+            const struct snap_record *r = loads[i].record;
+            t[count++] = (struct rp_transfer){ .direction = RP_H2D, .device = loads[i].device,
+                                               .fd = fd, .file_offset = (off_t)r->data_offset,
+                                               .bytes = r->size, .checksums = rp_snapshot_sums(r),
+                                               .checksum_bytes = checksum_bytes };
+            loads[i].done = 1;
+        }
+        rc = rp_real.cuCtxSetCurrent(loads[first].context);
+        if (rc == CUDA_SUCCESS)
+            rc = rp_engine_run_batch(t, count, p, 1);
+        if (rc != CUDA_SUCCESS && rc != CUDA_ERROR_INVALID_IMAGE) {
+            rp_log("reload of %zu allocations failed (%s); retrying with a new staging pool",
+                   count, rp_error_name(rc));
+            rc = rp_engine_run_batch(t, count, p, 1); /* the engine dropped the pool */
+        }
     }
+    free(t);
     return rc;
 }
 
@@ -336,27 +420,57 @@ static void do_reload(const char *path, struct rp_engine_params p, char *reply, 
     struct snap_header h;
     struct alloc_list list = { 0 };
     char *table = NULL;
+    struct load *loads = NULL;
+    size_t n_loads = 0;
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0)
         snprintf(err, sizeof(err), "cannot open %.160s: %s", path, strerror(errno));
-    else if ((table = rp_snapshot_table(fd, &h, err, sizeof(err))) && collect(&list) != 0)
+    else if ((table = rp_snapshot_table(fd, &h, err, sizeof(err))) &&
+             (collect(&list) != 0 || !(loads = calloc(h.count ? h.count : 1, sizeof(*loads)))))
         snprintf(err, sizeof(err), "out of memory");
-    const struct snap_record *r = table ? (const struct snap_record *)(table + sizeof(h)) : NULL;
+    const struct snap_record *r = table ? rp_snapshot_first(table) : NULL;
+    uint64_t allocations = 0;
+    /* First the memory, every record's, then the bytes, all records at once. */
     for (uint64_t i = 0; table && !err[0] && i < h.count; i++, r = rp_snapshot_next(r)) {
-        struct rp_allocation *a = find_in(&list, r);
-        CUresult rc = a ? load_record(fd, a, r, h.chunk_bytes, p, &map_ns) : CUDA_ERROR_NOT_FOUND;
+        int physical = r->kind == RP_SNAP_PHYSICAL;
+        struct rp_allocation *a = physical ? NULL : find_in(&list, r);
+        struct load *l = &loads[n_loads];
+        l->record = r;
+        CUresult rc = physical ? rp_app_vmm_prepare(r, &l->device, &l->context, &map_ns)
+                      : a      ? map_allocation(a, &map_ns)
+                               : CUDA_ERROR_NOT_FOUND;
+        if (a) {
+            l->device = a->address;
+            l->context = a->context;
+        }
+        allocations += !physical;
+        n_loads += rc == CUDA_SUCCESS;
         if (rc != CUDA_SUCCESS)
-            snprintf(err, sizeof(err), "%s %#llx (%llu bytes): %s",
-                     a ? "reloading" : "no allocation in this process at",
-                     (unsigned long long)r->address, (unsigned long long)r->size,
-                     rc == CUDA_ERROR_INVALID_IMAGE ? "checksum mismatch" : rp_error_name(rc));
+            snprintf(err, sizeof(err), "%s %s %#llx (%llu bytes): %s",
+                     physical || a ? "reloading" : "no allocation in this process at",
+                     physical ? "GPU memory handle" : "allocation",
+                     (unsigned long long)(physical ? r->handle : r->address),
+                     (unsigned long long)r->size,
+                     rc == CUDA_ERROR_NOT_FOUND && physical
+                         ? "no such offloaded handle in this process"
+                         : rp_error_name(rc));
         total += r->size;
     }
-    if (!err[0] && table && h.count != list.count)
+    CUresult loaded = err[0] ? CUDA_ERROR_NOT_READY : load_all(fd, loads, n_loads, h.chunk_bytes, p);
+    if (!err[0] && loaded != CUDA_SUCCESS)
+        snprintf(err, sizeof(err), "reloading %zu allocations from %.160s: %s", n_loads, path,
+                 loaded == CUDA_ERROR_INVALID_IMAGE ? "checksum mismatch" : rp_error_name(loaded));
+    rp_app_vmm_finish(loaded == CUDA_SUCCESS);
+    if (!err[0] && table && allocations != list.count)
         snprintf(err, sizeof(err), "the snapshot holds %llu allocations, the process %zu",
-                 (unsigned long long)h.count, list.count);
+                 (unsigned long long)allocations, list.count);
+    size_t missing = table && !err[0] ? rp_app_vmm_offloaded() : 0;
+    if (missing)
+        snprintf(err, sizeof(err), "%zu of the process's GPU memory handles are not in the "
+                 "snapshot", missing);
     if (fd >= 0)
         close(fd);
+    free(loads);
     free(table);
     free(list.items);
     if (!err[0])
@@ -396,59 +510,12 @@ static int find_offloaded(struct rp_allocation *a, void *arg)
     return 1;
 }
 
-static void uuid_hex(const CUuuid *u, char *out)
-{
-    for (int i = 0; i < 16; i++)
-        sprintf(out + 2 * i, "%02x", (unsigned char)u->bytes[i]);
-}
-
 /* Maps memory that restoreprof preloaded (preload.c), passed as fd, at an offloaded
  * allocation's address. When the last offloaded allocation is back, the gate opens. */
-static void do_adopt(CUdeviceptr address, const char *uuid, int fd, char *reply, size_t len)
+/* Both kinds still offloaded; when none is left, the gate opens (after the stack limits). */
+static void finish_adopt(size_t bytes, uint64_t start, char *reply, size_t len)
 {
-    uint64_t start = rp_now_ns();
-    struct adoption want = { .address = address };
-    char ours[33];
-    CUuuid u;
-    if (!offloaded || fd < 0) {
-        snprintf(reply, len, "ERR %s", fd < 0 ? "ADOPT needs the memory's descriptor"
-                                              : "not offloaded: nothing to adopt");
-        return;
-    }
-    rp_registry_each(find_offloaded, &want);
-    if (!want.matched) {
-        snprintf(reply, len, "ERR no offloaded allocation at %#llx", (unsigned long long)address);
-        return;
-    }
-    struct rp_allocation *a = &want.found;
-    CUresult rc = rp_real.cuDeviceGetUuid_v2 && rp_real.cuMemImportFromShareableHandle
-                      ? rp_real.cuDeviceGetUuid_v2(&u, a->device)
-                      : CUDA_ERROR_NOT_SUPPORTED;
-    if (rc == CUDA_SUCCESS)
-        uuid_hex(&u, ours);
-    if (rc == CUDA_SUCCESS && strcmp(ours, uuid) != 0) {
-        snprintf(reply, len, "ERR %#llx lives on GPU %s, the memory offered is on %s",
-                 (unsigned long long)address, ours, uuid);
-        return;
-    }
-    CUmemGenericAllocationHandle handle = 0;
-    if (rc == CUDA_SUCCESS)
-        rc = rp_real.cuCtxSetCurrent(a->context);
-    if (rc == CUDA_SUCCESS)
-        rc = rp_real.cuMemImportFromShareableHandle(&handle, (void *)(intptr_t)fd,
-                                                    CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR);
-    if (rc == CUDA_SUCCESS)
-        rc = rp_vmm_map_handle(a->address, a->reserved, a->device, handle);
-    if (rc != CUDA_SUCCESS) {
-        if (handle)
-            rp_real.cuMemRelease(handle);
-        snprintf(reply, len, "ERR adopting %#llx: %s", (unsigned long long)address,
-                 rp_error_name(rc));
-        return;
-    }
-    a->handle = handle;
-    rp_registry_each(store_handle, a);
-    size_t remaining = 0;
+    size_t remaining = rp_app_vmm_offloaded();
     rp_registry_each(count_offloaded, &remaining);
     char err[256];
     if (remaining == 0 && restore_stacks(err, sizeof(err)) != 0) {
@@ -459,33 +526,94 @@ static void do_adopt(CUdeviceptr address, const char *uuid, int fd, char *reply,
         offloaded = 0;
         rp_gate_open();
     }
-    snprintf(reply, len, "OK %zu %llu remaining=%zu", a->size,
+    snprintf(reply, len, "OK %zu %llu remaining=%zu", bytes,
              (unsigned long long)(rp_now_ns() - start), remaining);
+}
+
+static void do_adopt(CUdeviceptr address, const char *uuid, uint64_t handle, int fd, char *reply,
+                     size_t len)
+{
+    uint64_t start = rp_now_ns();
+    struct adoption want = { .address = address };
+    char ours[33];
+    if (!offloaded || fd < 0) {
+        snprintf(reply, len, "ERR %s", fd < 0 ? "ADOPT needs the memory's descriptor"
+                                              : "not offloaded: nothing to adopt");
+        return;
+    }
+    if (handle) {
+        char err[256];
+        size_t bytes = 0;
+        if (rp_app_vmm_adopt(handle, uuid, fd, &bytes, err, sizeof(err)) != 0)
+            snprintf(reply, len, "ERR %s", err);
+        else
+            finish_adopt(bytes, start, reply, len);
+        return;
+    }
+    rp_registry_each(find_offloaded, &want);
+    if (!want.matched) {
+        snprintf(reply, len, "ERR no offloaded allocation at %#llx", (unsigned long long)address);
+        return;
+    }
+    struct rp_allocation *a = &want.found;
+    CUresult rc = rp_real.cuMemImportFromShareableHandle && rp_device_uuid_hex(a->device, ours) == 0
+                      ? CUDA_SUCCESS
+                      : CUDA_ERROR_NOT_SUPPORTED;
+    if (rc == CUDA_SUCCESS && strcmp(ours, uuid) != 0) {
+        snprintf(reply, len, "ERR %#llx lives on GPU %s, the memory offered is on %s",
+                 (unsigned long long)address, ours, uuid);
+        return;
+    }
+    CUmemGenericAllocationHandle memory = 0;
+    if (rc == CUDA_SUCCESS)
+        rc = rp_real.cuCtxSetCurrent(a->context);
+    if (rc == CUDA_SUCCESS)
+        rc = rp_real.cuMemImportFromShareableHandle(&memory, (void *)(intptr_t)fd,
+                                                    CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR);
+    if (rc == CUDA_SUCCESS)
+        rc = rp_vmm_map_handle(a->address, a->reserved, a->device, memory);
+    if (rc == CUDA_SUCCESS) {
+        a->handle = memory;
+        rc = rp_mempool_after_map(a);
+        if (rc != CUDA_SUCCESS)
+            rp_real.cuMemUnmap(a->address, a->reserved);
+        a->handle = rc == CUDA_SUCCESS ? memory : 0;
+    }
+    if (rc != CUDA_SUCCESS) {
+        if (memory)
+            rp_real.cuMemRelease(memory);
+        snprintf(reply, len, "ERR adopting %#llx: %s", (unsigned long long)address,
+                 rp_error_name(rc));
+        return;
+    }
+    rp_registry_each(store_handle, a);
+    finish_adopt(a->size, start, reply, len);
 }
 
 /* ---- STATUS and the server ---- */
 
 static void do_status(char *reply, size_t len)
 {
-    size_t count, bytes;
+    size_t count, bytes, app_count, app_bytes;
     rp_registry_totals(&count, &bytes);
+    rp_app_vmm_totals(&app_count, &app_bytes);
     snprintf(reply, len,
              "OK state=%s allocations=%zu bytes=%zu intercepted=%lu intercepted_bytes=%lu "
-             "fallbacks=%lu gate=%s",
+             "fallbacks=%lu gate=%s app_handles=%zu app_bytes=%zu",
              offloaded ? "offloaded" : "running", count, bytes, rp_stats.intercepted,
              rp_stats.intercepted_bytes, rp_stats.fallbacks,
-             rp_gate_is_closed() ? "closed" : "open");
+             rp_gate_is_closed() ? "closed" : "open", app_count, app_bytes);
 }
 
 static void handle(int conn, const char *line, int fd, char *reply, size_t len)
 {
     char path[4096], uuid[40];
-    unsigned long long address = 0;
+    unsigned long long address = 0, app_handle = 0;
     int streams = 0, chunk_mb = 0, threads = 0, pinned = -1;
     if (strcmp(line, "STATUS") == 0)
         do_status(reply, len);
-    else if (sscanf(line, "ADOPT %llx %39s", &address, uuid) == 2)
-        do_adopt((CUdeviceptr)address, uuid, fd, reply, len);
+    else if (sscanf(line, "ADOPT %llx %39s %llx", &address, uuid, &app_handle) >= 2)
+        do_adopt((CUdeviceptr)address, uuid, app_handle, fd, reply, len);
     else if (sscanf(line, "OFFLOAD %4095s %d %d %d %d", path, &streams, &chunk_mb, &threads,
                     &pinned) >= 1)
         do_offload(conn, path, params_from(streams, chunk_mb, threads, pinned), reply, len);

@@ -124,7 +124,7 @@ RP_EXPORT void rp_hot_free(struct rp_hot_buffer *buffers, long count)
 static CUresult allocate_buffers(const char *table, const struct snap_header *h,
                                  struct rp_hot_buffer *out, long *made)
 {
-    const struct snap_record *r = (const struct snap_record *)(table + sizeof(*h));
+    const struct snap_record *r = rp_snapshot_first(table);
     CUdevice dev;
     CUresult rc = rp_real.cuDeviceGet(&dev, 0);
     for (*made = 0; rc == CUDA_SUCCESS && *made < (long)h->count; r = rp_snapshot_next(r)) {
@@ -146,17 +146,17 @@ static CUresult allocate_buffers(const char *table, const struct snap_header *h,
 static struct intake_item *intake_items(const char *table, const struct snap_header *h,
                                         const struct rp_hot_buffer *buffers, size_t *n)
 {
-    const struct snap_record *r = (const struct snap_record *)(table + sizeof(*h));
+    const struct snap_record *r = rp_snapshot_first(table);
     size_t total = 0;
     for (uint64_t i = 0; i < h->count; i++, r = rp_snapshot_next(r))
         total += r->n_chunks;
     struct intake_item *items = calloc(total ? total : 1, sizeof(*items));
     if (!items)
         return NULL;
-    r = (const struct snap_record *)(table + sizeof(*h));
+    r = rp_snapshot_first(table);
     *n = 0;
     for (uint64_t i = 0; i < h->count; i++, r = rp_snapshot_next(r)) {
-        const uint32_t *sums = (const uint32_t *)(r + 1);
+        const uint32_t *sums = rp_snapshot_sums(r);
         for (uint32_t c = 0; c < r->n_chunks; c++) {
             size_t offset = (size_t)c * h->chunk_bytes;
             size_t left = r->size - offset;

@@ -9,6 +9,11 @@
  * addresses its allocations kept reserved: its pointers stay valid, and the GPU memory
  * transfer has overlapped CRIU instead of following the driver.
  *
+ * An application's own physical allocation (cuMemCreate, app_vmm.c) is preloaded the same way:
+ * the memory made here has its properties plus the POSIX descriptor type (the application's may
+ * not have been exportable); ADOPT names its handle, and the application maps it where that
+ * handle was mapped, presenting it under the same handle value.
+ *
  * Loaded by restoreprof with ctypes (nothing interposed, no control channel). The memory
  * outlives this process once adopted: each side holds its own reference.
  */
@@ -18,6 +23,7 @@
 #include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <unistd.h>
 
 struct rp_preloaded {
@@ -30,6 +36,7 @@ struct rp_preloaded {
                         * to its device's primary context (made current for the copy) */
     uint64_t local;    /* where it is mapped in this process, 0 when not */
     uint8_t uuid[16];  /* of the device, for the application to check against its own */
+    uint64_t app_handle; /* the application's handle for a physical allocation; 0: an address */
 };
 
 RP_EXPORT void rp_preloaded_release(struct rp_preloaded *items, long count)
@@ -53,7 +60,28 @@ RP_EXPORT void rp_preloaded_release(struct rp_preloaded *items, long count)
     }
 }
 
-static CUresult make_exportable(struct rp_preloaded *p)
+/* The record's own properties, made exportable; plain device memory for an allocation (or when
+ * the properties cannot be had exportable). */
+static CUresult create_exportable(CUdevice dev, const struct snap_record *r, size_t size,
+                                  CUmemGenericAllocationHandle *handle)
+{
+    if (r->kind == RP_SNAP_PHYSICAL) {
+        CUmemAllocationProp prop;
+        memset(&prop, 0, sizeof(prop));
+        prop.type = r->prop.type;
+        prop.location.type = r->prop.location_type;
+        prop.location.id = dev;
+        prop.requestedHandleTypes = CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR;
+        prop.allocFlags.compressionType = r->prop.compression;
+        prop.allocFlags.gpuDirectRDMACapable = r->prop.rdma;
+        prop.allocFlags.usage = r->prop.usage;
+        if (rp_real.cuMemCreate(handle, size, &prop, 0) == CUDA_SUCCESS)
+            return CUDA_SUCCESS;
+    }
+    return rp_vmm_create(dev, size, 1, handle);
+}
+
+static CUresult make_exportable(struct rp_preloaded *p, const struct snap_record *r)
 {
     CUdevice dev;
     CUcontext ctx;
@@ -67,7 +95,7 @@ static CUresult make_exportable(struct rp_preloaded *p)
     rc = rp_real.cuCtxSetCurrent(ctx);
     CUmemGenericAllocationHandle handle = 0;
     if (rc == CUDA_SUCCESS)
-        rc = rp_vmm_create(dev, p->reserved, 1, &handle);
+        rc = create_exportable(dev, r, p->reserved, &handle);
     if (rc != CUDA_SUCCESS) {
         rp_real.cuDevicePrimaryCtxRelease_v2(dev);
         return rc;
@@ -113,28 +141,73 @@ RP_EXPORT long rp_snapshot_preload_fd(int fd, const struct rp_engine_params *par
                  (unsigned long long)h.count, max);
         rc = CUDA_ERROR_INVALID_VALUE;
     }
-    const struct snap_record *r = table ? (const struct snap_record *)(table + sizeof(h)) : NULL;
+    /* The memory of every record first, then the bytes of all records in one engine batch per
+     * device (the chunks of many small allocations shared out across the threads), then the
+     * descriptors. */
+    const struct snap_record *r = table ? rp_snapshot_first(table) : NULL;
+    const struct snap_record **records = table ? calloc(h.count ? h.count : 1, sizeof(*records))
+                                               : NULL;
+    struct rp_transfer *t = table ? calloc(h.count ? h.count : 1, sizeof(*t)) : NULL;
+    if (table && (!records || !t) && rc == CUDA_SUCCESS) {
+        snprintf(err, errlen, "out of memory");
+        rc = CUDA_ERROR_OUT_OF_MEMORY;
+    }
     for (; table && rc == CUDA_SUCCESS && n < (long)h.count; n++, r = rp_snapshot_next(r)) {
         struct rp_preloaded *p = &out[n];
         *p = (struct rp_preloaded){ .address = r->address, .size = r->size,
-                                    .reserved = r->reserved, .device = r->device, .fd = -1 };
-        rc = make_exportable(p);
-        struct rp_transfer t = { .direction = RP_H2D, .device = p->local, .fd = fd,
-                                 .file_offset = (off_t)r->data_offset, .bytes = r->size,
-                                 .checksums = (uint32_t *)(r + 1),
-                                 .checksum_bytes = h.chunk_bytes };
-        if (rc == CUDA_SUCCESS)
-            rc = rp_engine_run(&t, *params, 1);
-        int exported = -1;
-        if (rc == CUDA_SUCCESS)
-            rc = rp_real.cuMemExportToShareableHandle(&exported, p->handle,
-                                                      CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR, 0);
-        p->fd = exported;
+                                    .reserved = r->reserved, .device = r->device, .fd = -1,
+                                    .app_handle = r->kind == RP_SNAP_PHYSICAL ? r->handle : 0 };
+        records[n] = r;
+        rc = make_exportable(p, r);
         if (rc != CUDA_SUCCESS)
             snprintf(err, errlen, "preloading %#llx (%llu bytes): %s",
                      (unsigned long long)r->address, (unsigned long long)r->size,
+                     rp_error_name(rc));
+    }
+    for (long first = 0; rc == CUDA_SUCCESS && first < n; first++) {
+        if (out[first].fd == -2)
+            continue; /* loaded with an earlier device's batch */
+        size_t count = 0;
+        for (long i = first; i < n; i++) {
+            if (out[i].device != out[first].device || out[i].fd == -2)
+                continue;
+            t[count++] = (struct rp_transfer){ .direction = RP_H2D, .device = out[i].local,
+                                               .fd = fd,
+                                               .file_offset = (off_t)records[i]->data_offset,
+                                               .bytes = records[i]->size,
+                                               .checksums = rp_snapshot_sums(records[i]),
+                                               .checksum_bytes = h.chunk_bytes };
+            out[i].fd = -2; /* marks "in a batch"; every fd is set below */
+        }
+        CUdevice dev;
+        CUcontext ctx;
+        rc = rp_real.cuDeviceGet(&dev, out[first].device);
+        if (rc == CUDA_SUCCESS)
+            rc = rp_real.cuDevicePrimaryCtxRetain(&ctx, dev);
+        if (rc == CUDA_SUCCESS) {
+            rc = rp_real.cuCtxSetCurrent(ctx);
+            if (rc == CUDA_SUCCESS)
+                rc = rp_engine_run_batch(t, count, *params, 1);
+            rp_real.cuDevicePrimaryCtxRelease_v2(dev); /* each item holds its own reference */
+        }
+        if (rc != CUDA_SUCCESS)
+            snprintf(err, errlen, "preloading %zu allocations on GPU %d: %s", count,
+                     (int)out[first].device,
                      rc == CUDA_ERROR_INVALID_IMAGE ? "checksum mismatch" : rp_error_name(rc));
     }
+    for (long i = 0; i < n; i++)
+        out[i].fd = -1;
+    for (long i = 0; rc == CUDA_SUCCESS && i < n; i++) {
+        int exported = -1;
+        rc = rp_real.cuMemExportToShareableHandle(&exported, out[i].handle,
+                                                  CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR, 0);
+        out[i].fd = exported;
+        if (rc != CUDA_SUCCESS)
+            snprintf(err, errlen, "exporting %#llx: %s", (unsigned long long)out[i].address,
+                     rp_error_name(rc));
+    }
+    free(records);
+    free(t);
     free(table);
     if (!table || rc != CUDA_SUCCESS) {
         rp_preloaded_release(out, n);
@@ -177,13 +250,13 @@ static CUresult upload_device(int device, const char *table, const struct snap_h
                               struct rp_hot_segment *segments, struct rp_engine_params p,
                               char *err, size_t errlen)
 {
-    const struct snap_record *r = (const struct snap_record *)(table + sizeof(*h));
+    const struct snap_record *r = rp_snapshot_first(table);
     long n = 0;
     CUcontext ctx = NULL;
     for (uint64_t i = 0; i < h->count; i++, r = rp_snapshot_next(r))
         if (items[i].device == device && r->size)
             segments[n++] = (struct rp_hot_segment){ items[i].local, hot[i].host, r->size,
-                                                     (const uint32_t *)(r + 1) };
+                                                     rp_snapshot_sums(r) };
     CUdevice dev;
     CUresult rc = rp_real.cuDeviceGet(&dev, device);
     if (rc == CUDA_SUCCESS)
@@ -223,14 +296,16 @@ RP_EXPORT long rp_snapshot_preload_hot(const char *table, long table_len,
         snprintf(err, errlen, "out of memory");
         return -1;
     }
-    const struct snap_record *r = (const struct snap_record *)(table + sizeof(*h));
+    const struct snap_record *r = rp_snapshot_first(table);
     long n = 0;
     CUresult rc = CUDA_SUCCESS;
     for (; rc == CUDA_SUCCESS && n < count; n++, r = rp_snapshot_next(r)) {
         out[n] = (struct rp_preloaded){ .address = r->address, .size = r->size,
-                                        .reserved = r->reserved, .device = r->device, .fd = -1 };
+                                        .reserved = r->reserved, .device = r->device, .fd = -1,
+                                        .app_handle = r->kind == RP_SNAP_PHYSICAL ? r->handle
+                                                                                  : 0 };
         rc = hot[n].bytes == r->size && hot[n].address == r->address && (hot[n].host || !r->size)
-                 ? make_exportable(&out[n])
+                 ? make_exportable(&out[n], r)
                  : CUDA_ERROR_INVALID_VALUE;
     }
     /* one upload per device, each on its own context, its records together */

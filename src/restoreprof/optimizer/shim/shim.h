@@ -12,6 +12,9 @@
  *   engine.c   chunked copies through the staging pool (pinned buffers, streams), several threads
  *   vmm.c      device allocations served from VMM, their registry, and the offload gate
  *   hot.c      hot snapshots: pinned host copies of snapshots, checked, sent by DMA
+ *   app_vmm.c  the application's own VMM memory (cuMemCreate, cuMemMap, ...): tracked under
+ *              stable handle values, offloaded and put back at the same addresses
+ *   mempool.c  stream-ordered allocations (cuMemAllocAsync, memory pools) served from VMM
  *   snapshot.c the snapshot file format: write (from live allocations) and read its table
  * Users of the mechanisms:
  *   copies.c   large pageable H2D / D2H copies routed through the engine
@@ -74,6 +77,30 @@
     X(cuDeviceGetUuid_v2, (CUuuid *, CUdevice))                                                \
     X(cuDevicePrimaryCtxRetain, (CUcontext *, CUdevice))                                       \
     X(cuDevicePrimaryCtxRelease_v2, (CUdevice))                                                \
+    X(cuEventQuery, (CUevent))                                                                 \
+    X(cuStreamSynchronize, (CUstream))                                                         \
+    X(cuStreamIsCapturing, (CUstream, CUstreamCaptureStatus *))                                \
+    X(cuDeviceGetMemPool, (CUmemoryPool *, CUdevice))                                          \
+    X(cuDeviceGetDefaultMemPool, (CUmemoryPool *, CUdevice))                                   \
+    /* wrapped, the application's VMM (app_vmm.c; cuMemCreate ... above are wrapped too): */  \
+    X(cuMemRetainAllocationHandle, (CUmemGenericAllocationHandle *, void *))                   \
+    X(cuMemGetAllocationPropertiesFromHandle,                                                  \
+      (CUmemAllocationProp *, CUmemGenericAllocationHandle))                                   \
+    X(cuMemMapArrayAsync, (CUarrayMapInfo *, unsigned int, CUstream))                          \
+    X(cuMemMapArrayAsync_ptsz, (CUarrayMapInfo *, unsigned int, CUstream))                     \
+    /* wrapped, stream-ordered allocation (mempool.c): */                                      \
+    X(cuMemAllocAsync, (CUdeviceptr *, size_t, CUstream))                                      \
+    X(cuMemAllocAsync_ptsz, (CUdeviceptr *, size_t, CUstream))                                 \
+    X(cuMemAllocFromPoolAsync, (CUdeviceptr *, size_t, CUmemoryPool, CUstream))                \
+    X(cuMemAllocFromPoolAsync_ptsz, (CUdeviceptr *, size_t, CUmemoryPool, CUstream))           \
+    X(cuMemFreeAsync, (CUdeviceptr, CUstream))                                                 \
+    X(cuMemFreeAsync_ptsz, (CUdeviceptr, CUstream))                                            \
+    X(cuMemPoolCreate, (CUmemoryPool *, const CUmemPoolProps *))                               \
+    X(cuMemPoolDestroy, (CUmemoryPool))                                                        \
+    X(cuMemPoolTrimTo, (CUmemoryPool, size_t))                                                 \
+    X(cuMemPoolSetAttribute, (CUmemoryPool, CUmemPool_attribute, void *))                      \
+    X(cuMemPoolGetAttribute, (CUmemoryPool, CUmemPool_attribute, void *))                      \
+    X(cuMemPoolSetAccess, (CUmemoryPool, const CUmemAccessDesc *, size_t))                     \
     /* wrapped: */                                                                             \
     X(cuGetProcAddress_v1, (const char *, void **, int, cuuint64_t)) /* "cuGetProcAddress" */  \
     X(cuGetProcAddress_v2,                                                                     \
@@ -173,6 +200,9 @@ struct rp_engine_params rp_engine_default_params(void);
  * failure (with a log line). Returns CUDA_ERROR_NOT_READY when another transfer holds the
  * engine and `wait` is 0, so a caller can fall back instead of queueing. */
 CUresult rp_engine_run(struct rp_transfer *t, struct rp_engine_params p, int wait);
+/* The same for n transfers in one direction, their chunks shared out across the threads (many
+ * small allocations go as fast as one large); the first error of any. */
+CUresult rp_engine_run_batch(struct rp_transfer *t, size_t n, struct rp_engine_params p, int wait);
 /* Frees the staging pool (it is allocated again on next use). */
 void rp_engine_release(void);
 /* Nanoseconds spent setting up staging pools so far (pinning, streams, events). */
@@ -208,6 +238,8 @@ CUresult rp_hot_upload(const struct rp_hot_segment *segments, long count, size_t
 
 /* ---- VMM allocations, registry and gate (vmm.c) ---- */
 
+struct rp_pool;
+
 struct rp_allocation {
     CUdeviceptr address;
     size_t size;     /* what the application asked for */
@@ -215,6 +247,7 @@ struct rp_allocation {
     CUdevice device;
     CUcontext context;
     CUmemGenericAllocationHandle handle; /* 0 while offloaded */
+    struct rp_pool *pool; /* stream-ordered (mempool.c): its pool; NULL for cuMemAlloc */
 };
 
 /* Calls fn for each live allocation, under the registry lock. Stops at the first nonzero. */
@@ -225,6 +258,13 @@ CUresult rp_vmm_map(struct rp_allocation *a);
 /* Physical memory on device (exportable: as a POSIX fd, for another process to map). */
 CUresult rp_vmm_create(CUdevice device, size_t size, int exportable,
                        CUmemGenericAllocationHandle *handle);
+/* A new reserved and mapped allocation of size bytes on the current context (not registered). */
+CUresult rp_vmm_new(size_t size, struct rp_allocation *a);
+/* Unmaps, releases and frees the address range of an allocation not in the registry. */
+CUresult rp_vmm_destroy(struct rp_allocation *a);
+int rp_registry_add(const struct rp_allocation *a);
+/* Removes the allocation at address into *out; 0 when found. */
+int rp_registry_take(CUdeviceptr address, struct rp_allocation *out);
 /* Maps handle at address and allows read/write from device; nothing stays mapped on failure. */
 CUresult rp_vmm_map_handle(CUdeviceptr address, size_t size, CUdevice device,
                            CUmemGenericAllocationHandle handle);
@@ -239,7 +279,7 @@ int rp_gate_is_closed(void);
 /* ---- snapshot files (snapshot.c; control.c writes and reads them, preload.c reads them) ---- */
 
 #define RP_SNAP_MAGIC "RPSNAP1"
-#define RP_SNAP_VERSION 1
+#define RP_SNAP_VERSION 2 /* 1: allocations only (read, and converted to 2, on load) */
 #define RP_SNAP_CRC32C 1
 #define RP_SNAP_ALIGN 4096
 /* What one checksum covers in snapshots written now: any chunk_mb (whole MiB) is a multiple of
@@ -247,8 +287,15 @@ int rp_gate_is_closed(void);
  * snapshots carry their own, in the header's chunk_bytes.) */
 #define RP_SNAP_CHECKSUM_BYTES RP_MIB
 
-/* The snapshot file: header, then one record (plus its chunk checksums) per allocation, then
- * each allocation's bytes at a 4 KiB-aligned offset (so O_DIRECT readers can use it). */
+/* What a record holds. */
+enum rp_snap_kind {
+    RP_SNAP_ALLOCATION = 0, /* served by the library (cuMemAlloc, stream-ordered): an address */
+    RP_SNAP_PHYSICAL = 1,   /* the application's physical allocation (cuMemCreate): a handle */
+};
+
+/* The snapshot file: header, then one record (plus its mappings and chunk checksums) per
+ * allocation, then each allocation's bytes at a 4 KiB-aligned offset (so O_DIRECT readers can
+ * use it). */
 struct snap_header {
     char magic[8];
     uint32_t version;
@@ -260,24 +307,100 @@ struct snap_header {
     uint64_t reserved[2];
 };
 
-struct snap_record {
-    uint64_t address;
+/* A physical allocation's properties (CUmemAllocationProp without the Win32 pointer). */
+struct snap_prop {
+    int32_t type;
+    int32_t location_type;
+    int32_t location_id;
+    uint32_t handle_types; /* requestedHandleTypes */
+    uint8_t compression;
+    uint8_t rdma; /* gpuDirectRDMACapable */
+    uint16_t usage;
+    uint32_t padding;
+};
+
+/* Where a physical allocation was mapped: [va, va + size) shows [offset, offset + size). */
+struct snap_mapping {
+    uint64_t va;
     uint64_t size;
+    uint64_t offset;
+};
+
+struct snap_record {
+    uint64_t address; /* the allocation's; a physical one: its first mapping's, or 0 */
+    uint64_t size;    /* bytes saved */
     uint64_t reserved;
     uint64_t data_offset;
     int32_t device;
-    uint32_t n_chunks; /* followed by n_chunks uint32_t crc32c values */
+    uint32_t n_chunks;
+    /* version 2: */
+    uint32_t kind; /* enum rp_snap_kind */
+    uint32_t n_mappings;
+    uint64_t handle; /* a physical allocation: the handle value the application holds */
+    struct snap_prop prop;
+    /* followed by n_mappings struct snap_mapping, then n_chunks uint32_t crc32c values */
 };
 
-/* The table (header, records, checksums) of the snapshot open on fd, malloc'd; NULL and a
- * message in err when it is not a snapshot or is cut short. */
+/* What the writer saves: a record, and where its bytes are read from now. */
+struct rp_snap_item {
+    struct snap_record record; /* address, size, reserved, device, kind, handle, prop */
+    CUdeviceptr source;        /* device address of the bytes (the allocation, or a window) */
+    CUcontext context;
+    const struct snap_mapping *mappings;
+};
+
+/* The table (header, records, mappings, checksums) of the snapshot open on fd, malloc'd, in
+ * version 2's layout whatever the file's version; NULL and a message in err when it is not a
+ * snapshot or is cut short. */
 char *rp_snapshot_table(int fd, struct snap_header *h, char *err, size_t errlen);
+const struct snap_record *rp_snapshot_first(const char *table);
 /* The record after r in a table. */
 const struct snap_record *rp_snapshot_next(const struct snap_record *r);
-/* Writes every allocation's bytes (through the engine, on each allocation's context) and the
- * table to fd; leaves the memory mapped. 0, or -1 with err set. */
-int rp_snapshot_write(int fd, const struct rp_allocation *items, size_t count,
+const struct snap_mapping *rp_snapshot_mappings(const struct snap_record *r);
+uint32_t *rp_snapshot_sums(const struct snap_record *r);
+/* Writes every item's bytes (through the engine, on each item's context) and the table to fd;
+ * leaves the memory mapped. 0, or -1 with err set. */
+int rp_snapshot_write(int fd, const struct rp_snap_item *items, size_t count,
                       struct rp_engine_params p, uint64_t *total, char *err, size_t errlen);
+
+/* ---- the application's VMM memory (app_vmm.c) ---- */
+
+/* 0, or -1 with the reason in err when some of it cannot be checkpointed (exported, imported,
+ * mapped into an array): nothing is touched then. */
+int rp_app_vmm_refusal(char *err, size_t errlen);
+/* Appends a snapshot item per physical allocation to offload, each readable through a window
+ * (its own mapping, or one made for the copy); -1 when out of memory or a window failed. */
+int rp_app_vmm_items(struct rp_snap_item **items, size_t *count, size_t *capacity, char *err,
+                     size_t errlen);
+/* Unmaps the windows rp_app_vmm_items made. */
+void rp_app_vmm_close_windows(void);
+/* Unmaps every offloaded allocation's mappings and releases its memory; 0 or -1 with err. */
+int rp_app_vmm_release(char *err, size_t errlen);
+/* RELOAD, first half: re-creates the physical allocation of record r (same properties), maps
+ * it where it was, with the same access, and gives where its bytes go (on context). */
+CUresult rp_app_vmm_prepare(const struct snap_record *r, CUdeviceptr *window, CUcontext *context,
+                            uint64_t *map_ns);
+/* Second half, for every prepared one: loaded (back in use), or not (offloaded again). */
+void rp_app_vmm_finish(int loaded);
+/* Maps memory imported from fd (preloaded by restoreprof) as the application's handle;
+ * *bytes is its size. 0, or -1 with err set. */
+int rp_app_vmm_adopt(uint64_t handle, const char *uuid, int fd, size_t *bytes, char *err,
+                     size_t errlen);
+/* Physical allocations offloaded and not back yet; all tracked and their bytes. */
+size_t rp_app_vmm_offloaded(void);
+void rp_app_vmm_totals(size_t *count, size_t *bytes);
+/* "0123..." (32 hex digits) for device's UUID; 0 when known. */
+int rp_device_uuid_hex(CUdevice device, char out[33]);
+
+/* ---- stream-ordered allocations (mempool.c) ---- */
+
+/* Waits for pending frees and releases every cached block (before OFFLOAD: cached memory is
+ * not the application's data); returns the bytes released. */
+size_t rp_mempool_release_cached(void);
+/* Called by cuMemFree for a stream-ordered allocation (taken from the registry already). */
+CUresult rp_mempool_free_now(struct rp_allocation *a);
+/* After the allocation's memory is mapped again (RELOAD, ADOPT): the pool's extra access. */
+CUresult rp_mempool_after_map(const struct rp_allocation *a);
 
 /* ---- control socket (control.c) ---- */
 
