@@ -285,3 +285,22 @@ def test_warm_hold_hands_snapshots_to_the_running_pool(fake_driver, tmp_path):
         assert pool.proc.poll() is None, "the running pool serves on"
     finally:
         pool.stop()
+
+
+def test_an_applications_own_vmm_memory_comes_back_from_a_hot_copy(fake_driver, tmp_path):
+    """Physical allocations (snapshot version 2: handles, mappings) served from pinned memory."""
+    cmd = [sys.executable, "-m", "restoreprof", "exec", "--", sys.executable, "-m",
+           "restoreprof.workloads.app_memory", "--state", str(tmp_path / "state")]
+    w = HeldMemory.start_command(cmd, tmp_path / "state", timeout_s=60)
+    try:
+        checkpoint(w.pid, tmp_path / "ckpt")
+        pool = Pool("--hold", str(tmp_path / "ckpt"), "--hold-mib", "64", "--no-auto-hold")
+        try:
+            restored = restore(tmp_path / "ckpt", optimizer=OptimizerConfig(preload=True))
+            assert not restored.notes, restored.notes
+            assert w.verify(), (w.state_dir / "verified").read_text()
+        finally:
+            out = pool.stop()
+        assert "0 failed; 1 sent from hot copies" in out
+    finally:
+        w.stop()
