@@ -21,6 +21,7 @@ moment make room for a new one.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import hashlib
 import os
@@ -37,6 +38,7 @@ from restoreprof.optimizer.preload import PreloadedSnapshot
 MIB = 1 << 20
 PAGE_BYTES = 4096
 MAX_RECORDS = engine.MAX_PRELOAD_ALLOCATIONS
+INTAKE_NICENESS = 10  # auto-hold's intake, after a restore
 
 
 def default_budget_bytes() -> int:
@@ -229,6 +231,10 @@ class HotSnapshots:
         own = os.dup(fd)
 
         def take() -> None:
+            # Below the restored processes, which start to run now: the intake's readers are
+            # this thread's, and inherit its niceness.
+            with contextlib.suppress(OSError):
+                os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), INTAKE_NICENESS)
             try:
                 self.hold(own, name)
             except RestoreprofError:
@@ -252,8 +258,9 @@ class HotSnapshots:
             raise RestoreprofError(f"{name} could not be held hot: "
                                    f"{err.value.decode(errors='replace')}",
                                    hint="restores of it still read it from the page cache")
-        hot = HotSnapshot(name, identity, table, buffers, count,
-                          sum(_pages(b.bytes) for b in buffers[:count] if b.host),
+        kept = (HotBuffer * max(count, 1))(*buffers[:count])  # not the whole 2 MiB array
+        hot = HotSnapshot(name, identity, table, kept, count,
+                          sum(_pages(b.bytes) for b in kept[:count] if b.host),
                           time.monotonic() - start)
         # The file may have changed while it was read: then the copy matches neither.
         if SnapshotIdentity.of(fd)[0] != identity:
