@@ -36,6 +36,8 @@ class OptimizerConfig:
     intercept: bool = DEFAULTS["intercept"]
     parallel: bool = DEFAULTS["parallel"]
     preload: bool = DEFAULTS["preload"]
+    release_caches: bool = DEFAULTS["release_caches"]
+    release_timeout_s: int = DEFAULTS["release_timeout_s"]
 
     def __post_init__(self) -> None:
         for setting in SETTINGS:
