@@ -17,7 +17,9 @@ client would: --criu-arg (CRIU would not see the client's descriptors), or an en
 differs in anything but the settings (another CRIU, libcuda, run directory, config or tuning
 file). A declined or unanswered request runs here as if no pool ran. Once the pool has accepted
 a restore, its answer is the restore's: a pool that dies midway is reported, never retried
-here (the processes may be restored already).
+here (the processes may be restored already). Interrupting the command (Ctrl-C, SIGTERM) does
+not interrupt a restore the pool has begun: it runs to its end, and the pool's output says how
+it went.
 """
 
 from __future__ import annotations
