@@ -200,3 +200,22 @@ def test_a_bad_command_line_reads_as_the_local_one(fake_driver):
                            timeout=60, env={**os.environ, "RESTOREPROF_POOL_RESTORE": "0"})
     assert pooled.returncode == local.returncode == 2
     assert pooled.stderr == local.stderr and "arguments are required: -D/--dir" in pooled.stderr
+
+
+def test_an_interrupted_client_says_the_pool_finishes_the_restore(fake_driver, tmp_path,
+                                                                 monkeypatch, capsys):
+    from restoreprof.system import warm_socket
+
+    run_dir = tmp_path / "run"
+    monkeypatch.setenv("RESTOREPROF_RUN_DIR", str(run_dir))
+    fake = _FakePool(run_dir / f"warm-{os.geteuid()}.sock", None)
+
+    def interrupted(conn, max_fds):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(warm_socket, "receive", interrupted)
+    try:
+        assert restore_through_pool(["-D", str(tmp_path)]) == 130
+    finally:
+        fake.close()
+    assert "the warm pool finishes the restore it began" in capsys.readouterr().err

@@ -31,6 +31,8 @@ import sys
 import threading
 from collections.abc import Iterator
 
+from restoreprof.errors import EXIT_INTERRUPTED
+
 # Variables that change what a restore does: the settings (resolved per request from the
 # client's values) and the rest (which must match the pool's own).
 RELEVANT_PREFIXES = ("RESTOREPROF_", "CRIU_CUDA_", "CUDA_INTERCEPT_")
@@ -74,6 +76,10 @@ def restore_through_pool(argv: list[str]) -> int | None:
             reply, _ = receive(conn, 0)
         except (OSError, ValueError) as exc:
             reply = {"lost": str(exc)}
+        except KeyboardInterrupt:
+            sys.stderr.write("restoreprof restore: interrupted; the warm pool finishes the "
+                             "restore it began\n  -> see the pool's output for how it went\n")
+            return EXIT_INTERRUPTED
     if "declined" in reply or (reply.get("error", "").startswith("expected a preload")):
         return None  # declined, or a pool from before restores were served
     if "exit_code" not in reply:
