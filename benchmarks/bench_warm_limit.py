@@ -134,6 +134,20 @@ def summary(rows: list[dict]) -> list[str]:
     return lines
 
 
+def step_medians(rows: list[dict]) -> list[str]:
+    """Each step's median seconds per way (steps overlap: see each restore's start times)."""
+    ways = [w for w in ("plain", "pool", "hot") if any(r["way"] == w for r in rows)]
+    names = list(dict.fromkeys(n for r in rows for n in r["steps"]))
+    lines = [f"| step | {' | '.join(ways)} |", "| --- |" + " --- |" * len(ways)]
+    for name in names:
+        cells = []
+        for way in ways:
+            values = [r["steps"][name] for r in rows if r["way"] == way and name in r["steps"]]
+            cells.append(f"{statistics.median(values):.3f}" if values else "-")
+        lines.append(f"| {name} | {' | '.join(cells)} |")
+    return lines
+
+
 def trace_hot(images: Path, model: HeldMemory, out: Path) -> dict:
     """One more hot restore, traced: the report's phases and where the time went."""
     shutil.rmtree(out, ignore_errors=True)
@@ -215,7 +229,8 @@ def main() -> None:
             rows.append(restore_once(images, model, "hot"))
         if not args.no_trace:
             traced = trace_hot(images, model, work / "trace")
-    print("\n".join(["", f"pool log:\n{pool.log.strip()}", "", *summary(rows)]))
+    print("\n".join(["", f"pool log:\n{pool.log.strip()}", "", *summary(rows), "",
+                     "median seconds of each step (they overlap):", *step_medians(rows)]))
     print(f"\nbenchmark wall clock {time.monotonic() - began:.0f} s")
     if args.json:
         args.json.write_text(json.dumps({"rows": rows, "trace": traced, "pool_log": pool.log},
