@@ -41,8 +41,9 @@ def prepare_parser(parser: argparse.ArgumentParser) -> None:
                         help=f"pinned memory hot snapshots may use, MiB (default ${HOLD_ENV}, "
                              "else a quarter of this host's memory; 0: none)")
     parser.add_argument("--restores", action=argparse.BooleanOptionalAction, default=True,
-                        help="carry out 'restoreprof restore' of this user here, so its "
-                             "start-up and imports are paid once (see commands/pooled_restore)")
+                        help="carry out this user's 'restoreprof restore' here, so its start-up "
+                             "and imports are paid once (the command restores by itself where "
+                             "no pool runs or this one declines)")
     parser.add_argument("--auto-hold", action=argparse.BooleanOptionalAction, default=True,
                         help="after a restore read a snapshot from disk, hold it hot (within "
                              "--hold-mib)")
