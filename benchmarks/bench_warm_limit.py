@@ -75,18 +75,26 @@ def restore_once(images: Path, model: HeldMemory, way: str) -> dict:
     wall = time.monotonic() - start
     verified = model.verify()
     hot = _hot_served() > served_before
+    sent = _last_send() if hot else {}
     model.stop()
     row = {"way": way, "wall_s": round(wall, 3), "steps_total_s": round(result["total_s"], 3),
            "verified": verified, "served_hot": hot,
            "steps": {s["name"]: round((s["end_ns"] - s["start_ns"]) / 1e9, 3)
-                     for s in result["steps"]}, "notes": result["notes"]}
+                     for s in result["steps"]}, "notes": result["notes"], "hot_send_s": sent}
     print(f"{way:<5} wall {wall:6.3f} s  steps {result['total_s']:6.3f} s  "
           f"criu {step_s(result, 'criu restore'):6.3f}  "
           f"driver {step_s(result, 'GPU driver restore'):6.3f}  "
           f"data {'OK' if verified else 'MISMATCH'}"
-          f"{'  (hot)' if hot else ''}{'  notes: ' + '; '.join(result['notes']) if result['notes'] else ''}",
-          flush=True)
+          f"{'  (hot: ' + json.dumps(sent) + ')' if hot else ''}"
+          f"{'  notes: ' + '; '.join(result['notes']) if result['notes'] else ''}", flush=True)
     return row
+
+
+def _last_send() -> dict:
+    """The pool's own account of its last send from a hot copy: make memory, copy, export."""
+    described = describe_pool() or {}
+    snapshots = (described.get("hot") or {}).get("snapshots") or []
+    return snapshots[0].get("last_send_s", {}) if snapshots else {}
 
 
 def _hot_served() -> int:

@@ -73,7 +73,10 @@ def test_a_held_snapshot_is_sent_bit_exact_and_counted(snap):
         finally:
             from_file.release()
             from_hot.release()
-        assert hot.status()["snapshots"][0]["served"] == 1
+        sent = hot.status()["snapshots"][0]
+        assert sent["served"] == 1
+        assert set(sent["last_send_s"]) == {"make_memory", "copy", "export"}
+        assert all(v >= 0 for v in sent["last_send_s"].values())
     finally:
         hot.release()
 

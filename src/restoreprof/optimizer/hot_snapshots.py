@@ -73,7 +73,7 @@ def _library() -> ctypes.CDLL:
         lib.rp_snapshot_preload_hot.argtypes = [
             ctypes.c_char_p, ctypes.c_long, ctypes.POINTER(HotBuffer), ctypes.c_long,
             ctypes.POINTER(engine.EngineParams), ctypes.POINTER(engine.Preloaded), ctypes.c_long,
-            ctypes.c_char_p, ctypes.c_size_t]
+            ctypes.c_char_p, ctypes.c_size_t, ctypes.POINTER(ctypes.c_uint64)]
         lib._hot_declared = True
     return lib
 
@@ -129,11 +129,14 @@ class HotSnapshot:
     served: int = 0
     users: int = 0       # requests sending from it now: it is not freed under them
     evicted: bool = False
+    last_send_s: tuple[float, ...] = ()  # the last send's (make memory, copy, export) seconds
 
     def describe(self) -> dict:
         return {"name": self.name, "bytes": self.held_bytes, "records": self.count,
                 "intake_s": round(self.intake_s, 3), "served": self.served,
                 "idle_s": round(time.monotonic() - self.last_used, 1),
+                "last_send_s": dict(zip(("make_memory", "copy", "export"), self.last_send_s,
+                                        strict=False)),
                 "table_sha256": self.identity.table_sha256[:16]}
 
     def ranges(self) -> list[list[int]]:
@@ -329,9 +332,10 @@ class HotSnapshots:
         items = (engine.Preloaded * MAX_RECORDS)()
         err = ctypes.create_string_buffer(512)
         start = time.monotonic()
+        phase_ns = (ctypes.c_uint64 * 3)()
         count = _library().rp_snapshot_preload_hot(hot.table, len(hot.table), hot.buffers,
                                                    hot.count, ctypes.byref(params), items,
-                                                   len(items), err, len(err))
+                                                   len(items), err, len(err), phase_ns)
         if count < 0:
             with self._lock:  # a copy that failed its checks is never tried again
                 if self._held.get((hot.identity.device, hot.identity.inode)) is hot:
@@ -341,6 +345,8 @@ class HotSnapshots:
                                    f"{err.value.decode(errors='replace')}",
                                    hint="the hot copy was dropped; the pool reads the file")
         hot.served += 1
+        # where the last send's time went: making the GPU memory, the copy, exporting it
+        hot.last_send_s = tuple(round(ns / 1e9, 4) for ns in phase_ns)
         return PreloadedSnapshot(Path(name), items, count, time.monotonic() - start)
 
     # --- accounting ---

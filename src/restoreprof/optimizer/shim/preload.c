@@ -273,13 +273,15 @@ static CUresult upload_device(int device, const char *table, const struct snap_h
 /* rp_snapshot_preload_fd, with the bytes from a hot copy (hot.c) instead of the file: table is
  * the one the hot copy was checked against when taken in (the caller has checked that the
  * snapshot asked for still has it), hot[0..count) its buffers. Each chunk is checked again as
- * it is sent. Returns count, or -1 with err set and nothing left allocated. */
+ * it is sent. Returns count, or -1 with err set and nothing left allocated. phase_ns[0..3):
+ * nanoseconds spent making the GPU memory, copying into it, exporting it (where it went). */
 RP_EXPORT long rp_snapshot_preload_hot(const char *table, long table_len,
                                        const struct rp_hot_buffer *hot, long count,
                                        const struct rp_engine_params *params,
                                        struct rp_preloaded *out, long max, char *err,
-                                       size_t errlen)
+                                       size_t errlen, uint64_t *phase_ns)
 {
+    uint64_t t0 = rp_now_ns();
     if (rp_load_real() || !rp_real.cuMemExportToShareableHandle || !rp_real.cuDeviceGetUuid_v2 ||
         rp_real.cuInit(0) != CUDA_SUCCESS) {
         snprintf(err, errlen, "the CUDA driver lacks what preloading needs");
@@ -308,6 +310,7 @@ RP_EXPORT long rp_snapshot_preload_hot(const char *table, long table_len,
                  ? make_exportable(&out[n], r)
                  : CUDA_ERROR_INVALID_VALUE;
     }
+    uint64_t t1 = rp_now_ns();
     /* one upload per device, each on its own context, its records together */
     for (long i = 0; rc == CUDA_SUCCESS && i < count; i++) {
         int seen = 0;
@@ -316,8 +319,12 @@ RP_EXPORT long rp_snapshot_preload_hot(const char *table, long table_len,
         if (!seen)
             rc = upload_device(out[i].device, table, h, hot, out, segments, *params, err, errlen);
     }
+    uint64_t t2 = rp_now_ns();
     if (rc == CUDA_SUCCESS)
         rc = export_all(out, count);
+    phase_ns[0] = t1 - t0;
+    phase_ns[1] = t2 - t1;
+    phase_ns[2] = rp_now_ns() - t2;
     free(segments);
     if (rc != CUDA_SUCCESS) {
         if (!err[0])
