@@ -11,6 +11,7 @@
  * Mechanisms:
  *   engine.c   chunked copies through the staging pool (pinned buffers, streams), several threads
  *   vmm.c      device allocations served from VMM, their registry, and the offload gate
+ *   hot.c      hot snapshots: pinned host copies of snapshots, checked, sent by DMA
  *   app_vmm.c  the application's own VMM memory (cuMemCreate, cuMemMap, ...): tracked under
  *              stable handle values, offloaded and put back at the same addresses
  *   mempool.c  stream-ordered allocations (cuMemAllocAsync, memory pools) served from VMM
@@ -213,6 +214,31 @@ uint64_t rp_engine_staging_setup_ns(void);
 size_t rp_chunk_count(size_t bytes, size_t chunk);
 /* crc32c.c */
 uint32_t rp_crc32c(uint32_t crc, const void *data, size_t n);
+
+/* ---- hot snapshots (hot.c): pinned host memory -> device, every chunk checked ---- */
+
+struct rp_hot_segment {
+    CUdeviceptr device;
+    const void *host;          /* pinned */
+    size_t bytes;
+    const uint32_t *checksums; /* one crc32c per chunk_bytes; NULL = none */
+};
+
+/* A hot snapshot, as the warm pool holds it: one pinned buffer per record, in table order
+ * (optimizer/hot_snapshots.py mirrors it). */
+struct rp_hot_buffer {
+    uint64_t address; /* the record's device address */
+    uint64_t bytes;
+    void *host;       /* pinned (PORTABLE); NULL for an empty record */
+    int32_t device;   /* whose primary context this buffer holds a reference to; -1: none */
+    int32_t pad;
+};
+
+/* Copies every segment on the caller's current context (S streams, T threads checking the
+ * chunks as they queue them); blocks until all has landed. CUDA_ERROR_INVALID_IMAGE, with err
+ * set, when a chunk no longer matches its checksum. */
+CUresult rp_hot_upload(const struct rp_hot_segment *segments, long count, size_t chunk_bytes,
+                       struct rp_engine_params p, char *err, size_t errlen);
 
 /* ---- VMM allocations, registry and gate (vmm.c) ---- */
 
