@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: GPL-2.0-or-later (loaded into CRIU, built on its GPL-2.0+ plugin header; the rest of restoreprof is Apache-2.0) */
 /*
  * The Python agent (restoreprof/criu_plugin/agent.py): started by the plugin, talked to over a
  * socketpair on the agent's fd 3, one request line and one answer line ("OK ..." or

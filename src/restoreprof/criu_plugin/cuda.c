@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: GPL-2.0-or-later (loaded into CRIU, built on its GPL-2.0+ plugin header; the rest of restoreprof is Apache-2.0) */
 /*
  * The CUDA driver's process checkpoint API, opened with dlopen: the plugin builds and loads
  * without a driver, and CRIU runs without one for every process that does not use CUDA.

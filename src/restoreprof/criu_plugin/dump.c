@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: GPL-2.0-or-later (loaded into CRIU, built on its GPL-2.0+ plugin header; the rest of restoreprof is Apache-2.0) */
 /*
  * The dump half of the plugin (plugin.c says how the halves fit): offload, then the driver's
  * lock and checkpoint of each CUDA process before CRIU freezes it; at fini, the processes that

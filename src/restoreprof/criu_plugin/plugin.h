@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: GPL-2.0-or-later (loaded into CRIU, built on its GPL-2.0+ plugin header; the rest of restoreprof is Apache-2.0) */
 /*
  * restoreprof's CRIU plugin: shared declarations (see plugin.c for the design).
  */

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: GPL-2.0-or-later (loaded into CRIU, built on its GPL-2.0+ plugin header; the rest of restoreprof is Apache-2.0) */
 /*
  * The restore half of the plugin (plugin.c says how the halves fit): the agent preloads from
  * init on; RESUME_DEVICES_LATE notes each process; the finisher thread waits until CRIU lets

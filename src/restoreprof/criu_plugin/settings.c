@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: GPL-2.0-or-later (loaded into CRIU, built on its GPL-2.0+ plugin header; the rest of restoreprof is Apache-2.0) */
 /*
  * The CRIU_CUDA_* settings. The shim keeps a default on a bad value (it cannot stop the
  * program); here a bad value fails the CRIU run at the plugin's init, before any process is
