@@ -23,6 +23,15 @@
  *   fakecuda_async_pinned/_pageable()      how many of them staged through memory from
  *                                          cuMemHostAlloc/cuMemAllocHost, or through other memory
  *   fakecuda_host_alloc_bytes_max()        largest pinned allocation since reset
+ *   fakecuda_device_of(ptr)                the device that memory is on (-1: not device memory)
+ *   fakecuda_ctx_device()                  the current context's device (-1: none)
+ *
+ * Devices have distinct UUIDs ("fakecuda" then the ordinal in the last byte). A restore with
+ * CUcheckpointRestoreArgs.gpuPairs moves the process to the new devices, as the driver does: its
+ * contexts and memory report the new device, and cuDevicePrimaryCtxRetain(new) returns the
+ * context it had on the old one. The restoring process cannot reach the target's memory, so it
+ * leaves the map in FAKECUDA_STATE_DIR/pid-N.gpumap (a map other than the identity needs that
+ * directory) and the target applies it at its next driver call.
  */
 #define _GNU_SOURCE
 #include <cuda.h>
@@ -137,6 +146,7 @@ EXPORT void fakecuda_reset(void)
         ENTER(name);                              \
         if (!initialized)                         \
             return CUDA_ERROR_NOT_INITIALIZED;    \
+        apply_pending_gpu_map();                  \
     } while (0)
 
 /* ---------- devices and contexts ---------- */
@@ -151,6 +161,12 @@ struct fake_ctx {
 static int initialized;
 static int device_count = 1;
 static struct fake_ctx primary_ctx[MAX_DEVICES];
+/* Which primary_ctx a device's is: a restore onto other GPUs permutes it. */
+static int primary_slot[MAX_DEVICES] = { 0, 1, 2, 3, 4, 5, 6, 7 };
+#define PRIMARY(dev) (primary_ctx[primary_slot[dev]])
+/* Contexts from cuCtxCreate, so that a GPU map can move them too. */
+static struct fake_ctx *created_ctx[64];
+static void apply_pending_gpu_map(void);
 static __thread struct fake_ctx *current_ctx;
 
 EXPORT CUresult cuInit(unsigned int flags)
@@ -269,8 +285,8 @@ EXPORT CUresult cuDevicePrimaryCtxRetain(CUcontext *pctx, CUdevice dev)
         return CUDA_ERROR_INVALID_VALUE;
     if (check_device(dev))
         return CUDA_ERROR_INVALID_DEVICE;
-    __atomic_add_fetch(&primary_ctx[dev].refcount, 1, __ATOMIC_SEQ_CST);
-    *pctx = (CUcontext)&primary_ctx[dev];
+    __atomic_add_fetch(&PRIMARY(dev).refcount, 1, __ATOMIC_SEQ_CST);
+    *pctx = (CUcontext)&PRIMARY(dev);
     return CUDA_SUCCESS;
 }
 
@@ -279,7 +295,7 @@ EXPORT CUresult cuDevicePrimaryCtxRelease_v2(CUdevice dev)
     ENTER_INIT("cuDevicePrimaryCtxRelease_v2");
     if (check_device(dev))
         return CUDA_ERROR_INVALID_DEVICE;
-    __atomic_sub_fetch(&primary_ctx[dev].refcount, 1, __ATOMIC_SEQ_CST);
+    __atomic_sub_fetch(&PRIMARY(dev).refcount, 1, __ATOMIC_SEQ_CST);
     return CUDA_SUCCESS;
 }
 
@@ -291,14 +307,14 @@ EXPORT CUresult cuDevicePrimaryCtxGetState(CUdevice dev, unsigned int *flags, in
     if (flags)
         *flags = 0;
     if (active)
-        *active = primary_ctx[dev].refcount > 0;
+        *active = PRIMARY(dev).refcount > 0;
     return CUDA_SUCCESS;
 }
 
 /* For tests: the references held on dev's primary context. */
 EXPORT int fakecuda_primary_refcount(int dev)
 {
-    return check_device(dev) ? -1 : primary_ctx[dev].refcount;
+    return check_device(dev) ? -1 : PRIMARY(dev).refcount;
 }
 
 static CUresult create_ctx(CUcontext *pctx, CUdevice dev)
@@ -312,6 +328,9 @@ static CUresult create_ctx(CUcontext *pctx, CUdevice dev)
         return CUDA_ERROR_OUT_OF_MEMORY;
     ctx->device = dev;
     ctx->refcount = 1;
+    for (size_t i = 0; i < sizeof created_ctx / sizeof *created_ctx; i++)
+        if (__sync_bool_compare_and_swap(&created_ctx[i], NULL, ctx))
+            break;
     current_ctx = ctx; /* cuCtxCreate makes the new context current, like the driver. */
     *pctx = (CUcontext)ctx;
     return CUDA_SUCCESS;
@@ -429,18 +448,19 @@ struct region {
     uintptr_t base;
     size_t size;
     enum region_kind kind;
+    int device; /* the current context's when it was made (device memory only) */
     struct region *next;
 };
 
 static struct region *regions;
 static pthread_mutex_t region_lock = PTHREAD_MUTEX_INITIALIZER;
 
-static int add_region(uintptr_t base, size_t size, enum region_kind kind)
+static int add_region_on(uintptr_t base, size_t size, enum region_kind kind, int device)
 {
     struct region *r = malloc(sizeof(*r));
     if (!r)
         return -1;
-    *r = (struct region){ base, size, kind, NULL };
+    *r = (struct region){ base, size, kind, device, NULL };
     pthread_mutex_lock(&region_lock);
     r->next = regions;
     regions = r;
@@ -467,6 +487,24 @@ static size_t remove_region(uintptr_t base, enum region_kind kind)
 }
 
 static int find_region(uintptr_t addr, struct region *out);
+
+static int add_region(uintptr_t base, size_t size, enum region_kind kind)
+{
+    return add_region_on(base, size, kind, current_ctx ? current_ctx->device : 0);
+}
+
+EXPORT int fakecuda_device_of(CUdeviceptr ptr)
+{
+    struct region r;
+    if (!find_region(ptr, &r) || (r.kind != REGION_DEVICE && r.kind != REGION_VMM))
+        return -1;
+    return r.device;
+}
+
+EXPORT int fakecuda_ctx_device(void)
+{
+    return current_ctx ? current_ctx->device : -1;
+}
 
 static int is_region(const void *p, enum region_kind kind)
 {
@@ -702,7 +740,7 @@ EXPORT CUresult cuPointerGetAttribute(void *data, CUpointer_attribute attribute,
         *(unsigned int *)data = is_device ? CU_MEMORYTYPE_DEVICE : CU_MEMORYTYPE_HOST;
         return CUDA_SUCCESS;
     case CU_POINTER_ATTRIBUTE_DEVICE_ORDINAL:
-        *(int *)data = 0;
+        *(int *)data = is_device ? r.device : 0;
         return CUDA_SUCCESS;
     case CU_POINTER_ATTRIBUTE_RANGE_START_ADDR:
         *(CUdeviceptr *)data = r.base;
@@ -1443,7 +1481,7 @@ static CUresult pool_alloc(CUdeviceptr *dptr, size_t size, struct fake_pool *poo
         return CUDA_ERROR_INVALID_VALUE;
     void *p = page_alloc(size);
     struct fake_block *b = malloc(sizeof(*b));
-    if (!p || !b || add_region((uintptr_t)p, size, REGION_DEVICE)) {
+    if (!p || !b || add_region_on((uintptr_t)p, size, REGION_DEVICE, pool->props.location.id)) {
         free(b);
         if (p)
             munmap(p, size);
@@ -1638,10 +1676,101 @@ EXPORT CUresult cuCheckpointProcessCheckpoint(int pid, CUcheckpointCheckpointArg
     return transition(pid, CU_PROCESS_STATE_LOCKED, CU_PROCESS_STATE_CHECKPOINTED);
 }
 
+/* The ordinal of a fake device's UUID; -1 when it is none of this machine's. */
+static int device_of_uuid(const CUuuid *uuid)
+{
+    for (int dev = 0; dev < device_count; dev++) {
+        CUuuid known;
+        fill_uuid(&known, dev);
+        if (!memcmp(known.bytes, uuid->bytes, sizeof known.bytes))
+            return dev;
+    }
+    return -1;
+}
+
+/* Reads args' GPU pairs into map (old ordinal -> new); 1 when some GPU moves, 0 for the identity,
+ * -1 for a UUID no device has or two GPUs sent to one (the driver refuses both). */
+static int gpu_map_from_args(const CUcheckpointRestoreArgs *args, int map[MAX_DEVICES])
+{
+    int moved = 0, taken[MAX_DEVICES] = { 0 };
+    for (int dev = 0; dev < MAX_DEVICES; dev++)
+        map[dev] = dev;
+    if (!args || !args->gpuPairsCount)
+        return 0;
+    if (!args->gpuPairs)
+        return -1;
+    for (unsigned int i = 0; i < args->gpuPairsCount; i++) {
+        int old = device_of_uuid(&args->gpuPairs[i].oldUuid);
+        int new = device_of_uuid(&args->gpuPairs[i].newUuid);
+        if (old < 0 || new < 0)
+            return -1;
+        map[old] = new;
+        moved |= old != new;
+    }
+    for (int dev = 0; dev < device_count; dev++)
+        if (taken[map[dev]]++)
+            return -1;
+    return moved;
+}
+
 EXPORT CUresult cuCheckpointProcessRestore(int pid, CUcheckpointRestoreArgs *args)
 {
     ENTER_INIT("cuCheckpointProcessRestore");
-    return transition(pid, CU_PROCESS_STATE_CHECKPOINTED, CU_PROCESS_STATE_LOCKED);
+    int map[MAX_DEVICES];
+    int moved = gpu_map_from_args(args, map);
+    if (moved < 0)
+        return CUDA_ERROR_INVALID_VALUE;
+    char path[4096];
+    if (moved && !shared_state_path(pid, path, sizeof path))
+        return CUDA_ERROR_NOT_SUPPORTED; /* the fake cannot reach another process without it */
+    CUresult rc = transition(pid, CU_PROCESS_STATE_CHECKPOINTED, CU_PROCESS_STATE_LOCKED);
+    if (rc != CUDA_SUCCESS || !moved)
+        return rc;
+    char map_path[4200], tmp[4300];
+    snprintf(map_path, sizeof map_path, "%s.gpumap", path);
+    snprintf(tmp, sizeof tmp, "%s.%d.tmp", map_path, (int)getpid());
+    FILE *f = fopen(tmp, "w");
+    if (!f)
+        return CUDA_ERROR_OPERATING_SYSTEM;
+    for (int dev = 0; dev < device_count; dev++)
+        fprintf(f, "%d %d\n", dev, map[dev]);
+    fclose(f);
+    return rename(tmp, map_path) ? CUDA_ERROR_OPERATING_SYSTEM : CUDA_SUCCESS;
+}
+
+/* In the restored process: takes the map a restore left for it and moves its contexts and
+ * device memory to their new devices. */
+static void apply_pending_gpu_map(void)
+{
+    char path[4096], map_path[4200];
+    if (!shared_state_path((int)getpid(), path, sizeof path))
+        return;
+    snprintf(map_path, sizeof map_path, "%s.gpumap", path);
+    FILE *f = fopen(map_path, "r");
+    if (!f)
+        return;
+    int map[MAX_DEVICES], old, new;
+    for (int dev = 0; dev < MAX_DEVICES; dev++)
+        map[dev] = dev;
+    while (fscanf(f, "%d %d", &old, &new) == 2)
+        if (old >= 0 && old < MAX_DEVICES && new >= 0 && new < MAX_DEVICES)
+            map[old] = new;
+    fclose(f);
+    unlink(map_path);
+    int slot[MAX_DEVICES];
+    for (int dev = 0; dev < MAX_DEVICES; dev++)
+        slot[map[dev]] = primary_slot[dev];
+    memcpy(primary_slot, slot, sizeof slot);
+    for (int i = 0; i < MAX_DEVICES; i++)
+        primary_ctx[i].device = map[primary_ctx[i].device];
+    for (size_t i = 0; i < sizeof created_ctx / sizeof *created_ctx; i++)
+        if (created_ctx[i])
+            created_ctx[i]->device = map[created_ctx[i]->device];
+    pthread_mutex_lock(&region_lock);
+    for (struct region *r = regions; r; r = r->next)
+        if (r->kind == REGION_DEVICE || r->kind == REGION_VMM)
+            r->device = map[r->device];
+    pthread_mutex_unlock(&region_lock);
 }
 
 EXPORT CUresult cuCheckpointProcessUnlock(int pid, CUcheckpointUnlockArgs *args)
