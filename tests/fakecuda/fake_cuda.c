@@ -488,6 +488,15 @@ static size_t remove_region(uintptr_t base, enum region_kind kind)
 
 static int find_region(uintptr_t addr, struct region *out);
 
+static int vmm_device_at(uintptr_t addr);
+
+/* The device addr's memory is on: for a VMM range, that of the physical memory mapped there. */
+static int region_device(const struct region *r, uintptr_t addr)
+{
+    int mapped = r->kind == REGION_VMM ? vmm_device_at(addr) : -1;
+    return mapped >= 0 ? mapped : r->device;
+}
+
 static int add_region(uintptr_t base, size_t size, enum region_kind kind)
 {
     return add_region_on(base, size, kind, current_ctx ? current_ctx->device : 0);
@@ -498,7 +507,7 @@ EXPORT int fakecuda_device_of(CUdeviceptr ptr)
     struct region r;
     if (!find_region(ptr, &r) || (r.kind != REGION_DEVICE && r.kind != REGION_VMM))
         return -1;
-    return r.device;
+    return region_device(&r, ptr);
 }
 
 EXPORT int fakecuda_ctx_device(void)
@@ -740,7 +749,7 @@ EXPORT CUresult cuPointerGetAttribute(void *data, CUpointer_attribute attribute,
         *(unsigned int *)data = is_device ? CU_MEMORYTYPE_DEVICE : CU_MEMORYTYPE_HOST;
         return CUDA_SUCCESS;
     case CU_POINTER_ATTRIBUTE_DEVICE_ORDINAL:
-        *(int *)data = is_device ? r.device : 0;
+        *(int *)data = is_device ? region_device(&r, ptr) : 0;
         return CUDA_SUCCESS;
     case CU_POINTER_ATTRIBUTE_RANGE_START_ADDR:
         *(CUdeviceptr *)data = r.base;
@@ -1021,6 +1030,15 @@ static struct fake_map *map_at(uintptr_t addr)
     return NULL;
 }
 
+static int vmm_device_at(uintptr_t addr)
+{
+    pthread_mutex_lock(&vmm_lock);
+    struct fake_map *m = map_at(addr);
+    int device = m ? m->phys->prop.location.id : -1;
+    pthread_mutex_unlock(&vmm_lock);
+    return device;
+}
+
 /* Frees p once nothing refers to it (vmm_lock held). */
 static void phys_settle(struct fake_phys *p)
 {
@@ -1122,7 +1140,10 @@ EXPORT CUresult cuMemCreate(CUmemGenericAllocationHandle *handle, size_t size,
         return CUDA_ERROR_INVALID_VALUE;
     if (prop->requestedHandleTypes & ~CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR)
         return CUDA_ERROR_NOT_SUPPORTED; /* no fabric (IMEX) here, no Win32 */
-    int fd = memfd_create("fakecuda-phys", MFD_CLOEXEC);
+    /* its name carries its device, for the process that imports it (see memfd_device) */
+    char name[32];
+    snprintf(name, sizeof name, "fakecuda-phys-dev%d", prop->location.id);
+    int fd = memfd_create(name, MFD_CLOEXEC);
     if (fd < 0 || ftruncate(fd, (off_t)size) != 0) {
         if (fd >= 0)
             close(fd);
@@ -1208,6 +1229,22 @@ EXPORT CUresult cuMemExportToShareableHandle(void *shareable, CUmemGenericAlloca
     return rc;
 }
 
+/* The device of physical memory another process exported (0 when the fd does not say). */
+static int memfd_device(int fd)
+{
+    char link[64], target[256];
+    snprintf(link, sizeof link, "/proc/self/fd/%d", fd);
+    ssize_t n = readlink(link, target, sizeof target - 1);
+    int device = 0;
+    if (n > 0) {
+        target[n] = 0;
+        const char *at = strstr(target, "fakecuda-phys-dev");
+        if (at)
+            device = atoi(at + strlen("fakecuda-phys-dev"));
+    }
+    return device >= 0 && device < MAX_DEVICES ? device : 0;
+}
+
 EXPORT CUresult cuMemImportFromShareableHandle(CUmemGenericAllocationHandle *handle,
                                                void *shareable, CUmemAllocationHandleType type)
 {
@@ -1221,7 +1258,8 @@ EXPORT CUresult cuMemImportFromShareableHandle(CUmemGenericAllocationHandle *han
         return CUDA_ERROR_INVALID_VALUE;
     CUmemAllocationProp prop = { .type = CU_MEM_ALLOCATION_TYPE_PINNED,
                                  .requestedHandleTypes = CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR,
-                                 .location = { CU_MEM_LOCATION_TYPE_DEVICE, 0 } };
+                                 .location = { CU_MEM_LOCATION_TYPE_DEVICE,
+                                               memfd_device(given) } };
     pthread_mutex_lock(&vmm_lock);
     struct fake_phys *p = phys_new(fd, (size_t)st.st_size, &prop);
     if (p)
@@ -1771,6 +1809,11 @@ static void apply_pending_gpu_map(void)
         if (r->kind == REGION_DEVICE || r->kind == REGION_VMM)
             r->device = map[r->device];
     pthread_mutex_unlock(&region_lock);
+    pthread_mutex_lock(&vmm_lock); /* physical memory kept through the checkpoint moves too */
+    for (struct fake_phys *p = phys_list; p; p = p->next)
+        if (p->prop.location.type == CU_MEM_LOCATION_TYPE_DEVICE)
+            p->prop.location.id = map[p->prop.location.id];
+    pthread_mutex_unlock(&vmm_lock);
 }
 
 EXPORT CUresult cuCheckpointProcessUnlock(int pid, CUcheckpointUnlockArgs *args)

@@ -185,6 +185,14 @@ def set_current(ctx: Any) -> None:
     check("cuCtxSetCurrent", bindings().cuCtxSetCurrent(ctx))
 
 
+def pointer_device(pointer: int) -> int:
+    """The ordinal of the GPU that device memory at pointer is on now (after a restore onto
+    other GPUs, the new one)."""
+    cu = bindings()
+    attribute = cu.CUpointer_attribute.CU_POINTER_ATTRIBUTE_DEVICE_ORDINAL
+    return int(check("cuPointerGetAttribute", cu.cuPointerGetAttribute(attribute, pointer)))
+
+
 def mem_alloc(nbytes: int) -> int:
     return int(check("cuMemAlloc", bindings().cuMemAlloc(nbytes)))
 

@@ -25,11 +25,15 @@ class HeldMemory:
     @classmethod
     def start(cls, state_dir: Path, mib: int, gpu_mib: int = 0, seed: int = 1234,
               env: dict[str, str] | None = None, timeout_s: float = 300,
-              prefix: list[str] | None = None, children: int = 0) -> HeldMemory:
-        """Start a holder (prefix: e.g. ['restoreprof', 'exec', '--']); children: a tree of N."""
+              prefix: list[str] | None = None, children: int = 0,
+              gpu_per_child: bool = False) -> HeldMemory:
+        """Start a holder (prefix: e.g. ['restoreprof', 'exec', '--']); children: a tree of N;
+        gpu_per_child: child N holds its GPU memory on GPU N."""
         cmd = [*(prefix or []), sys.executable, "-m", "restoreprof.workloads.hold_memory",
                "--mib", str(mib), "--gpu-mib", str(gpu_mib), "--seed", str(seed),
                "--state", str(state_dir), "--children", str(children)]
+        if gpu_per_child:
+            cmd.append("--gpu-per-child")
         return cls.start_command(cmd, state_dir, env=env, timeout_s=timeout_s)
 
     @classmethod
@@ -80,6 +84,12 @@ class HeldMemory:
             time.sleep(0.02)
         verdict, digest = verified.read_text().split()[:2]
         return verdict == "OK" and digest == self.expected_digest
+
+    def gpu_device(self) -> int | None:
+        """The GPU its GPU memory was on at the last verify (None: it holds none)."""
+        fields = (self.state_dir / "verified").read_text().split()
+        found = [int(f[4:]) for f in fields if f.startswith("gpu=")]
+        return found[0] if found else None
 
     def rss_bytes(self) -> int:
         for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():

@@ -4,7 +4,8 @@
 
 It fills its buffers from a seeded generator, writes the SHA-256 of what it holds to
 DIR/ready, then waits. On SIGUSR1 it recomputes the digest of what it holds now (reading the
-GPU memory back to the host) and writes "OK <digest>" or "MISMATCH <digest>" to DIR/verified.
+GPU memory back to the host) and writes "OK <digest>" or "MISMATCH <digest>" to DIR/verified,
+then pid= and, with GPU memory, gpu=<the ordinal of the GPU that memory is on now>.
 SIGTERM ends it. Its stdio must not be a pipe to an outside process, so that CRIU can dump it.
 """
 
@@ -53,12 +54,12 @@ def _write_atomic(path: Path, text: str) -> None:
 class _GpuBuffer:
     """Device memory filled from host data; read back on verification (cuda-python driver API)."""
 
-    def __init__(self, host: np.ndarray) -> None:
+    def __init__(self, host: np.ndarray, device: int = 0) -> None:
         from restoreprof.cuda import driver as cu
 
         self._cu = cu
         self.nbytes = host.nbytes
-        self.context = cu.primary_context(0)
+        self.context = cu.primary_context(device)
         self.pointer = cu.mem_alloc(self.nbytes)
         cu.copy_htod(self.pointer, host)
 
@@ -67,14 +68,18 @@ class _GpuBuffer:
         self._cu.copy_dtoh(host, self.pointer)
         return host
 
+    def device(self) -> int:
+        return self._cu.pointer_device(self.pointer)
 
-def serve(state: Path, expected: str, digest_now) -> None:
+
+def serve(state: Path, expected: str, digest_now, gpu: _GpuBuffer | None = None) -> None:
     """The ready/verified protocol (see the module's doc), until SIGTERM: never returns."""
 
     def verify(signum: int, frame: object) -> None:
         now = digest_now()
         verdict = "OK" if now == expected else "MISMATCH"
-        _write_atomic(state / "verified", f"{verdict} {now} pid={os.getpid()}\n")
+        where = f" gpu={gpu.device()}" if gpu else ""
+        _write_atomic(state / "verified", f"{verdict} {now} pid={os.getpid()}{where}\n")
 
     signal.signal(signal.SIGUSR1, verify)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
@@ -97,7 +102,8 @@ def _parent(args: argparse.Namespace) -> int:
         state.mkdir(exist_ok=True)
         (state / "ready").unlink(missing_ok=True)
         cmd = [sys.executable, "-m", "restoreprof.workloads.hold_memory", "--mib", str(args.mib),
-               "--gpu-mib", str(args.gpu_mib), "--seed", str(args.seed + 10 * i), "--state", str(state)]
+               "--gpu-mib", str(args.gpu_mib), "--seed", str(args.seed + 10 * i), "--state", str(state),
+               "--gpu", str(i if args.gpu_per_child else args.gpu)]
         children.append(subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL))
     while not all((args.state / f"child-{i}" / "ready").exists() for i in range(args.children)):
         if any(c.poll() is not None for c in children):
@@ -115,6 +121,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--gpu-mib", type=int, default=0, help="GPU memory to hold, MiB")
     parser.add_argument("--seed", type=int, default=1234)
     parser.add_argument("--state", type=Path, required=True, help="folder for ready/verified files")
+    parser.add_argument("--gpu", type=int, default=0, help="the GPU (ordinal) to hold memory on")
+    parser.add_argument("--gpu-per-child", action="store_true",
+                        help="with --children: child N holds its GPU memory on GPU N (a job of "
+                             "one process per GPU)")
     parser.add_argument("--children", type=int, default=0,
                         help="hold nothing here; start this many holders as children (state/child-N)")
     args = parser.parse_args(argv)
@@ -128,13 +138,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.gpu_mib:
         staging = np.empty(args.gpu_mib << 20, dtype=np.uint8)
         _fill(staging, args.seed + 1)
-        gpu = _GpuBuffer(staging)
+        gpu = _GpuBuffer(staging, args.gpu)
         expected = _digest(host, staging)
         del staging
     else:
         expected = _digest(host)
 
-    serve(args.state, expected, lambda: _digest(*([host] + ([gpu.read_back()] if gpu else []))))
+    serve(args.state, expected, lambda: _digest(*([host] + ([gpu.read_back()] if gpu else []))),
+          gpu)
 
 
 if __name__ == "__main__":

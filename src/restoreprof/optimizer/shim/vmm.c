@@ -169,6 +169,11 @@ CUresult rp_vmm_map_handle(CUdeviceptr address, size_t size, CUdevice device,
 /* Physical memory for a reserved range: create, map, allow read/write from its device. */
 CUresult rp_vmm_map(struct rp_allocation *a)
 {
+    /* a's context is current (the caller's contract): after a restore onto other GPUs (a GPU
+     * map), the driver moved it, so its device is where the memory goes now */
+    CUdevice now;
+    if (rp_real.cuCtxGetDevice(&now) == CUDA_SUCCESS)
+        a->device = now;
     CUmemGenericAllocationHandle handle = 0;
     CUresult rc = rp_vmm_create(a->device, a->reserved, 0, &handle);
     if (rc != CUDA_SUCCESS)
