@@ -11,11 +11,13 @@ from __future__ import annotations
 import contextlib
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 
 from restoreprof.checkpoint.tree import maps_library
 from restoreprof.cuda import driver
 from restoreprof.errors import RestoreprofError
+from restoreprof.optimizer.config import OptimizerConfig
 
 SHIM_MARKER = "librestoreprof_shim"
 PRELOAD_STEP = "GPU memory preload (overlapped)"
@@ -90,14 +92,21 @@ def has_shim(pid: int) -> bool:
     return maps_library(pid, SHIM_MARKER)
 
 
-def offload_all(pids: list[int], directory: Path, optimizer) -> dict[int, dict]:
-    """Offload the GPU memory of every process running with the library; {pid: record}."""
+def offload_all(pids: list[int], directory: Path, optimizer, store=None,
+                sync: bool = False) -> dict[int, dict]:
+    """Offload the GPU memory of every process running with the library; {pid: record}. Each
+    snapshot's chunks go to its own folder beside it, or to store (a store.session.StoreSession)."""
     records = {}
+    if store is not None:  # the store's chunk size, else its chunks would never match
+        optimizer = replace(optimizer or OptimizerConfig(), chunk_mb=store.chunk_mb)
     for pid in [p for p in pids if has_shim(p)]:
         name = snapshot_name(pid)
         start = time.monotonic()
-        result = _shim_control(pid).offload(directory / name, optimizer)
+        result = _shim_control(pid).offload(directory / name, optimizer,
+                                            chunk_dir=store.chunk_dir if store else None,
+                                            sync=sync)
         records[pid] = {"snapshot": name, "bytes": int(result.get("bytes", 0)),
+                        "written_bytes": int(result.get("written", 0)),
                         "seconds": round(time.monotonic() - start, 6)}
     return records
 

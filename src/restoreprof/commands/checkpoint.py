@@ -23,15 +23,32 @@ def prepare_parser(parser: argparse.ArgumentParser) -> None:
                         help="how long the driver may wait for CUDA work to drain (default 10000)")
     parser.add_argument("--criu-arg", action="append", default=[], metavar="ARG",
                         help="extra argument for criu dump (repeatable)")
+    parser.add_argument("--store", nargs="?", type=Path, const=True, default=None, metavar="PATH",
+                        help="put GPU memory chunks in the deduplicating snapshot store (default "
+                             "$RESTOREPROF_STORE, else /var/lib/restoreprof/store)")
+    parser.add_argument("--sync", action="store_true",
+                        help="report success only once every byte is on disk (fsync)")
+    parser.add_argument("--export", type=Path, metavar="OUT",
+                        help="also write a standalone, portable copy into OUT (new or empty)")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
 
 
 def run(args: argparse.Namespace) -> int:
+    store = None
+    if args.store is not None:
+        from restoreprof.store.layout import default_store
+
+        store = default_store() if args.store is True else args.store
     result = checkpoint(args.pid, args.dir, leave_running=args.leave_running,
                         offload=not args.no_offload, lock_timeout_ms=args.lock_timeout,
-                        criu_args=args.criu_arg)
+                        criu_args=args.criu_arg, store=store, sync=args.sync)
+    exported = None
+    if args.export:
+        from restoreprof.store.export import export
+
+        exported = export(result.directory, args.export)
     if args.json:
-        print(json.dumps(result.to_dict(), indent=2))
+        print(json.dumps({**result.to_dict(), "export": exported}, indent=2))
         return 0
     cuda = result.manifest.cuda_pids
     print(f"checkpointed PID {args.pid} ({len(result.manifest.processes)} processes, "
@@ -39,4 +56,12 @@ def run(args: argparse.Namespace) -> int:
     print_steps(result.steps)
     size = sum(i["bytes"] for i in result.manifest.images)
     print(f"images: {size / 1e9:.2f} GB in {len(result.manifest.images)} files")
+    for p in result.manifest.processes:
+        if p.offload:
+            where = p.offload.get("store") or f"{p.offload['snapshot']}.chunks"
+            print(f"GPU memory of PID {p.pid}: {p.offload['bytes'] / 1e9:.2f} GB, "
+                  f"{p.offload.get('written_bytes', 0) / 1e9:.2f} GB written (the rest was "
+                  f"already in {where})")
+    if exported:
+        print(f"exported a standalone copy to {exported['directory']}")
     return 0

@@ -120,7 +120,7 @@ class ShimControl:
         raise RestoreprofError(f"PID {self.pid}: {line.split()[0]} failed: {message}", hint=hint)
 
     def _transfer(self, verb: str, path: Path, cfg: OptimizerConfig | None,
-                  safe: bool = False) -> dict[str, Any]:
+                  safe: bool = False, extra: str = "") -> dict[str, Any]:
         path = Path(path).resolve()
         if any(c.isspace() for c in str(path)):
             raise RestoreprofError(f"snapshot path {path} contains whitespace",
@@ -130,13 +130,23 @@ class ShimControl:
         streams, threads = (1, 1) if safe else (cfg.streams, cfg.threads)
         start = time.monotonic()
         result = _parse_ok_numbers(self.request(
-            f"{verb} {path} {streams} {cfg.chunk_mb} {threads}"))
+            f"{verb} {path} {streams} {cfg.chunk_mb} {threads}{extra}"))
         result["wall_seconds"] = time.monotonic() - start
         return result
 
-    def offload(self, path: Path, cfg: OptimizerConfig | None = None) -> dict[str, Any]:
-        """Write all GPU allocations to path and release their memory; {bytes, seconds, gbps}."""
-        return self._transfer("OFFLOAD", path, cfg)
+    def offload(self, path: Path, cfg: OptimizerConfig | None = None, *,
+                chunk_dir: str | None = None, sync: bool = False) -> dict[str, Any]:
+        """Write all GPU allocations as chunks (into chunk_dir: relative to path's folder unless
+        absolute; default <path's name>.chunks) and their table to path, and release their
+        memory; {bytes, seconds, gbps, written}. sync: durable before it returns."""
+        extra = ""
+        if chunk_dir is not None or sync:
+            chunk_dir = chunk_dir or f"{Path(path).name}.chunks"
+            if any(c.isspace() for c in chunk_dir):
+                raise RestoreprofError(f"chunk folder {chunk_dir} contains whitespace",
+                                       hint="use a store path without spaces")
+            extra = f" {chunk_dir} {int(sync)}"
+        return self._transfer("OFFLOAD", path, cfg, extra=extra)
 
     def reload(self, path: Path, cfg: OptimizerConfig | None = None,
                safe: bool = False) -> dict[str, Any]:

@@ -7,6 +7,7 @@ library builds on machines without a GPU driver.
 from __future__ import annotations
 
 import os
+import platform
 import shutil
 import subprocess
 from pathlib import Path
@@ -41,6 +42,27 @@ def c_compiler() -> str:
     return compiler
 
 
+BLAKE3_DIR = SOURCE_DIR / "blake3"
+
+
+def blake3_sources() -> list[Path]:
+    """The vendored BLAKE3 (blake3/README.md): its C, and on x86-64 its assembly (the SIMD
+    kernels, picked at run time), so that hashing keeps up with the engine's copies."""
+    srcs = sorted(BLAKE3_DIR.glob("*.c"))
+    if platform.machine() in ("x86_64", "AMD64"):
+        srcs += sorted(BLAKE3_DIR.glob("*_x86-64_unix.S"))
+    return srcs
+
+
+def blake3_flags() -> list[str]:
+    hidden = '__attribute__((visibility("hidden")))'
+    flags = [f"-DBLAKE3_API={hidden}", f"-DBLAKE3_PRIVATE={hidden}",
+             f"-include{BLAKE3_DIR / 'rp_prefix.h'}", f"-I{BLAKE3_DIR}"]
+    if platform.machine() not in ("x86_64", "AMD64"):
+        flags += ["-DBLAKE3_NO_SSE2", "-DBLAKE3_NO_SSE41", "-DBLAKE3_NO_AVX2", "-DBLAKE3_NO_AVX512"]
+    return flags
+
+
 def sources() -> list[Path]:
     return sorted(SOURCE_DIR.glob("*.c"))
 
@@ -55,12 +77,13 @@ def build_library(out_dir: Path | None = None, force: bool = False) -> Path:
     srcs = sources()
     if not srcs:
         raise FileNotFoundError(f"no C sources in {SOURCE_DIR}")
-    headers = list(SOURCE_DIR.glob("*.h"))
-    newest = max(p.stat().st_mtime for p in srcs + headers)
+    headers = list(SOURCE_DIR.glob("*.h")) + list(BLAKE3_DIR.glob("*.h"))
+    newest = max(p.stat().st_mtime for p in srcs + headers + blake3_sources())
     if out.exists() and out.stat().st_mtime >= newest and not force:
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
-    cmd = [c_compiler(), *CFLAGS, f"-I{cuda_include_dir()}", f"-I{SOURCE_DIR}", "-o", str(out)]
-    cmd += [str(s) for s in srcs] + ["-ldl", "-lpthread"]
+    cmd = [c_compiler(), *CFLAGS, *blake3_flags(), f"-I{cuda_include_dir()}", f"-I{SOURCE_DIR}",
+           "-o", str(out)]
+    cmd += [str(s) for s in srcs + blake3_sources()] + ["-ldl", "-lpthread"]
     subprocess.run(cmd, check=True)
     return out

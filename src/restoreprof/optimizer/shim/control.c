@@ -8,7 +8,10 @@
  * for `criu dump` to trip over (CRIU can dump a listening socket, not one joined to a peer
  * outside the dumped tree). The listening socket itself is restored by CRIU at its path.
  *
- *   OFFLOAD <path> <streams> <chunk_mb> <threads>  -> OK <bytes> <ns> | ERR <message>
+ *   OFFLOAD <path> <streams> <chunk_mb> <threads> [<chunk dir> [<sync>]]
+ *                                                  -> OK <bytes> <ns> written=<bytes> | ERR
+ *     (the table at path, the chunks in the chunk folder: relative to path's folder unless
+ *     absolute, default <path's name>.chunks; sync 1: durable before OK)
  *   RELOAD <path> <streams> <chunk_mb> <threads>   -> OK <bytes> <ns> | ERR <message>
  *   ADOPT <address> <gpu uuid> + one fd (SCM_RIGHTS) -> OK <bytes> <ns> remaining=<n> | ERR
  *   STATUS                                          -> OK state=<running|offloaded> ...
@@ -171,31 +174,27 @@ static int unmap_all(struct alloc_list *list, char *err, size_t errlen)
     return failures ? -1 : 0;
 }
 
-static void do_offload(const char *path, struct rp_engine_params p, char *reply, size_t len)
+/* chunk_dir: the chunk folder, relative to the snapshot's folder unless absolute (a store). */
+static void do_offload(const char *path, const char *chunk_dir, int sync,
+                       struct rp_engine_params p, char *reply, size_t len)
 {
     if (offloaded) {
         snprintf(reply, len, "ERR already offloaded: RELOAD first");
         return;
     }
-    uint64_t start = rp_now_ns(), total = 0;
+    uint64_t start = rp_now_ns(), total = 0, written = 0;
     char err[256] = "";
     struct alloc_list list = { 0 };
     rp_gate_close(); /* the application's intercepted calls wait from here */
-    int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
     CUresult drained = CUDA_SUCCESS;
     int rc = -1;
-    if (fd < 0)
-        snprintf(err, sizeof(err), "cannot create %.160s: %s", path, strerror(errno));
-    else if (collect(&list) != 0)
+    if (collect(&list) != 0)
         snprintf(err, sizeof(err), "out of memory");
     else if ((drained = drain_contexts(&list)) != CUDA_SUCCESS)
         snprintf(err, sizeof(err), "waiting for the GPU failed: %s", rp_error_name(drained));
     else
-        rc = rp_snapshot_write(fd, list.items, list.count, p, &total, err, sizeof(err));
-    if (fd >= 0 && close(fd) != 0 && rc == 0) {
-        snprintf(err, sizeof(err), "closing %.160s failed: %s", path, strerror(errno));
-        rc = -1;
-    }
+        rc = rp_snapshot_write(path, chunk_dir, sync, list.items, list.count, p, &total,
+                               &written, err, sizeof(err));
     if (rc != 0) {
         rp_gate_open(); /* nothing was released: the application just carries on */
         snprintf(reply, len, "ERR %s", err);
@@ -208,8 +207,8 @@ static void do_offload(const char *path, struct rp_engine_params p, char *reply,
         if (unmap_all(&list, err, sizeof(err)) != 0)
             snprintf(reply, len, "ERR %s", err);
         else
-            snprintf(reply, len, "OK %llu %llu", (unsigned long long)total,
-                     (unsigned long long)(rp_now_ns() - start));
+            snprintf(reply, len, "OK %llu %llu written=%llu", (unsigned long long)total,
+                     (unsigned long long)(rp_now_ns() - start), (unsigned long long)written);
     }
     free(list.items);
 }
@@ -226,12 +225,12 @@ static struct rp_allocation *find_in(struct alloc_list *list, const struct snap_
 
 /* Loads one record; on an engine failure, rebuilds the staging pool and tries once more
  * (pinned buffers made before a driver checkpoint may not survive it on every driver). */
-static CUresult load_record(int fd, struct rp_allocation *a, const struct snap_record *r,
-                            struct rp_engine_params p, uint64_t *map_ns)
+static CUresult load_record(struct rp_chunk_store *chunks, struct rp_allocation *a,
+                            const struct snap_record *r, struct rp_engine_params p,
+                            uint64_t *map_ns)
 {
-    struct rp_transfer t = { .direction = RP_H2D, .device = a->address, .fd = fd,
-                             .file_offset = (off_t)r->data_offset, .bytes = r->size,
-                             .checksums = (uint32_t *)(r + 1) };
+    struct rp_transfer t = { .direction = RP_H2D, .device = a->address, .fd = -1,
+                             .bytes = r->size, .chunks = chunks, .hashes = (uint8_t *)(r + 1) };
     CUresult rc = rp_real.cuCtxSetCurrent(a->context);
     if (rc == CUDA_SUCCESS && a->handle == 0) {
         uint64_t start = rp_now_ns();
@@ -261,22 +260,27 @@ static void do_reload(const char *path, struct rp_engine_params p, char *reply, 
     char err[256] = "";
     struct snap_header h;
     struct alloc_list list = { 0 };
+    struct rp_chunk_store chunks = { .dirfd = -1 };
     char *table = NULL;
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0)
         snprintf(err, sizeof(err), "cannot open %.160s: %s", path, strerror(errno));
-    else if ((table = rp_snapshot_table(fd, &h, err, sizeof(err))) && collect(&list) != 0)
+    else if ((table = rp_snapshot_table(fd, &h, err, sizeof(err))) &&
+             rp_snapshot_open_chunks(table, path, &chunks, err, sizeof(err)) == 0 &&
+             collect(&list) != 0)
         snprintf(err, sizeof(err), "out of memory");
-    p.chunk_bytes = table ? h.chunk_bytes : p.chunk_bytes; /* checksums are per saved chunk */
-    const struct snap_record *r = table ? (const struct snap_record *)(table + sizeof(h)) : NULL;
+    p.chunk_bytes = table ? h.chunk_bytes : p.chunk_bytes; /* hashes are per saved chunk */
+    const struct snap_record *r = table ? rp_snapshot_first(table) : NULL;
     for (uint64_t i = 0; table && !err[0] && i < h.count; i++, r = rp_snapshot_next(r)) {
         struct rp_allocation *a = find_in(&list, r);
-        CUresult rc = a ? load_record(fd, a, r, p, &map_ns) : CUDA_ERROR_NOT_FOUND;
+        CUresult rc = a ? load_record(&chunks, a, r, p, &map_ns) : CUDA_ERROR_NOT_FOUND;
         if (rc != CUDA_SUCCESS)
             snprintf(err, sizeof(err), "%s %#llx (%llu bytes): %s",
                      a ? "reloading" : "no allocation in this process at",
                      (unsigned long long)r->address, (unsigned long long)r->size,
-                     rc == CUDA_ERROR_INVALID_IMAGE ? "checksum mismatch" : rp_error_name(rc));
+                     rc == CUDA_ERROR_INVALID_IMAGE ? "a chunk is damaged or missing (BLAKE3 "
+                                                      "mismatch; see the process's log)"
+                                                    : rp_error_name(rc));
         total += r->size;
     }
     if (!err[0] && table && h.count != list.count)
@@ -284,6 +288,7 @@ static void do_reload(const char *path, struct rp_engine_params p, char *reply, 
                  (unsigned long long)h.count, list.count);
     if (fd >= 0)
         close(fd);
+    rp_chunks_close(&chunks);
     free(table);
     free(list.items);
     if (!err[0])
@@ -404,17 +409,27 @@ static void do_status(char *reply, size_t len)
              rp_gate_is_closed() ? "closed" : "open");
 }
 
+/* "<snapshot's file name>.chunks", beside it, written into buf. */
+static const char *default_chunk_dir(const char *path, char *buf)
+{
+    const char *base = strrchr(path, '/');
+    snprintf(buf, 4096, "%.4000s.chunks", base ? base + 1 : path);
+    return buf;
+}
+
 static void handle(const char *line, int fd, char *reply, size_t len)
 {
-    char path[4096], uuid[40];
+    char path[4096], uuid[40], chunk_dir[4096] = "";
     unsigned long long address = 0;
-    int streams = 0, chunk_mb = 0, threads = 0;
+    int streams = 0, chunk_mb = 0, threads = 0, sync = 0;
     if (strcmp(line, "STATUS") == 0)
         do_status(reply, len);
     else if (sscanf(line, "ADOPT %llx %39s", &address, uuid) == 2)
         do_adopt((CUdeviceptr)address, uuid, fd, reply, len);
-    else if (sscanf(line, "OFFLOAD %4095s %d %d %d", path, &streams, &chunk_mb, &threads) >= 1)
-        do_offload(path, params_from(streams, chunk_mb, threads), reply, len);
+    else if (sscanf(line, "OFFLOAD %4095s %d %d %d %4095s %d", path, &streams, &chunk_mb,
+                    &threads, chunk_dir, &sync) >= 1)
+        do_offload(path, chunk_dir[0] ? chunk_dir : default_chunk_dir(path, chunk_dir), sync,
+                   params_from(streams, chunk_mb, threads), reply, len);
     else if (sscanf(line, "RELOAD %4095s %d %d %d", path, &streams, &chunk_mb, &threads) >= 1)
         do_reload(path, params_from(streams, chunk_mb, threads), reply, len);
     else

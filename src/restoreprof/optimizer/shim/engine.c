@@ -219,6 +219,45 @@ static CUresult settle(struct slot *s)
     return rp_real.cuEventSynchronize(s->done);
 }
 
+/* Starts the DMA of the staging buffer (filled and checked) to the device. */
+static CUresult h2d_send(struct slot *s, CUstream stream, CUdeviceptr to, size_t n)
+{
+    CUresult rc = rp_real.cuMemcpyHtoDAsync_v2(to, s->buffer, n, stream);
+    if (rc == CUDA_SUCCESS)
+        rc = rp_real.cuEventRecord(s->done, stream);
+    s->pending = rc == CUDA_SUCCESS;
+    return rc;
+}
+
+/* H2D from a chunk folder: read the chunk its hash names, hash what was read (this thread, in
+ * parallel with the others: BLAKE3 runs at several GB/s a core), send it only if they match.
+ * The integrity check is in the copy path: nothing reads the snapshot a second time. */
+static CUresult h2d_from_chunk(struct job *job, struct slot *s, CUstream stream, size_t index,
+                               size_t offset, size_t n)
+{
+    struct rp_transfer *t = job->t;
+    const uint8_t *want = t->hashes + index * RP_HASH_BYTES;
+    uint8_t got[RP_HASH_BYTES];
+    char hex[2 * RP_HASH_BYTES + 1];
+    if (rp_chunks_get(t->chunks, want, s->buffer, n) != 0) {
+        int why = errno;
+        rp_hash_hex(want, hex);
+        rp_log("chunk %s (%zu of this allocation) %s: refusing to load it", hex, index,
+               why == ENOENT ? "is missing" : why == EBADMSG ? "has the wrong size"
+                                                             : strerror(why));
+        /* missing or cut short: damage, like a mismatch (no retry can fix it) */
+        return why == ENOENT || why == EBADMSG ? RP_ERROR_CHECKSUM : RP_ERROR_IO;
+    }
+    rp_hash(s->buffer, n, got);
+    if (memcmp(got, want, RP_HASH_BYTES) != 0) {
+        rp_hash_hex(want, hex);
+        rp_log("chunk %s (%zu of this allocation) is damaged (BLAKE3 mismatch): refusing to "
+               "load it", hex, index);
+        return RP_ERROR_CHECKSUM;
+    }
+    return h2d_send(s, stream, t->device + offset, n);
+}
+
 /* H2D: fill the staging buffer from memory or file, check it, send it. */
 static CUresult h2d_chunk(struct job *job, struct slot *s, CUstream stream, size_t index)
 {
@@ -228,6 +267,8 @@ static CUresult h2d_chunk(struct job *job, struct slot *s, CUstream stream, size
     CUresult rc = settle(s);
     if (rc != CUDA_SUCCESS)
         return rc;
+    if (t->chunks)
+        return h2d_from_chunk(job, s, stream, index, offset, n);
     if (t->host)
         memcpy(s->buffer, (const char *)t->host + offset, n);
     else if (read_full(t->fd, s->buffer, n, t->file_offset + (off_t)offset))
@@ -236,11 +277,7 @@ static CUresult h2d_chunk(struct job *job, struct slot *s, CUstream stream, size
         rp_log("checksum mismatch in chunk %zu: refusing to load it", index);
         return RP_ERROR_CHECKSUM;
     }
-    rc = rp_real.cuMemcpyHtoDAsync_v2(t->device + offset, s->buffer, n, stream);
-    if (rc == CUDA_SUCCESS)
-        rc = rp_real.cuEventRecord(s->done, stream);
-    s->pending = rc == CUDA_SUCCESS;
-    return rc;
+    return h2d_send(s, stream, t->device + offset, n);
 }
 
 /* D2H, second half: wait for the chunk in the slot to land, checksum it, drain it. */
@@ -252,6 +289,15 @@ static CUresult d2h_drain(struct job *job, struct slot *s, size_t index)
     CUresult rc = settle(s);
     if (rc != CUDA_SUCCESS)
         return rc;
+    if (t->chunks) { /* hash here, in each thread: one chunk file per chunk, no shared inode */
+        uint8_t *hash = t->hashes + index * RP_HASH_BYTES;
+        rp_hash(s->buffer, n, hash);
+        if (rp_chunks_put(t->chunks, hash, s->buffer, n) != 0) {
+            rp_log("writing chunk %zu failed: %s", index, strerror(errno));
+            return RP_ERROR_IO;
+        }
+        return CUDA_SUCCESS;
+    }
     if (t->checksums)
         t->checksums[index] = rp_crc32c(0, s->buffer, n);
     if (t->host)

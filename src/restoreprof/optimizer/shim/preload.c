@@ -3,8 +3,8 @@
  *
  * RELOAD streams the snapshot back inside the application, so it can only start once CRIU and
  * the driver's restore are done. Preloading moves that transfer earlier: restoreprof creates the
- * physical memory itself (exportable as a POSIX file descriptor), fills it from the snapshot
- * with the engine (every chunk's crc32c checked), and, once the application is back, hands the
+ * physical memory itself (exportable as a POSIX file descriptor), fills it from the snapshot's
+ * chunks with the engine (every chunk's BLAKE3-256 checked as it is copied), and, once the application is back, hands the
  * descriptors over its control socket (ADOPT, control.c). The application maps them at the
  * addresses its allocations kept reserved: its pointers stay valid, and the GPU memory
  * transfer has overlapped CRIU instead of following the driver.
@@ -104,7 +104,20 @@ RP_EXPORT long rp_snapshot_preload_fd(int fd, int streams, int threads, struct r
         return -1;
     }
     struct snap_header h;
+    struct rp_chunk_store chunks = { .dirfd = -1 };
     char *table = rp_snapshot_table(fd, &h, err, errlen);
+    /* A relative chunk folder is beside the table: find the table's path from its fd (which
+     * may have come from another process, as the warm pool's does). */
+    char link[64], path[4096];
+    snprintf(link, sizeof(link), "/proc/self/fd/%d", fd);
+    ssize_t got = readlink(link, path, sizeof(path) - 1);
+    path[got > 0 ? got : 0] = '\0';
+    if (table && (got <= 0 || rp_snapshot_open_chunks(table, path, &chunks, err, errlen) != 0)) {
+        if (got <= 0)
+            snprintf(err, errlen, "cannot tell where the snapshot table is (%s)", link);
+        free(table);
+        table = NULL;
+    }
     long n = 0;
     CUresult rc = CUDA_SUCCESS;
     if (table && (long)h.count > max) {
@@ -112,15 +125,15 @@ RP_EXPORT long rp_snapshot_preload_fd(int fd, int streams, int threads, struct r
                  (unsigned long long)h.count, max);
         rc = CUDA_ERROR_INVALID_VALUE;
     }
-    const struct snap_record *r = table ? (const struct snap_record *)(table + sizeof(h)) : NULL;
+    const struct snap_record *r = table ? rp_snapshot_first(table) : NULL;
     for (; table && rc == CUDA_SUCCESS && n < (long)h.count; n++, r = rp_snapshot_next(r)) {
         struct rp_preloaded *p = &out[n];
         *p = (struct rp_preloaded){ .address = r->address, .size = r->size,
                                     .reserved = r->reserved, .device = r->device, .fd = -1 };
         rc = make_exportable(p);
-        struct rp_transfer t = { .direction = RP_H2D, .device = p->local, .fd = fd,
-                                 .file_offset = (off_t)r->data_offset, .bytes = r->size,
-                                 .checksums = (uint32_t *)(r + 1) };
+        struct rp_transfer t = { .direction = RP_H2D, .device = p->local, .fd = -1,
+                                 .bytes = r->size, .chunks = &chunks,
+                                 .hashes = (uint8_t *)(r + 1) };
         struct rp_engine_params params = { streams, threads, h.chunk_bytes };
         if (rc == CUDA_SUCCESS)
             rc = rp_engine_run(&t, params, 1);
@@ -132,8 +145,12 @@ RP_EXPORT long rp_snapshot_preload_fd(int fd, int streams, int threads, struct r
         if (rc != CUDA_SUCCESS)
             snprintf(err, errlen, "preloading %#llx (%llu bytes): %s",
                      (unsigned long long)r->address, (unsigned long long)r->size,
-                     rc == CUDA_ERROR_INVALID_IMAGE ? "checksum mismatch" : rp_error_name(rc));
+                     rc == CUDA_ERROR_INVALID_IMAGE
+                         ? "a chunk is damaged or missing (BLAKE3 mismatch; nothing of it was "
+                           "used)"
+                         : rp_error_name(rc));
     }
+    rp_chunks_close(&chunks);
     free(table);
     if (!table || rc != CUDA_SUCCESS) {
         rp_preloaded_release(out, n);

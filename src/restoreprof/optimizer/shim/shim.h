@@ -10,7 +10,8 @@
  * Mechanisms:
  *   engine.c   chunked copies through the staging pool (pinned buffers, streams), several threads
  *   vmm.c      device allocations served from VMM, their registry, and the offload gate
- *   snapshot.c the snapshot file format: write (from live allocations) and read its table
+ *   chunks.c   content-addressed chunk folders (BLAKE3-256 names; the store's, a checkpoint's)
+ *   snapshot.c the snapshot table: write (from live allocations as chunks) and read it
  * Users of the mechanisms:
  *   copies.c   large pageable H2D / D2H copies routed through the engine
  *   preload.c  snapshots loaded into exportable memory in restoreprof's own process
@@ -152,7 +153,11 @@ struct rp_transfer {
     size_t bytes;
     CUstream after;      /* H2D/D2H start after the work queued on this stream so far */
     int order_after;     /* whether `after` is meaningful (0 = no ordering needed) */
-    uint32_t *checksums; /* per chunk: written for D2H, verified for H2D; NULL = none */
+    uint32_t *checksums; /* per chunk crc32c: written for D2H, verified for H2D; NULL = none */
+    /* Instead of fd: the chunks go to / come from this folder, one per engine chunk, named by
+     * hashes[index] (RP_HASH_BYTES each): computed for D2H, checked for H2D. */
+    struct rp_chunk_store *chunks;
+    uint8_t *hashes;
 };
 
 struct rp_engine_params {
@@ -205,15 +210,55 @@ void rp_gate_close(void); /* waits for calls inside the gate to leave */
 void rp_gate_open(void);
 int rp_gate_is_closed(void);
 
-/* ---- snapshot files (snapshot.c; control.c writes and reads them, preload.c reads them) ---- */
+/* ---- content-addressed chunks (chunks.c) ----
+ *
+ * A snapshot's bytes are chunks, each named by its BLAKE3-256 hash, in a chunk folder:
+ * <folder>/<first 2 hex digits>/<64 hex digits>. The folder is a checkpoint's own
+ * (DIR/gpu-<pid>.chunks), a store shared by checkpoints (restoreprof.store: an identical chunk is
+ * kept once, and a second checkpoint writes only the chunks that changed), or an export. Chunks
+ * are written under a temporary name and renamed, so a name always holds a complete chunk. A
+ * later source (hot snapshots in pinned memory, issue 14) serves the same names from memory. */
 
-#define RP_SNAP_MAGIC "RPSNAP1"
-#define RP_SNAP_VERSION 1
-#define RP_SNAP_CRC32C 1
+#define RP_HASH_BYTES 32
+
+struct rp_chunk_store {
+    int dirfd;    /* the folder (O_DIRECTORY); -1 when closed */
+    int sync;     /* fsync each chunk before its rename, and the folders at rp_chunks_sync */
+    _Atomic uint64_t written_bytes; /* chunk bytes written by this handle */
+    _Atomic uint64_t reused_bytes;  /* chunk bytes found already there (not written again) */
+    _Atomic uint8_t touched[256];   /* fan-out folders written to, for rp_chunks_sync */
+};
+
+/* BLAKE3-256 of data (the vendored library, blake3/). */
+void rp_hash(const void *data, size_t n, uint8_t out[RP_HASH_BYTES]);
+void rp_hash_hex(const uint8_t hash[RP_HASH_BYTES], char out[2 * RP_HASH_BYTES + 1]);
+/* Opens (create: makes) the folder at path; 0, or -1 with err set. */
+int rp_chunks_open(struct rp_chunk_store *s, const char *path, int create, int sync, char *err,
+                   size_t errlen);
+void rp_chunks_close(struct rp_chunk_store *s);
+/* Stores n bytes under hash unless a complete chunk of that name is there; 0, or -1 (errno). */
+int rp_chunks_put(struct rp_chunk_store *s, const uint8_t hash[RP_HASH_BYTES], const void *data,
+                  size_t n);
+/* Reads the chunk named hash, which must be exactly n bytes, into buf; 0, or -1 (errno;
+ * ENOENT: missing, EBADMSG: another size). The caller checks the contents against hash. */
+int rp_chunks_get(struct rp_chunk_store *s, const uint8_t hash[RP_HASH_BYTES], void *buf,
+                  size_t n);
+/* With sync: fsync every fan-out folder written to, then the folder; 0, or -1 (errno). */
+int rp_chunks_sync(struct rp_chunk_store *s);
+
+/* ---- snapshot tables (snapshot.c; control.c writes and reads them, preload.c reads them) ---- */
+
+#define RP_SNAP_MAGIC "RPSNAP2"
+#define RP_SNAP_VERSION 2
+#define RP_SNAP_BLAKE3 2 /* checksum_kind: each chunk named and checked by its BLAKE3-256 */
 #define RP_SNAP_ALIGN 4096
 
-/* The snapshot file: header, then one record (plus its chunk checksums) per allocation, then
- * each allocation's bytes at a 4 KiB-aligned offset (so O_DIRECT readers can use it). */
+/* The snapshot file is a table: header, the chunk folder's path (dir_bytes, NUL-padded to 8;
+ * relative to the table's own folder unless absolute), then one record per allocation, each
+ * followed by the BLAKE3-256 of each of its chunks (chunk_bytes each, the last one shorter).
+ * The bytes themselves are the chunks, in the folder. The table is small: the checkpoint's
+ * manifest hashes it (SHA-256), and it names every chunk by a strong hash, so nothing that is
+ * not listed, or is altered, can be loaded. */
 struct snap_header {
     char magic[8];
     uint32_t version;
@@ -221,28 +266,37 @@ struct snap_header {
     uint64_t chunk_bytes;
     uint64_t count;
     uint64_t total_bytes;
-    uint64_t table_bytes; /* header + records + checksums */
-    uint64_t reserved[2];
+    uint64_t table_bytes;   /* header + folder path + records + hashes */
+    uint64_t dir_bytes;     /* the chunk folder's path, with its padding */
+    uint64_t written_bytes; /* chunk bytes this write added (the rest were in the folder) */
 };
 
 struct snap_record {
     uint64_t address;
     uint64_t size;
     uint64_t reserved;
-    uint64_t data_offset;
+    uint64_t data_offset; /* unused since version 2 (0): the bytes are chunks */
     int32_t device;
-    uint32_t n_chunks; /* followed by n_chunks uint32_t crc32c values */
+    uint32_t n_chunks; /* followed by n_chunks hashes of RP_HASH_BYTES */
 };
 
-/* The table (header, records, checksums) of the snapshot open on fd, malloc'd; NULL and a
- * message in err when it is not a snapshot or is cut short. */
+/* The table of the snapshot open on fd, malloc'd; NULL and a message in err when it is not a
+ * snapshot of this version or is cut short. */
 char *rp_snapshot_table(int fd, struct snap_header *h, char *err, size_t errlen);
-/* The record after r in a table. */
+/* The first record of a table, and the record after r. */
+const struct snap_record *rp_snapshot_first(const char *table);
 const struct snap_record *rp_snapshot_next(const struct snap_record *r);
-/* Writes every allocation's bytes (through the engine, on each allocation's context) and the
- * table to fd; leaves the memory mapped. 0, or -1 with err set. */
-int rp_snapshot_write(int fd, const struct rp_allocation *items, size_t count,
-                      struct rp_engine_params p, uint64_t *total, char *err, size_t errlen);
+/* Opens the chunk folder a table names, for reading; table_path locates a relative one. */
+int rp_snapshot_open_chunks(const char *table, const char *table_path, struct rp_chunk_store *s,
+                            char *err, size_t errlen);
+/* Writes every allocation's bytes as chunks into the folder chunk_dir (relative to the table
+ * path's folder unless absolute; made if missing), through the engine on each allocation's
+ * context, then the table to path (a temporary name, renamed). With sync, chunks, folders and
+ * the table are durable before it returns. Leaves the memory mapped. 0, or -1 with err set;
+ * *total: logical bytes, *written: bytes the folder did not hold yet. */
+int rp_snapshot_write(const char *path, const char *chunk_dir, int sync,
+                      const struct rp_allocation *items, size_t count, struct rp_engine_params p,
+                      uint64_t *total, uint64_t *written, char *err, size_t errlen);
 
 /* ---- control socket (control.c) ---- */
 

@@ -1,0 +1,48 @@
+"""restoreprof store gc: delete chunks no complete checkpoint names.
+
+Under the store's exclusive lock, so no checkpoint is between its first chunk and its manifest.
+A reference whose checkpoint is not complete (crashed, failed, deleted) is dropped first;
+temporary chunk files a crash left behind go too.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from restoreprof.store.layout import Store
+from restoreprof.store.refs import read_refs
+
+
+@dataclass
+class GcResult:
+    kept_chunks: int = 0
+    deleted_chunks: int = 0
+    deleted_bytes: int = 0
+    dropped_refs: list[str] = field(default_factory=list)
+    deleted_temporary: int = 0
+
+
+def gc(store: Store, *, wait: bool = False, dry_run: bool = False) -> GcResult:
+    result = GcResult()
+    with store.locked(exclusive=True, wait=wait):
+        live: set[str] = set()
+        for ref in read_refs(store):
+            if ref.complete():
+                live.update(ref.chunks)
+            else:
+                result.dropped_refs.append(ref.id)
+                if not dry_run:
+                    (store.refs / f"{ref.id}.json").unlink(missing_ok=True)
+        for path in list(store.chunk_files()):
+            if path.name in live:
+                result.kept_chunks += 1
+                continue
+            result.deleted_chunks += 1
+            result.deleted_bytes += path.stat().st_size
+            if not dry_run:
+                path.unlink(missing_ok=True)
+        for path in list(store.temporary_files()):
+            result.deleted_temporary += 1
+            if not dry_run:
+                path.unlink(missing_ok=True)
+    return result
