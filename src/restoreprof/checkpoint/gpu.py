@@ -99,7 +99,10 @@ def offload_all(pids: list[int], directory: Path, optimizer, store=None,
     records = {}
     if store is not None:  # the store's chunk size, else its chunks would never match
         optimizer = replace(optimizer or OptimizerConfig(), chunk_mb=store.chunk_mb)
-    for pid in [p for p in pids if has_shim(p)]:
+    with_shim = [p for p in pids if has_shim(p)]
+    if store is not None and with_shim:
+        store.pending(with_shim, [directory / snapshot_name(p) for p in with_shim])
+    for pid in with_shim:
         name = snapshot_name(pid)
         start = time.monotonic()
         result = _shim_control(pid).offload(directory / name, optimizer,

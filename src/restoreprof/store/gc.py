@@ -1,8 +1,9 @@
 """restoreprof store gc: delete chunks no complete checkpoint names.
 
 Under the store's exclusive lock, so no checkpoint is between its first chunk and its manifest.
-A reference whose checkpoint is not complete (crashed, failed, deleted) is dropped first;
-temporary chunk files a crash left behind go too.
+A reference whose checkpoint is not complete (crashed, failed, deleted) is dropped first, unless
+one of its processes is alive (it may be offloaded, its memory only in these chunks); temporary
+chunk files a crash left behind go too.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ class GcResult:
     deleted_chunks: int = 0
     deleted_bytes: int = 0
     dropped_refs: list[str] = field(default_factory=list)
+    held_refs: list[str] = field(default_factory=list)  # incomplete, its process still alive
     deleted_temporary: int = 0
 
 
@@ -29,6 +31,10 @@ def gc(store: Store, *, wait: bool = False, dry_run: bool = False) -> GcResult:
         for ref in read_refs(store):
             if ref.complete():
                 live.update(ref.chunks)
+            elif ref.held_by_live_process():
+                live.update(ref.chunks)
+                live.update(ref.table_chunks())
+                result.held_refs.append(ref.id)
             else:
                 result.dropped_refs.append(ref.id)
                 if not dry_run:

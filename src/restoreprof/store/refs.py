@@ -29,6 +29,23 @@ class Ref:
     chunks: dict[str, int]  # hash -> length, each once
     logical_bytes: int
     written_bytes: int
+    pids: tuple[int, ...] = ()  # the processes offloaded into it
+
+    def held_by_live_process(self) -> bool:
+        """An incomplete checkpoint whose process is still alive: the process may be offloaded
+        (a checkpoint killed between OFFLOAD and its manifest), and its only copy of its GPU
+        memory is these chunks. gc keeps them until it is gone."""
+        return any(os.path.exists(f"/proc/{pid}") for pid in self.pids)
+
+    def table_chunks(self) -> dict[str, int]:
+        """The chunks named by whichever of its tables exist (for an incomplete reference)."""
+        found: dict[str, int] = {}
+        for t in self.tables:
+            try:
+                found.update(read_table(Path(t)).chunks())
+            except RestoreprofError:
+                continue  # never written, or cut short by the crash
+        return found
 
     def complete(self) -> bool:
         """Whether the checkpoint's manifest exists and names this reference."""
@@ -45,19 +62,20 @@ def new_id() -> str:
 
 
 def write_ref(store: Store, ref_id: str, checkpoint: Path, tables: list[Path], created: str,
-              sync: bool = False) -> Ref:
+              sync: bool = False, pids: list[int] | None = None, pending: bool = False) -> Ref:
+    """pending: before the offload (tables not written yet): names the processes, no chunks."""
     chunks: dict[str, int] = {}
     logical = written = 0
-    for path in tables:
+    for path in [] if pending else tables:
         table = read_table(path)
         logical += table.total_bytes
         written += table.written_bytes
         chunks.update(table.chunks())
     ref = Ref(ref_id, Path(checkpoint).resolve(), created, tuple(str(t) for t in tables), chunks,
-              logical, written)
+              logical, written, tuple(pids or ()))
     data = {"id": ref.id, "checkpoint": str(ref.checkpoint), "created": created,
             "tables": list(ref.tables), "chunks": chunks, "logical_bytes": logical,
-            "written_bytes": written}
+            "written_bytes": written, "pids": list(ref.pids)}
     tmp = store.refs / f".{ref_id}.json.tmp"
     with open(tmp, "w") as f:
         json.dump(data, f)
@@ -77,7 +95,8 @@ def read_refs(store: Store) -> list[Ref]:
             d = json.loads(path.read_text())
             refs.append(Ref(d["id"], Path(d["checkpoint"]), d.get("created", ""),
                             tuple(d.get("tables", ())), {k: int(v) for k, v in d["chunks"].items()},
-                            int(d["logical_bytes"]), int(d["written_bytes"])))
+                            int(d["logical_bytes"]), int(d["written_bytes"]),
+                            tuple(int(p) for p in d.get("pids", ()))))
         except (OSError, ValueError, KeyError, TypeError) as exc:
             # gc must not guess what a damaged reference protected
             raise RestoreprofError(f"the store reference {path} is damaged ({exc})",

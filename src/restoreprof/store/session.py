@@ -1,6 +1,7 @@
 """A checkpoint writing into the store (checkpoint.api calls these, nothing else).
 
     session = StoreSession.begin(store_path, directory, sync)  # shared lock from here
+    session.pending(pids, tables)      # write-ahead: gc keeps what these processes need
     offload with chunk_dir=session.chunk_dir, chunk_mb=session.chunk_mb
     session.reference(offloaded)       # write-ahead reference, before the manifest
     ... manifest saved ...
@@ -40,6 +41,13 @@ class StoreSession:
     def chunk_mb(self) -> int:
         return self.store.chunk_mb
 
+    def pending(self, pids: list[int], tables: list[Path]) -> None:
+        """Before the offload: a reference naming the processes, so that gc keeps their chunks
+        while they live even if this checkpoint dies before its manifest."""
+        write_ref(self.store, self.ref_id, self.directory, tables,
+                  datetime.now(UTC).isoformat(timespec="seconds"), self.sync, pids=pids,
+                  pending=True)
+
     def reference(self, offloaded: dict[int, dict]) -> None:
         """Write the reference naming every chunk of these snapshots, and mark each offload
         record with it (the manifest, written after, completes the checkpoint)."""
@@ -47,7 +55,8 @@ class StoreSession:
             return
         tables = [self.directory / rec["snapshot"] for rec in offloaded.values()]
         write_ref(self.store, self.ref_id, self.directory, tables,
-                  datetime.now(UTC).isoformat(timespec="seconds"), self.sync)
+                  datetime.now(UTC).isoformat(timespec="seconds"), self.sync,
+                  pids=list(offloaded))
         for rec in offloaded.values():
             rec["store"] = str(self.store.root)
             rec["store_ref"] = self.ref_id
