@@ -60,7 +60,7 @@ class Table:
 
     def with_chunk_dir(self, chunk_dir: str) -> bytes:
         """The same table naming another chunk folder (for an export)."""
-        _, version, kind, chunk, count, total, table_bytes, dir_bytes, written = \
+        _, version, kind, chunk, count, total, _table_bytes, dir_bytes, written = \
             _HEADER.unpack_from(self.raw)
         encoded = chunk_dir.encode()
         new_dir = -(-(len(encoded) + 1) // 8) * 8
