@@ -23,6 +23,7 @@ from pathlib import Path
 
 from restoreprof import __version__
 from restoreprof.checkpoint import criu, gpu
+from restoreprof.checkpoint.compat import refuse_unrestorable
 from restoreprof.checkpoint.manifest import (
     MANIFEST_NAME,
     Manifest,
@@ -111,6 +112,7 @@ def _checkpoint(pid: int, directory: Path, *, leave_running: bool, offload: bool
     directory = Path(directory).resolve()
     clock = StepClock()
     cuda_pids = clock.run("find CUDA processes", gpu.cuda_processes, tree)
+    refuse_unrestorable(cuda_pids)
     _prepare_directory(directory)
 
     offloaded: dict[int, dict] = {}
