@@ -1,0 +1,87 @@
+"""The library's BLAKE3 (vendored, SIMD picked at run time) against the official test vectors,
+and snapshot tables (version 2) as restoreprof.store.table reads and rewrites them."""
+
+import ctypes
+import struct
+
+import pytest
+
+from restoreprof.errors import RestoreprofError
+from restoreprof.optimizer.shim.build import build_library
+from restoreprof.store.table import chunk_path, read_table
+
+# BLAKE3-team/BLAKE3 test_vectors/test_vectors.json: input byte i is i % 251
+VECTORS = {
+    0: "af1349b9f5f9a1a6a0404dea36dcc9499bcb25c9adc112b7cc9a93cae41f3262",
+    1: "2d3adedff11b61f14c886e35afa036736dcd87a74d27b5c1510225d0f592e213",
+    1023: "10108970eeda3eb932baac1428c7a2163b0e924c9a9e25b35bba72b28f70bd11",
+    1025: "d00278ae47eb27b34faecf67b4fe263f82d5412916c1ffd97c8cb7fb814b8444",
+    8193: "bab6c09cb8ce8cf459261398d2e7aef35700bf488116ceb94a36d0f5f1b7bc3b",
+    16384: "f875d6646de28985646f34ee13be9a576fd515f76b5b0a26bb324735041ddde4",
+    31744: "62b6960e1a44bcc1eb1a611a8d6235b6b4b78f32e7abc4fb4c6cdcce94895c47",
+    102400: "bc3e3d41a1146b069abffad3c0d44860cf664390afce4d9661f7902e7943e085",
+}
+
+
+@pytest.fixture(scope="module")
+def blake3():
+    lib = ctypes.CDLL(str(build_library()))
+    lib.rp_blake3.restype = None
+    lib.rp_blake3.argtypes = [ctypes.c_char_p, ctypes.c_size_t, ctypes.c_char_p]
+
+    def digest(data: bytes) -> str:
+        out = ctypes.create_string_buffer(32)
+        lib.rp_blake3(data, len(data), out)
+        return out.raw.hex()
+
+    return digest
+
+
+@pytest.mark.parametrize("length", sorted(VECTORS))
+def test_blake3_matches_the_official_vectors(blake3, length):
+    assert blake3(bytes(i % 251 for i in range(length))) == VECTORS[length]
+
+
+def _table(chunk_dir: bytes, chunk: int, sizes: list[int]) -> bytes:
+    dir_bytes = -(-(len(chunk_dir) + 1) // 8) * 8
+    body = b""
+    for i, size in enumerate(sizes):
+        n = -(-size // chunk)
+        body += struct.pack("<QQQQiI", 0x1000 * (i + 1), size, size, 0, 0, n)
+        body += b"".join(bytes([i, k]) * 16 for k in range(n))
+    header_bytes = 64
+    total = header_bytes + dir_bytes + len(body)
+    header = struct.pack("<8sIIQQQQQQ", b"RPSNAP2\0", 2, 2, chunk, len(sizes), sum(sizes), total,
+                         dir_bytes, 5)
+    return header + chunk_dir.ljust(dir_bytes, b"\0") + body
+
+
+def test_a_table_lists_its_chunks_and_can_name_another_folder(tmp_path):
+    path = tmp_path / "gpu-1.snap"
+    path.write_bytes(_table(b"/var/lib/restoreprof/store/chunks", 4096, [10000, 4096]))
+    table = read_table(path)
+    assert str(table.folder) == "/var/lib/restoreprof/store/chunks"  # absolute: a store
+    lengths = [n for _, n in table.chunks()]
+    assert lengths == [4096, 4096, 1808, 4096] and table.written_bytes == 5
+    assert chunk_path(table.folder, table.chunks()[0][0]).parent.name == table.chunks()[0][0][:2]
+    moved = tmp_path / "moved.snap"
+    moved.write_bytes(table.with_chunk_dir("moved.snap.chunks"))
+    again = read_table(moved)
+    assert again.folder == tmp_path / "moved.snap.chunks"
+    assert again.chunks() == table.chunks() and again.records == table.records
+
+
+@pytest.mark.parametrize("damage", ["truncate", "magic", "count"])
+def test_a_damaged_table_is_refused_with_a_hint(tmp_path, damage):
+    raw = bytearray(_table(b"x.chunks", 4096, [10000]))
+    if damage == "truncate":
+        raw = raw[:-10]
+    elif damage == "magic":
+        raw[0:8] = b"RPSNAP1\0"
+    else:
+        struct.pack_into("<Q", raw, 24, 7)  # more records than the table holds
+    path = tmp_path / "bad.snap"
+    path.write_bytes(bytes(raw))
+    with pytest.raises(RestoreprofError, match="not a usable snapshot table") as err:
+        read_table(path)
+    assert "take a new one" in err.value.hint
