@@ -28,6 +28,14 @@ from restoreprof.workloads.controller import HeldMemory
 pytestmark = pytest.mark.root
 EXEC = [sys.executable, "-m", "restoreprof", "exec", "--"]
 GPU_MIB = 48
+CHUNK_MB = 4  # 12 chunks per process
+
+
+@pytest.fixture
+def store_dir(tmp_path):
+    """A store with small chunks (its chunk size is fixed when it is made)."""
+    Store.open(tmp_path / "store", create=True, chunk_mb=CHUNK_MB)
+    return tmp_path / "store"
 
 
 def _start(tmp_path, name: str, seed: int = 1234) -> HeldMemory:
@@ -38,9 +46,8 @@ def _offload(result) -> dict:
     return result.manifest.processes[0].offload
 
 
-def test_incremental_checkpoint_writes_nothing_again_and_restores_bit_exact(fake_driver,
-                                                                           tmp_path):
-    store_dir = tmp_path / "store"
+def test_incremental_checkpoint_writes_nothing_again_and_restores_bit_exact(
+        fake_driver, tmp_path, store_dir):
     w = _start(tmp_path, "a")
     try:
         first = checkpoint(w.pid, tmp_path / "c1", store=store_dir, leave_running=True)
@@ -58,7 +65,8 @@ def test_incremental_checkpoint_writes_nothing_again_and_restores_bit_exact(fake
         table = read_table(tmp_path / "c2" / _offload(second)["snapshot"])
         assert table.folder == store.chunks
         assert not any(p.is_dir() for p in (tmp_path / "c2").iterdir())
-        assert oct((store_dir).stat().st_mode & 0o777) == oct(0o700)
+        assert store_dir.stat().st_mode & 0o777 == 0o700
+        assert table.chunk_bytes == CHUNK_MB << 20
         restored = restore(tmp_path / "c2")
         assert not restored.notes
         assert w.verify(), "GPU memory differs after a restore from the store"
@@ -66,8 +74,7 @@ def test_incremental_checkpoint_writes_nothing_again_and_restores_bit_exact(fake
         w.stop()
 
 
-def test_two_replicas_share_their_chunks(fake_driver, tmp_path):
-    store_dir = tmp_path / "store"
+def test_two_replicas_share_their_chunks(fake_driver, tmp_path, store_dir):
     a, b = _start(tmp_path, "a"), _start(tmp_path, "b")  # same seed: the same "weights"
     try:
         checkpoint(a.pid, tmp_path / "ca", store=store_dir, leave_running=True)
@@ -80,9 +87,8 @@ def test_two_replicas_share_their_chunks(fake_driver, tmp_path):
         b.stop()
 
 
-def test_gc_keeps_what_complete_checkpoints_name_and_waits_for_a_running_one(fake_driver,
-                                                                            tmp_path):
-    store_dir = tmp_path / "store"
+def test_gc_keeps_what_complete_checkpoints_name_and_waits_for_a_running_one(
+        fake_driver, tmp_path, store_dir):
     a, b = _start(tmp_path, "a", seed=1), _start(tmp_path, "b", seed=2)
     try:
         checkpoint(a.pid, tmp_path / "ca", store=store_dir, leave_running=True)
@@ -109,7 +115,7 @@ def test_gc_keeps_what_complete_checkpoints_name_and_waits_for_a_running_one(fak
             collector.join()
         assert not errors
         result = gc(store)
-        assert result.deleted_chunks == 0 and result.kept_chunks == 2 * GPU_MIB // 8
+        assert result.deleted_chunks == 0 and result.kept_chunks == 2 * GPU_MIB // CHUNK_MB
         table = read_table(tmp_path / "cb" / _offload(done)["snapshot"])
         assert all(chunk_path(table.folder, h).exists() for h, _ in table.chunks())
         restore(tmp_path / "cb")
@@ -121,15 +127,14 @@ def test_gc_keeps_what_complete_checkpoints_name_and_waits_for_a_running_one(fak
         assert gc(store).deleted_chunks == 0  # its process lives on: it may still need them
         a.stop()
         result = gc(store)
-        assert result.deleted_chunks == GPU_MIB // 8 and len(result.dropped_refs) == 1
+        assert result.deleted_chunks == GPU_MIB // CHUNK_MB and len(result.dropped_refs) == 1
     finally:
         a.stop()
         b.stop()
 
 
 def test_kill_9_mid_checkpoint_leaves_no_complete_checkpoint_and_a_clean_store(
-        fake_driver, tmp_path):
-    store_dir = tmp_path / "store"
+        fake_driver, tmp_path, store_dir):
     w = _start(tmp_path, "a")
     try:
         proc = subprocess.Popen([sys.executable, "-m", "restoreprof", "checkpoint", "-p",
@@ -168,10 +173,10 @@ def test_kill_9_mid_checkpoint_leaves_no_complete_checkpoint_and_a_clean_store(
 
 
 def test_a_damaged_chunk_in_the_store_refuses_the_restore_and_holds_the_process(
-        fake_driver, tmp_path):
+        fake_driver, tmp_path, store_dir):
     w = _start(tmp_path, "a")
     try:
-        result = checkpoint(w.pid, tmp_path / "c", store=tmp_path / "store")
+        result = checkpoint(w.pid, tmp_path / "c", store=store_dir)
         damage_chunk(tmp_path / "c" / _offload(result)["snapshot"], index=2)
         with pytest.raises(RestoreprofError, match="reload failed") as err:
             restore(tmp_path / "c")
@@ -185,8 +190,7 @@ def test_a_damaged_chunk_in_the_store_refuses_the_restore_and_holds_the_process(
         w.stop()
 
 
-def test_export_is_standalone_and_restores(fake_driver, tmp_path, restoreprof_cli):
-    store_dir = tmp_path / "store"
+def test_export_is_standalone_and_restores(fake_driver, tmp_path, store_dir, restoreprof_cli):
     w = _start(tmp_path, "a")
     try:
         out = restoreprof_cli("checkpoint", "-p", str(w.pid), "-D", str(tmp_path / "c"),
@@ -206,9 +210,8 @@ def test_export_is_standalone_and_restores(fake_driver, tmp_path, restoreprof_cl
         w.stop()
 
 
-def test_store_command_measures_and_refuses_an_open_store(fake_driver, tmp_path,
+def test_store_command_measures_and_refuses_an_open_store(fake_driver, tmp_path, store_dir,
                                                           restoreprof_cli):
-    store_dir = tmp_path / "store"
     w = _start(tmp_path, "a")
     try:
         checkpoint(w.pid, tmp_path / "c", store=store_dir, leave_running=True)
