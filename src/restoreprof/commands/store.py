@@ -52,6 +52,11 @@ def run(args: argparse.Namespace) -> int:
         if args.json:
             print(json.dumps(asdict(result), indent=2))
             return 0
+        if result.deferred:
+            print("deleted nothing: a process of an unfinished checkpoint may still be writing "
+                  f"its snapshot (references {', '.join(r[:12] for r in result.held_refs)}); "
+                  "retry once it has finished or exited")
+            return 0
         verb = "would delete" if args.dry_run else "deleted"
         print(f"{verb} {result.deleted_chunks} chunks ({_gb(result.deleted_bytes)}), "
               f"{result.deleted_temporary} temporary files and {len(result.dropped_refs)} "

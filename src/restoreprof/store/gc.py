@@ -21,6 +21,7 @@ class GcResult:
     deleted_bytes: int = 0
     dropped_refs: list[str] = field(default_factory=list)
     held_refs: list[str] = field(default_factory=list)  # incomplete, its process still alive
+    deferred: bool = False  # a held one has no table yet: no chunk was deleted
     deleted_temporary: int = 0
 
 
@@ -35,11 +36,14 @@ def gc(store: Store, *, wait: bool = False, dry_run: bool = False) -> GcResult:
                 live.update(ref.chunks)
                 live.update(ref.table_chunks())
                 result.held_refs.append(ref.id)
+                # its process may still be writing (a checkpoint killed mid-OFFLOAD): until its
+                # table exists, the chunks it reuses are unknown, so nothing may go
+                result.deferred |= not ref.tables_written()
             else:
                 result.dropped_refs.append(ref.id)
                 if not dry_run:
                     (store.refs / f"{ref.id}.json").unlink(missing_ok=True)
-        for path in list(store.chunk_files()):
+        for path in [] if result.deferred else list(store.chunk_files()):
             if path.name in live:
                 result.kept_chunks += 1
                 continue
@@ -47,7 +51,7 @@ def gc(store: Store, *, wait: bool = False, dry_run: bool = False) -> GcResult:
             result.deleted_bytes += path.stat().st_size
             if not dry_run:
                 path.unlink(missing_ok=True)
-        for path in list(store.temporary_files()):
+        for path in [] if result.deferred else list(store.temporary_files()):
             result.deleted_temporary += 1
             if not dry_run:
                 path.unlink(missing_ok=True)

@@ -37,6 +37,9 @@ class Ref:
         memory is these chunks. gc keeps them until it is gone."""
         return any(os.path.exists(f"/proc/{pid}") for pid in self.pids)
 
+    def tables_written(self) -> bool:
+        return all(Path(t).exists() for t in self.tables)
+
     def table_chunks(self) -> dict[str, int]:
         """The chunks named by whichever of its tables exist (for an incomplete reference)."""
         found: dict[str, int] = {}
