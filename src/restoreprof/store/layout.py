@@ -121,8 +121,12 @@ def _make(root: Path, chunk_mb: int) -> None:
 def _check_private(root: Path) -> None:
     """The store holds every checkpointed process's GPU memory: only its owner may read it."""
     st = root.stat()
-    if stat.S_IMODE(st.st_mode) & 0o077 or st.st_uid != os.geteuid():
+    if st.st_uid != os.geteuid():
+        raise RestoreprofError(f"the snapshot store {root} belongs to uid {st.st_uid}, not you",
+                               hint="run as that user (root for the default store), or pass "
+                                    "--store PATH to a store of your own")
+    if stat.S_IMODE(st.st_mode) & 0o077:
         raise RestoreprofError(
             f"the snapshot store {root} is open to others (mode {stat.S_IMODE(st.st_mode):o}, "
             f"owner uid {st.st_uid})",
-            hint=f"chown {os.geteuid()} {root} && chmod 700 {root}")
+            hint=f"chmod 700 {root}")
