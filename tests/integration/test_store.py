@@ -177,7 +177,10 @@ def test_a_damaged_chunk_in_the_store_refuses_the_restore_and_holds_the_process(
     w = _start(tmp_path, "a")
     try:
         result = checkpoint(w.pid, tmp_path / "c", store=store_dir)
-        damage_chunk(tmp_path / "c" / _offload(result)["snapshot"], index=2)
+        damaged = damage_chunk(tmp_path / "c" / _offload(result)["snapshot"], index=2)
+        from restoreprof.store.verify import verify
+
+        assert verify(Store.open(store_dir)).damaged == [damaged.name]  # found ahead, too
         with pytest.raises(RestoreprofError, match="reload failed") as err:
             restore(tmp_path / "c")
         assert "a chunk is damaged or missing" in str(err.value)

@@ -1,4 +1,4 @@
-"""restoreprof store list|measure|gc|export: the deduplicating snapshot store (issue 15)."""
+"""restoreprof store list|measure|gc|verify|export: the deduplicating snapshot store (issue 15)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 name = "store"
-help = "list, measure, garbage-collect or export checkpoints in the GPU snapshot store"
+help = "list, measure, garbage-collect, verify or export the GPU snapshot store"
 
 
 def prepare_parser(parser: argparse.ArgumentParser) -> None:
@@ -23,6 +23,10 @@ def prepare_parser(parser: argparse.ArgumentParser) -> None:
     gc.add_argument("--wait", action="store_true",
                     help="wait for running checkpoints instead of refusing")
     gc.add_argument("--json", action="store_true", help="print as JSON")
+    check = verbs.add_parser("verify", help="hash every chunk; name the damaged ones")
+    check.add_argument("--delete", action="store_true",
+                       help="delete damaged chunks, so that the next checkpoint writes them again")
+    check.add_argument("--json", action="store_true", help="print as JSON")
     export = verbs.add_parser("export", help="a standalone, portable copy of a checkpoint")
     export.add_argument("-D", "--dir", type=Path, required=True, help="the checkpoint")
     export.add_argument("out", type=Path, help="new or empty folder for the copy")
@@ -43,6 +47,20 @@ def run(args: argparse.Namespace) -> int:
               f"GPU memory chunks, every one checked)")
         return 0
     store = Store.open(args.store)
+    if args.verb == "verify":
+        from dataclasses import asdict
+
+        from restoreprof.store.verify import verify
+
+        result = verify(store, delete=args.delete)
+        if args.json:
+            print(json.dumps(asdict(result), indent=2))
+        else:
+            print(f"checked {result.checked} chunks ({_gb(result.checked_bytes)}): "
+                  f"{len(result.damaged)} damaged{' (deleted)' if args.delete and result.damaged else ''}")
+            for name in result.damaged:
+                print(f"  damaged: {name}")
+        return 1 if result.damaged else 0
     if args.verb == "gc":
         from dataclasses import asdict
 
