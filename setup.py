@@ -4,12 +4,18 @@ The Textual app sits in the top-level tui/ folder and installs as ``restoreprof.
 The LD_PRELOAD interception library and the kallsyms shortcut (probes/) are compiled while the
 package is built, so an installed restoreprof carries them; ``scripts/setup.sh`` builds them in
 place for the editable install.
+
+Those libraries are native code for the building machine's architecture, loaded with dlopen
+and LD_PRELOAD rather than imported: the wheel is tagged for the platform
+(``py3-none-linux_x86_64``, ``py3-none-linux_aarch64``), never ``any``, and works with any
+Python 3 of the requires-python range.
 """
 
 import sys
 from pathlib import Path
 
-from setuptools import find_packages, setup
+from setuptools import Distribution, find_packages, setup
+from setuptools.command.bdist_wheel import bdist_wheel
 from setuptools.command.build_py import build_py
 
 ROOT = Path(__file__).parent
@@ -24,17 +30,39 @@ class BuildPyWithShim(build_py):
 
         out_dir = Path(self.build_lib) / "restoreprof" / "optimizer" / "shim"
         try:
-            build_library(out_dir=out_dir)
+            build_library(out_dir=out_dir, force=True)   # for this machine, fresh
         except Exception as exc:  # the package still works without it; doctor says so
             print(f"warning: interception library not built: {exc}", file=sys.stderr)
         try:
-            kallsyms_shortcut.build(out_dir=Path(self.build_lib) / "restoreprof" / "probes")
+            kallsyms_shortcut.build(out_dir=Path(self.build_lib) / "restoreprof" / "probes",
+                                    force=True)
         except Exception as exc:  # bcc then compiles as it always does, only slower
             print(f"warning: kallsyms shortcut not built: {exc}", file=sys.stderr)
 
 
+class NativeDistribution(Distribution):
+    """Carries native code: installs into platlib and is built per platform."""
+
+    def has_ext_modules(self) -> bool:
+        return True
+
+
+class PlatformWheel(bdist_wheel):
+    """A wheel for this platform whose Python part fits every Python 3: the native pieces are
+    plain shared libraries (dlopen, LD_PRELOAD), not extension modules of one ABI."""
+
+    def finalize_options(self) -> None:
+        super().finalize_options()
+        self.root_is_pure = False
+
+    def get_tag(self) -> tuple[str, str, str]:
+        _python, _abi, platform_tag = super().get_tag()
+        return "py3", "none", platform_tag
+
+
 setup(
-    packages=find_packages("src") + ["restoreprof.tui"],
+    packages=[*find_packages("src"), "restoreprof.tui"],
     package_dir={"": "src", "restoreprof.tui": "tui"},
-    cmdclass={"build_py": BuildPyWithShim},
+    cmdclass={"build_py": BuildPyWithShim, "bdist_wheel": PlatformWheel},
+    distclass=NativeDistribution,
 )

@@ -5,8 +5,9 @@
         python benchmarks/bench_optimizer.py --gib 0.1          # here, numbers meaningless
 
 (a) H2D of GIB from pageable memory by a cuda-python program: plain vs `restoreprof exec`
-(b) the engine, file (page cache) -> GPU, vs plain read + cuMemcpyHtoD
-(c) cuInit + contexts + staging pool: cold, and what is left after an overlapped pre-warm
+(b) the engine preloading (d)'s snapshot, file (page cache) -> GPU with every chunk's crc32c
+    checked, vs a plain read + cuMemcpyHtoD of the same bytes
+(c) cuInit + contexts: cold, and what is left after an overlapped pre-warm
 (d) offload / reload of GIB through the control socket
 Every transfer is verified; a mismatch is printed in the table, never hidden.
 """
@@ -75,19 +76,16 @@ HOLDER = textwrap.dedent("""
 COLD_START = textwrap.dedent("""
     import json, os, sys, time
     sys.path.insert(0, sys.argv[1])
-    from restoreprof.optimizer.config import OptimizerConfig
     from restoreprof.optimizer.prewarm import Prewarm, warm
-    cfg = OptimizerConfig()
     if sys.argv[2] == "cold":
-        t = warm(cfg).timings
-        print(json.dumps({"init": t.init_s, "contexts": t.contexts_s, "pool": t.pool_s,
-                          "waited": t.total_s}))
+        t = warm().timings
+        print(json.dumps({"init": t.init_s, "contexts": t.contexts_s, "waited": t.total_s}))
     else:
-        pre = Prewarm(cfg).start()
+        pre = Prewarm().start()
         time.sleep(float(sys.argv[3]))      # stands for criu restore running meanwhile
         t0 = time.perf_counter()
         t = pre.wait().timings
-        print(json.dumps({"init": t.init_s, "contexts": t.contexts_s, "pool": t.pool_s,
+        print(json.dumps({"init": t.init_s, "contexts": t.contexts_s,
                           "waited": time.perf_counter() - t0}))
 """)
 
@@ -120,51 +118,34 @@ def bench_pageable(n: int, cfg: OptimizerConfig, env: dict[str, str]) -> list[tu
     return rows
 
 
-def bench_file(n: int, cfg: OptimizerConfig, workdir: Path, repeat: int) -> list[tuple]:
-    import ctypes
-
+def bench_preload(snap: Path, n: int, cfg: OptimizerConfig, repeat: int) -> list[tuple]:
+    """The engine in this process: the snapshot into new GPU memory (median of repeat), each
+    chunk's crc32c checked by the engine; then a plain read + cuMemcpyHtoD of as many bytes."""
     import numpy as np
 
-    from restoreprof.optimizer.engine import Engine, driver
+    from restoreprof.cuda import driver
+    from restoreprof.optimizer.preload import preload_snapshot
 
-    drv = driver()
-    drv.primary_context(0)
-    path = workdir / "image.bin"
-    data = np.arange(n // 8, dtype=np.uint64).view(np.uint8)
-    with open(path, "wb") as f:  # written back before timing: reads then race no writeback
-        data.tofile(f)
-        f.flush()
-        os.fsync(f.fileno())
-    dptr = drv.out("cuMemAlloc_v2", ctypes.c_uint64, n)
-    rows = []
-    with Engine(cfg, drv=drv) as engine:
-        engine.file_to_device(dptr, path, 0, min(n, 64 << 20))  # warm-up: staging pool
-        runs = []
-        for _ in range(repeat):
-            drv.call("cuMemsetD8_v2", dptr, 0, n)
-            drv.call("cuCtxSynchronize")
-            runs.append(engine.file_to_device(dptr, path, 0, n).seconds)
-            back = np.zeros_like(data)
-            engine.to_host(back, dptr, checksum=False)
-            if not np.array_equal(back, data):
-                rows.append(("(b) engine file->GPU", "MISMATCH", ""))
-                break
-        runs.sort()
-        seconds = runs[len(runs) // 2]
-        rows.append((f"(b) engine file->GPU, median of {len(runs)}", f"{seconds:.3f} s",
-                     gbps(n, seconds), f"runs {', '.join(f'{n / r / 1e9:.1f}' for r in runs)} GB/s",
-                     "verified"))
-    stats_seconds = seconds
-    host = np.empty_like(data)
+    times = []
+    for _ in range(repeat):
+        loaded = preload_snapshot(snap, cfg)
+        times.append(loaded.seconds)
+        loaded.release()
+    seconds = sorted(times)[len(times) // 2]
+    rows = [("(b) engine preload (file->GPU)", f"{seconds:.3f} s", gbps(n, seconds),
+             "crc32c checked")]
+    driver.primary_context(0)
+    dptr = driver.mem_alloc(n)
+    host = np.empty(n, dtype=np.uint8)
     t = time.perf_counter()
-    with open(path, "rb") as f:
+    with open(snap, "rb") as f:
+        f.seek(os.path.getsize(snap) - n)
         f.readinto(memoryview(host))
-    drv.call("cuMemcpyHtoD_v2", dptr, host.ctypes.data, n)
+    driver.copy_htod(dptr, host)
     plain = time.perf_counter() - t
+    driver.mem_free(dptr)
     rows.append(("(b) read + cuMemcpyHtoD", f"{plain:.3f} s", gbps(n, plain), ""))
-    rows.append(("(b) speed-up", f"{plain / stats_seconds:.1f}x", "", GOALS["b"]))
-    drv.call("cuMemFree_v2", dptr)
-    path.unlink()
+    rows.append(("(b) speed-up", f"{plain / seconds:.1f}x", "", GOALS["b"]))
     return rows
 
 
@@ -172,17 +153,18 @@ def bench_prewarm(env: dict[str, str], overlap_s: float) -> list[tuple]:
     rows = []
     cold = child_json(COLD_START, [str(PACKAGE_ROOT), "cold"], env)
     warm = child_json(COLD_START, [str(PACKAGE_ROOT), "warm", str(overlap_s)], env)
-    for label, r in (("(c) cold: init+ctx+pool", cold),
+    for label, r in (("(c) cold: init+ctx", cold),
                      (f"(c) pre-warmed, {overlap_s:.1f} s overlap", warm)):
         if "error" in r:
             rows.append((label, "error", r["error"][:60]))
         else:
             rows.append((label, f"{r['waited']:.3f} s on the path",
-                         f"init {r['init']:.3f} ctx {r['contexts']:.3f} pool {r['pool']:.3f}", ""))
+                         f"init {r['init']:.3f} ctx {r['contexts']:.3f}", ""))
     return rows
 
 
-def bench_offload(n: int, cfg: OptimizerConfig, env: dict[str, str], workdir: Path) -> list[tuple]:
+def bench_offload(n: int, cfg: OptimizerConfig, env: dict[str, str], workdir: Path,
+                  preload_repeat: int) -> list[tuple]:
     from restoreprof.optimizer.control import ShimControl
 
     child_env = exec_environment(cfg, env)
@@ -196,11 +178,12 @@ def bench_offload(n: int, cfg: OptimizerConfig, env: dict[str, str], workdir: Pa
         ctl = ShimControl(proc.pid)
         snap = workdir / "gpu.snap"
         out = ctl.offload(snap, cfg)
+        rows = bench_preload(snap, n, cfg, preload_repeat) if preload_repeat else []
         back = ctl.reload(snap, cfg)
         proc.stdin.write("check\n")
         proc.stdin.flush()
         verdict = proc.stdout.readline().strip()
-        return [("(d) offload (GPU->file)", f"{out['seconds']:.3f} s", gbps(n, out["seconds"]), ""),
+        return [*rows, ("(d) offload (GPU->file)", f"{out['seconds']:.3f} s", gbps(n, out["seconds"]), ""),
                 ("(d) reload (file->GPU)", f"{back['seconds']:.3f} s", gbps(n, back["seconds"]),
                  "verified" if verdict == "ok" else "MISMATCH")]
     finally:
@@ -212,7 +195,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--gib", type=float, default=8.0, help="transfer size (default 8)")
     parser.add_argument("--dir", default=None, help="scratch folder (default: a temp folder)")
-    parser.add_argument("--repeat", type=int, default=3, help="engine file->GPU runs (median)")
+    parser.add_argument("--repeat", type=int, default=3, help="engine preload runs (median)")
     parser.add_argument("--only", nargs="+", choices=list("abcd"), default=list("abcd"),
                         help="parts to run (default all)")
     parser.add_argument("--overlap", type=float, default=1.0,
@@ -231,9 +214,9 @@ def main() -> int:
     with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
         workdir = Path(tmp)
         rows = bench_pageable(n, cfg, env) if "a" in args.only else []
-        rows += bench_file(n, cfg, workdir, args.repeat) if "b" in args.only else []
         rows += bench_prewarm(env, args.overlap) if "c" in args.only else []
-        rows += bench_offload(n, cfg, env, workdir) if "d" in args.only else []
+        if "b" in args.only or "d" in args.only:  # (b) preloads the snapshot (d) wrote
+            rows += bench_offload(n, cfg, env, workdir, args.repeat if "b" in args.only else 0)
     width = max(len(r[0]) for r in rows)
     for row in rows:
         print(f"{row[0]:<{width}}  " + "  ".join(str(c) for c in row[1:]))

@@ -6,7 +6,7 @@
 Runs `restoreprof run` on the built-in workload (under the interception library where it is
 built, so GPU memory is offloaded at checkpoint and the tuner searches streams, chunk size,
 threads and pinned staging), with its own tuning database so the host's stays as it is. The
-final runs of the default, the plain driver path and the winner are interleaved, `--repeat`
+final runs of the default, the plain path and the winner are interleaved, `--repeat`
 times each; the table shows min / median / max of each. --json FILE keeps run's summary.
 """
 
@@ -56,7 +56,12 @@ def main() -> int:
             print(f"{label:<10} {min(times):>8.3f} {statistics.median(times):>9.3f} "
                   f"{max(times):>8.3f}  {len(times)}")
     print(f"speedup: {summary['speedup_over_default']:.2f}x over the default, "
-          f"{summary['speedup_over_plain']:.2f}x over the plain driver path")
+          f"{summary['speedup_over_plain']:.2f}x over the plain path")
+    spread = summary.get("spread_s_max")
+    print(f"run-to-run spread {spread:.3f} s; " if spread is not None else "spread unknown; ",
+          end="")
+    print("winner saved (significant)" if summary.get("significant") else
+          "no significant difference: nothing saved")
     return 0
 
 

@@ -19,6 +19,14 @@ is_root() { [ "$(id -u)" -eq 0 ]; }
 
 . /etc/os-release 2>/dev/null || { ID=unknown; VERSION_CODENAME=unknown; }
 kernel=$(uname -r)
+# The machine's architecture, as Debian names packages (amd64, arm64), its multiarch triplet
+# (the folder under /usr/lib) and its dynamic loader: GH200 and GB200 machines are arm64.
+arch=$(dpkg --print-architecture 2>/dev/null || uname -m)
+case "$arch" in
+  amd64|x86_64)  arch=amd64; triplet=x86_64-linux-gnu;  loader=ld-linux-x86-64.so.2 ;;
+  arm64|aarch64) arch=arm64; triplet=aarch64-linux-gnu; loader=ld-linux-aarch64.so.1 ;;
+  *)             triplet=$(gcc -print-multiarch 2>/dev/null || echo "$arch-linux-gnu"); loader="" ;;
+esac
 
 # --- 1. bcc and kernel headers -------------------------------------------------------------
 need_pkgs=()
@@ -26,7 +34,7 @@ dpkg -s python3-bpfcc >/dev/null 2>&1 || need_pkgs+=(python3-bpfcc)
 if [ ! -e "/lib/modules/$kernel/build/include" ]; then
   case "$ID" in
     ubuntu) hdr=linux-headers-generic ;;
-    *)      hdr=linux-headers-amd64 ;;
+    *)      hdr=linux-headers-$arch ;;
   esac
   dpkg -s "$hdr" >/dev/null 2>&1 || need_pkgs+=("$hdr")
 fi
@@ -43,9 +51,9 @@ if [ ${#need_pkgs[@]} -gt 0 ]; then
 fi
 # Link the newest installed headers for a kernel the distribution has none for (custom kernels).
 if [ ! -e "/lib/modules/$kernel/build/include" ]; then
-  h=$(ls -d /usr/src/linux-headers-*-amd64 /usr/src/linux-headers-*-generic 2>/dev/null | sort -V | tail -1)
+  h=$(ls -d /usr/src/linux-headers-*-"$arch" /usr/src/linux-headers-*-generic 2>/dev/null | sort -V | tail -1)
   if [ -n "$h" ] && is_root; then
-    c=${h%-amd64}-common; [ -d "$c" ] || c=${h%-generic}
+    c=${h%-"$arch"}-common; [ -d "$c" ] || c=${h%-generic}
     mkdir -p "/lib/modules/$kernel"
     ln -sfn "$h" "/lib/modules/$kernel/build"
     [ -d "$c" ] && ln -sfn "$c" "/lib/modules/$kernel/source"
@@ -53,7 +61,18 @@ if [ ! -e "/lib/modules/$kernel/build/include" ]; then
   elif [ -n "${RP_BCC_PYTHONPATH:-}" ]; then
     say "kernel headers come from the H100 bundle (activate.sh)"
   else
-    miss "kernel headers for $kernel: install linux-headers-amd64 and link them to /lib/modules/$kernel/build (as root, rerun this script)"
+    miss "kernel headers for $kernel: install linux-headers-$arch and link them to /lib/modules/$kernel/build (as root, rerun this script)"
+  fi
+fi
+
+# The aarch64 cross compiler, on amd64 only: CI compiles the native library for aarch64 too
+# (tests/unit/test_native_arch.py), so that an x86-only construct cannot slip in. Optional.
+if [ "$arch" = amd64 ] && ! command -v aarch64-linux-gnu-gcc >/dev/null; then
+  if is_root && command -v apt-get >/dev/null && DEBIAN_FRONTEND=noninteractive \
+       apt-get install -y -qq gcc-aarch64-linux-gnu >/dev/null 2>&1; then
+    say "installed gcc-aarch64-linux-gnu (the aarch64 build check)"
+  else
+    say "no aarch64 cross compiler (apt-get install gcc-aarch64-linux-gnu): the aarch64 build check is skipped"
   fi
 fi
 
@@ -72,7 +91,7 @@ elif command -v criu >/dev/null && criu_ok "$(command -v criu)"; then
 elif [ "${VERSION_CODENAME:-}" != bookworm ] && is_root && command -v apt-get >/dev/null \
      && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq criu >/dev/null 2>&1 && criu_ok "$(command -v criu)"; then
   ln -sfn "$(command -v criu)" "$criu_link"; say "installed the distribution's CRIU"
-elif is_root && command -v apt-get >/dev/null; then
+elif is_root && command -v apt-get >/dev/null && [ -n "$loader" ]; then
   # Bookworm's criu 3.17 fails on new kernels: run trixie's 4.x with trixie's glibc, privately.
   say "fetching trixie's CRIU into $deps/criu"
   tmp=$(mktemp -d)
@@ -86,7 +105,7 @@ elif is_root && command -v apt-get >/dev/null; then
     for f in "$tmp"/*.deb; do dpkg -x "$f" "$deps/criu"; done
     cat >"$deps/criu-wrapper" <<EOS
 #!/bin/sh
-exec $deps/criu/usr/lib64/ld-linux-x86-64.so.2 --library-path $deps/criu/usr/lib/x86_64-linux-gnu $deps/criu/usr/sbin/criu "\$@"
+exec $deps/criu/usr/lib/$triplet/$loader --library-path $deps/criu/usr/lib/$triplet $deps/criu/usr/sbin/criu "\$@"
 EOS
     chmod +x "$deps/criu-wrapper"
     ln -sfn "$deps/criu-wrapper" "$criu_link"

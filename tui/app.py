@@ -20,16 +20,17 @@ from restoreprof.tui.widgets import (
     VerdictPanel,
 )
 from rich.console import Console
-from textual import work
+from textual import events, work
 from textual.app import App, ComposeResult
 from textual.binding import Binding
-from textual.containers import Horizontal, Vertical
+from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.css.query import NoMatches
 from textual.message import Message
 from textual.screen import ModalScreen
 from textual.widgets import Footer, Static
 from textual.worker import Worker, WorkerState
 
+# Paragraphs are single lines: the help reflows to the terminal's width (80 columns and up).
 HELP_TEXT = """\
 [b]restoreprof tui[/b]: a GPU process restore as it happens
 
@@ -39,13 +40,17 @@ HELP_TEXT = """\
 [b]e[/b]  export the trace so far: the same files as [i]restoreprof trace -o[/i]
 [b]?[/b]  this help (escape or ? closes it)
 
-Graphs: GB/s of page reads (preadv, preadv2, pread64, read) and of host-to-device
-copies, over the whole run; the dashed line is the calibrated ceiling the analysis
-measures the phase against (disk read, or host memcpy where the pages came from the
+Graphs: GB/s of page reads (preadv, preadv2, pread64, read) and of host-to-device \
+copies, over the whole run; the dashed line is the calibrated ceiling the analysis \
+measures the phase against (disk read, or host memcpy where the pages came from the \
 page cache; H2D from pinned memory). No line: not calibrated (restoreprof calibrate).
-Phases and the bottleneck come from the same analysis as [i]restoreprof report[/i],
+
+Phases and the bottleneck come from the same analysis as [i]restoreprof report[/i], \
 re-run on the events so far about twice a second.
 """
+
+
+COMPACT_BELOW_ROWS = 36   # fewer rows than this: the compact layout (restoreprof.tcss)
 
 
 class SnapshotReady(Message):
@@ -61,7 +66,9 @@ class HelpScreen(ModalScreen[None]):
                 ("q", "dismiss", "close")]
 
     def compose(self) -> ComposeResult:
-        yield Static(HELP_TEXT, id="help")
+        # scrolls where the terminal is too small for it (80x24 and less)
+        with VerticalScroll(id="help"):
+            yield Static(HELP_TEXT)
 
 
 class RestoreprofApp(App[int]):
@@ -112,7 +119,12 @@ class RestoreprofApp(App[int]):
         yield CostsTable(id="costs")
         yield Footer()
 
+    def on_resize(self, event: events.Resize) -> None:
+        # a short terminal (80x24) gives the graphs less height so the top costs stay in view
+        self.set_class(event.size.height < COMPACT_BELOW_ROWS, "-compact")
+
     def on_mount(self) -> None:
+        self.set_class(self.size.height < COMPACT_BELOW_ROWS, "-compact")
         self.query_one("#phases").border_title = "phases"
         self.query_one("#verdict").border_title = "verdict"
         self.query_one("#costs").border_title = "top costs"

@@ -101,7 +101,7 @@ class ReplayFeed(Feed):
                  ceilings: Ceilings | None = None, clock: Callable[[], float] = time.monotonic,
                  target: str = "") -> None:
         if ceilings is None:
-            ceilings = pipeline.load_ceilings(trace.meta.hostname, trace.meta.gpus)
+            ceilings = pipeline.trace_ceilings(trace.meta)
         super().__init__(target or _describe_target(trace.meta), ceilings)
         self.trace = trace
         self.speed = speed

@@ -47,6 +47,12 @@ def load_ceilings(hostname: str | None = None, gpus: list[dict] | None = None) -
     return ceilings_module.load(hostname or socket.gethostname(), gpus)
 
 
+def trace_ceilings(meta: TraceMeta) -> Ceilings:
+    """The ceilings a saved trace is judged by (those it was recorded with, where measured),
+    as ``restoreprof report`` uses them."""
+    return ceilings_module.for_trace(meta)
+
+
 def analyze(trace: Trace, ceilings: Ceilings) -> dict:
     """restoreprof.analysis on a trace: the report.json dict."""
     return run_analysis(trace, ceilings)
@@ -102,19 +108,22 @@ def _short_label(what: str) -> str:
 
 
 # The settings the view shows: the ones that change how a restore moves memory.
-SHOWN_OPTIMIZER_SETTINGS = ("streams", "chunk_mb", "threads", "pinned", "prewarm", "readahead",
-                            "offload")
+SHOWN_OPTIMIZER_SETTINGS = ("streams", "chunk_mb", "threads", "pinned", "readahead", "offload")
+_SOURCE_KINDS = ("flag", "environment", "config file", "tuning DB")
 
 
 def optimizer_config_in_use() -> dict | None:
-    """The optimizer settings in effect here (file and environment)."""
+    """The optimizer settings in effect here, resolved as a command resolves them (through the
+    settings schema, which the profiler may use: it imports nothing of the optimizer)."""
     from restoreprof.errors import RestoreprofError
-    from restoreprof.optimizer.config import OptimizerConfig
+    from restoreprof.settings import resolve
 
     try:
-        config = OptimizerConfig.load()
+        resolved = resolve()
     except RestoreprofError as exc:
         return {"error": str(exc).splitlines()[0]}
-    shown = {k: v for k, v in config.as_dict().items() if k in SHOWN_OPTIMIZER_SETTINGS}
-    shown["source"] = "defaults" if config == OptimizerConfig() else "config file / environment"
+    shown = {k: v for k, v in resolved.values.items() if k in SHOWN_OPTIMIZER_SETTINGS}
+    kinds = {kind for name in shown for kind in _SOURCE_KINDS
+             if resolved.sources[name].startswith(kind)}
+    shown["source"] = " / ".join(k for k in _SOURCE_KINDS if k in kinds) or "defaults"
     return shown

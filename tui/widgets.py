@@ -121,6 +121,9 @@ class ThroughputPlot(Widget):
         return Text("\n").join(lines)
 
 
+BARS_MIN_WIDTH = 100   # PhaseTimeline draws its bars from this width on
+
+
 class PhaseTimeline(Widget):
     """The restore's phases on one time axis: bytes done, bandwidth against the ceiling, and
     the time each holds on its own (the critical path). All figures are the analysis's.
@@ -139,9 +142,12 @@ class PhaseTimeline(Widget):
             return Text("waiting for the first events", style="dim")
         report = snapshot.report or {}
         phases = report.get("phases") or []
+        # an 80-column terminal has no room for the bars: the figures matter more
+        with_bars = self.size.width >= BARS_MIN_WIDTH
         table = Table.grid(padding=(0, 1))
         table.add_column("phase", no_wrap=True)
-        table.add_column("bar", no_wrap=True)
+        if with_bars:
+            table.add_column("bar", no_wrap=True)
         table.add_column("when", justify="right", no_wrap=True)
         table.add_column("bytes", justify="right", no_wrap=True)
         table.add_column("rate", justify="right", no_wrap=True)
@@ -151,8 +157,8 @@ class PhaseTimeline(Widget):
         bar_width = max(8, self.size.width - 80)
         wall_ns = report.get("wall_ns") or 0
         if phases:
-            table.add_row(*(Text(h, style="dim") for h in (
-                "phase", "", "when", "bytes", "rate", "of ceiling", "own time")))
+            headers = ("phase", "", "when", "bytes", "rate", "of ceiling", "own time")
+            table.add_row(*(Text(h, style="dim") for h in headers if with_bars or h))
         for phase in phases:
             other = phase.get("name") == "other"
             start = max(0, phase.get("start_ns", 0) - snapshot.start_ns)
@@ -173,13 +179,14 @@ class PhaseTimeline(Widget):
                 ceiling = ""
             own_ns = phase.get("exclusive_ns", 0) or 0
             own = format_seconds(own_ns) + (f" {own_ns / wall_ns:4.0%}" if wall_ns else "")
-            table.add_row(Text(phase.get("name", "?"), style="dim" if other else "bold"), bar,
+            table.add_row(Text(phase.get("name", "?"), style="dim" if other else "bold"),
+                          *([bar] if with_bars else []),
                           f"{start / 1e9:.2f}-{end / 1e9:.2f} s",
                           format_bytes(nbytes) if nbytes else "",
                           f"{gbps:.2f} GB/s" if gbps else "", ceiling, own)
         if not phases:
             waiting = "no phase seen yet" + (f" ({snapshot.note})" if snapshot.note else "")
-            table.add_row(Text(waiting, style="dim"), "", "", "", "", "", "")
+            table.add_row(Text(waiting, style="dim"), *[""] * (6 if with_bars else 5))
         return table
 
 
@@ -257,11 +264,14 @@ class CostsTable(DataTable):
     def _add_columns(self) -> None:
         marker = {c: (" ▼" if c == self.sort_column else "") for c in SORT_COLUMNS}
         marker["name"] = " ▲" if self.sort_column == "name" else ""
-        self.add_column("call / syscall" + marker["name"], key="name", width=30)
-        self.add_column("kind", key="kind", width=8)
-        self.add_column("calls" + marker["calls"], key="calls", width=10)
-        self.add_column("bytes" + marker["bytes"], key="bytes", width=10)
-        self.add_column("time" + marker["time"], key="time", width=10)
+        # the widths fit 80 columns (with the border and the cells' padding); wider
+        # terminals give the names more room
+        narrow = self.app.size.width < 100
+        self.add_column("call / syscall" + marker["name"], key="name", width=22 if narrow else 30)
+        self.add_column("kind", key="kind", width=7 if narrow else 8)
+        self.add_column("calls" + marker["calls"], key="calls", width=8 if narrow else 10)
+        self.add_column("bytes" + marker["bytes"], key="bytes", width=9 if narrow else 10)
+        self.add_column("time" + marker["time"], key="time", width=9 if narrow else 10)
         self.add_column("% wall", key="share", width=7)
 
     def sort_by(self, column: str) -> None:

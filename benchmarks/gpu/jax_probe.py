@@ -14,7 +14,6 @@ Run on the GPU machine after `source benchmarks/h100/env.sh`.
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import subprocess
 import sys
@@ -80,10 +79,10 @@ def main() -> None:
     parser.add_argument("--modes", nargs="+", default=["driver", "criu"])
     parser.add_argument("--work", type=Path, default=Path("/tmp/rp-jax"))
     args = parser.parse_args()
+    import jax
+
     from restoreprof.cuda import driver as cu
     from restoreprof.workloads.controller import HeldMemory
-
-    import jax  # noqa: F401  (version line only)
     print(f"jax {jax.__version__}, driver {cu.driver_version()}", flush=True)
     shutil.rmtree(args.work, ignore_errors=True)
     args.work.mkdir(parents=True)
@@ -97,7 +96,7 @@ def main() -> None:
             try:
                 held = HeldMemory.start_command([sys.executable, str(program), str(args.gib),
                                                  str(state)], state, env=env, timeout_s=240)
-            except Exception as exc:  # noqa: BLE001 (a probe reports everything)
+            except Exception as exc:
                 print(f"{name:<24} {mode:<6} START FAILED {str(exc)[-300:]}", flush=True)
                 continue
             mark = dmesg_len()
@@ -121,7 +120,7 @@ def main() -> None:
                     if r.returncode:
                         raise RuntimeError("restore: " + (r.stderr or r.stdout)[-400:])
                 verdict = "ok" if held.verify(timeout_s=120) else "MISMATCH"
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:
                 verdict = f"FAILED {str(exc)[-400:]}"
             finally:
                 held.stop()

@@ -23,7 +23,7 @@ CFLAGS = ["-O2", "-g", "-fPIC", "-shared", "-Wall", "-Wextra", "-Wno-unused-para
 
 
 def _cuda_include_dir() -> Path:
-    from restoreprof.optimizer.shim.build import cuda_include_dir
+    from restoreprof.system.cbuild import cuda_include_dir
 
     return cuda_include_dir()
 

@@ -14,7 +14,15 @@
  *   FAKECUDA_DEVICES=n                     number of devices (default 1).
  *   FAKECUDA_TRACE_PROC=1                  print each cuGetProcAddress request on stderr.
  *   fakecuda_calls("cuMemcpyHtoD_v2")      how many times that entry point was called.
- *   fakecuda_reset()                       zero the counters.
+ *   fakecuda_reset()                       zero the counters and the copy record.
+ *   fakecuda_async_max_bytes()             largest cuMemcpy{HtoD,DtoH}Async_v2 since reset
+ *   fakecuda_async_streams()               distinct streams those copies ran on
+ *   fakecuda_async_threads()               distinct host threads that issued them
+ *   FAKECUDA_COPY_DELAY_US=n               each of those copies takes n us (so that every
+ *                                          engine thread gets chunks, as on a real link)
+ *   fakecuda_async_pinned/_pageable()      how many of them staged through memory from
+ *                                          cuMemHostAlloc/cuMemAllocHost, or through other memory
+ *   fakecuda_host_alloc_bytes_max()        largest pinned allocation since reset
  */
 #define _GNU_SOURCE
 #include <cuda.h>
@@ -108,8 +116,11 @@ EXPORT unsigned long fakecuda_calls(const char *name)
     return c ? atomic_load(&c->calls) : 0;
 }
 
+static void reset_record(void);
+
 EXPORT void fakecuda_reset(void)
 {
+    reset_record();
     int n = atomic_load(&counter_count);
     for (int i = 0; i < n; i++)
         atomic_store(&counters[i].calls, 0);
@@ -455,6 +466,14 @@ static size_t remove_region(uintptr_t base, enum region_kind kind)
     return size;
 }
 
+static int find_region(uintptr_t addr, struct region *out);
+
+static int is_region(const void *p, enum region_kind kind)
+{
+    struct region r;
+    return find_region((uintptr_t)p, &r) && r.kind == kind;
+}
+
 static int find_region(uintptr_t addr, struct region *out)
 {
     int found = 0;
@@ -467,6 +486,77 @@ static int find_region(uintptr_t addr, struct region *out)
     }
     pthread_mutex_unlock(&region_lock);
     return found;
+}
+
+/* ---------- what the engine did: its copies' sizes, streams and staging ---------- */
+
+#define MAX_SEEN_STREAMS 256
+static atomic_size_t async_max_bytes, host_alloc_max_bytes;
+static atomic_ulong async_pinned, async_pageable;
+static CUstream seen_streams[MAX_SEEN_STREAMS];
+static int n_seen_streams;
+static pthread_t seen_threads[MAX_SEEN_STREAMS];
+static int n_seen_threads;
+static pthread_mutex_t record_lock = PTHREAD_MUTEX_INITIALIZER;
+
+static void raise_to(atomic_size_t *max, size_t value)
+{
+    size_t old = atomic_load(max);
+    while (value > old && !atomic_compare_exchange_weak(max, &old, value))
+        ;
+}
+
+static void record_async(const void *host, size_t n, CUstream s)
+{
+    raise_to(&async_max_bytes, n);
+    atomic_fetch_add(is_region(host, REGION_HOST_ALLOC) ? &async_pinned : &async_pageable, 1);
+    pthread_mutex_lock(&record_lock);
+    int seen = 0;
+    for (int i = 0; i < n_seen_streams && !seen; i++)
+        seen = seen_streams[i] == s;
+    if (!seen && n_seen_streams < MAX_SEEN_STREAMS)
+        seen_streams[n_seen_streams++] = s;
+    seen = 0;
+    for (int i = 0; i < n_seen_threads && !seen; i++)
+        seen = pthread_equal(seen_threads[i], pthread_self());
+    if (!seen && n_seen_threads < MAX_SEEN_STREAMS)
+        seen_threads[n_seen_threads++] = pthread_self();
+    pthread_mutex_unlock(&record_lock);
+    const char *delay = getenv("FAKECUDA_COPY_DELAY_US");
+    if (delay && *delay)
+        usleep((useconds_t)atoi(delay));
+}
+
+EXPORT int fakecuda_async_threads(void)
+{
+    pthread_mutex_lock(&record_lock);
+    int n = n_seen_threads;
+    pthread_mutex_unlock(&record_lock);
+    return n;
+}
+
+EXPORT size_t fakecuda_async_max_bytes(void) { return atomic_load(&async_max_bytes); }
+EXPORT unsigned long fakecuda_async_pinned(void) { return atomic_load(&async_pinned); }
+EXPORT unsigned long fakecuda_async_pageable(void) { return atomic_load(&async_pageable); }
+EXPORT size_t fakecuda_host_alloc_bytes_max(void) { return atomic_load(&host_alloc_max_bytes); }
+
+EXPORT int fakecuda_async_streams(void)
+{
+    pthread_mutex_lock(&record_lock);
+    int n = n_seen_streams;
+    pthread_mutex_unlock(&record_lock);
+    return n;
+}
+
+static void reset_record(void)
+{
+    atomic_store(&async_max_bytes, 0);
+    atomic_store(&host_alloc_max_bytes, 0);
+    atomic_store(&async_pinned, 0);
+    atomic_store(&async_pageable, 0);
+    pthread_mutex_lock(&record_lock);
+    n_seen_streams = n_seen_threads = 0;
+    pthread_mutex_unlock(&record_lock);
 }
 
 /* ---------- allocation ---------- */
@@ -533,6 +623,7 @@ static CUresult host_alloc(void **pp, size_t size)
     void *p = page_alloc(size);
     if (!p || add_region((uintptr_t)p, size, REGION_HOST_ALLOC))
         return CUDA_ERROR_OUT_OF_MEMORY;
+    raise_to(&host_alloc_max_bytes, size);
     *pp = p;
     return CUDA_SUCCESS;
 }
@@ -666,12 +757,14 @@ EXPORT CUresult cuMemcpyDtoD_v2(CUdeviceptr dst, CUdeviceptr src, size_t n)
 EXPORT CUresult cuMemcpyHtoDAsync_v2(CUdeviceptr dst, const void *src, size_t n, CUstream s)
 {
     ENTER_INIT("cuMemcpyHtoDAsync_v2");
+    record_async(src, n, s);
     return copy(dst, src, n);
 }
 
 EXPORT CUresult cuMemcpyDtoHAsync_v2(void *dst, CUdeviceptr src, size_t n, CUstream s)
 {
     ENTER_INIT("cuMemcpyDtoHAsync_v2");
+    record_async(dst, n, s);
     return copy((CUdeviceptr)dst, SRC(src), n);
 }
 

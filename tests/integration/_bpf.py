@@ -42,7 +42,7 @@ def _build(out: Path, sources: list[Path], flags: list[str]) -> Path:
 def cuda_include_flags() -> list[str]:
     if (CUDA_INCLUDE / "cuda.h").exists():
         return [f"-I{CUDA_INCLUDE}"]
-    from restoreprof.optimizer.shim.build import cuda_include_dir
+    from restoreprof.system.cbuild import cuda_include_dir
 
     return [f"-I{cuda_include_dir()}"]
 

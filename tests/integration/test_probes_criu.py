@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+from export_checks import check_all
 
 from restoreprof.analysis import analyze
 from restoreprof.checkpoint import checkpoint
@@ -78,6 +79,7 @@ def test_trace_cli_restore_dir_marks_and_phase_order(tmp_path, restoreprof_cli):
         for name in ("trace.json", "flame.folded", "flame.svg", "speedscope.json",
                      "trace.rptrace"):
             assert (tmp_path / "out" / name).stat().st_size > 0
+        check_all(tmp_path / "out")
         again = restoreprof_cli("report", str(tmp_path / "out"), "-o", str(tmp_path / "re"))
         assert again.returncode == 0, again.stderr
         assert json.loads((tmp_path / "re" / "report.json").read_text())["io"] == report["io"]

@@ -26,7 +26,7 @@ def tuned(tmp_path_factory):
     db = base / "tuning.json"
     env = {**os.environ, "RESTOREPROF_TUNING_DB": str(db)}
     proc = subprocess.run([sys.executable, "-m", "restoreprof", "run", "-o", str(base / "out"),
-                           "--budget", "6", "--repeat", "1", "--mib", "128"],
+                           "--budget", "6", "--repeat", "2", "--mib", "128"],
                           capture_output=True, text=True, env=env, timeout=240)
     return proc, base / "out", db
 
@@ -37,12 +37,12 @@ def test_run_tunes_verifies_and_reports(tuned):
     text = proc.stdout
     assert "built-in workload: 128 MiB of host memory (no GPU here)" in text
     assert "bottleneck:" in text
-    for needed in ("trial   1 default", "winner:", "speedup:", "over the plain driver path",
+    for needed in ("trial   1 default", "winner:", "speedup:", "over the plain path",
                    "phase by phase", "median"):
         assert needed in text, needed
     summary = json.loads((out / "summary.json").read_text())
     trials = summary["trial_results"]
-    assert 6 <= len(trials) <= 6 + 3
+    assert 6 <= len(trials) <= 6 + 3 * 2
     assert all(t["error"] == "" and t["seconds"] > 0 for t in trials), trials
     stages = [t["stage"] for t in trials]
     assert stages[0] == "default" and stages[-3:] == ["default", "plain", "tuned"]
@@ -69,8 +69,13 @@ def test_no_restored_process_is_left_and_the_checkpoint_is_untouched(tuned):
     assert not list(out.glob(".checkpoint.trial-*"))
 
 
-def test_the_winner_is_stored_for_this_host_and_load_uses_it(tuned):
-    _proc, out, db_path = tuned
+def test_the_winner_is_stored_only_when_significant_and_load_uses_it(tuned):
+    proc, out, db_path = tuned
+    summary = json.loads((out / "summary.json").read_text())
+    if not summary["significant"]:  # noise on this machine: nothing may be stored
+        assert "no significant difference" in proc.stdout and "nothing saved" in proc.stdout
+        assert not TuningDatabase(db_path).entries
+        return
     db = TuningDatabase(db_path)
     host = identify(out / "checkpoint")
     assert host.key.startswith("cpu | storage ")
@@ -92,7 +97,7 @@ def test_a_second_run_starts_from_the_stored_settings(tuned, restoreprof_cli, tm
     db.record(host, {"readahead": True, "threads": 2}, restore={"verify": False})
     env = {**os.environ, "RESTOREPROF_TUNING_DB": str(db_path)}
     proc = restoreprof_cli("run", "-D", str(out / "checkpoint"), "-o", str(tmp_path / "again"),
-                           "--budget", "4", "--repeat", "1", "--no-trace", env=env)
+                           "--budget", "4", "--repeat", "2", "--no-trace", env=env)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "starting from the tuned settings stored for this host: verify=off threads=2" in proc.stdout
     trials = json.loads((tmp_path / "again" / "summary.json").read_text())["trial_results"]

@@ -13,7 +13,8 @@ import textwrap
 
 import pytest
 
-from restoreprof.optimizer.shim.build import build_library, cuda_include_dir
+from restoreprof.optimizer.shim.build import build_library
+from restoreprof.system.cbuild import cuda_include_dir
 
 MIB = 1 << 20
 

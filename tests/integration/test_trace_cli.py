@@ -8,6 +8,7 @@ import xml.etree.ElementTree as ET
 
 import pytest
 from _bpf import fake_libcuda, readers
+from export_checks import check_all
 
 pytestmark = pytest.mark.root
 
@@ -25,6 +26,7 @@ def test_trace_command_writes_every_output(tmp_path, restoreprof_cli):
     assert report["io"]["preadv2"]["bytes"] == 11 * 12288
     ET.parse(tmp_path / "out" / "flame.svg")
     assert "bottleneck:" in out.stdout
+    check_all(tmp_path / "out")
 
 
 def test_format_selects_exports(tmp_path, restoreprof_cli):
@@ -81,8 +83,9 @@ def test_report_rejects_a_file_that_is_not_a_trace(tmp_path, restoreprof_cli):
 
 def test_calibrate_caches_measured_ceilings(tmp_path, restoreprof_cli):
     env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    (tmp_path / "disk").mkdir()
     out = restoreprof_cli("calibrate", "-D", str(tmp_path / "disk"), "--no-gpu", "--json",
-                          env=env)
+                          "--disk-mib", "64", env=env)
     assert out.returncode == 0, out.stderr
     cached = json.loads((tmp_path / "cache" / "restoreprof" / "ceilings.json").read_text())
     (entry,) = cached.values()
@@ -90,3 +93,24 @@ def test_calibrate_caches_measured_ceilings(tmp_path, restoreprof_cli):
     assert entry["htod_pinned_gbps"] == 0.0   # not measured: no GPU, never guessed
     shown = restoreprof_cli("calibrate", "--show", env=env)
     assert "calibrated" in shown.stdout and "not measured" in shown.stdout
+
+
+def test_trace_returns_the_commands_exit_status(tmp_path, restoreprof_cli):
+    """A script sees the traced command fail; report.json says how it ended."""
+    out = restoreprof_cli("trace", "-o", str(tmp_path / "o"), "--", "sh", "-c", "exit 3")
+    assert out.returncode == 3, out.stderr
+    assert "exited with status 3" in out.stderr
+    assert json.loads((tmp_path / "o" / "report.json").read_text())["exit_status"] == 3
+    ok = restoreprof_cli("trace", "-o", str(tmp_path / "ok"), "--", "true")
+    assert ok.returncode == 0
+    assert json.loads((tmp_path / "ok" / "report.json").read_text())["exit_status"] == 0
+    killed = restoreprof_cli("trace", "-o", str(tmp_path / "k"), "--", "sh", "-c", "kill -9 $$")
+    assert killed.returncode == 128 + 9
+
+
+def test_output_onto_a_file_is_refused_before_tracing(tmp_path, restoreprof_cli):
+    target = tmp_path / "existing"
+    target.write_text("keep me")
+    out = restoreprof_cli("trace", "-o", str(target), "--", "true")
+    assert out.returncode != 0 and "is a file, not a folder" in out.stderr
+    assert "Tracing" not in out.stdout and target.read_text() == "keep me"

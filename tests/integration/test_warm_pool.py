@@ -266,4 +266,4 @@ def test_a_staging_pool_that_cannot_be_pinned_is_a_clear_error(fake_driver):
                          text=True, timeout=60, env=env)
     assert out.returncode != 0
     assert "the engine's staging pool could not be made" in out.stderr
-    assert "restoreprof warm --no-pool" in out.stderr
+    assert "restoreprof warm --no-staging" in out.stderr

@@ -42,7 +42,7 @@ def test_nothing_or_two_targets_is_an_error_with_a_hint(argv):
 
 def test_a_missing_trace_file_says_how_to_record_one(tmp_path):
     args = parse(str(tmp_path / "nope.json"))
-    with pytest.raises(RestoreprofError, match="no trace file") as caught:
+    with pytest.raises(RestoreprofError, match="no trace at") as caught:
         tui_command.make_feed(args)
     assert "restoreprof trace" in caught.value.hint
 
@@ -51,3 +51,28 @@ def test_a_missing_pid_is_an_error(monkeypatch):
     args = parse("-p", "999999999")
     with pytest.raises(RestoreprofError, match="no process"):
         tui_command.make_feed(args)
+
+
+def _saved_trace(folder):
+    from restoreprof.trace.events import SYSCALL, Event
+    from restoreprof.trace.model import TRACE_FILE_NAME, Trace, TraceMeta
+
+    folder.mkdir()
+    trace = Trace(TraceMeta(target="t"), [Event(SYSCALL, "preadv", 1, 1, 0, 10, bytes=4096)])
+    trace.save(folder / TRACE_FILE_NAME)
+    (folder / "trace.json").write_text("{}")   # the Perfetto export beside it
+    return trace
+
+
+@pytest.mark.parametrize("given", ["out", "out/trace.rptrace", "out/trace.json"])
+def test_takes_what_report_takes(tmp_path, given):
+    """A trace folder, its trace file, and the export its old hint named all replay."""
+    trace = _saved_trace(tmp_path / "out")
+    feed = tui_command.make_feed(parse(str(tmp_path / given)))
+    assert feed.trace.events == trace.events
+
+
+def test_the_hint_names_something_that_works():
+    with pytest.raises(RestoreprofError) as caught:
+        parse()
+    assert "trace.json" not in caught.value.hint

@@ -56,3 +56,20 @@ def test_uncalibrated_ceilings(snap_compare, recorded_trace):
     # Nothing calibrated: the graph titles say so and no reference line is drawn.
     app = make_app(recorded_trace, with_ceilings=Ceilings(hostname="ci"))
     assert snap_compare(app, terminal_size=TERMINAL_SIZE, run_before=wait_finished)
+
+
+SMALL_TERMINAL = (80, 24)
+
+
+def test_end_of_replay_80x24(snap_compare, recorded_trace):
+    app = make_app(recorded_trace)
+    assert snap_compare(app, terminal_size=SMALL_TERMINAL, run_before=wait_finished)
+
+
+def test_help_80x24(snap_compare, recorded_trace):
+    async def open_help(pilot) -> None:
+        await wait_finished(pilot)
+        await pilot.press("question_mark")
+
+    app = make_app(recorded_trace)
+    assert snap_compare(app, terminal_size=SMALL_TERMINAL, run_before=open_help)

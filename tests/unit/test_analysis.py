@@ -169,11 +169,11 @@ def test_pages_at_disk_rate_say_only_fewer_pages_help():
     assert b["phase"] == "cpu memory restore" and "only fewer pages help" in b["recommendation"]
 
 
-def test_context_creation_recommends_prewarm():
+def test_context_creation_recommends_the_warm_pool():
     ev = [Event(CUDA, "cuInit", 1, 1, 0, 200 * MS), Event(CUDA, "cuCtxCreate_v2", 1, 1,
                                                           200 * MS, 300 * MS)]
     b = analyze(Trace(TraceMeta(target="x"), ev), CALIBRATED)["bottleneck"]
-    assert b["phase"] == "gpu context creation" and "prewarm=on" in b["recommendation"]
+    assert b["phase"] == "gpu context creation" and "restoreprof warm" in b["recommendation"]
 
 
 def test_uncalibrated_ceilings_are_labelled_not_invented(tmp_path, monkeypatch):
@@ -209,3 +209,22 @@ def test_empty_trace(events):
     report = analyze(Trace(TraceMeta(target="x"), events), CALIBRATED)
     assert report["wall_ns"] == 0 and report["phases"] == []
     assert report["bottleneck"]["phase"] == ""
+
+
+def test_a_saved_trace_is_judged_by_the_ceilings_it_was_recorded_with(tmp_path, monkeypatch):
+    """Calibrating again later (another disk, a new driver) does not change an old verdict."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    trace = restore_trace()
+    ceilings_module.save(Ceilings(hostname=trace.meta.hostname, disk_read_gbps=2.0,
+                                  host_memcpy_gbps=10.0))
+    first = analyze(trace)
+    saved = trace.save(tmp_path / "t.rptrace")
+    ceilings_module.save(Ceilings(hostname=trace.meta.hostname, disk_read_gbps=20.0,
+                                  host_memcpy_gbps=30.0))
+    again = analyze(Trace.load(saved))
+    assert again["ceilings"]["disk_read_gbps"] == 2.0
+    assert again["bottleneck"] == first["bottleneck"]
+    # a trace recorded before any calibration takes the calibration made since
+    fresh = restore_trace()
+    fresh.meta.ceilings = Ceilings(hostname=fresh.meta.hostname).to_dict()
+    assert analyze(fresh)["ceilings"]["disk_read_gbps"] == 20.0

@@ -5,8 +5,8 @@ import argparse
 import pytest
 
 from restoreprof.errors import RestoreprofError
-from restoreprof.optimizer import config as config_mod
 from restoreprof.optimizer.config import SETTINGS, OptimizerConfig, add_arguments, from_args
+from restoreprof.settings import layers as settings_layers
 
 
 def load(env=None, path=None, **overrides):
@@ -17,7 +17,7 @@ def test_defaults_without_file(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))
     cfg = load()
     assert cfg == OptimizerConfig()
-    assert cfg.pool_bytes == 2 * cfg.threads * cfg.chunk_bytes
+    assert cfg.chunk_bytes == cfg.chunk_mb << 20
 
 
 def test_layers_file_env_flags(tmp_path):
@@ -86,11 +86,14 @@ def test_cli_flags(tmp_path, monkeypatch):
     add_arguments(parser)
     cfg = from_args(parser.parse_args(["--streams", "2", "--no-pinned"]))
     assert (cfg.streams, cfg.pinned, cfg.threads) == (2, False, 5)
-    with pytest.raises(RestoreprofError, match="command line: streams"):
+    with pytest.raises(RestoreprofError, match="flag --streams: streams=40"):
         from_args(parser.parse_args(["--streams", "40"]))
 
 
 def test_tuned_defaults_hook(monkeypatch):
-    monkeypatch.setattr(config_mod, "tuned_defaults", lambda: {"streams": 16, "chunk_mb": 128})
-    cfg = load({"RESTOREPROF_CHUNK_MB": "32"})
+    monkeypatch.setattr(settings_layers, "tuned_provider",
+                        lambda: ({"streams": 16, "chunk_mb": 128}, "gpu X in db.json"))
+    cfg, sources = OptimizerConfig.resolve(environ={"RESTOREPROF_CHUNK_MB": "32"})
     assert (cfg.streams, cfg.chunk_mb) == (16, 32)
+    assert sources["streams"] == "tuning DB (gpu X in db.json)"
+    assert sources["chunk_mb"] == "environment RESTOREPROF_CHUNK_MB"

@@ -67,3 +67,43 @@ def test_newer_format_asks_for_upgrade(tmp_path):
         f.write('{"format": "restoreprof-trace", "version": 99, "meta": {"target": "x"}}\n')
     with pytest.raises(RestoreprofError, match="newer restoreprof"):
         Trace.load(path)
+
+
+def _write_raw(path, *lines) -> None:
+    with gzip.open(path, "wt") as f:
+        for line in lines:
+            f.write(line + "\n")
+
+
+GOOD_HEADER = '{"format": "restoreprof-trace", "version": 1, "meta": {"target": "x"}}'
+
+
+@pytest.mark.parametrize("lines", [
+    ['["format", "restoreprof-trace"]'],                                       # header a list
+    ['{"format": "restoreprof-trace", "version": "1", "meta": {}}'],           # version a string
+    ['{"format": "restoreprof-trace", "version": 1, "meta": []}'],             # meta a list
+    ['{"format": "restoreprof-trace", "version": 1, "meta": {"target": 5}}'],  # target a number
+    ['{"format": "restoreprof-trace", "version": 1, "meta": {"pids": "1"}}'],  # pids a string
+    [GOOD_HEADER, "[1, 2]"],                                                   # block a list
+    [GOOD_HEADER, '{"n": 1, "columns": []}'],                                  # columns a list
+    [GOOD_HEADER, '{"n": "1", "columns": {}}'],                                # count a string
+    [GOOD_HEADER, '{"n": 1, "columns": {"kind": ["cuda"], "name": ["x"], "pid": [1], '
+                  '"tid": [1], "start_ns": ["0"], "end_ns": [1]}}'],           # a time a string
+    [GOOD_HEADER, '{"n": 2, "columns": {"kind": ["cuda"], "name": ["x"], "pid": [1], '
+                  '"tid": [1], "start_ns": [0], "end_ns": [1]}}'],             # too short
+    [GOOD_HEADER, '{"n": 1, "columns": {"kind": ["cuda"], "name": ["x"], "pid": [1], '
+                  '"tid": [1], "start_ns": [0], "end_ns": [1]}, "extra": {"0": "x"}}'],
+])
+def test_json_of_the_wrong_types_is_a_clear_error(tmp_path, lines):
+    path = tmp_path / "bad.rptrace"
+    _write_raw(path, *lines)
+    with pytest.raises(RestoreprofError, match="cannot read trace") as info:
+        Trace.load(path)
+    assert "restoreprof trace" in info.value.hint
+
+
+def test_meta_keeps_exit_status_and_ceilings(tmp_path):
+    meta = TraceMeta(target="x", exit_status=-9, ceilings={"disk_read_gbps": 2.0})
+    loaded = Trace.load(Trace(meta, []).save(tmp_path / "t.rptrace")).meta
+    assert loaded.exit_status == -9 and loaded.shell_exit_status == 137
+    assert loaded.ceilings == {"disk_read_gbps": 2.0}

@@ -17,7 +17,7 @@ from restoreprof.tuner.space import (
     split,
 )
 
-OPTIMUM = {"verify": False, "readahead": True, "threads": 8, "prewarm": True, "parallel": True,
+OPTIMUM = {"verify": False, "readahead": True, "threads": 8, "parallel": True,
            "streams": 4, "chunk_mb": 64, "pinned": True, "preload": True}
 
 
@@ -33,14 +33,13 @@ def simulated_restore_s(p: dict) -> float:
     if p["readahead"] and not p["verify"]:
         criu_s -= 0.4 * min(p["threads"], 8) / 8
     criu_s += 0.01 * max(0, p["threads"] - 8)
-    warm_s = 0.0 if p["prewarm"] else 0.2
     driver_s = 0.2 if p["parallel"] else 0.35
     gbps = 50.0 if p["pinned"] else 9.0
     gbps *= 1 - 0.25 * abs(math.log2(p["streams"]) - 2)
     gbps *= 1 - 0.15 * abs(math.log2(p["chunk_mb"]) - 6)
     gbps *= min(p["threads"], 8) / 8
     copy_s = 8.6 / gbps - (0.05 if p["preload"] and p["parallel"] else 0.0)
-    return verify_s + criu_s + warm_s + driver_s + copy_s
+    return verify_s + criu_s + driver_s + copy_s
 
 
 def grid_size(space) -> int:
@@ -60,7 +59,7 @@ def test_finds_the_known_optimum_from_the_default_within_budget(space):
 
 
 def test_finds_the_optimum_from_a_bad_start_within_budget(space):
-    start = {"verify": True, "readahead": False, "threads": 1, "prewarm": False,
+    start = {"verify": True, "readahead": False, "threads": 1,
              "parallel": False, "streams": 1, "chunk_mb": 8, "pinned": False, "preload": False}
     result = coordinate_descent(space, simulated_restore_s, budget=40, start=start)
     assert result.best == OPTIMUM
@@ -143,7 +142,7 @@ def test_cpu_only_space_and_the_plain_path():
     assert [d.name for d in space] == ["verify", "readahead", "threads"]
     plain = plain_point(space)
     config, options = split(plain)
-    assert (config.readahead, config.prewarm, config.parallel, config.offload) == (False,) * 4
+    assert (config.readahead, config.parallel, config.preload) == (False,) * 3
     assert options == {"verify": True}
     config, options = split({"verify": False, "readahead": True, "threads": 2})
     assert (config.threads, config.readahead, options["verify"]) == (2, True, False)

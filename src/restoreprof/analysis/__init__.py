@@ -13,9 +13,14 @@ from restoreprof.trace.model import Trace
 
 
 def analyze(trace: Trace, ceilings: Ceilings | None = None) -> dict:
-    """The report of a trace (the shape of report.json)."""
+    """The report of a trace (the shape of report.json).
+
+    Without ceilings, the trace's own (those it was recorded with) or, where it has none
+    measured, this machine's cached ones. The trace then keeps the ceilings it was judged by:
+    saved with it, it is judged against them again, whatever is calibrated later."""
     if ceilings is None:
-        ceilings = ceilings_module.load(trace.meta.hostname, trace.meta.gpus)
+        ceilings = ceilings_module.for_trace(trace.meta)
+    trace.meta.ceilings = ceilings.to_dict()
     events = trace.events
     io = io_stats(events)
     cuda = cuda_stats(events)
@@ -32,5 +37,7 @@ def analyze(trace: Trace, ceilings: Ceilings | None = None) -> dict:
         "bottleneck": bottleneck(phase_list, cuda, ceilings),
         "ceilings": {**ceilings.to_dict()},
         "lost_events": trace.meta.lost_events,
+        # the traced command's exit status (shell style); null for a PID or a stopped command
+        "exit_status": trace.meta.shell_exit_status,
         "events": len(events),
     }

@@ -1,7 +1,8 @@
 """Name the bottleneck: the phase that holds most of the wall time on its own, measured
 against its ceiling, with the optimizer setting that addresses it and the expected gain.
 
-Optimizer settings: streams, chunk_mb, threads, pinned, prewarm, readahead, offload.
+Optimizer settings: streams, chunk_mb, threads, pinned, readahead, offload (and the warm pool,
+`restoreprof warm`, which holds cuInit and the contexts ahead of a restore).
 """
 
 from __future__ import annotations
@@ -56,7 +57,7 @@ def _recommend(phase: dict, cuda: dict, ceilings: Ceilings, ceiling_gbps: float)
                 "rate; 'restoreprof run' tunes them for this GPU")
         return f"{text}; {gain}" if gain else f"{text}; {CALIBRATE_HINT}"
     if name == GPU_CONTEXT:
-        return (f"prewarm=on: create the CUDA context before or during the CRIU restore "
+        return (f"restoreprof warm: hold cuInit and the contexts ahead of the restore "
                 f"(cuInit and contexts took {_seconds(phase['busy_ns'])}); expected gain: up "
                 f"to {_seconds(ns)}")
     return ("no single restore phase dominates: the time goes to process setup outside the "

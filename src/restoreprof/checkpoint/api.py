@@ -116,6 +116,7 @@ def _checkpoint(pid: int, directory: Path, *, leave_running: bool, offload: bool
     _prepare_directory(directory)
 
     offloaded: dict[int, dict] = {}
+    optimizer = optimizer or OptimizerConfig.load()  # as restore(): never the bare defaults
     if offload:
         offloaded = clock.run("offload GPU memory", gpu.offload_all, cuda_pids, directory, optimizer,
                               session, sync)

@@ -301,7 +301,7 @@ class _PrewarmStep:
 
         self._clock = clock
         self._start_ns = time.monotonic_ns()
-        self._warm = Prewarm(optimizer, with_pool=False, contexts=False).start()
+        self._warm = Prewarm(contexts=False).start()
 
     def wait(self) -> None:
         ready = self._warm.wait()

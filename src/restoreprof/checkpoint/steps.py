@@ -1,10 +1,19 @@
-"""Named, timed steps of a checkpoint or restore, on the clock the probes use."""
+"""Named, timed steps of a checkpoint or restore, on the clock the probes use.
+
+An observer hears of each step as it starts and ends (the commands draw progress with it).
+It is given to StepClock, or set around a call with ``observing(observer)``, which reaches the
+clocks that the checkpoint and restore functions make inside without a parameter of theirs.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
+from collections.abc import Iterator
+from contextvars import ContextVar
 from dataclasses import dataclass
+from typing import Protocol
 
 
 @dataclass
@@ -19,20 +28,52 @@ class Step:
         return (self.end_ns - self.start_ns) / 1e9
 
 
+class StepObserver(Protocol):
+    def step_started(self, name: str, pid: int | None) -> None: ...
+
+    def step_finished(self, step: Step) -> None: ...
+
+
+_current_observer: ContextVar[StepObserver | None] = ContextVar("restoreprof_step_observer",
+                                                                default=None)
+
+
+@contextlib.contextmanager
+def observing(observer: StepObserver | None) -> Iterator[None]:
+    """StepClocks made inside this block (in this thread or context) report to observer."""
+    token = _current_observer.set(observer)
+    try:
+        yield
+    finally:
+        _current_observer.reset(token)
+
+
 class StepClock:
     """Collects named, timed steps (CLOCK_MONOTONIC ns, the clock the probes use)."""
 
-    def __init__(self) -> None:
+    def __init__(self, observer: StepObserver | None = None) -> None:
         self.steps: list[Step] = []
         self._lock = threading.Lock()
+        # taken now: steps run on pool threads, which do not see the caller's context
+        self.observer = observer if observer is not None else _current_observer.get()
 
     def add(self, name: str, start_ns: int, end_ns: int, pid: int | None = None) -> None:
+        step = Step(name, start_ns, end_ns, pid)
         with self._lock:
-            self.steps.append(Step(name, start_ns, end_ns, pid))
+            self.steps.append(step)
+        self._tell("step_finished", step)
 
     def run(self, name: str, fn, *args, pid: int | None = None, **kwargs):
+        self._tell("step_started", name, pid)
         start = time.monotonic_ns()
         try:
             return fn(*args, **kwargs)
         finally:
             self.add(name, start, time.monotonic_ns(), pid)
+
+    def _tell(self, method: str, *args) -> None:
+        if self.observer is None:
+            return
+        # progress is a courtesy: a display that fails must never fail a checkpoint or restore
+        with contextlib.suppress(Exception):
+            getattr(self.observer, method)(*args)

@@ -15,7 +15,7 @@ MODULES = {
     "doctor": "doctor", "demo": "demo", "checkpoint": "checkpoint", "restore": "restore",
     "store": "store",
     "trace": "trace", "report": "report", "calibrate": "calibrate", "exec": "exec_",
-    "warm": "warm", "run": "run", "tune": "tune", "tui": "tui",
+    "warm": "warm", "run": "run", "tune": "tune", "config": "config", "tui": "tui",
 }
 
 

@@ -7,8 +7,12 @@ memcpy, and the read bandwidth of the disk that holds the checkpoints (page cach
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 from pathlib import Path
+
+from restoreprof.commands._output import StepProgress, add_quiet_flag, progress_wanted
+from restoreprof.errors import RestoreprofError
 
 name = "calibrate"
 help = "measure this machine's copy and disk ceilings (cached per machine and GPU)"
@@ -17,10 +21,13 @@ help = "measure this machine's copy and disk ceilings (cached per machine and GP
 def prepare_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-D", "--dir", type=Path, default=Path("/var/tmp"),
                         help="a folder on the disk that holds checkpoints (default /var/tmp)")
+    parser.add_argument("--disk-mib", type=int, default=512, metavar="MIB",
+                        help="size of the file read to measure the disk (default 512)")
     parser.add_argument("--no-gpu", action="store_true", help="skip the GPU copy measurements")
     parser.add_argument("--show", action="store_true",
                         help="print the cached ceilings of this machine, measure nothing")
     parser.add_argument("--json", action="store_true", help="print the ceilings as JSON")
+    add_quiet_flag(parser)
 
 
 def _print(ceilings) -> None:
@@ -43,13 +50,25 @@ def run(args: argparse.Namespace) -> int:
     if args.show:
         ceilings = ceilings_module.load(gpus=gpus())
     else:
-        print("measuring host memcpy, disk read" + ("" if args.no_gpu else " and GPU copies")
-              + "...", flush=True)
+        if not args.dir.is_dir():   # never create it: the ceiling would be some other disk's
+            raise RestoreprofError(f"-D {args.dir}: no such folder",
+                                   hint="pass -D a folder on the disk that holds the "
+                                        "checkpoints (it is not created)")
+        if not args.quiet and not args.json:
+            print("measuring host memcpy, disk read" + ("" if args.no_gpu else " and GPU copies")
+                  + "...", flush=True)
         found = gpus()
-        ceilings = ceilings_module.measure(args.dir, gpu=not args.no_gpu,
-                                           gpu_info=found[0] if found else None)
+        with contextlib.ExitStack() as stack:
+            progress = (stack.enter_context(StepProgress("calibrate"))
+                        if progress_wanted(args) else None)
+            ceilings = ceilings_module.measure(
+                args.dir, gpu=not args.no_gpu, gpu_info=found[0] if found else None,
+                disk_bytes=args.disk_mib << 20,
+                progress=(lambda text: progress.describe(f"calibrate: {text}")) if progress
+                else None)
         path = ceilings_module.save(ceilings)
-        print(f"cached in {path}")
+        if not args.json:
+            print(f"cached in {path}")
     if args.json:
         print(json.dumps(ceilings.to_dict(), indent=2))
     else:

@@ -7,7 +7,9 @@ import json
 from pathlib import Path
 
 from restoreprof.checkpoint import checkpoint
-from restoreprof.commands._output import print_steps
+from restoreprof.commands._args import accept_dash_values
+from restoreprof.commands._output import add_quiet_flag, print_steps, step_progress
+from restoreprof.optimizer import config
 
 name = "checkpoint"
 help = "checkpoint a process tree (CUDA processes included) into a folder"
@@ -17,31 +19,35 @@ def prepare_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-p", "--pid", type=int, required=True, help="root of the tree to checkpoint")
     parser.add_argument("-D", "--dir", type=Path, required=True, help="new or empty folder for images")
     parser.add_argument("--leave-running", action="store_true", help="keep the tree running after")
-    parser.add_argument("--no-offload", action="store_true",
-                        help="never offload GPU memory through the interception library")
     parser.add_argument("--lock-timeout", type=int, default=10_000, metavar="MS",
                         help="how long the driver may wait for CUDA work to drain (default 10000)")
     parser.add_argument("--criu-arg", action="append", default=[], metavar="ARG",
-                        help="extra argument for criu dump (repeatable)")
+                        help="extra argument for criu dump (repeatable; "
+                             "--criu-arg --tcp-established and --criu-arg=--tcp-established "
+                             "both work)")
+    accept_dash_values(parser, "--criu-arg")
     parser.add_argument("--store", nargs="?", type=Path, const=True, default=None, metavar="PATH",
                         help="put GPU memory chunks in the deduplicating snapshot store (default "
                              "$RESTOREPROF_STORE, else /var/lib/restoreprof/store)")
-    parser.add_argument("--sync", action="store_true",
-                        help="report success only once every byte is on disk (fsync)")
     parser.add_argument("--export", type=Path, metavar="OUT",
                         help="also write a standalone, portable copy into OUT (new or empty)")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    add_quiet_flag(parser)
+    config.add_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
+    settings = config.from_args(args)  # --no-offload: never offload through the library
     store = None
     if args.store is not None:
         from restoreprof.store.layout import default_store
 
         store = default_store() if args.store is True else args.store
-    result = checkpoint(args.pid, args.dir, leave_running=args.leave_running,
-                        offload=not args.no_offload, lock_timeout_ms=args.lock_timeout,
-                        criu_args=args.criu_arg, store=store, sync=args.sync)
+    with step_progress(args, "checkpoint"):
+        result = checkpoint(args.pid, args.dir, leave_running=args.leave_running,
+                            offload=settings.offload, lock_timeout_ms=args.lock_timeout,
+                            criu_args=args.criu_arg, optimizer=settings, store=store,
+                            sync=settings.sync)
     exported = None
     if args.export:
         from restoreprof.store.export import export

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import textwrap
 
-from restoreprof.system.doctor import diagnose, kernel_summary
+from restoreprof.doctor import diagnose, kernel_summary
 
 name = "doctor"
 help = "check what this machine can trace and restore, and how to fix what is missing"
@@ -27,7 +28,11 @@ def run(args: argparse.Namespace) -> int:
         mark = {True: "ok", False: "MISSING" if check.required else "missing", None: "-"}[check.ok]
         print(f"  {check.name:<22} {mark:<8} {check.detail}")
         if check.ok is False and check.fix:
-            print(f"  {'':<22} {'fix:':<8} {check.fix}")
+            # wrapped to 80 columns, as the rest of the table
+            lines = textwrap.wrap(check.fix, 80 - 34) or [""]
+            print(f"  {'':<22} {'fix:':<8} {lines[0]}")
+            for line in lines[1:]:
+                print(f"  {'':<22} {'':<8} {line}")
     verdict = "ready: tracing and restore can work" if report.ready else "NOT ready: fix the MISSING rows"
     print(verdict)
     return 0 if report.ready else 1

@@ -6,8 +6,6 @@ import argparse
 import json
 from pathlib import Path
 
-from restoreprof.errors import RestoreprofError
-
 name = "report"
 help = "print the summary of a saved trace and write its exports again"
 
@@ -24,12 +22,9 @@ def run(args: argparse.Namespace) -> int:
     from restoreprof.analysis import analyze
     from restoreprof.exports import write_all
     from restoreprof.exports.report import summary
-    from restoreprof.trace.model import TRACE_FILE_NAME, Trace
+    from restoreprof.trace.model import Trace, find_trace_file
 
-    path = args.trace / TRACE_FILE_NAME if args.trace.is_dir() else args.trace
-    if not path.exists():
-        raise RestoreprofError(f"no trace at {path}",
-                               hint="record one with 'restoreprof trace -o OUTDIR ...'")
+    path = find_trace_file(args.trace)
     trace = Trace.load(path)
     report = analyze(trace)
     print(json.dumps(report, indent=2) if args.json else summary(report))

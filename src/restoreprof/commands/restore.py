@@ -7,8 +7,10 @@ import json
 from pathlib import Path
 
 from restoreprof.checkpoint import restore
-from restoreprof.commands._output import print_steps
+from restoreprof.commands._args import accept_dash_values
+from restoreprof.commands._output import add_quiet_flag, print_steps, step_progress
 from restoreprof.errors import RestoreprofError
+from restoreprof.optimizer import config
 
 name = "restore"
 help = "restore a checkpoint made by 'restoreprof checkpoint'"
@@ -36,13 +38,21 @@ def prepare_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--gpu-only", action="store_true",
                         help="only the GPU step: resume processes a failed restore left locked")
     parser.add_argument("--criu-arg", action="append", default=[], metavar="ARG",
-                        help="extra argument for criu restore (repeatable)")
+                        help="extra argument for criu restore (repeatable; "
+                             "--criu-arg --tcp-established and --criu-arg=--tcp-established "
+                             "both work)")
+    accept_dash_values(parser, "--criu-arg")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    add_quiet_flag(parser)
+    config.add_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
-    result = restore(args.dir, gpu_map=_gpu_map(args.gpu_map), parallel=not args.serial,
-                     verify=not args.no_verify, criu_args=args.criu_arg, gpu_only=args.gpu_only)
+    settings = config.from_args(args)
+    with step_progress(args, "restore"):
+        result = restore(args.dir, gpu_map=_gpu_map(args.gpu_map), parallel=not args.serial,
+                         verify=not args.no_verify, criu_args=args.criu_arg,
+                         gpu_only=args.gpu_only, optimizer=settings)
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))
         return 0

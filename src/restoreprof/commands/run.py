@@ -8,16 +8,20 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import math
+import signal
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from restoreprof.checkpoint import checkpoint
 from restoreprof.checkpoint.manifest import Manifest
 from restoreprof.errors import RestoreprofError, require_root
-from restoreprof.tuner.autotune import MIN_BUDGET, tune
+from restoreprof.optimizer.config import OptimizerConfig
+from restoreprof.tuner.autotune import MIN_BUDGET, MIN_REPEAT, tune
 from restoreprof.tuner.database import TuningDatabase
 from restoreprof.tuner.identity import identify
 from restoreprof.tuner.trial import Check, TrialRunner, pids_alive
@@ -41,7 +45,7 @@ def prepare_parser(parser: argparse.ArgumentParser) -> None:
                         help=f"restores the search may spend (default {DEFAULT_BUDGET})")
     parser.add_argument("--repeat", type=int, default=DEFAULT_REPEAT, metavar="K",
                         help="final runs of default, plain path and winner, for the spread "
-                             f"(default {DEFAULT_REPEAT})")
+                             f"(default {DEFAULT_REPEAT}, at least {MIN_REPEAT})")
     parser.add_argument("--db", type=Path, default=None, metavar="PATH",
                         help="tuning database (default $RESTOREPROF_TUNING_DB, else "
                              "~/.config/restoreprof/tuning.json)")
@@ -50,7 +54,9 @@ def prepare_parser(parser: argparse.ArgumentParser) -> None:
                              "them, as after a reboot or on a new node)")
     parser.add_argument("--no-trace", action="store_true",
                         help="time trials from the restore's steps only, without the profiler")
-    parser.add_argument("--no-save", action="store_true", help="do not write the tuning database")
+    parser.add_argument("--no-save", action="store_true",
+                        help="do not write the tuning database (a winner that is not "
+                             "significantly faster is never saved)")
     parser.add_argument("--mib", type=int, default=None, metavar="MIB",
                         help="built-in workload: host memory it holds (default 512, 256 with a GPU)")
     parser.add_argument("--gpu-mib", type=int, default=None, metavar="MIB",
@@ -60,8 +66,10 @@ def prepare_parser(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     require_root("restoreprof run")
-    if args.repeat < 1:
-        raise RestoreprofError("--repeat must be at least 1", hint="e.g. --repeat 3")
+    if args.repeat < MIN_REPEAT:
+        raise RestoreprofError(f"--repeat {args.repeat} cannot measure the run-to-run spread",
+                               hint=f"give --repeat {MIN_REPEAT} or more (default "
+                                    f"{DEFAULT_REPEAT})")
     if args.budget < MIN_BUDGET:
         raise RestoreprofError(f"--budget {args.budget} is too small to search",
                                hint=f"give at least {MIN_BUDGET} restores (16 or more is better)")
@@ -70,12 +78,27 @@ def run(args: argparse.Namespace) -> int:
     outdir = _new_folder(args.output or Path(f"restoreprof-run-{time.strftime('%Y%m%d-%H%M%S')}"))
     say = _printer(sys.stderr if args.json else sys.stdout)
     holders: list[HeldMemory] = []
+    with _terminate_as_interrupt():
+        try:
+            directory, check = _checkpoint_to_tune(args, outdir, holders, say)
+            return _tune(args, directory, outdir, check, say)
+        finally:
+            for holder in holders:
+                holder.stop()   # only still running when something failed before its checkpoint
+
+
+@contextlib.contextmanager
+def _terminate_as_interrupt() -> Iterator[None]:
+    """SIGTERM unwinds like Ctrl-C, so a trial's cleanup (its restored processes killed, its
+    copy of the checkpoint removed) runs either way."""
+    def interrupt(_signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
     try:
-        directory, check = _checkpoint_to_tune(args, outdir, holders, say)
-        return _tune(args, directory, outdir, check, say)
+        yield
     finally:
-        for holder in holders:
-            holder.stop()   # only still running when something failed before its checkpoint
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _printer(stream) -> Callable[[str], None]:
@@ -100,12 +123,14 @@ def _checkpoint_to_tune(args: argparse.Namespace, outdir: Path, holders: list[He
     if args.pid is not None:
         say(f"checkpointing PID {args.pid} into {outdir / 'checkpoint'} (it stops; restore it "
             f"later with 'restoreprof restore -D {outdir / 'checkpoint'}')")
-        checkpoint(args.pid, outdir / "checkpoint", leave_running=False)
+        checkpoint(args.pid, outdir / "checkpoint", leave_running=False,
+                   optimizer=OptimizerConfig.load())
         return outdir / "checkpoint", pids_alive
     holder = _start_workload(args, outdir, say)
     holders.append(holder)
     group = [holder, *holder.children()]
-    checkpoint(holder.pid, outdir / "checkpoint", leave_running=False)
+    checkpoint(holder.pid, outdir / "checkpoint", leave_running=False,
+               optimizer=OptimizerConfig.load())
     holders.clear()   # checkpointed: CRIU has stopped it
 
     def data_intact(result: dict) -> str | None:
@@ -159,6 +184,8 @@ def _tune(args: argparse.Namespace, directory: Path, outdir: Path, check: Check,
         say(line)
     spreads = outcome.spreads
     facts = {"restore": {"verify": outcome.winner.get("verify", True)},
+             "significant": outcome.significant,
+             "spread_s_max": outcome.spread_s if math.isfinite(outcome.spread_s) else None,
              "tuned_s": spreads["tuned"].median_s, "default_s": spreads["default"].median_s,
              "plain_s": spreads["plain"].median_s,
              "speedup_over_default": round(outcome.speedup_over_default, 3),
@@ -169,7 +196,9 @@ def _tune(args: argparse.Namespace, directory: Path, outdir: Path, check: Check,
     summary = {"host": host.to_dict(), "key": host.key, "winner": outcome.winner, **facts,
                "outdir": str(outdir), "trial_results": [t.to_dict() for t in outcome.trials]}
     (outdir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    if not args.no_save:
+    if not outcome.significant:
+        say(f"nothing saved in {db.path}: {outcome.verdict()}")
+    elif not args.no_save:
         db.record(host, outcome.settings(), **facts)
         say(f"saved for '{host.key}' in {db.path}: 'restoreprof restore' and 'restoreprof exec' "
             "now start from these settings")

@@ -76,6 +76,9 @@ def run(args: argparse.Namespace) -> int:
         print(bpf_program.render(uprobe_multi=uprobe_multi.supported()))
         return 0
     target = _target(args)
+    if args.output.exists() and not args.output.is_dir():   # before tracing, not after
+        raise RestoreprofError(f"-o {args.output} is a file, not a folder for the exports",
+                               hint="pass -o a new or existing folder")
     from restoreprof.analysis import analyze
     from restoreprof.exports import write_all
     from restoreprof.exports.report import summary
@@ -106,4 +109,8 @@ def run(args: argparse.Namespace) -> int:
     paths = write_all(trace, report, args.output, formats=formats(args))
     print(summary(report))
     print(f"\nwrote {', '.join(p.name for p in paths)} to {args.output}")
-    return 0
+    # a script sees the traced command's failure as it would without the profiler
+    status = trace.meta.shell_exit_status
+    if status:
+        print(f"the traced command exited with status {status}", file=sys.stderr)
+    return status or 0

@@ -41,7 +41,8 @@ def prepare_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--speed", type=float, default=1.0,
                         help="replay speed: 1 real time, 10 ten times faster, 0 all at once")
     parser.add_argument("words", nargs=argparse.REMAINDER, metavar="TRACE | -- CMD",
-                        help="a saved trace to replay, or -- and a command to run and trace")
+                        help="a saved trace to replay (the folder 'restoreprof trace -o' wrote, "
+                             "or its trace.rptrace), or -- and a command to run and trace")
     parser.set_defaults(_tui_parser=parser)
 
 
@@ -90,7 +91,8 @@ def _normalize(args: argparse.Namespace) -> argparse.Namespace:
     if sum(chosen) != 1:
         raise RestoreprofError(
             "say what to watch: one of -- CMD, -p PID, --restore DIR or a trace file",
-            hint="e.g. restoreprof tui -- python3 restore.py, or restoreprof tui trace.json",
+            hint="e.g. restoreprof tui -- python3 restore.py, or restoreprof tui OUTDIR (a folder "
+                 "written by 'restoreprof trace -o OUTDIR')",
         )
     if args.speed < 0:
         raise RestoreprofError(f"--speed {args.speed} is negative",
@@ -103,11 +105,10 @@ def make_feed(args: argparse.Namespace):
     from restoreprof.tui.feed import LiveFeed, ReplayFeed
     from restoreprof.tui.pipeline import load_trace
 
-    if args.trace is not None:
-        if not args.trace.exists():
-            raise RestoreprofError(f"no trace file at {args.trace}",
-                                   hint="record one with 'restoreprof trace -o OUTDIR -- CMD'")
-        return ReplayFeed(load_trace(args.trace), speed=args.speed)
+    if args.trace is not None:   # what 'restoreprof report' takes: a folder or its trace file
+        from restoreprof.trace.model import find_trace_file
+
+        return ReplayFeed(load_trace(find_trace_file(args.trace)), speed=args.speed)
 
     if args.pid is not None and not os.path.exists(f"/proc/{args.pid}"):
         raise RestoreprofError(f"no process with PID {args.pid}",

@@ -1,5 +1,9 @@
 """restoreprof warm: the warm pool. Hold cuInit, the CUDA contexts and the engine's staging pool,
-and preload snapshots for `restoreprof restore` (optimizer.pool), until stopped."""
+and preload snapshots for `restoreprof restore` (optimizer.pool), until stopped.
+
+Its settings are resolved here as every command resolves them (flags, environment, config
+file, tuning DB): the staging it pins is the one a restore with the same settings uses as it is.
+"""
 
 from __future__ import annotations
 
@@ -16,8 +20,8 @@ help = ("keep CUDA warm (contexts, pinned staging pool) and preload GPU memory f
 
 
 def prepare_parser(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--no-pool", action="store_true",
-                        help="hold contexts only, no pinned staging pool (pinned on first use)")
+    parser.add_argument("--no-staging", action="store_true",
+                        help="hold contexts only, no staging pool (made on first use)")
     config.add_arguments(parser)
 
 
@@ -26,18 +30,20 @@ def run(args: argparse.Namespace) -> int:
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
-    pool = WarmPool(cfg, with_staging=not args.no_pool)
-    t = pool.warmed.timings
+    warm_pool = WarmPool(cfg, with_staging=not args.no_staging)
+    t = warm_pool.warmed.timings
+    staging = (f"{warm_pool.staging_bytes() >> 20} MiB pinned" if cfg.pinned
+               else "pageable (--no-pinned: nothing pinned)")
     print(f"warm: {t.devices} GPU(s); cuInit {t.init_s * 1e3:.0f} ms, "
-          f"contexts {t.contexts_s * 1e3:.0f} ms, staging pool {pool.staging_bytes() >> 20} MiB in "
-          f"{pool.staging_s * 1e3:.0f} ms")
-    path = pool.bind()
+          f"contexts {t.contexts_s * 1e3:.0f} ms, staging pool {staging} in "
+          f"{warm_pool.staging_s * 1e3:.0f} ms")
+    path = warm_pool.bind()
     print(f"serving preloads on {path}; Ctrl-C or SIGTERM to stop", flush=True)
     try:
-        pool.serve(stop)
+        warm_pool.serve(stop)
     finally:
-        pool.release()
-    s = pool.stats
+        warm_pool.release()
+    s = warm_pool.stats
     print(f"warm: released; {s.served} snapshot(s) preloaded ({s.bytes / 1e9:.2f} GB), "
           f"{s.failed} failed")
     return 0

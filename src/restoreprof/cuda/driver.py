@@ -1,4 +1,14 @@
-"""The CUDA driver API as restoreprof uses it, over cuda-python's ``cuda.bindings.driver``.
+"""The CUDA driver API as restoreprof's Python uses it: the one module that reaches libcuda.
+
+Over cuda-python's ``cuda.bindings.driver``, not ctypes: the checkpoint API takes argument
+structs (lock, restore with GPU pairs, ...) that NVIDIA's own bindings define and version with
+the driver's headers, where ctypes would need hand-copied layouts that no test could check
+against a real driver here. What ctypes gave the old Python engine no longer matters: the
+copies run in C (optimizer/engine.py binds the engine), so Python makes a handful of calls per
+restore (cuInit, contexts, the checkpoint API), each of which cuda-python makes without the
+GIL. The library loaded is the one restoreprof.system.paths resolves (RESTOREPROF_LIBCUDA
+included, the test double in tests), loaded first under its soname so that cuda-python's own
+dlopen finds it, and so do the interception library's calls in this process.
 
 Every call is checked; a failure raises CudaError naming the call and the driver's error.
 Without a driver (no GPU machine) the first call raises NoDriverError, which says so.
@@ -91,6 +101,15 @@ def init() -> None:
         _initialized = True
 
 
+def has_entry_point(name: str) -> bool:
+    """Whether the resolved driver exports name (a newer driver's function), without calling it;
+    False where there is no driver, OSError where it cannot be loaded."""
+    from restoreprof.system.paths import libcuda_path
+
+    path = libcuda_path()
+    return bool(path) and hasattr(ctypes.CDLL(path), name)
+
+
 def available() -> bool:
     try:
         init()
@@ -148,6 +167,18 @@ def primary_context(index: int = 0) -> Any:
     ctx = check("cuDevicePrimaryCtxRetain", cu.cuDevicePrimaryCtxRetain(dev))
     check("cuCtxSetCurrent", cu.cuCtxSetCurrent(ctx))
     return ctx
+
+
+def primary_context_release(index: int) -> None:
+    """Drop one reference to device index's primary context (taken by primary_context)."""
+    cu = bindings()
+    dev = check("cuDeviceGet", cu.cuDeviceGet(index))
+    check("cuDevicePrimaryCtxRelease", cu.cuDevicePrimaryCtxRelease(dev))
+
+
+def set_current(ctx: Any) -> None:
+    """Make ctx current on this thread (the engine works on the caller's current context)."""
+    check("cuCtxSetCurrent", bindings().cuCtxSetCurrent(ctx))
 
 
 def mem_alloc(nbytes: int) -> int:

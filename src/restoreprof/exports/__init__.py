@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from restoreprof.errors import RestoreprofError
 from restoreprof.exports import chrome, flamegraph, report, speedscope
 from restoreprof.trace.model import TRACE_FILE_NAME, Trace
 
@@ -19,7 +20,15 @@ def write_all(trace: Trace, report_dict: dict, outdir: Path, *,
               formats: tuple[str, ...] = FORMATS, save_trace: bool = True) -> list[Path]:
     """Write the trace file and each export in formats to outdir; returns the paths."""
     outdir = Path(outdir)
-    outdir.mkdir(parents=True, exist_ok=True)
+    if outdir.exists() and not outdir.is_dir():
+        raise RestoreprofError(f"{outdir} is a file, not a folder for the exports",
+                               hint="pass -o a new or existing folder (the exports are "
+                                    "trace.json, flame.*, speedscope.json and report.json)")
+    try:
+        outdir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise RestoreprofError(f"cannot create the output folder {outdir}: {exc.strerror}",
+                               hint="pass -o a folder you can write") from exc
     paths = [trace.save(outdir / TRACE_FILE_NAME)] if save_trace else []
     if "perfetto" in formats:
         paths.append(chrome.write(trace, outdir / "trace.json"))

@@ -1,43 +1,106 @@
-"""flame.folded and flame.svg: where the traced time went, as a flame graph.
+"""flame.folded and flame.svg: where the restore's wall time went, as a flame graph.
 
-Stacks are ``phase;program;call;detail`` (detail: the file read, or a copy's direction and
-host memory), weighted by the calls' time in microseconds. The SVG is drawn here, with a small
-inline script in the manner of Brendan Gregg's flamegraph.pl: click a frame to zoom into it,
-click the bottom frame (or press Escape) to reset; each frame's title gives its share.
+Each instant of the wall time is counted once, for the phase the report gives it (the
+critical path: GPU memory restore first, then CPU memory restore, then context creation, else
+other), so the frames add up to the traced wall time and each phase's width is its share in
+report.json. Within a phase an instant goes to the calls in flight (shared evenly where several
+run at once), as ``phase;program;call;detail`` (detail: the file read, or a copy's direction and
+host memory); a restore step covers only time in which none of the work it contains was seen
+(``phase;restore steps;step``), never beside it. Time with nothing traced is
+``other;(nothing traced)``. Weights are microseconds.
+
+The SVG is drawn here, with a small inline script in the manner of Brendan Gregg's
+flamegraph.pl: click a frame to zoom into it, click the bottom frame (or press Escape) to
+reset; each frame's title gives its share.
 """
 
 from __future__ import annotations
 
-from collections import Counter
+from collections import Counter, defaultdict
 from pathlib import Path
 from xml.sax.saxutils import escape
 
-from restoreprof.exports._common import detail, phase_of, process_names
-from restoreprof.trace.events import PROCESS, Event
+from restoreprof.analysis.phases import PRIORITY, wall_bounds
+from restoreprof.analysis.stats import transfer_ns
+from restoreprof.exports._common import OTHER, detail, phase_of, process_names
+from restoreprof.trace.events import MARK, PROCESS, Event
 from restoreprof.trace.model import Trace
 
 WIDTH, FRAME_HEIGHT, FONT_PX, PAD = 1200, 17, 12, 10
+NOTHING_TRACED = "(nothing traced)"
+STEPS_FRAME = "restore steps"
+_OWNERS = (*PRIORITY, OTHER)
 
 
 def _clean(text: str) -> str:
     return text.replace(";", ",").replace("\n", " ").strip() or "?"
 
 
-def folded_stacks(trace: Trace) -> Counter[str]:
-    events: list[Event] = [e for e in trace.events if e.kind != PROCESS]
-    phases = phase_of(events)
-    names = process_names(trace.events)
-    stacks: Counter[str] = Counter()
-    for e in events:
-        if e.extra.get("outer"):
-            continue   # the inner call carries the time and bytes, once
-        weight_us = (max(e.end_ns, e.complete_ns) - e.start_ns) // 1000
-        if weight_us <= 0:
-            continue
-        frames = [phases[id(e)], names.get(e.pid, f"pid {e.pid}"), e.name]
+def _stack(e: Event, phase: str, names: dict[int, str]) -> str:
+    if e.kind == MARK:
+        frames = [phase, STEPS_FRAME, e.name]
+    else:
+        frames = [phase, names.get(e.pid, f"pid {e.pid}"), e.name]
         if detail(e):
             frames.append(detail(e))
-        stacks[";".join(_clean(f) for f in frames)] += weight_us
+    return ";".join(_clean(f) for f in frames)
+
+
+def wall_time_stacks_ns(trace: Trace) -> Counter[str]:
+    """Folded stack -> ns of the wall time it holds; the values add up to the wall time."""
+    events = [e for e in trace.events if e.kind != PROCESS and not e.extra.get("outer")]
+    wall_start, wall_end = wall_bounds(trace.events)
+    phases = phase_of(events)
+    names = process_names(trace.events)
+    # (time, +1 start / -1 end, phase, step?, stack); ends sort before starts at one instant
+    edges: list[tuple[int, int, str, bool, str]] = []
+    for e in events:
+        end = e.start_ns + transfer_ns(e)   # async copies run until their completion
+        if end <= e.start_ns:
+            continue
+        phase = phases[id(e)]
+        stack = _stack(e, phase, names)
+        edges.append((e.start_ns, 1, phase, e.kind == MARK, stack))
+        edges.append((end, -1, phase, e.kind == MARK, stack))
+    edges.sort(key=lambda edge: (edge[0], edge[1]))
+    # phase -> (active work, active steps): stack -> how many in flight
+    active: dict[str, tuple[Counter, Counter]] = defaultdict(lambda: (Counter(), Counter()))
+    weights: Counter[str] = Counter()
+    time = wall_start
+    for at, delta, phase, is_step, stack in [*edges, (wall_end, 0, OTHER, False, "")]:
+        if at > time:
+            _attribute(active, at - time, weights)
+            time = at
+        if delta:
+            counter = active[phase][1 if is_step else 0]
+            counter[stack] += delta
+            if counter[stack] <= 0:
+                del counter[stack]
+    return weights
+
+
+def _attribute(active: dict[str, tuple[Counter, Counter]], span_ns: int,
+               weights: Counter[str]) -> None:
+    """span_ns of wall time to the highest-priority phase in flight: its work, else its steps."""
+    for phase in _OWNERS:
+        if phase not in active:
+            continue
+        work, steps = active[phase]
+        in_flight = work or steps
+        if in_flight:
+            total = sum(in_flight.values())
+            for stack, count in in_flight.items():
+                weights[stack] += span_ns * count / total
+            return
+    weights[f"{OTHER};{NOTHING_TRACED}"] += span_ns
+
+
+def folded_stacks(trace: Trace) -> Counter[str]:
+    """Folded stack -> microseconds of the wall time (stacks under 1 us are left out)."""
+    stacks: Counter[str] = Counter()
+    for stack, ns in wall_time_stacks_ns(trace).items():
+        if round(ns / 1000) > 0:
+            stacks[stack] = round(ns / 1000)
     return stacks
 
 
@@ -138,6 +201,6 @@ function zoom(target) {{
 
 
 def write_svg(trace: Trace, path: Path) -> Path:
-    title = f"restoreprof: {trace.meta.target} (time in calls, us)"
+    title = f"restoreprof: {trace.meta.target} (wall time, us)"
     path.write_text(render_svg(folded_stacks(trace), title))
     return path

@@ -21,17 +21,9 @@ from typing import Any
 
 from restoreprof.errors import RestoreprofError
 from restoreprof.optimizer.config import OptimizerConfig
+from restoreprof.system.paths import user_run_dirs
 
 DEFAULT_TIMEOUT_S = 600.0  # an offload of tens of GiB to a slow disk takes minutes
-
-
-def user_run_dirs(uid: int) -> list[Path]:
-    """Where uid's sockets go (the library's, a warm pool's), in the order they are tried
-    (control.c: choose_dir)."""
-    dirs = []
-    if os.environ.get("RESTOREPROF_RUN_DIR"):
-        dirs.append(Path(os.environ["RESTOREPROF_RUN_DIR"]))
-    return [*dirs, Path("/run/restoreprof"), Path(f"/tmp/restoreprof-{uid}")]
 
 
 def run_dirs(pid: int) -> list[Path]:
@@ -130,7 +122,7 @@ class ShimControl:
         streams, threads = (1, 1) if safe else (cfg.streams, cfg.threads)
         start = time.monotonic()
         result = _parse_ok_numbers(self.request(
-            f"{verb} {path} {streams} {cfg.chunk_mb} {threads}{extra}"))
+            f"{verb} {path} {streams} {cfg.chunk_mb} {threads} {int(cfg.pinned)}{extra}"))
         result["wall_seconds"] = time.monotonic() - start
         return result
 

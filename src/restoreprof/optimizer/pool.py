@@ -17,7 +17,8 @@ the contexts no longer shares the PCIe link with it.
     loaded.release()                               # the pool drops its references
 
 Protocol, one connection per snapshot, AF_UNIX SOCK_SEQPACKET (each message one JSON object):
-the client sends {"op": "preload", "streams", "threads"} with the snapshot's open descriptor
+the client sends {"op": "preload", "streams", "threads", "chunk_mb", "pinned"} (its resolved
+settings) with the snapshot's open descriptor
 attached (the pool reads what the client could open, nothing else); the pool answers
 {"items": [...]} messages carrying up to FDS_PER_MESSAGE descriptors of GPU memory each, then
 {"done": true, "seconds": s} or {"error": "..."}. The pool holds its own references to that
@@ -27,7 +28,6 @@ memory until the client hangs up. Only the pool's user and root may connect.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import socket
 import struct
@@ -37,43 +37,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from restoreprof.errors import RestoreprofError
+from restoreprof.optimizer import engine
 from restoreprof.optimizer.config import OptimizerConfig
-from restoreprof.optimizer.control import user_run_dirs
 from restoreprof.optimizer.preload import Allocation, preload_snapshot
+from restoreprof.system.paths import user_run_dirs
+from restoreprof.system.warm_socket import connect as _connect
+from restoreprof.system.warm_socket import find_socket  # noqa: F401 (the pool's clients use it)
+from restoreprof.system.warm_socket import receive as _receive
+from restoreprof.system.warm_socket import send as _send
+from restoreprof.system.warm_socket import socket_name as _socket_name
 
 FDS_PER_MESSAGE = 200         # SCM_RIGHTS carries at most 253 descriptors a message
-MESSAGE_BYTES = 1 << 16
-CONNECT_TIMEOUT_S = 1.0       # a pool that does not answer at once is treated as absent
 PRELOAD_TIMEOUT_S = 600.0
-
-
-def _socket_name() -> str:
-    return f"warm-{os.geteuid()}.sock"
-
-
-def find_socket() -> Path | None:
-    """This user's pool socket, or None when no pool was started."""
-    for directory in user_run_dirs(os.geteuid()):
-        candidate = directory / _socket_name()
-        if candidate.exists():
-            return candidate
-    return None
-
-
-def _connect() -> socket.socket | None:
-    """A connection to this user's pool, or None when none answers (no socket, or a stale one
-    a killed pool left, or one we may not use)."""
-    path = find_socket()
-    if path is None:
-        return None
-    conn = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    conn.settimeout(CONNECT_TIMEOUT_S)
-    try:
-        conn.connect(str(path))
-    except OSError:
-        conn.close()
-        return None
-    return conn
 
 
 def pool_running() -> bool:
@@ -81,22 +56,6 @@ def pool_running() -> bool:
     if conn is not None:
         conn.close()  # hanging up before a request is no request at all
     return conn is not None
-
-
-def describe_pool() -> dict | None:
-    """{"pid", "pinned": [[base, bytes], ...]} of this user's running pool, or None. The
-    profiler traces the pool beside a restore; its staging buffers were pinned before the trace
-    began, so the profiler learns them here to classify the pool's copies."""
-    conn = _connect()
-    if conn is None:
-        return None
-    with conn:
-        try:
-            _send(conn, {"op": "describe"})
-            reply, _ = _receive(conn, 0)
-        except OSError:
-            return None
-    return reply if "pid" in reply else None
 
 
 # --- the pool's side ---------------------------------------------------------------------------
@@ -116,7 +75,7 @@ class WarmPool:
         from restoreprof.optimizer.prewarm import warm
 
         self.cfg = cfg or OptimizerConfig()
-        self.warmed = warm(self.cfg, with_pool=False)
+        self.warmed = warm()
         self.staging_s = 0.0
         if with_staging and self.warmed.contexts:
             self.staging_s = _warm_engine(self.warmed, self.cfg)
@@ -175,13 +134,11 @@ class WarmPool:
 
     def staging_bytes(self) -> int:
         """The pinned staging the engine holds now."""
-        return sum(size for _, size in _staging_ranges())
+        return sum(size for _, size in engine.staging_ranges())
 
     def release(self) -> None:
         self.close()
-        from restoreprof.optimizer.engine import native_engine
-
-        native_engine().rp_engine_release()
+        engine.release_staging()
         self.warmed.release()
 
     def _serve_one(self, conn: socket.socket) -> None:
@@ -196,14 +153,13 @@ class WarmPool:
                 try:
                     _check_peer(conn)
                     if request.get("op") == "describe" and not fds:
-                        _send(conn, {"pid": os.getpid(), "pinned": _staging_ranges()})
+                        _send(conn, {"pid": os.getpid(), "pinned": engine.staging_ranges()})
                         return
                     if request.get("op") != "preload" or len(fds) != 1:
                         raise RestoreprofError(
                             "expected a preload request with one descriptor",
                             hint="use optimizer.pool.preload_through_pool to talk to the pool")
-                    cfg = OptimizerConfig(streams=int(request.get("streams", self.cfg.streams)),
-                                          threads=int(request.get("threads", self.cfg.threads)))
+                    cfg = _request_settings(request, self.cfg)
                     loaded = preload_snapshot(Path(request.get("name", "snapshot")), cfg,
                                               fd=fds[0])
                 finally:
@@ -227,39 +183,22 @@ class WarmPool:
                     loaded.release()
 
 
+def _request_settings(request: dict, own: OptimizerConfig) -> OptimizerConfig:
+    """The restore's engine settings, as it resolved them (the pool's own for any it left out):
+    where they equal the pool's, the staging pinned at start-up is used as it is."""
+    asked = {name: request[name] for name in ("streams", "threads", "chunk_mb", "pinned")
+             if name in request}
+    return OptimizerConfig(**(own.as_dict() | asked))
+
+
 def _warm_engine(warmed, cfg: OptimizerConfig) -> float:
     """The C engine's staging pool, made now on the first GPU's primary context."""
-    import ctypes
+    from restoreprof.cuda import driver
 
-    from restoreprof.optimizer.engine import native_engine
-
-    lib = native_engine()
-    lib.rp_engine_warm.restype = ctypes.c_int
-    lib.rp_engine_warm.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_size_t]
     start = time.monotonic()
-    first = min(warmed.contexts)
-    warmed.driver.call("cuCtxSetCurrent", warmed.contexts[first])
-    rc = lib.rp_engine_warm(cfg.streams, cfg.threads, cfg.chunk_mb << 20)
-    if rc != 0:
-        raise RestoreprofError(f"the engine's staging pool could not be made (CUDA error {rc})",
-                               hint="run 'restoreprof warm --no-pool' to hold contexts only")
+    driver.set_current(warmed.contexts[min(warmed.contexts)])
+    engine.warm_staging(cfg)
     return time.monotonic() - start
-
-
-def _staging_ranges() -> list[list[int]]:
-    """[base, bytes] of each pinned staging buffer the engine holds in this process."""
-    import ctypes
-
-    from restoreprof.optimizer.engine import native_engine
-
-    lib = native_engine()
-    lib.rp_engine_staging.restype = ctypes.c_long
-    lib.rp_engine_staging.argtypes = [ctypes.POINTER(ctypes.c_uint64), ctypes.c_long,
-                                      ctypes.POINTER(ctypes.c_size_t)]
-    bases = (ctypes.c_uint64 * 1024)()
-    slot = ctypes.c_size_t()
-    n = lib.rp_engine_staging(bases, len(bases), ctypes.byref(slot))
-    return [[bases[i], slot.value] for i in range(n)]
 
 
 def _private_dir(directory: Path) -> None:
@@ -325,7 +264,8 @@ def preload_through_pool(snapshot: Path, cfg: OptimizerConfig | None = None) -> 
         conn.settimeout(PRELOAD_TIMEOUT_S)
         with open(snapshot, "rb") as f:
             _send(conn, {"op": "preload", "name": str(snapshot), "streams": cfg.streams,
-                         "threads": cfg.threads}, [f.fileno()])
+                         "threads": cfg.threads, "chunk_mb": cfg.chunk_mb,
+                         "pinned": cfg.pinned}, [f.fileno()])
         while True:
             message, fds = _receive(conn, FDS_PER_MESSAGE)
             if not message:
@@ -349,21 +289,3 @@ def preload_through_pool(snapshot: Path, cfg: OptimizerConfig | None = None) -> 
     except BaseException:
         PooledSnapshot(Path(snapshot), items, 0.0, conn).release()
         raise
-
-
-def _send(conn: socket.socket, message: dict, fds: list[int] | None = None) -> None:
-    data = json.dumps(message).encode()
-    if fds:
-        socket.send_fds(conn, [data], fds)
-    else:
-        conn.send(data)
-
-
-def _receive(conn: socket.socket, max_fds: int) -> tuple[dict, list[int]]:
-    """One message and its descriptors; ({}, []) when the other side hung up."""
-    data, fds, _flags, _addr = socket.recv_fds(conn, MESSAGE_BYTES, max_fds)
-    if not data:
-        for fd in fds:
-            os.close(fd)
-        return {}, []
-    return json.loads(data), list(fds)

@@ -20,33 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from restoreprof.errors import RestoreprofError
+from restoreprof.optimizer import engine
 from restoreprof.optimizer.config import OptimizerConfig
-
-MAX_ALLOCATIONS = 1 << 16
-
-
-class _Preloaded(ctypes.Structure):  # struct rp_preloaded in shim/preload.c
-    _fields_ = [("address", ctypes.c_uint64), ("size", ctypes.c_uint64),
-                ("reserved", ctypes.c_uint64), ("device", ctypes.c_int32),
-                ("fd", ctypes.c_int32), ("handle", ctypes.c_uint64), ("local", ctypes.c_uint64),
-                ("uuid", ctypes.c_uint8 * 16)]
-
-
-def _library() -> ctypes.CDLL:
-    from restoreprof.optimizer.engine import native_engine
-
-    lib = native_engine()
-    lib.rp_snapshot_preload.restype = ctypes.c_long
-    lib.rp_snapshot_preload.argtypes = [ctypes.c_char_p, ctypes.c_int, ctypes.c_int,
-                                        ctypes.POINTER(_Preloaded), ctypes.c_long,
-                                        ctypes.c_char_p, ctypes.c_size_t]
-    lib.rp_snapshot_preload_fd.restype = ctypes.c_long
-    lib.rp_snapshot_preload_fd.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int,
-                                           ctypes.POINTER(_Preloaded), ctypes.c_long,
-                                           ctypes.c_char_p, ctypes.c_size_t]
-    lib.rp_preloaded_release.restype = None
-    lib.rp_preloaded_release.argtypes = [ctypes.POINTER(_Preloaded), ctypes.c_long]
-    return lib
 
 
 @dataclass(frozen=True)
@@ -87,25 +62,26 @@ class PreloadedSnapshot:
     def release(self) -> None:
         """Drop this process's references (the memory lives on where it was adopted)."""
         if self.count:
-            _library().rp_preloaded_release(self.items, self.count)
+            engine.library().rp_preloaded_release(self.items, self.count)
             self.count = 0
 
 
 def preload_snapshot(snapshot: Path, cfg: OptimizerConfig | None = None, *,
                      fd: int | None = None) -> PreloadedSnapshot:
     """Load every allocation of snapshot (read through fd when given) into new, exportable GPU
-    memory; raises on any failure (a damaged chunk included), leaving nothing allocated."""
-    cfg = cfg or OptimizerConfig()
-    items = (_Preloaded * MAX_ALLOCATIONS)()
+    memory with cfg's streams, threads, chunk size and staging; raises on any failure (a
+    damaged chunk included), leaving nothing allocated."""
+    params = engine.EngineParams.of(cfg or OptimizerConfig())
+    items = (engine.Preloaded * engine.MAX_PRELOAD_ALLOCATIONS)()
     err = ctypes.create_string_buffer(512)
-    lib = _library()
+    lib = engine.library()
     start = time.monotonic()
     if fd is None:
-        count = lib.rp_snapshot_preload(str(snapshot).encode(), cfg.streams, cfg.threads, items,
-                                        MAX_ALLOCATIONS, err, len(err))
+        count = lib.rp_snapshot_preload(str(snapshot).encode(), ctypes.byref(params), items,
+                                        len(items), err, len(err))
     else:
-        count = lib.rp_snapshot_preload_fd(fd, cfg.streams, cfg.threads, items, MAX_ALLOCATIONS,
-                                           err, len(err))
+        count = lib.rp_snapshot_preload_fd(fd, ctypes.byref(params), items, len(items), err,
+                                           len(err))
     if count < 0:
         raise RestoreprofError(f"preloading {snapshot} failed: {err.value.decode(errors='replace')}",
                                hint="the restore falls back to reloading inside the process")

@@ -30,7 +30,7 @@ def build(out_dir: Path | None = None, force: bool = False) -> Path:
     out = library_path(out_dir)
     if out.exists() and out.stat().st_mtime >= SOURCE.stat().st_mtime and not force:
         return out
-    from restoreprof.optimizer.shim.build import c_compiler
+    from restoreprof.system.cbuild import c_compiler
 
     out.parent.mkdir(parents=True, exist_ok=True)
     subprocess.run([c_compiler(), *CFLAGS, "-o", str(out), str(SOURCE), "-ldl"], check=True)

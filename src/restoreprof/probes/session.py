@@ -192,6 +192,8 @@ class TraceSession:
         """Detach the probes and return the trace (its meta has lost_events set)."""
         if self._probes is None or self._meta is None:
             raise RuntimeError("TraceSession.stop() before start()")
+        # the command's own exit status; none where tracing stopped it (duration, Ctrl-C)
+        ended = self._child.poll() if self._child is not None else None
         self._stop_child()
         self._probes.consume()
         self._drain()
@@ -205,6 +207,7 @@ class TraceSession:
             enrich(self.events, self._known_pinned)
         meta = self._meta
         meta.end_ns = time.monotonic_ns()
+        meta.exit_status = ended
         meta.lost_events = self._lost
         meta.pids = sorted({e.pid for e in self.events} | set(self._roots))
         self._probes = None
@@ -226,7 +229,7 @@ class TraceSession:
     def _follow_warm_pool(self) -> list[int]:
         """A running warm pool does a restore's GPU memory transfer in its own process: trace
         it too ([its PID], or []), knowing which of its buffers it pinned before the trace."""
-        from restoreprof.optimizer.pool import describe_pool
+        from restoreprof.system.warm_socket import describe_pool
 
         pool = describe_pool()
         if pool is None:

@@ -8,7 +8,6 @@ recorded anew and written last, so an interrupted export is never taken for a ch
 
 from __future__ import annotations
 
-import ctypes
 import shutil
 from pathlib import Path
 
@@ -19,18 +18,9 @@ MANIFEST_NAME = "restoreprof.json"
 
 
 def _blake3():
-    from restoreprof.optimizer.engine import native_engine
+    from restoreprof.optimizer.engine import blake3
 
-    lib = native_engine()
-    lib.rp_blake3.restype = None
-    lib.rp_blake3.argtypes = [ctypes.c_char_p, ctypes.c_size_t, ctypes.c_char_p]
-
-    def digest(data: bytes) -> str:
-        out = ctypes.create_string_buffer(32)
-        lib.rp_blake3(data, len(data), out)
-        return out.raw.hex()
-
-    return digest
+    return blake3
 
 
 def export(directory: Path, out: Path) -> dict:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import ctypes.util
 import glob
 import os
+import platform
 import re
 import shutil
 import subprocess
@@ -19,13 +20,26 @@ from restoreprof.errors import RestoreprofError
 
 MIN_CRIU_VERSION = (4, 0)
 
-# Where drivers put libcuda on the machines we know (NVIDIA containers use /usr/local/nvidia).
-_LIBCUDA_DIRS = (
-    "/usr/local/nvidia/lib64",
-    "/usr/lib/x86_64-linux-gnu",
-    "/usr/lib64",
-    "/usr/lib/wsl/lib",
-)
+def multiarch() -> str:
+    """This machine's multiarch triplet (x86_64-linux-gnu, aarch64-linux-gnu): the folder
+    under /usr/lib where Debian and Ubuntu put its libraries."""
+    return getattr(sys.implementation, "_multiarch", "") or f"{platform.machine()}-linux-gnu"
+
+
+def debian_arch() -> str:
+    """This machine's Debian architecture name (amd64, arm64), as package names use it."""
+    try:
+        out = subprocess.run(["dpkg", "--print-architecture"], capture_output=True, text=True,
+                             timeout=10).stdout.strip()
+    except (OSError, subprocess.TimeoutExpired):
+        out = ""
+    return out or {"x86_64": "amd64", "aarch64": "arm64"}.get(platform.machine(), platform.machine())
+
+
+def libcuda_dirs() -> tuple[str, ...]:
+    """Where drivers put libcuda on the machines we know (NVIDIA containers use
+    /usr/local/nvidia), for this machine's architecture (GH200 and GB200 are aarch64)."""
+    return ("/usr/local/nvidia/lib64", f"/usr/lib/{multiarch()}", "/usr/lib64", "/usr/lib/wsl/lib")
 
 
 def _venv_criu() -> Path:
@@ -69,7 +83,7 @@ def libcuda_path() -> str | None:
     override = os.environ.get("RESTOREPROF_LIBCUDA")
     if override:
         return override
-    for directory in _LIBCUDA_DIRS:
+    for directory in libcuda_dirs():
         hits = sorted(glob.glob(os.path.join(directory, "libcuda.so.*[0-9]")))
         if hits:
             return os.path.realpath(hits[-1])
@@ -78,7 +92,15 @@ def libcuda_path() -> str | None:
 
 
 def shim_library_path() -> Path:
-    """The LD_PRELOAD interception library built by the setup command."""
-    from restoreprof.optimizer.shim.build import library_path
+    """The LD_PRELOAD interception library built by the setup command (optimizer/shim/build.py
+    writes it there; named here so the ground floor imports nothing above it)."""
+    return Path(__file__).resolve().parent.parent / "optimizer" / "shim" / "librestoreprof_shim.so"
 
-    return library_path()
+
+def user_run_dirs(uid: int) -> list[Path]:
+    """Where uid's sockets go (the interception library's, a warm pool's), in the order they
+    are tried (shim/control.c: choose_dir)."""
+    dirs = []
+    if os.environ.get("RESTOREPROF_RUN_DIR"):
+        dirs.append(Path(os.environ["RESTOREPROF_RUN_DIR"]))
+    return [*dirs, Path("/run/restoreprof"), Path(f"/tmp/restoreprof-{uid}")]

@@ -24,6 +24,9 @@ BLOCK_EVENTS = 65536
 TRACE_FILE_NAME = "trace.rptrace"
 
 _COLUMNS = tuple(f.name for f in fields(Event) if f.name != "extra")
+# each column's one JSON type (the annotations are strings: events.py defers them)
+_COLUMN_TYPES = {f.name: {"int": int, "str": str}[str(f.type)] for f in fields(Event)
+                 if f.name != "extra"}
 
 
 @dataclass(slots=True)
@@ -39,14 +42,40 @@ class TraceMeta:
     restoreprof_version: str = __version__
     start_ns: int = 0                    # CLOCK_MONOTONIC when tracing started
     end_ns: int = 0                      # and when it stopped
+    # the traced command's exit status as os.waitstatus_to_exitcode gives it (-N: killed by
+    # signal N); None for a PID, or a command that tracing stopped (duration, Ctrl-C)
+    exit_status: int | None = None
+    # the ceilings this trace was judged by when it was recorded (Ceilings.to_dict()): a saved
+    # trace is judged against them again, not against whatever this machine measures later
+    ceilings: dict | None = None
+
+    @property
+    def shell_exit_status(self) -> int | None:
+        """exit_status as a shell reports it (128 + N for signal N)."""
+        if self.exit_status is None:
+            return None
+        return self.exit_status if self.exit_status >= 0 else 128 - self.exit_status
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict) -> TraceMeta:
+        """The meta of a trace file; TypeError where a field has the wrong JSON type."""
         known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
+        values = {k: v for k, v in data.items() if k in known}
+        for name, value in values.items():
+            if not isinstance(value, _META_TYPES[name]) or isinstance(value, bool):
+                raise TypeError(f"meta field {name!r} is {type(value).__name__}")
+        return cls(**values)
+
+
+_META_TYPES: dict[str, tuple[type, ...]] = {
+    "target": (str,), "pids": (list,), "command": (list,), "started_wall": (int, float),
+    "clock": (str,), "hostname": (str,), "gpus": (list,), "lost_events": (int,),
+    "restoreprof_version": (str,), "start_ns": (int,), "end_ns": (int,),
+    "exit_status": (int, type(None)), "ceilings": (dict, type(None)),
+}
 
 
 @dataclass(slots=True)
@@ -71,8 +100,11 @@ class Trace:
         try:
             with gzip.open(path, "rt", encoding="utf-8") as f:
                 header = json.loads(f.readline())
-                if header.get("format") != FORMAT:
+                if not isinstance(header, dict) or header.get("format") != FORMAT:
                     raise ValueError("not a restoreprof trace")
+                if not isinstance(header.get("version", 0), int) or not isinstance(
+                        header.get("meta"), dict):
+                    raise ValueError("its header has no version number or no meta object")
                 if header.get("version", 0) > FORMAT_VERSION:
                     raise RestoreprofError(
                         f"{path} was written by a newer restoreprof (format "
@@ -80,15 +112,40 @@ class Trace:
                 events: list[Event] = []
                 for line in f:
                     events.extend(_unblock(json.loads(line)))
-        except (OSError, ValueError, EOFError, KeyError) as exc:
+        except (OSError, ValueError, EOFError, KeyError, TypeError, AttributeError) as exc:
+            # TypeError, AttributeError: JSON of the wrong shape (a list for a block, a string
+            # for a column, a field of the wrong type)
             raise RestoreprofError(
                 f"cannot read trace {path}: {exc}",
                 hint="pass a file written by 'restoreprof trace' (OUTDIR/trace.rptrace)",
             ) from exc
-        return cls(TraceMeta.from_dict(header["meta"]), events)
+        try:
+            meta = TraceMeta.from_dict(header["meta"])
+        except TypeError as exc:
+            raise RestoreprofError(f"cannot read trace {path}: its meta is malformed ({exc})",
+                                   hint="pass a file written by 'restoreprof trace' "
+                                        "(OUTDIR/trace.rptrace)") from exc
+        return cls(meta, events)
 
     def sorted_events(self) -> list[Event]:
         return sorted(self.events, key=lambda e: (e.start_ns, e.end_ns))
+
+
+def find_trace_file(path: str | Path) -> Path:
+    """The trace file a user means by path: the file itself, or the trace file in a folder
+    that 'restoreprof trace -o' wrote (an export beside it, like trace.json, also leads there)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / TRACE_FILE_NAME
+    elif path.name != TRACE_FILE_NAME and (path.parent / TRACE_FILE_NAME).exists() and (
+            path.suffix in (".json", ".folded", ".svg")):
+        path = path.parent / TRACE_FILE_NAME   # an export of that trace: read the trace itself
+    if not path.exists():
+        raise RestoreprofError(f"no trace at {path}",
+                               hint="pass a folder written by 'restoreprof trace -o OUTDIR' (or "
+                                    "OUTDIR/trace.rptrace in it); record one with "
+                                    "'restoreprof trace -o OUTDIR -- CMD'")
+    return path
 
 
 def _block(events: list[Event]) -> dict:
@@ -100,9 +157,20 @@ def _block(events: list[Event]) -> dict:
 def _unblock(block: dict) -> list[Event]:
     columns = block["columns"]
     n = block["n"]
+    if not isinstance(n, int) or not isinstance(columns, dict):
+        raise ValueError("an event block has no count or no columns")
     defaults = {f.name: f.default for f in fields(Event) if f.name != "extra"}
     values = [columns.get(name) or [defaults[name]] * n for name in _COLUMNS]
+    for name, column in zip(_COLUMNS, values, strict=True):
+        # type() over the column runs at C speed: a million events cost milliseconds
+        if not isinstance(column, list) or len(column) != n or not set(
+                map(type, column)) <= {_COLUMN_TYPES[name]}:
+            raise ValueError(f"the column {name!r} of an event block is not {n} values of type "
+                             f"{_COLUMN_TYPES[name].__name__}")
     events = [Event(*row) for row in zip(*values, strict=True)]
-    for index, extra in block.get("extra", {}).items():
+    extras = block.get("extra", {})
+    if not isinstance(extras, dict) or not all(isinstance(x, dict) for x in extras.values()):
+        raise ValueError("the extra fields of an event block are not objects")
+    for index, extra in extras.items():
         events[int(index)].extra = extra
     return events

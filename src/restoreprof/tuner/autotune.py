@@ -3,8 +3,11 @@
     1. restore with the built-in defaults, profiled: its bottleneck orders the settings;
     2. coordinate descent over the settings that matter for this checkpoint (space.py);
     3. successive halving among the fastest points found, to pick a winner that is not noise;
-    4. the default, the plain driver path and the winner, `repeat` times each, interleaved:
-       the spread and the speedups come from these runs only.
+    4. the default, the plain path and the winner, `repeat` times each, interleaved: the
+       spread and the speedups come from these runs only;
+    5. the verdict: the winner counts only when its median beats both the default's and the
+       plain path's by more than the run-to-run spread (the widest range of any of the three);
+       otherwise "no significant difference", and nothing is saved.
 """
 
 from __future__ import annotations
@@ -36,6 +39,8 @@ from restoreprof.tuner.space import (
 from restoreprof.tuner.trial import Trial, TrialRunner
 
 MIN_BUDGET = 4
+MIN_REPEAT = 2  # one run of each cannot show the spread
+NO_DIFFERENCE = "no significant difference"
 
 
 @dataclass
@@ -46,6 +51,35 @@ class Outcome:
     bottleneck: str | None
     trials: list[Trial] = field(default_factory=list)
     phase_lines: list[str] = field(default_factory=list)
+
+    @property
+    def spread_s(self) -> float:
+        """Run-to-run spread: the widest max - min of the default, plain and tuned runs (inf
+        when any of them has fewer than two successful runs)."""
+        widths = [max(s.times_s) - min(s.times_s) if len(s.times_s) >= 2 else math.inf
+                  for s in self.spreads.values()]
+        return max(widths)
+
+    @property
+    def significant(self) -> bool:
+        """The winner beats the default and the plain path by more than the spread."""
+        tuned = self.spreads["tuned"].median_s
+        return (self.winner != self.default_point and math.isfinite(tuned)
+                and tuned < self.spreads["default"].median_s - self.spread_s
+                and tuned < self.spreads["plain"].median_s - self.spread_s)
+
+    def verdict(self) -> str:
+        if self.significant:
+            return (f"significant: the winner beats the default and the plain path by more "
+                    f"than the run-to-run spread ({self.spread_s:.3f} s)")
+        if self.winner == self.default_point:
+            why = "the best point found is the default"
+        elif not math.isfinite(self.spread_s):
+            why = "too few successful runs to measure the spread"
+        else:
+            why = (f"the winner is not faster than both the default and the plain path by more "
+                   f"than the run-to-run spread ({self.spread_s:.3f} s)")
+        return f"{NO_DIFFERENCE}: {why}"
 
     @property
     def speedup_over_default(self) -> float:
@@ -63,8 +97,9 @@ class Outcome:
         lines = [f"winner: {describe(self.winner, self.default_point)}",
                  *(self.spreads[k].line() for k in ("tuned", "default", "plain")),
                  f"speedup: {self.speedup_over_default:.2f}x over the untuned default, "
-                 f"{self.speedup_over_plain:.2f}x over the plain driver path (medians)"]
-        if self.winner.get("verify") is False:
+                 f"{self.speedup_over_plain:.2f}x over the plain path (medians)",
+                 self.verdict()]
+        if self.significant and self.winner.get("verify") is False:
             lines.append("note: the winner skips the image checksums; restore with --no-verify "
                          "to get its time (the tuned optimizer settings apply either way)")
         return [*lines, "", *self.phase_lines]
@@ -76,9 +111,13 @@ def tune(runner: TrialRunner, *, budget: int, repeat: int, start: Point | None =
     if budget < MIN_BUDGET:
         raise RestoreprofError(f"--budget {budget} is too small to search",
                                hint=f"give at least {MIN_BUDGET} restores (16 or more is better)")
+    if repeat < MIN_REPEAT:
+        raise RestoreprofError(f"--repeat {repeat} cannot measure the run-to-run spread",
+                               hint=f"give --repeat {MIN_REPEAT} or more (3 is the default)")
     processes = runner.manifest.processes
     space = build_space(has_cuda=bool(runner.manifest.cuda_pids),
-                        has_offload=any(p.offload for p in processes))
+                        has_offload=any(p.offload for p in processes),
+                        cuda_processes=len(runner.manifest.cuda_pids))
     default, plain = default_point(space), plain_point(space)
     began = time.monotonic()
     best: list[Trial] = []

@@ -21,12 +21,14 @@ from typing import Any
 
 from restoreprof.errors import RestoreprofError
 from restoreprof.optimizer import config as optimizer_config
+from restoreprof.settings import layers as settings_layers
 from restoreprof.tuner.identity import HostIdentity, identify
 
 FORMAT = "restoreprof-tuning"
 VERSION = 1
 ENV_VAR = "RESTOREPROF_TUNING_DB"
 _SETTING_NAMES = {s.name for s in optimizer_config.SETTINGS}
+RETIRED_SETTINGS = {"prewarm", "pool_mb"}
 
 
 def default_path() -> Path:
@@ -130,6 +132,8 @@ class TuningDatabase:
 def _check_entry(key: str, entry: Any) -> None:
     if not isinstance(entry, dict) or not isinstance(entry.get("settings"), dict):
         raise ValueError(f"entry {key!r} has no settings")
+    for name in RETIRED_SETTINGS & set(entry["settings"]):
+        del entry["settings"][name]  # acted on nothing; older databases still hold them
     unknown = set(entry["settings"]) - _SETTING_NAMES
     if unknown:
         raise ValueError(f"entry {key!r} has unknown settings {sorted(unknown)}")
@@ -152,17 +156,17 @@ def tuned_settings(directory: str | os.PathLike | None = None,
 
 def install_tuned_defaults(directory: str | os.PathLike | None = None,
                            db_path: str | os.PathLike | None = None, announce: bool = True) -> None:
-    """Make OptimizerConfig.load() start from the settings tuned for this host.
+    """Make OptimizerConfig.resolve() start from the settings tuned for this host.
 
     directory: the checkpoint folder when the command has one (its storage is part of the
     key); without it, the newest entry for this GPU is used. The database is read once, on
-    the first load(), and a line on stderr says which tuned values apply.
+    the first resolve, and a line on stderr says which tuned values apply.
     """
-    cache: dict[str, dict] = {}
+    cache: dict[str, tuple[dict[str, Any], str] | None] = {}
 
-    def tuned() -> dict[str, Any]:
-        if "settings" not in cache:
-            cache["settings"] = {}
+    def tuned() -> tuple[dict[str, Any], str] | None:
+        if "found" not in cache:
+            cache["found"] = None
             try:
                 found = tuned_settings(directory, db_path)
             except (RestoreprofError, OSError) as exc:
@@ -170,18 +174,19 @@ def install_tuned_defaults(directory: str | os.PathLike | None = None,
                 found = None
             if found:
                 key, settings, path = found
-                cache["settings"] = settings
+                cache["found"] = (settings, f"{key} in {path}")
                 if announce:
                     shown = " ".join(f"{k}={int(v) if isinstance(v, bool) else v}"
                                      for k, v in sorted(settings.items()))
                     print(f"restoreprof: using tuned settings for {key} from {path}: {shown} "
                           "(flags, environment and config file still win)", file=sys.stderr)
-        return dict(cache["settings"])
+        found = cache["found"]
+        return (dict(found[0]), found[1]) if found else None
 
-    optimizer_config.tuned_defaults = tuned
+    settings_layers.tuned_provider = tuned
 
 
 def uninstall_tuned_defaults() -> None:
-    optimizer_config.tuned_defaults = None
+    settings_layers.tuned_provider = None
 
 

@@ -31,7 +31,7 @@ class Spread:
 
 def progress_line(trial: Trial, default: Point, elapsed_s: float, best: Trial | None) -> str:
     took = f"{trial.seconds:7.3f} s" if trial.ok else "  FAILED "
-    what = "plain driver path" if trial.stage == "plain" else describe(trial.point, default)
+    what = "plain path" if trial.stage == "plain" else describe(trial.point, default)
     best_text = (f"best {best.seconds:.3f} s (#{best.number})" if best and best.ok else "best -")
     return (f"trial {trial.number:>3} {trial.stage:<8} {took}  {what:<32} "
             f"[{elapsed_s:5.0f} s, {best_text}]")

@@ -2,6 +2,11 @@
 
 A point is a plain dict {setting: value}. Its keys are OptimizerConfig fields, plus ``verify``
 (the restore's image checksum pass, an argument of restore() rather than an optimizer field).
+
+Only settings that change the restore are searched, and only where they do (``matters``): a
+setting that acts on nothing would be timed as noise and could be "won" by chance.
+tests/integration/test_tuner_dimensions.py restores one checkpoint with each dimension changed
+and shows what each change did to the restore or its engine.
 """
 
 from __future__ import annotations
@@ -46,10 +51,9 @@ DIMENSIONS = {
     "verify": _bool("verify"),
     "readahead": _bool("readahead"),
     "threads": Dimension("threads", (1, 2, 4, 8, 16, 32), ordered=True),
-    "prewarm": _bool("prewarm"),
     "parallel": _bool("parallel"),
     "streams": Dimension("streams", (1, 2, 4, 8, 16), ordered=True),
-    "chunk_mb": Dimension("chunk_mb", (8, 16, 32, 64, 128, 256), ordered=True),
+    "chunk_mb": Dimension("chunk_mb", (1, 2, 4, 8, 16, 32, 64), ordered=True),
     "pinned": _bool("pinned"),
     "preload": _bool("preload"),
 }
@@ -60,8 +64,7 @@ PHASE_SETTINGS: tuple[tuple[tuple[str, ...], tuple[str, ...]], ...] = (
     (("verify", "checksum"), ("verify", "readahead", "threads")),
     (("reload", "h2d", "gpu memory", "copy", "pcie"),
      ("streams", "chunk_mb", "threads", "pinned", "preload", "parallel")),
-    (("cuinit", "context", "prewarm", "init"), ("prewarm",)),
-    (("driver", "unlock", "gpu"), ("parallel", "prewarm")),
+    (("driver", "unlock", "gpu"), ("parallel",)),
     (("criu", "page", "cpu", "image", "read", "disk", "storage"), ("readahead", "threads", "verify")),
 )
 
@@ -71,18 +74,26 @@ def _readahead_runs(point: Point) -> bool:
     return not point.get("verify", True)
 
 
-def build_space(has_cuda: bool, has_offload: bool) -> list[Dimension]:
-    """The dimensions that change the restore of a checkpoint with/without CUDA and offload."""
-    def threads_used(point: Point) -> bool:   # read-ahead threads, and the reload's threads
+def build_space(has_cuda: bool, has_offload: bool, cuda_processes: int = 1) -> list[Dimension]:
+    """The dimensions that change the restore of this checkpoint, each with when it acts.
+
+    verify: the image check. readahead: only without it (the check reads every image itself).
+    threads: the read-ahead's threads, and the engine's where GPU memory was offloaded.
+    streams, chunk_mb, pinned: the engine's, which loads offloaded GPU memory (preload or
+    reload). preload: only with parallel on. parallel: gates the preload, and restores several
+    CUDA processes at once: with neither (no offload, one CUDA process) it acts on nothing.
+    """
+    def threads_used(point: Point) -> bool:
         return has_offload or (_readahead_runs(point) and bool(point.get("readahead")))
 
     names = ["verify", "readahead", "threads"]
-    if has_cuda:
-        names += ["prewarm", "parallel"]
+    if has_cuda and (has_offload or cuda_processes > 1):
+        names.append("parallel")
     if has_offload:
         names += ["preload", "streams", "chunk_mb", "pinned"]
     space = [DIMENSIONS[n] for n in names]
-    rules = {"readahead": _readahead_runs, "threads": threads_used}
+    rules = {"readahead": _readahead_runs, "threads": threads_used,
+             "preload": lambda point: bool(point.get("parallel", True))}
     return [replace(d, matters=rules.get(d.name)) for d in space]
 
 
@@ -93,9 +104,9 @@ def default_point(space: list[Dimension], config: OptimizerConfig | None = None)
 
 
 def plain_point(space: list[Dimension]) -> Point:
-    """The plain driver path: offload, parallel restore, read-ahead and pre-warm off."""
-    return default_point(space) | {"readahead": False, "prewarm": False, "parallel": False,
-                                   "offload": False, "preload": False}
+    """The plain path: no read-ahead, no preload, processes restored one after another (where
+    GPU memory was offloaded, the process reloads it itself)."""
+    return default_point(space) | {"readahead": False, "parallel": False, "preload": False}
 
 
 def settings_for_phase(phase: str | None) -> tuple[str, ...]:

@@ -4,6 +4,9 @@
     -> check the restored processes -> kill and reap them -> keep the trace in OUTDIR/trial-N/
 
 CRIU restores with the original PIDs, so every restored tree is gone before the next trial.
+An interrupted trial (Ctrl-C, or SIGTERM, which `restoreprof run` turns into one) cleans up
+the same way, with further signals held off meanwhile: the restore's own process group (it
+and its criu) is killed, the restored processes are stopped and the copy removed.
 """
 
 from __future__ import annotations
@@ -15,8 +18,9 @@ import os
 import shutil
 import signal
 import subprocess
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -107,6 +111,39 @@ def stop_tree(pids: list[int], timeout_s: float = 10) -> None:
                                 "the next restore needs these PIDs free")
 
 
+@contextlib.contextmanager
+def signals_held() -> Iterator[None]:
+    """Hold SIGINT and SIGTERM off while cleanup runs (main thread only); one that came
+    meanwhile is raised as KeyboardInterrupt afterwards."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    arrived: list[int] = []
+    previous = {sig: signal.signal(sig, lambda signum, _frame: arrived.append(signum))
+                for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if arrived:
+        raise KeyboardInterrupt
+
+
+def kill_restore(pid_file: Path, timeout_s: float = 10) -> None:
+    """Kill a trial's restore process and its group (criu) if still there, and wait for them."""
+    try:
+        pid = int(pid_file.read_text())
+    except (OSError, ValueError):
+        return
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signal.SIGKILL)
+    deadline = time.monotonic() + timeout_s
+    while _alive(pid) and time.monotonic() < deadline:
+        _reap(pid)
+        time.sleep(0.01)
+
+
 def pids_alive(result: dict) -> str | None:
     """The check for a user's checkpoint: every restored PID is running."""
     dead = [p for p in result.get("pids", []) if not _alive(p)]
@@ -187,10 +224,12 @@ class TrialRunner:
         except RestoreprofError as exc:
             trial.error = str(exc)
         finally:
-            stop_tree(result.get("pids") or self._manifest_pids())
-            if (copy / "criu-restore.log").exists():
-                shutil.move(copy / "criu-restore.log", trial_dir / "criu-restore.log")
-            shutil.rmtree(copy, ignore_errors=True)
+            with signals_held():
+                kill_restore(trial_dir / restore_once.PID_FILE_NAME)
+                stop_tree(result.get("pids") or self._manifest_pids())
+                if (copy / "criu-restore.log").exists():
+                    shutil.move(copy / "criu-restore.log", trial_dir / "criu-restore.log")
+                shutil.rmtree(copy, ignore_errors=True)
         (trial_dir / "trial.json").write_text(json.dumps(
             trial.to_dict() | {"config": config.as_dict(), "verify": options["verify"]}, indent=2) + "\n")
         self.trials.append(trial)

@@ -1,10 +1,12 @@
 /*
- * The library's configuration: the environment variables of restoreprof.optimizer.config
- * (which validates them before `restoreprof exec` starts a program). Here a bad value cannot
- * stop the program, so it is logged and the default kept.
+ * The library's configuration: the environment variables, ranges and defaults of
+ * restoreprof.settings.schema, through the header the build generates from it
+ * (settings_defaults.h). `restoreprof exec` sets every variable from the settings it resolved
+ * and validated; here a bad value cannot stop the program, so it is logged and the default kept.
  */
 #define _GNU_SOURCE
 #include "shim.h"
+#include "settings_defaults.h"
 
 #include <errno.h>
 #include <stdlib.h>
@@ -33,21 +35,23 @@ static long env_long(const char *primary, const char *alias, long low, long high
     return fallback;
 }
 
+/* The setting's value from its variables, else the schema's default (settings_defaults.h). */
+#define SETTING(NAME)                                                                         \
+    env_long(RP_SETTING_##NAME##_ENV, RP_SETTING_##NAME##_ALIAS, RP_SETTING_##NAME##_LOW,     \
+             RP_SETTING_##NAME##_HIGH, RP_SETTING_##NAME##_DEFAULT)
+
 void rp_config_load(void)
 {
-    rp_config.streams = (int)env_long("RESTOREPROF_STREAMS", "CRIU_CUDA_STREAMS", 1, 32, 8);
-    rp_config.chunk_bytes =
-        (size_t)env_long("RESTOREPROF_CHUNK_MB", "CRIU_CUDA_CHUNK_MB", 1, 4096, 64) * RP_MIB;
-    rp_config.threads = (int)env_long("RESTOREPROF_THREADS", NULL, 1, 128, 8);
-    rp_config.pinned = (int)env_long("RESTOREPROF_PINNED", "CRIU_CUDA_USE_PINNED_MEM", 0, 1, 1);
-    rp_config.pool_bytes = (size_t)env_long("RESTOREPROF_POOL_MB", NULL, 0, 1L << 20, 0) * RP_MIB;
-    rp_config.min_intercept_bytes =
-        (size_t)env_long("RESTOREPROF_MIN_INTERCEPT_BYTES", NULL, 0, 1L << 50, 16L << 20);
-    rp_config.offload = (int)env_long("RESTOREPROF_OFFLOAD", NULL, 0, 1, 1);
-    rp_config.intercept = (int)env_long("RESTOREPROF_INTERCEPT", "CUDA_INTERCEPT_RESTORE", 0, 1, 1);
+    rp_config.streams = (int)SETTING(STREAMS);
+    rp_config.chunk_bytes = (size_t)SETTING(CHUNK_MB) * RP_MIB;
+    rp_config.threads = (int)SETTING(THREADS);
+    rp_config.pinned = (int)SETTING(PINNED);
+    rp_config.min_intercept_bytes = (size_t)SETTING(MIN_INTERCEPT_BYTES);
+    rp_config.offload = (int)SETTING(OFFLOAD);
+    rp_config.intercept = (int)SETTING(INTERCEPT);
     rp_config.debug = (int)env_long("RESTOREPROF_SHIM_DEBUG", NULL, 0, 1, 0);
     /* CRIU_CUDA_PARALLEL_RESTORE=0 means "the driver alone": no engine, no VMM. */
-    if (!env_long("RESTOREPROF_PARALLEL", "CRIU_CUDA_PARALLEL_RESTORE", 0, 1, 1))
+    if (!SETTING(PARALLEL))
         rp_config.intercept = rp_config.offload = 0;
     RP_DEBUG("config: streams=%d chunk=%zu MiB threads=%d pinned=%d min_intercept=%zu "
              "offload=%d intercept=%d",

@@ -8,11 +8,13 @@
  * for `criu dump` to trip over (CRIU can dump a listening socket, not one joined to a peer
  * outside the dumped tree). The listening socket itself is restored by CRIU at its path.
  *
- *   OFFLOAD <path> <streams> <chunk_mb> <threads> [<chunk dir> [<sync>]]
+ *   OFFLOAD <path> <streams> <chunk_mb> <threads> <pinned> [<chunk dir> [<sync>]]
  *                                                  -> OK <bytes> <ns> written=<bytes> | ERR
  *     (the table at path, the chunks in the chunk folder: relative to path's folder unless
  *     absolute, default <path's name>.chunks; sync 1: durable before OK)
- *   RELOAD <path> <streams> <chunk_mb> <threads>   -> OK <bytes> <ns> | ERR <message>
+ *   RELOAD <path> <streams> <chunk_mb> <threads> <pinned>   -> OK <bytes> <ns> | ERR <message>
+ *   (a number left out or negative: this process's own setting, from its environment; RELOAD
+ *   copies in the snapshot's chunk, one chunk file each)
  *   ADOPT <address> <gpu uuid> + one fd (SCM_RIGHTS) -> OK <bytes> <ns> remaining=<n> | ERR
  *   STATUS                                          -> OK state=<running|offloaded> ...
  *
@@ -90,9 +92,11 @@ static CUresult drain_contexts(struct alloc_list *list)
     return CUDA_SUCCESS;
 }
 
-static struct rp_engine_params params_from(int streams, int chunk_mb, int threads)
+static struct rp_engine_params params_from(int streams, int chunk_mb, int threads, int pinned)
 {
     struct rp_engine_params p = rp_engine_default_params();
+    if (pinned == 0 || pinned == 1)
+        p.pinned = pinned;
     if (streams > 0)
         p.streams = streams;
     if (chunk_mb > 0)
@@ -269,7 +273,7 @@ static void do_reload(const char *path, struct rp_engine_params p, char *reply, 
              rp_snapshot_open_chunks(table, path, &chunks, err, sizeof(err)) == 0 &&
              collect(&list) != 0)
         snprintf(err, sizeof(err), "out of memory");
-    p.chunk_bytes = table ? h.chunk_bytes : p.chunk_bytes; /* hashes are per saved chunk */
+    p.chunk_bytes = table ? h.chunk_bytes : p.chunk_bytes; /* one chunk file per copy */
     const struct snap_record *r = table ? rp_snapshot_first(table) : NULL;
     for (uint64_t i = 0; table && !err[0] && i < h.count; i++, r = rp_snapshot_next(r)) {
         struct rp_allocation *a = find_in(&list, r);
@@ -421,17 +425,18 @@ static void handle(const char *line, int fd, char *reply, size_t len)
 {
     char path[4096], uuid[40], chunk_dir[4096] = "";
     unsigned long long address = 0;
-    int streams = 0, chunk_mb = 0, threads = 0, sync = 0;
+    int streams = 0, chunk_mb = 0, threads = 0, pinned = -1, sync = 0;
     if (strcmp(line, "STATUS") == 0)
         do_status(reply, len);
     else if (sscanf(line, "ADOPT %llx %39s", &address, uuid) == 2)
         do_adopt((CUdeviceptr)address, uuid, fd, reply, len);
-    else if (sscanf(line, "OFFLOAD %4095s %d %d %d %4095s %d", path, &streams, &chunk_mb,
-                    &threads, chunk_dir, &sync) >= 1)
+    else if (sscanf(line, "OFFLOAD %4095s %d %d %d %d %4095s %d", path, &streams, &chunk_mb,
+                    &threads, &pinned, chunk_dir, &sync) >= 1)
         do_offload(path, chunk_dir[0] ? chunk_dir : default_chunk_dir(path, chunk_dir), sync,
-                   params_from(streams, chunk_mb, threads), reply, len);
-    else if (sscanf(line, "RELOAD %4095s %d %d %d", path, &streams, &chunk_mb, &threads) >= 1)
-        do_reload(path, params_from(streams, chunk_mb, threads), reply, len);
+                   params_from(streams, chunk_mb, threads, pinned), reply, len);
+    else if (sscanf(line, "RELOAD %4095s %d %d %d %d", path, &streams, &chunk_mb, &threads,
+                    &pinned) >= 1)
+        do_reload(path, params_from(streams, chunk_mb, threads, pinned), reply, len);
     else
         snprintf(reply, len, "ERR unknown request (OFFLOAD, RELOAD, ADOPT or STATUS)");
 }

@@ -46,7 +46,7 @@ static struct {
 struct rp_engine_params rp_engine_default_params(void)
 {
     return (struct rp_engine_params){ rp_config.streams, rp_config.threads,
-                                      rp_config.chunk_bytes };
+                                      rp_config.chunk_bytes, rp_config.pinned };
 }
 
 size_t rp_chunk_count(size_t bytes, size_t chunk)
@@ -126,14 +126,14 @@ static CUresult staging_fit(struct rp_engine_params p, CUcontext ctx)
 {
     int want_slots = 2 * p.threads;
     if (staging.context == ctx && staging.slot_bytes == p.chunk_bytes && staging.n_slots == want_slots &&
-        staging.n_streams == p.streams && staging.pinned == rp_config.pinned)
+        staging.n_streams == p.streams && staging.pinned == p.pinned)
         return CUDA_SUCCESS;
     uint64_t start = rp_now_ns();
     staging_free();
     rp_real.cuCtxSetCurrent(ctx);
     staging.context = ctx;
     staging.slot_bytes = p.chunk_bytes;
-    staging.pinned = rp_config.pinned;
+    staging.pinned = p.pinned;
     CUresult rc = rp_real.cuEventCreate(&staging.order, CU_EVENT_DISABLE_TIMING);
     while (rc == CUDA_SUCCESS && staging.n_streams < p.streams) {
         rc = rp_real.cuStreamCreate(&staging.streams[staging.n_streams], CU_STREAM_NON_BLOCKING);
@@ -145,8 +145,8 @@ static CUresult staging_fit(struct rp_engine_params p, CUcontext ctx)
                rp_error_name(rc));
         staging_free();
     } else {
-        RP_DEBUG("staging pool: %d x %zu MiB, %d streams", want_slots, p.chunk_bytes / RP_MIB,
-                 p.streams);
+        RP_DEBUG("staging pool: %d x %zu MiB %s, %d streams", want_slots, p.chunk_bytes / RP_MIB,
+                 p.pinned ? "pinned" : "pageable", p.streams);
     }
     atomic_fetch_add(&staging_setup_ns, rp_now_ns() - start);
     return rc;
@@ -208,6 +208,26 @@ static int write_full(int fd, const void *buf, size_t n, off_t offset)
         done += (size_t)put;
     }
     return 0;
+}
+
+/* Checks (H2D) or writes (D2H) the checksum of each piece of the chunk at offset: a chunk may
+ * cover several checksums (chunk_bytes is a multiple of checksum_bytes, see rp_engine_run). */
+static CUresult check_pieces(struct job *job, const void *buf, size_t offset, size_t n, int verify)
+{
+    struct rp_transfer *t = job->t;
+    size_t piece = t->checksum_bytes ? t->checksum_bytes : job->chunk;
+    for (size_t done = 0; t->checksums && done < n; done += piece) {
+        size_t len = n - done < piece ? n - done : piece;
+        size_t index = (offset + done) / piece;
+        uint32_t crc = rp_crc32c(0, (const char *)buf + done, len);
+        if (!verify) {
+            t->checksums[index] = crc;
+        } else if (crc != t->checksums[index]) {
+            rp_log("checksum mismatch in piece %zu: refusing to load it", index);
+            return RP_ERROR_CHECKSUM;
+        }
+    }
+    return CUDA_SUCCESS;
 }
 
 /* Waits for the slot's last DMA, if any. */
@@ -273,10 +293,9 @@ static CUresult h2d_chunk(struct job *job, struct slot *s, CUstream stream, size
         memcpy(s->buffer, (const char *)t->host + offset, n);
     else if (read_full(t->fd, s->buffer, n, t->file_offset + (off_t)offset))
         return RP_ERROR_IO;
-    if (t->checksums && rp_crc32c(0, s->buffer, n) != t->checksums[index]) {
-        rp_log("checksum mismatch in chunk %zu: refusing to load it", index);
-        return RP_ERROR_CHECKSUM;
-    }
+    rc = check_pieces(job, s->buffer, offset, n, 1);
+    if (rc != CUDA_SUCCESS)
+        return rc;
     return h2d_send(s, stream, t->device + offset, n);
 }
 
@@ -298,8 +317,7 @@ static CUresult d2h_drain(struct job *job, struct slot *s, size_t index)
         }
         return CUDA_SUCCESS;
     }
-    if (t->checksums)
-        t->checksums[index] = rp_crc32c(0, s->buffer, n);
+    check_pieces(job, s->buffer, offset, n, 0);
     if (t->host)
         memcpy((char *)t->host + offset, s->buffer, n);
     else if (write_full(t->fd, s->buffer, n, t->file_offset + (off_t)offset))
@@ -407,6 +425,12 @@ static CUresult caller_context(struct rp_engine_params p, CUcontext *ctx)
 
 CUresult rp_engine_run(struct rp_transfer *t, struct rp_engine_params p, int wait)
 {
+    size_t piece = t->checksums ? t->checksum_bytes : 0;
+    if (piece && p.chunk_bytes % piece) { /* an older snapshot's coarser checksums */
+        RP_DEBUG("chunk %zu B rounded up to a multiple of the %zu B checksums", p.chunk_bytes,
+                 piece);
+        p.chunk_bytes = (p.chunk_bytes / piece + 1) * piece;
+    }
     CUcontext ctx = NULL;
     CUresult rc = caller_context(p, &ctx);
     if (rc != CUDA_SUCCESS)
@@ -427,20 +451,19 @@ CUresult rp_engine_run(struct rp_transfer *t, struct rp_engine_params p, int wai
 
 /* Makes the whole staging pool now, on the caller's current context, for transfers with these
  * parameters: a process that serves transfers later (restoreprof warm) pays the pinning once,
- * ahead of them, instead of inside the first. */
-RP_EXPORT CUresult rp_engine_warm(int streams, int threads, size_t chunk_bytes)
+ * ahead of them, instead of inside the first (which finds the pool fitting and keeps it). */
+RP_EXPORT CUresult rp_engine_warm(const struct rp_engine_params *params)
 {
     if (rp_load_real())
         return CUDA_ERROR_NOT_INITIALIZED;
-    struct rp_engine_params p = { .streams = streams, .threads = threads,
-                                  .chunk_bytes = chunk_bytes };
+    struct rp_engine_params p = *params;
     CUcontext ctx = NULL;
     CUresult rc = caller_context(p, &ctx);
     if (rc != CUDA_SUCCESS)
         return rc;
     pthread_mutex_lock(&staging.busy);
     rc = staging_fit(p, ctx);
-    for (int worker = 0; rc == CUDA_SUCCESS && worker < threads; worker++)
+    for (int worker = 0; rc == CUDA_SUCCESS && worker < p.threads; worker++)
         rc = ensure_slots(worker);
     if (rc != CUDA_SUCCESS)
         staging_free();
@@ -461,22 +484,4 @@ RP_EXPORT long rp_engine_staging(uint64_t *bases, long max, size_t *slot_bytes)
     *slot_bytes = staging.slot_bytes;
     pthread_mutex_unlock(&staging.busy);
     return n;
-}
-
-/* The engine for a caller that loads this library without preloading it (restoreprof's own
- * Python engine, for files): file <-> device on the caller's current context, a crc32c per
- * chunk written (device to file) or verified (file to device) where checksums is not NULL. */
-RP_EXPORT CUresult rp_engine_file_transfer(int to_device, CUdeviceptr device, int fd,
-                                           long long file_offset, size_t bytes,
-                                           uint32_t *checksums, int streams, int threads,
-                                           size_t chunk_bytes)
-{
-    if (rp_load_real())
-        return CUDA_ERROR_NOT_INITIALIZED;
-    struct rp_transfer t = { .direction = to_device ? RP_H2D : RP_D2H, .device = device,
-                             .fd = fd, .file_offset = (off_t)file_offset, .bytes = bytes,
-                             .checksums = checksums };
-    struct rp_engine_params p = { .streams = streams, .threads = threads,
-                                  .chunk_bytes = chunk_bytes };
-    return rp_engine_run(&t, p, 1);
 }

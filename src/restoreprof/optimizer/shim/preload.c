@@ -87,11 +87,12 @@ static CUresult make_exportable(struct rp_preloaded *p)
 }
 
 /* Fills out[0..count) from the snapshot open on fd (read with pread: its offset is left alone)
- * and returns count, or -1 with err set (and nothing left allocated). streams/threads as for
- * the engine; the chunk size is the snapshot's (its checksums are per chunk). Each item's fd is
- * the memory, ready for ADOPT. The caller keeps fd. */
-RP_EXPORT long rp_snapshot_preload_fd(int fd, int streams, int threads, struct rp_preloaded *out,
-                                      long max, char *err, size_t errlen)
+ * and returns count, or -1 with err set (and nothing left allocated). params: the caller's
+ * settings, used as given but for the chunk, which is the snapshot's (one chunk file per
+ * copy). Each item's fd is the memory, ready for ADOPT. The caller keeps fd. */
+RP_EXPORT long rp_snapshot_preload_fd(int fd, const struct rp_engine_params *params,
+                                      struct rp_preloaded *out, long max, char *err,
+                                      size_t errlen)
 {
     if (rp_load_real() || !rp_real.cuMemExportToShareableHandle || !rp_real.cuDeviceGetUuid_v2 ||
         !rp_real.cuDevicePrimaryCtxRelease_v2) {
@@ -134,9 +135,10 @@ RP_EXPORT long rp_snapshot_preload_fd(int fd, int streams, int threads, struct r
         struct rp_transfer t = { .direction = RP_H2D, .device = p->local, .fd = -1,
                                  .bytes = r->size, .chunks = &chunks,
                                  .hashes = (uint8_t *)(r + 1) };
-        struct rp_engine_params params = { streams, threads, h.chunk_bytes };
+        struct rp_engine_params copy = *params;
+        copy.chunk_bytes = h.chunk_bytes; /* one chunk file per copy */
         if (rc == CUDA_SUCCESS)
-            rc = rp_engine_run(&t, params, 1);
+            rc = rp_engine_run(&t, copy, 1);
         int exported = -1;
         if (rc == CUDA_SUCCESS)
             rc = rp_real.cuMemExportToShareableHandle(&exported, p->handle,
@@ -160,7 +162,7 @@ RP_EXPORT long rp_snapshot_preload_fd(int fd, int streams, int threads, struct r
 }
 
 /* rp_snapshot_preload_fd on the snapshot at path. */
-RP_EXPORT long rp_snapshot_preload(const char *path, int streams, int threads,
+RP_EXPORT long rp_snapshot_preload(const char *path, const struct rp_engine_params *params,
                                    struct rp_preloaded *out, long max, char *err, size_t errlen)
 {
     int fd = open(path, O_RDONLY | O_CLOEXEC);
@@ -168,7 +170,7 @@ RP_EXPORT long rp_snapshot_preload(const char *path, int streams, int threads,
         snprintf(err, errlen, "cannot open %.200s: %m", path);
         return -1;
     }
-    long n = rp_snapshot_preload_fd(fd, streams, threads, out, max, err, errlen);
+    long n = rp_snapshot_preload_fd(fd, params, out, max, err, errlen);
     close(fd);
     return n;
 }

@@ -4,7 +4,8 @@
  * Ground floor (call nothing above them):
  *   util.c     logging, the clock, driver error names
  *   crc32c.c   the per-chunk checksum
- *   config.c   the same environment variables as restoreprof.optimizer.config
+ *   config.c   the settings' environment variables (settings_defaults.h, generated from
+ *              restoreprof/settings/schema.py at build)
  *   driver.c   loads the real libcuda, and interposes dlsym and cuGetProcAddress so that
  *              programs which look driver functions up (cudart, cuda-python, PyTorch) get ours
  * Mechanisms:
@@ -121,7 +122,6 @@ struct rp_config {
     size_t chunk_bytes;
     int threads;
     int pinned;
-    size_t pool_bytes; /* 0: two chunks per thread */
     size_t min_intercept_bytes;
     int offload;   /* serve allocations from VMM, run the control socket */
     int intercept; /* route big pageable copies through the engine */
@@ -153,17 +153,23 @@ struct rp_transfer {
     size_t bytes;
     CUstream after;      /* H2D/D2H start after the work queued on this stream so far */
     int order_after;     /* whether `after` is meaningful (0 = no ordering needed) */
-    uint32_t *checksums; /* per chunk crc32c: written for D2H, verified for H2D; NULL = none */
-    /* Instead of fd: the chunks go to / come from this folder, one per engine chunk, named by
-     * hashes[index] (RP_HASH_BYTES each): computed for D2H, checked for H2D. */
+    uint32_t *checksums; /* per checksum_bytes: written for D2H, verified for H2D; NULL = none */
+    size_t checksum_bytes; /* what each checksum covers; 0: one per copied chunk */
+    /* Instead of fd: the chunks go to / come from this folder, one per engine chunk (the
+     * engine's chunk is then the snapshot's, never rounded), named by hashes[index]
+     * (RP_HASH_BYTES each): computed for D2H, checked for H2D. */
     struct rp_chunk_store *chunks;
     uint8_t *hashes;
 };
 
+/* Every setting a transfer uses, given per call (restoreprof passes its resolved settings; a
+ * program under the library gets rp_engine_default_params(): its environment's). Python mirrors
+ * this struct in restoreprof/optimizer/engine.py (EngineParams). */
 struct rp_engine_params {
     int streams;
     int threads;
-    size_t chunk_bytes;
+    size_t chunk_bytes; /* rounded up to a multiple of the transfer's checksum_bytes */
+    int pinned;         /* stage through pinned (1) or pageable (0) buffers */
 };
 
 struct rp_engine_params rp_engine_default_params(void);
@@ -252,7 +258,6 @@ int rp_chunks_sync(struct rp_chunk_store *s);
 #define RP_SNAP_VERSION 2
 #define RP_SNAP_BLAKE3 2 /* checksum_kind: each chunk named and checked by its BLAKE3-256 */
 #define RP_SNAP_ALIGN 4096
-
 /* The snapshot file is a table: header, the chunk folder's path (dir_bytes, NUL-padded to 8;
  * relative to the table's own folder unless absolute), then one record per allocation, each
  * followed by the BLAKE3-256 of each of its chunks (chunk_bytes each, the last one shorter).
@@ -263,7 +268,7 @@ struct snap_header {
     char magic[8];
     uint32_t version;
     uint32_t checksum_kind;
-    uint64_t chunk_bytes;
+    uint64_t chunk_bytes; /* what each checksum covers */
     uint64_t count;
     uint64_t total_bytes;
     uint64_t table_bytes;   /* header + folder path + records + hashes */

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
+import sys
+import tempfile
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -30,18 +34,43 @@ class Report:
         return all(c.ok for c in self.checks if c.required)
 
 
-def _capabilities() -> Check:
-    if os.geteuid() == 0:
-        return Check("privileges", True, "root")
-    caps = 0
-    for line in Path("/proc/self/status").read_text().splitlines():
+# What tracing and CRIU need (capabilities(7) numbers). Root in a container often lacks some:
+# then BPF loads or CRIU fails although the user is root.
+CAPABILITIES = {"CAP_SYS_ADMIN": 21, "CAP_PERFMON": 38, "CAP_BPF": 39,
+                "CAP_CHECKPOINT_RESTORE": 40}
+CAPABILITIES_FIX = ("run as root with them: sudo, or in a container --cap-add SYS_ADMIN "
+                    "--cap-add BPF --cap-add PERFMON --cap-add CHECKPOINT_RESTORE (or --privileged)")
+
+
+def effective_capabilities(status_text: str) -> int:
+    """The CapEff mask of a /proc/PID/status text."""
+    for line in status_text.splitlines():
         if line.startswith("CapEff:"):
-            caps = int(line.split()[1], 16)
-    have = {"CAP_SYS_ADMIN": bool(caps >> 21 & 1), "CAP_BPF": bool(caps >> 39 & 1),
-            "CAP_PERFMON": bool(caps >> 38 & 1)}
-    ok = have["CAP_SYS_ADMIN"] or (have["CAP_BPF"] and have["CAP_PERFMON"])
-    return Check("privileges", ok, ", ".join(k for k, v in have.items() if v) or "unprivileged",
-                 "run restoreprof with sudo (CRIU needs root)")
+            return int(line.split()[1], 16)
+    return 0
+
+
+def missing_capabilities(cap_eff: int, last_cap: int) -> list[str]:
+    """The needed capabilities that cap_eff lacks, of those this kernel has (<= last_cap)."""
+    return [name for name, bit in CAPABILITIES.items() if bit <= last_cap and not cap_eff >> bit & 1]
+
+
+def _capabilities() -> Check:
+    cap_eff = effective_capabilities(Path("/proc/self/status").read_text())
+    try:
+        last_cap = int(Path("/proc/sys/kernel/cap_last_cap").read_text())
+    except (OSError, ValueError):
+        last_cap = max(CAPABILITIES.values())
+    missing = missing_capabilities(cap_eff, last_cap)
+    who = "root" if os.geteuid() == 0 else f"uid {os.geteuid()}"
+    if not missing:
+        return Check("privileges", True, who)
+    # CAP_SYS_ADMIN still grants what CAP_BPF, CAP_PERFMON and CAP_CHECKPOINT_RESTORE were
+    # split from: without them, but with it, tracing and CRIU work
+    if "CAP_SYS_ADMIN" not in missing:
+        return Check("privileges", True, f"{who} without {', '.join(missing)} (CAP_SYS_ADMIN "
+                     "covers them)", CAPABILITIES_FIX)
+    return Check("privileges", False, f"{who} without {', '.join(missing)}", CAPABILITIES_FIX)
 
 
 def _bcc_and_bpf() -> list[Check]:
@@ -59,17 +88,38 @@ def _bcc_and_bpf() -> list[Check]:
         from restoreprof.probes.attach import import_bcc
 
         BPF = import_bcc()
-        before = _bytes_read()
-        prog = BPF(text="int probe(void *ctx) { return 0; }")
-        compile_read = _bytes_read() - before
-        prog.load_func("probe", bcc.BPF.KPROBE)
-        prog.cleanup()
+        with _stderr_captured() as said:   # libbpf prints its refusals straight to fd 2
+            before = _bytes_read()
+            prog = BPF(text="int probe(void *ctx) { return 0; }")
+            compile_read = _bytes_read() - before
+            prog.load_func("probe", bcc.BPF.KPROBE)
+            prog.cleanup()
         checks.append(Check("BPF syscall", True, "compiled and loaded a program"))
         checks.append(_kallsyms_shortcut(compile_read))
     except Exception as exc:
-        checks.append(Check("BPF syscall", False, str(exc).splitlines()[0][:70],
-                            "needs root, a kernel with CONFIG_BPF_SYSCALL, and kernel headers"))
+        why = next((line for line in said if "bpf" in line.lower()), "") or str(exc)
+        checks.append(Check("BPF syscall", False, why.splitlines()[0][:70] if why else "failed",
+                            "needs root with CAP_BPF and CAP_PERFMON (or CAP_SYS_ADMIN), a kernel "
+                            "with CONFIG_BPF_SYSCALL, and kernel headers"))
     return checks
+
+
+@contextlib.contextmanager
+def _stderr_captured() -> Iterator[list[str]]:
+    """Collect what C libraries write to fd 2 inside the block (the lines, after it)."""
+    lines: list[str] = []
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield lines
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            sink.seek(0)
+            lines += [line for line in sink.read().decode(errors="replace").splitlines()
+                      if line.strip()]
 
 
 def _bytes_read() -> int:
@@ -104,9 +154,12 @@ def _headers() -> Check:
         return Check("kernel headers", True, str(build.resolve()))
     if Path("/sys/kernel/btf/vmlinux").exists() and os.environ.get("BCC_KERNEL_SOURCE"):
         return Check("kernel headers", True, os.environ["BCC_KERNEL_SOURCE"])
+    from restoreprof.system.paths import debian_arch
+
+    arch = debian_arch()
     return Check("kernel headers", False, f"none at {build}",
-                 f"apt-get install linux-headers-amd64 and ln -s /usr/src/linux-headers-*-amd64 {build}"
-                 " (./scripts/setup.sh does it)")
+                 f"apt-get install linux-headers-{arch} and ln -s /usr/src/linux-headers-*-{arch} "
+                 f"{build} (./scripts/setup.sh does it)")
 
 
 def _tracefs() -> Check:
@@ -169,11 +222,11 @@ def _cuda() -> tuple[list[Check], list[dict]]:
 def _checkpoint_storage(lib: str) -> Check:
     """Whether the driver offers caller-driven checkpoint storage (CUDA 13.4's custom storage,
     completed by cuCheckpointOperationComplete). restoreprof does not use it yet."""
-    import ctypes
+    from restoreprof.cuda import driver
 
     name = "checkpoint storage"
     try:
-        present = hasattr(ctypes.CDLL(lib), "cuCheckpointOperationComplete")
+        present = driver.has_entry_point("cuCheckpointOperationComplete")
     except OSError as exc:
         return Check(name, None, f"cannot load {lib}: {exc}", "", required=False)
     if present:
@@ -193,16 +246,31 @@ def _shim() -> Check:
                  "./scripts/setup.sh (needs gcc and CUDA headers: set CUDA_HOME)", required=False)
 
 
+def _guarded(name: str, check: Callable[[], Check | list[Check]]) -> list[Check]:
+    """check's rows; a row saying why where the check itself failed (as a user without
+    rights, /sys and /proc hold files it may not read): doctor never ends in a traceback."""
+    try:
+        result = check()
+    except Exception as exc:
+        return [Check(name, False, f"could not check: {exc}"[:90],
+                      "run restoreprof doctor as root to check this")]
+    return result if isinstance(result, list) else [result]
+
+
 def diagnose() -> Report:
     report = Report()
-    report.checks.append(_capabilities())
-    report.checks += _bcc_and_bpf()
-    report.checks.append(_headers())
-    report.checks.append(_tracefs())
-    report.checks.append(_criu())
-    cuda_checks, report.gpus = _cuda()
+    report.checks += _guarded("privileges", _capabilities)
+    report.checks += _guarded("bcc", _bcc_and_bpf)
+    report.checks += _guarded("kernel headers", _headers)
+    report.checks += _guarded("tracefs", _tracefs)
+    report.checks += _guarded("CRIU", _criu)
+    try:
+        cuda_checks, report.gpus = _cuda()
+    except Exception as exc:
+        cuda_checks = [Check("CUDA driver", False, f"could not check: {exc}"[:90],
+                             "run restoreprof doctor as root to check this", required=False)]
     report.checks += cuda_checks
-    report.checks.append(_shim())
+    report.checks += _guarded("interception library", _shim)
     return report
 
 
