@@ -50,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
                             sync=settings.sync)
     exported = None
     if args.export:
-        from restoreprof.store.export import export
+        from restoreprof.commands._export import export
 
         exported = export(result.directory, args.export)
     if args.json:

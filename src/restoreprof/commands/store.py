@@ -40,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
     from restoreprof.store.layout import Store
 
     if args.verb == "export":
-        from restoreprof.store.export import export
+        from restoreprof.commands._export import export
 
         result = export(args.dir, args.out)
         print(f"exported {args.dir} to {result['directory']} ({_gb(result['chunk_bytes'])} of "

@@ -21,9 +21,7 @@ class VerifyResult:
 
 
 def verify(store: Store, *, delete: bool = False, threads: int | None = None) -> VerifyResult:
-    from restoreprof.store.export import _blake3
-
-    digest = _blake3()  # the library's BLAKE3: the GIL is released while it hashes
+    from restoreprof.optimizer.engine import blake3 as digest  # the GIL is released meanwhile
 
     def check(path: Path) -> tuple[Path, int, bool]:
         data = path.read_bytes()

@@ -1,4 +1,5 @@
 """A standalone, portable copy of a checkpoint (restoreprof store export / checkpoint --export).
+(Here, above both restoreprof.checkpoint and restoreprof.store, since it uses the two.)
 
 CRIU's images are copied as they are; each GPU snapshot's chunks are copied (every one checked
 against its BLAKE3-256 on the way: damage is caught here, not on the other host) into
@@ -12,15 +13,10 @@ import shutil
 from pathlib import Path
 
 from restoreprof.errors import RestoreprofError
+from restoreprof.optimizer.engine import blake3
 from restoreprof.store.table import chunk_path, read_table
 
 MANIFEST_NAME = "restoreprof.json"
-
-
-def _blake3():
-    from restoreprof.optimizer.engine import blake3
-
-    return blake3
 
 
 def export(directory: Path, out: Path) -> dict:
@@ -31,7 +27,6 @@ def export(directory: Path, out: Path) -> dict:
     if out.exists() and any(out.iterdir()):
         raise RestoreprofError(f"{out} is not empty", hint="export into a new or empty folder")
     out.mkdir(parents=True, exist_ok=True)
-    digest = _blake3()
     tables = {p.offload["snapshot"] for p in manifest.processes if p.offload}
     copied = 0
     for path in sorted(directory.iterdir()):
@@ -48,7 +43,7 @@ def export(directory: Path, out: Path) -> dict:
                 continue
             data = chunk_path(table.folder, hash_hex).read_bytes() \
                 if chunk_path(table.folder, hash_hex).exists() else None
-            if data is None or len(data) != length or digest(data) != hash_hex:
+            if data is None or len(data) != length or blake3(data) != hash_hex:
                 raise RestoreprofError(
                     f"chunk {hash_hex} of {path.name} is {'missing' if data is None else 'damaged'}"
                     f" in {table.folder}", hint="the checkpoint cannot be exported whole; take "
