@@ -10,6 +10,7 @@ from restoreprof.errors import RestoreprofError
 from restoreprof.optimizer.shim.build import build_library
 from restoreprof.store.table import chunk_path, read_table
 
+MIB = 1 << 20
 # BLAKE3-team/BLAKE3 test_vectors/test_vectors.json: input byte i is i % 251
 VECTORS = {
     0: "af1349b9f5f9a1a6a0404dea36dcc9499bcb25c9adc112b7cc9a93cae41f3262",
@@ -42,27 +43,38 @@ def test_blake3_matches_the_official_vectors(blake3, length):
     assert blake3(bytes(i % 251 for i in range(length))) == VECTORS[length]
 
 
-def _table(chunk_dir: bytes, chunk: int, sizes: list[int]) -> bytes:
+def test_a_chunk_name_is_the_hash_of_its_pieces_hashes(blake3):
+    from restoreprof.optimizer.engine import chunk_name
+
+    data = bytes(range(256)) * (MIB // 256) * 2 + b"tail"
+    pieces = [data[i:i + MIB] for i in range(0, len(data), MIB)]
+    expected = blake3(b"".join(bytes.fromhex(blake3(p)) for p in pieces))
+    assert chunk_name(data) == expected and len(pieces) == 3
+
+
+def _table(chunk_dir: bytes, chunk: int, sizes: list[int], piece: int = MIB) -> bytes:
     dir_bytes = -(-(len(chunk_dir) + 1) // 8) * 8
     body = b""
     for i, size in enumerate(sizes):
-        n = -(-size // chunk)
+        n, pieces = -(-size // chunk), -(-size // piece)
         body += struct.pack("<QQQQiI", 0x1000 * (i + 1), size, size, 0, 0, n)
-        body += b"".join(bytes([i, k]) * 16 for k in range(n))
-    header_bytes = 64
+        body += b"".join(bytes([i, k]) * 16 for k in range(n))  # names
+        body += b"".join(bytes([i, 128 + k]) * 16 for k in range(pieces))
+    header_bytes = 72
     total = header_bytes + dir_bytes + len(body)
-    header = struct.pack("<8sIIQQQQQQ", b"RPSNAP2\0", 2, 2, chunk, len(sizes), sum(sizes), total,
-                         dir_bytes, 5)
+    header = struct.pack("<8sIIQQQQQQQ", b"RPSNAP2\0", 2, 2, chunk, len(sizes), sum(sizes),
+                         total, dir_bytes, 5, piece)
     return header + chunk_dir.ljust(dir_bytes, b"\0") + body
 
 
 def test_a_table_lists_its_chunks_and_can_name_another_folder(tmp_path):
     path = tmp_path / "gpu-1.snap"
-    path.write_bytes(_table(b"/var/lib/restoreprof/store/chunks", 4096, [10000, 4096]))
+    path.write_bytes(_table(b"/var/lib/restoreprof/store/chunks", 2 * MIB, [5 * MIB + 7, 2 * MIB]))
     table = read_table(path)
     assert str(table.folder) == "/var/lib/restoreprof/store/chunks"  # absolute: a store
     lengths = [n for _, n in table.chunks()]
-    assert lengths == [4096, 4096, 1808, 4096] and table.written_bytes == 5
+    assert lengths == [2 * MIB, 2 * MIB, MIB + 7, 2 * MIB] and table.written_bytes == 5
+    assert [len(r.pieces) for r in table.records] == [6, 2]
     assert chunk_path(table.folder, table.chunks()[0][0]).parent.name == table.chunks()[0][0][:2]
     moved = tmp_path / "moved.snap"
     moved.write_bytes(table.with_chunk_dir("moved.snap.chunks"))
@@ -71,15 +83,17 @@ def test_a_table_lists_its_chunks_and_can_name_another_folder(tmp_path):
     assert again.chunks() == table.chunks() and again.records == table.records
 
 
-@pytest.mark.parametrize("damage", ["truncate", "magic", "count"])
+@pytest.mark.parametrize("damage", ["truncate", "magic", "count", "piece"])
 def test_a_damaged_table_is_refused_with_a_hint(tmp_path, damage):
-    raw = bytearray(_table(b"x.chunks", 4096, [10000]))
+    raw = bytearray(_table(b"x.chunks", 2 * MIB, [5 * MIB]))
     if damage == "truncate":
         raw = raw[:-10]
     elif damage == "magic":
         raw[0:8] = b"RPSNAP1\0"
-    else:
+    elif damage == "count":
         struct.pack_into("<Q", raw, 24, 7)  # more records than the table holds
+    else:
+        struct.pack_into("<Q", raw, 64, 4096)  # pieces of another size
     path = tmp_path / "bad.snap"
     path.write_bytes(bytes(raw))
     with pytest.raises(RestoreprofError, match="not a usable snapshot table") as err:

@@ -13,7 +13,7 @@ import shutil
 from pathlib import Path
 
 from restoreprof.errors import RestoreprofError
-from restoreprof.optimizer.engine import blake3
+from restoreprof.optimizer.engine import chunk_name
 from restoreprof.store.table import chunk_path, read_table
 
 MANIFEST_NAME = "restoreprof.json"
@@ -43,7 +43,7 @@ def export(directory: Path, out: Path) -> dict:
                 continue
             data = chunk_path(table.folder, hash_hex).read_bytes() \
                 if chunk_path(table.folder, hash_hex).exists() else None
-            if data is None or len(data) != length or blake3(data) != hash_hex:
+            if data is None or len(data) != length or chunk_name(data) != hash_hex:
                 raise RestoreprofError(
                     f"chunk {hash_hex} of {path.name} is {'missing' if data is None else 'damaged'}"
                     f" in {table.folder}", hint="the checkpoint cannot be exported whole; take "

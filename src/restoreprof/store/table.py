@@ -19,9 +19,10 @@ MAGIC = b"RPSNAP2\0"
 VERSION = 2
 BLAKE3 = 2
 HASH_BYTES = 32
+PIECE_BYTES = 1 << 20  # what one integrity hash covers (RP_PIECE_BYTES)
 # struct snap_header: magic, version, checksum_kind, chunk_bytes, count, total_bytes,
-# table_bytes, dir_bytes, written_bytes
-_HEADER = struct.Struct("<8sIIQQQQQQ")
+# table_bytes, dir_bytes, written_bytes, piece_bytes
+_HEADER = struct.Struct("<8sIIQQQQQQQ")
 # struct snap_record: address, size, reserved, data_offset, device, n_chunks
 _RECORD = struct.Struct("<QQQQiI")
 
@@ -31,7 +32,8 @@ class Record:
     address: int
     size: int
     device: int
-    hashes: tuple[str, ...]  # hex, one per chunk
+    hashes: tuple[str, ...]  # hex, one per chunk: its name (shim/chunks.c: rp_chunk_name)
+    pieces: tuple[str, ...]  # hex, the BLAKE3-256 of each PIECE_BYTES piece
 
 
 @dataclass(frozen=True)
@@ -60,13 +62,13 @@ class Table:
 
     def with_chunk_dir(self, chunk_dir: str) -> bytes:
         """The same table naming another chunk folder (for an export)."""
-        _, version, kind, chunk, count, total, _table_bytes, dir_bytes, written = \
+        _, version, kind, chunk, count, total, _table_bytes, dir_bytes, written, piece = \
             _HEADER.unpack_from(self.raw)
         encoded = chunk_dir.encode()
         new_dir = -(-(len(encoded) + 1) // 8) * 8
         body = self.raw[_HEADER.size + dir_bytes:]
         header = _HEADER.pack(MAGIC, version, kind, chunk, count, total,
-                              _HEADER.size + new_dir + len(body), new_dir, written)
+                              _HEADER.size + new_dir + len(body), new_dir, written, piece)
         return header + encoded.ljust(new_dir, b"\0") + body
 
 
@@ -89,11 +91,12 @@ def read_table(path: Path) -> Table:
                                hint="check the checkpoint folder") from None
     if len(raw) < _HEADER.size:
         raise _damaged(path, "cut short")
-    magic, version, kind, chunk, count, total, table_bytes, dir_bytes, written = \
+    magic, version, kind, chunk, count, total, table_bytes, dir_bytes, written, piece = \
         _HEADER.unpack_from(raw)
     if magic != MAGIC or version != VERSION or kind != BLAKE3:
         raise _damaged(path, f"not version {VERSION}")
-    if table_bytes != len(raw) or not 0 < dir_bytes <= 4096 or chunk == 0:
+    if table_bytes != len(raw) or not 0 < dir_bytes <= 4096 or piece != PIECE_BYTES or \
+            chunk == 0 or chunk % PIECE_BYTES:
         raise _damaged(path, "sizes disagree")
     chunk_dir = raw[_HEADER.size:_HEADER.size + dir_bytes].split(b"\0", 1)[0].decode()
     offset = _HEADER.size + dir_bytes
@@ -103,10 +106,13 @@ def read_table(path: Path) -> Table:
             raise _damaged(path, "cut short")
         address, size, _, _, device, n = _RECORD.unpack_from(raw, offset)
         offset += _RECORD.size
-        end = offset + n * HASH_BYTES
+        n_pieces = -(-size // PIECE_BYTES)
+        names_end = offset + n * HASH_BYTES
+        end = names_end + n_pieces * HASH_BYTES
         if end > len(raw) or n != -(-size // chunk):
             raise _damaged(path, "record out of bounds")
-        hashes = tuple(raw[o:o + HASH_BYTES].hex() for o in range(offset, end, HASH_BYTES))
-        records.append(Record(address, size, device, hashes))
+        hashes = tuple(raw[o:o + HASH_BYTES].hex() for o in range(offset, names_end, HASH_BYTES))
+        pieces = tuple(raw[o:o + HASH_BYTES].hex() for o in range(names_end, end, HASH_BYTES))
+        records.append(Record(address, size, device, hashes, pieces))
         offset = end
     return Table(path, chunk, chunk_dir, total, written, tuple(records), raw)

@@ -21,7 +21,7 @@ class VerifyResult:
 
 
 def verify(store: Store, *, delete: bool = False, threads: int | None = None) -> VerifyResult:
-    from restoreprof.optimizer.engine import blake3 as digest  # the GIL is released meanwhile
+    from restoreprof.optimizer.engine import chunk_name as digest  # frees the GIL
 
     def check(path: Path) -> tuple[Path, int, bool]:
         data = path.read_bytes()

@@ -17,6 +17,7 @@
 #include <fcntl.h>
 #include <stdatomic.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -123,8 +124,8 @@ int rp_chunks_put(struct rp_chunk_store *s, const uint8_t hash[RP_HASH_BYTES], c
     return 0;
 }
 
-int rp_chunks_get(struct rp_chunk_store *s, const uint8_t hash[RP_HASH_BYTES], void *buf,
-                  size_t n)
+int rp_chunks_read(struct rp_chunk_store *s, const uint8_t hash[RP_HASH_BYTES], size_t size,
+                   void *buf, size_t len, size_t offset)
 {
     char name[2 * RP_HASH_BYTES + 8];
     struct stat st;
@@ -133,10 +134,10 @@ int rp_chunks_get(struct rp_chunk_store *s, const uint8_t hash[RP_HASH_BYTES], v
     if (fd < 0)
         return -1;
     int rc = fstat(fd, &st);
-    if (rc == 0 && (size_t)st.st_size != n)
+    if (rc == 0 && (size_t)st.st_size != size)
         rc = -1, errno = EBADMSG;
-    for (size_t done = 0; rc == 0 && done < n;) {
-        ssize_t got = read(fd, (char *)buf + done, n - done);
+    for (size_t done = 0; rc == 0 && done < len;) {
+        ssize_t got = pread(fd, (char *)buf + done, len - done, (off_t)(offset + done));
         if (got < 0 && errno == EINTR)
             continue;
         if (got <= 0) {
@@ -150,6 +151,17 @@ int rp_chunks_get(struct rp_chunk_store *s, const uint8_t hash[RP_HASH_BYTES], v
     close(fd);
     errno = saved;
     return rc;
+}
+
+void rp_chunk_name(const void *data, size_t n, uint8_t *pieces, uint8_t name[RP_HASH_BYTES])
+{
+    size_t count = (n + RP_PIECE_BYTES - 1) / RP_PIECE_BYTES;
+    for (size_t i = 0; i < count; i++) {
+        size_t at = i * RP_PIECE_BYTES;
+        rp_hash((const char *)data + at, n - at < RP_PIECE_BYTES ? n - at : RP_PIECE_BYTES,
+                pieces + i * RP_HASH_BYTES);
+    }
+    rp_hash(pieces, count * RP_HASH_BYTES, name);
 }
 
 int rp_chunks_sync(struct rp_chunk_store *s)
@@ -174,9 +186,19 @@ int rp_chunks_sync(struct rp_chunk_store *s)
     return fsync(s->dirfd);
 }
 
-/* BLAKE3-256 for restoreprof's Python side (ctypes: the GIL is released while it runs), so that
- * the store's export and check hash with the very code that named the chunks. */
+/* BLAKE3-256, and a chunk's name, for restoreprof's Python side (ctypes: the GIL is released
+ * while they run), so that the store's export and check use the code that named the chunks. */
 RP_EXPORT void rp_blake3(const void *data, size_t n, uint8_t *out)
 {
     rp_hash(data, n, out);
+}
+
+RP_EXPORT int rp_blake3_chunk_name(const void *data, size_t n, uint8_t *out)
+{
+    uint8_t *pieces = malloc(((n + RP_PIECE_BYTES - 1) / RP_PIECE_BYTES + 1) * RP_HASH_BYTES);
+    if (!pieces)
+        return -1;
+    rp_chunk_name(data, n, pieces, out);
+    free(pieces);
+    return 0;
 }

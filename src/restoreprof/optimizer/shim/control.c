@@ -13,8 +13,7 @@
  *     (the table at path, the chunks in the chunk folder: relative to path's folder unless
  *     absolute, default <path's name>.chunks; sync 1: durable before OK)
  *   RELOAD <path> <streams> <chunk_mb> <threads> <pinned>   -> OK <bytes> <ns> | ERR <message>
- *   (a number left out or negative: this process's own setting, from its environment; RELOAD
- *   copies in the snapshot's chunk, one chunk file each)
+ *   (a number left out or negative: this process's own setting, from its environment)
  *   ADOPT <address> <gpu uuid> + one fd (SCM_RIGHTS) -> OK <bytes> <ns> remaining=<n> | ERR
  *   STATUS                                          -> OK state=<running|offloaded> ...
  *
@@ -229,12 +228,15 @@ static struct rp_allocation *find_in(struct alloc_list *list, const struct snap_
 
 /* Loads one record; on an engine failure, rebuilds the staging pool and tries once more
  * (pinned buffers made before a driver checkpoint may not survive it on every driver). */
-static CUresult load_record(struct rp_chunk_store *chunks, struct rp_allocation *a,
-                            const struct snap_record *r, struct rp_engine_params p,
-                            uint64_t *map_ns)
+static CUresult load_record(struct rp_chunk_store *chunks, size_t chunk_file_bytes,
+                            struct rp_allocation *a, const struct snap_record *r,
+                            struct rp_engine_params p, uint64_t *map_ns)
 {
+    uint8_t *names = (uint8_t *)(r + 1);
     struct rp_transfer t = { .direction = RP_H2D, .device = a->address, .fd = -1,
-                             .bytes = r->size, .chunks = chunks, .hashes = (uint8_t *)(r + 1) };
+                             .bytes = r->size, .chunks = chunks, .hashes = names,
+                             .pieces = names + r->n_chunks * RP_HASH_BYTES,
+                             .chunk_file_bytes = chunk_file_bytes };
     CUresult rc = rp_real.cuCtxSetCurrent(a->context);
     if (rc == CUDA_SUCCESS && a->handle == 0) {
         uint64_t start = rp_now_ns();
@@ -273,11 +275,11 @@ static void do_reload(const char *path, struct rp_engine_params p, char *reply, 
              rp_snapshot_open_chunks(table, path, &chunks, err, sizeof(err)) == 0 &&
              collect(&list) != 0)
         snprintf(err, sizeof(err), "out of memory");
-    p.chunk_bytes = table ? h.chunk_bytes : p.chunk_bytes; /* one chunk file per copy */
     const struct snap_record *r = table ? rp_snapshot_first(table) : NULL;
     for (uint64_t i = 0; table && !err[0] && i < h.count; i++, r = rp_snapshot_next(r)) {
         struct rp_allocation *a = find_in(&list, r);
-        CUresult rc = a ? load_record(&chunks, a, r, p, &map_ns) : CUDA_ERROR_NOT_FOUND;
+        CUresult rc = a ? load_record(&chunks, h.chunk_bytes, a, r, p, &map_ns)
+                        : CUDA_ERROR_NOT_FOUND;
         if (rc != CUDA_SUCCESS)
             snprintf(err, sizeof(err), "%s %#llx (%llu bytes): %s",
                      a ? "reloading" : "no allocation in this process at",

@@ -249,31 +249,44 @@ static CUresult h2d_send(struct slot *s, CUstream stream, CUdeviceptr to, size_t
     return rc;
 }
 
-/* H2D from a chunk folder: read the chunk its hash names, hash what was read (this thread, in
- * parallel with the others: BLAKE3 runs at several GB/s a core), send it only if they match.
- * The integrity check is in the copy path: nothing reads the snapshot a second time. */
-static CUresult h2d_from_chunk(struct job *job, struct slot *s, CUstream stream, size_t index,
-                               size_t offset, size_t n)
+/* H2D from a chunk folder: read the engine chunk at offset from the chunk files it spans,
+ * hash each piece (this thread, in parallel with the others: BLAKE3 runs at several GB/s a
+ * core) and send it only if every piece matches the table. The integrity check is in the copy
+ * path: nothing reads the snapshot a second time. */
+static CUresult h2d_from_chunks(struct job *job, struct slot *s, CUstream stream, size_t offset,
+                                size_t n)
 {
     struct rp_transfer *t = job->t;
-    const uint8_t *want = t->hashes + index * RP_HASH_BYTES;
-    uint8_t got[RP_HASH_BYTES];
+    size_t file = t->chunk_file_bytes;
     char hex[2 * RP_HASH_BYTES + 1];
-    if (rp_chunks_get(t->chunks, want, s->buffer, n) != 0) {
-        int why = errno;
-        rp_hash_hex(want, hex);
-        rp_log("chunk %s (%zu of this allocation) %s: refusing to load it", hex, index,
-               why == ENOENT ? "is missing" : why == EBADMSG ? "has the wrong size"
-                                                             : strerror(why));
-        /* missing or cut short: damage, like a mismatch (no retry can fix it) */
-        return why == ENOENT || why == EBADMSG ? RP_ERROR_CHECKSUM : RP_ERROR_IO;
+    for (size_t pos = offset; pos < offset + n;) {
+        size_t k = pos / file, within = pos - k * file;
+        size_t size = t->bytes - k * file < file ? t->bytes - k * file : file;
+        size_t len = size - within < offset + n - pos ? size - within : offset + n - pos;
+        const uint8_t *want = t->hashes + k * RP_HASH_BYTES;
+        if (rp_chunks_read(t->chunks, want, size, (char *)s->buffer + (pos - offset), len,
+                           within) != 0) {
+            int why = errno;
+            rp_hash_hex(want, hex);
+            rp_log("chunk %s (%zu of this allocation) %s: refusing to load it", hex, k,
+                   why == ENOENT ? "is missing" : why == EBADMSG ? "has the wrong size"
+                                                                 : strerror(why));
+            /* missing or cut short: damage, like a mismatch (no retry can fix it) */
+            return why == ENOENT || why == EBADMSG ? RP_ERROR_CHECKSUM : RP_ERROR_IO;
+        }
+        pos += len;
     }
-    rp_hash(s->buffer, n, got);
-    if (memcmp(got, want, RP_HASH_BYTES) != 0) {
-        rp_hash_hex(want, hex);
-        rp_log("chunk %s (%zu of this allocation) is damaged (BLAKE3 mismatch): refusing to "
-               "load it", hex, index);
-        return RP_ERROR_CHECKSUM;
+    for (size_t pos = offset; pos < offset + n; pos += RP_PIECE_BYTES) {
+        uint8_t got[RP_HASH_BYTES];
+        size_t len = offset + n - pos < RP_PIECE_BYTES ? offset + n - pos : RP_PIECE_BYTES;
+        rp_hash((const char *)s->buffer + (pos - offset), len, got);
+        if (memcmp(got, t->pieces + pos / RP_PIECE_BYTES * RP_HASH_BYTES, RP_HASH_BYTES) != 0) {
+            size_t k = pos / file;
+            rp_hash_hex(t->hashes + k * RP_HASH_BYTES, hex);
+            rp_log("chunk %s (%zu of this allocation) is damaged (BLAKE3 mismatch at byte %zu "
+                   "of it): refusing to load it", hex, k, pos - k * file);
+            return RP_ERROR_CHECKSUM;
+        }
     }
     return h2d_send(s, stream, t->device + offset, n);
 }
@@ -288,7 +301,7 @@ static CUresult h2d_chunk(struct job *job, struct slot *s, CUstream stream, size
     if (rc != CUDA_SUCCESS)
         return rc;
     if (t->chunks)
-        return h2d_from_chunk(job, s, stream, index, offset, n);
+        return h2d_from_chunks(job, s, stream, offset, n);
     if (t->host)
         memcpy(s->buffer, (const char *)t->host + offset, n);
     else if (read_full(t->fd, s->buffer, n, t->file_offset + (off_t)offset))
@@ -310,7 +323,7 @@ static CUresult d2h_drain(struct job *job, struct slot *s, size_t index)
         return rc;
     if (t->chunks) { /* hash here, in each thread: one chunk file per chunk, no shared inode */
         uint8_t *hash = t->hashes + index * RP_HASH_BYTES;
-        rp_hash(s->buffer, n, hash);
+        rp_chunk_name(s->buffer, n, t->pieces + offset / RP_PIECE_BYTES * RP_HASH_BYTES, hash);
         if (rp_chunks_put(t->chunks, hash, s->buffer, n) != 0) {
             rp_log("writing chunk %zu failed: %s", index, strerror(errno));
             return RP_ERROR_IO;
@@ -425,6 +438,10 @@ static CUresult caller_context(struct rp_engine_params p, CUcontext *ctx)
 
 CUresult rp_engine_run(struct rp_transfer *t, struct rp_engine_params p, int wait)
 {
+    if (t->chunks && t->direction == RP_D2H)
+        p.chunk_bytes = t->chunk_file_bytes; /* one chunk file per engine chunk */
+    else if (t->chunks && p.chunk_bytes % RP_PIECE_BYTES) /* whole pieces, each checked */
+        p.chunk_bytes = (p.chunk_bytes / RP_PIECE_BYTES + 1) * RP_PIECE_BYTES;
     size_t piece = t->checksums ? t->checksum_bytes : 0;
     if (piece && p.chunk_bytes % piece) { /* an older snapshot's coarser checksums */
         RP_DEBUG("chunk %zu B rounded up to a multiple of the %zu B checksums", p.chunk_bytes,

@@ -88,8 +88,7 @@ static CUresult make_exportable(struct rp_preloaded *p)
 
 /* Fills out[0..count) from the snapshot open on fd (read with pread: its offset is left alone)
  * and returns count, or -1 with err set (and nothing left allocated). params: the caller's
- * settings, used as given but for the chunk, which is the snapshot's (one chunk file per
- * copy). Each item's fd is the memory, ready for ADOPT. The caller keeps fd. */
+ * settings, used as given (its chunk rounded up to whole MiB pieces, each checked). Each item's fd is the memory, ready for ADOPT. The caller keeps fd. */
 RP_EXPORT long rp_snapshot_preload_fd(int fd, const struct rp_engine_params *params,
                                       struct rp_preloaded *out, long max, char *err,
                                       size_t errlen)
@@ -132,13 +131,13 @@ RP_EXPORT long rp_snapshot_preload_fd(int fd, const struct rp_engine_params *par
         *p = (struct rp_preloaded){ .address = r->address, .size = r->size,
                                     .reserved = r->reserved, .device = r->device, .fd = -1 };
         rc = make_exportable(p);
+        uint8_t *names = (uint8_t *)(r + 1);
         struct rp_transfer t = { .direction = RP_H2D, .device = p->local, .fd = -1,
-                                 .bytes = r->size, .chunks = &chunks,
-                                 .hashes = (uint8_t *)(r + 1) };
-        struct rp_engine_params copy = *params;
-        copy.chunk_bytes = h.chunk_bytes; /* one chunk file per copy */
+                                 .bytes = r->size, .chunks = &chunks, .hashes = names,
+                                 .pieces = names + r->n_chunks * RP_HASH_BYTES,
+                                 .chunk_file_bytes = h.chunk_bytes };
         if (rc == CUDA_SUCCESS)
-            rc = rp_engine_run(&t, copy, 1);
+            rc = rp_engine_run(&t, *params, 1);
         int exported = -1;
         if (rc == CUDA_SUCCESS)
             rc = rp_real.cuMemExportToShareableHandle(&exported, p->handle,

@@ -155,11 +155,15 @@ struct rp_transfer {
     int order_after;     /* whether `after` is meaningful (0 = no ordering needed) */
     uint32_t *checksums; /* per checksum_bytes: written for D2H, verified for H2D; NULL = none */
     size_t checksum_bytes; /* what each checksum covers; 0: one per copied chunk */
-    /* Instead of fd: the chunks go to / come from this folder, one per engine chunk (the
-     * engine's chunk is then the snapshot's, never rounded), named by hashes[index]
-     * (RP_HASH_BYTES each): computed for D2H, checked for H2D. */
+    /* Instead of fd: the bytes are chunk files of chunk_file_bytes in this folder, named by
+     * hashes[k] (RP_HASH_BYTES each), each RP_PIECE_BYTES piece with its hash in pieces[].
+     * D2H: one engine chunk per chunk file (chunk_file_bytes is the engine's), names and
+     * piece hashes computed. H2D: any whole-MiB engine chunk, read from the files it spans,
+     * every piece checked before it is sent. */
     struct rp_chunk_store *chunks;
     uint8_t *hashes;
+    uint8_t *pieces;
+    size_t chunk_file_bytes;
 };
 
 /* Every setting a transfer uses, given per call (restoreprof passes its resolved settings; a
@@ -226,6 +230,9 @@ int rp_gate_is_closed(void);
  * later source (hot snapshots in pinned memory, issue 14) serves the same names from memory. */
 
 #define RP_HASH_BYTES 32
+/* What one integrity hash covers: chunk files are whole MiB multiples, so a restore copies in
+ * any whole-MiB chunk of its own (the tuned one) and checks each piece before it is sent. */
+#define RP_PIECE_BYTES RP_MIB
 
 struct rp_chunk_store {
     int dirfd;    /* the folder (O_DIRECTORY); -1 when closed */
@@ -245,10 +252,14 @@ void rp_chunks_close(struct rp_chunk_store *s);
 /* Stores n bytes under hash unless a complete chunk of that name is there; 0, or -1 (errno). */
 int rp_chunks_put(struct rp_chunk_store *s, const uint8_t hash[RP_HASH_BYTES], const void *data,
                   size_t n);
-/* Reads the chunk named hash, which must be exactly n bytes, into buf; 0, or -1 (errno;
- * ENOENT: missing, EBADMSG: another size). The caller checks the contents against hash. */
-int rp_chunks_get(struct rp_chunk_store *s, const uint8_t hash[RP_HASH_BYTES], void *buf,
-                  size_t n);
+/* Reads len bytes at offset of the chunk named hash, which must be exactly size bytes long,
+ * into buf; 0, or -1 (errno; ENOENT: missing, EBADMSG: another size or cut short). The caller
+ * checks the contents against the table's piece hashes. */
+int rp_chunks_read(struct rp_chunk_store *s, const uint8_t hash[RP_HASH_BYTES], size_t size,
+                   void *buf, size_t len, size_t offset);
+/* A chunk's name: the BLAKE3-256 of the BLAKE3-256 of each RP_PIECE_BYTES piece of it, in
+ * order; the piece hashes go to pieces (n / RP_PIECE_BYTES rounded up, 32 bytes each). */
+void rp_chunk_name(const void *data, size_t n, uint8_t *pieces, uint8_t name[RP_HASH_BYTES]);
 /* With sync: fsync every fan-out folder written to, then the folder; 0, or -1 (errno). */
 int rp_chunks_sync(struct rp_chunk_store *s);
 
@@ -260,7 +271,8 @@ int rp_chunks_sync(struct rp_chunk_store *s);
 #define RP_SNAP_ALIGN 4096
 /* The snapshot file is a table: header, the chunk folder's path (dir_bytes, NUL-padded to 8;
  * relative to the table's own folder unless absolute), then one record per allocation, each
- * followed by the BLAKE3-256 of each of its chunks (chunk_bytes each, the last one shorter).
+ * followed by the names of its chunks (chunk_bytes each, the last one shorter; rp_chunk_name)
+ * and the BLAKE3-256 of each of its pieces (piece_bytes each, the last one shorter).
  * The bytes themselves are the chunks, in the folder. The table is small: the checkpoint's
  * manifest hashes it (SHA-256), and it names every chunk by a strong hash, so nothing that is
  * not listed, or is altered, can be loaded. */
@@ -274,6 +286,7 @@ struct snap_header {
     uint64_t table_bytes;   /* header + folder path + records + hashes */
     uint64_t dir_bytes;     /* the chunk folder's path, with its padding */
     uint64_t written_bytes; /* chunk bytes this write added (the rest were in the folder) */
+    uint64_t piece_bytes;   /* RP_PIECE_BYTES */
 };
 
 struct snap_record {
@@ -282,7 +295,7 @@ struct snap_record {
     uint64_t reserved;
     uint64_t data_offset; /* unused since version 2 (0): the bytes are chunks */
     int32_t device;
-    uint32_t n_chunks; /* followed by n_chunks hashes of RP_HASH_BYTES */
+    uint32_t n_chunks; /* followed by n_chunks names, then the piece hashes (RP_HASH_BYTES each) */
 };
 
 /* The table of the snapshot open on fd, malloc'd; NULL and a message in err when it is not a

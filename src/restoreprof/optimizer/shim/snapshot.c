@@ -22,9 +22,10 @@ static uint64_t align_up(uint64_t v, uint64_t a)
     return (v + a - 1) / a * a;
 }
 
-static size_t hashes_bytes(size_t n_chunks)
+/* A record's chunk names and piece hashes: a multiple of 8, so records stay 8-byte aligned. */
+static size_t hashes_bytes(size_t n_chunks, size_t size)
 {
-    return RP_HASH_BYTES * n_chunks; /* a multiple of 8: records stay 8-byte aligned */
+    return RP_HASH_BYTES * (n_chunks + rp_chunk_count(size, RP_PIECE_BYTES));
 }
 
 static size_t table_bytes(const struct rp_allocation *items, size_t count, size_t chunk,
@@ -32,7 +33,8 @@ static size_t table_bytes(const struct rp_allocation *items, size_t count, size_
 {
     size_t n = sizeof(struct snap_header) + dir_bytes;
     for (size_t i = 0; i < count; i++)
-        n += sizeof(struct snap_record) + hashes_bytes(rp_chunk_count(items[i].size, chunk));
+        n += sizeof(struct snap_record) +
+             hashes_bytes(rp_chunk_count(items[i].size, chunk), items[i].size);
     return n;
 }
 
@@ -87,6 +89,8 @@ int rp_snapshot_write(const char *path, const char *chunk_dir, int sync,
                       uint64_t *total, uint64_t *written, char *err, size_t errlen)
 {
     size_t dir_bytes = align_up(strlen(chunk_dir) + 1, 8);
+    /* chunk files hold whole pieces (chunk_mb is whole MiB: this only guards odd callers) */
+    p.chunk_bytes = align_up(p.chunk_bytes, RP_PIECE_BYTES);
     size_t table = table_bytes(items, count, p.chunk_bytes, dir_bytes);
     char folder[4200];
     struct rp_chunk_store chunks;
@@ -106,6 +110,7 @@ int rp_snapshot_write(const char *path, const char *chunk_dir, int sync,
     h->count = count;
     h->table_bytes = table;
     h->dir_bytes = dir_bytes;
+    h->piece_bytes = RP_PIECE_BYTES;
     memcpy(buf + sizeof(*h), chunk_dir, strlen(chunk_dir));
     char *cursor = buf + sizeof(*h) + dir_bytes;
     int rc = 0;
@@ -115,9 +120,11 @@ int rp_snapshot_write(const char *path, const char *chunk_dir, int sync,
         *r = (struct snap_record){ a->address, a->size, a->reserved, 0, a->device,
                                    (uint32_t)rp_chunk_count(a->size, p.chunk_bytes) };
         uint8_t *hashes = (uint8_t *)(r + 1);
-        cursor = (char *)hashes + hashes_bytes(r->n_chunks);
+        cursor = (char *)hashes + hashes_bytes(r->n_chunks, r->size);
         struct rp_transfer t = { .direction = RP_D2H, .device = a->address, .fd = -1,
-                                 .bytes = a->size, .chunks = &chunks, .hashes = hashes };
+                                 .bytes = a->size, .chunks = &chunks, .hashes = hashes,
+                                 .pieces = hashes + r->n_chunks * RP_HASH_BYTES,
+                                 .chunk_file_bytes = p.chunk_bytes };
         CUresult cr = rp_real.cuCtxSetCurrent(a->context);
         if (cr == CUDA_SUCCESS)
             cr = rp_engine_run(&t, p, 1);
@@ -153,7 +160,8 @@ char *rp_snapshot_table(int fd, struct snap_header *h, char *err, size_t errlen)
         return NULL;
     }
     if (h->table_bytes < sizeof(*h) + h->dir_bytes || h->dir_bytes == 0 || h->dir_bytes > 4096 ||
-        h->table_bytes > ((uint64_t)1 << 34)) {
+        h->table_bytes > ((uint64_t)1 << 34) || h->piece_bytes != RP_PIECE_BYTES ||
+        h->chunk_bytes == 0 || h->chunk_bytes % RP_PIECE_BYTES) {
         snprintf(err, errlen, "the snapshot table's header is damaged");
         return NULL;
     }
@@ -167,15 +175,16 @@ char *rp_snapshot_table(int fd, struct snap_header *h, char *err, size_t errlen)
     const char *end = table + h->table_bytes;
     const struct snap_record *r = rp_snapshot_first(table);
     for (uint64_t i = 0; i < h->count; i++, r = rp_snapshot_next(r)) {
-        if ((const char *)(r + 1) > end || (const char *)rp_snapshot_next(r) > end ||
-            r->n_chunks != rp_chunk_count(r->size, h->chunk_bytes)) {
+        if ((const char *)(r + 1) > end || r->size > ((uint64_t)1 << 46) ||
+            r->n_chunks != rp_chunk_count(r->size, h->chunk_bytes) ||
+            (const char *)rp_snapshot_next(r) > end) {
             snprintf(err, errlen, "the snapshot table is damaged (record %llu)",
                      (unsigned long long)i);
             free(table);
             return NULL;
         }
     }
-    if (memchr(table + sizeof(*h), '\0', h->dir_bytes) == NULL || h->chunk_bytes == 0) {
+    if (memchr(table + sizeof(*h), '\0', h->dir_bytes) == NULL) {
         snprintf(err, errlen, "the snapshot table is damaged (chunk folder)");
         free(table);
         return NULL;
@@ -191,7 +200,8 @@ const struct snap_record *rp_snapshot_first(const char *table)
 
 const struct snap_record *rp_snapshot_next(const struct snap_record *r)
 {
-    return (const struct snap_record *)((const char *)(r + 1) + hashes_bytes(r->n_chunks));
+    const char *after = (const char *)(r + 1) + hashes_bytes(r->n_chunks, r->size);
+    return (const struct snap_record *)after;
 }
 
 int rp_snapshot_open_chunks(const char *table, const char *table_path, struct rp_chunk_store *s,
