@@ -1,12 +1,14 @@
 /*
- * Content-addressed chunk folders: <folder>/<hh>/<64 hex digits of the chunk's BLAKE3-256>.
+ * Content-addressed chunk folders: <folder>/<hh>/<64 hex digits of the chunk's name>, the name
+ * being the BLAKE3-256 of the BLAKE3-256 of each MiB piece (rp_chunk_name): the pieces' hashes
+ * are in the snapshot's table, so a restore checks any MiB-aligned part of a chunk on its own.
  *
  * Each engine thread writes its own chunks to their own files, so offloads are no longer
  * serialized on one file's inode lock (one file: 2.4 GB/s into the page cache on the H200;
  * benchmarks/bench_parallel_write.py measures files side by side). A chunk is written under a
  * temporary name and renamed: a name, once there, always holds a complete chunk, whatever
  * crashes; a chunk already there is not written again (dedup, incremental checkpoints). The
- * contents are never trusted by name: every reader checks them against the hash.
+ * contents are never trusted by name: every reader checks them against the table's hashes.
  */
 #define _GNU_SOURCE
 #include "shim.h"

@@ -11,7 +11,7 @@
  * Mechanisms:
  *   engine.c   chunked copies through the staging pool (pinned buffers, streams), several threads
  *   vmm.c      device allocations served from VMM, their registry, and the offload gate
- *   chunks.c   content-addressed chunk folders (BLAKE3-256 names; the store's, a checkpoint's)
+ *   chunks.c   content-addressed chunk folders (BLAKE3 names; the store's, a checkpoint's)
  *   snapshot.c the snapshot table: write (from live allocations as chunks) and read it
  * Users of the mechanisms:
  *   copies.c   large pageable H2D / D2H copies routed through the engine
@@ -222,8 +222,8 @@ int rp_gate_is_closed(void);
 
 /* ---- content-addressed chunks (chunks.c) ----
  *
- * A snapshot's bytes are chunks, each named by its BLAKE3-256 hash, in a chunk folder:
- * <folder>/<first 2 hex digits>/<64 hex digits>. The folder is a checkpoint's own
+ * A snapshot's bytes are chunks, each named by a BLAKE3-256 hash (of its MiB pieces' hashes),
+ * in a chunk folder: <folder>/<first 2 hex digits>/<64 hex digits>. The folder is a checkpoint's own
  * (DIR/gpu-<pid>.chunks), a store shared by checkpoints (restoreprof.store: an identical chunk is
  * kept once, and a second checkpoint writes only the chunks that changed), or an export. Chunks
  * are written under a temporary name and renamed, so a name always holds a complete chunk. A
