@@ -581,10 +581,14 @@ EXPORT CUresult cuMemAlloc_v2(CUdeviceptr *dptr, size_t size)
     return CUDA_SUCCESS;
 }
 
+static CUresult pool_free(CUdeviceptr dptr); /* stream-ordered allocations, below */
+
 EXPORT CUresult cuMemFree_v2(CUdeviceptr dptr)
 {
     ENTER_INIT("cuMemFree_v2");
     if (!dptr)
+        return CUDA_SUCCESS;
+    if (pool_free(dptr) == CUDA_SUCCESS) /* a stream-ordered allocation */
         return CUDA_SUCCESS;
     size_t size = remove_region(dptr, REGION_DEVICE);
     if (!size)
@@ -796,10 +800,15 @@ EXPORT CUresult cuLaunchKernel(CUfunction f, unsigned int gx, unsigned int gy, u
     return CUDA_SUCCESS;
 }
 
-/* ---------- streams and events: handles only, work is already done ---------- */
+/* ---------- streams and events: handles only, work is already done ----------
+ *
+ * Work on a stream is done at once, except on a stream a test holds (fakecuda_hold_stream):
+ * an event recorded on it stays "not ready" until the test lets the stream go, which is how
+ * tests see that a stream-ordered free is not reused before the GPU is done with the memory. */
 
 struct fake_handle {
-    int kind;
+    int held;                         /* a stream: its work "still runs" */
+    struct fake_handle *recorded_on;  /* an event: the stream of its last record */
 };
 
 static CUresult new_handle(void **out)
@@ -808,6 +817,19 @@ static CUresult new_handle(void **out)
         return CUDA_ERROR_INVALID_VALUE;
     *out = calloc(1, sizeof(struct fake_handle));
     return *out ? CUDA_SUCCESS : CUDA_ERROR_OUT_OF_MEMORY;
+}
+
+/* For tests: hold (1) or let go (0) a stream created with cuStreamCreate. */
+EXPORT void fakecuda_hold_stream(CUstream s, int held)
+{
+    if (s && s != CU_STREAM_LEGACY && s != CU_STREAM_PER_THREAD)
+        ((struct fake_handle *)s)->held = held;
+}
+
+static int is_held(CUstream s)
+{
+    return s && s != CU_STREAM_LEGACY && s != CU_STREAM_PER_THREAD &&
+           ((struct fake_handle *)s)->held;
 }
 
 EXPORT CUresult cuStreamCreate(CUstream *s, unsigned int flags)
@@ -836,6 +858,15 @@ EXPORT CUresult cuStreamSynchronize(CUstream s)
 EXPORT CUresult cuStreamQuery(CUstream s)
 {
     ENTER_INIT("cuStreamQuery");
+    return is_held(s) ? CUDA_ERROR_NOT_READY : CUDA_SUCCESS;
+}
+
+EXPORT CUresult cuStreamIsCapturing(CUstream s, CUstreamCaptureStatus *status)
+{
+    ENTER_INIT("cuStreamIsCapturing");
+    if (!status)
+        return CUDA_ERROR_INVALID_VALUE;
+    *status = CU_STREAM_CAPTURE_STATUS_NONE;
     return CUDA_SUCCESS;
 }
 
@@ -855,19 +886,29 @@ EXPORT CUresult cuEventCreate(CUevent *e, unsigned int flags)
 EXPORT CUresult cuEventRecord(CUevent e, CUstream s)
 {
     ENTER_INIT("cuEventRecord");
-    return e ? CUDA_SUCCESS : CUDA_ERROR_INVALID_HANDLE;
+    if (!e)
+        return CUDA_ERROR_INVALID_HANDLE;
+    ((struct fake_handle *)e)->recorded_on = is_held(s) ? (struct fake_handle *)s : NULL;
+    return CUDA_SUCCESS;
 }
 
+/* A held stream's work never finishes in a test: synchronizing on it would hang. */
 EXPORT CUresult cuEventSynchronize(CUevent e)
 {
     ENTER_INIT("cuEventSynchronize");
-    return e ? CUDA_SUCCESS : CUDA_ERROR_INVALID_HANDLE;
+    if (!e)
+        return CUDA_ERROR_INVALID_HANDLE;
+    struct fake_handle *on = ((struct fake_handle *)e)->recorded_on;
+    return on && on->held ? CUDA_ERROR_ILLEGAL_STATE : CUDA_SUCCESS;
 }
 
 EXPORT CUresult cuEventQuery(CUevent e)
 {
     ENTER_INIT("cuEventQuery");
-    return e ? CUDA_SUCCESS : CUDA_ERROR_INVALID_HANDLE;
+    if (!e)
+        return CUDA_ERROR_INVALID_HANDLE;
+    struct fake_handle *on = ((struct fake_handle *)e)->recorded_on;
+    return on && on->held ? CUDA_ERROR_NOT_READY : CUDA_SUCCESS;
 }
 
 EXPORT CUresult cuEventElapsedTime_v2(float *ms, CUevent start, CUevent end)
@@ -888,12 +929,102 @@ EXPORT CUresult cuEventDestroy_v2(CUevent e)
     return CUDA_SUCCESS;
 }
 
-/* ---------- virtual memory management: mmap reservations, memfd physical memory ---------- */
+/* ---------- virtual memory management: mmap reservations, memfd physical memory ----------
+ *
+ * As in the driver: a physical allocation lives while the application holds a reference to
+ * its handle (create, retain, import) or while it is mapped; handle values are never reused
+ * (a new allocation after a release, or after a restore, gets a new value); a mapping must lie
+ * in a reservation and cover a range not mapped yet; access is per mapping and per device. */
+
+#define FAKE_HANDLE_BASE 0x00c0de0000000000ull
 
 struct fake_phys {
+    unsigned long long id;
     int fd;
     size_t size;
+    int refs; /* the application's handle references */
+    int maps; /* mappings of it */
+    CUmemAllocationProp prop;
+    struct fake_phys *next;
 };
+
+struct fake_map {
+    uintptr_t va;
+    size_t size;
+    size_t offset;
+    struct fake_phys *phys;
+    CUmemAccess_flags access[MAX_DEVICES];
+    struct fake_map *next;
+};
+
+static struct fake_phys *phys_list;
+static struct fake_map *map_list;
+static unsigned long long next_phys_id = 1;
+static pthread_mutex_t vmm_lock = PTHREAD_MUTEX_INITIALIZER;
+
+static CUmemGenericAllocationHandle phys_handle(const struct fake_phys *p)
+{
+    return FAKE_HANDLE_BASE + p->id;
+}
+
+static struct fake_phys *find_phys(CUmemGenericAllocationHandle handle)
+{
+    for (struct fake_phys *p = phys_list; p; p = p->next)
+        if (phys_handle(p) == handle)
+            return p;
+    return NULL;
+}
+
+static struct fake_map *map_at(uintptr_t addr)
+{
+    for (struct fake_map *m = map_list; m; m = m->next)
+        if (addr >= m->va && addr < m->va + m->size)
+            return m;
+    return NULL;
+}
+
+/* Frees p once nothing refers to it (vmm_lock held). */
+static void phys_settle(struct fake_phys *p)
+{
+    if (p->refs > 0 || p->maps > 0)
+        return;
+    for (struct fake_phys **q = &phys_list; *q; q = &(*q)->next)
+        if (*q == p) {
+            *q = p->next;
+            break;
+        }
+    close(p->fd);
+    free(p);
+}
+
+static struct fake_phys *phys_new(int fd, size_t size, const CUmemAllocationProp *prop)
+{
+    struct fake_phys *p = calloc(1, sizeof(*p));
+    if (!p)
+        return NULL;
+    p->fd = fd;
+    p->size = size;
+    p->refs = 1;
+    p->prop = *prop;
+    p->id = next_phys_id++;
+    p->next = phys_list;
+    phys_list = p;
+    return p;
+}
+
+/* For tests: physical allocations alive now, and their bytes. */
+EXPORT long fakecuda_phys_live(size_t *bytes)
+{
+    long n = 0;
+    size_t total = 0;
+    pthread_mutex_lock(&vmm_lock);
+    for (struct fake_phys *p = phys_list; p; p = p->next, n++)
+        total += p->size;
+    pthread_mutex_unlock(&vmm_lock);
+    if (bytes)
+        *bytes = total;
+    return n;
+}
 
 EXPORT CUresult cuMemGetAllocationGranularity(size_t *granularity, const CUmemAllocationProp *prop,
                                               CUmemAllocationGranularity_flags option)
@@ -929,6 +1060,13 @@ EXPORT CUresult cuMemAddressReserve(CUdeviceptr *ptr, size_t size, size_t alignm
 EXPORT CUresult cuMemAddressFree(CUdeviceptr ptr, size_t size)
 {
     ENTER_INIT("cuMemAddressFree");
+    pthread_mutex_lock(&vmm_lock);
+    int mapped = 0;
+    for (struct fake_map *m = map_list; m; m = m->next)
+        mapped |= m->va >= ptr && m->va < ptr + size;
+    pthread_mutex_unlock(&vmm_lock);
+    if (mapped) /* the driver refuses to free a range that is still mapped */
+        return CUDA_ERROR_INVALID_VALUE;
     if (remove_region(ptr, REGION_VMM) != size)
         return CUDA_ERROR_INVALID_VALUE;
     munmap((void *)ptr, size);
@@ -941,48 +1079,95 @@ EXPORT CUresult cuMemCreate(CUmemGenericAllocationHandle *handle, size_t size,
     ENTER_INIT("cuMemCreate");
     if (!handle || !prop || !size || size % FAKE_GRANULARITY)
         return CUDA_ERROR_INVALID_VALUE;
-    struct fake_phys *phys = malloc(sizeof(*phys));
-    if (!phys)
-        return CUDA_ERROR_OUT_OF_MEMORY;
-    phys->fd = memfd_create("fakecuda-phys", MFD_CLOEXEC);
-    phys->size = size;
-    if (phys->fd < 0 || ftruncate(phys->fd, (off_t)size) != 0) {
-        if (phys->fd >= 0)
-            close(phys->fd);
-        free(phys);
+    if (prop->type != CU_MEM_ALLOCATION_TYPE_PINNED ||
+        prop->location.type != CU_MEM_LOCATION_TYPE_DEVICE || check_device(prop->location.id))
+        return CUDA_ERROR_INVALID_VALUE;
+    if (prop->requestedHandleTypes & ~CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR)
+        return CUDA_ERROR_NOT_SUPPORTED; /* no fabric (IMEX) here, no Win32 */
+    int fd = memfd_create("fakecuda-phys", MFD_CLOEXEC);
+    if (fd < 0 || ftruncate(fd, (off_t)size) != 0) {
+        if (fd >= 0)
+            close(fd);
         return CUDA_ERROR_OUT_OF_MEMORY;
     }
-    *handle = (CUmemGenericAllocationHandle)(uintptr_t)phys;
+    pthread_mutex_lock(&vmm_lock);
+    struct fake_phys *p = phys_new(fd, size, prop);
+    if (p)
+        *handle = phys_handle(p);
+    pthread_mutex_unlock(&vmm_lock);
+    if (!p) {
+        close(fd);
+        return CUDA_ERROR_OUT_OF_MEMORY;
+    }
     return CUDA_SUCCESS;
 }
 
-/* The mapping holds its own reference to the memfd, so release-while-mapped works as in CUDA. */
+/* A mapping holds its own reference, so release-while-mapped works as in CUDA. */
 EXPORT CUresult cuMemRelease(CUmemGenericAllocationHandle handle)
 {
     ENTER_INIT("cuMemRelease");
-    struct fake_phys *phys = (struct fake_phys *)(uintptr_t)handle;
-    if (!phys)
-        return CUDA_ERROR_INVALID_HANDLE;
-    close(phys->fd);
-    free(phys);
-    return CUDA_SUCCESS;
+    pthread_mutex_lock(&vmm_lock);
+    struct fake_phys *p = find_phys(handle);
+    CUresult rc = p && p->refs > 0 ? CUDA_SUCCESS : CUDA_ERROR_INVALID_VALUE;
+    if (rc == CUDA_SUCCESS) {
+        p->refs--;
+        phys_settle(p);
+    }
+    pthread_mutex_unlock(&vmm_lock);
+    return rc;
+}
+
+EXPORT CUresult cuMemRetainAllocationHandle(CUmemGenericAllocationHandle *handle, void *addr)
+{
+    ENTER_INIT("cuMemRetainAllocationHandle");
+    if (!handle)
+        return CUDA_ERROR_INVALID_VALUE;
+    pthread_mutex_lock(&vmm_lock);
+    struct fake_map *m = map_at((uintptr_t)addr);
+    if (m) {
+        m->phys->refs++;
+        *handle = phys_handle(m->phys);
+    }
+    pthread_mutex_unlock(&vmm_lock);
+    return m ? CUDA_SUCCESS : CUDA_ERROR_INVALID_VALUE;
+}
+
+EXPORT CUresult cuMemGetAllocationPropertiesFromHandle(CUmemAllocationProp *prop,
+                                                       CUmemGenericAllocationHandle handle)
+{
+    ENTER_INIT("cuMemGetAllocationPropertiesFromHandle");
+    if (!prop)
+        return CUDA_ERROR_INVALID_VALUE;
+    pthread_mutex_lock(&vmm_lock);
+    struct fake_phys *p = find_phys(handle);
+    if (p)
+        *prop = p->prop;
+    pthread_mutex_unlock(&vmm_lock);
+    return p ? CUDA_SUCCESS : CUDA_ERROR_INVALID_VALUE;
 }
 
 /* Shareable handles: the exported descriptor is a duplicate of the memfd, and importing one
- * makes a new handle over the same memory, as sharing physical memory between processes does. */
+ * makes a new handle over the same memory, as sharing physical memory between processes does.
+ * As in the driver, only a type requested at creation can be exported. */
 EXPORT CUresult cuMemExportToShareableHandle(void *shareable, CUmemGenericAllocationHandle handle,
                                              CUmemAllocationHandleType type,
                                              unsigned long long flags)
 {
     ENTER_INIT("cuMemExportToShareableHandle");
-    struct fake_phys *phys = (struct fake_phys *)(uintptr_t)handle;
-    if (!phys || !shareable || type != CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR)
+    if (!shareable || type != CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR)
         return CUDA_ERROR_INVALID_VALUE;
-    int fd = fcntl(phys->fd, F_DUPFD_CLOEXEC, 0);
-    if (fd < 0)
-        return CUDA_ERROR_OUT_OF_MEMORY;
-    *(int *)shareable = fd;
-    return CUDA_SUCCESS;
+    pthread_mutex_lock(&vmm_lock);
+    struct fake_phys *p = find_phys(handle);
+    int fd = -1;
+    CUresult rc = !p                                   ? CUDA_ERROR_INVALID_VALUE
+                  : !(p->prop.requestedHandleTypes & type) ? CUDA_ERROR_NOT_PERMITTED
+                                                           : CUDA_SUCCESS;
+    if (rc == CUDA_SUCCESS && (fd = fcntl(p->fd, F_DUPFD_CLOEXEC, 0)) < 0)
+        rc = CUDA_ERROR_OUT_OF_MEMORY;
+    pthread_mutex_unlock(&vmm_lock);
+    if (rc == CUDA_SUCCESS)
+        *(int *)shareable = fd;
+    return rc;
 }
 
 EXPORT CUresult cuMemImportFromShareableHandle(CUmemGenericAllocationHandle *handle,
@@ -993,16 +1178,21 @@ EXPORT CUresult cuMemImportFromShareableHandle(CUmemGenericAllocationHandle *han
     int given = (int)(intptr_t)shareable;
     if (!handle || type != CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR || fstat(given, &st) != 0)
         return CUDA_ERROR_INVALID_VALUE;
-    struct fake_phys *phys = malloc(sizeof(*phys));
-    if (!phys)
-        return CUDA_ERROR_OUT_OF_MEMORY;
-    phys->fd = fcntl(given, F_DUPFD_CLOEXEC, 0);
-    phys->size = (size_t)st.st_size;
-    if (phys->fd < 0) {
-        free(phys);
+    int fd = fcntl(given, F_DUPFD_CLOEXEC, 0);
+    if (fd < 0)
         return CUDA_ERROR_INVALID_VALUE;
+    CUmemAllocationProp prop = { .type = CU_MEM_ALLOCATION_TYPE_PINNED,
+                                 .requestedHandleTypes = CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR,
+                                 .location = { CU_MEM_LOCATION_TYPE_DEVICE, 0 } };
+    pthread_mutex_lock(&vmm_lock);
+    struct fake_phys *p = phys_new(fd, (size_t)st.st_size, &prop);
+    if (p)
+        *handle = phys_handle(p);
+    pthread_mutex_unlock(&vmm_lock);
+    if (!p) {
+        close(fd);
+        return CUDA_ERROR_OUT_OF_MEMORY;
     }
-    *handle = (CUmemGenericAllocationHandle)(uintptr_t)phys;
     return CUDA_SUCCESS;
 }
 
@@ -1010,35 +1200,325 @@ EXPORT CUresult cuMemMap(CUdeviceptr ptr, size_t size, size_t offset,
                          CUmemGenericAllocationHandle handle, unsigned long long flags)
 {
     ENTER_INIT("cuMemMap");
-    struct fake_phys *phys = (struct fake_phys *)(uintptr_t)handle;
     struct region r;
-    if (!phys || offset + size > phys->size)
-        return CUDA_ERROR_INVALID_VALUE;
-    if (!find_region(ptr, &r) || r.kind != REGION_VMM || ptr + size > r.base + r.size)
+    if (!size || !find_region(ptr, &r) || r.kind != REGION_VMM || ptr + size > r.base + r.size)
         return CUDA_ERROR_INVALID_VALUE; /* must land inside a reservation */
-    void *p = mmap((void *)ptr, size, PROT_NONE, MAP_FIXED | MAP_SHARED, phys->fd, (off_t)offset);
-    return p == MAP_FAILED ? CUDA_ERROR_OUT_OF_MEMORY : CUDA_SUCCESS;
+    pthread_mutex_lock(&vmm_lock);
+    struct fake_phys *p = find_phys(handle);
+    CUresult rc = !p || offset + size > p->size ? CUDA_ERROR_INVALID_VALUE : CUDA_SUCCESS;
+    for (struct fake_map *m = map_list; rc == CUDA_SUCCESS && m; m = m->next)
+        if (m->va < ptr + size && ptr < m->va + m->size)
+            rc = CUDA_ERROR_INVALID_VALUE; /* already mapped */
+    struct fake_map *m = rc == CUDA_SUCCESS ? calloc(1, sizeof(*m)) : NULL;
+    if (rc == CUDA_SUCCESS && !m)
+        rc = CUDA_ERROR_OUT_OF_MEMORY;
+    if (rc == CUDA_SUCCESS &&
+        mmap((void *)ptr, size, PROT_NONE, MAP_FIXED | MAP_SHARED, p->fd, (off_t)offset) ==
+            MAP_FAILED)
+        rc = CUDA_ERROR_OUT_OF_MEMORY;
+    if (rc == CUDA_SUCCESS) {
+        *m = (struct fake_map){ .va = ptr, .size = size, .offset = offset, .phys = p,
+                                .next = map_list };
+        map_list = m;
+        p->maps++;
+    } else {
+        free(m);
+    }
+    pthread_mutex_unlock(&vmm_lock);
+    return rc;
 }
 
+/* The range must be mapped; the host protection is the widest access granted. */
 EXPORT CUresult cuMemSetAccess(CUdeviceptr ptr, size_t size, const CUmemAccessDesc *desc,
                                size_t count)
 {
     ENTER_INIT("cuMemSetAccess");
-    if (!desc || !count)
+    if (!desc || !count || !size)
         return CUDA_ERROR_INVALID_VALUE;
-    int prot = desc->flags == CU_MEM_ACCESS_FLAGS_PROT_READWRITE ? PROT_READ | PROT_WRITE
-               : desc->flags == CU_MEM_ACCESS_FLAGS_PROT_READ    ? PROT_READ
-                                                                 : PROT_NONE;
-    return mprotect((void *)ptr, size, prot) == 0 ? CUDA_SUCCESS : CUDA_ERROR_INVALID_VALUE;
+    for (size_t i = 0; i < count; i++)
+        if (desc[i].location.type != CU_MEM_LOCATION_TYPE_DEVICE ||
+            check_device(desc[i].location.id))
+            return CUDA_ERROR_INVALID_DEVICE;
+    pthread_mutex_lock(&vmm_lock);
+    size_t covered = 0;
+    for (struct fake_map *m = map_list; m; m = m->next)
+        if (m->va >= ptr && m->va + m->size <= ptr + size)
+            covered += m->size;
+    CUresult rc = covered == size ? CUDA_SUCCESS : CUDA_ERROR_INVALID_VALUE;
+    int prot = PROT_NONE;
+    for (struct fake_map *m = map_list; rc == CUDA_SUCCESS && m; m = m->next) {
+        if (m->va < ptr || m->va + m->size > ptr + size)
+            continue;
+        for (size_t i = 0; i < count; i++)
+            m->access[desc[i].location.id] = desc[i].flags;
+        for (int d = 0; d < MAX_DEVICES; d++)
+            prot |= m->access[d] == CU_MEM_ACCESS_FLAGS_PROT_READWRITE ? PROT_READ | PROT_WRITE
+                    : m->access[d] == CU_MEM_ACCESS_FLAGS_PROT_READ    ? PROT_READ
+                                                                       : PROT_NONE;
+    }
+    pthread_mutex_unlock(&vmm_lock);
+    if (rc == CUDA_SUCCESS && mprotect((void *)ptr, size, prot) != 0)
+        rc = CUDA_ERROR_INVALID_VALUE;
+    return rc;
 }
 
-/* Unmapping puts an inaccessible anonymous mapping back: the reservation stays. */
+EXPORT CUresult cuMemGetAccess(unsigned long long *flags, const CUmemLocation *location,
+                               CUdeviceptr ptr)
+{
+    ENTER_INIT("cuMemGetAccess");
+    if (!flags || !location || location->type != CU_MEM_LOCATION_TYPE_DEVICE ||
+        check_device(location->id))
+        return CUDA_ERROR_INVALID_VALUE;
+    pthread_mutex_lock(&vmm_lock);
+    struct fake_map *m = map_at(ptr);
+    if (m)
+        *flags = m->access[location->id];
+    pthread_mutex_unlock(&vmm_lock);
+    return m ? CUDA_SUCCESS : CUDA_ERROR_INVALID_VALUE;
+}
+
+/* Unmapping puts an inaccessible anonymous mapping back: the reservation stays. The range must
+ * be whole mappings, as in the driver. */
 EXPORT CUresult cuMemUnmap(CUdeviceptr ptr, size_t size)
 {
     ENTER_INIT("cuMemUnmap");
+    pthread_mutex_lock(&vmm_lock);
+    CUresult rc = CUDA_SUCCESS;
+    for (struct fake_map *m = map_list; m; m = m->next)
+        if (m->va < ptr + size && ptr < m->va + m->size &&
+            (m->va < ptr || m->va + m->size > ptr + size))
+            rc = CUDA_ERROR_INVALID_VALUE; /* would split a mapping */
+    for (struct fake_map **q = &map_list; rc == CUDA_SUCCESS && *q;) {
+        struct fake_map *m = *q;
+        if (m->va >= ptr && m->va + m->size <= ptr + size) {
+            *q = m->next;
+            m->phys->maps--;
+            phys_settle(m->phys);
+            free(m);
+        } else {
+            q = &m->next;
+        }
+    }
+    pthread_mutex_unlock(&vmm_lock);
+    if (rc != CUDA_SUCCESS)
+        return rc;
     void *p = mmap((void *)ptr, size, PROT_NONE,
                    MAP_FIXED | MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
     return p == MAP_FAILED ? CUDA_ERROR_INVALID_VALUE : CUDA_SUCCESS;
+}
+
+/* ---------- stream-ordered allocation: memory pools ----------
+ *
+ * Each device has a default pool and a current one; an allocation is host memory, as with
+ * cuMemAlloc, counted in its pool's used and reserved bytes. */
+
+struct fake_pool {
+    CUmemPoolProps props;
+    cuuint64_t threshold;
+    cuuint64_t used, used_high;
+    int destroyed;
+};
+
+static struct fake_pool default_pool[MAX_DEVICES];
+static struct fake_pool *current_pool[MAX_DEVICES];
+
+struct fake_block {
+    uintptr_t address;
+    size_t size;
+    struct fake_pool *pool;
+    struct fake_block *next;
+};
+static struct fake_block *blocks;
+
+static struct fake_pool *device_pool(CUdevice dev)
+{
+    if (!default_pool[dev].props.location.type) {
+        default_pool[dev].props.allocType = CU_MEM_ALLOCATION_TYPE_PINNED;
+        default_pool[dev].props.location = (CUmemLocation){ CU_MEM_LOCATION_TYPE_DEVICE, dev };
+    }
+    return current_pool[dev] ? current_pool[dev] : &default_pool[dev];
+}
+
+EXPORT CUresult cuDeviceGetDefaultMemPool(CUmemoryPool *pool, CUdevice dev)
+{
+    ENTER_INIT("cuDeviceGetDefaultMemPool");
+    if (!pool || check_device(dev))
+        return CUDA_ERROR_INVALID_VALUE;
+    device_pool(dev);
+    *pool = (CUmemoryPool)&default_pool[dev];
+    return CUDA_SUCCESS;
+}
+
+EXPORT CUresult cuDeviceGetMemPool(CUmemoryPool *pool, CUdevice dev)
+{
+    ENTER_INIT("cuDeviceGetMemPool");
+    if (!pool || check_device(dev))
+        return CUDA_ERROR_INVALID_VALUE;
+    *pool = (CUmemoryPool)device_pool(dev);
+    return CUDA_SUCCESS;
+}
+
+EXPORT CUresult cuDeviceSetMemPool(CUdevice dev, CUmemoryPool pool)
+{
+    ENTER_INIT("cuDeviceSetMemPool");
+    if (!pool || check_device(dev))
+        return CUDA_ERROR_INVALID_VALUE;
+    current_pool[dev] = (struct fake_pool *)pool;
+    return CUDA_SUCCESS;
+}
+
+EXPORT CUresult cuMemPoolCreate(CUmemoryPool *pool, const CUmemPoolProps *props)
+{
+    ENTER_INIT("cuMemPoolCreate");
+    if (!pool || !props || props->location.type != CU_MEM_LOCATION_TYPE_DEVICE ||
+        check_device(props->location.id))
+        return CUDA_ERROR_INVALID_VALUE;
+    struct fake_pool *p = calloc(1, sizeof(*p));
+    if (!p)
+        return CUDA_ERROR_OUT_OF_MEMORY;
+    p->props = *props;
+    *pool = (CUmemoryPool)p;
+    return CUDA_SUCCESS;
+}
+
+EXPORT CUresult cuMemPoolDestroy(CUmemoryPool pool)
+{
+    ENTER_INIT("cuMemPoolDestroy");
+    struct fake_pool *p = (struct fake_pool *)pool;
+    if (!p || p->destroyed || (p >= default_pool && p < default_pool + MAX_DEVICES))
+        return CUDA_ERROR_INVALID_VALUE;
+    p->destroyed = 1; /* kept: blocks may still point at it */
+    for (int d = 0; d < MAX_DEVICES; d++)
+        if (current_pool[d] == p)
+            current_pool[d] = NULL;
+    return CUDA_SUCCESS;
+}
+
+EXPORT CUresult cuMemPoolTrimTo(CUmemoryPool pool, size_t keep)
+{
+    ENTER_INIT("cuMemPoolTrimTo");
+    return pool ? CUDA_SUCCESS : CUDA_ERROR_INVALID_VALUE;
+}
+
+EXPORT CUresult cuMemPoolSetAccess(CUmemoryPool pool, const CUmemAccessDesc *map, size_t count)
+{
+    ENTER_INIT("cuMemPoolSetAccess");
+    return pool && map ? CUDA_SUCCESS : CUDA_ERROR_INVALID_VALUE;
+}
+
+EXPORT CUresult cuMemPoolSetAttribute(CUmemoryPool pool, CUmemPool_attribute attr, void *value)
+{
+    ENTER_INIT("cuMemPoolSetAttribute");
+    struct fake_pool *p = (struct fake_pool *)pool;
+    if (!p || !value)
+        return CUDA_ERROR_INVALID_VALUE;
+    if (attr == CU_MEMPOOL_ATTR_RELEASE_THRESHOLD)
+        p->threshold = *(cuuint64_t *)value;
+    else if (attr == CU_MEMPOOL_ATTR_USED_MEM_HIGH || attr == CU_MEMPOOL_ATTR_RESERVED_MEM_HIGH)
+        p->used_high = p->used;
+    return CUDA_SUCCESS;
+}
+
+EXPORT CUresult cuMemPoolGetAttribute(CUmemoryPool pool, CUmemPool_attribute attr, void *value)
+{
+    ENTER_INIT("cuMemPoolGetAttribute");
+    struct fake_pool *p = (struct fake_pool *)pool;
+    if (!p || !value)
+        return CUDA_ERROR_INVALID_VALUE;
+    switch (attr) {
+    case CU_MEMPOOL_ATTR_RELEASE_THRESHOLD: *(cuuint64_t *)value = p->threshold; break;
+    case CU_MEMPOOL_ATTR_USED_MEM_CURRENT:
+    case CU_MEMPOOL_ATTR_RESERVED_MEM_CURRENT: *(cuuint64_t *)value = p->used; break;
+    case CU_MEMPOOL_ATTR_USED_MEM_HIGH:
+    case CU_MEMPOOL_ATTR_RESERVED_MEM_HIGH: *(cuuint64_t *)value = p->used_high; break;
+    default: *(int *)value = 0; break;
+    }
+    return CUDA_SUCCESS;
+}
+
+static CUresult pool_alloc(CUdeviceptr *dptr, size_t size, struct fake_pool *pool)
+{
+    NEED_CTX();
+    if (!dptr || !size || !pool || pool->destroyed)
+        return CUDA_ERROR_INVALID_VALUE;
+    void *p = page_alloc(size);
+    struct fake_block *b = malloc(sizeof(*b));
+    if (!p || !b || add_region((uintptr_t)p, size, REGION_DEVICE)) {
+        free(b);
+        if (p)
+            munmap(p, size);
+        return CUDA_ERROR_OUT_OF_MEMORY;
+    }
+    pthread_mutex_lock(&vmm_lock);
+    *b = (struct fake_block){ (uintptr_t)p, size, pool, blocks };
+    blocks = b;
+    pool->used += size;
+    if (pool->used > pool->used_high)
+        pool->used_high = pool->used;
+    pthread_mutex_unlock(&vmm_lock);
+    *dptr = (CUdeviceptr)p;
+    return CUDA_SUCCESS;
+}
+
+static CUresult pool_free(CUdeviceptr dptr)
+{
+    struct fake_block *found = NULL;
+    pthread_mutex_lock(&vmm_lock);
+    for (struct fake_block **q = &blocks; *q; q = &(*q)->next)
+        if ((*q)->address == dptr) {
+            found = *q;
+            *q = found->next;
+            found->pool->used -= found->size;
+            break;
+        }
+    pthread_mutex_unlock(&vmm_lock);
+    if (!found || remove_region(dptr, REGION_DEVICE) != found->size) {
+        free(found);
+        return CUDA_ERROR_INVALID_VALUE;
+    }
+    munmap((void *)dptr, found->size);
+    free(found);
+    return CUDA_SUCCESS;
+}
+
+EXPORT CUresult cuMemAllocAsync(CUdeviceptr *dptr, size_t size, CUstream stream)
+{
+    ENTER_INIT("cuMemAllocAsync");
+    NEED_CTX();
+    return pool_alloc(dptr, size, device_pool(current_ctx->device));
+}
+
+EXPORT CUresult cuMemAllocAsync_ptsz(CUdeviceptr *dptr, size_t size, CUstream stream)
+{
+    ENTER_INIT("cuMemAllocAsync_ptsz");
+    NEED_CTX();
+    return pool_alloc(dptr, size, device_pool(current_ctx->device));
+}
+
+EXPORT CUresult cuMemAllocFromPoolAsync(CUdeviceptr *dptr, size_t size, CUmemoryPool pool,
+                                        CUstream stream)
+{
+    ENTER_INIT("cuMemAllocFromPoolAsync");
+    return pool_alloc(dptr, size, (struct fake_pool *)pool);
+}
+
+EXPORT CUresult cuMemAllocFromPoolAsync_ptsz(CUdeviceptr *dptr, size_t size, CUmemoryPool pool,
+                                             CUstream stream)
+{
+    ENTER_INIT("cuMemAllocFromPoolAsync_ptsz");
+    return pool_alloc(dptr, size, (struct fake_pool *)pool);
+}
+
+EXPORT CUresult cuMemFreeAsync(CUdeviceptr dptr, CUstream stream)
+{
+    ENTER_INIT("cuMemFreeAsync");
+    return pool_free(dptr);
+}
+
+EXPORT CUresult cuMemFreeAsync_ptsz(CUdeviceptr dptr, CUstream stream)
+{
+    ENTER_INIT("cuMemFreeAsync_ptsz");
+    return pool_free(dptr);
 }
 
 /* ---------- driver checkpoint API: a state machine per pid ---------- */
@@ -1050,11 +1530,57 @@ static struct {
 } pid_states[MAX_PIDS];
 static pthread_mutex_t pid_lock = PTHREAD_MUTEX_INITIALIZER;
 
+/* With FAKECUDA_STATE_DIR set, each pid's state lives in a file there, shared by every process
+ * (as a real driver's is): a guardian process can then restore and unlock what another locked.
+ * Without it, the state is this process's own, as before. */
+static int shared_state_path(int pid, char *path, size_t len)
+{
+    const char *dir = getenv("FAKECUDA_STATE_DIR");
+    if (!dir || !*dir)
+        return 0;
+    snprintf(path, len, "%s/pid-%d", dir, pid);
+    return 1;
+}
+
+static CUprocessState shared_state_read(const char *path)
+{
+    CUprocessState state = CU_PROCESS_STATE_RUNNING;
+    FILE *f = fopen(path, "r");
+    if (f) {
+        int value;
+        if (fscanf(f, "%d", &value) == 1)
+            state = (CUprocessState)value;
+        fclose(f);
+    }
+    return state;
+}
+
+static void shared_state_write(const char *path, CUprocessState state)
+{
+    char tmp[4200];
+    snprintf(tmp, sizeof tmp, "%s.%d.tmp", path, (int)getpid());
+    FILE *f = fopen(tmp, "w");
+    if (!f)
+        return;
+    fprintf(f, "%d\n", (int)state);
+    fclose(f);
+    rename(tmp, path);
+}
+
 /* Moves pid from `from` to `to`; CUDA_ERROR_ILLEGAL_STATE when it is not in `from`. */
 static CUresult transition(int pid, CUprocessState from, CUprocessState to)
 {
     CUresult rc = CUDA_ERROR_ILLEGAL_STATE;
+    char path[4096];
     pthread_mutex_lock(&pid_lock);
+    if (shared_state_path(pid, path, sizeof path)) {
+        if (shared_state_read(path) == from) {
+            shared_state_write(path, to);
+            rc = CUDA_SUCCESS;
+        }
+        pthread_mutex_unlock(&pid_lock);
+        return rc;
+    }
     int slot = -1;
     for (int i = 0; i < MAX_PIDS && slot < 0; i++)
         if (pid_states[i].pid == pid)
@@ -1079,10 +1605,14 @@ EXPORT CUresult cuCheckpointProcessGetState(int pid, CUprocessState *state)
     if (!state)
         return CUDA_ERROR_INVALID_VALUE;
     *state = CU_PROCESS_STATE_RUNNING;
+    char path[4096];
     pthread_mutex_lock(&pid_lock);
-    for (int i = 0; i < MAX_PIDS; i++)
-        if (pid_states[i].pid == pid)
-            *state = pid_states[i].state;
+    if (shared_state_path(pid, path, sizeof path))
+        *state = shared_state_read(path);
+    else
+        for (int i = 0; i < MAX_PIDS; i++)
+            if (pid_states[i].pid == pid)
+                *state = pid_states[i].state;
     pthread_mutex_unlock(&pid_lock);
     return CUDA_SUCCESS;
 }
@@ -1139,6 +1669,8 @@ static const struct {
     { CUDA_ERROR_ILLEGAL_STATE, "CUDA_ERROR_ILLEGAL_STATE", "the operation is not permitted "
                                                              "in the current state" },
     { CUDA_ERROR_NOT_SUPPORTED, "CUDA_ERROR_NOT_SUPPORTED", "operation not supported" },
+    { CUDA_ERROR_NOT_PERMITTED, "CUDA_ERROR_NOT_PERMITTED", "operation not permitted" },
+    { CUDA_ERROR_NOT_READY, "CUDA_ERROR_NOT_READY", "device not ready" },
     { CUDA_ERROR_HOST_MEMORY_ALREADY_REGISTERED, "CUDA_ERROR_HOST_MEMORY_ALREADY_REGISTERED",
       "part or all of the requested memory range is already mapped" },
     { CUDA_ERROR_HOST_MEMORY_NOT_REGISTERED, "CUDA_ERROR_HOST_MEMORY_NOT_REGISTERED",
@@ -1186,8 +1718,10 @@ static const struct {
     const char *base;
     int min_version;
     void *fn;
+    void *per_thread; /* the _ptsz/_ptds variant, where there is one */
 } proc_table[] = {
-#define PROC(base, version, fn) { base, version, (void *)fn }
+#define PROC(base, version, fn) { base, version, (void *)fn, NULL }
+#define PTSZ(base, version, fn, ptsz) { base, version, (void *)fn, (void *)ptsz }
     PROC("cuInit", 2000, cuInit),
     PROC("cuDriverGetVersion", 2020, cuDriverGetVersion),
     PROC("cuDeviceGet", 2000, cuDeviceGet),
@@ -1252,6 +1786,22 @@ static const struct {
     PROC("cuMemUnmap", 10020, cuMemUnmap),
     PROC("cuMemSetAccess", 10020, cuMemSetAccess),
     PROC("cuMemExportToShareableHandle", 10020, cuMemExportToShareableHandle),
+    PROC("cuMemRetainAllocationHandle", 11000, cuMemRetainAllocationHandle),
+    PROC("cuMemGetAllocationPropertiesFromHandle", 10020, cuMemGetAllocationPropertiesFromHandle),
+    PROC("cuMemGetAccess", 10020, cuMemGetAccess),
+    PROC("cuStreamIsCapturing", 10000, cuStreamIsCapturing),
+    PROC("cuDeviceGetDefaultMemPool", 11020, cuDeviceGetDefaultMemPool),
+    PROC("cuDeviceGetMemPool", 11020, cuDeviceGetMemPool),
+    PROC("cuDeviceSetMemPool", 11020, cuDeviceSetMemPool),
+    PROC("cuMemPoolCreate", 11020, cuMemPoolCreate),
+    PROC("cuMemPoolDestroy", 11020, cuMemPoolDestroy),
+    PROC("cuMemPoolTrimTo", 11020, cuMemPoolTrimTo),
+    PROC("cuMemPoolSetAccess", 11020, cuMemPoolSetAccess),
+    PROC("cuMemPoolSetAttribute", 11020, cuMemPoolSetAttribute),
+    PROC("cuMemPoolGetAttribute", 11020, cuMemPoolGetAttribute),
+    PTSZ("cuMemAllocAsync", 11020, cuMemAllocAsync, cuMemAllocAsync_ptsz),
+    PTSZ("cuMemAllocFromPoolAsync", 11020, cuMemAllocFromPoolAsync, cuMemAllocFromPoolAsync_ptsz),
+    PTSZ("cuMemFreeAsync", 11020, cuMemFreeAsync, cuMemFreeAsync_ptsz),
     PROC("cuMemImportFromShareableHandle", 10020, cuMemImportFromShareableHandle),
     PROC("cuCheckpointProcessGetState", 12080, cuCheckpointProcessGetState),
     PROC("cuCheckpointProcessGetRestoreThreadId", 12080, cuCheckpointProcessGetRestoreThreadId),
@@ -1264,6 +1814,7 @@ static const struct {
     PROC("cuGetProcAddress", 11030, cuGetProcAddress_v1),
     PROC("cuGetProcAddress", 12000, cuGetProcAddress_v2),
 #undef PROC
+#undef PTSZ
 };
 
 static CUresult lookup_proc(const char *symbol, void **pfn, int version, cuuint64_t flags,
@@ -1281,7 +1832,9 @@ static CUresult lookup_proc(const char *symbol, void **pfn, int version, cuuint6
             continue;
         known = 1;
         if (proc_table[i].min_version <= version && proc_table[i].min_version > best_version) {
-            best = proc_table[i].fn;
+            best = proc_table[i].per_thread && (flags & CU_GET_PROC_ADDRESS_PER_THREAD_DEFAULT_STREAM)
+                       ? proc_table[i].per_thread
+                       : proc_table[i].fn;
             best_version = proc_table[i].min_version;
         }
     }

@@ -23,7 +23,8 @@ from restoreprof.checkpoint import checkpoint, restore
 from restoreprof.checkpoint.gpu import POOL_PRELOAD_STEP, PRELOAD_STEP
 from restoreprof.errors import RestoreprofError
 from restoreprof.optimizer.config import OptimizerConfig
-from restoreprof.optimizer.pool import _private_dir, find_socket, preload_through_pool
+from restoreprof.optimizer.pool import find_socket, preload_through_pool
+from restoreprof.system.sockets import make_private_dir
 from restoreprof.workloads.controller import HeldMemory
 
 pytestmark = pytest.mark.root
@@ -164,9 +165,9 @@ def test_a_run_dir_others_can_write_is_refused(tmp_path):
     shared = tmp_path / "shared"
     shared.mkdir()
     shared.chmod(0o777)
-    with pytest.raises(PermissionError, match="writable by others"):
-        _private_dir(shared)
-    _private_dir(tmp_path / "mine")
+    with pytest.raises(PermissionError, match="group or others may write"):
+        make_private_dir(shared)
+    make_private_dir(tmp_path / "mine")
     assert (tmp_path / "mine").stat().st_mode & 0o777 == 0o700
 
 

@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[2]
 # of its own layer of lower rank. "top" may import anything.
 GROUPS = {
     "": ("ground", 0),  # the restoreprof package itself: __version__, nothing imported
-    "errors": ("ground", 0), "system": ("ground", 1), "settings": ("ground", 2),
+    "errors": ("ground", 0), "schemas": ("ground", 0), "system": ("ground", 1), "settings": ("ground", 2),
     "cuda": ("ground", 3), "workloads": ("ground", 4),
     "trace": ("profiler", 10), "probes": ("profiler", 11), "analysis": ("profiler", 12),
     "exports": ("profiler", 13), "tui": ("profiler", 14),

@@ -1,5 +1,5 @@
 """The library's BLAKE3 (vendored, SIMD picked at run time) against the official test vectors,
-and snapshot tables (version 2) as restoreprof.store.table reads and rewrites them."""
+and snapshot tables (version 3) as restoreprof.store.table reads and rewrites them."""
 
 import ctypes
 import struct
@@ -52,17 +52,21 @@ def test_a_chunk_name_is_the_hash_of_its_pieces_hashes(blake3):
     assert chunk_name(data) == expected and len(pieces) == 3
 
 
-def _table(chunk_dir: bytes, chunk: int, sizes: list[int], piece: int = MIB) -> bytes:
+def _table(chunk_dir: bytes, chunk: int, sizes: list[int], piece: int = MIB,
+           mappings: int = 0, version: int = 3) -> bytes:
     dir_bytes = -(-(len(chunk_dir) + 1) // 8) * 8
     body = b""
     for i, size in enumerate(sizes):
         n, pieces = -(-size // chunk), -(-size // piece)
-        body += struct.pack("<QQQQiI", 0x1000 * (i + 1), size, size, 0, 0, n)
+        body += struct.pack("<QQQQiIIIQiiiIBBHI", 0x1000 * (i + 1), size, size, 0, 0, n,
+                            1 if mappings else 0, mappings, 0x77 if mappings else 0,
+                            0, 0, 0, 0, 0, 0, 0, 0)
+        body += b"".join(struct.pack("<QQQ", 0x9000 + m, MIB, m * MIB) for m in range(mappings))
         body += b"".join(bytes([i, k]) * 16 for k in range(n))  # names
         body += b"".join(bytes([i, 128 + k]) * 16 for k in range(pieces))
     header_bytes = 72
     total = header_bytes + dir_bytes + len(body)
-    header = struct.pack("<8sIIQQQQQQQ", b"RPSNAP2\0", 2, 2, chunk, len(sizes), sum(sizes),
+    header = struct.pack("<8sIIQQQQQQQ", b"RPSNAP1\0", version, 2, chunk, len(sizes), sum(sizes),
                          total, dir_bytes, 5, piece)
     return header + chunk_dir.ljust(dir_bytes, b"\0") + body
 
@@ -89,7 +93,7 @@ def test_a_damaged_table_is_refused_with_a_hint(tmp_path, damage):
     if damage == "truncate":
         raw = raw[:-10]
     elif damage == "magic":
-        raw[0:8] = b"RPSNAP1\0"
+        raw[0:8] = b"RPSNAPX\0"
     elif damage == "count":
         struct.pack_into("<Q", raw, 24, 7)  # more records than the table holds
     else:
@@ -99,3 +103,19 @@ def test_a_damaged_table_is_refused_with_a_hint(tmp_path, damage):
     with pytest.raises(RestoreprofError, match="not a usable snapshot table") as err:
         read_table(path)
     assert "take a new one" in err.value.hint
+
+
+def test_a_physical_record_with_mappings_is_read_past(tmp_path):
+    path = tmp_path / "gpu-2.snap"
+    path.write_bytes(_table(b"c", MIB, [3 * MIB, MIB + 1], mappings=2))
+    table = read_table(path)
+    assert [(r.kind, r.handle) for r in table.records] == [(1, 0x77), (1, 0x77)]
+    assert [n for _, n in table.chunks()] == [MIB, MIB, MIB, MIB, 1]
+
+
+def test_an_in_file_snapshot_is_refused_with_a_hint(tmp_path):
+    path = tmp_path / "gpu-3.snap"
+    path.write_bytes(_table(b"c", MIB, [MIB], version=2))
+    with pytest.raises(RestoreprofError, match="version 2 snapshot") as err:
+        read_table(path)
+    assert "take a new checkpoint" in err.value.hint

@@ -3,6 +3,14 @@
     from restoreprof.checkpoint import checkpoint, restore
 """
 
-from restoreprof.checkpoint.api import CheckpointResult, RestoreResult, checkpoint, restore
+from restoreprof.checkpoint.api import (
+    CheckpointResult,
+    RestoreResult,
+    abort_restore,
+    checkpoint,
+    recover_checkpoint,
+    restore,
+)
 
-__all__ = ["CheckpointResult", "RestoreResult", "checkpoint", "restore"]
+__all__ = ["CheckpointResult", "RestoreResult", "abort_restore", "checkpoint", "recover_checkpoint",
+           "restore"]

@@ -1,20 +1,22 @@
 """Checkpoint and restore as a Python API; the CLI, profiler, optimizer and tuner call these.
 
-Checkpoint: (offload GPU memory through the interception library) -> driver lock + checkpoint
-of every CUDA process -> criu dump -> manifest.
-Restore: verify the manifest and CRIU's metadata images -> criu restore (processes left
-stopped), with the page images' check, cuInit and the preload of offloaded GPU memory (by a
-warm pool where one runs) overlapped -> resume once every image passed -> per CUDA process, in
-parallel: driver restore -> unlock -> (adopt the preloaded GPU memory, or reload it).
-A failure at any step puts the processes back the way they were, or says how to.
+Checkpoint: a private folder (trust) -> (offload GPU memory through the interception library)
+-> driver lock + checkpoint of every CUDA process -> criu dump -> manifest of CRIU's own
+process list and every file's checksums.
+Restore: the folder's trust, the manifest's coverage and types, CRIU's metadata images and its
+process list -> criu restore (processes left stopped; log and PID file in a work folder), with
+the page images' check, cuInit and the preload of offloaded GPU memory (by a warm pool where
+one runs) overlapped -> resume once every image passed -> per CUDA process, in parallel:
+driver restore -> unlock -> (adopt the preloaded GPU memory, or reload it).
+Each phase is journaled and watched by a guardian process (journal, guardian, recovery): a
+failure or an interrupt at any point finishes the work or puts the processes back, or leaves
+them held with the one command that recovers them.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 import platform
-import signal
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -22,22 +24,28 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from restoreprof import __version__
-from restoreprof.checkpoint import criu, gpu
+from restoreprof.checkpoint import criu, gpu, lock, pstree, recovery, trust
 from restoreprof.checkpoint.compat import refuse_unrestorable
-from restoreprof.checkpoint.manifest import (
-    MANIFEST_NAME,
-    Manifest,
-    ProcessRecord,
-    is_page_data,
-    record_images,
-    verify_images,
-)
+from restoreprof.checkpoint.guardian import Guardian
+from restoreprof.checkpoint.interrupts import deferred_interrupts
+from restoreprof.checkpoint.journal import Journal, checkpoint_journal, restore_journal
+from restoreprof.checkpoint.manifest import JOURNAL_NAME, MANIFEST_NAME, Manifest, is_page_data, verify_images
 from restoreprof.checkpoint.steps import Step, StepClock
-from restoreprof.checkpoint.tree import comm, exists, is_stopped, process_tree, resume_stopped
-from restoreprof.errors import RestoreprofError, require_root
+from restoreprof.checkpoint.tree import comm, exists, is_stopped, process_tree, resume_stopped, state
+from restoreprof.checkpoint.trust import private_umask
+from restoreprof.errors import (
+    EXIT_ENVIRONMENT,
+    EXIT_TARGET,
+    IntegrityError,
+    Interrupted,
+    RestoreprofError,
+    TargetFailure,
+    require_root,
+)
 from restoreprof.optimizer.config import OptimizerConfig
+from restoreprof.store.table import is_chunked_table
 
-PIDFILE_NAME = "restored.pid"
+GUARDIAN_LOG = "guardian.log"
 
 
 @dataclass
@@ -63,20 +71,14 @@ class RestoreResult:
 
     @property
     def total_s(self) -> float:
+        if not self.steps:
+            return 0.0
         return (max(s.end_ns for s in self.steps) - min(s.start_ns for s in self.steps)) / 1e9
 
     def to_dict(self) -> dict:
         return {"directory": str(self.directory), "root_pid": self.root_pid, "pids": self.pids,
                 "cuda_pids": self.cuda_pids, "steps": [asdict(s) for s in self.steps],
                 "total_s": self.total_s, "notes": self.notes}
-
-
-def _prepare_directory(directory: Path) -> None:
-    if directory.exists() and any(directory.iterdir()):
-        what = "a checkpoint" if (directory / MANIFEST_NAME).exists() else "not empty"
-        raise RestoreprofError(f"{directory} is {what}",
-                               hint="choose a new or empty folder; restoreprof never overwrites one")
-    directory.mkdir(parents=True, exist_ok=True)
 
 
 def checkpoint(pid: int, directory: Path, *, leave_running: bool = False, offload: bool = True,
@@ -107,138 +109,316 @@ def _checkpoint(pid: int, directory: Path, *, leave_running: bool, offload: bool
     require_root("restoreprof checkpoint")
     criu.criu_path()  # fail early, before anything is touched
     tree = process_tree(pid)
-    names = {p: comm(p) for p in tree}
-    stopped = {p for p in tree if is_stopped(p)}
-    directory = Path(directory).resolve()
+    names = {str(p): comm(p) for p in tree}
+    stopped = sorted(p for p in tree if is_stopped(p))
+    directory = Path(os.path.abspath(directory))
     clock = StepClock()
+    if pid == os.getpid() or pid in _ancestors():
+        raise RestoreprofError(f"PID {pid} is restoreprof itself or runs it",
+                               hint="checkpoint another process tree")
     cuda_pids = clock.run("find CUDA processes", gpu.cuda_processes, tree)
     refuse_unrestorable(cuda_pids)
-    _prepare_directory(directory)
-
-    offloaded: dict[int, dict] = {}
     optimizer = optimizer or OptimizerConfig.load()  # as restore(): never the bare defaults
-    if offload:
-        offloaded = clock.run("offload GPU memory", gpu.offload_all, cuda_pids, directory, optimizer,
-                              session, sync)
-    try:
-        clock.run("GPU lock + checkpoint", gpu.lock_and_checkpoint, cuda_pids, lock_timeout_ms)
-    except RestoreprofError:
-        gpu.reload_all(offloaded, directory, optimizer)
-        raise
     shell_job = criu.needs_shell_job(pid, tree)
-    try:
-        clock.run("criu dump", criu.dump, pid, directory, leave_running=leave_running,
-                  shell_job=shell_job, extra=criu_args or [])
-    except RestoreprofError as exc:
-        # Nothing was lost: give the processes their GPUs back and let them run on.
-        gpu.resume_all(cuda_pids, offloaded, directory, optimizer)
-        raise RestoreprofError(f"{exc}\n  The processes were resumed and keep running.") from exc
-    if leave_running:
-        clock.run("GPU resume (leave running)", gpu.resume_all, cuda_pids, offloaded, directory,
-                  optimizer)
-    else:
-        _wait_gone(tree)
-
-    manifest = Manifest(
-        root_pid=pid,
-        processes=[ProcessRecord(p, names[p], p in cuda_pids,
-                                 "checkpointed" if p in cuda_pids else None, offloaded.get(p),
-                                 stopped=p in stopped)
-                   for p in tree],
-        gpus=gpu.gpu_records() if cuda_pids else [],
-        shell_job=shell_job,
-        versions=_versions(bool(cuda_pids)),
-        created=datetime.now(UTC).isoformat(timespec="seconds"),
-    )
-    if session:  # the store's write-ahead reference, before the manifest completes the checkpoint
-        clock.run("store reference", session.reference, offloaded)
-    manifest.images = clock.run("checksum images", record_images, directory)
-    if sync:
-        clock.run("sync images", _make_durable, directory)
-    manifest.steps = [{"name": s.name, "seconds": round(s.seconds, 6)} for s in clock.steps]
-    manifest.save(directory)
-    if sync:
-        _make_durable(directory)  # the manifest, and its rename
+    with private_umask():
+        trust.prepare_checkpoint_directory(directory, MANIFEST_NAME)
+        journal = checkpoint_journal(directory)
+        journal.write("started", root_pid=pid, leave_running=leave_running, cuda_pids=cuda_pids,
+                      shim_pids=[], offloaded={}, names=names, stopped=stopped, sync=sync,
+                      shell_job=shell_job, gpus=gpu.gpu_records() if cuda_pids else [],
+                      versions=_versions(bool(cuda_pids)),
+                      created=datetime.now(UTC).isoformat(timespec="seconds"))
+        guard = Guardian.start("checkpoint", directory)
+        try:
+            interrupted = _lock_and_dump(pid, directory, journal, clock, offload=offload,
+                                         leave_running=leave_running, shell_job=shell_job,
+                                         lock_timeout_ms=lock_timeout_ms, criu_args=criu_args or [],
+                                         optimizer=optimizer, session=session, sync=sync)
+            # The dump completed: from here the checkpoint is finished, whatever arrives.
+            with deferred_interrupts() as late:
+                journal.write("dumped", steps=_step_records(clock))
+                manifest = clock.run("checksum images", recovery.finish_checkpoint, directory,
+                                     journal, criu.DUMP_LOG)
+            interrupted = interrupted or late.arrived
+            guard.release()
+        except BaseException as exc:
+            with deferred_interrupts():
+                error = _settle_failed_checkpoint(exc, directory, journal)
+                guard.release()
+            raise error from exc
+    if not leave_running:
+        _wait_gone([p.pid for p in manifest.processes], zombies_count=False)
+    if interrupted:
+        raise Interrupted(f"interrupted after CRIU's dump had completed: the checkpoint in "
+                          f"{directory} was finished and is complete",
+                          hint=f"restore it with 'restoreprof restore -D {directory}'")
     return CheckpointResult(directory, manifest, clock.steps)
 
 
-def _make_durable(directory: Path) -> None:
-    from restoreprof.store.session import make_durable
+def recover_checkpoint(directory: Path) -> str:
+    """checkpoint --recover: finish or put back a checkpoint whose command and guardian died
+    (or whose finishing failed); what it did."""
+    require_root("restoreprof checkpoint --recover")
+    directory = Path(os.path.abspath(directory))
+    if not (directory / JOURNAL_NAME).exists():
+        raise RestoreprofError(f"{directory} holds no interrupted checkpoint (no {JOURNAL_NAME})",
+                               hint="nothing to recover")
+    return recovery.recover_checkpoint(directory)
 
-    make_durable(directory)
+
+def _ancestors() -> set[int]:
+    found, pid = set(), os.getppid()
+    while pid > 1 and pid not in found:
+        found.add(pid)
+        try:
+            pid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            break
+    return found
+
+
+def _lock_and_dump(pid: int, directory: Path, journal, clock: StepClock, *, offload: bool,
+                   leave_running: bool, shell_job: bool, lock_timeout_ms: int,
+                   criu_args: list[str], optimizer, session=None, sync: bool = False) -> bool:
+    """Offload, the driver's lock + checkpoint, criu dump; each phase journaled before it
+    starts. Returns whether an interrupt arrived while CRIU ran (it ran to its end)."""
+    cuda_pids = journal.data["cuda_pids"]
+    if offload and cuda_pids:
+        # a stopped process cannot answer its library: the driver takes it whole (gpu.offload_all)
+        stopped = set(journal.data["stopped"])
+        journal.write("offloading",
+                      shim_pids=[p for p in cuda_pids if gpu.has_shim(p) and p not in stopped])
+        offloaded = clock.run("offload GPU memory", gpu.offload_all, cuda_pids, directory, optimizer,
+                              session, sync)
+        if session:  # the store's reference names every chunk; the manifest completes it later
+            clock.run("store reference", session.reference, offloaded)
+        journal.write("offloading", offloaded={str(p): r for p, r in offloaded.items()})
+    journal.write("gpu-locked")
+    clock.run("GPU lock + checkpoint", gpu.lock_and_checkpoint, cuda_pids, lock_timeout_ms)
+    journal.write("dumping", steps=_step_records(clock))
+    return clock.run("criu dump", criu.dump, pid, directory, leave_running=leave_running,
+                     shell_job=shell_job, extra=criu_args,
+                     on_start=lambda criu_pid: journal.write("dumping", criu_pid=criu_pid))
+
+
+def _settle_failed_checkpoint(exc: BaseException, directory: Path, journal) -> BaseException:
+    """After a failure or an interrupt: a dump that completed is finished (it may be the only
+    copy of the processes), anything before it is put back. Returns the error to raise."""
+    interrupted = isinstance(exc, KeyboardInterrupt)
+    if journal.phase in ("dumping", "dumped"):
+        recovery.wait_criu(journal.data.get("criu_pid"), "dump", directory)
+        if recovery.dump_succeeded(directory, criu.DUMP_LOG):
+            try:
+                recovery.finish_checkpoint(directory, journal, criu.DUMP_LOG)
+            except (OSError, RestoreprofError) as late:
+                return RestoreprofError(
+                    f"CRIU's dump completed, but the checkpoint could not be finished: {late}",
+                    exit_code=EXIT_ENVIRONMENT,
+                    hint=f"the images are kept; fix the cause (free space?), then "
+                         f"'restoreprof checkpoint --recover -D {directory}' finishes it")
+            if interrupted:
+                return Interrupted(f"interrupted after CRIU's dump had completed: the checkpoint "
+                                   f"in {directory} was finished and is complete",
+                                   hint=f"restore it with 'restoreprof restore -D {directory}'")
+            return exc
+    problems = recovery.roll_back_checkpoint(directory, journal)
+    if problems:
+        held = "; ".join(problems)
+        return RestoreprofError(f"{exc}\n  Putting the processes back failed in part: {held}",
+                                exit_code=EXIT_TARGET,
+                                hint=f"see {journal.path} for where each process stands")
+    if interrupted:
+        return Interrupted("interrupted before CRIU's dump completed: the processes were put "
+                           "back and keep running", hint="run the checkpoint again when ready")
+    if isinstance(exc, RestoreprofError):
+        exc.args = (f"{exc.message}\n  The processes were put back and keep running.",)
+    return exc
+
+
+def _step_records(clock: StepClock) -> list[dict]:
+    return [{"name": s.name, "seconds": round(s.seconds, 6)} for s in clock.steps]
+
+
+def abort_restore(directory: Path, work_dir: Path | None = None) -> str:
+    """restore --abort: kill what an interrupted restore of directory left held."""
+    require_root("restoreprof restore --abort")
+    directory = Path(os.path.abspath(directory))
+    work = lock.work_dir(directory, work_dir)
+    with lock.folder_lock(directory):
+        journal = Journal.read(restore_journal(work).path)
+        if journal is None:
+            return f"no interrupted restore of {directory} to abort (its work folder is {work})"
+        return recovery.recover_restore_locked(journal, abort=True)
 
 
 def restore(directory: Path, *, gpu_map: dict[str, str] | None = None, parallel: bool = True,
             verify: bool = True, criu_args: list[str] | None = None, optimizer=None,
-            gpu_only: bool = False) -> RestoreResult:
+            gpu_only: bool = False, work_dir: Path | None = None) -> RestoreResult:
+    """Restore directory's checkpoint. Nothing is written into directory (it may be read-only):
+    CRIU's log, the PID file and the journal go to work_dir (default: lock.default_work_dir)."""
     require_root("restoreprof restore")
-    directory = Path(directory).resolve()
+    directory = Path(os.path.abspath(directory))
+    trust.check_checkpoint_directory(directory)
     manifest = Manifest.load(directory)
+    manifest.check_files(directory)
+    work = lock.work_dir(directory, work_dir)
+    with lock.folder_lock(directory):
+        stale = Journal.read(restore_journal(work).path)
+        if gpu_only:
+            return _gpu_only(directory, manifest, stale, gpu_map, parallel, optimizer)
+        if stale:  # a restore died before its guardian could act: act for it
+            recovery.recover_restore_locked(stale, abort=False)
+        return _restore_locked(directory, manifest, work, gpu_map=gpu_map, parallel=parallel,
+                               verify=verify, criu_args=criu_args or [], optimizer=optimizer)
+
+
+def _restore_locked(directory: Path, manifest: Manifest, work: Path, *, gpu_map, parallel: bool,
+                    verify: bool, criu_args: list[str], optimizer) -> RestoreResult:
     clock = StepClock()
     cuda_pids = manifest.cuda_pids
     optimizer = optimizer or OptimizerConfig.load()
     pairs = gpu.gpu_pairs(manifest.gpus, gpu_map) if cuda_pids else []
-
-    if gpu_only:  # retry the GPU step of a restore whose CRIU step succeeded
-        clock.run("GPU restore", gpu.restore_all, cuda_pids, manifest, directory, pairs,
-                  parallel, optimizer, clock)
-        return RestoreResult(directory, manifest.root_pid, [p.pid for p in manifest.processes],
-                             cuda_pids, clock.steps)
-
     criu.criu_path()
+    # a killed process keeps its PID until it is reaped: give the reaper a moment
+    _wait_gone([p.pid for p in manifest.processes if state(p.pid) == "Z"], timeout_s=30)
     taken = [p.pid for p in manifest.processes if exists(p.pid)]
     if taken:
-        raise RestoreprofError(
+        raise TargetFailure(
             f"PID {taken[0]} is in use, and CRIU restores processes with their original PIDs",
             hint=f"stop the process now holding PID {taken[0]} (is the original still running?)",
         )
     # Every image's size and the contents of those that steer CRIU are checked first; the page
     # data (most of the bytes) is hashed while CRIU restores, and CRIU leaves the processes
     # stopped: none of them runs an instruction until every image has passed.
-    check = None
+    # A GPU snapshot of version 3 is a small table naming its chunks by BLAKE3-256: hashed here
+    # like any image (the engine checks each chunk's pieces as it copies them). An older one
+    # holds its bytes, each piece's crc32c checked by the engine: not read a second time here.
+    snapshots = tuple(p.offload["snapshot"] for p in manifest.processes
+                      if p.offload and not is_chunked_table(directory / p.offload["snapshot"]))
     if verify:
-        # GPU snapshots are tables naming their chunks by BLAKE3-256: verified here (SHA-256)
-        # like any image; the chunks are checked by the engine as it copies them (issue 15).
-        snapshots = ()
         clock.run("verify images", verify_images, directory, manifest, skip=snapshots,
                   only=lambda name: not is_page_data(name))
-        check = _start_page_check(directory, manifest, snapshots, clock)
-    # cuInit runs in this process while CRIU works: the driver's restore needs it, and it does
-    # not need CRIU.
-    warm = gpu.start_prewarm(optimizer, clock) if cuda_pids else None
-    # Offloaded GPU memory is loaded here meanwhile, for each process to adopt once it is back;
-    # a GPU remap changes devices, so then the processes reload it themselves.
-    preloads = gpu.start_preloads(manifest, directory, optimizer, clock) \
-        if cuda_pids and optimizer.preload and optimizer.parallel and not pairs else None
-    # The image check reads every image; read-ahead helps only where it was skipped.
-    readahead = _start_readahead(directory, optimizer) if not verify else None
-    pidfile = directory / PIDFILE_NAME
-    pidfile.unlink(missing_ok=True)
+    criu_pids = pstree.pids(directory)
+    manifest.check_processes(criu_pids)
+    stopped = {p.pid for p in manifest.processes if p.stopped}
+    journal = restore_journal(work)
+    journal.data = {"directory": str(directory), "pids": criu_pids, "gpu_map": gpu_map or {},
+                    "resume": [p for p in criu_pids if p not in stopped], "cuda_pids": cuda_pids}
+    journal.write("checking")
+    guard = Guardian.start("restore", work, log=work / GUARDIAN_LOG)
+    check = warm = preloads = readahead = None
     try:
+        if verify:
+            check = _start_page_check(directory, manifest, snapshots, clock)
+        # cuInit runs in this process while CRIU works: the driver's restore needs it, and it
+        # does not need CRIU.
+        warm = gpu.start_prewarm(optimizer, clock) if cuda_pids else None
+        # Offloaded GPU memory is loaded here meanwhile, for each process to adopt once it is
+        # back; a GPU remap changes devices, so then the processes reload it themselves.
+        preloads = gpu.start_preloads(manifest, directory, optimizer, clock) \
+            if cuda_pids and optimizer.preload and optimizer.parallel and not pairs else None
+        # The image check reads every image; read-ahead helps only where it was skipped.
+        readahead = _start_readahead(directory, optimizer) if not verify else None
+        journal.write("criu")
         try:
-            root = clock.run("criu restore", criu.restore, directory,
-                             shell_job=manifest.shell_job, pidfile=pidfile,
-                             extra=criu_args or [], leave_stopped=check is not None)
+            root, interrupted = clock.run(
+                "criu restore", criu.restore, directory, work, shell_job=manifest.shell_job,
+                extra=criu_args, on_start=lambda criu_pid: journal.write("criu", criu_pid=criu_pid))
         except RestoreprofError:
             if check:
                 check.result()  # a damaged image explains a CRIU failure better than its log
             raise
         finally:
-            pidfile.unlink(missing_ok=True)
             if readahead:
                 _finish_readahead(readahead, clock)
-        if check:
-            _resume_after_page_check(check, manifest, clock)
+        journal.write("restored")
+        if interrupted:
+            raise KeyboardInterrupt
+        if check is not None:  # interruptible: until it passes, the processes never ran
+            _pass_check_or_kill(check, criu_pids)
         notes = []
-        if cuda_pids:
-            warm.wait()
-            notes += clock.run("GPU restore", gpu.restore_all, cuda_pids, manifest, directory,
-                               pairs, parallel, optimizer, clock, preloads)
+        # Checked processes are brought all the way back, whatever arrives meanwhile.
+        with deferred_interrupts() as late:
+            journal.write("verified")
+            clock.run("resume processes", _resume, journal.data["resume"])
+            if cuda_pids:
+                journal.write("gpu")
+                warm.wait()
+                notes += clock.run("GPU restore", gpu.restore_all, cuda_pids, manifest, directory,
+                                   pairs, parallel, optimizer, clock, preloads)
+            journal.remove()
+        if late.arrived:
+            notes.append("interrupted after the processes had passed every check: the restore "
+                         "was completed")
+        guard.release()
+    except BaseException as exc:
+        error = _unwind_restore(exc, journal, directory)
+        guard.release()  # only once unwound: an interrupt meanwhile leaves the work to it
+        raise error from exc
     finally:
         if preloads:
             preloads.release()  # what a failure left unadopted
-    return RestoreResult(directory, root, [p.pid for p in manifest.processes], cuda_pids,
-                         clock.steps, notes)
+    return RestoreResult(directory, root, criu_pids, cuda_pids, clock.steps, notes)
+
+
+def _unwind_restore(exc: BaseException, journal, directory: Path) -> BaseException:
+    """After a failure or an interrupt: processes that never ran are killed; ones that passed
+    every check and then failed (the GPU step) stay held, with the way out in the message."""
+    if journal.phase in ("criu", "restored"):
+        with deferred_interrupts():
+            recovery.wait_criu(journal.data.get("criu_pid"), "restore", directory)
+            recovery.kill_unrun(journal.data["pids"])
+            journal.remove()
+        if isinstance(exc, KeyboardInterrupt):
+            return Interrupted("interrupted: the restored processes were killed before they ran; "
+                               "the checkpoint is untouched", hint="restore again when ready")
+        if isinstance(exc, RestoreprofError) and "killed before" not in exc.message:
+            exc.args = (f"{exc.message}\n  The restored processes were killed before they ran; "
+                        "the checkpoint is untouched.",)
+        return exc
+    if journal.phase in ("verified", "gpu"):  # kept: --gpu-only and --abort read it
+        hint = (f"'restoreprof restore --gpu-only -D {directory}' retries the GPU step, "
+                f"'restoreprof restore --abort -D {directory}' kills the processes")
+        if isinstance(exc, RestoreprofError):
+            exc.hint = f"{exc.hint}; {hint}" if exc.hint and "--gpu-only" not in exc.hint else \
+                (exc.hint or hint)
+            return exc
+        return TargetFailure(f"the restore failed after the image check: {exc}", hint=hint)
+    journal.remove()
+    if isinstance(exc, KeyboardInterrupt):
+        return Interrupted("interrupted before CRIU ran: nothing was restored",
+                           hint="restore again when ready")
+    return exc
+
+
+def _gpu_only(directory: Path, manifest: Manifest, journal, gpu_map, parallel: bool,
+              optimizer) -> RestoreResult:
+    """Retry the GPU step of a restore whose CRIU step succeeded, never on a process that has
+    not passed the image check, and never waiting on a stopped one (the driver would hang)."""
+    if journal and journal.phase in ("criu", "restored"):
+        raise IntegrityError(
+            "the last restore of this checkpoint was interrupted before its images were checked: "
+            "its processes must not run",
+            hint=f"'restoreprof restore --abort -D {directory}' kills them; then restore again")
+    pids = [p.pid for p in manifest.processes]
+    resume = [p.pid for p in manifest.processes if not p.stopped]
+    held = [p for p in resume if state(p) == "T"]
+    if held and journal is None:
+        raise TargetFailure(
+            f"PIDs {held} are stopped, and no journal says whether they passed the image check",
+            hint=f"'kill -CONT {' '.join(map(str, held))}' if you trust them, else kill them "
+                 "and restore again")
+    if held:
+        resume_stopped(held)
+    clock = StepClock()
+    optimizer = optimizer or OptimizerConfig.load()
+    cuda_pids = [p for p in manifest.cuda_pids if exists(p)]
+    pairs = gpu.gpu_pairs(manifest.gpus, gpu_map) if cuda_pids else []
+    notes = clock.run("GPU restore", gpu.restore_all, cuda_pids, manifest, directory, pairs,
+                      parallel, optimizer, clock) if cuda_pids else []
+    if journal:
+        journal.remove()
+    return RestoreResult(directory, manifest.root_pid, pids, cuda_pids, clock.steps, notes)
 
 
 def _start_page_check(directory: Path, manifest: Manifest, snapshots: tuple[str, ...],
@@ -252,26 +432,22 @@ def _start_page_check(directory: Path, manifest: Manifest, snapshots: tuple[str,
     return check
 
 
-def _pass_page_check_or_kill(check: Future, manifest: Manifest) -> None:
-    """Resume the processes CRIU left stopped once every image passed; else kill them."""
-    pids = [p.pid for p in manifest.processes]
+def _pass_check_or_kill(check: Future, pids: list[int]) -> None:
+    """Wait for the page images' check; on damage, kill the processes before they run."""
     try:
         check.result()
     except RestoreprofError as exc:
-        for pid in pids:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        raise RestoreprofError(f"{exc.args[0]}\n  The restored processes were killed before "
-                               "they ran; the checkpoint is untouched.", hint=exc.hint) from exc
-    # one stopped when checkpointed stays stopped, as CRIU left it
-    stuck = resume_stopped([r.pid for r in manifest.processes if not r.stopped])
+        recovery.kill_unrun(pids)
+        raise IntegrityError(f"{exc.message}\n  The restored processes were killed before "
+                             "they ran; the checkpoint is untouched.", hint=exc.hint) from exc
+
+
+def _resume(pids: list[int]) -> None:
+    """Resume CRIU's processes (one stopped when checkpointed stays stopped, as CRIU left it)."""
+    stuck = resume_stopped(pids)
     if stuck:
-        raise RestoreprofError(f"PIDs {stuck} stay stopped after the restore",
-                               hint=f"resume them with 'kill -CONT {' '.join(map(str, stuck))}'")
-
-
-def _resume_after_page_check(check: Future, manifest: Manifest, clock: StepClock) -> None:
-    clock.run("resume processes", _pass_page_check_or_kill, check, manifest)
+        raise TargetFailure(f"PIDs {stuck} stay stopped after the restore",
+                            hint=f"resume them with 'kill -CONT {' '.join(map(str, stuck))}'")
 
 
 def _start_readahead(directory: Path, optimizer: OptimizerConfig):
@@ -291,10 +467,16 @@ def _finish_readahead(readahead, clock: StepClock) -> None:
                             readahead.started_ns + int(stats.seconds * 1e9)))
 
 
-def _wait_gone(pids: list[int], timeout_s: float = 30) -> None:
-    """CRIU kills a dumped tree; wait until the kernel has reaped it, so its PIDs are free."""
+def _wait_gone(pids: list[int], timeout_s: float = 30, zombies_count: bool = True) -> None:
+    """CRIU kills a dumped tree; wait until it is dead, or (zombies_count) also reaped, so
+    its PIDs are free. (The reaper of an orphan is its subreaper or init, which may take a
+    while: a restore waits for it, a checkpoint need not.)"""
     deadline = time.monotonic() + timeout_s
-    while any(exists(p) for p in pids) and time.monotonic() < deadline:
+
+    def there(pid: int) -> bool:
+        return exists(pid) if zombies_count else state(pid) not in (None, "Z", "X")
+
+    while any(there(p) for p in pids) and time.monotonic() < deadline:
         time.sleep(0.01)
 
 

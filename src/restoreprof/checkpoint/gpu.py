@@ -9,6 +9,7 @@ the process after the driver's restore (or, failing that, streamed back inside t
 from __future__ import annotations
 
 import contextlib
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
@@ -18,6 +19,7 @@ from restoreprof.checkpoint.tree import maps_library
 from restoreprof.cuda import driver
 from restoreprof.errors import RestoreprofError
 from restoreprof.optimizer.config import OptimizerConfig
+from restoreprof.optimizer.control import TargetStoppedError
 
 SHIM_MARKER = "librestoreprof_shim"
 PRELOAD_STEP = "GPU memory preload (overlapped)"
@@ -105,9 +107,18 @@ def offload_all(pids: list[int], directory: Path, optimizer, store=None,
     for pid in with_shim:
         name = snapshot_name(pid)
         start = time.monotonic()
-        result = _shim_control(pid).offload(directory / name, optimizer,
-                                            chunk_dir=store.chunk_dir if store else None,
-                                            sync=sync)
+        try:
+            result = _shim_control(pid).offload(directory / name, optimizer,
+                                                chunk_dir=store.chunk_dir if store else None,
+                                                sync=sync)
+        except TargetStoppedError as exc:  # it cannot answer: the driver checkpoints it whole
+            print(f"restoreprof: note: {exc.args[0]}; the driver checkpoints it", file=sys.stderr)
+            continue
+        except RestoreprofError:
+            # One process refused (or failed): those offloaded before it get their memory back,
+            # so the whole tree runs on as it was.
+            reload_all(records, directory, optimizer)
+            raise
         records[pid] = {"snapshot": name, "bytes": int(result.get("bytes", 0)),
                         "written_bytes": int(result.get("written", 0)),
                         "seconds": round(time.monotonic() - start, 6)}
@@ -126,7 +137,7 @@ def _reload(pid: int, directory: Path, record: dict, optimizer) -> str | None:
         except RestoreprofError as second:
             raise RestoreprofError(
                 f"PID {pid}: GPU memory reload failed ({second}); the process is restored but "
-                f"held before its next CUDA call, and {directory / record['snapshot']} is intact",
+                f"held before its next CUDA call; {directory / record['snapshot']} was not loaded",
                 hint="retry with 'restoreprof restore -D DIR --gpu-only'",
             ) from second
         return f"PID {pid}: fast reload failed ({first}); reloaded on the plain path"

@@ -10,13 +10,21 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import stat
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from restoreprof.errors import RestoreprofError
+from restoreprof.checkpoint.trust import CHUNK_DIR_SUFFIX
+from restoreprof.errors import IntegrityError, RestoreprofError
 
 MANIFEST_NAME = "restoreprof.json"
+# Files that checkpoints of restoreprof before manifest version 1 left unlisted (CRIU's logs and
+# stats, the PID file of a restore): tolerated there, since a restore never reads them.
+LEGACY_UNLISTED = frozenset({"criu-dump.log", "criu-restore.log", "restored.pid", "stats-dump",
+                             "stats-restore"})
+# Present only while a checkpoint is being made (see checkpoint.journal).
+JOURNAL_NAME = ".restoreprof-journal.json"
 FORMAT = "restoreprof-checkpoint/1"
 # Small enough that even a checkpoint of a few images keeps every core hashing.
 SEGMENT_BYTES = 32 << 20
@@ -45,6 +53,7 @@ class Manifest:
     versions: dict = field(default_factory=dict)
     created: str = ""
     format: str = FORMAT
+    version: int = 1  # of this file's layout (schemas/manifest.json)
 
     @property
     def cuda_pids(self) -> list[int]:
@@ -52,7 +61,11 @@ class Manifest:
 
     def save(self, directory: Path) -> None:
         tmp = directory / (MANIFEST_NAME + ".tmp")
-        tmp.write_text(json.dumps(asdict(self), indent=2) + "\n")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(json.dumps(asdict(self), indent=2) + "\n")
+            f.flush()
+            os.fsync(f.fileno())  # the manifest is the commit point of a checkpoint
         os.replace(tmp, directory / MANIFEST_NAME)
 
     @classmethod
@@ -60,6 +73,12 @@ class Manifest:
         path = directory / MANIFEST_NAME
         if not directory.is_dir():
             raise RestoreprofError(f"{directory} does not exist", hint="pass the -D DIR of a checkpoint")
+        if (directory / JOURNAL_NAME).exists():
+            raise IntegrityError(
+                f"{directory} holds an interrupted checkpoint ({JOURNAL_NAME}: the checkpoint "
+                "did not finish, and its guardian has not put the process back yet)",
+                hint="wait a few seconds and look again; if it stays, see "
+                     f"{directory / JOURNAL_NAME} for where the process stands")
         if not path.exists():
             raise RestoreprofError(
                 f"{directory} is not a restoreprof checkpoint (no {MANIFEST_NAME})",
@@ -67,21 +86,128 @@ class Manifest:
             )
         try:
             data = json.loads(path.read_text())
-            if data.get("format") != FORMAT:
-                raise ValueError(f"format {data.get('format')!r}, expected {FORMAT!r}")
+            _check_types(data)
+            data.setdefault("version", 0)  # written before the manifest covered every file
             data["processes"] = [ProcessRecord(**p) for p in data["processes"]]
             return cls(**data)
-        except (ValueError, TypeError, KeyError) as exc:
-            raise RestoreprofError(
+        except (ValueError, TypeError, KeyError, UnicodeDecodeError) as exc:
+            raise IntegrityError(
                 f"{path} is corrupt: {exc}", hint="the checkpoint cannot be trusted; take a new one"
-            ) from exc
+            ) from None
+
+    def check_files(self, directory: Path) -> None:
+        """Every file in directory is listed (an unlisted one would never be checked), every
+        listed name stays inside it, and the processes match CRIU's own list."""
+        listed = [i["name"] for i in self.images]
+        for name in listed:
+            check_name(name)
+        if len(set(listed)) != len(listed):
+            raise IntegrityError(f"{directory / MANIFEST_NAME} lists an image twice",
+                                 hint="the checkpoint cannot be trusted; take a new one")
+        present = set(os.listdir(directory)) - {MANIFEST_NAME}
+        # a listed snapshot's chunk folder: its chunks are checked by their names (BLAKE3)
+        chunk_dirs = {f"{p.offload.get('snapshot')}{CHUNK_DIR_SUFFIX}"
+                      for p in self.processes if p.offload}
+        present -= {n for n in chunk_dirs
+                    if os.path.isdir(directory / n) and not os.path.islink(directory / n)}
+        if self.version == 0:  # an older restoreprof's logs, which CRIU's restore never reads
+            present -= LEGACY_UNLISTED
+        unlisted = sorted(present - set(listed))
+        if unlisted:
+            raise IntegrityError(
+                f"{directory / unlisted[0]} is not in the manifest: a file the checksums do not "
+                "cover could steer CRIU, so the checkpoint is refused",
+                hint=f"if it is yours (an old restore's log, say), move it out of {directory}")
+        for p in self.processes:
+            if p.offload and p.offload.get("snapshot") not in listed:
+                raise IntegrityError(
+                    f"PID {p.pid}'s GPU snapshot {p.offload.get('snapshot')!r} is not among the "
+                    "checksummed images", hint="the checkpoint cannot be trusted; take a new one")
+        if not self.processes:
+            raise IntegrityError(f"{directory / MANIFEST_NAME} lists no process",
+                                 hint="the checkpoint cannot be trusted; take a new one")
+
+    def check_processes(self, criu_pids: list[int]) -> None:
+        """The manifest's processes are exactly CRIU's (pstree.img, checked against its digest)."""
+        mine = sorted(p.pid for p in self.processes)
+        if mine != sorted(criu_pids) or self.root_pid != criu_pids[0]:
+            raise IntegrityError(
+                f"the manifest lists processes {mine[:8]} (root {self.root_pid}), CRIU's images "
+                f"hold {sorted(criu_pids)[:8]} (root {criu_pids[0]})",
+                hint="the checkpoint cannot be trusted; take a new one")
+
+
+def check_name(name: object) -> str:
+    """An image name is a plain file name in the checkpoint folder: no path, no escape."""
+    if (not isinstance(name, str) or not name or name in (".", "..", MANIFEST_NAME)
+            or "/" in name or "\0" in name or name != os.path.basename(name)):
+        raise IntegrityError(f"the manifest names an image {name!r} outside the checkpoint folder",
+                             hint="the checkpoint cannot be trusted; take a new one")
+    return name
+
+
+_TYPES = {"root_pid": int, "processes": list, "gpus": list, "images": list, "steps": list,
+          "shell_job": bool, "segment_bytes": int, "versions": dict, "created": str, "format": str,
+          "version": int}
+_PROCESS_TYPES = {"pid": int, "comm": str, "cuda": bool, "cuda_state": (str, type(None)),
+                  "offload": (dict, type(None)), "stopped": bool}
+
+
+def _is(value, types) -> bool:
+    # bool is an int to Python, never to a manifest
+    if isinstance(value, bool) and bool not in (types if isinstance(types, tuple) else (types,)):
+        return False
+    return isinstance(value, types)
+
+
+def _check_types(data) -> None:
+    """The manifest's fields have the types restoreprof wrote (ValueError naming the first
+    that does not): a hand-edited or hostile manifest gets an error, never a traceback."""
+    if not isinstance(data, dict):
+        raise ValueError(f"a JSON {type(data).__name__}, not an object")
+    if data.get("format") != FORMAT:
+        raise ValueError(f"format {data.get('format')!r}, expected {FORMAT!r}")
+    for key in ("root_pid", "processes"):
+        if key not in data:
+            raise ValueError(f"no {key!r}")
+    for key, value in data.items():
+        if key not in _TYPES:
+            raise ValueError(f"unknown field {key!r} (written by a newer restoreprof?)")
+        if not _is(value, _TYPES[key]):
+            raise ValueError(f"{key!r} is a {type(value).__name__}")
+    if data["root_pid"] <= 0 or data.get("segment_bytes", SEGMENT_BYTES) <= 0:
+        raise ValueError("root_pid and segment_bytes must be positive")
+    for p in data["processes"]:
+        if not isinstance(p, dict) or not {"pid", "comm", "cuda"} <= set(p):
+            raise ValueError("a process entry is not an object with pid, comm and cuda")
+        for key, value in p.items():
+            if key not in _PROCESS_TYPES or not _is(value, _PROCESS_TYPES[key]):
+                raise ValueError(f"process field {key!r} is missing its type or unknown")
+        if p["pid"] <= 0:
+            raise ValueError(f"process PID {p['pid']}")
+        offload = p.get("offload")
+        if offload is not None and not (isinstance(offload.get("snapshot"), str)
+                                        and _is(offload.get("bytes", 0), int)):
+            raise ValueError("an offload entry without a snapshot name")
+    segment = data.get("segment_bytes", SEGMENT_BYTES)
+    for image in data.get("images", []):
+        if not (isinstance(image, dict) and _is(image.get("bytes"), int) and image["bytes"] >= 0
+                and isinstance(image.get("sha256_segments"), list)
+                and all(isinstance(d, str) for d in image["sha256_segments"])):
+            raise ValueError("an image entry is not {name, bytes, sha256_segments}")
+        check_name(image.get("name"))
+        if len(image["sha256_segments"]) != len(_segments(image["bytes"], segment)):
+            raise ValueError(f"image {image['name']!r} has the wrong number of segment digests")
+    for key in ("gpus", "steps"):
+        if not all(isinstance(x, dict) for x in data.get(key, [])):
+            raise ValueError(f"an entry of {key!r} is not an object")
 
 
 def _segment_digest(path: Path, offset: int, length: int) -> str:
     h = hashlib.sha256()
     buffer = bytearray(min(_READ_BYTES, max(length, 1)))
     view = memoryview(buffer)
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
     try:
         done = 0
         while done < length:
@@ -117,9 +243,12 @@ def default_threads() -> int:
 
 def record_images(directory: Path, threads: int | None = None,
                   segment: int = SEGMENT_BYTES) -> list[dict]:
-    """Size and segment digests of every file in directory except the manifest and logs."""
+    """Size and segment digests of every file in directory but the manifest and the journal: a
+    restore refuses any file the manifest does not cover (CRIU's log and stats included)."""
     names = sorted(p.name for p in directory.iterdir()
-                   if p.is_file() and p.name != MANIFEST_NAME and not p.name.endswith((".log", ".tmp")))
+                   if p.is_file() and not p.is_symlink()
+                   and p.name not in (MANIFEST_NAME, MANIFEST_NAME + ".tmp")
+                   and not p.name.startswith(JOURNAL_NAME))  # the journal and its next version
     digests = _hash_files(directory, names, threads or default_threads(), segment)
     return [{"name": n, "bytes": (directory / n).stat().st_size, "sha256_segments": digests[n]}
             for n in names]
@@ -137,13 +266,18 @@ def verify_images(directory: Path, manifest: Manifest, threads: int | None = Non
     presence and size is checked; contents are hashed for those only(name) accepts, not in skip."""
     names = []
     for image in manifest.images:
-        path = directory / image["name"]
-        if not path.exists():
-            raise RestoreprofError(f"checkpoint image {path} is missing",
-                                   hint="the checkpoint is incomplete; take a new one")
-        size = path.stat().st_size
+        path = directory / check_name(image["name"])
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            raise IntegrityError(f"checkpoint image {path} is missing",
+                                 hint="the checkpoint is incomplete; take a new one") from None
+        if not stat.S_ISREG(st.st_mode):
+            raise IntegrityError(f"checkpoint image {path} is not a plain file",
+                                 hint="the checkpoint cannot be trusted; take a new one")
+        size = st.st_size
         if size != image["bytes"]:
-            raise RestoreprofError(
+            raise IntegrityError(
                 f"checkpoint image {path} is {size} bytes, the manifest says {image['bytes']} (truncated?)",
                 hint="the checkpoint is damaged; restore from an intact copy or take a new one",
             )
@@ -153,7 +287,7 @@ def verify_images(directory: Path, manifest: Manifest, threads: int | None = Non
     found = _hash_files(directory, names, threads or default_threads(), manifest.segment_bytes)
     for name, digests in found.items():
         if digests != expected[name]:
-            raise RestoreprofError(
+            raise IntegrityError(
                 f"checkpoint image {directory / name} was altered (checksum mismatch)",
                 hint="the checkpoint is damaged; restore from an intact copy or take a new one",
             )

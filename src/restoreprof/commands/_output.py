@@ -5,10 +5,24 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import sys
 import threading
 from collections.abc import Iterator
+
+from restoreprof import __version__
+
+# Bumped when a JSON output changes incompatibly; each output's JSON Schema is
+# restoreprof/schemas/<name>.json (the package ships them).
+JSON_VERSION = 1
+
+
+def print_json(data: dict, schema: str) -> None:
+    """One JSON document on stdout, with its version and the name of the schema it follows."""
+    document = {"version": JSON_VERSION, "schema": schema, "restoreprof": __version__, **data}
+    sys.stdout.write(json.dumps(document, indent=2) + "\n")
+    sys.stdout.flush()
 
 
 def print_steps(steps, title: str = "step") -> None:

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
-from restoreprof.checkpoint import checkpoint
+from restoreprof.checkpoint import checkpoint, recover_checkpoint
 from restoreprof.commands._args import accept_dash_values
-from restoreprof.commands._output import add_quiet_flag, print_steps, step_progress
+from restoreprof.commands._output import add_quiet_flag, print_json, print_steps, step_progress
+from restoreprof.errors import RestoreprofError
 from restoreprof.optimizer import config
 
 name = "checkpoint"
@@ -16,7 +16,7 @@ help = "checkpoint a process tree (CUDA processes included) into a folder"
 
 
 def prepare_parser(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("-p", "--pid", type=int, required=True, help="root of the tree to checkpoint")
+    parser.add_argument("-p", "--pid", type=int, help="root of the tree to checkpoint")
     parser.add_argument("-D", "--dir", type=Path, required=True, help="new or empty folder for images")
     parser.add_argument("--leave-running", action="store_true", help="keep the tree running after")
     parser.add_argument("--lock-timeout", type=int, default=10_000, metavar="MS",
@@ -31,12 +31,28 @@ def prepare_parser(parser: argparse.ArgumentParser) -> None:
                              "$RESTOREPROF_STORE, else /var/lib/restoreprof/store)")
     parser.add_argument("--export", type=Path, metavar="OUT",
                         help="also write a standalone, portable copy into OUT (new or empty)")
+    parser.add_argument("--recover", action="store_true",
+                        help="finish (if CRIU's dump completed) or put back an interrupted "
+                             "checkpoint in DIR whose guardian could not")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     add_quiet_flag(parser)
     config.add_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.recover:
+        outcome = recover_checkpoint(args.dir)
+        if args.json:
+            print_json({"command": "checkpoint", "recover": outcome}, "checkpoint-recover")
+        else:
+            print(outcome)
+        return 0
+    if args.pid is None:
+        raise RestoreprofError("say which process tree to checkpoint: -p PID",
+                               hint="restoreprof checkpoint -p PID -D DIR")
+    if args.pid <= 0 or args.lock_timeout <= 0:
+        raise RestoreprofError("-p and --lock-timeout take positive numbers",
+                               hint="restoreprof checkpoint -p PID -D DIR [--lock-timeout MS]")
     settings = config.from_args(args)  # --no-offload: never offload through the library
     store = None
     if args.store is not None:
@@ -54,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
 
         exported = export(result.directory, args.export)
     if args.json:
-        print(json.dumps({**result.to_dict(), "export": exported}, indent=2))
+        print_json({**result.to_dict(), "export": exported}, "checkpoint")
         return 0
     cuda = result.manifest.cuda_pids
     print(f"checkpointed PID {args.pid} ({len(result.manifest.processes)} processes, "

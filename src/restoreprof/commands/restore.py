@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
-from restoreprof.checkpoint import restore
+from restoreprof.checkpoint import abort_restore, restore
 from restoreprof.commands._args import accept_dash_values
-from restoreprof.commands._output import add_quiet_flag, print_steps, step_progress
+from restoreprof.commands._output import add_quiet_flag, print_json, print_steps, step_progress
 from restoreprof.errors import RestoreprofError
 from restoreprof.optimizer import config
 
@@ -42,19 +41,32 @@ def prepare_parser(parser: argparse.ArgumentParser) -> None:
                              "--criu-arg --tcp-established and --criu-arg=--tcp-established "
                              "both work)")
     accept_dash_values(parser, "--criu-arg")
+    parser.add_argument("--abort", action="store_true",
+                        help="kill what an interrupted restore of DIR left held, then exit")
+    parser.add_argument("-o", "--work-dir", type=Path, metavar="WORKDIR",
+                        help="where the restore writes CRIU's log, its PID file and its journal "
+                             "(default /run/restoreprof/restores/<hash of DIR>); nothing is ever "
+                             "written into DIR, which may be read-only")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     add_quiet_flag(parser)
     config.add_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.abort:
+        outcome = abort_restore(args.dir, args.work_dir)
+        if args.json:
+            print_json({"command": "restore", "abort": outcome}, "restore-abort")
+        else:
+            print(outcome)
+        return 0
     settings = config.from_args(args)
     with step_progress(args, "restore"):
         result = restore(args.dir, gpu_map=_gpu_map(args.gpu_map), parallel=not args.serial,
                          verify=not args.no_verify, criu_args=args.criu_arg,
-                         gpu_only=args.gpu_only, optimizer=settings)
+                         gpu_only=args.gpu_only, work_dir=args.work_dir, optimizer=settings)
     if args.json:
-        print(json.dumps(result.to_dict(), indent=2))
+        print_json(result.to_dict(), "restore")
         return 0
     print(f"restored {len(result.pids)} processes (root PID {result.root_pid}, "
           f"{len(result.cuda_pids)} with CUDA) from {result.directory}")

@@ -26,13 +26,15 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:  # numpy costs 50 ms to import, and only the copy helpers' callers use it
     import numpy as np
 
-from restoreprof.errors import RestoreprofError
+from restoreprof.errors import EXIT_ENVIRONMENT, EXIT_TARGET, RestoreprofError
 
 _init_lock = threading.Lock()
 _initialized = False
 
 
 class NoDriverError(RestoreprofError):
+    exit_code = EXIT_ENVIRONMENT
+
     def __init__(self, detail: str) -> None:
         super().__init__(
             f"no CUDA driver on this machine ({detail})",
@@ -41,6 +43,8 @@ class NoDriverError(RestoreprofError):
 
 
 class CudaError(RestoreprofError):
+    exit_code = EXIT_TARGET
+
     def __init__(self, call: str, code: Any) -> None:
         self.call = call
         self.code = code

@@ -9,44 +9,124 @@
 
 One request per connection: the library closes the connection as soon as it has replied, so
 no connected socket is left in the process for `criu dump` to refuse.
+
+Trust: the socket is used only once proved to be the target's own (system.sockets: a private
+directory of the target's user or root, and SO_PEERCRED naming the target process), before
+anything is sent. A process in its own PID and mount namespaces (a container) is found from the
+host: its socket is named by its PID there (NSpid) and reached through /proc/PID/root.
+
+A stopped target (SIGSTOP, a debugger) is refused at once (TargetStoppedError): its library
+cannot answer, and waiting would only hold the caller. An OFFLOAD is two-phase: the library
+answers READY once the snapshot is complete, and releases the memory only when this client
+confirms (COMMIT); a client that is gone before confirming leaves the process running.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from restoreprof.errors import RestoreprofError
 from restoreprof.optimizer.config import OptimizerConfig
-from restoreprof.system.paths import user_run_dirs
+from restoreprof.system.sockets import UntrustedSocketError, connect_checked, user_run_dirs
+
+__all__ = ["ShimControl", "TargetStoppedError", "UntrustedSocketError", "run_dirs",
+           "socket_path", "user_run_dirs"]
 
 DEFAULT_TIMEOUT_S = 600.0  # an offload of tens of GiB to a slow disk takes minutes
+CONNECT_TIMEOUT_S = 5.0
+STATE_POLL_S = 0.5  # how often a waiting client looks whether its target stopped or exited
+
+
+class TargetStoppedError(RestoreprofError):
+    """The target process is stopped (SIGSTOP, Ctrl-Z, a debugger): its library cannot answer.
+    A checkpoint leaves such a process's GPU memory to the driver (checkpoint.gpu)."""
+
+
+@dataclass(frozen=True)
+class _Target:
+    """A process as its library sees itself: its PID in its own PID namespace (the socket's
+    name), its user, its environment, and where its filesystem root lies from here."""
+
+    pid: int
+    ns_pid: int
+    uid: int
+    root: str  # "" when it shares our mount namespace and root, else /proc/PID/root
+    environ: dict[str, str] | None
+
+    @classmethod
+    def of(cls, pid: int) -> _Target:
+        try:
+            status = Path(f"/proc/{pid}/status").read_text()
+        except OSError:
+            raise RestoreprofError(
+                f"no process with PID {pid}",
+                hint="check the PID (ps -p PID), or whether it has already exited") from None
+        fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+        ns_pids = fields.get("NSpid", str(pid)).split()
+        uid = int(fields["Uid"].split()[1])  # effective: what the library's geteuid() saw
+        return cls(pid, int(ns_pids[-1]), uid, _root_prefix(pid), _environ(pid))
+
+    def run_dirs(self) -> list[Path]:
+        dirs = user_run_dirs(self.uid, self.environ)
+        # A program started as root that later changed user bound its socket as root.
+        dirs += [d for d in user_run_dirs(0, self.environ) if d not in dirs]
+        return [Path(self.root + str(d)) for d in dirs]
+
+    @property
+    def socket_name(self) -> str:
+        return f"shim-{self.ns_pid}.sock"
+
+
+def _root_prefix(pid: int) -> str:
+    """"" when pid sees our filesystem, else /proc/PID/root (another mount namespace, or a
+    chroot), through which its run directory is reached."""
+    try:
+        same_ns = os.readlink(f"/proc/{pid}/ns/mnt") == os.readlink("/proc/self/ns/mnt")
+        same_root = os.readlink(f"/proc/{pid}/root") == os.readlink("/proc/self/root")
+    except OSError:
+        return ""  # not ours to inspect: the socket will refuse us anyway
+    return "" if same_ns and same_root else f"/proc/{pid}/root"
+
+
+def _environ(pid: int) -> dict[str, str] | None:
+    """The environment pid started with (its library chose its run directory from it)."""
+    try:
+        raw = Path(f"/proc/{pid}/environ").read_bytes()
+    except OSError:
+        return None
+    pairs = (item.decode(errors="surrogateescape").partition("=") for item in raw.split(b"\0"))
+    return {name: value for name, sep, value in pairs if sep}
+
+
+def _state(pid: int) -> str | None:
+    """pid's one-letter state (R, S, T, t, Z...), None when it is gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return None
 
 
 def run_dirs(pid: int) -> list[Path]:
-    """Where pid's library puts its socket, in the order it tries them."""
-    try:
-        uid = os.stat(f"/proc/{pid}").st_uid
-    except OSError:
-        uid = os.geteuid()
-    return user_run_dirs(uid)
+    """Where pid's library puts its socket, in the order it tries them, as reached from here."""
+    return _Target.of(pid).run_dirs()
 
 
 def socket_path(pid: int) -> Path:
     """The control socket of pid, or a RestoreprofError saying why there is none."""
-    if not Path(f"/proc/{pid}").exists():
-        raise RestoreprofError(f"no process with PID {pid}",
-                               hint="check the PID (ps -p PID), or whether it has already exited")
-    for directory in run_dirs(pid):
-        candidate = directory / f"shim-{pid}.sock"
+    target = _Target.of(pid)
+    for directory in target.run_dirs():
+        candidate = directory / target.socket_name
         if candidate.exists():
             return candidate
     raise RestoreprofError(
         f"PID {pid} runs without restoreprof's interception library (no control socket "
-        f"shim-{pid}.sock in {', '.join(str(d) for d in run_dirs(pid))})",
+        f"{target.socket_name} in {', '.join(str(d) for d in target.run_dirs())})",
         hint="start the program with 'restoreprof exec -- CMD' to offload its GPU memory",
     )
 
@@ -70,46 +150,116 @@ def _parse_ok_numbers(text: str) -> dict[str, Any]:
 
 
 class ShimControl:
-    """Requests to one process's interception library."""
+    """Requests to one process's interception library, over a socket proved to be its own."""
 
     def __init__(self, pid: int, timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
         self.pid = pid
         self.timeout_s = timeout_s
         self.path = socket_path(pid)
+        self._target = _Target.of(pid)
 
     def request(self, line: str, fd: int | None = None) -> str:
         """Send one request line (with fd attached, for ADOPT); the text after OK, or
-        RestoreprofError with the library's ERR."""
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-            sock.settimeout(self.timeout_s)
-            try:
-                sock.connect(str(self.path))
-            except PermissionError:
-                raise RestoreprofError(
-                    f"not allowed to use PID {self.pid}'s control socket {self.path}",
-                    hint="run as the process owner or as root") from None
-            except OSError as exc:
-                raise RestoreprofError(
-                    f"PID {self.pid}'s control socket {self.path} does not answer: {exc}",
-                    hint="the process may have exited or be stopped; check it with ps") from None
+        RestoreprofError with the library's ERR. An OFFLOAD is confirmed (COMMIT) once its
+        snapshot is complete: the library releases the memory only then, and rolls the offload
+        back when this client is gone before confirming."""
+        verb = line.split()[0]
+        self._require_running(verb)
+        with self._connect() as sock:
             data = line.encode() + b"\n"
             if fd is not None:  # the descriptor rides on the first byte; the rest follows
                 socket.send_fds(sock, [data[:1]], [fd])
                 data = data[1:]
             sock.sendall(data)
-            reply = b""
-            while not reply.endswith(b"\n"):
-                data = sock.recv(4096)
-                if not data:
-                    break
-                reply += data
-        text = reply.decode(errors="replace").strip()
+            text = self._reply(sock, verb)
+            if verb == "OFFLOAD" and text.startswith("READY"):
+                with contextlib.suppress(OSError):  # a library that rolled back has hung up
+                    sock.sendall(b"COMMIT\n")
+                text = self._reply(sock, verb) or (
+                    "ERR the library rolled the offload back before this client confirmed it "
+                    "(the memory was never released; the process runs on)")
         if text.startswith("OK"):
             return text[2:].strip()
         message = text.removeprefix("ERR").strip() or "no reply"
-        hint = ("run as the process owner or as root" if "permission" in message
-                else "see the process's stderr (RESTOREPROF_SHIM_DEBUG=1 logs more)")
-        raise RestoreprofError(f"PID {self.pid}: {line.split()[0]} failed: {message}", hint=hint)
+        if "permission" in message:
+            hint = "run as the process owner or as root"
+        elif message.startswith("cannot checkpoint"):  # refused before anything was touched
+            hint = ("the process keeps running, untouched; stop sharing the memory named (or "
+                    "free it), then checkpoint again")
+        else:
+            hint = "see the process's stderr (RESTOREPROF_SHIM_DEBUG=1 logs more)"
+        raise RestoreprofError(f"PID {self.pid}: {verb} failed: {message}", hint=hint)
+
+    def _require_running(self, verb: str, during: bool = False) -> None:
+        """TargetStoppedError when the target is stopped, RestoreprofError when it is gone: its
+        library would not answer, and a client waiting on it would wait out its timeout."""
+        state = _state(self.pid)
+        if state is None or state in "ZX":
+            raise RestoreprofError(f"PID {self.pid} exited{' during ' + verb if during else ''}",
+                                   hint="check the process (ps -p PID) and its output")
+        if state in "Tt":
+            why = "a debugger holds it" if state == "t" else "a signal stopped it (SIGSTOP, Ctrl-Z)"
+            raise TargetStoppedError(
+                f"PID {self.pid} is stopped ({why}){' during ' + verb if during else ''}: its "
+                f"interception library cannot answer {verb}" +
+                ("; an OFFLOAD not yet confirmed is rolled back when it runs again" if during
+                 else ""),
+                hint=f"resume it ('kill -CONT {self.pid}', or detach the debugger) and retry; "
+                     "a checkpoint leaves a stopped process's GPU memory to the driver")
+
+    def _connect(self) -> socket.socket:
+        """A connection to the target's own control socket (sockets.connect_checked)."""
+        target = self._target
+        hint = (f"another user may have put or replaced the socket: make the run directory "
+                f"private to UID {target.uid} (chmod 700, or remove it and restart the program "
+                f"under 'restoreprof exec')")
+        refused: UntrustedSocketError | None = None
+        for directory in target.run_dirs():
+            try:
+                conn = connect_checked(directory, target.socket_name, socket.SOCK_STREAM,
+                                       uids={target.uid, 0}, pid=self.pid,
+                                       what=f"PID {self.pid}'s control socket", hint=hint,
+                                       timeout_s=CONNECT_TIMEOUT_S)
+            except UntrustedSocketError as exc:
+                refused = refused or exc
+                continue
+            except PermissionError:
+                raise RestoreprofError(
+                    f"not allowed to use PID {self.pid}'s control socket in {directory}",
+                    hint="run as the process owner or as root") from None
+            if conn is not None:
+                return conn
+        if refused is not None:
+            raise refused
+        raise RestoreprofError(
+            f"PID {self.pid}'s control socket {self.path} does not answer",
+            hint="the process may have exited, or its library stopped serving; check it with ps")
+
+    def _reply(self, sock: socket.socket, verb: str) -> str:
+        """One reply line, waited for at most timeout_s; looks at the target meanwhile so that a
+        stopped or exited one ends the wait at once instead of at the timeout."""
+        deadline = time.monotonic() + self.timeout_s
+        reply = b""
+        while not reply.endswith(b"\n"):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise RestoreprofError(
+                    f"PID {self.pid} did not answer {verb} within {self.timeout_s:.0f} s",
+                    hint="the process may be stuck; an OFFLOAD not yet confirmed is rolled back "
+                         "by the library once it notices this client is gone")
+            sock.settimeout(min(STATE_POLL_S, remaining))
+            try:
+                data = sock.recv(4096)
+            except TimeoutError:
+                self._require_running(verb, during=True)
+                continue
+            except OSError as exc:
+                raise RestoreprofError(f"PID {self.pid}: {verb}: the connection failed: {exc}",
+                                       hint="check the process (ps -p PID) and its stderr") from None
+            if not data:
+                break
+            reply += data
+        return reply.decode(errors="replace").strip()
 
     def _transfer(self, verb: str, path: Path, cfg: OptimizerConfig | None,
                   safe: bool = False, extra: str = "") -> dict[str, Any]:
@@ -145,10 +295,12 @@ class ShimControl:
         """Map memory at the same addresses again and load path into it (checksums verified)."""
         return self._transfer("RELOAD", path, cfg, safe)
 
-    def adopt(self, address: int, gpu_uuid: str, fd: int) -> dict[str, Any]:
-        """Map preloaded memory (fd, see optimizer.preload) at an offloaded allocation's address;
+    def adopt(self, address: int, gpu_uuid: str, fd: int, handle: int = 0) -> dict[str, Any]:
+        """Map preloaded memory (fd, see optimizer.preload) at an offloaded allocation's address,
+        or, given the application's handle of a physical allocation, wherever that was mapped;
         {bytes, seconds, remaining}. When none remains offloaded, the process runs on."""
-        return _parse_ok_numbers(self.request(f"ADOPT {address:x} {gpu_uuid}", fd))
+        suffix = f" {handle:x}" if handle else ""
+        return _parse_ok_numbers(self.request(f"ADOPT {address:x} {gpu_uuid}{suffix}", fd))
 
     def status(self) -> dict[str, Any]:
         fields = dict(item.split("=", 1) for item in self.request("STATUS").split())

@@ -37,7 +37,8 @@ class Preloaded(ctypes.Structure):  # struct rp_preloaded in shim/preload.c
     _fields_ = [("address", ctypes.c_uint64), ("size", ctypes.c_uint64),
                 ("reserved", ctypes.c_uint64), ("device", ctypes.c_int32),
                 ("fd", ctypes.c_int32), ("handle", ctypes.c_uint64), ("local", ctypes.c_uint64),
-                ("uuid", ctypes.c_uint8 * 16)]
+                ("uuid", ctypes.c_uint8 * 16),
+                ("app_handle", ctypes.c_uint64)]  # the application's handle; 0: an address
 
 
 _PROTOTYPES: dict[str, tuple[object, list]] = {

@@ -22,7 +22,10 @@ settings) with the snapshot's open descriptor
 attached (the pool reads what the client could open, nothing else); the pool answers
 {"items": [...]} messages carrying up to FDS_PER_MESSAGE descriptors of GPU memory each, then
 {"done": true, "seconds": s} or {"error": "..."}. The pool holds its own references to that
-memory until the client hangs up. Only the pool's user and root may connect.
+memory until the client hangs up. Only the pool's user and root may connect, and a restore
+uses a pool only once it is proved to be its user's or root's (system.sockets): a socket in a
+directory others could write, or served by another user, is refused with a warning, and the
+restore preloads the snapshot itself; its descriptor goes nowhere unproved.
 """
 
 from __future__ import annotations
@@ -30,7 +33,6 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
-import struct
 import threading
 import time
 from dataclasses import dataclass
@@ -40,7 +42,7 @@ from restoreprof.errors import RestoreprofError
 from restoreprof.optimizer import engine
 from restoreprof.optimizer.config import OptimizerConfig
 from restoreprof.optimizer.preload import Allocation, preload_snapshot
-from restoreprof.system.paths import user_run_dirs
+from restoreprof.system.sockets import make_private_dir, peer_credentials, user_run_dirs
 from restoreprof.system.warm_socket import connect as _connect
 from restoreprof.system.warm_socket import find_socket  # noqa: F401 (the pool's clients use it)
 from restoreprof.system.warm_socket import receive as _receive
@@ -85,10 +87,10 @@ class WarmPool:
 
     def bind(self) -> Path:
         """Create the socket (0600, in a directory only this user can write); returns it."""
-        last: OSError | None = None
+        tried: list[str] = []
         for directory in user_run_dirs(os.geteuid()):
             try:
-                _private_dir(directory)
+                make_private_dir(directory)
                 path = directory / _socket_name()
                 listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
                 with contextlib.suppress(FileNotFoundError):
@@ -102,9 +104,10 @@ class WarmPool:
                 self._listener, self.path = listener, path
                 return path
             except OSError as exc:
-                last = exc
-        raise RestoreprofError(f"no run directory for the warm pool's socket ({last})",
-                               hint="set RESTOREPROF_RUN_DIR to a directory you can write")
+                tried.append(f"{directory}: {exc.strerror or exc}")
+        raise RestoreprofError(f"no run directory for the warm pool's socket ({'; '.join(tried)})",
+                               hint="set RESTOREPROF_RUN_DIR to a folder of yours that nobody "
+                                    "else can write (chmod 700)")
 
     def serve(self, stop: threading.Event) -> None:
         """Answer preloads, each connection on a thread of its own, until stop is set."""
@@ -148,9 +151,9 @@ class WarmPool:
                 # Read before refusing: closing on an unread request would reset the connection
                 # and the client would never see why.
                 request, fds = _receive(conn, 1)
-                if not request:
-                    return  # hung up unasked (pool_running)
-                try:
+                try:  # every descriptor received is closed, whatever the request held
+                    if not request and not fds:
+                        return  # hung up unasked (pool_running)
                     _check_peer(conn)
                     if request.get("op") == "describe" and not fds:
                         _send(conn, {"pid": os.getpid(), "pinned": engine.staging_ranges()})
@@ -160,7 +163,7 @@ class WarmPool:
                             "expected a preload request with one descriptor",
                             hint="use optimizer.pool.preload_through_pool to talk to the pool")
                     cfg = _request_settings(request, self.cfg)
-                    loaded = preload_snapshot(Path(request.get("name", "snapshot")), cfg,
+                    loaded = preload_snapshot(Path(str(request.get("name", "snapshot"))), cfg,
                                               fd=fds[0])
                 finally:
                     for fd in fds:
@@ -174,7 +177,8 @@ class WarmPool:
                 self.stats.bytes += loaded.bytes
                 conn.settimeout(None)
                 conn.recv(1)  # our references live until the client hangs up
-            except (RestoreprofError, OSError, ValueError) as exc:
+            except (RestoreprofError, OSError, ValueError, TypeError) as exc:
+                # TypeError: a field of the wrong JSON type ({"streams": null})
                 self.stats.failed += 1
                 with contextlib.suppress(OSError):
                     _send(conn, {"error": str(exc)})
@@ -201,17 +205,10 @@ def _warm_engine(warmed, cfg: OptimizerConfig) -> float:
     return time.monotonic() - start
 
 
-def _private_dir(directory: Path) -> None:
-    """directory exists, and no other user can write to it (else the socket could be swapped)."""
-    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-    st = directory.stat()
-    if st.st_uid not in (os.geteuid(), 0) or st.st_mode & 0o022:
-        raise PermissionError(f"{directory} is writable by others or owned by another user")
 
 
 def _check_peer(conn: socket.socket) -> None:
-    creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-    _pid, uid, _gid = struct.unpack("3i", creds)
+    _pid, uid, _gid = peer_credentials(conn)
     if uid not in (os.geteuid(), 0):
         raise RestoreprofError(f"UID {uid} may not use this warm pool",
                                hint="restore as the pool's user or as root, or start "
@@ -267,7 +264,12 @@ def preload_through_pool(snapshot: Path, cfg: OptimizerConfig | None = None) -> 
                          "threads": cfg.threads, "chunk_mb": cfg.chunk_mb,
                          "pinned": cfg.pinned}, [f.fileno()])
         while True:
-            message, fds = _receive(conn, FDS_PER_MESSAGE)
+            try:
+                message, fds = _receive(conn, FDS_PER_MESSAGE)
+            except ValueError:
+                raise RestoreprofError("the warm pool sent a malformed reply",
+                                       hint="restart 'restoreprof warm'; the restore falls back "
+                                            "to reloading inside the process") from None
             if not message:
                 raise RestoreprofError(f"the warm pool hung up while preloading {snapshot}",
                                        hint="see its output; the restore falls back to "
@@ -277,15 +279,25 @@ def preload_through_pool(snapshot: Path, cfg: OptimizerConfig | None = None) -> 
                                        f"{message['error']}",
                                        hint="the restore falls back to reloading inside the process")
             described = message.get("items", [])
-            if len(described) != len(fds):
-                for fd in fds:
+            try:
+                if not isinstance(described, list) or len(described) != len(fds):
+                    raise ValueError("items and descriptors differ")
+                items += [Allocation.from_description(d, fd)
+                          for d, fd in zip(described, fds, strict=True)]
+            except (ValueError, TypeError, KeyError, AttributeError):
+                for fd in fds:  # none of this batch joined items
                     os.close(fd)
                 raise RestoreprofError("the warm pool sent a malformed reply",
                                        hint="restart 'restoreprof warm'; the restore falls back "
-                                            "to reloading inside the process")
-            items += [Allocation.from_description(d, fd) for d, fd in zip(described, fds, strict=True)]
+                                            "to reloading inside the process") from None
             if message.get("done"):
                 return PooledSnapshot(Path(snapshot), items, float(message["seconds"]), conn)
+    except TimeoutError:
+        PooledSnapshot(Path(snapshot), items, 0.0, conn).release()
+        raise RestoreprofError(f"the warm pool did not finish preloading {snapshot} within "
+                               f"{PRELOAD_TIMEOUT_S:.0f} s",
+                               hint="see the pool's output; the restore falls back to reloading "
+                                    "inside the process") from None
     except BaseException:
         PooledSnapshot(Path(snapshot), items, 0.0, conn).release()
         raise

@@ -26,20 +26,25 @@ from restoreprof.optimizer.config import OptimizerConfig
 
 @dataclass(frozen=True)
 class Allocation:
-    """One preloaded allocation, as ADOPT needs it: where, how big, on which GPU, which fd."""
+    """One preloaded allocation, as ADOPT needs it: where, how big, on which GPU, which fd, and,
+    for the application's own physical allocation (cuMemCreate), the handle it holds (0 for an
+    allocation of the library's, named by its address)."""
 
     address: int
     size: int
     uuid: str  # hex, the GPU's
     fd: int
+    handle: int = 0
 
     def describe(self) -> dict:
         """The parts a descriptor-passing message carries next to the fd."""
-        return {"address": self.address, "size": self.size, "uuid": self.uuid}
+        return {"address": self.address, "size": self.size, "uuid": self.uuid,
+                "handle": self.handle}
 
     @classmethod
     def from_description(cls, d: dict, fd: int) -> Allocation:
-        return cls(int(d["address"]), int(d["size"]), str(d["uuid"]), fd)
+        return cls(int(d["address"]), int(d["size"]), str(d["uuid"]), fd,
+                   int(d.get("handle", 0)))
 
 
 @dataclass
@@ -56,7 +61,8 @@ class PreloadedSnapshot:
         return sum(self.items[i].size for i in range(self.count))
 
     def allocations(self) -> list[Allocation]:
-        return [Allocation(item.address, item.size, bytes(item.uuid).hex(), item.fd)
+        return [Allocation(item.address, item.size, bytes(item.uuid).hex(), item.fd,
+                           item.app_handle)
                 for item in self.items[:self.count]]
 
     def release(self) -> None:
@@ -97,6 +103,6 @@ def adopt(pid: int, loaded) -> dict:
     start = time.monotonic()
     total = 0
     for item in loaded.allocations():  # a PreloadedSnapshot, or a pool's PooledSnapshot
-        control.adopt(item.address, item.uuid, item.fd)
+        control.adopt(item.address, item.uuid, item.fd, item.handle)
         total += item.size
     return {"bytes": total, "seconds": time.monotonic() - start}

@@ -16,7 +16,7 @@ import sys
 from functools import lru_cache
 from pathlib import Path
 
-from restoreprof.errors import RestoreprofError
+from restoreprof.errors import EXIT_ENVIRONMENT, RestoreprofError
 
 MIN_CRIU_VERSION = (4, 0)
 
@@ -75,6 +75,7 @@ def criu_path() -> str:
     raise RestoreprofError(
         f"CRIU >= {'.'.join(map(str, MIN_CRIU_VERSION))} not found{detail}",
         hint="run ./scripts/setup.sh as root, or set RESTOREPROF_CRIU=/path/to/criu",
+        exit_code=EXIT_ENVIRONMENT,
     )
 
 
@@ -95,12 +96,3 @@ def shim_library_path() -> Path:
     """The LD_PRELOAD interception library built by the setup command (optimizer/shim/build.py
     writes it there; named here so the ground floor imports nothing above it)."""
     return Path(__file__).resolve().parent.parent / "optimizer" / "shim" / "librestoreprof_shim.so"
-
-
-def user_run_dirs(uid: int) -> list[Path]:
-    """Where uid's sockets go (the interception library's, a warm pool's), in the order they
-    are tried (shim/control.c: choose_dir)."""
-    dirs = []
-    if os.environ.get("RESTOREPROF_RUN_DIR"):
-        dirs.append(Path(os.environ["RESTOREPROF_RUN_DIR"]))
-    return [*dirs, Path("/run/restoreprof"), Path(f"/tmp/restoreprof-{uid}")]

@@ -11,12 +11,14 @@ Framing: AF_UNIX SOCK_SEQPACKET, each message one JSON object, descriptors ridin
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
+import sys
 from pathlib import Path
 
-from restoreprof.system.paths import user_run_dirs
+from restoreprof.system.sockets import UntrustedSocketError, connect_checked, user_run_dirs
 
 MESSAGE_BYTES = 1 << 16
 CONNECT_TIMEOUT_S = 1.0  # a pool that does not answer at once is treated as absent
@@ -36,19 +38,26 @@ def find_socket() -> Path | None:
 
 
 def connect() -> socket.socket | None:
-    """A connection to this user's pool, or None when none answers (no socket, or a stale one
-    a killed pool left, or one we may not use)."""
-    path = find_socket()
-    if path is None:
-        return None
-    conn = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    conn.settimeout(CONNECT_TIMEOUT_S)
-    try:
-        conn.connect(str(path))
-    except OSError:
-        conn.close()
-        return None
-    return conn
+    """A connection to this user's pool, proved to be served by this user or root from a
+    private directory; None when none answers (no socket, a stale one a killed pool left, one
+    we may not use) or when one is refused (with a warning: the caller does without the pool)."""
+    uid = os.geteuid()
+    for directory in user_run_dirs(uid):
+        try:
+            conn = connect_checked(
+                directory, socket_name(), socket.SOCK_SEQPACKET, uids={uid, 0}, pid=None,
+                what="the warm pool's socket", timeout_s=CONNECT_TIMEOUT_S,
+                hint=f"another user may have put it there: stop any 'restoreprof warm', remove "
+                     f"{directory} and start 'restoreprof warm' again (it makes the directory "
+                     f"private); this restore preloads without the pool")
+        except UntrustedSocketError as exc:
+            print(f"restoreprof: warning: {exc}", file=sys.stderr)
+            continue
+        except OSError:
+            continue
+        if conn is not None:
+            return conn
+    return None
 
 
 def send(conn: socket.socket, message: dict, fds: list[int] | None = None) -> None:
@@ -60,13 +69,21 @@ def send(conn: socket.socket, message: dict, fds: list[int] | None = None) -> No
 
 
 def receive(conn: socket.socket, max_fds: int) -> tuple[dict, list[int]]:
-    """One message and its descriptors; ({}, []) when the other side hung up."""
+    """One message and its descriptors; ({}, []) when the other side hung up. ValueError for a
+    message that is not a JSON object, its descriptors closed: nothing received is leaked."""
     data, fds, _flags, _addr = socket.recv_fds(conn, MESSAGE_BYTES, max_fds)
-    if not data:
+    fds = list(fds)
+    message = None
+    if data:
+        with contextlib.suppress(ValueError):  # not JSON, or not UTF-8
+            message = json.loads(data)
+    if not isinstance(message, dict):
         for fd in fds:
             os.close(fd)
+        if data:
+            raise ValueError("a malformed message (not a JSON object)")
         return {}, []
-    return json.loads(data), list(fds)
+    return message, fds
 
 
 def describe_pool() -> dict | None:

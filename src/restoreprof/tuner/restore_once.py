@@ -39,7 +39,9 @@ def main(argv: list[str]) -> int:
     pid_file.write_text(str(os.getpid()))
     config = OptimizerConfig(**json.loads(config_json))
     try:
-        result = restore(directory, optimizer=config, verify=verify, parallel=config.parallel)
+        # CRIU's log and the restore's journal go to the trial's folder, beside its result
+        result = restore(directory, optimizer=config, verify=verify, parallel=config.parallel,
+                         work_dir=result_path.parent)
         data = result.to_dict()
     except RestoreprofError as exc:
         data = {"error": str(exc)}

@@ -9,16 +9,40 @@
  * outside the dumped tree). The listening socket itself is restored by CRIU at its path.
  *
  *   OFFLOAD <path> <streams> <chunk_mb> <threads> <pinned> [<chunk dir> [<sync>]]
- *                                                  -> OK <bytes> <ns> written=<bytes> | ERR
+ *                                           -> READY <bytes> <ns> written=<bytes> | ERR <message>
+ *     then COMMIT                           -> OK <bytes> <ns> written=<bytes> | ERR <message>
  *     (the table at path, the chunks in the chunk folder: relative to path's folder unless
- *     absolute, default <path's name>.chunks; sync 1: durable before OK)
+ *     absolute, default <path's name>.chunks; sync 1: durable before READY)
  *   RELOAD <path> <streams> <chunk_mb> <threads> <pinned>   -> OK <bytes> <ns> | ERR <message>
  *   (a number left out or negative: this process's own setting, from its environment)
- *   ADOPT <address> <gpu uuid> + one fd (SCM_RIGHTS) -> OK <bytes> <ns> remaining=<n> | ERR
+ *   ADOPT <address> <gpu uuid> [<handle>] + one fd (SCM_RIGHTS)
+ *                                                   -> OK <bytes> <ns> remaining=<n> | ERR
  *   STATUS                                          -> OK state=<running|offloaded> ...
  *
  * ADOPT maps memory restoreprof preloaded from the snapshot (preload.c) at one offloaded
- * allocation's address; when none is left offloaded, it is as if RELOAD had run.
+ * allocation's address, or, given a handle, where the application's physical allocation of
+ * that handle was mapped (app_vmm.c); when none is left offloaded, it is as if RELOAD had run.
+ *
+ * OFFLOAD saves the library's allocations (cuMemAlloc and stream-ordered, mempool.c) and the
+ * application's own physical allocations (app_vmm.c). Memory shared with another process is
+ * refused before anything is written or released; the stream-ordered cache (memory nobody
+ * uses) is released, not saved.
+ *
+ * OFFLOAD is two-phase so that no process is left offloaded with nobody to bring it back: the
+ * memory is released only once the client has read READY (the snapshot is complete) and
+ * confirmed with COMMIT. A client that hangs up first, or is silent for RP_COMMIT_TIMEOUT_MS,
+ * gets nothing released: the gate reopens and the application runs on, as if no OFFLOAD had
+ * come. (The alternative, releasing at once and mapping and reloading everything again when the
+ * reply cannot be delivered, would read the whole snapshot back for nothing, and could not
+ * tell a reply that was delivered from one that was sent and then never read.) A request whose
+ * client hung up before it was served, as when it was queued while the process was stopped,
+ * is dropped. Replies are sent with MSG_NOSIGNAL: a client gone never kills the application.
+ *
+ * Where the socket lives (sockets.py's user_run_dirs lists the same places, in the same
+ * order): $RESTOREPROF_RUN_DIR, then /run/restoreprof for root, else
+ * $XDG_RUNTIME_DIR/restoreprof and /tmp/restoreprof-<uid>. A directory is used only when it is
+ * a real directory of this user (or root) that group and others cannot write; a foreign one
+ * (as another user could plant in /tmp) is refused and logged.
  *
  * While offloaded the gate is closed: the application's intercepted calls (copies, kernel and
  * graph launches, allocations) wait inside the library until RELOAD has put the memory back.
@@ -29,6 +53,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <poll.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -39,9 +64,46 @@
 #include <time.h>
 #include <unistd.h>
 
+/* How long OFFLOAD waits for the client's COMMIT after READY; the client sends it at once. */
+#define RP_COMMIT_TIMEOUT_MS 10000
+
 static char socket_path[sizeof(((struct sockaddr_un *)0)->sun_path)];
 static pid_t owner_pid;
 static int offloaded;
+
+static int read_request(int conn, char *line, size_t len, int *fd);
+
+/* One reply line, sent so that a client that hung up cannot kill us with SIGPIPE. */
+static int send_reply(int conn, const char *reply)
+{
+    char line[600];
+    int n = snprintf(line, sizeof(line), "%s\n", reply);
+    if (n < 0 || (size_t)n >= sizeof(line))
+        return -1;
+    return send(conn, line, (size_t)n, MSG_NOSIGNAL) == n ? 0 : -1;
+}
+
+/* Whether the client hung up: nobody would read a reply, or bring the memory back. */
+static int client_gone(int conn)
+{
+    struct pollfd p = { .fd = conn, .events = POLLRDHUP };
+    return poll(&p, 1, 0) > 0 && (p.revents & (POLLRDHUP | POLLHUP | POLLERR));
+}
+
+/* 0 once the client sent COMMIT within RP_COMMIT_TIMEOUT_MS; -1 when it hung up, was silent or
+ * sent anything else. */
+static int await_commit(int conn)
+{
+    char line[16];
+    int fd = -1;
+    struct pollfd p = { .fd = conn, .events = POLLIN };
+    int rc = poll(&p, 1, RP_COMMIT_TIMEOUT_MS) > 0 && read_request(conn, line, sizeof(line), &fd) == 0
+                 ? strcmp(line, "COMMIT")
+                 : -1;
+    if (fd >= 0)
+        close(fd);
+    return rc == 0 ? 0 : -1;
+}
 
 /* A snapshot of the registry, so the long copies run without holding its lock. */
 struct alloc_list {
@@ -79,10 +141,10 @@ static int store_handle(struct rp_allocation *entry, void *arg)
     return 1;
 }
 
-static CUresult drain_contexts(struct alloc_list *list)
+static CUresult drain_contexts(const struct rp_snap_item *items, size_t count)
 {
-    for (size_t i = 0; i < list->count; i++) {
-        CUresult rc = rp_real.cuCtxSetCurrent(list->items[i].context);
+    for (size_t i = 0; i < count; i++) {
+        CUresult rc = rp_real.cuCtxSetCurrent(items[i].context);
         if (rc == CUDA_SUCCESS)
             rc = rp_real.cuCtxSynchronize();
         if (rc != CUDA_SUCCESS)
@@ -123,11 +185,11 @@ static struct {
 } saved_stacks[RP_MAX_CONTEXTS];
 static int n_saved_stacks;
 
-static void shrink_stacks(struct alloc_list *list)
+static void shrink_stacks(const struct rp_snap_item *items, size_t count)
 {
     n_saved_stacks = 0;
-    for (size_t i = 0; i < list->count && n_saved_stacks < RP_MAX_CONTEXTS; i++) {
-        CUcontext ctx = list->items[i].context;
+    for (size_t i = 0; i < count && n_saved_stacks < RP_MAX_CONTEXTS; i++) {
+        CUcontext ctx = items[i].context;
         int seen = 0;
         for (int k = 0; k < n_saved_stacks; k++)
             seen |= saved_stacks[k].context == ctx;
@@ -177,8 +239,30 @@ static int unmap_all(struct alloc_list *list, char *err, size_t errlen)
     return failures ? -1 : 0;
 }
 
+/* The snapshot's items: the library's allocations, then the application's physical ones (each
+ * with a window to read it through; rp_app_vmm_close_windows closes them). */
+static int offload_items(struct alloc_list *list, struct rp_snap_item **items, size_t *count,
+                         char *err, size_t errlen)
+{
+    size_t capacity = list->count ? list->count : 1;
+    *count = 0;
+    *items = calloc(capacity, sizeof(**items));
+    if (!*items)
+        return snprintf(err, errlen, "out of memory"), -1;
+    for (size_t i = 0; i < list->count; i++) {
+        const struct rp_allocation *a = &list->items[i];
+        (*items)[(*count)++] = (struct rp_snap_item){
+            .record = { .address = a->address, .size = a->size, .reserved = a->reserved,
+                        .device = a->device, .kind = RP_SNAP_ALLOCATION },
+            .source = a->address,
+            .context = a->context,
+        };
+    }
+    return rp_app_vmm_items(items, count, &capacity, err, errlen);
+}
+
 /* chunk_dir: the chunk folder, relative to the snapshot's folder unless absolute (a store). */
-static void do_offload(const char *path, const char *chunk_dir, int sync,
+static void do_offload(int conn, const char *path, const char *chunk_dir, int sync,
                        struct rp_engine_params p, char *reply, size_t len)
 {
     if (offloaded) {
@@ -186,33 +270,68 @@ static void do_offload(const char *path, const char *chunk_dir, int sync,
         return;
     }
     uint64_t start = rp_now_ns(), total = 0, written = 0;
-    char err[256] = "";
+    char err[512] = "";
     struct alloc_list list = { 0 };
+    struct rp_snap_item *items = NULL;
+    size_t n_items = 0;
     rp_gate_close(); /* the application's intercepted calls wait from here */
+    /* Refused before anything is written: a refused checkpoint leaves nothing behind. */
+    if (rp_app_vmm_refusal(err, sizeof(err)) != 0) {
+        rp_gate_open();
+        snprintf(reply, len, "ERR cannot checkpoint: %s", err);
+        return;
+    }
     CUresult drained = CUDA_SUCCESS;
     int rc = -1;
     if (collect(&list) != 0)
         snprintf(err, sizeof(err), "out of memory");
-    else if ((drained = drain_contexts(&list)) != CUDA_SUCCESS)
+    else if (offload_items(&list, &items, &n_items, err, sizeof(err)) != 0)
+        ; /* err says why */
+    else if ((drained = drain_contexts(items, n_items)) != CUDA_SUCCESS)
         snprintf(err, sizeof(err), "waiting for the GPU failed: %s", rp_error_name(drained));
-    else
-        rc = rp_snapshot_write(path, chunk_dir, sync, list.items, list.count, p, &total,
-                               &written, err, sizeof(err));
+    else {
+        size_t cached = rp_mempool_release_cached(); /* free memory is not the application's */
+        if (cached)
+            RP_DEBUG("released %zu bytes of cached stream-ordered memory", cached);
+        rc = rp_snapshot_write(path, chunk_dir, sync, items, n_items, p, &total, &written, err,
+                               sizeof(err));
+    }
+    rp_app_vmm_close_windows();
     if (rc != 0) {
         rp_gate_open(); /* nothing was released: the application just carries on */
         snprintf(reply, len, "ERR %s", err);
-    } else {
-        offloaded = 1; /* from here the gate stays closed until RELOAD */
-        /* The pinned staging pool would only add its size to CRIU's images and may not survive
-         * the driver's checkpoint: RELOAD makes a new one. */
-        rp_engine_release();
-        shrink_stacks(&list);
-        if (unmap_all(&list, err, sizeof(err)) != 0)
-            snprintf(reply, len, "ERR %s", err);
-        else
-            snprintf(reply, len, "OK %llu %llu written=%llu", (unsigned long long)total,
-                     (unsigned long long)(rp_now_ns() - start), (unsigned long long)written);
+        free(items);
+        free(list.items);
+        return;
     }
+    /* The snapshot is complete and the memory still mapped: release it only for a client that
+     * is there to bring it back. */
+    char ready[128];
+    snprintf(ready, sizeof(ready), "READY %llu %llu written=%llu", (unsigned long long)total,
+             (unsigned long long)(rp_now_ns() - start), (unsigned long long)written);
+    if (send_reply(conn, ready) != 0 || await_commit(conn) != 0) {
+        rp_gate_open();
+        rp_log("OFFLOAD to %.160s rolled back: the client hung up or did not confirm within %d s; "
+               "nothing was released and the application runs on", path,
+               RP_COMMIT_TIMEOUT_MS / 1000);
+        reply[0] = '\0'; /* nobody to answer */
+        free(items);
+        free(list.items);
+        return;
+    }
+    offloaded = 1; /* from here the gate stays closed until RELOAD */
+    /* The pinned staging pool would only add its size to CRIU's images and may not survive
+     * the driver's checkpoint: RELOAD makes a new one. */
+    rp_engine_release();
+    shrink_stacks(items, n_items); /* the contexts of both kinds of memory */
+    int released = unmap_all(&list, err, sizeof(err));
+    if (rp_app_vmm_release(err[0] ? err + strlen(err) : err, sizeof(err) - strlen(err)) != 0 ||
+        released != 0)
+        snprintf(reply, len, "ERR %s", err);
+    else
+        snprintf(reply, len, "OK %llu %llu written=%llu", (unsigned long long)total,
+                 (unsigned long long)(rp_now_ns() - start), (unsigned long long)written);
+    free(items);
     free(list.items);
 }
 
@@ -226,32 +345,62 @@ static struct rp_allocation *find_in(struct alloc_list *list, const struct snap_
     return NULL;
 }
 
-/* Loads one record; on an engine failure, rebuilds the staging pool and tries once more
- * (pinned buffers made before a driver checkpoint may not survive it on every driver). */
-static CUresult load_record(struct rp_chunk_store *chunks, size_t chunk_file_bytes,
-                            struct rp_allocation *a, const struct snap_record *r,
-                            struct rp_engine_params p, uint64_t *map_ns)
+/* Physical memory for an offloaded allocation again, at its address (nothing when it is mapped:
+ * adopted before this RELOAD, its bytes are simply loaded again). */
+static CUresult map_allocation(struct rp_allocation *a, uint64_t *map_ns)
 {
-    uint8_t *names = (uint8_t *)(r + 1);
-    struct rp_transfer t = { .direction = RP_H2D, .device = a->address, .fd = -1,
-                             .bytes = r->size, .chunks = chunks, .hashes = names,
-                             .pieces = names + r->n_chunks * RP_HASH_BYTES,
-                             .chunk_file_bytes = chunk_file_bytes };
     CUresult rc = rp_real.cuCtxSetCurrent(a->context);
     if (rc == CUDA_SUCCESS && a->handle == 0) {
         uint64_t start = rp_now_ns();
         rc = rp_vmm_map(a);
+        if (rc == CUDA_SUCCESS)
+            rc = rp_mempool_after_map(a);
         rp_registry_each(store_handle, a);
         *map_ns += rp_now_ns() - start;
     }
-    if (rc != CUDA_SUCCESS)
-        return rc;
-    rc = rp_engine_run(&t, p, 1);
-    if (rc != CUDA_SUCCESS && rc != CUDA_ERROR_INVALID_IMAGE) {
-        rp_log("reload of %#llx failed (%s); retrying with a new staging pool",
-               (unsigned long long)a->address, rp_error_name(rc));
-        rc = rp_engine_run(&t, p, 1); /* the engine dropped the pool on the driver error */
+    return rc;
+}
+
+/* Where one record's bytes go. */
+struct load {
+    const struct snap_record *record;
+    CUdeviceptr device;
+    CUcontext context;
+    int done;
+};
+
+/* Loads every record, one engine batch per context (chunks of all records shared out across
+ * the threads). On an engine failure, rebuilds the staging pool and tries once more (pinned
+ * buffers made before a driver checkpoint may not survive it on every driver). */
+static CUresult load_all(const char *table, int fd, struct rp_chunk_store *chunks,
+                         struct load *loads, size_t n, struct rp_engine_params p)
+{
+    struct rp_transfer *t = calloc(n ? n : 1, sizeof(*t));
+    if (!t)
+        return CUDA_ERROR_OUT_OF_MEMORY;
+    CUresult rc = CUDA_SUCCESS;
+    for (size_t first = 0; first < n && rc == CUDA_SUCCESS; first++) {
+        if (loads[first].done)
+            continue;
+        size_t count = 0;
+        for (size_t i = first; i < n; i++) {
+            if (loads[i].done || loads[i].context != loads[first].context)
+                continue;
+            const struct snap_record *r = loads[i].record;
+            t[count] = (struct rp_transfer){ .direction = RP_H2D, .device = loads[i].device };
+            rp_snapshot_source(table, r, fd, chunks, &t[count++]);
+            loads[i].done = 1;
+        }
+        rc = rp_real.cuCtxSetCurrent(loads[first].context);
+        if (rc == CUDA_SUCCESS)
+            rc = rp_engine_run_batch(t, count, p, 1);
+        if (rc != CUDA_SUCCESS && rc != CUDA_ERROR_INVALID_IMAGE) {
+            rp_log("reload of %zu allocations failed (%s); retrying with a new staging pool",
+                   count, rp_error_name(rc));
+            rc = rp_engine_run_batch(t, count, p, 1); /* the engine dropped the pool */
+        }
     }
+    free(t);
     return rc;
 }
 
@@ -268,33 +417,63 @@ static void do_reload(const char *path, struct rp_engine_params p, char *reply, 
     struct alloc_list list = { 0 };
     struct rp_chunk_store chunks = { .dirfd = -1 };
     char *table = NULL;
+    struct load *loads = NULL;
+    size_t n_loads = 0;
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0)
         snprintf(err, sizeof(err), "cannot open %.160s: %s", path, strerror(errno));
     else if ((table = rp_snapshot_table(fd, &h, err, sizeof(err))) &&
              rp_snapshot_open_chunks(table, path, &chunks, err, sizeof(err)) == 0 &&
-             collect(&list) != 0)
+             (collect(&list) != 0 || !(loads = calloc(h.count ? h.count : 1, sizeof(*loads)))))
         snprintf(err, sizeof(err), "out of memory");
-    const struct snap_record *r = table ? rp_snapshot_first(table) : NULL;
-    for (uint64_t i = 0; table && !err[0] && i < h.count; i++, r = rp_snapshot_next(r)) {
-        struct rp_allocation *a = find_in(&list, r);
-        CUresult rc = a ? load_record(&chunks, h.chunk_bytes, a, r, p, &map_ns)
-                        : CUDA_ERROR_NOT_FOUND;
+    const struct snap_record *r = table && !err[0] ? rp_snapshot_first(table) : NULL;
+    uint64_t allocations = 0;
+    /* First the memory, every record's, then the bytes, all records at once. */
+    for (uint64_t i = 0; r && !err[0] && i < h.count; i++, r = rp_snapshot_next(table, r)) {
+        int physical = r->kind == RP_SNAP_PHYSICAL;
+        struct rp_allocation *a = physical ? NULL : find_in(&list, r);
+        struct load *l = &loads[n_loads];
+        l->record = r;
+        CUresult rc = physical ? rp_app_vmm_prepare(r, &l->device, &l->context, &map_ns)
+                      : a      ? map_allocation(a, &map_ns)
+                               : CUDA_ERROR_NOT_FOUND;
+        if (a) {
+            l->device = a->address;
+            l->context = a->context;
+        }
+        allocations += !physical;
+        n_loads += rc == CUDA_SUCCESS;
         if (rc != CUDA_SUCCESS)
-            snprintf(err, sizeof(err), "%s %#llx (%llu bytes): %s",
-                     a ? "reloading" : "no allocation in this process at",
-                     (unsigned long long)r->address, (unsigned long long)r->size,
-                     rc == CUDA_ERROR_INVALID_IMAGE ? "a chunk is damaged or missing (BLAKE3 "
-                                                      "mismatch; see the process's log)"
-                                                    : rp_error_name(rc));
+            snprintf(err, sizeof(err), "%s %s %#llx (%llu bytes): %s",
+                     physical || a ? "reloading" : "no allocation in this process at",
+                     physical ? "GPU memory handle" : "allocation",
+                     (unsigned long long)(physical ? r->handle : r->address),
+                     (unsigned long long)r->size,
+                     rc == CUDA_ERROR_NOT_FOUND && physical
+                         ? "no such offloaded handle in this process"
+                         : rp_error_name(rc));
         total += r->size;
     }
-    if (!err[0] && table && h.count != list.count)
+    CUresult loaded = err[0] ? CUDA_ERROR_NOT_READY
+                             : load_all(table, fd, &chunks, loads, n_loads, p);
+    if (!err[0] && loaded != CUDA_SUCCESS)
+        snprintf(err, sizeof(err), "reloading %zu allocations from %.160s: %s", n_loads, path,
+                 loaded != CUDA_ERROR_INVALID_IMAGE ? rp_error_name(loaded)
+                 : h.version >= 3 ? "a chunk is damaged or missing (BLAKE3 mismatch; see the "
+                                    "process's log)"
+                                  : "checksum mismatch");
+    rp_app_vmm_finish(loaded == CUDA_SUCCESS);
+    if (!err[0] && table && allocations != list.count)
         snprintf(err, sizeof(err), "the snapshot holds %llu allocations, the process %zu",
-                 (unsigned long long)h.count, list.count);
+                 (unsigned long long)allocations, list.count);
+    size_t missing = table && !err[0] ? rp_app_vmm_offloaded() : 0;
+    if (missing)
+        snprintf(err, sizeof(err), "%zu of the process's GPU memory handles are not in the "
+                 "snapshot", missing);
     if (fd >= 0)
         close(fd);
     rp_chunks_close(&chunks);
+    free(loads);
     free(table);
     free(list.items);
     if (!err[0])
@@ -334,59 +513,12 @@ static int find_offloaded(struct rp_allocation *a, void *arg)
     return 1;
 }
 
-static void uuid_hex(const CUuuid *u, char *out)
-{
-    for (int i = 0; i < 16; i++)
-        sprintf(out + 2 * i, "%02x", (unsigned char)u->bytes[i]);
-}
-
 /* Maps memory that restoreprof preloaded (preload.c), passed as fd, at an offloaded
  * allocation's address. When the last offloaded allocation is back, the gate opens. */
-static void do_adopt(CUdeviceptr address, const char *uuid, int fd, char *reply, size_t len)
+/* Both kinds still offloaded; when none is left, the gate opens (after the stack limits). */
+static void finish_adopt(size_t bytes, uint64_t start, char *reply, size_t len)
 {
-    uint64_t start = rp_now_ns();
-    struct adoption want = { .address = address };
-    char ours[33];
-    CUuuid u;
-    if (!offloaded || fd < 0) {
-        snprintf(reply, len, "ERR %s", fd < 0 ? "ADOPT needs the memory's descriptor"
-                                              : "not offloaded: nothing to adopt");
-        return;
-    }
-    rp_registry_each(find_offloaded, &want);
-    if (!want.matched) {
-        snprintf(reply, len, "ERR no offloaded allocation at %#llx", (unsigned long long)address);
-        return;
-    }
-    struct rp_allocation *a = &want.found;
-    CUresult rc = rp_real.cuDeviceGetUuid_v2 && rp_real.cuMemImportFromShareableHandle
-                      ? rp_real.cuDeviceGetUuid_v2(&u, a->device)
-                      : CUDA_ERROR_NOT_SUPPORTED;
-    if (rc == CUDA_SUCCESS)
-        uuid_hex(&u, ours);
-    if (rc == CUDA_SUCCESS && strcmp(ours, uuid) != 0) {
-        snprintf(reply, len, "ERR %#llx lives on GPU %s, the memory offered is on %s",
-                 (unsigned long long)address, ours, uuid);
-        return;
-    }
-    CUmemGenericAllocationHandle handle = 0;
-    if (rc == CUDA_SUCCESS)
-        rc = rp_real.cuCtxSetCurrent(a->context);
-    if (rc == CUDA_SUCCESS)
-        rc = rp_real.cuMemImportFromShareableHandle(&handle, (void *)(intptr_t)fd,
-                                                    CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR);
-    if (rc == CUDA_SUCCESS)
-        rc = rp_vmm_map_handle(a->address, a->reserved, a->device, handle);
-    if (rc != CUDA_SUCCESS) {
-        if (handle)
-            rp_real.cuMemRelease(handle);
-        snprintf(reply, len, "ERR adopting %#llx: %s", (unsigned long long)address,
-                 rp_error_name(rc));
-        return;
-    }
-    a->handle = handle;
-    rp_registry_each(store_handle, a);
-    size_t remaining = 0;
+    size_t remaining = rp_app_vmm_offloaded();
     rp_registry_each(count_offloaded, &remaining);
     char err[256];
     if (remaining == 0 && restore_stacks(err, sizeof(err)) != 0) {
@@ -397,22 +529,83 @@ static void do_adopt(CUdeviceptr address, const char *uuid, int fd, char *reply,
         offloaded = 0;
         rp_gate_open();
     }
-    snprintf(reply, len, "OK %zu %llu remaining=%zu", a->size,
+    snprintf(reply, len, "OK %zu %llu remaining=%zu", bytes,
              (unsigned long long)(rp_now_ns() - start), remaining);
+}
+
+static void do_adopt(CUdeviceptr address, const char *uuid, uint64_t handle, int fd, char *reply,
+                     size_t len)
+{
+    uint64_t start = rp_now_ns();
+    struct adoption want = { .address = address };
+    char ours[33];
+    if (!offloaded || fd < 0) {
+        snprintf(reply, len, "ERR %s", fd < 0 ? "ADOPT needs the memory's descriptor"
+                                              : "not offloaded: nothing to adopt");
+        return;
+    }
+    if (handle) {
+        char err[256];
+        size_t bytes = 0;
+        if (rp_app_vmm_adopt(handle, uuid, fd, &bytes, err, sizeof(err)) != 0)
+            snprintf(reply, len, "ERR %s", err);
+        else
+            finish_adopt(bytes, start, reply, len);
+        return;
+    }
+    rp_registry_each(find_offloaded, &want);
+    if (!want.matched) {
+        snprintf(reply, len, "ERR no offloaded allocation at %#llx", (unsigned long long)address);
+        return;
+    }
+    struct rp_allocation *a = &want.found;
+    CUresult rc = rp_real.cuMemImportFromShareableHandle && rp_device_uuid_hex(a->device, ours) == 0
+                      ? CUDA_SUCCESS
+                      : CUDA_ERROR_NOT_SUPPORTED;
+    if (rc == CUDA_SUCCESS && strcmp(ours, uuid) != 0) {
+        snprintf(reply, len, "ERR %#llx lives on GPU %s, the memory offered is on %s",
+                 (unsigned long long)address, ours, uuid);
+        return;
+    }
+    CUmemGenericAllocationHandle memory = 0;
+    if (rc == CUDA_SUCCESS)
+        rc = rp_real.cuCtxSetCurrent(a->context);
+    if (rc == CUDA_SUCCESS)
+        rc = rp_real.cuMemImportFromShareableHandle(&memory, (void *)(intptr_t)fd,
+                                                    CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR);
+    if (rc == CUDA_SUCCESS)
+        rc = rp_vmm_map_handle(a->address, a->reserved, a->device, memory);
+    if (rc == CUDA_SUCCESS) {
+        a->handle = memory;
+        rc = rp_mempool_after_map(a);
+        if (rc != CUDA_SUCCESS)
+            rp_real.cuMemUnmap(a->address, a->reserved);
+        a->handle = rc == CUDA_SUCCESS ? memory : 0;
+    }
+    if (rc != CUDA_SUCCESS) {
+        if (memory)
+            rp_real.cuMemRelease(memory);
+        snprintf(reply, len, "ERR adopting %#llx: %s", (unsigned long long)address,
+                 rp_error_name(rc));
+        return;
+    }
+    rp_registry_each(store_handle, a);
+    finish_adopt(a->size, start, reply, len);
 }
 
 /* ---- STATUS and the server ---- */
 
 static void do_status(char *reply, size_t len)
 {
-    size_t count, bytes;
+    size_t count, bytes, app_count, app_bytes;
     rp_registry_totals(&count, &bytes);
+    rp_app_vmm_totals(&app_count, &app_bytes);
     snprintf(reply, len,
              "OK state=%s allocations=%zu bytes=%zu intercepted=%lu intercepted_bytes=%lu "
-             "fallbacks=%lu gate=%s",
+             "fallbacks=%lu gate=%s app_handles=%zu app_bytes=%zu",
              offloaded ? "offloaded" : "running", count, bytes, rp_stats.intercepted,
              rp_stats.intercepted_bytes, rp_stats.fallbacks,
-             rp_gate_is_closed() ? "closed" : "open");
+             rp_gate_is_closed() ? "closed" : "open", app_count, app_bytes);
 }
 
 /* "<snapshot's file name>.chunks", beside it, written into buf. */
@@ -423,19 +616,19 @@ static const char *default_chunk_dir(const char *path, char *buf)
     return buf;
 }
 
-static void handle(const char *line, int fd, char *reply, size_t len)
+static void handle(int conn, const char *line, int fd, char *reply, size_t len)
 {
     char path[4096], uuid[40], chunk_dir[4096] = "";
-    unsigned long long address = 0;
+    unsigned long long address = 0, app_handle = 0;
     int streams = 0, chunk_mb = 0, threads = 0, pinned = -1, sync = 0;
     if (strcmp(line, "STATUS") == 0)
         do_status(reply, len);
-    else if (sscanf(line, "ADOPT %llx %39s", &address, uuid) == 2)
-        do_adopt((CUdeviceptr)address, uuid, fd, reply, len);
+    else if (sscanf(line, "ADOPT %llx %39s %llx", &address, uuid, &app_handle) >= 2)
+        do_adopt((CUdeviceptr)address, uuid, app_handle, fd, reply, len);
     else if (sscanf(line, "OFFLOAD %4095s %d %d %d %d %4095s %d", path, &streams, &chunk_mb,
                     &threads, &pinned, chunk_dir, &sync) >= 1)
-        do_offload(path, chunk_dir[0] ? chunk_dir : default_chunk_dir(path, chunk_dir), sync,
-                   params_from(streams, chunk_mb, threads, pinned), reply, len);
+        do_offload(conn, path, chunk_dir[0] ? chunk_dir : default_chunk_dir(path, chunk_dir),
+                   sync, params_from(streams, chunk_mb, threads, pinned), reply, len);
     else if (sscanf(line, "RELOAD %4095s %d %d %d %d", path, &streams, &chunk_mb, &threads,
                     &pinned) >= 1)
         do_reload(path, params_from(streams, chunk_mb, threads, pinned), reply, len);
@@ -484,7 +677,7 @@ static int read_request(int conn, char *line, size_t len, int *fd)
 
 static void serve_one(int conn)
 {
-    char line[4200], reply[512];
+    char line[4200], reply[512] = "";
     int fd = -1;
     struct timeval timeout = { .tv_sec = 10 };
     setsockopt(conn, SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof(timeout));
@@ -492,13 +685,14 @@ static void serve_one(int conn)
         snprintf(reply, sizeof(reply), "ERR permission denied: only the process owner or root");
     else if (read_request(conn, line, sizeof(line), &fd) != 0)
         snprintf(reply, sizeof(reply), "ERR no request");
+    else if (client_gone(conn)) /* queued while we were stopped, say: nobody waits for it */
+        rp_log("request dropped, its client hung up before it was served: %.40s", line);
     else
-        handle(line, fd, reply, sizeof(reply));
+        handle(conn, line, fd, reply, sizeof(reply));
     if (fd >= 0)
         close(fd);
-    strcat(reply, "\n");
-    ssize_t ignored = write(conn, reply, strlen(reply));
-    (void)ignored;
+    if (reply[0] && send_reply(conn, reply) != 0)
+        RP_DEBUG("control socket: the reply was not delivered: %s", strerror(errno));
     close(conn); /* before the client sees EOF: no connected socket outlives a request */
 }
 
@@ -517,22 +711,69 @@ static void *serve(void *arg)
     }
 }
 
-/* $RESTOREPROF_RUN_DIR, else /run/restoreprof, else /tmp/restoreprof-<uid> (private). */
+/* 0 when dir may hold the control socket: a real directory (no symbolic link), of this user
+ * or root, that group and others cannot write, and that we can write. 1 with why set when it is
+ * foreign (sockets.py: directory_problem); -1 when it is merely unusable (absent, no access). */
+static int check_dir(const char *dir, char *why, size_t len)
+{
+    struct stat st;
+    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    if (fd < 0) {
+        if (errno != ELOOP && errno != ENOTDIR)
+            return -1;
+        snprintf(why, len, "it is a symbolic link or not a directory");
+        return 1;
+    }
+    int rc = fstat(fd, &st);
+    close(fd);
+    if (rc != 0)
+        return -1;
+    if (st.st_uid != geteuid() && st.st_uid != 0) {
+        snprintf(why, len, "it is owned by UID %u", (unsigned)st.st_uid);
+        return 1;
+    }
+    if (st.st_mode & 022) {
+        snprintf(why, len, "group or others may write to it (mode %04o)",
+                 (unsigned)(st.st_mode & 07777));
+        return 1;
+    }
+    return access(dir, W_OK) == 0 ? 0 : -1;
+}
+
+/* The first usable run directory, created 0700 when missing (see the top of this file). */
 static int choose_dir(char *dir, size_t len)
 {
+    char candidates[3][256];
+    int n = 0;
     const char *env = getenv("RESTOREPROF_RUN_DIR");
-    if (env && *env) {
-        mkdir(env, 0700);
-        snprintf(dir, len, "%s", env);
-        return access(dir, W_OK);
+    const char *runtime = getenv("XDG_RUNTIME_DIR");
+    if (env && *env)
+        snprintf(candidates[n++], sizeof(candidates[0]), "%s", env);
+    if (geteuid() == 0) {
+        snprintf(candidates[n++], sizeof(candidates[0]), "/run/restoreprof");
+    } else {
+        if (runtime && runtime[0] == '/') /* the XDG spec: a relative value is invalid */
+            snprintf(candidates[n++], sizeof(candidates[0]), "%s/restoreprof", runtime);
+        snprintf(candidates[n++], sizeof(candidates[0]), "/tmp/restoreprof-%u",
+                 (unsigned)geteuid());
     }
-    snprintf(dir, len, "/run/restoreprof");
-    if ((mkdir(dir, 0755) == 0 || errno == EEXIST) && access(dir, W_OK) == 0)
-        return 0;
-    snprintf(dir, len, "/tmp/restoreprof-%u", (unsigned)geteuid());
-    if (mkdir(dir, 0700) != 0 && errno != EEXIST)
-        return -1;
-    return access(dir, W_OK);
+    for (int i = 0; i < n; i++) {
+        char why[96];
+        if (strlen(candidates[i]) >= len) {
+            rp_log("run directory %s: too long for a socket path", candidates[i]);
+            continue;
+        }
+        mkdir(candidates[i], 0700);
+        int rc = check_dir(candidates[i], why, sizeof(why));
+        if (rc == 1)
+            rp_log("run directory %s refused: %s (another user could swap the socket there)",
+                   candidates[i], why);
+        if (rc == 0) {
+            snprintf(dir, len, "%s", candidates[i]);
+            return 0;
+        }
+    }
+    return -1;
 }
 
 static void remove_socket(void)

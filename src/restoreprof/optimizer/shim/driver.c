@@ -83,22 +83,56 @@ CUresult cuLaunchKernel_ptsz(CUfunction, unsigned int, unsigned int, unsigned in
 CUresult cuLaunchKernelEx_ptsz(const CUlaunchConfig *, CUfunction, void **, void **);
 CUresult cuGraphLaunch_ptsz(CUgraphExec, CUstream);
 CUresult cuGetProcAddress_v1(const char *, void **, int, cuuint64_t) __asm__("cuGetProcAddress");
+CUresult cuMemMapArrayAsync_ptsz(CUarrayMapInfo *, unsigned int, CUstream);
+CUresult cuMemAllocAsync_ptsz(CUdeviceptr *, size_t, CUstream);
+CUresult cuMemAllocFromPoolAsync_ptsz(CUdeviceptr *, size_t, CUmemoryPool, CUstream);
+CUresult cuMemFreeAsync_ptsz(CUdeviceptr, CUstream);
 
 struct wrapped {
     const char *base;   /* the name cuGetProcAddress is asked for */
     int min_version;    /* the CUDA version from which `base` means this variant */
-    int per_thread;     /* the _ptds/_ptsz variant (CU_GET_PROC_ADDRESS_PER_THREAD_...) */
+    int per_thread;     /* the _ptds/_ptsz variant (CU_GET_PROC_ADDRESS_PER_THREAD_...);
+                         * ANY: the function takes no stream, one entry serves both modes */
     void **real;        /* slot in rp_real */
     void *wrapper;
 };
 
+#define ANY -1
 #define W(base, version, per_thread, name) \
     { base, version, per_thread, (void **)&rp_real.name, (void *)name }
 static const struct wrapped wrapped[] = {
     W("cuGetProcAddress", 11030, 0, cuGetProcAddress_v1),
     W("cuGetProcAddress", 12000, 0, cuGetProcAddress_v2),
-    W("cuMemAlloc", 3020, 0, cuMemAlloc_v2),
-    W("cuMemFree", 3020, 0, cuMemFree_v2),
+    W("cuMemAlloc", 3020, ANY, cuMemAlloc_v2),
+    W("cuMemFree", 3020, ANY, cuMemFree_v2),
+    /* the application's VMM (app_vmm.c) */
+    W("cuMemCreate", 10020, ANY, cuMemCreate),
+    W("cuMemRelease", 10020, ANY, cuMemRelease),
+    W("cuMemAddressReserve", 10020, ANY, cuMemAddressReserve),
+    W("cuMemAddressFree", 10020, ANY, cuMemAddressFree),
+    W("cuMemMap", 10020, ANY, cuMemMap),
+    W("cuMemUnmap", 10020, ANY, cuMemUnmap),
+    W("cuMemSetAccess", 10020, ANY, cuMemSetAccess),
+    W("cuMemRetainAllocationHandle", 11000, ANY, cuMemRetainAllocationHandle),
+    W("cuMemGetAllocationPropertiesFromHandle", 10020, ANY,
+      cuMemGetAllocationPropertiesFromHandle),
+    W("cuMemExportToShareableHandle", 10020, ANY, cuMemExportToShareableHandle),
+    W("cuMemImportFromShareableHandle", 10020, ANY, cuMemImportFromShareableHandle),
+    W("cuMemMapArrayAsync", 11010, 0, cuMemMapArrayAsync),
+    W("cuMemMapArrayAsync", 11010, 1, cuMemMapArrayAsync_ptsz),
+    /* stream-ordered allocation (mempool.c) */
+    W("cuMemAllocAsync", 11020, 0, cuMemAllocAsync),
+    W("cuMemAllocAsync", 11020, 1, cuMemAllocAsync_ptsz),
+    W("cuMemAllocFromPoolAsync", 11020, 0, cuMemAllocFromPoolAsync),
+    W("cuMemAllocFromPoolAsync", 11020, 1, cuMemAllocFromPoolAsync_ptsz),
+    W("cuMemFreeAsync", 11020, 0, cuMemFreeAsync),
+    W("cuMemFreeAsync", 11020, 1, cuMemFreeAsync_ptsz),
+    W("cuMemPoolCreate", 11020, ANY, cuMemPoolCreate),
+    W("cuMemPoolDestroy", 11020, ANY, cuMemPoolDestroy),
+    W("cuMemPoolTrimTo", 11020, ANY, cuMemPoolTrimTo),
+    W("cuMemPoolSetAttribute", 11020, ANY, cuMemPoolSetAttribute),
+    W("cuMemPoolGetAttribute", 11020, ANY, cuMemPoolGetAttribute),
+    W("cuMemPoolSetAccess", 11020, ANY, cuMemPoolSetAccess),
     W("cuMemcpy", 4000, 0, cuMemcpy),
     W("cuMemcpy", 7000, 1, cuMemcpy_ptds),
     W("cuMemcpyAsync", 4000, 0, cuMemcpyAsync),
@@ -142,7 +176,8 @@ static void *wrapper_for_request(const char *base, int version, cuuint64_t flags
         const struct wrapped *w = &wrapped[i];
         if (strcmp(w->base, base) != 0 || w->min_version > version || !*w->real)
             continue;
-        if (w->per_thread != per_thread && strcmp(base, "cuGetProcAddress") != 0)
+        if (w->per_thread != ANY && w->per_thread != per_thread &&
+            strcmp(base, "cuGetProcAddress") != 0)
             continue;
         if (!best || w->min_version > best->min_version)
             best = w;

@@ -159,15 +159,36 @@ RP_EXPORT void rp_engine_release(void)
     pthread_mutex_unlock(&staging.busy);
 }
 
-/* ---- one transfer ---- */
+/* ---- a batch of transfers, chunks handed out across all of them ----
+ *
+ * Many small allocations (PyTorch's expandable segments map 20 MiB handles) would each be a
+ * transfer of one or two chunks, served by one thread at a time: the batch lets every thread
+ * work on every transfer's chunks. */
 
 struct job {
-    struct rp_transfer *t;
+    struct rp_transfer *t; /* n_transfers, all in one direction */
+    size_t n_transfers;
+    size_t *first; /* first global chunk of each transfer; first[n_transfers] = n_chunks */
     size_t chunk;
     size_t n_chunks;
     atomic_size_t next;
     _Atomic CUresult rc;
 };
+
+/* The transfer holding global chunk `index`, and the chunk's index within it. */
+static struct rp_transfer *locate(struct job *job, size_t index, size_t *local)
+{
+    size_t low = 0, high = job->n_transfers - 1;
+    while (low < high) { /* the last transfer whose first chunk is <= index */
+        size_t mid = (low + high + 1) / 2;
+        if (job->first[mid] <= index)
+            low = mid;
+        else
+            high = mid - 1;
+    }
+    *local = index - job->first[low];
+    return &job->t[low];
+}
 
 static void fail(struct job *job, CUresult rc)
 {
@@ -212,9 +233,9 @@ static int write_full(int fd, const void *buf, size_t n, off_t offset)
 
 /* Checks (H2D) or writes (D2H) the checksum of each piece of the chunk at offset: a chunk may
  * cover several checksums (chunk_bytes is a multiple of checksum_bytes, see rp_engine_run). */
-static CUresult check_pieces(struct job *job, const void *buf, size_t offset, size_t n, int verify)
+static CUresult check_pieces(struct job *job, struct rp_transfer *t, const void *buf,
+                             size_t offset, size_t n, int verify)
 {
-    struct rp_transfer *t = job->t;
     size_t piece = t->checksum_bytes ? t->checksum_bytes : job->chunk;
     for (size_t done = 0; t->checksums && done < n; done += piece) {
         size_t len = n - done < piece ? n - done : piece;
@@ -223,7 +244,8 @@ static CUresult check_pieces(struct job *job, const void *buf, size_t offset, si
         if (!verify) {
             t->checksums[index] = crc;
         } else if (crc != t->checksums[index]) {
-            rp_log("checksum mismatch in piece %zu: refusing to load it", index);
+            rp_log("checksum mismatch in piece %zu of %#llx: refusing to load it", index,
+                   (unsigned long long)t->device);
             return RP_ERROR_CHECKSUM;
         }
     }
@@ -253,10 +275,9 @@ static CUresult h2d_send(struct slot *s, CUstream stream, CUdeviceptr to, size_t
  * hash each piece (this thread, in parallel with the others: BLAKE3 runs at several GB/s a
  * core) and send it only if every piece matches the table. The integrity check is in the copy
  * path: nothing reads the snapshot a second time. */
-static CUresult h2d_from_chunks(struct job *job, struct slot *s, CUstream stream, size_t offset,
-                                size_t n)
+static CUresult h2d_from_chunks(struct rp_transfer *t, struct slot *s, CUstream stream,
+                                size_t offset, size_t n)
 {
-    struct rp_transfer *t = job->t;
     size_t file = t->chunk_file_bytes;
     char hex[2 * RP_HASH_BYTES + 1];
     for (size_t pos = offset; pos < offset + n;) {
@@ -292,30 +313,32 @@ static CUresult h2d_from_chunks(struct job *job, struct slot *s, CUstream stream
 }
 
 /* H2D: fill the staging buffer from memory or file, check it, send it. */
-static CUresult h2d_chunk(struct job *job, struct slot *s, CUstream stream, size_t index)
+static CUresult h2d_chunk(struct job *job, struct slot *s, CUstream stream, size_t global)
 {
-    struct rp_transfer *t = job->t;
+    size_t index;
+    struct rp_transfer *t = locate(job, global, &index);
     size_t offset = index * job->chunk;
     size_t n = t->bytes - offset < job->chunk ? t->bytes - offset : job->chunk;
     CUresult rc = settle(s);
     if (rc != CUDA_SUCCESS)
         return rc;
     if (t->chunks)
-        return h2d_from_chunks(job, s, stream, offset, n);
+        return h2d_from_chunks(t, s, stream, offset, n);
     if (t->host)
         memcpy(s->buffer, (const char *)t->host + offset, n);
     else if (read_full(t->fd, s->buffer, n, t->file_offset + (off_t)offset))
         return RP_ERROR_IO;
-    rc = check_pieces(job, s->buffer, offset, n, 1);
+    rc = check_pieces(job, t, s->buffer, offset, n, 1);
     if (rc != CUDA_SUCCESS)
         return rc;
     return h2d_send(s, stream, t->device + offset, n);
 }
 
 /* D2H, second half: wait for the chunk in the slot to land, checksum it, drain it. */
-static CUresult d2h_drain(struct job *job, struct slot *s, size_t index)
+static CUresult d2h_drain(struct job *job, struct slot *s, size_t global)
 {
-    struct rp_transfer *t = job->t;
+    size_t index;
+    struct rp_transfer *t = locate(job, global, &index);
     size_t offset = index * job->chunk;
     size_t n = t->bytes - offset < job->chunk ? t->bytes - offset : job->chunk;
     CUresult rc = settle(s);
@@ -330,7 +353,7 @@ static CUresult d2h_drain(struct job *job, struct slot *s, size_t index)
         }
         return CUDA_SUCCESS;
     }
-    check_pieces(job, s->buffer, offset, n, 0);
+    check_pieces(job, t, s->buffer, offset, n, 0);
     if (t->host)
         memcpy((char *)t->host + offset, s->buffer, n);
     else if (write_full(t->fd, s->buffer, n, t->file_offset + (off_t)offset))
@@ -339,9 +362,10 @@ static CUresult d2h_drain(struct job *job, struct slot *s, size_t index)
 }
 
 /* D2H, first half: start the DMA of chunk `index` into the slot. */
-static CUresult d2h_start(struct job *job, struct slot *s, CUstream stream, size_t index)
+static CUresult d2h_start(struct job *job, struct slot *s, CUstream stream, size_t global)
 {
-    struct rp_transfer *t = job->t;
+    size_t index;
+    struct rp_transfer *t = locate(job, global, &index);
     size_t offset = index * job->chunk;
     size_t n = t->bytes - offset < job->chunk ? t->bytes - offset : job->chunk;
     CUresult rc = rp_real.cuMemcpyDtoHAsync_v2(s->buffer, t->device + offset, n, stream);
@@ -402,12 +426,22 @@ static CUresult order_after_caller(struct rp_transfer *t)
     return rc;
 }
 
-static CUresult run_job(struct rp_transfer *t, struct rp_engine_params p)
+static CUresult run_job(struct rp_transfer *t, size_t n, struct rp_engine_params p)
 {
-    struct job job = { .t = t, .chunk = p.chunk_bytes };
-    job.n_chunks = rp_chunk_count(t->bytes, p.chunk_bytes);
+    struct job job = { .t = t, .n_transfers = n, .chunk = p.chunk_bytes };
+    job.first = malloc((n + 1) * sizeof(*job.first));
+    if (!job.first)
+        return CUDA_ERROR_OUT_OF_MEMORY;
+    for (size_t i = 0; i < n; i++) {
+        job.first[i] = job.n_chunks;
+        job.n_chunks += rp_chunk_count(t[i].bytes, p.chunk_bytes);
+    }
+    job.first[n] = job.n_chunks;
     atomic_init(&job.next, 0);
-    atomic_init(&job.rc, order_after_caller(t));
+    CUresult ordered = CUDA_SUCCESS;
+    for (size_t i = 0; i < n && ordered == CUDA_SUCCESS; i++)
+        ordered = order_after_caller(&t[i]);
+    atomic_init(&job.rc, ordered);
     int threads = (size_t)p.threads < job.n_chunks ? p.threads : (int)job.n_chunks;
     pthread_t tids[MAX_THREADS];
     struct worker_arg args[MAX_THREADS];
@@ -421,6 +455,7 @@ static CUresult run_job(struct rp_transfer *t, struct rp_engine_params p)
     worker(&args[0]); /* this thread is worker 0 */
     for (int i = 1; i <= started; i++)
         pthread_join(tids[i], NULL);
+    free(job.first);
     return atomic_load(&job.rc);
 }
 
@@ -438,15 +473,30 @@ static CUresult caller_context(struct rp_engine_params p, CUcontext *ctx)
 
 CUresult rp_engine_run(struct rp_transfer *t, struct rp_engine_params p, int wait)
 {
-    if (t->chunks && t->direction == RP_D2H)
-        p.chunk_bytes = t->chunk_file_bytes; /* one chunk file per engine chunk */
-    else if (t->chunks && p.chunk_bytes % RP_PIECE_BYTES) /* whole pieces, each checked */
-        p.chunk_bytes = (p.chunk_bytes / RP_PIECE_BYTES + 1) * RP_PIECE_BYTES;
-    size_t piece = t->checksums ? t->checksum_bytes : 0;
-    if (piece && p.chunk_bytes % piece) { /* an older snapshot's coarser checksums */
-        RP_DEBUG("chunk %zu B rounded up to a multiple of the %zu B checksums", p.chunk_bytes,
-                 piece);
-        p.chunk_bytes = (p.chunk_bytes / piece + 1) * piece;
+    return rp_engine_run_batch(t, 1, p, wait);
+}
+
+CUresult rp_engine_run_batch(struct rp_transfer *t, size_t n, struct rp_engine_params p, int wait)
+{
+    size_t bytes = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (t[i].direction != t[0].direction)
+            return CUDA_ERROR_INVALID_VALUE;
+        bytes += t[i].bytes;
+        if (t[i].chunks && t[i].direction == RP_D2H) {
+            /* one chunk file per engine chunk: a batch shares one chunk file size */
+            if (t[i].chunk_file_bytes != t[0].chunk_file_bytes || !t[0].chunks)
+                return CUDA_ERROR_INVALID_VALUE;
+            p.chunk_bytes = t[i].chunk_file_bytes;
+        } else if (t[i].chunks && p.chunk_bytes % RP_PIECE_BYTES) { /* whole pieces, checked */
+            p.chunk_bytes = (p.chunk_bytes / RP_PIECE_BYTES + 1) * RP_PIECE_BYTES;
+        }
+        size_t piece = t[i].checksums ? t[i].checksum_bytes : 0;
+        if (piece && p.chunk_bytes % piece) { /* an older snapshot's coarser checksums */
+            RP_DEBUG("chunk %zu B rounded up to a multiple of the %zu B checksums",
+                     p.chunk_bytes, piece);
+            p.chunk_bytes = (p.chunk_bytes / piece + 1) * piece;
+        }
     }
     CUcontext ctx = NULL;
     CUresult rc = caller_context(p, &ctx);
@@ -457,8 +507,8 @@ CUresult rp_engine_run(struct rp_transfer *t, struct rp_engine_params p, int wai
     else if (pthread_mutex_trylock(&staging.busy) != 0)
         return CUDA_ERROR_NOT_READY;
     rc = staging_fit(p, ctx);
-    if (rc == CUDA_SUCCESS && t->bytes)
-        rc = run_job(t, p);
+    if (rc == CUDA_SUCCESS && bytes)
+        rc = run_job(t, n, p);
     if (rc != CUDA_SUCCESS && rc != RP_ERROR_IO && rc != RP_ERROR_CHECKSUM)
         staging_free(); /* a pool a driver error left in doubt (or half made) is made anew */
     rp_real.cuCtxSetCurrent(ctx); /* worker 0 ran here and set the pool's: put the caller's back */

@@ -4,10 +4,16 @@
  * RELOAD streams the snapshot back inside the application, so it can only start once CRIU and
  * the driver's restore are done. Preloading moves that transfer earlier: restoreprof creates the
  * physical memory itself (exportable as a POSIX file descriptor), fills it from the snapshot's
- * chunks with the engine (every chunk's BLAKE3-256 checked as it is copied), and, once the application is back, hands the
+ * chunks with the engine (every MiB piece's BLAKE3-256 checked as it is copied; a version 1 or 2
+ * snapshot: from the file, every piece's crc32c), and, once the application is back, hands the
  * descriptors over its control socket (ADOPT, control.c). The application maps them at the
  * addresses its allocations kept reserved: its pointers stay valid, and the GPU memory
  * transfer has overlapped CRIU instead of following the driver.
+ *
+ * An application's own physical allocation (cuMemCreate, app_vmm.c) is preloaded the same way:
+ * the memory made here has its properties plus the POSIX descriptor type (the application's may
+ * not have been exportable); ADOPT names its handle, and the application maps it where that
+ * handle was mapped, presenting it under the same handle value.
  *
  * Loaded by restoreprof with ctypes (nothing interposed, no control channel). The memory
  * outlives this process once adopted: each side holds its own reference.
@@ -18,6 +24,7 @@
 #include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <unistd.h>
 
 struct rp_preloaded {
@@ -30,6 +37,7 @@ struct rp_preloaded {
                         * to its device's primary context (made current for the copy) */
     uint64_t local;    /* where it is mapped in this process, 0 when not */
     uint8_t uuid[16];  /* of the device, for the application to check against its own */
+    uint64_t app_handle; /* the application's handle for a physical allocation; 0: an address */
 };
 
 RP_EXPORT void rp_preloaded_release(struct rp_preloaded *items, long count)
@@ -53,7 +61,28 @@ RP_EXPORT void rp_preloaded_release(struct rp_preloaded *items, long count)
     }
 }
 
-static CUresult make_exportable(struct rp_preloaded *p)
+/* The record's own properties, made exportable; plain device memory for an allocation (or when
+ * the properties cannot be had exportable). */
+static CUresult create_exportable(CUdevice dev, const struct snap_record *r, size_t size,
+                                  CUmemGenericAllocationHandle *handle)
+{
+    if (r->kind == RP_SNAP_PHYSICAL) {
+        CUmemAllocationProp prop;
+        memset(&prop, 0, sizeof(prop));
+        prop.type = r->prop.type;
+        prop.location.type = r->prop.location_type;
+        prop.location.id = dev;
+        prop.requestedHandleTypes = CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR;
+        prop.allocFlags.compressionType = r->prop.compression;
+        prop.allocFlags.gpuDirectRDMACapable = r->prop.rdma;
+        prop.allocFlags.usage = r->prop.usage;
+        if (rp_real.cuMemCreate(handle, size, &prop, 0) == CUDA_SUCCESS)
+            return CUDA_SUCCESS;
+    }
+    return rp_vmm_create(dev, size, 1, handle);
+}
+
+static CUresult make_exportable(struct rp_preloaded *p, const struct snap_record *r)
 {
     CUdevice dev;
     CUcontext ctx;
@@ -67,7 +96,7 @@ static CUresult make_exportable(struct rp_preloaded *p)
     rc = rp_real.cuCtxSetCurrent(ctx);
     CUmemGenericAllocationHandle handle = 0;
     if (rc == CUDA_SUCCESS)
-        rc = rp_vmm_create(dev, p->reserved, 1, &handle);
+        rc = create_exportable(dev, r, p->reserved, &handle);
     if (rc != CUDA_SUCCESS) {
         rp_real.cuDevicePrimaryCtxRelease_v2(dev);
         return rc;
@@ -88,7 +117,8 @@ static CUresult make_exportable(struct rp_preloaded *p)
 
 /* Fills out[0..count) from the snapshot open on fd (read with pread: its offset is left alone)
  * and returns count, or -1 with err set (and nothing left allocated). params: the caller's
- * settings, used as given (its chunk rounded up to whole MiB pieces, each checked). Each item's fd is the memory, ready for ADOPT. The caller keeps fd. */
+ * settings, used as given (its chunk rounded up to whole MiB pieces, each checked). Each
+ * item's fd is the memory, ready for ADOPT. The caller keeps fd. */
 RP_EXPORT long rp_snapshot_preload_fd(int fd, const struct rp_engine_params *params,
                                       struct rp_preloaded *out, long max, char *err,
                                       size_t errlen)
@@ -125,33 +155,73 @@ RP_EXPORT long rp_snapshot_preload_fd(int fd, const struct rp_engine_params *par
                  (unsigned long long)h.count, max);
         rc = CUDA_ERROR_INVALID_VALUE;
     }
+    /* The memory of every record first, then the bytes of all records in one engine batch per
+     * device (the chunks of many small allocations shared out across the threads), then the
+     * descriptors. */
     const struct snap_record *r = table ? rp_snapshot_first(table) : NULL;
-    for (; table && rc == CUDA_SUCCESS && n < (long)h.count; n++, r = rp_snapshot_next(r)) {
+    const struct snap_record **records = table ? calloc(h.count ? h.count : 1, sizeof(*records))
+                                               : NULL;
+    struct rp_transfer *t = table ? calloc(h.count ? h.count : 1, sizeof(*t)) : NULL;
+    if (table && (!records || !t) && rc == CUDA_SUCCESS) {
+        snprintf(err, errlen, "out of memory");
+        rc = CUDA_ERROR_OUT_OF_MEMORY;
+    }
+    for (; table && rc == CUDA_SUCCESS && n < (long)h.count; n++, r = rp_snapshot_next(table, r)) {
         struct rp_preloaded *p = &out[n];
         *p = (struct rp_preloaded){ .address = r->address, .size = r->size,
-                                    .reserved = r->reserved, .device = r->device, .fd = -1 };
-        rc = make_exportable(p);
-        uint8_t *names = (uint8_t *)(r + 1);
-        struct rp_transfer t = { .direction = RP_H2D, .device = p->local, .fd = -1,
-                                 .bytes = r->size, .chunks = &chunks, .hashes = names,
-                                 .pieces = names + r->n_chunks * RP_HASH_BYTES,
-                                 .chunk_file_bytes = h.chunk_bytes };
-        if (rc == CUDA_SUCCESS)
-            rc = rp_engine_run(&t, *params, 1);
-        int exported = -1;
-        if (rc == CUDA_SUCCESS)
-            rc = rp_real.cuMemExportToShareableHandle(&exported, p->handle,
-                                                      CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR, 0);
-        p->fd = exported;
+                                    .reserved = r->reserved, .device = r->device, .fd = -1,
+                                    .app_handle = r->kind == RP_SNAP_PHYSICAL ? r->handle : 0 };
+        records[n] = r;
+        rc = make_exportable(p, r);
         if (rc != CUDA_SUCCESS)
             snprintf(err, errlen, "preloading %#llx (%llu bytes): %s",
                      (unsigned long long)r->address, (unsigned long long)r->size,
-                     rc == CUDA_ERROR_INVALID_IMAGE
-                         ? "a chunk is damaged or missing (BLAKE3 mismatch; nothing of it was "
-                           "used)"
-                         : rp_error_name(rc));
+                     rp_error_name(rc));
+    }
+    for (long first = 0; rc == CUDA_SUCCESS && first < n; first++) {
+        if (out[first].fd == -2)
+            continue; /* loaded with an earlier device's batch */
+        size_t count = 0;
+        for (long i = first; i < n; i++) {
+            if (out[i].device != out[first].device || out[i].fd == -2)
+                continue;
+            t[count] = (struct rp_transfer){ .direction = RP_H2D, .device = out[i].local };
+            rp_snapshot_source(table, records[i], fd, &chunks, &t[count++]);
+            out[i].fd = -2; /* marks "in a batch"; every fd is set below */
+        }
+        CUdevice dev;
+        CUcontext ctx;
+        rc = rp_real.cuDeviceGet(&dev, out[first].device);
+        if (rc == CUDA_SUCCESS)
+            rc = rp_real.cuDevicePrimaryCtxRetain(&ctx, dev);
+        if (rc == CUDA_SUCCESS) {
+            rc = rp_real.cuCtxSetCurrent(ctx);
+            if (rc == CUDA_SUCCESS)
+                rc = rp_engine_run_batch(t, count, *params, 1);
+            rp_real.cuDevicePrimaryCtxRelease_v2(dev); /* each item holds its own reference */
+        }
+        if (rc != CUDA_SUCCESS)
+            snprintf(err, errlen, "preloading %zu allocations on GPU %d: %s", count,
+                     (int)out[first].device,
+                     rc != CUDA_ERROR_INVALID_IMAGE ? rp_error_name(rc)
+                     : h.version >= 3 ? "a chunk is damaged or missing (BLAKE3 mismatch; "
+                                        "nothing of it was used)"
+                                      : "checksum mismatch");
+    }
+    for (long i = 0; i < n; i++)
+        out[i].fd = -1;
+    for (long i = 0; rc == CUDA_SUCCESS && i < n; i++) {
+        int exported = -1;
+        rc = rp_real.cuMemExportToShareableHandle(&exported, out[i].handle,
+                                                  CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR, 0);
+        out[i].fd = exported;
+        if (rc != CUDA_SUCCESS)
+            snprintf(err, errlen, "exporting %#llx: %s", (unsigned long long)out[i].address,
+                     rp_error_name(rc));
     }
     rp_chunks_close(&chunks);
+    free(records);
+    free(t);
     free(table);
     if (!table || rc != CUDA_SUCCESS) {
         rp_preloaded_release(out, n);

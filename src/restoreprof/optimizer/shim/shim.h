@@ -11,8 +11,11 @@
  * Mechanisms:
  *   engine.c   chunked copies through the staging pool (pinned buffers, streams), several threads
  *   vmm.c      device allocations served from VMM, their registry, and the offload gate
+ *   app_vmm.c  the application's own VMM memory (cuMemCreate, cuMemMap, ...): tracked under
+ *              stable handle values, offloaded and put back at the same addresses
+ *   mempool.c  stream-ordered allocations (cuMemAllocAsync, memory pools) served from VMM
  *   chunks.c   content-addressed chunk folders (BLAKE3 names; the store's, a checkpoint's)
- *   snapshot.c the snapshot table: write (from live allocations as chunks) and read it
+ *   snapshot.c the snapshot table: write (from live memory, as chunks) and read it (any version)
  * Users of the mechanisms:
  *   copies.c   large pageable H2D / D2H copies routed through the engine
  *   preload.c  snapshots loaded into exportable memory in restoreprof's own process
@@ -74,6 +77,30 @@
     X(cuDeviceGetUuid_v2, (CUuuid *, CUdevice))                                                \
     X(cuDevicePrimaryCtxRetain, (CUcontext *, CUdevice))                                       \
     X(cuDevicePrimaryCtxRelease_v2, (CUdevice))                                                \
+    X(cuEventQuery, (CUevent))                                                                 \
+    X(cuStreamSynchronize, (CUstream))                                                         \
+    X(cuStreamIsCapturing, (CUstream, CUstreamCaptureStatus *))                                \
+    X(cuDeviceGetMemPool, (CUmemoryPool *, CUdevice))                                          \
+    X(cuDeviceGetDefaultMemPool, (CUmemoryPool *, CUdevice))                                   \
+    /* wrapped, the application's VMM (app_vmm.c; cuMemCreate ... above are wrapped too): */  \
+    X(cuMemRetainAllocationHandle, (CUmemGenericAllocationHandle *, void *))                   \
+    X(cuMemGetAllocationPropertiesFromHandle,                                                  \
+      (CUmemAllocationProp *, CUmemGenericAllocationHandle))                                   \
+    X(cuMemMapArrayAsync, (CUarrayMapInfo *, unsigned int, CUstream))                          \
+    X(cuMemMapArrayAsync_ptsz, (CUarrayMapInfo *, unsigned int, CUstream))                     \
+    /* wrapped, stream-ordered allocation (mempool.c): */                                      \
+    X(cuMemAllocAsync, (CUdeviceptr *, size_t, CUstream))                                      \
+    X(cuMemAllocAsync_ptsz, (CUdeviceptr *, size_t, CUstream))                                 \
+    X(cuMemAllocFromPoolAsync, (CUdeviceptr *, size_t, CUmemoryPool, CUstream))                \
+    X(cuMemAllocFromPoolAsync_ptsz, (CUdeviceptr *, size_t, CUmemoryPool, CUstream))           \
+    X(cuMemFreeAsync, (CUdeviceptr, CUstream))                                                 \
+    X(cuMemFreeAsync_ptsz, (CUdeviceptr, CUstream))                                            \
+    X(cuMemPoolCreate, (CUmemoryPool *, const CUmemPoolProps *))                               \
+    X(cuMemPoolDestroy, (CUmemoryPool))                                                        \
+    X(cuMemPoolTrimTo, (CUmemoryPool, size_t))                                                 \
+    X(cuMemPoolSetAttribute, (CUmemoryPool, CUmemPool_attribute, void *))                      \
+    X(cuMemPoolGetAttribute, (CUmemoryPool, CUmemPool_attribute, void *))                      \
+    X(cuMemPoolSetAccess, (CUmemoryPool, const CUmemAccessDesc *, size_t))                     \
     /* wrapped: */                                                                             \
     X(cuGetProcAddress_v1, (const char *, void **, int, cuuint64_t)) /* "cuGetProcAddress" */  \
     X(cuGetProcAddress_v2,                                                                     \
@@ -182,6 +209,9 @@ struct rp_engine_params rp_engine_default_params(void);
  * failure (with a log line). Returns CUDA_ERROR_NOT_READY when another transfer holds the
  * engine and `wait` is 0, so a caller can fall back instead of queueing. */
 CUresult rp_engine_run(struct rp_transfer *t, struct rp_engine_params p, int wait);
+/* The same for n transfers in one direction, their chunks shared out across the threads (many
+ * small allocations go as fast as one large); the first error of any. */
+CUresult rp_engine_run_batch(struct rp_transfer *t, size_t n, struct rp_engine_params p, int wait);
 /* Frees the staging pool (it is allocated again on next use). */
 void rp_engine_release(void);
 /* Nanoseconds spent setting up staging pools so far (pinning, streams, events). */
@@ -192,6 +222,8 @@ uint32_t rp_crc32c(uint32_t crc, const void *data, size_t n);
 
 /* ---- VMM allocations, registry and gate (vmm.c) ---- */
 
+struct rp_pool;
+
 struct rp_allocation {
     CUdeviceptr address;
     size_t size;     /* what the application asked for */
@@ -199,6 +231,7 @@ struct rp_allocation {
     CUdevice device;
     CUcontext context;
     CUmemGenericAllocationHandle handle; /* 0 while offloaded */
+    struct rp_pool *pool; /* stream-ordered (mempool.c): its pool; NULL for cuMemAlloc */
 };
 
 /* Calls fn for each live allocation, under the registry lock. Stops at the first nonzero. */
@@ -209,6 +242,13 @@ CUresult rp_vmm_map(struct rp_allocation *a);
 /* Physical memory on device (exportable: as a POSIX fd, for another process to map). */
 CUresult rp_vmm_create(CUdevice device, size_t size, int exportable,
                        CUmemGenericAllocationHandle *handle);
+/* A new reserved and mapped allocation of size bytes on the current context (not registered). */
+CUresult rp_vmm_new(size_t size, struct rp_allocation *a);
+/* Unmaps, releases and frees the address range of an allocation not in the registry. */
+CUresult rp_vmm_destroy(struct rp_allocation *a);
+int rp_registry_add(const struct rp_allocation *a);
+/* Removes the allocation at address into *out; 0 when found. */
+int rp_registry_take(CUdeviceptr address, struct rp_allocation *out);
 /* Maps handle at address and allows read/write from device; nothing stays mapped on failure. */
 CUresult rp_vmm_map_handle(CUdeviceptr address, size_t size, CUdevice device,
                            CUmemGenericAllocationHandle handle);
@@ -263,58 +303,160 @@ void rp_chunk_name(const void *data, size_t n, uint8_t *pieces, uint8_t name[RP_
 /* With sync: fsync every fan-out folder written to, then the folder; 0, or -1 (errno). */
 int rp_chunks_sync(struct rp_chunk_store *s);
 
-/* ---- snapshot tables (snapshot.c; control.c writes and reads them, preload.c reads them) ---- */
+/* ---- snapshot tables (snapshot.c; control.c writes and reads them, preload.c reads them) ----
+ *
+ * Versions (one magic; the version field tells them apart; all three are read):
+ *   1  allocations only; each allocation's bytes inside the file, crc32c per piece
+ *   2  version 1 plus record kinds (the application's physical allocations: handle,
+ *      properties, mappings); the bytes still inside the file, crc32c per piece
+ *   3  (written now) version 2's records and mappings, the bytes as chunks in a
+ *      content-addressed folder, named and checked by BLAKE3 (chunks.c)
+ *
+ * Version 3's file is a table: header, the chunk folder's path (dir_bytes, NUL-padded to 8;
+ * relative to the table's own folder unless absolute), then per record: the record, its
+ * n_mappings mappings, the names of its n_chunks chunks (chunk_bytes each, the last one
+ * shorter; rp_chunk_name) and the BLAKE3-256 of each of its pieces (piece_bytes each, the last
+ * one shorter). The table is small: the checkpoint's manifest hashes it (SHA-256), and it names
+ * every chunk by a strong hash, so nothing that is not listed, or is altered, can be loaded.
+ *
+ * Versions 1 and 2 have a shorter header (no dir_bytes, written_bytes, piece_bytes), and after
+ * each record (and its mappings) n_chunks crc32c values (padded to 8 bytes); the bytes follow the
+ * table at each record's data_offset. rp_snapshot_table reads any version into one layout in
+ * memory: this header (dir_bytes 0 and version 2 for versions 1 and 2), then the records as in
+ * the file's version. */
 
-#define RP_SNAP_MAGIC "RPSNAP2"
-#define RP_SNAP_VERSION 2
-#define RP_SNAP_BLAKE3 2 /* checksum_kind: each chunk named and checked by its BLAKE3-256 */
+#define RP_SNAP_MAGIC "RPSNAP1"
+#define RP_SNAP_VERSION 3 /* written; 1 and 2 are read */
+#define RP_SNAP_CRC32C 1  /* checksum_kind of versions 1 and 2 */
+#define RP_SNAP_BLAKE3 2  /* checksum_kind of version 3: chunks named and checked by BLAKE3-256 */
 #define RP_SNAP_ALIGN 4096
-/* The snapshot file is a table: header, the chunk folder's path (dir_bytes, NUL-padded to 8;
- * relative to the table's own folder unless absolute), then one record per allocation, each
- * followed by the names of its chunks (chunk_bytes each, the last one shorter; rp_chunk_name)
- * and the BLAKE3-256 of each of its pieces (piece_bytes each, the last one shorter).
- * The bytes themselves are the chunks, in the folder. The table is small: the checkpoint's
- * manifest hashes it (SHA-256), and it names every chunk by a strong hash, so nothing that is
- * not listed, or is altered, can be loaded. */
+
+/* What a record holds. */
+enum rp_snap_kind {
+    RP_SNAP_ALLOCATION = 0, /* served by the library (cuMemAlloc, stream-ordered): an address */
+    RP_SNAP_PHYSICAL = 1,   /* the application's physical allocation (cuMemCreate): a handle */
+};
+
 struct snap_header {
     char magic[8];
     uint32_t version;
     uint32_t checksum_kind;
-    uint64_t chunk_bytes; /* what each checksum covers */
+    uint64_t chunk_bytes; /* version 3: each chunk's (the last of a record's shorter); 1, 2: what
+                           * each crc32c covers */
     uint64_t count;
     uint64_t total_bytes;
     uint64_t table_bytes;   /* header + folder path + records + hashes */
+    /* version 3 (versions 1 and 2 end here): */
     uint64_t dir_bytes;     /* the chunk folder's path, with its padding */
     uint64_t written_bytes; /* chunk bytes this write added (the rest were in the folder) */
     uint64_t piece_bytes;   /* RP_PIECE_BYTES */
 };
 
-struct snap_record {
-    uint64_t address;
+/* A physical allocation's properties (CUmemAllocationProp without the Win32 pointer). */
+struct snap_prop {
+    int32_t type;
+    int32_t location_type;
+    int32_t location_id;
+    uint32_t handle_types; /* requestedHandleTypes */
+    uint8_t compression;
+    uint8_t rdma; /* gpuDirectRDMACapable */
+    uint16_t usage;
+    uint32_t padding;
+};
+
+/* Where a physical allocation was mapped: [va, va + size) shows [offset, offset + size). */
+struct snap_mapping {
+    uint64_t va;
     uint64_t size;
+    uint64_t offset;
+};
+
+struct snap_record {
+    uint64_t address; /* the allocation's; a physical one: its first mapping's, or 0 */
+    uint64_t size;    /* bytes saved */
     uint64_t reserved;
     uint64_t data_offset; /* unused since version 2 (0): the bytes are chunks */
     int32_t device;
-    uint32_t n_chunks; /* followed by n_chunks names, then the piece hashes (RP_HASH_BYTES each) */
+    uint32_t n_chunks;
+    /* version 2 and later: */
+    uint32_t kind; /* enum rp_snap_kind */
+    uint32_t n_mappings;
+    uint64_t handle; /* a physical allocation: the handle value the application holds */
+    struct snap_prop prop;
+    /* followed by n_mappings struct snap_mapping, then (version 3) the n_chunks chunk names
+     * and the piece hashes (RP_HASH_BYTES each), or (versions 1, 2) n_chunks uint32_t crc32c */
 };
 
-/* The table of the snapshot open on fd, malloc'd; NULL and a message in err when it is not a
- * snapshot of this version or is cut short. */
+/* What the writer saves: a record, and where its bytes are read from now. */
+struct rp_snap_item {
+    struct snap_record record; /* address, size, reserved, device, kind, handle, prop */
+    CUdeviceptr source;        /* device address of the bytes (the allocation, or a window) */
+    CUcontext context;
+    const struct snap_mapping *mappings;
+};
+
+/* The table of the snapshot open on fd (any version, in the layout above), malloc'd; NULL and a
+ * message in err when it is not a snapshot, of a newer version, or is cut short or damaged. */
 char *rp_snapshot_table(int fd, struct snap_header *h, char *err, size_t errlen);
-/* The first record of a table, and the record after r. */
+/* The first record of a table, and the record after r in it. */
 const struct snap_record *rp_snapshot_first(const char *table);
-const struct snap_record *rp_snapshot_next(const struct snap_record *r);
-/* Opens the chunk folder a table names, for reading; table_path locates a relative one. */
+const struct snap_record *rp_snapshot_next(const char *table, const struct snap_record *r);
+const struct snap_mapping *rp_snapshot_mappings(const struct snap_record *r);
+/* Opens the chunk folder a table names, for reading; table_path locates a relative one. A table
+ * of version 1 or 2 names none: s is left closed (dirfd -1) and 0 returned. */
 int rp_snapshot_open_chunks(const char *table, const char *table_path, struct rp_chunk_store *s,
                             char *err, size_t errlen);
-/* Writes every allocation's bytes as chunks into the folder chunk_dir (relative to the table
- * path's folder unless absolute; made if missing), through the engine on each allocation's
- * context, then the table to path (a temporary name, renamed). With sync, chunks, folders and
- * the table are durable before it returns. Leaves the memory mapped. 0, or -1 with err set;
- * *total: logical bytes, *written: bytes the folder did not hold yet. */
+/* The source half of an H2D transfer of record r's bytes: the chunk folder chunks (version 3),
+ * or the snapshot file fd at the record's offset (versions 1, 2), with the checks each carries. */
+void rp_snapshot_source(const char *table, const struct snap_record *r, int fd,
+                        struct rp_chunk_store *chunks, struct rp_transfer *t);
+/* Writes every item's bytes as chunks into the folder chunk_dir (relative to the table path's
+ * folder unless absolute; made if missing), through the engine on each item's context (one
+ * batch per context), then the table (version 3) to path (a temporary name, renamed). With
+ * sync, chunks, folders and the table are durable before it returns. Leaves the memory mapped.
+ * 0, or -1 with err set; *total: logical bytes, *written: bytes the folder did not hold yet. */
 int rp_snapshot_write(const char *path, const char *chunk_dir, int sync,
-                      const struct rp_allocation *items, size_t count, struct rp_engine_params p,
+                      const struct rp_snap_item *items, size_t count, struct rp_engine_params p,
                       uint64_t *total, uint64_t *written, char *err, size_t errlen);
+
+/* ---- the application's VMM memory (app_vmm.c) ---- */
+
+/* 0, or -1 with the reason in err when some of it cannot be checkpointed (exported, imported,
+ * mapped into an array): nothing is touched then. */
+int rp_app_vmm_refusal(char *err, size_t errlen);
+/* Appends a snapshot item per physical allocation to offload, each readable through a window
+ * (its own mapping, or one made for the copy); -1 when out of memory or a window failed. */
+int rp_app_vmm_items(struct rp_snap_item **items, size_t *count, size_t *capacity, char *err,
+                     size_t errlen);
+/* Unmaps the windows rp_app_vmm_items made. */
+void rp_app_vmm_close_windows(void);
+/* Unmaps every offloaded allocation's mappings and releases its memory; 0 or -1 with err. */
+int rp_app_vmm_release(char *err, size_t errlen);
+/* RELOAD, first half: re-creates the physical allocation of record r (same properties), maps
+ * it where it was, with the same access, and gives where its bytes go (on context). */
+CUresult rp_app_vmm_prepare(const struct snap_record *r, CUdeviceptr *window, CUcontext *context,
+                            uint64_t *map_ns);
+/* Second half, for every prepared one: loaded (back in use), or not (offloaded again). */
+void rp_app_vmm_finish(int loaded);
+/* Maps memory imported from fd (preloaded by restoreprof) as the application's handle;
+ * *bytes is its size. 0, or -1 with err set. */
+int rp_app_vmm_adopt(uint64_t handle, const char *uuid, int fd, size_t *bytes, char *err,
+                     size_t errlen);
+/* Physical allocations offloaded and not back yet; all tracked and their bytes. */
+size_t rp_app_vmm_offloaded(void);
+void rp_app_vmm_totals(size_t *count, size_t *bytes);
+/* "0123..." (32 hex digits) for device's UUID; 0 when known. */
+int rp_device_uuid_hex(CUdevice device, char out[33]);
+
+/* ---- stream-ordered allocations (mempool.c) ---- */
+
+/* Waits for pending frees and releases every cached block (before OFFLOAD: cached memory is
+ * not the application's data); returns the bytes released. */
+size_t rp_mempool_release_cached(void);
+/* Called by cuMemFree for a stream-ordered allocation (taken from the registry already). */
+CUresult rp_mempool_free_now(struct rp_allocation *a);
+/* After the allocation's memory is mapped again (RELOAD, ADOPT): the pool's extra access. */
+CUresult rp_mempool_after_map(const struct rp_allocation *a);
 
 /* ---- control socket (control.c) ---- */
 

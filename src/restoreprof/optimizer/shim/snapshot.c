@@ -1,10 +1,15 @@
 /*
- * The snapshot table (version 2): written at OFFLOAD (control.c), read at RELOAD (control.c) and
- * by the preload (preload.c). Layout: header, the chunk folder's path, then one record per
- * allocation followed by the BLAKE3-256 of each of its chunks (shim.h). The bytes are chunks in
- * a content-addressed folder (chunks.c): written by the engine's threads in parallel, each
- * hashed by the thread that drained it, so an offload is not serialized on one file and a
- * restore checks every chunk as it copies it instead of in a second pass.
+ * The snapshot table: written at OFFLOAD (control.c), read at RELOAD (control.c) and by the
+ * preload (preload.c). The versions and their layouts are in shim.h.
+ *
+ * Version 3 (written now): header, the chunk folder's path, then per record its mappings, chunk
+ * names and piece hashes. The bytes are chunks in a content-addressed folder (chunks.c): written
+ * by the engine's threads in parallel, each hashed by the thread that drained it, so an offload
+ * is not serialized on one file, and a restore checks every piece as it copies it instead of in
+ * a second pass.
+ *
+ * Versions 1 and 2 (the bytes inside the file, crc32c per piece) are still read: their table is
+ * brought to the in-memory layout on load (a version 1 table converted to version 2's records).
  */
 #define _GNU_SOURCE
 #include "shim.h"
@@ -22,20 +27,74 @@ static uint64_t align_up(uint64_t v, uint64_t a)
     return (v + a - 1) / a * a;
 }
 
-/* A record's chunk names and piece hashes: a multiple of 8, so records stay 8-byte aligned. */
+/* ---- layouts ---- */
+
+/* Version 1 and 2's header: version 3's up to table_bytes, then 16 reserved bytes (zero) where
+ * version 3 has dir_bytes and written_bytes; no piece_bytes. */
+#define OLD_HEADER_BYTES (offsetof(struct snap_header, dir_bytes) + 2 * sizeof(uint64_t))
+
+/* Versions 1, 2: crc32c arrays padded to 8 bytes so that every record stays 8-byte aligned. */
+static size_t sums_bytes(size_t n_chunks)
+{
+    return 4 * align_up(n_chunks, 2);
+}
+
+/* Version 3: a record's chunk names and piece hashes (a multiple of 8 bytes). */
 static size_t hashes_bytes(size_t n_chunks, size_t size)
 {
     return RP_HASH_BYTES * (n_chunks + rp_chunk_count(size, RP_PIECE_BYTES));
 }
 
-static size_t table_bytes(const struct rp_allocation *items, size_t count, size_t chunk,
-                          size_t dir_bytes)
+static size_t record_bytes(int chunked, const struct snap_record *r)
 {
-    size_t n = sizeof(struct snap_header) + dir_bytes;
-    for (size_t i = 0; i < count; i++)
-        n += sizeof(struct snap_record) +
-             hashes_bytes(rp_chunk_count(items[i].size, chunk), items[i].size);
-    return n;
+    return sizeof(*r) + r->n_mappings * sizeof(struct snap_mapping) +
+           (chunked ? hashes_bytes(r->n_chunks, r->size) : sums_bytes(r->n_chunks));
+}
+
+static int is_chunked(const char *table)
+{
+    return ((const struct snap_header *)table)->version >= 3;
+}
+
+const struct snap_record *rp_snapshot_first(const char *table)
+{
+    const struct snap_header *h = (const struct snap_header *)table;
+    return (const struct snap_record *)(table + sizeof(*h) + h->dir_bytes);
+}
+
+const struct snap_mapping *rp_snapshot_mappings(const struct snap_record *r)
+{
+    return (const struct snap_mapping *)(r + 1);
+}
+
+const struct snap_record *rp_snapshot_next(const char *table, const struct snap_record *r)
+{
+    return (const struct snap_record *)((const char *)r + record_bytes(is_chunked(table), r));
+}
+
+/* Version 3: the chunk names after the mappings, then the piece hashes. */
+static uint8_t *record_hashes(const struct snap_record *r)
+{
+    return (uint8_t *)(rp_snapshot_mappings(r) + r->n_mappings);
+}
+
+void rp_snapshot_source(const char *table, const struct snap_record *r, int fd,
+                        struct rp_chunk_store *chunks, struct rp_transfer *t)
+{
+    const struct snap_header *h = (const struct snap_header *)table;
+    t->bytes = r->size;
+    if (is_chunked(table)) {
+        t->fd = -1;
+        t->chunks = chunks;
+        t->hashes = record_hashes(r);
+        t->pieces = t->hashes + (size_t)r->n_chunks * RP_HASH_BYTES;
+        t->chunk_file_bytes = h->chunk_bytes;
+    } else {
+        t->fd = fd;
+        t->file_offset = (off_t)r->data_offset;
+        t->checksums = (uint32_t *)(rp_snapshot_mappings(r) + r->n_mappings);
+        t->checksum_bytes = h->chunk_bytes;
+    }
 }
 
 /* dir resolved against the folder of table_path unless it is absolute, into out. */
@@ -49,6 +108,19 @@ static void resolve_dir(const char *dir, const char *table_path, char *out, size
     snprintf(copy, sizeof(copy), "%s", table_path);
     snprintf(out, len, "%s/%s", dirname(copy), dir);
 }
+
+int rp_snapshot_open_chunks(const char *table, const char *table_path, struct rp_chunk_store *s,
+                            char *err, size_t errlen)
+{
+    s->dirfd = -1;
+    if (!is_chunked(table))
+        return 0; /* the bytes are in the snapshot file itself */
+    char folder[4200];
+    resolve_dir(table + sizeof(struct snap_header), table_path, folder, sizeof(folder));
+    return rp_chunks_open(s, folder, 0, 0, err, errlen);
+}
+
+/* ---- writing (version 3) ---- */
 
 static int write_table(const char *path, const char *buf, size_t n, int sync, char *err,
                        size_t errlen)
@@ -84,22 +156,70 @@ static int write_table(const char *path, const char *buf, size_t n, int sync, ch
     return 0;
 }
 
+/* Copies the items' bytes out as chunks, one engine batch per run of items on one context. */
+static int write_chunks(const struct rp_snap_item *items, size_t count,
+                        const struct snap_record *const *records, struct rp_chunk_store *chunks,
+                        struct rp_engine_params p, char *err, size_t errlen)
+{
+    struct rp_transfer *t = calloc(count ? count : 1, sizeof(*t));
+    if (!t)
+        return snprintf(err, errlen, "out of memory"), -1;
+    for (size_t i = 0; i < count; i++) {
+        uint8_t *hashes = record_hashes(records[i]);
+        t[i] = (struct rp_transfer){ .direction = RP_D2H, .device = items[i].source, .fd = -1,
+                                     .bytes = records[i]->size, .chunks = chunks,
+                                     .hashes = hashes,
+                                     .pieces = hashes + records[i]->n_chunks * RP_HASH_BYTES,
+                                     .chunk_file_bytes = p.chunk_bytes };
+    }
+    int rc = 0;
+    for (size_t start = 0, end; start < count && rc == 0; start = end) {
+        for (end = start + 1; end < count && items[end].context == items[start].context;)
+            end++;
+        CUresult cr = rp_real.cuCtxSetCurrent(items[start].context);
+        if (cr == CUDA_SUCCESS)
+            cr = rp_engine_run_batch(&t[start], end - start, p, 1);
+        if (cr != CUDA_SUCCESS) {
+            const struct snap_record *r = records[start];
+            int physical = r->kind == RP_SNAP_PHYSICAL;
+            snprintf(err, errlen, "copying %s %#llx%s out failed: %s",
+                     physical ? "GPU memory handle" : "allocation",
+                     (unsigned long long)(physical ? r->handle : r->address),
+                     end - start > 1 ? " and the others on its context" : "", rp_error_name(cr));
+            rc = -1;
+        }
+    }
+    free(t);
+    return rc;
+}
+
 int rp_snapshot_write(const char *path, const char *chunk_dir, int sync,
-                      const struct rp_allocation *items, size_t count, struct rp_engine_params p,
+                      const struct rp_snap_item *items, size_t count, struct rp_engine_params p,
                       uint64_t *total, uint64_t *written, char *err, size_t errlen)
 {
+    *total = *written = 0;
     size_t dir_bytes = align_up(strlen(chunk_dir) + 1, 8);
     /* chunk files hold whole pieces (chunk_mb is whole MiB: this only guards odd callers) */
-    p.chunk_bytes = align_up(p.chunk_bytes, RP_PIECE_BYTES);
-    size_t table = table_bytes(items, count, p.chunk_bytes, dir_bytes);
+    p.chunk_bytes = align_up(p.chunk_bytes ? p.chunk_bytes : RP_PIECE_BYTES, RP_PIECE_BYTES);
+    size_t table = sizeof(struct snap_header) + dir_bytes;
+    for (size_t i = 0; i < count; i++) {
+        struct snap_record r = items[i].record;
+        r.n_chunks = (uint32_t)rp_chunk_count(r.size, p.chunk_bytes);
+        table += record_bytes(1, &r);
+    }
     char folder[4200];
     struct rp_chunk_store chunks;
     char *buf = calloc(1, table);
-    if (!buf)
+    const struct snap_record **records = calloc(count ? count : 1, sizeof(*records));
+    if (!buf || !records) {
+        free(buf);
+        free(records);
         return snprintf(err, errlen, "out of memory"), -1;
+    }
     resolve_dir(chunk_dir, path, folder, sizeof(folder));
     if (rp_chunks_open(&chunks, folder, 1, sync, err, errlen) != 0) {
         free(buf);
+        free(records);
         return -1;
     }
     struct snap_header *h = (struct snap_header *)buf;
@@ -112,29 +232,18 @@ int rp_snapshot_write(const char *path, const char *chunk_dir, int sync,
     h->dir_bytes = dir_bytes;
     h->piece_bytes = RP_PIECE_BYTES;
     memcpy(buf + sizeof(*h), chunk_dir, strlen(chunk_dir));
-    char *cursor = buf + sizeof(*h) + dir_bytes;
-    int rc = 0;
-    for (size_t i = 0; i < count && rc == 0; i++) {
-        const struct rp_allocation *a = &items[i];
-        struct snap_record *r = (struct snap_record *)cursor;
-        *r = (struct snap_record){ a->address, a->size, a->reserved, 0, a->device,
-                                   (uint32_t)rp_chunk_count(a->size, p.chunk_bytes) };
-        uint8_t *hashes = (uint8_t *)(r + 1);
-        cursor = (char *)hashes + hashes_bytes(r->n_chunks, r->size);
-        struct rp_transfer t = { .direction = RP_D2H, .device = a->address, .fd = -1,
-                                 .bytes = a->size, .chunks = &chunks, .hashes = hashes,
-                                 .pieces = hashes + r->n_chunks * RP_HASH_BYTES,
-                                 .chunk_file_bytes = p.chunk_bytes };
-        CUresult cr = rp_real.cuCtxSetCurrent(a->context);
-        if (cr == CUDA_SUCCESS)
-            cr = rp_engine_run(&t, p, 1);
-        if (cr != CUDA_SUCCESS) {
-            snprintf(err, errlen, "copying %#llx (%zu bytes) out failed: %s",
-                     (unsigned long long)a->address, a->size, rp_error_name(cr));
-            rc = -1;
-        }
-        h->total_bytes += a->size;
+    struct snap_record *r = (struct snap_record *)rp_snapshot_first(buf);
+    for (size_t i = 0; i < count; i++, r = (struct snap_record *)rp_snapshot_next(buf, r)) {
+        *r = items[i].record;
+        r->data_offset = 0; /* the bytes are chunks */
+        r->n_chunks = (uint32_t)rp_chunk_count(r->size, p.chunk_bytes);
+        if (r->n_mappings)
+            memcpy((void *)rp_snapshot_mappings(r), items[i].mappings,
+                   r->n_mappings * sizeof(struct snap_mapping));
+        records[i] = r;
+        h->total_bytes += r->size;
     }
+    int rc = write_chunks(items, count, records, &chunks, p, err, errlen);
     if (rc == 0 && rp_chunks_sync(&chunks) != 0) {
         snprintf(err, errlen, "syncing the chunk folder %.160s failed: %s", folder,
                  strerror(errno));
@@ -147,67 +256,136 @@ int rp_snapshot_write(const char *path, const char *chunk_dir, int sync,
     *total = h->total_bytes;
     *written = h->written_bytes;
     rp_chunks_close(&chunks);
+    free(records);
     free(buf);
     return rc;
 }
 
-char *rp_snapshot_table(int fd, struct snap_header *h, char *err, size_t errlen)
+/* ---- reading (every version) ---- */
+
+/* Version 1's record: an allocation, its checksums after it. */
+struct snap_record_v1 {
+    uint64_t address;
+    uint64_t size;
+    uint64_t reserved;
+    uint64_t data_offset;
+    int32_t device;
+    uint32_t n_chunks;
+};
+
+/* A version 1 table (old header, then v1 records) in the in-memory layout: version 3's header
+ * saying version 2, then version 2's records (every one an allocation without mappings). */
+static char *upgrade_v1(const char *old, struct snap_header *h, char *err, size_t errlen)
 {
-    if (pread(fd, h, sizeof(*h), 0) != sizeof(*h) || memcmp(h->magic, RP_SNAP_MAGIC, 8) != 0 ||
-        h->version != RP_SNAP_VERSION || h->checksum_kind != RP_SNAP_BLAKE3) {
-        snprintf(err, errlen, "not a restoreprof snapshot of version %d (take the checkpoint "
-                 "again with this restoreprof)", RP_SNAP_VERSION);
-        return NULL;
-    }
-    if (h->table_bytes < sizeof(*h) + h->dir_bytes || h->dir_bytes == 0 || h->dir_bytes > 4096 ||
-        h->table_bytes > ((uint64_t)1 << 34) || h->piece_bytes != RP_PIECE_BYTES ||
-        h->chunk_bytes == 0 || h->chunk_bytes % RP_PIECE_BYTES) {
-        snprintf(err, errlen, "the snapshot table's header is damaged");
-        return NULL;
-    }
-    char *table = malloc(h->table_bytes);
-    if (!table || pread(fd, table, h->table_bytes, 0) != (ssize_t)h->table_bytes) {
-        snprintf(err, errlen, "the snapshot table is truncated");
-        free(table);
-        return NULL;
-    }
-    /* every record and its hashes must lie inside the table, and the path must end */
-    const char *end = table + h->table_bytes;
-    const struct snap_record *r = rp_snapshot_first(table);
-    for (uint64_t i = 0; i < h->count; i++, r = rp_snapshot_next(r)) {
-        if ((const char *)(r + 1) > end || r->size > ((uint64_t)1 << 46) ||
-            r->n_chunks != rp_chunk_count(r->size, h->chunk_bytes) ||
-            (const char *)rp_snapshot_next(r) > end) {
-            snprintf(err, errlen, "the snapshot table is damaged (record %llu)",
-                     (unsigned long long)i);
-            free(table);
+    size_t bytes = sizeof(*h), offset = OLD_HEADER_BYTES;
+    for (uint64_t i = 0; i < h->count; i++) { /* sizes first: the old table's own bounds */
+        const struct snap_record_v1 *r = (const void *)(old + offset);
+        if (offset + sizeof(*r) > h->table_bytes ||
+            offset + sizeof(*r) + sums_bytes(r->n_chunks) > h->table_bytes) {
+            snprintf(err, errlen, "the snapshot table is damaged");
             return NULL;
         }
+        offset += sizeof(*r) + sums_bytes(r->n_chunks);
+        bytes += sizeof(struct snap_record) + sums_bytes(r->n_chunks);
     }
-    if (memchr(table + sizeof(*h), '\0', h->dir_bytes) == NULL) {
-        snprintf(err, errlen, "the snapshot table is damaged (chunk folder)");
-        free(table);
+    char *table = calloc(1, bytes);
+    if (!table) {
+        snprintf(err, errlen, "out of memory");
         return NULL;
+    }
+    h->version = 2;
+    h->table_bytes = bytes;
+    memcpy(table, h, sizeof(*h));
+    offset = OLD_HEADER_BYTES;
+    struct snap_record *r = (struct snap_record *)rp_snapshot_first(table);
+    for (uint64_t i = 0; i < h->count; i++, r = (struct snap_record *)rp_snapshot_next(table, r)) {
+        const struct snap_record_v1 *v1 = (const void *)(old + offset);
+        *r = (struct snap_record){ .address = v1->address, .size = v1->size,
+                                   .reserved = v1->reserved, .data_offset = v1->data_offset,
+                                   .device = v1->device, .n_chunks = v1->n_chunks,
+                                   .kind = RP_SNAP_ALLOCATION };
+        memcpy(record_hashes(r), v1 + 1, 4 * (size_t)v1->n_chunks);
+        offset += sizeof(*v1) + sums_bytes(v1->n_chunks);
     }
     return table;
 }
 
-const struct snap_record *rp_snapshot_first(const char *table)
+/* Every record lies inside the table and agrees with the header (a damaged table must not
+ * send readers astray). */
+static int table_sane(const char *table, const struct snap_header *h)
 {
-    const struct snap_header *h = (const struct snap_header *)table;
-    return (const struct snap_record *)(table + sizeof(*h) + h->dir_bytes);
+    int chunked = is_chunked(table);
+    size_t offset = sizeof(*h) + h->dir_bytes;
+    for (uint64_t i = 0; i < h->count; i++) {
+        const struct snap_record *r = (const void *)(table + offset);
+        if (offset + sizeof(*r) > h->table_bytes || r->kind > RP_SNAP_PHYSICAL ||
+            r->n_mappings > h->table_bytes / sizeof(struct snap_mapping) ||
+            r->size > ((uint64_t)1 << 46) ||
+            offset + record_bytes(chunked, r) > h->table_bytes ||
+            (chunked && r->n_chunks != rp_chunk_count(r->size, h->chunk_bytes)))
+            return 0;
+        offset += record_bytes(chunked, r);
+    }
+    return !chunked || memchr(table + sizeof(*h), '\0', h->dir_bytes) != NULL;
 }
 
-const struct snap_record *rp_snapshot_next(const struct snap_record *r)
+char *rp_snapshot_table(int fd, struct snap_header *h, char *err, size_t errlen)
 {
-    const char *after = (const char *)(r + 1) + hashes_bytes(r->n_chunks, r->size);
-    return (const struct snap_record *)after;
-}
-
-int rp_snapshot_open_chunks(const char *table, const char *table_path, struct rp_chunk_store *s,
-                            char *err, size_t errlen)
-{
-    char folder[4200];
-    resolve_dir(table + sizeof(struct snap_header), table_path, folder, sizeof(folder));
-    return rp_chunks_open(s, folder, 0, 0, err, errlen);
+    memset(h, 0, sizeof(*h));
+    if (pread(fd, h, OLD_HEADER_BYTES, 0) != (ssize_t)OLD_HEADER_BYTES ||
+        memcmp(h->magic, RP_SNAP_MAGIC, 8) != 0 || h->version < 1 ||
+        h->version > RP_SNAP_VERSION ||
+        h->checksum_kind != (h->version >= 3 ? RP_SNAP_BLAKE3 : RP_SNAP_CRC32C)) {
+        snprintf(err, errlen, "not a restoreprof snapshot (or a newer version: update "
+                 "restoreprof)");
+        return NULL;
+    }
+    int chunked = h->version >= 3;
+    size_t header = chunked ? sizeof(*h) : OLD_HEADER_BYTES;
+    if (chunked && pread(fd, h, sizeof(*h), 0) != (ssize_t)sizeof(*h)) {
+        snprintf(err, errlen, "the snapshot table is truncated");
+        return NULL;
+    }
+    if (!chunked) /* the old header's reserved bytes: no chunk folder */
+        h->dir_bytes = h->written_bytes = h->piece_bytes = 0;
+    if (h->table_bytes < header || h->table_bytes > ((uint64_t)1 << 34) ||
+        h->chunk_bytes == 0 ||
+        (chunked && (h->dir_bytes == 0 || h->dir_bytes > 4096 ||
+                     h->table_bytes < header + h->dir_bytes || h->piece_bytes != RP_PIECE_BYTES ||
+                     h->chunk_bytes % RP_PIECE_BYTES))) {
+        snprintf(err, errlen, "the snapshot table's header is damaged");
+        return NULL;
+    }
+    char *file = malloc(h->table_bytes);
+    if (!file || pread(fd, file, h->table_bytes, 0) != (ssize_t)h->table_bytes) {
+        snprintf(err, errlen, "the snapshot table is truncated");
+        free(file);
+        return NULL;
+    }
+    if (h->version == 1) {
+        char *table = upgrade_v1(file, h, err, errlen);
+        free(file);
+        return table;
+    }
+    char *table = file;
+    if (!chunked) { /* version 2: the records behind the longer header */
+        size_t bytes = h->table_bytes - OLD_HEADER_BYTES + sizeof(*h);
+        table = calloc(1, bytes);
+        if (table) {
+            memcpy(table + sizeof(*h), file + OLD_HEADER_BYTES, h->table_bytes - OLD_HEADER_BYTES);
+            h->table_bytes = bytes;
+            memcpy(table, h, sizeof(*h));
+        }
+        free(file);
+        if (!table) {
+            snprintf(err, errlen, "out of memory");
+            return NULL;
+        }
+    }
+    if (!table_sane(table, h)) {
+        snprintf(err, errlen, "the snapshot table is damaged");
+        free(table);
+        return NULL;
+    }
+    return table;
 }

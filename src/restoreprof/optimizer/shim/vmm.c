@@ -77,7 +77,7 @@ int rp_gate_is_closed(void)
 
 /* ---- registry ---- */
 
-static int registry_add(const struct rp_allocation *a)
+int rp_registry_add(const struct rp_allocation *a)
 {
     pthread_mutex_lock(&registry.lock);
     if (registry.count == registry.capacity) {
@@ -95,8 +95,7 @@ static int registry_add(const struct rp_allocation *a)
     return 0;
 }
 
-/* Removes the allocation at `address` into *out; 0 when found. */
-static int registry_take(CUdeviceptr address, struct rp_allocation *out)
+int rp_registry_take(CUdeviceptr address, struct rp_allocation *out)
 {
     int found = -1;
     pthread_mutex_lock(&registry.lock);
@@ -196,34 +195,48 @@ CUresult rp_vmm_unmap(struct rp_allocation *a)
     return rc;
 }
 
-static CUresult vmm_alloc(CUdeviceptr *dptr, size_t size)
+CUresult rp_vmm_new(size_t size, struct rp_allocation *a)
 {
-    struct rp_allocation a = { .size = size };
-    CUresult rc = rp_real.cuCtxGetCurrent(&a.context);
+    *a = (struct rp_allocation){ .size = size };
+    CUresult rc = rp_real.cuCtxGetCurrent(&a->context);
     if (rc == CUDA_SUCCESS)
-        rc = rp_real.cuCtxGetDevice(&a.device);
+        rc = rp_real.cuCtxGetDevice(&a->device);
     size_t granularity = 0;
-    CUmemAllocationProp prop = device_prop(a.device);
+    CUmemAllocationProp prop = device_prop(a->device);
     if (rc == CUDA_SUCCESS)
         rc = rp_real.cuMemGetAllocationGranularity(&granularity, &prop,
                                                    CU_MEM_ALLOC_GRANULARITY_MINIMUM);
     if (rc != CUDA_SUCCESS)
         return rc;
-    a.reserved = (size + granularity - 1) / granularity * granularity;
-    rc = rp_real.cuMemAddressReserve(&a.address, a.reserved, 0, 0, 0);
+    a->reserved = (size + granularity - 1) / granularity * granularity;
+    rc = rp_real.cuMemAddressReserve(&a->address, a->reserved, 0, 0, 0);
     if (rc != CUDA_SUCCESS)
         return rc;
-    rc = rp_vmm_map(&a);
-    if (rc == CUDA_SUCCESS && registry_add(&a) != 0) {
-        rp_vmm_unmap(&a);
+    rc = rp_vmm_map(a);
+    if (rc != CUDA_SUCCESS)
+        rp_real.cuMemAddressFree(a->address, a->reserved);
+    return rc;
+}
+
+CUresult rp_vmm_destroy(struct rp_allocation *a)
+{
+    CUresult rc = rp_vmm_unmap(a);
+    if (rc == CUDA_SUCCESS)
+        rc = rp_real.cuMemAddressFree(a->address, a->reserved);
+    return rc;
+}
+
+static CUresult vmm_alloc(CUdeviceptr *dptr, size_t size)
+{
+    struct rp_allocation a;
+    CUresult rc = rp_vmm_new(size, &a);
+    if (rc == CUDA_SUCCESS && rp_registry_add(&a) != 0) {
+        rp_vmm_destroy(&a);
         rc = CUDA_ERROR_OUT_OF_MEMORY;
     }
-    if (rc != CUDA_SUCCESS) {
-        rp_real.cuMemAddressFree(a.address, a.reserved);
-        return rc;
-    }
-    *dptr = a.address;
-    return CUDA_SUCCESS;
+    if (rc == CUDA_SUCCESS)
+        *dptr = a.address;
+    return rc;
 }
 
 RP_EXPORT CUresult cuMemAlloc_v2(CUdeviceptr *dptr, size_t size)
@@ -250,13 +263,11 @@ RP_EXPORT CUresult cuMemFree_v2(CUdeviceptr dptr)
     rp_gate_enter();
     struct rp_allocation a;
     CUresult rc;
-    if (dptr && registry_take(dptr, &a) == 0) {
+    if (dptr && rp_registry_take(dptr, &a) == 0) {
         /* cuMemFree waits for work using the memory; unmapping does not, so sync first. */
         rc = rp_real.cuCtxSynchronize();
         if (rc == CUDA_SUCCESS)
-            rc = rp_vmm_unmap(&a);
-        if (rc == CUDA_SUCCESS)
-            rc = rp_real.cuMemAddressFree(a.address, a.reserved);
+            rc = a.pool ? rp_mempool_free_now(&a) : rp_vmm_destroy(&a);
         if (rc != CUDA_SUCCESS)
             rp_log("freeing VMM allocation %#llx failed: %s", (unsigned long long)dptr,
                    rp_error_name(rc));
