@@ -48,6 +48,8 @@ for stage in $stages; do
                restoreprof restore -D /tmp/rp-cl --json > "$out/criulog-restore.json"
                cp /tmp/rp-cl/criu-restore.log /tmp/rp-cl/criu-dump.log "$out/"
                kill -9 $(python3 -c "import json;print(json.load(open('/tmp/rp-cl/restoreprof.json'))['root_pid'])") 2>/dev/null ;;
+    frameworks) # issue 13: PyTorch (4 ways), CuPy, JAX at 8 GiB, plain vs exec vs warm pool
+               python3 benchmarks/bench_frameworks.py --json "$out/frameworks.json" 2>&1 | grep -v '^{' | tee "$out/frameworks.txt" ;;
     readahead) rp_python benchmarks/bench_readahead.py --mib 8192 --runs 3 2>&1 | tee "$out/readahead.txt" ;;
     overhead5) rp_python benchmarks/bench_trace_overhead.py --gpu-gib 8 --runs 5 2>&1 | tee "$out/overhead5.txt" ;;
     attach)    rp_python benchmarks/bench_probes.py --attach-only --runs 7 2>&1 | tee "$out/attach.txt" ;;

@@ -489,6 +489,21 @@ def test_a_target_stopped_during_a_request_ends_the_wait_at_once(app_in):
     assert ShimControl(app.proc.pid).status()["state"] == "running"
 
 
+def _continue_until_running(pid: int, timeout_s: float = 10.0) -> None:
+    """SIGCONT pid until it reads as not stopped several times in a row: a stop CRIU scheduled
+    can take effect after a first SIGCONT (seen once under a loaded CI machine)."""
+    deadline = time.monotonic() + timeout_s
+    running_seen = 0
+    while running_seen < 5 and time.monotonic() < deadline:
+        if _state(pid) == "T":
+            running_seen = 0
+            os.kill(pid, signal.SIGCONT)
+        else:
+            running_seen += 1
+        time.sleep(0.02)
+    assert running_seen >= 5, f"PID {pid} stays stopped"
+
+
 def test_a_checkpoint_of_a_stopped_process_leaves_it_to_the_driver(fake_driver, tmp_path, capfd):
     from restoreprof.checkpoint import checkpoint, restore
     from restoreprof.checkpoint.tree import resume_stopped
@@ -506,11 +521,13 @@ def test_a_checkpoint_of_a_stopped_process_leaves_it_to_the_driver(fake_driver, 
         assert record.cuda and record.offload is None, "no offload: the driver took it whole"
         err = capfd.readouterr().err
         assert f"note: PID {w.pid} is stopped" in err and "the driver checkpoints it" in err
-        assert resume_stopped([w.pid]) == []  # CRIU leaves it stopped, as it found it
+        assert _state(w.pid) == "T"  # CRIU leaves it stopped, as it found it
+        _continue_until_running(w.pid)
         assert w.verify(), "the original runs on, its memory unchanged"
         w.stop()
         restore(tmp_path / "ckpt")
         assert resume_stopped([w.pid]) == []  # restored stopped, as it was checkpointed
+        _continue_until_running(w.pid)
         assert w.verify(), "GPU memory differs after the driver-path round trip"
     finally:
         with contextlib.suppress(ProcessLookupError):

@@ -187,6 +187,11 @@ def test_a_traced_restore_shows_the_pools_transfer(pool, tmp_path, restoreprof_c
         assert report["cuda"]["htod"]["pinned_bytes"] == 48 << 20
         gpu = next(p for p in report["phases"] if p["name"] == "gpu memory restore")
         assert gpu["bytes"] == 48 << 20
+        # the checkpoint's coverage: all of it offloaded as cuMemAlloc, the driver's part unknown
+        assert report["coverage"] == [{**report["coverage"][0], "pid": w.pid}]
+        assert report["coverage"][0]["offloaded"]["cuMemAlloc"]["bytes"] == 48 << 20
+        assert report["coverage"][0]["left_to_driver_bytes"] is None
+        assert f"pid {w.pid}" in out.stdout and "cuMemAlloc 1" in out.stdout
     finally:
         w.stop()
 

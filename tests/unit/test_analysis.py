@@ -228,3 +228,37 @@ def test_a_saved_trace_is_judged_by_the_ceilings_it_was_recorded_with(tmp_path, 
     fresh = restore_trace()
     fresh.meta.ceilings = Ceilings(hostname=fresh.meta.hostname).to_dict()
     assert analyze(fresh)["ceilings"]["disk_read_gbps"] == 20.0
+
+
+def test_bottleneck_names_the_kind_left_to_the_driver():
+    """The checkpoint's coverage record reaches the advice: memory of a kind the library does
+    not serve, and a process not started under restoreprof exec, are named; a context alone is
+    not."""
+    trace = restore_trace(driver_restore=True)
+    trace.events = [e for e in trace.events if e.name != "preadv"]
+    trace.meta.coverage = [
+        {"pid": 2, "comm": "python3", "shim": True, "left_to_driver_bytes": 3_000_000_000,
+         "offloaded": {"cuMemAlloc": {"count": 4, "bytes": 8 << 30}}, "offloaded_bytes": 8 << 30},
+        {"pid": 3, "comm": "python3", "shim": True, "left_to_driver_bytes": 400_000_000,
+         "offloaded": {"vmm": {"count": 1, "bytes": 1 << 30}}, "offloaded_bytes": 1 << 30},
+        {"pid": 4, "comm": "jax", "shim": False, "left_to_driver_bytes": None,
+         "offloaded": {}, "offloaded_bytes": 0}]
+    report = analyze(trace, CALIBRATED)
+    b = report["bottleneck"]
+    assert b["phase"] == "gpu memory restore"
+    assert b["uncovered"]["pids"] == [2, 4] and b["uncovered"]["bytes"] is None
+    assert "managed, host-registered" in b["recommendation"]
+    assert "not started with 'restoreprof exec'" in b["recommendation"]
+    assert report["coverage"] == trace.meta.coverage
+    from restoreprof.exports.report import summary
+
+    text = summary(report)
+    assert "pid 2" in text and "cuMemAlloc 4" in text and "3.000" in text
+    assert "none (no restoreprof exec)" in text and "unknown" in text
+
+
+def test_no_coverage_record_changes_nothing():
+    trace = restore_trace(driver_restore=True)
+    trace.events = [e for e in trace.events if e.name != "preadv"]
+    b = analyze(trace, CALIBRATED)["bottleneck"]
+    assert b["uncovered"] is None and b["recommendation"].startswith("offload=on")

@@ -34,7 +34,8 @@ def analyze(trace: Trace, ceilings: Ceilings | None = None) -> dict:
         "cuda": cuda,
         "phases": phase_list,
         "critical_path": critical,
-        "bottleneck": bottleneck(phase_list, cuda, ceilings),
+        "bottleneck": bottleneck(phase_list, cuda, ceilings, trace.meta.coverage),
+        "coverage": trace.meta.coverage,
         "ceilings": {**ceilings.to_dict()},
         "lost_events": trace.meta.lost_events,
         # the traced command's exit status (shell style); null for a PID or a stopped command

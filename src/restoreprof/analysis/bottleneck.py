@@ -94,7 +94,39 @@ def _source(ceilings: Ceilings, ceiling_gbps: float, what: str) -> str:
     return UNCALIBRATED if ceilings.source == UNCALIBRATED else f"{what}: not measured here"
 
 
-def bottleneck(phases: list[dict], cuda: dict, ceilings: Ceilings) -> dict:
+# Left to the driver after the offload, a process still holds its context (about 0.3 to
+# 0.5 GB): only more than this is memory of a kind the library did not take.
+UNCOVERED_MIN_BYTES = 1 << 30
+
+
+def uncovered(coverage: list[dict] | None) -> dict | None:
+    """GPU memory a traced restore's checkpoint left to the driver, by kind: {bytes, pids, kinds}
+    (bytes None where nothing could measure it), or None when the library took all of it."""
+    pids, total, kinds = [], 0, []
+    for c in coverage or []:
+        left = c.get("left_to_driver_bytes")
+        if not c.get("shim"):
+            pids.append(c["pid"])
+            total = None if left is None or total is None else total + left
+            kinds.append("every kind (not started with 'restoreprof exec')")
+        elif left is not None and left > UNCOVERED_MIN_BYTES:
+            pids.append(c["pid"])
+            total = None if total is None else total + left
+            kinds.append("memory of a kind the library does not serve (managed, "
+                         "host-registered or other)")
+    if not pids:
+        return None
+    return {"bytes": total, "pids": pids, "kinds": sorted(set(kinds))}
+
+
+def _uncovered_text(u: dict) -> str:
+    size = f"{u['bytes'] / 1e9:.2f} GB" if u["bytes"] is not None else "GPU memory"
+    return (f"{size} of PID {', '.join(map(str, u['pids']))} went through the driver's own "
+            f"checkpoint and restore, at its 5 to 6 GB/s: {'; '.join(u['kinds'])}")
+
+
+def bottleneck(phases: list[dict], cuda: dict, ceilings: Ceilings,
+               coverage: list[dict] | None = None) -> dict:
     candidates = [p for p in phases if p["name"] != OTHER and p["exclusive_ns"] > 0]
     if not candidates:
         candidates = [p for p in phases if p["name"] == OTHER]
@@ -103,6 +135,10 @@ def bottleneck(phases: list[dict], cuda: dict, ceilings: Ceilings) -> dict:
                 "ceiling_source": ceilings.source, "recommendation": "the trace holds no events"}
     worst = max(candidates, key=lambda p: p["exclusive_ns"])
     ceiling_gbps, what = phase_ceiling(worst, cuda, ceilings)
+    recommendation = _recommend(worst, cuda, ceilings, ceiling_gbps)
+    left = uncovered(coverage)
+    if left and worst["name"] in (GPU_MEMORY, CPU_MEMORY):
+        recommendation = f"{_uncovered_text(left)}; {recommendation}"
     return {
         "phase": worst["name"],
         "achieved_gbps": round(worst["gbps"], 3),
@@ -110,7 +146,8 @@ def bottleneck(phases: list[dict], cuda: dict, ceilings: Ceilings) -> dict:
         "ceiling_source": _source(ceilings, ceiling_gbps, what),
         "ceiling_kind": what,
         "exclusive_ns": worst["exclusive_ns"],
-        "recommendation": _recommend(worst, cuda, ceilings, ceiling_gbps),
+        "recommendation": recommendation,
+        "uncovered": left,
     }
 
 

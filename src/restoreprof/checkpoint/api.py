@@ -183,6 +183,7 @@ def _lock_and_dump(pid: int, directory: Path, journal, clock: StepClock, *, offl
     """Offload, the driver's lock + checkpoint, criu dump; each phase journaled before it
     starts. Returns whether an interrupt arrived while CRIU ran (it ran to its end)."""
     cuda_pids = journal.data["cuda_pids"]
+    offloaded: dict[int, dict] = {}
     if offload and cuda_pids:
         # a stopped process cannot answer its library: the driver takes it whole (gpu.offload_all)
         stopped = set(journal.data["stopped"])
@@ -193,7 +194,11 @@ def _lock_and_dump(pid: int, directory: Path, journal, clock: StepClock, *, offl
         if session:  # the store's reference names every chunk; the manifest completes it later
             clock.run("store reference", session.reference, offloaded)
         journal.write("offloading", offloaded={str(p): r for p, r in offloaded.items()})
-    journal.write("gpu-locked")
+    # What was offloaded per kind and what the driver is left with: measured now, before the
+    # driver's checkpoint takes the rest (a report only: it never fails the checkpoint).
+    coverage = clock.run("GPU memory coverage", gpu.coverage_all, cuda_pids, offloaded) \
+        if cuda_pids else {}
+    journal.write("gpu-locked", coverage={str(p): c for p, c in coverage.items()})
     clock.run("GPU lock + checkpoint", gpu.lock_and_checkpoint, cuda_pids, lock_timeout_ms)
     journal.write("dumping", steps=_step_records(clock))
     return clock.run("criu dump", criu.dump, pid, directory, leave_running=leave_running,

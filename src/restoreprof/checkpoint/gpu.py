@@ -121,8 +121,90 @@ def offload_all(pids: list[int], directory: Path, optimizer, store=None,
             raise
         records[pid] = {"snapshot": name, "bytes": int(result.get("bytes", 0)),
                         "written_bytes": int(result.get("written", 0)),
-                        "seconds": round(time.monotonic() - start, 6)}
+                        "seconds": round(time.monotonic() - start, 6),
+                        # the program's cached free blocks, freed before the offload
+                        "reserved_bytes": int(result.get("reserved", 0)),
+                        "released_bytes": int(result.get("released", 0)),
+                        "release": str(result.get("release", "unknown"))}
     return records
+
+
+# --- coverage: what was offloaded, per allocation kind, and what the driver copies itself ---
+
+KIND_NAMES = {"cuMemAlloc": "cuMemAlloc", "vmm": "app VMM", "async": "stream-ordered"}
+
+
+def coverage_all(pids: list[int], offloaded: dict[int, dict]) -> dict[int, dict]:
+    """Per CUDA process, after the offload and before the driver's checkpoint: what the library
+    offloaded per kind (its STATUS), and what the driver is left to copy (NVML's count of the
+    process's GPU memory now: the context, allocations the library does not serve such as
+    managed or host-registered memory; None where NVML cannot tell)."""
+    from restoreprof.system.gpus import process_gpu_memory_bytes
+
+    coverage = {}
+    for pid in pids:
+        record = offloaded.get(pid)
+        kinds: dict[str, dict] = {}
+        # A report, never a reason to fail the checkpoint: what cannot be read stays unknown.
+        with contextlib.suppress(Exception):
+            if record is not None:
+                kinds = {k: v for k, v in _shim_control(pid).kinds().items() if v["count"]}
+        left = None
+        with contextlib.suppress(Exception):
+            left = process_gpu_memory_bytes(pid)
+        coverage[pid] = {
+            "offloaded": kinds,
+            "offloaded_bytes": sum(k["bytes"] for k in kinds.values()),
+            "saved_bytes": record["bytes"] if record else 0,
+            "reserved_bytes": (record or {}).get("reserved_bytes", 0),
+            "released_bytes": (record or {}).get("released_bytes", 0),
+            "release": (record or {}).get("release", "not offloaded"),
+            "left_to_driver_bytes": left,
+            "shim": has_shim(pid),
+        }
+    return coverage
+
+
+def _gb(nbytes: int) -> str:
+    return f"{nbytes / 1e9:.2f} GB"
+
+
+def coverage_summary(processes) -> list[str]:
+    """Lines for `restoreprof checkpoint`: per CUDA process, what was offloaded by kind, what
+    was left to the driver, and saved against reserved bytes."""
+    lines = []
+    for p in processes:
+        c = getattr(p, "coverage", None)
+        if not p.cuda or c is None:
+            continue
+        lines.append(f"GPU memory of PID {p.pid} ({p.comm}):")
+        for kind, k in c["offloaded"].items():
+            lines.append(f"  offloaded       {KIND_NAMES.get(kind, kind):<15}{k['count']:>6} "
+                         f"allocations {_gb(k['bytes']):>10}")
+        if not c["shim"]:
+            lines.append("  offloaded       nothing: not started with 'restoreprof exec'")
+        elif not c["offloaded"]:
+            lines.append("  offloaded       nothing" + (" (offload off)" if c["release"] ==
+                                                        "not offloaded" else ""))
+        left = c["left_to_driver_bytes"]
+        left_text = _gb(left) + " (NVML)" if left is not None else "unknown (no NVML here)"
+        lines.append(f"  left to driver  {left_text}: context, managed, host-registered...")
+        if c["shim"] and c["release"] != "not offloaded":
+            reserved = max(c["reserved_bytes"], c["saved_bytes"])
+            lines.append(f"  saved           {_gb(c['saved_bytes'])} of {_gb(reserved)} reserved")
+            lines.append(f"  freed first     {_gb(max(0, c['released_bytes']))} of cached blocks "
+                         f"({_release_text(c['release'])})")
+    return lines
+
+
+def _release_text(outcome: str) -> str:
+    return {"ok": "release hook: ok",
+            "none": "no release hook: not Python, or exec --no-release-caches",
+            "off": "checkpoint --no-release-caches",
+            "timeout": "release hook timed out: cached blocks saved too",
+            "busy": "release hook still busy from an earlier checkpoint",
+            "failed": "release hook failed: see the program's stderr"}.get(
+                outcome, f"release: {outcome}")
 
 
 def _reload(pid: int, directory: Path, record: dict, optimizer) -> str | None:

@@ -39,6 +39,7 @@ class ProcessRecord:
     cuda_state: str | None = None   # the driver's state after the checkpoint
     offload: dict | None = None      # GPU memory snapshot written by the interception library
     stopped: bool = False            # stopped by a signal when checkpointed: restored stopped
+    coverage: dict | None = None     # GPU memory offloaded per kind, and left to the driver
 
 
 @dataclass
@@ -150,7 +151,7 @@ _TYPES = {"root_pid": int, "processes": list, "gpus": list, "images": list, "ste
           "shell_job": bool, "segment_bytes": int, "versions": dict, "created": str, "format": str,
           "version": int}
 _PROCESS_TYPES = {"pid": int, "comm": str, "cuda": bool, "cuda_state": (str, type(None)),
-                  "offload": (dict, type(None)), "stopped": bool}
+                  "offload": (dict, type(None)), "stopped": bool, "coverage": (dict, type(None))}
 
 
 def _is(value, types) -> bool:

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from restoreprof.checkpoint import checkpoint, recover_checkpoint
+from restoreprof.checkpoint.gpu import coverage_summary
 from restoreprof.commands._args import accept_dash_values
 from restoreprof.commands._output import add_quiet_flag, print_json, print_steps, step_progress
 from restoreprof.errors import RestoreprofError
@@ -76,6 +77,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"checkpointed PID {args.pid} ({len(result.manifest.processes)} processes, "
           f"{len(cuda)} with CUDA) into {result.directory}")
     print_steps(result.steps)
+    for line in coverage_summary(result.manifest.processes):
+        print(line)
     size = sum(i["bytes"] for i in result.manifest.images)
     print(f"images: {size / 1e9:.2f} GB in {len(result.manifest.images)} files")
     for p in result.manifest.processes:

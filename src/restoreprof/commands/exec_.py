@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from restoreprof.errors import RestoreprofError
 from restoreprof.optimizer import config
 from restoreprof.optimizer.config import OptimizerConfig
+from restoreprof.optimizer.startup_hook import HOOK_DIR
 from restoreprof.system.paths import libcuda_path, shim_library_path
 
 name = "exec"
@@ -44,6 +45,11 @@ def exec_environment(cfg: OptimizerConfig, base: Mapping[str, str] | None = None
     real = libcuda_path()
     if real and "RESTOREPROF_REAL_LIBCUDA" not in env:
         env["RESTOREPROF_REAL_LIBCUDA"] = real
+    if cfg.release_caches and cfg.offload:
+        # A Python program then registers a release hook with the library at start-up, so a
+        # checkpoint frees its frameworks' cached GPU blocks instead of saving them.
+        paths = [str(HOOK_DIR)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+        env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
     return env
 
 

@@ -65,6 +65,19 @@ def formats(args: argparse.Namespace) -> tuple[str, ...]:
     return FORMATS if "all" in chosen else tuple(chosen)
 
 
+def restore_coverage(directory: Path) -> list[dict]:
+    """What the traced restore's checkpoint recorded of each CUDA process's GPU memory:
+    offloaded per allocation kind, left to the driver (see checkpoint.gpu.coverage_all)."""
+    from restoreprof.checkpoint.manifest import Manifest
+
+    try:
+        manifest = Manifest.load(directory)
+    except RestoreprofError:
+        return []  # the restore itself said what is wrong with the folder
+    return [{"pid": p.pid, "comm": p.comm, **p.coverage}
+            for p in manifest.processes if p.cuda and p.coverage]
+
+
 def _interrupt(_signum: int, _frame: object) -> None:
     raise KeyboardInterrupt
 
@@ -105,6 +118,8 @@ def run(args: argparse.Namespace) -> int:
         trace = session.stop()
     finally:
         signal.signal(signal.SIGTERM, previous)
+    if target.restore_dir is not None:
+        trace.meta.coverage = restore_coverage(target.restore_dir)
     report = analyze(trace)
     paths = write_all(trace, report, args.output, formats=formats(args))
     print(summary(report))

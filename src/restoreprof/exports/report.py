@@ -60,6 +60,7 @@ def summary(report: dict) -> str:
     for name in ("init", "context_create", "checkpoint_api"):
         if name in cuda:
             lines.append(f"{name:<14}{cuda[name]['calls']:>8}{'':>9}{_s(cuda[name]['ns']):>9}")
+    lines += _coverage_lines(report.get("coverage") or [])
     b = report["bottleneck"]
     lines += ["", f"bottleneck: {b['phase'] or 'none'}"]
     if b["phase"]:
@@ -70,6 +71,26 @@ def summary(report: dict) -> str:
     if report["lost_events"]:
         lines.append(f"WARNING: {report['lost_events']} events lost; counts are lower bounds")
     return "\n".join(line[:80] for line in lines)
+
+
+_KIND_NAMES = {"cuMemAlloc": "cuMemAlloc", "vmm": "app VMM", "async": "stream-ordered"}
+
+
+def _coverage_lines(coverage: list[dict]) -> list[str]:
+    """A traced restore's GPU memory per process, as its checkpoint recorded it: offloaded by
+    restoreprof per allocation kind, left to the driver's own checkpoint and restore."""
+    if not coverage:
+        return []
+    lines = ["", f"{'gpu memory (checkpoint)':<24}{'offloaded GB':>13}{'driver GB':>11}  kinds"]
+    for c in coverage:
+        left = c.get("left_to_driver_bytes")
+        kinds = ", ".join(f"{_KIND_NAMES.get(k, k)} {v['count']}"
+                          for k, v in c.get("offloaded", {}).items())
+        if not c.get("shim"):
+            kinds = "none (no restoreprof exec)"
+        lines.append(f"{'pid ' + str(c['pid']):<24}{_gb(c.get('offloaded_bytes', 0)):>13}"
+                     f"{_gb(left) if left is not None else 'unknown':>11}  {kinds or 'none'}")
+    return lines
 
 
 def _wrap(text: str, width: int, *, first: str, indent: str) -> list[str]:

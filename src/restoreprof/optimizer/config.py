@@ -37,6 +37,8 @@ class OptimizerConfig:
     parallel: bool = DEFAULTS["parallel"]
     preload: bool = DEFAULTS["preload"]
     sync: bool = DEFAULTS["sync"]
+    release_caches: bool = DEFAULTS["release_caches"]
+    release_timeout_s: int = DEFAULTS["release_timeout_s"]
 
     def __post_init__(self) -> None:
         for setting in SETTINGS:

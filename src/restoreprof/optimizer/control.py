@@ -138,15 +138,37 @@ def _parse_ok_numbers(text: str) -> dict[str, Any]:
     seconds = ns / 1e9
     result = {"bytes": nbytes, "seconds": seconds,
               "gbps": nbytes / seconds / 1e9 if seconds > 0 else 0.0}
-    for word in words[2:]:  # RELOAD's map_ns, pool_ns; ADOPT's remaining
+    # RELOAD's map_ns, pool_ns; ADOPT's remaining; OFFLOAD's reserved, released, release(_ns)
+    for word in words[2:]:
         name, _, value = word.partition("=")
-        if not value.isdigit():
+        if not value:
             continue
-        if name.endswith("_ns"):
-            result[name.removesuffix("_ns") + "_seconds"] = int(value) / 1e9
+        number = _integer(value)
+        if number is None:
+            result[name] = value  # a word, e.g. release=timeout
+        elif name.endswith("_ns"):
+            result[name.removesuffix("_ns") + "_seconds"] = number / 1e9
         else:
-            result[name] = int(value)
+            result[name] = number
     return result
+
+
+def _integer(text: str) -> int | None:
+    try:
+        return int(text)
+    except ValueError:
+        return None
+
+
+def parse_kinds(status: dict[str, Any]) -> dict[str, dict[str, int]]:
+    """STATUS's kind.<name>=<count>:<bytes> fields -> {name: {count, bytes}} (what the library
+    serves, per allocation kind; see shim/coverage.c)."""
+    kinds = {}
+    for key, value in status.items():
+        if key.startswith("kind.") and isinstance(value, str) and ":" in value:
+            count, _, nbytes = value.partition(":")
+            kinds[key.removeprefix("kind.")] = {"count": int(count), "bytes": int(nbytes)}
+    return kinds
 
 
 class ShimControl:
@@ -270,9 +292,12 @@ class ShimControl:
         cfg = cfg or OptimizerConfig()
         # safe: one thread and one stream, the plainest path, for a retry after a failure.
         streams, threads = (1, 1) if safe else (cfg.streams, cfg.threads)
+        # OFFLOAD: how long the program's release hooks may take (0: do not run them).
+        release = f" {cfg.release_timeout_s if cfg.release_caches else 0}" \
+            if verb == "OFFLOAD" else ""
         start = time.monotonic()
         result = _parse_ok_numbers(self.request(
-            f"{verb} {path} {streams} {cfg.chunk_mb} {threads} {int(cfg.pinned)}{extra}"))
+            f"{verb} {path} {streams} {cfg.chunk_mb} {threads} {int(cfg.pinned)}{release}{extra}"))
         result["wall_seconds"] = time.monotonic() - start
         return result
 
@@ -280,7 +305,9 @@ class ShimControl:
                 chunk_dir: str | None = None, sync: bool = False) -> dict[str, Any]:
         """Write all GPU allocations as chunks (into chunk_dir: relative to path's folder unless
         absolute; default <path's name>.chunks) and their table to path, and release their
-        memory; {bytes, seconds, gbps, written}. sync: durable before it returns."""
+        memory; {bytes, seconds, gbps, written, reserved, released, release, release_seconds}.
+        sync: durable before it returns. The program's release hooks run first (reserved: bytes
+        the library served before them; released: what they gave back)."""
         extra = ""
         if chunk_dir is not None or sync:
             chunk_dir = chunk_dir or f"{Path(path).name}.chunks"
@@ -305,3 +332,7 @@ class ShimControl:
     def status(self) -> dict[str, Any]:
         fields = dict(item.split("=", 1) for item in self.request("STATUS").split())
         return {k: int(v) if v.isdigit() else v for k, v in fields.items()}
+
+    def kinds(self) -> dict[str, dict[str, int]]:
+        """What the library serves now, per allocation kind: {name: {count, bytes}}."""
+        return parse_kinds(self.status())

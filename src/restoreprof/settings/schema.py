@@ -104,6 +104,13 @@ SETTINGS: tuple[Setting, ...] = (
             help="report a checkpoint done only once every byte is on disk (fsync of the GPU "
                  "memory's chunks, the images, the manifest and their folders)",
             acts_on="checkpoint"),
+    Setting("release_caches", bool, True, env=("RESTOREPROF_RELEASE_CACHES",),
+            help="at checkpoint, first free the program's cached free GPU blocks (PyTorch, "
+                 "CuPy: what empty_cache() does), so only live bytes are saved",
+            acts_on="the interception library (restoreprof exec): its offload at checkpoint"),
+    Setting("release_timeout_s", int, 10, 1, 3600, ("RESTOREPROF_RELEASE_TIMEOUT_S",),
+            "how long a checkpoint waits for the program to free its cached blocks, s",
+            "the interception library (restoreprof exec): its offload at checkpoint"),
 )
 BY_NAME = {s.name: s for s in SETTINGS}
 DEFAULTS: dict[str, int | bool] = {s.name: s.default for s in SETTINGS}

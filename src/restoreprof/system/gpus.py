@@ -57,3 +57,28 @@ def nvml_gpus() -> list[dict]:
     finally:
         with contextlib.suppress(pynvml.NVMLError):
             pynvml.nvmlShutdown()
+
+
+def process_gpu_memory_bytes(pid: int) -> int | None:
+    """The GPU memory NVML says pid uses, over every GPU; None where NVML cannot tell (no
+    driver, no pynvml, the PID not visible to it: another PID namespace, or not reported)."""
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+    except Exception:  # no pynvml, or no driver
+        return None
+    try:
+        total, seen = 0, False
+        for index in range(pynvml.nvmlDeviceGetCount()):
+            h = pynvml.nvmlDeviceGetHandleByIndex(index)
+            for proc in pynvml.nvmlDeviceGetComputeRunningProcesses(h):
+                if proc.pid == pid and isinstance(proc.usedGpuMemory, int):
+                    total += proc.usedGpuMemory
+                    seen = True
+        return total if seen else None
+    except pynvml.NVMLError:
+        return None
+    finally:
+        with contextlib.suppress(pynvml.NVMLError):
+            pynvml.nvmlShutdown()

@@ -48,6 +48,8 @@ class TraceMeta:
     # the ceilings this trace was judged by when it was recorded (Ceilings.to_dict()): a saved
     # trace is judged against them again, not against whatever this machine measures later
     ceilings: dict | None = None
+    coverage: list[dict] = field(default_factory=list)  # a traced restore's GPU memory per
+    #                                    process: offloaded per kind, left to the driver
 
     @property
     def shell_exit_status(self) -> int | None:
@@ -74,7 +76,7 @@ _META_TYPES: dict[str, tuple[type, ...]] = {
     "target": (str,), "pids": (list,), "command": (list,), "started_wall": (int, float),
     "clock": (str,), "hostname": (str,), "gpus": (list,), "lost_events": (int,),
     "restoreprof_version": (str,), "start_ns": (int,), "end_ns": (int,),
-    "exit_status": (int, type(None)), "ceilings": (dict, type(None)),
+    "exit_status": (int, type(None)), "ceilings": (dict, type(None)), "coverage": (list,),
 }
 
 

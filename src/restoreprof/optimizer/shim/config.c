@@ -49,6 +49,8 @@ void rp_config_load(void)
     rp_config.min_intercept_bytes = (size_t)SETTING(MIN_INTERCEPT_BYTES);
     rp_config.offload = (int)SETTING(OFFLOAD);
     rp_config.intercept = (int)SETTING(INTERCEPT);
+    rp_config.release_caches = (int)SETTING(RELEASE_CACHES);
+    rp_config.release_timeout_ms = (unsigned)SETTING(RELEASE_TIMEOUT_S) * 1000u;
     rp_config.debug = (int)env_long("RESTOREPROF_SHIM_DEBUG", NULL, 0, 1, 0);
     /* CRIU_CUDA_PARALLEL_RESTORE=0 means "the driver alone": no engine, no VMM. */
     if (!SETTING(PARALLEL))

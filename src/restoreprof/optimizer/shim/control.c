@@ -8,9 +8,11 @@
  * for `criu dump` to trip over (CRIU can dump a listening socket, not one joined to a peer
  * outside the dumped tree). The listening socket itself is restored by CRIU at its path.
  *
- *   OFFLOAD <path> <streams> <chunk_mb> <threads> <pinned> [<chunk dir> [<sync>]]
+ *   OFFLOAD <path> <streams> <chunk_mb> <threads> <pinned> <release_s> [<chunk dir> [<sync>]]
  *                                           -> READY <bytes> <ns> written=<bytes> | ERR <message>
- *     then COMMIT                           -> OK <bytes> <ns> written=<bytes> | ERR <message>
+ *     then COMMIT                           -> OK <bytes> <ns> written=<bytes> reserved=<bytes>
+ *                                              released=<bytes> release=<outcome>
+ *                                              release_ns=<ns> | ERR <message>
  *     (the table at path, the chunks in the chunk folder: relative to path's folder unless
  *     absolute, default <path's name>.chunks; sync 1: durable before READY)
  *   RELOAD <path> <streams> <chunk_mb> <threads> <pinned>   -> OK <bytes> <ns> | ERR <message>
@@ -18,6 +20,11 @@
  *   ADOPT <address> <gpu uuid> [<handle>] + one fd (SCM_RIGHTS)
  *                                                   -> OK <bytes> <ns> remaining=<n> | ERR
  *   STATUS                                          -> OK state=<running|offloaded> ...
+ *                                                     kind.<name>=<count>:<bytes> ...
+ *
+ * OFFLOAD first runs the program's release hooks (release.c), waiting at most release_s seconds
+ * (0: not at all), so the free blocks of its caching allocators are not saved: reserved is what
+ * the library served before them, released what they gave back.
  *
  * ADOPT maps memory restoreprof preloaded from the snapshot (preload.c) at one offloaded
  * allocation's address, or, given a handle, where the application's physical allocation of
@@ -261,19 +268,28 @@ static int offload_items(struct alloc_list *list, struct rp_snap_item **items, s
     return rp_app_vmm_items(items, count, &capacity, err, errlen);
 }
 
-/* chunk_dir: the chunk folder, relative to the snapshot's folder unless absolute (a store). */
+/* chunk_dir: the chunk folder, relative to the snapshot's folder unless absolute (a store).
+ * release_s: how long to wait for the program's release hooks; 0: do not run them; negative:
+ * this process's own settings (RESTOREPROF_RELEASE_CACHES, RESTOREPROF_RELEASE_TIMEOUT_S). */
 static void do_offload(int conn, const char *path, const char *chunk_dir, int sync,
-                       struct rp_engine_params p, char *reply, size_t len)
+                       struct rp_engine_params p, int release_s, char *reply, size_t len)
 {
     if (offloaded) {
         snprintf(reply, len, "ERR already offloaded: RELOAD first");
         return;
     }
-    uint64_t start = rp_now_ns(), total = 0, written = 0;
+    uint64_t start = rp_now_ns(), total = 0, written = 0, release_ns = 0;
     char err[512] = "";
     struct alloc_list list = { 0 };
     struct rp_snap_item *items = NULL;
     size_t n_items = 0;
+    /* The program frees its cached blocks first, while it may still call the driver. */
+    long long hooks_reserved = (long long)rp_coverage_bytes();
+    enum rp_release_outcome hooks =
+        rp_release_run(release_s < 0 ? rp_config.release_caches : release_s > 0,
+                       release_s > 0 ? (unsigned)release_s * 1000u : rp_config.release_timeout_ms,
+                       &release_ns);
+    long long hooks_released = hooks_reserved - (long long)rp_coverage_bytes();
     rp_gate_close(); /* the application's intercepted calls wait from here */
     /* Refused before anything is written: a refused checkpoint leaves nothing behind. */
     if (rp_app_vmm_refusal(err, sizeof(err)) != 0) {
@@ -329,8 +345,11 @@ static void do_offload(int conn, const char *path, const char *chunk_dir, int sy
         released != 0)
         snprintf(reply, len, "ERR %s", err);
     else
-        snprintf(reply, len, "OK %llu %llu written=%llu", (unsigned long long)total,
-                 (unsigned long long)(rp_now_ns() - start), (unsigned long long)written);
+        snprintf(reply, len,
+                 "OK %llu %llu written=%llu reserved=%lld released=%lld release=%s release_ns=%llu",
+                 (unsigned long long)total, (unsigned long long)(rp_now_ns() - start),
+                 (unsigned long long)written, hooks_reserved, hooks_released,
+                 rp_release_outcome_name(hooks), (unsigned long long)release_ns);
     free(items);
     free(list.items);
 }
@@ -598,14 +617,16 @@ static void do_adopt(CUdeviceptr address, const char *uuid, uint64_t handle, int
 static void do_status(char *reply, size_t len)
 {
     size_t count, bytes, app_count, app_bytes;
+    char kinds[256] = "";
     rp_registry_totals(&count, &bytes);
     rp_app_vmm_totals(&app_count, &app_bytes);
+    rp_coverage_format(kinds, sizeof(kinds));
     snprintf(reply, len,
              "OK state=%s allocations=%zu bytes=%zu intercepted=%lu intercepted_bytes=%lu "
-             "fallbacks=%lu gate=%s app_handles=%zu app_bytes=%zu",
+             "fallbacks=%lu gate=%s app_handles=%zu app_bytes=%zu %s",
              offloaded ? "offloaded" : "running", count, bytes, rp_stats.intercepted,
              rp_stats.intercepted_bytes, rp_stats.fallbacks,
-             rp_gate_is_closed() ? "closed" : "open", app_count, app_bytes);
+             rp_gate_is_closed() ? "closed" : "open", app_count, app_bytes, kinds);
 }
 
 /* "<snapshot's file name>.chunks", beside it, written into buf. */
@@ -620,15 +641,15 @@ static void handle(int conn, const char *line, int fd, char *reply, size_t len)
 {
     char path[4096], uuid[40], chunk_dir[4096] = "";
     unsigned long long address = 0, app_handle = 0;
-    int streams = 0, chunk_mb = 0, threads = 0, pinned = -1, sync = 0;
+    int streams = 0, chunk_mb = 0, threads = 0, pinned = -1, release_s = -1, sync = 0;
     if (strcmp(line, "STATUS") == 0)
         do_status(reply, len);
     else if (sscanf(line, "ADOPT %llx %39s %llx", &address, uuid, &app_handle) >= 2)
         do_adopt((CUdeviceptr)address, uuid, app_handle, fd, reply, len);
-    else if (sscanf(line, "OFFLOAD %4095s %d %d %d %d %4095s %d", path, &streams, &chunk_mb,
-                    &threads, &pinned, chunk_dir, &sync) >= 1)
+    else if (sscanf(line, "OFFLOAD %4095s %d %d %d %d %d %4095s %d", path, &streams, &chunk_mb,
+                    &threads, &pinned, &release_s, chunk_dir, &sync) >= 1)
         do_offload(conn, path, chunk_dir[0] ? chunk_dir : default_chunk_dir(path, chunk_dir),
-                   sync, params_from(streams, chunk_mb, threads, pinned), reply, len);
+                   sync, params_from(streams, chunk_mb, threads, pinned), release_s, reply, len);
     else if (sscanf(line, "RELOAD %4095s %d %d %d %d", path, &streams, &chunk_mb, &threads,
                     &pinned) >= 1)
         do_reload(path, params_from(streams, chunk_mb, threads, pinned), reply, len);

@@ -20,6 +20,8 @@
  *   copies.c   large pageable H2D / D2H copies routed through the engine
  *   preload.c  snapshots loaded into exportable memory in restoreprof's own process
  *   control.c  the control socket: OFFLOAD / RELOAD / ADOPT / STATUS
+ *   release.c  the program's release hooks (caching allocators' free blocks), run before OFFLOAD
+ *   coverage.c what the library serves, per allocation kind, for STATUS
  *   init.c     start-up (the constructor)
  *
  * "Staging pool" always means the engine's pinned buffers; the warm pool is a process
@@ -152,6 +154,8 @@ struct rp_config {
     size_t min_intercept_bytes;
     int offload;   /* serve allocations from VMM, run the control socket */
     int intercept; /* route big pageable copies through the engine */
+    int release_caches;          /* run the program's release hooks before OFFLOAD */
+    unsigned release_timeout_ms; /* and wait for them at most this long */
     int debug;
 };
 
@@ -461,6 +465,41 @@ CUresult rp_mempool_after_map(const struct rp_allocation *a);
 /* ---- control socket (control.c) ---- */
 
 void rp_control_start(void);
+
+/* ---- release hooks (release.c) ---- */
+
+/* A program's function that frees memory it holds but does not use; nonzero means it failed. */
+typedef int (*rp_release_hook)(void);
+enum rp_release_outcome {
+    RP_RELEASE_OFF,     /* switched off (release_caches: --no-release-caches) */
+    RP_RELEASE_NONE,    /* no hook registered (not Python, or started without the start-up hook) */
+    RP_RELEASE_OK,
+    RP_RELEASE_FAILED,  /* a hook returned nonzero */
+    RP_RELEASE_TIMEOUT, /* not back within the timeout: offloaded without waiting for it */
+    RP_RELEASE_BUSY,    /* an earlier run has not returned yet */
+    RP_RELEASE_ERROR,   /* no thread to run them on */
+};
+/* Runs every registered hook (when enabled) on a thread of its own; waits at most timeout_ms. */
+enum rp_release_outcome rp_release_run(int enabled, unsigned timeout_ms, uint64_t *ns);
+const char *rp_release_outcome_name(enum rp_release_outcome outcome);
+
+/* ---- coverage per allocation kind (coverage.c) ---- */
+
+enum rp_kind {
+    RP_KIND_MEMALLOC,       /* cuMemAlloc served from VMM (vmm.c) */
+    RP_KIND_APP_VMM,        /* the application's own cuMemCreate / cuMemMap memory */
+    RP_KIND_STREAM_ORDERED, /* cuMemAllocAsync and memory pools */
+    RP_KIND_COUNT
+};
+struct rp_kind_totals {
+    size_t count, bytes; /* live allocations, and their reserved bytes */
+};
+/* What the library serves now, per kind. */
+void rp_coverage(struct rp_kind_totals totals[RP_KIND_COUNT]);
+/* All kinds' bytes together. */
+size_t rp_coverage_bytes(void);
+/* "kind.cuMemAlloc=<count>:<bytes> kind.vmm=... kind.async=..."; 0, or -1 when cut short. */
+int rp_coverage_format(char *out, size_t len);
 
 /* ---- counters for STATUS ---- */
 

@@ -1,0 +1,42 @@
+"""Issue 13 on a real GPU: a PyTorch program with allocator slack, under `restoreprof exec`, is
+checkpointed with only its live bytes (at most 1.05x torch.cuda.memory_allocated()), restored
+through CRIU with the same outputs, and the checkpoint records what the driver was left."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+
+from restoreprof.workloads.controller import HeldMemory
+
+pytestmark = [pytest.mark.gpu, pytest.mark.root]
+
+
+@pytest.mark.parametrize("program", ["torch", "torch-graph"])
+def test_pytorch_cached_blocks_are_not_saved(tmp_path, program):
+    pytest.importorskip("torch")
+    from restoreprof.checkpoint import checkpoint, restore
+
+    cmd = [sys.executable, "-m", "restoreprof", "exec", "--", sys.executable, "-m",
+           "restoreprof.workloads.frameworks", "--program", program, "--gib", "1",
+           "--slack-gib", "1", "--state", str(tmp_path / "state")]
+    w = HeldMemory.start_command(cmd, tmp_path / "state", timeout_s=240)
+    try:
+        stats = json.loads((tmp_path / "state" / "stats.json").read_text())
+        assert stats["reserved_bytes"] >= stats["allocated_bytes"] + (1 << 30), "no slack made"
+        result = checkpoint(w.pid, tmp_path / "ckpt")
+        record = result.manifest.processes[0]
+        assert record.offload["release"] == "ok"
+        assert record.offload["released_bytes"] >= 1 << 30
+        assert record.offload["bytes"] <= 1.05 * stats["allocated_bytes"], (
+            f"saved {record.offload['bytes']} for {stats['allocated_bytes']} allocated")
+        coverage = record.coverage
+        assert coverage["offloaded"]["cuMemAlloc"]["bytes"] >= stats["weights_bytes"]
+        left = coverage["left_to_driver_bytes"]
+        assert left is None or left < 1 << 30, "only the context should be left to the driver"
+        restore(tmp_path / "ckpt")
+        assert w.verify(), "outputs differ after the restore"
+    finally:
+        w.stop()
