@@ -1,9 +1,9 @@
 """Package layout and the native build step (metadata lives in pyproject.toml).
 
 The Textual app sits in the top-level tui/ folder and installs as ``restoreprof.tui``.
-The LD_PRELOAD interception library and the kallsyms shortcut (probes/) are compiled while the
-package is built, so an installed restoreprof carries them; ``scripts/setup.sh`` builds them in
-place for the editable install.
+The LD_PRELOAD interception library, the CRIU plugin and the kallsyms shortcut (probes/) are
+compiled while the package is built, so an installed restoreprof carries them;
+``scripts/setup.sh`` builds them in place for the editable install.
 
 Those libraries are native code for the building machine's architecture, loaded with dlopen
 and LD_PRELOAD rather than imported: the wheel is tagged for the platform
@@ -33,6 +33,13 @@ class BuildPyWithShim(build_py):
             build_library(out_dir=out_dir, force=True)   # for this machine, fresh
         except Exception as exc:  # the package still works without it; doctor says so
             print(f"warning: interception library not built: {exc}", file=sys.stderr)
+        try:
+            from restoreprof.criu_plugin.build import build_plugin
+
+            build_plugin(out_dir=Path(self.build_lib) / "restoreprof" / "criu_plugin" / "lib",
+                         force=True)
+        except Exception as exc:  # criu then runs without restoreprof's plugin; doctor says so
+            print(f"warning: CRIU plugin not built: {exc}", file=sys.stderr)
         try:
             kallsyms_shortcut.build(out_dir=Path(self.build_lib) / "restoreprof" / "probes",
                                     force=True)

@@ -119,6 +119,18 @@ else
   miss "CRIU >= 4.0: run this script as root, or install CRIU >= 4.0 and set RESTOREPROF_CRIU=/path/to/criu"
 fi
 
+# --- 2b. podman (optional: the container checkpoint tests; vfs storage, no registry needed) ---
+# Checkpoint needs runc (bookworm's crun is built without CRIU) and a CRIU >= 4 on PATH, where
+# runc looks for it: link the one above when the system has none.
+if { ! command -v podman >/dev/null || ! command -v runc >/dev/null; } && is_root && command -v apt-get >/dev/null; then
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq podman runc >/dev/null 2>&1 \
+    && say "installed podman and runc" || say "podman not installed (container tests skip): apt-get install podman runc"
+fi
+if command -v podman >/dev/null && ! { command -v criu >/dev/null && criu_ok "$(command -v criu)"; } \
+   && [ -x "$criu_link" ] && is_root; then
+  ln -sfn "$(readlink -f "$criu_link")" /usr/local/sbin/criu && say "linked CRIU for runc: /usr/local/sbin/criu"
+fi
+
 # --- 3. tracefs and debugfs -------------------------------------------------------------------
 if ! mountpoint -q /sys/kernel/tracing; then
   if is_root && mount -t tracefs tracefs /sys/kernel/tracing 2>/dev/null; then say "mounted tracefs"
@@ -156,6 +168,9 @@ fi
 # --- 5. native parts: the LD_PRELOAD interception library, the kallsyms shortcut ----------------
 if ! "$venv/bin/python" -m restoreprof.optimizer.shim build; then
   miss "native library: a C compiler and the CUDA headers (cuda.h) are needed: apt-get install gcc, set CUDA_HOME"
+fi
+if ! "$venv/bin/python" -m restoreprof.criu_plugin build; then
+  miss "CRIU plugin (the fast path inside criu and podman): a C compiler and cuda.h are needed: apt-get install gcc, set CUDA_HOME"
 fi
 if ! "$venv/bin/python" -m restoreprof.probes.kallsyms_shortcut build; then
   miss "kallsyms shortcut (faster trace start-up): a C compiler and linux/bpf.h are needed: apt-get install gcc linux-libc-dev"

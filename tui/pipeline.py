@@ -126,4 +126,16 @@ def optimizer_config_in_use() -> dict | None:
     kinds = {kind for name in shown for kind in _SOURCE_KINDS
              if resolved.sources[name].startswith(kind)}
     shown["source"] = " / ".join(k for k in _SOURCE_KINDS if k in kinds) or "defaults"
+    warm = warm_pool_in_use()
+    if warm:
+        shown["warm pool"] = warm
     return shown
+
+
+def warm_pool_in_use() -> str | None:
+    """The running warm pool and the host memory it holds pinned (staging, hot snapshots);
+    None when none runs."""
+    from restoreprof.system.warm_socket import describe_pool, pinned_summary
+
+    described = describe_pool()
+    return pinned_summary(described) if described else None

@@ -235,8 +235,11 @@ class ConfigPanel(Static):
         if "error" in config:
             self.update(Text(config["error"], style="red"))
             return
-        settings = {k: v for k, v in config.items() if k != "source"}
-        self.update(Text(" ".join(f"{key}={_short(value)}" for key, value in settings.items())))
+        settings = {k: v for k, v in config.items() if k not in ("source", "warm pool")}
+        text = Text(" ".join(f"{key}={_short(value)}" for key, value in settings.items()))
+        if config.get("warm pool"):  # the host memory a running pool holds pinned
+            text.append(f"\nwarm pool: {config['warm pool']}")
+        self.update(text)
         self.border_subtitle = config.get("source") or ""
 
 

@@ -48,6 +48,11 @@ for stage in $stages; do
                restoreprof restore -D /tmp/rp-cl --json > "$out/criulog-restore.json"
                cp /tmp/rp-cl/criu-restore.log /tmp/rp-cl/criu-dump.log "$out/"
                kill -9 $(python3 -c "import json;print(json.load(open('/tmp/rp-cl/restoreprof.json'))['root_pid'])") 2>/dev/null ;;
+    warmlimit) # issue 14: 16 GB Llama-shaped bf16, plain vs pool (page cache) vs hot snapshot, 5 runs each
+               rp_python benchmarks/bench_warm_limit.py --repeat 5 --plain-repeat 2 --json "$out/warmlimit.json" 2>&1 | tee "$out/warmlimit.txt" ;;
+    warmsmoke) rp_python benchmarks/bench_warm_limit.py --layers 2 --repeat 1 --plain-repeat 1 --no-trace 2>&1 | tee "$out/warmsmoke.txt" ;;
+    h2dlimit)  # issue 14: each path to the GPU against the link, 16 GiB
+               rp_python benchmarks/bench_h2d_limit.py --gib 16 --repeat 3 2>&1 | tee "$out/h2dlimit.txt" ;;
     frameworks) # issue 13: PyTorch (4 ways), CuPy, JAX at 8 GiB, plain vs exec vs warm pool
                python3 benchmarks/bench_frameworks.py --json "$out/frameworks.json" 2>&1 | grep -v '^{' | tee "$out/frameworks.txt" ;;
     readahead) rp_python benchmarks/bench_readahead.py --mib 8192 --runs 3 2>&1 | tee "$out/readahead.txt" ;;

@@ -246,6 +246,16 @@ def _shim() -> Check:
                  "./scripts/setup.sh (needs gcc and CUDA headers: set CUDA_HOME)", required=False)
 
 
+def _warm_pool() -> Check:
+    """The running warm pool and the host memory it holds pinned (optional)."""
+    from restoreprof.system.warm_socket import describe_pool, pinned_summary
+
+    described = describe_pool()
+    if described is None:
+        return Check("warm pool", None, "none running (restoreprof warm)", required=False)
+    return Check("warm pool", True, pinned_summary(described), required=False)
+
+
 def _guarded(name: str, check: Callable[[], Check | list[Check]]) -> list[Check]:
     """check's rows; a row saying why where the check itself failed (as a user without
     rights, /sys and /proc hold files it may not read): doctor never ends in a traceback."""
@@ -271,6 +281,7 @@ def diagnose() -> Report:
                              "run restoreprof doctor as root to check this", required=False)]
     report.checks += cuda_checks
     report.checks += _guarded("interception library", _shim)
+    report.checks += _guarded("warm pool", _warm_pool)
     return report
 
 

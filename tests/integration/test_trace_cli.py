@@ -62,7 +62,8 @@ def test_ebpf_flag_prints_the_program(restoreprof_cli):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["trace", "-o", "x"], "exactly one of -p PID, --restore DIR or -- CMD"),
+    (["trace", "-o", "x"], "exactly one of -p PID, --restore DIR, --cgroup PATH, --comm NAME, "
+                           "--all or -- CMD"),
     (["trace", "-o", "x", "-p", "999999999"], "no process with PID 999999999"),
     (["trace", "-o", "x", "--restore", "/nonexistent-ckpt"], "is not a folder"),
     (["trace", "-o", "x", "--", "/nonexistent-program"], "cannot run /nonexistent-program"),

@@ -3,6 +3,8 @@
     restoreprof trace --restore DIR -o OUTDIR     restore a checkpoint, tracing the restore
     restoreprof trace -p PID [-d SECONDS] -o OUTDIR
     restoreprof trace -o OUTDIR -- CMD [ARG ...]
+    restoreprof trace --cgroup PATH | --comm NAME | --all [-d SECONDS] -o OUTDIR
+        (processes others start: a restore by podman, CRI-O or containerd, until Ctrl-C)
 
 Ctrl-C stops tracing and writes everything. OUTDIR receives trace.rptrace (replay it with
 'restoreprof report' or 'restoreprof tui'), trace.json (Perfetto), flame.folded, flame.svg,
@@ -25,10 +27,19 @@ FORMAT_CHOICES = ("all", "perfetto", "flamegraph", "speedscope", "report")
 
 
 def prepare_parser(parser: argparse.ArgumentParser) -> None:
-    parser.usage = "%(prog)s [-p PID | --restore DIR | -- CMD [ARG ...]] [-d SECONDS] -o OUTDIR"
+    parser.usage = ("%(prog)s [-p PID | --restore DIR | --cgroup PATH | --comm NAME | --all | "
+                    "-- CMD [ARG ...]] [-d SECONDS] -o OUTDIR")
     parser.add_argument("-p", "--pid", type=int, help="trace this running process and its children")
     parser.add_argument("--restore", type=Path, metavar="DIR",
                         help="run 'restoreprof restore -D DIR' and trace it")
+    parser.add_argument("--cgroup", metavar="PATH",
+                        help="trace every process in this cgroup (v2) and below it, and their "
+                             "children: a container's, e.g. as /proc/PID/cgroup names it")
+    parser.add_argument("--comm", metavar="NAME",
+                        help="trace processes with this command name (e.g. criu) and their "
+                             "children")
+    parser.add_argument("--all", action="store_true",
+                        help="trace every process (the busiest choice)")
     parser.add_argument("-d", "--duration", type=float, metavar="SECONDS",
                         help="stop after this many seconds (default: until the target ends)")
     parser.add_argument("-o", "--output", type=Path, required=True, metavar="OUTDIR",
@@ -47,10 +58,20 @@ def _target(args: argparse.Namespace):
     command = list(args.command)
     if command and command[0] == "--":
         command = command[1:]
-    chosen = [args.pid is not None, args.restore is not None, bool(command)]
+    chosen = [args.pid is not None, args.restore is not None, bool(command),
+              args.cgroup is not None, args.comm is not None, args.all]
     if sum(chosen) != 1:
-        raise RestoreprofError("say what to trace: exactly one of -p PID, --restore DIR or -- CMD",
-                               hint="e.g. restoreprof trace --restore /ckpt -o out")
+        raise RestoreprofError("say what to trace: exactly one of -p PID, --restore DIR, "
+                               "--cgroup PATH, --comm NAME, --all or -- CMD",
+                               hint="e.g. restoreprof trace --restore /ckpt -o out, or "
+                                    "restoreprof trace --comm criu -o out")
+    if args.cgroup is not None or args.comm is not None or args.all:
+        from restoreprof.probes import filters
+
+        chosen_filter = (filters.cgroup_filter(args.cgroup) if args.cgroup is not None
+                         else filters.comm_filter(args.comm) if args.comm is not None
+                         else filters.AllFilter())
+        return Target(filter=chosen_filter)
     if args.pid is not None:
         return Target(pid=args.pid)
     if args.restore is not None:

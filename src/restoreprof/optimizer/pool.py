@@ -35,12 +35,14 @@ import os
 import socket
 import threading
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from restoreprof.errors import RestoreprofError
 from restoreprof.optimizer import engine
 from restoreprof.optimizer.config import OptimizerConfig
+from restoreprof.optimizer.hot_snapshots import HotSnapshots
 from restoreprof.optimizer.preload import Allocation, preload_snapshot
 from restoreprof.system.sockets import make_private_dir, peer_credentials, user_run_dirs
 from restoreprof.system.warm_socket import connect as _connect
@@ -68,15 +70,24 @@ class PoolStats:
     served: int = 0
     bytes: int = 0
     failed: int = 0
+    hot: int = 0       # of served: sent from a hot snapshot (optimizer.hot_snapshots)
+    handled: dict[str, int] = field(default_factory=dict)  # requests served by handlers
 
 
 class WarmPool:
     """cuInit, the primary contexts and the engine's staging pool, held; serve() preloads."""
 
-    def __init__(self, cfg: OptimizerConfig | None = None, with_staging: bool = True) -> None:
+    def __init__(self, cfg: OptimizerConfig | None = None, with_staging: bool = True,
+                 hot: HotSnapshots | None = None) -> None:
         from restoreprof.optimizer.prewarm import warm
 
         self.cfg = cfg or OptimizerConfig()
+        self.hot = hot  # snapshots held in pinned memory; None: none
+        # Requests without descriptors that layers above serve ({"op": name} -> reply), e.g.
+        # "restore" (commands/pooled_restore.py): the pool itself imports none of them.
+        self.handlers: dict[str, Callable[[dict], dict]] = {}
+        self._handling = threading.Condition()  # guards _in_handlers
+        self._in_handlers = 0
         self.warmed = warm()
         self.staging_s = 0.0
         if with_staging and self.warmed.contexts:
@@ -139,13 +150,20 @@ class WarmPool:
         """The pinned staging the engine holds now."""
         return sum(size for _, size in engine.staging_ranges())
 
-    def release(self) -> None:
+    def release(self, timeout_s: float = 600) -> None:
+        """Stop serving, let a restore under way finish (it preloads through this pool), then
+        free everything."""
         self.close()
+        with self._handling:
+            self._handling.wait_for(lambda: self._in_handlers == 0, timeout_s)
+        if self.hot is not None:
+            self.hot.release()
         engine.release_staging()
         self.warmed.release()
 
     def _serve_one(self, conn: socket.socket) -> None:
         loaded = None
+        offer = None  # (fd, name) read from the page cache: hold it hot once the client is done
         with conn:
             try:
                 # Read before refusing: closing on an unread request would reset the connection
@@ -156,15 +174,30 @@ class WarmPool:
                         return  # hung up unasked (pool_running)
                     _check_peer(conn)
                     if request.get("op") == "describe" and not fds:
-                        _send(conn, {"pid": os.getpid(), "pinned": engine.staging_ranges()})
+                        _send(conn, self.describe())
+                        return
+                    handler = self.handlers.get(str(request.get("op")))
+                    if handler is not None and not fds:
+                        op = str(request.get("op"))
+                        reply = self._handle(handler, request)
+                        if "declined" not in reply:
+                            self.stats.handled[op] = self.stats.handled.get(op, 0) + 1
+                        _send(conn, reply)
+                        return
+                    if request.get("op") == "hold" and len(fds) == 1 and self.hot is not None:
+                        held = self.hot.hold(fds[0], str(request.get("name", "snapshot")))
+                        _send(conn, {"held": held.describe()})
                         return
                     if request.get("op") != "preload" or len(fds) != 1:
                         raise RestoreprofError(
                             "expected a preload request with one descriptor",
                             hint="use optimizer.pool.preload_through_pool to talk to the pool")
                     cfg = _request_settings(request, self.cfg)
-                    loaded = preload_snapshot(Path(str(request.get("name", "snapshot"))), cfg,
-                                              fd=fds[0])
+                    name = str(request.get("name", "snapshot"))
+                    loaded = self._preload_hot(fds[0], name, cfg)
+                    if loaded is None:
+                        loaded = preload_snapshot(Path(name), cfg, fd=fds[0])
+                        offer = (os.dup(fds[0]), name) if self.hot is not None else None
                 finally:
                     for fd in fds:
                         os.close(fd)
@@ -172,8 +205,10 @@ class WarmPool:
                 for i in range(0, len(allocations), FDS_PER_MESSAGE):
                     batch = allocations[i:i + FDS_PER_MESSAGE]
                     _send(conn, {"items": [a.describe() for a in batch]}, [a.fd for a in batch])
-                _send(conn, {"done": True, "seconds": loaded.seconds})
+                from_hot = self.hot is not None and offer is None
+                _send(conn, {"done": True, "seconds": loaded.seconds, "hot": from_hot})
                 self.stats.served += 1
+                self.stats.hot += from_hot
                 self.stats.bytes += loaded.bytes
                 conn.settimeout(None)
                 conn.recv(1)  # our references live until the client hangs up
@@ -185,6 +220,38 @@ class WarmPool:
             finally:
                 if loaded is not None:
                     loaded.release()
+                if offer is not None:  # after the restore, so the intake never competes with it
+                    self.hot.offer(*offer)
+                    os.close(offer[0])
+
+    def _handle(self, handler: Callable[[dict], dict], request: dict) -> dict:
+        with self._handling:
+            self._in_handlers += 1
+        try:
+            return handler(request)
+        finally:
+            with self._handling:
+                self._in_handlers -= 1
+                self._handling.notify_all()
+
+    def _preload_hot(self, fd: int, name: str, cfg: OptimizerConfig):
+        """The snapshot from its hot copy, or None (not held, or its copy failed a check:
+        then it was dropped, and the file is read as if it had never been held)."""
+        if self.hot is None:
+            return None
+        try:
+            return self.hot.preload(fd, name, cfg)
+        except RestoreprofError as exc:
+            print(f"warm: {exc}", flush=True)
+            return None
+
+    def describe(self) -> dict:
+        """What a describe request answers: the pool's PID, every pinned range it holds (the
+        profiler classifies copies from them), and the staging and hot snapshots apart."""
+        staging = engine.staging_ranges()
+        hot_ranges = self.hot.pinned_ranges() if self.hot is not None else []
+        return {"pid": os.getpid(), "pinned": staging + hot_ranges, "staging": staging,
+                "hot": self.hot.status() if self.hot is not None else None}
 
 
 def _request_settings(request: dict, own: OptimizerConfig) -> OptimizerConfig:
@@ -226,6 +293,7 @@ class PooledSnapshot:
     items: list[Allocation]
     seconds: float
     _conn: socket.socket | None = None
+    hot: bool = False  # sent from the pool's pinned copy (optimizer.hot_snapshots)
 
     @property
     def count(self) -> int:
@@ -291,7 +359,8 @@ def preload_through_pool(snapshot: Path, cfg: OptimizerConfig | None = None) -> 
                                        hint="restart 'restoreprof warm'; the restore falls back "
                                             "to reloading inside the process") from None
             if message.get("done"):
-                return PooledSnapshot(Path(snapshot), items, float(message["seconds"]), conn)
+                return PooledSnapshot(Path(snapshot), items, float(message["seconds"]), conn,
+                                      hot=bool(message.get("hot")))
     except TimeoutError:
         PooledSnapshot(Path(snapshot), items, 0.0, conn).release()
         raise RestoreprofError(f"the warm pool did not finish preloading {snapshot} within "
@@ -301,3 +370,21 @@ def preload_through_pool(snapshot: Path, cfg: OptimizerConfig | None = None) -> 
     except BaseException:
         PooledSnapshot(Path(snapshot), items, 0.0, conn).release()
         raise
+
+
+def hold_through_pool(snapshot: Path, timeout_s: float = PRELOAD_TIMEOUT_S) -> dict:
+    """Have this user's warm pool hold snapshot hot (optimizer.hot_snapshots): what it holds,
+    once taken in. Raises when no pool runs or it could not."""
+    conn = _connect()
+    if conn is None:
+        raise RestoreprofError("no warm pool runs", hint="start one: restoreprof warm --hold DIR")
+    with conn, open(snapshot, "rb") as f:
+        conn.settimeout(timeout_s)
+        _send(conn, {"op": "hold", "name": str(snapshot)}, [f.fileno()])
+        reply, _ = _receive(conn, 0)
+    if "held" not in reply:
+        raise RestoreprofError(f"the warm pool could not hold {snapshot}: "
+                               f"{reply.get('error', 'no answer')}",
+                               hint="see 'restoreprof doctor' for its budget; restart it with a "
+                                    "larger --hold-mib")
+    return reply["held"]

@@ -3,13 +3,16 @@
 One program holds three parts:
 
 - the traced process tree: a hash of tgids, seeded with the target and grown on
-  sched_process_fork, so processes that CRIU creates during a restore are traced too;
+  sched_process_fork, so processes that CRIU creates during a restore are traced too; or,
+  for processes the profiler did not start, a filter on the current task (filters.py: its
+  cgroup, its command name, or every task), whose matches are followed into their children;
 - syscall tracepoints (read, pread64, preadv, preadv2, openat), enter and exit paired in a
   map so that one record is submitted per completed call;
 - one uprobe/uretprobe pair per CUDA function in ``cuda_functions.FUNCTIONS``; the entry saves
   the six argument registers, the return submits one record with them.
 
-Every handler checks the tgid first, so untraced processes pay one hash lookup.
+Every handler checks the tgid first, so untraced processes pay one hash lookup (and, under a
+filter, one helper call).
 Records go through one ring buffer; a failed reserve is counted in ``lost``.
 """
 
@@ -19,6 +22,7 @@ import ctypes as ct
 from string import Template
 
 from restoreprof.probes.cuda_functions import FUNCTIONS, CudaFunction
+from restoreprof.probes.filters import NO_FILTER
 
 # Operation ids shared by the BPF program and the decoder. CUDA functions follow from
 # CUDA_OP_BASE, in the order of cuda_functions.FUNCTIONS.
@@ -58,8 +62,14 @@ BPF_HASH(inflight, u64, struct call_t, ${max_inflight});
 BPF_PERCPU_ARRAY(lost, u64, 1);
 BPF_RINGBUF_OUTPUT(events, ${ring_pages});
 
+/* The target filter (probes/filters.py): whether the current task matches by itself. */
+static __always_inline int matches_filter(void) {
+    ${target_filter}
+}
+
+/* tgid is always the current task's: in the traced set, or matching the filter. */
 static __always_inline int is_traced(u32 tgid) {
-    return traced.lookup(&tgid) != 0;
+    return traced.lookup(&tgid) != 0 || matches_filter();
 }
 
 static __always_inline void count_lost(void) {
@@ -332,8 +342,11 @@ def _cuda_text(index: int, function: CudaFunction) -> str:
 
 
 def render(*, ring_pages: int = 4096, max_tasks: int = 16384, max_inflight: int = 65536,
-           with_cuda: bool = True, uprobe_multi: bool = True) -> str:
+           with_cuda: bool = True, uprobe_multi: bool = True,
+           target_filter: str = NO_FILTER) -> str:
     """The complete BPF C text, placeholders filled. ring_pages must be a power of two.
+
+    target_filter: the body of matches_filter() (filters.py), NO_FILTER for a traced tree only.
 
     uprobe_multi: one cookie-driven entry program (Linux >= 6.6); otherwise one entry
     program per CUDA function, for bcc's one-probe-per-function attach.
@@ -345,6 +358,7 @@ def render(*, ring_pages: int = 4096, max_tasks: int = 16384, max_inflight: int 
         "ring_pages": ring_pages, "op_read": OP_READ, "op_pread64": OP_PREAD64,
         "op_preadv": OP_PREADV, "op_preadv2": OP_PREADV2, "op_openat": OP_OPENAT,
         "op_fork": OP_FORK, "op_exec": OP_EXEC, "op_exit": OP_EXIT,
+        "target_filter": target_filter,
     }
     parts = [Template(_PROLOGUE).substitute(values),
              # The 6.1 kernel headers lack rwf_t, which sys_enter_preadv2's format names.

@@ -98,6 +98,13 @@ def objects_for_command(argv: list[str]) -> list[ProbeObject]:
     return unique_objects(candidates)
 
 
+def objects_for_filter(pids: list[int]) -> list[ProbeObject]:
+    """The objects to probe for a filter (filters.py): the host's libcuda, and those the
+    processes matching now map (a container's own copies among them)."""
+    found = unique_objects([libcuda_path()] if libcuda_path() else [])
+    return found + [o for pid in pids for o in objects_of_process(pid)]
+
+
 def unique_objects(paths: list[str]) -> list[ProbeObject]:
     found: list[ProbeObject] = []
     identities: set[tuple[int, int]] = set()

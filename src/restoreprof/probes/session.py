@@ -32,6 +32,7 @@ from restoreprof.probes import bpf_program, resolve, uprobe_multi
 from restoreprof.probes.attach import Probes, check_environment
 from restoreprof.probes.child import PausedChild
 from restoreprof.probes.decode import Enricher, decode, enrich
+from restoreprof.probes.filters import NO_FILTER, TargetFilter
 from restoreprof.trace.events import MARK, Event
 from restoreprof.trace.model import Trace, TraceMeta
 
@@ -41,16 +42,19 @@ RESCAN_INTERVAL_S = 0.5     # how often the maps of traced processes are checked
 
 @dataclass(frozen=True)
 class Target:
-    """What to trace: exactly one of pid, command or restore_dir."""
+    """What to trace: exactly one of pid, command or restore_dir, or a filter (filters.py: a
+    cgroup, a command name, or all) for processes started by others, e.g. a container runtime."""
 
     pid: int | None = None
     command: list[str] | None = None
     restore_dir: Path | None = None
+    filter: TargetFilter | None = None
 
     def __post_init__(self) -> None:
-        given = [x for x in (self.pid, self.command, self.restore_dir) if x is not None]
+        given = [x for x in (self.pid, self.command, self.restore_dir, self.filter)
+                 if x is not None]
         if len(given) != 1:
-            raise ValueError("Target takes exactly one of pid=, command= or restore_dir=")
+            raise ValueError("Target takes exactly one of pid=, command=, restore_dir= or filter=")
         if self.command is not None and not self.command:
             raise ValueError("Target(command=...) needs at least a program name")
 
@@ -62,6 +66,8 @@ class Target:
         return list(self.command) if self.command else None
 
     def describe(self) -> str:
+        if self.filter is not None:
+            return self.filter.describe()
         if self.pid is not None:
             return f"pid {self.pid}"
         if self.restore_dir is not None:
@@ -115,9 +121,10 @@ class TraceSession:
         # objects to probe.
         multi = uprobe_multi.supported()
         helpers = ThreadPoolExecutor(max_workers=2, thread_name_prefix="trace-start")
-        compiled = helpers.submit(_timed, Probes, bpf_program.render(ring_pages=self.ring_pages,
-                                                                     uprobe_multi=multi),
-                                  uprobe_multi=multi)
+        text = bpf_program.render(ring_pages=self.ring_pages, uprobe_multi=multi,
+                                  target_filter=target.filter.bpf() if target.filter
+                                  else NO_FILTER)
+        compiled = helpers.submit(_timed, Probes, text, uprobe_multi=multi)
         listed = helpers.submit(_timed, gpus)
         helpers.shutdown(wait=False)
         try:
@@ -128,6 +135,11 @@ class TraceSession:
                 objects = resolve.objects_for_command(argv)
                 if target.restore_dir is not None:
                     roots += self._follow_warm_pool()
+            elif target.filter is not None:
+                # Those matching now; the kernel finds later ones. libcuda is probed where the
+                # host has it; a container's own copy when one of its processes is seen.
+                roots = target.filter.pids()
+                objects = resolve.objects_for_filter(roots)
             else:
                 roots = [target.pid, *resolve.descendants(target.pid)]
                 objects = [o for pid in roots for o in resolve.objects_of_process(pid)]
@@ -186,6 +198,8 @@ class TraceSession:
             return False
         if self._child is not None:
             return self._child.poll() is None
+        if self.target.filter is not None:
+            return True  # until the duration or Ctrl-C: others start and end the processes
         return self.target.pid is not None and _alive(self.target.pid)
 
     def stop(self) -> Trace:
@@ -262,6 +276,7 @@ class TraceSession:
         if event.name == "fork":
             self._pids.add(int(event.extra.get("child", 0)))
         elif event.name == "exec":
+            self._pids.add(event.pid)  # under a filter, the first sight of a process
             self._next_rescan = 0.0   # a new image: look for its CUDA libraries soon
 
     def _rescan(self) -> None:

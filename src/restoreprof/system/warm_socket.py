@@ -100,3 +100,14 @@ def describe_pool() -> dict | None:
         except (OSError, ValueError):
             return None
     return reply if "pid" in reply else None
+
+
+def pinned_summary(describe: dict) -> str:
+    """What a pool's describe answer says it holds pinned, in 46 columns (doctor's detail, the
+    TUI's line): staging plus hot snapshots held or being taken in, and their budget."""
+    staging = sum(size for _base, size in describe.get("staging", describe.get("pinned", [])))
+    hot = describe.get("hot") or {}
+    held = hot.get("held_bytes", 0) + hot.get("intake_bytes", 0)
+    return (f"PID {describe.get('pid')}, {(staging + held) / 2**30:.1f} GiB pinned "
+            f"(hot {len(hot.get('snapshots', []))}: {held / 2**30:.1f}/"
+            f"{hot.get('budget_bytes', 0) / 2**30:.0f})")

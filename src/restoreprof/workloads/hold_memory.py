@@ -80,8 +80,11 @@ def serve(state: Path, expected: str, digest_now) -> None:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     (state / "verified").unlink(missing_ok=True)
     _write_atomic(state / "ready", f"{expected} pid={os.getpid()}\n")
+    # Short sleeps: the kernel may hand SIGUSR1 to another thread (numpy's BLAS pool), which
+    # then does not interrupt this one; Python runs the handler when this sleep ends. Seen
+    # after criu restore -d: a long sleep left a verification unanswered for its whole length.
     while True:
-        time.sleep(3600)
+        time.sleep(0.2)
 
 
 def _parent(args: argparse.Namespace) -> int:

@@ -19,6 +19,10 @@
  *   (a number left out or negative: this process's own setting, from its environment)
  *   ADOPT <address> <gpu uuid> [<handle>] + one fd (SCM_RIGHTS)
  *                                                   -> OK <bytes> <ns> remaining=<n> | ERR
+ *   (OFFLOAD/RELOAD of path "-": the file is the descriptor sent with the request,
+ *   SCM_RIGHTS; a process in its own mount namespace cannot reach a host path, e.g. CRIU's
+ *   images folder. OFFLOAD to a descriptor writes snapshot version 2, the bytes inside it:
+ *   such a process cannot reach a chunk folder either)
  *   STATUS                                          -> OK state=<running|offloaded> ...
  *                                                     kind.<name>=<count>:<bytes> ...
  *
@@ -246,6 +250,27 @@ static int unmap_all(struct alloc_list *list, char *err, size_t errlen)
     return failures ? -1 : 0;
 }
 
+/* Where a snapshot opened on fd lies (path, or for "-" the descriptor's own path, as this
+ * process sees it), to find a chunk folder relative to it. */
+static const char *table_path(const char *path, int fd, char *buf, size_t len)
+{
+    if (strcmp(path, "-") != 0)
+        return path;
+    char link[64];
+    snprintf(link, sizeof(link), "/proc/self/fd/%d", fd);
+    ssize_t got = readlink(link, buf, len - 1);
+    buf[got > 0 ? got : 0] = '\0';
+    return buf;
+}
+
+/* The snapshot file: the descriptor sent with the request when path is "-", else path. */
+static int open_snapshot(const char *path, int given, int flags)
+{
+    if (strcmp(path, "-") == 0)
+        return given >= 0 ? fcntl(given, F_DUPFD_CLOEXEC, 0) : (errno = EBADF, -1);
+    return open(path, flags | O_CLOEXEC, 0600);
+}
+
 /* The snapshot's items: the library's allocations, then the application's physical ones (each
  * with a window to read it through; rp_app_vmm_close_windows closes them). */
 static int offload_items(struct alloc_list *list, struct rp_snap_item **items, size_t *count,
@@ -269,9 +294,11 @@ static int offload_items(struct alloc_list *list, struct rp_snap_item **items, s
 }
 
 /* chunk_dir: the chunk folder, relative to the snapshot's folder unless absolute (a store).
- * release_s: how long to wait for the program's release hooks; 0: do not run them; negative:
+ * path "-": the snapshot goes to the descriptor given with the request, in version 2 (the bytes
+ * inside it): a process that cannot reach the images folder (a container's) cannot reach a
+ * chunk folder beside it either. release_s: how long to wait for the program's release hooks; 0: do not run them; negative:
  * this process's own settings (RESTOREPROF_RELEASE_CACHES, RESTOREPROF_RELEASE_TIMEOUT_S). */
-static void do_offload(int conn, const char *path, const char *chunk_dir, int sync,
+static void do_offload(int conn, const char *path, int given, const char *chunk_dir, int sync,
                        struct rp_engine_params p, int release_s, char *reply, size_t len)
 {
     if (offloaded) {
@@ -297,6 +324,7 @@ static void do_offload(int conn, const char *path, const char *chunk_dir, int sy
         snprintf(reply, len, "ERR cannot checkpoint: %s", err);
         return;
     }
+    int to_fd = strcmp(path, "-") == 0;
     CUresult drained = CUDA_SUCCESS;
     int rc = -1;
     if (collect(&list) != 0)
@@ -309,8 +337,21 @@ static void do_offload(int conn, const char *path, const char *chunk_dir, int sy
         size_t cached = rp_mempool_release_cached(); /* free memory is not the application's */
         if (cached)
             RP_DEBUG("released %zu bytes of cached stream-ordered memory", cached);
-        rc = rp_snapshot_write(path, chunk_dir, sync, items, n_items, p, &total, &written, err,
-                               sizeof(err));
+        int fd = to_fd ? open_snapshot(path, given, O_WRONLY) : -1;
+        if (to_fd && fd < 0)
+            snprintf(err, sizeof(err), "OFFLOAD - needs the snapshot's descriptor (SCM_RIGHTS)");
+        else if (to_fd)
+            rc = rp_snapshot_write_fd(fd, items, n_items, p, &total, err, sizeof(err));
+        else
+            rc = rp_snapshot_write(path, chunk_dir, sync, items, n_items, p, &total, &written,
+                                   err, sizeof(err));
+        if (to_fd)
+            written = total;
+        if (fd >= 0 && close(fd) != 0 && rc == 0) {
+            snprintf(err, sizeof(err), "closing the snapshot's descriptor failed: %s",
+                     strerror(errno));
+            rc = -1;
+        }
     }
     rp_app_vmm_close_windows();
     if (rc != 0) {
@@ -423,7 +464,8 @@ static CUresult load_all(const char *table, int fd, struct rp_chunk_store *chunk
     return rc;
 }
 
-static void do_reload(const char *path, struct rp_engine_params p, char *reply, size_t len)
+static void do_reload(const char *path, int given, struct rp_engine_params p, char *reply,
+                      size_t len)
 {
     if (!offloaded) {
         snprintf(reply, len, "ERR not offloaded: nothing to reload");
@@ -431,18 +473,19 @@ static void do_reload(const char *path, struct rp_engine_params p, char *reply, 
     }
     uint64_t start = rp_now_ns(), total = 0, map_ns = 0;
     uint64_t pool_ns = rp_engine_staging_setup_ns();
-    char err[256] = "";
+    char err[256] = "", link[4096];
     struct snap_header h;
     struct alloc_list list = { 0 };
     struct rp_chunk_store chunks = { .dirfd = -1 };
     char *table = NULL;
     struct load *loads = NULL;
     size_t n_loads = 0;
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    int fd = open_snapshot(path, given, O_RDONLY);
     if (fd < 0)
         snprintf(err, sizeof(err), "cannot open %.160s: %s", path, strerror(errno));
     else if ((table = rp_snapshot_table(fd, &h, err, sizeof(err))) &&
-             rp_snapshot_open_chunks(table, path, &chunks, err, sizeof(err)) == 0 &&
+             rp_snapshot_open_chunks(table, table_path(path, fd, link, sizeof(link)), &chunks,
+                                     err, sizeof(err)) == 0 &&
              (collect(&list) != 0 || !(loads = calloc(h.count ? h.count : 1, sizeof(*loads)))))
         snprintf(err, sizeof(err), "out of memory");
     const struct snap_record *r = table && !err[0] ? rp_snapshot_first(table) : NULL;
@@ -648,11 +691,11 @@ static void handle(int conn, const char *line, int fd, char *reply, size_t len)
         do_adopt((CUdeviceptr)address, uuid, app_handle, fd, reply, len);
     else if (sscanf(line, "OFFLOAD %4095s %d %d %d %d %d %4095s %d", path, &streams, &chunk_mb,
                     &threads, &pinned, &release_s, chunk_dir, &sync) >= 1)
-        do_offload(conn, path, chunk_dir[0] ? chunk_dir : default_chunk_dir(path, chunk_dir),
+        do_offload(conn, path, fd, chunk_dir[0] ? chunk_dir : default_chunk_dir(path, chunk_dir),
                    sync, params_from(streams, chunk_mb, threads, pinned), release_s, reply, len);
     else if (sscanf(line, "RELOAD %4095s %d %d %d %d", path, &streams, &chunk_mb, &threads,
                     &pinned) >= 1)
-        do_reload(path, params_from(streams, chunk_mb, threads, pinned), reply, len);
+        do_reload(path, fd, params_from(streams, chunk_mb, threads, pinned), reply, len);
     else
         snprintf(reply, len, "ERR unknown request (OFFLOAD, RELOAD, ADOPT or STATUS)");
 }
@@ -667,7 +710,7 @@ static int peer_allowed(int conn)
 }
 
 /* Reads one request line, byte by byte so nothing after it is consumed; a file descriptor
- * sent with it (SCM_RIGHTS, for ADOPT) lands in *fd, else *fd is -1. */
+ * sent with it (SCM_RIGHTS, for ADOPT, or OFFLOAD/RELOAD of "-") lands in *fd, else *fd is -1. */
 static int read_request(int conn, char *line, size_t len, int *fd)
 {
     size_t used = 0;

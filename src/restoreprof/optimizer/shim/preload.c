@@ -243,3 +243,109 @@ RP_EXPORT long rp_snapshot_preload(const char *path, const struct rp_engine_para
     close(fd);
     return n;
 }
+
+/* Exports each item's memory as a POSIX fd (for ADOPT). */
+static CUresult export_all(struct rp_preloaded *items, long n)
+{
+    CUresult rc = CUDA_SUCCESS;
+    for (long i = 0; rc == CUDA_SUCCESS && i < n; i++) {
+        int exported = -1;
+        rc = rp_real.cuMemExportToShareableHandle(&exported, items[i].handle,
+                                                  CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR, 0);
+        items[i].fd = exported;
+    }
+    return rc;
+}
+
+/* Copies every record whose item is on device `device` from its hot buffer, on that device's
+ * primary context (the items hold a reference to it), in one rp_hot_upload. */
+static CUresult upload_device(int device, const char *table, const struct snap_header *h,
+                              const struct rp_hot_buffer *hot, struct rp_preloaded *items,
+                              struct rp_hot_segment *segments, struct rp_engine_params p,
+                              char *err, size_t errlen)
+{
+    const struct snap_record *r = rp_snapshot_first(table);
+    long n = 0;
+    CUcontext ctx = NULL;
+    for (uint64_t i = 0; i < h->count; i++, r = rp_snapshot_next(table, r))
+        if (items[i].device == device && r->size)
+            segments[n++] = (struct rp_hot_segment){ items[i].local, hot[i].host, r->size,
+                                                     rp_snapshot_sums(table, r),
+                                                     rp_snapshot_pieces(table, r) };
+    CUdevice dev;
+    CUresult rc = rp_real.cuDeviceGet(&dev, device);
+    if (rc == CUDA_SUCCESS)
+        rc = rp_real.cuDevicePrimaryCtxRetain(&ctx, dev);
+    if (rc != CUDA_SUCCESS)
+        return rc;
+    rc = rp_real.cuCtxSetCurrent(ctx);
+    if (rc == CUDA_SUCCESS && n)
+        rc = rp_hot_upload(segments, n, rp_snapshot_check_bytes(table), p, err, errlen);
+    rp_real.cuDevicePrimaryCtxRelease_v2(dev);
+    return rc;
+}
+
+/* rp_snapshot_preload_fd, with the bytes from a hot copy (hot.c) instead of the file: table is
+ * the one the hot copy was checked against when taken in (the caller has checked that the
+ * snapshot asked for still has it), hot[0..count) its buffers. Each chunk is checked again as
+ * it is sent. Returns count, or -1 with err set and nothing left allocated. phase_ns[0..3):
+ * nanoseconds spent making the GPU memory, copying into it, exporting it (where it went). */
+RP_EXPORT long rp_snapshot_preload_hot(const char *table, long table_len,
+                                       const struct rp_hot_buffer *hot, long count,
+                                       const struct rp_engine_params *params,
+                                       struct rp_preloaded *out, long max, char *err,
+                                       size_t errlen, uint64_t *phase_ns)
+{
+    uint64_t t0 = rp_now_ns();
+    if (rp_load_real() || !rp_real.cuMemExportToShareableHandle || !rp_real.cuDeviceGetUuid_v2 ||
+        rp_real.cuInit(0) != CUDA_SUCCESS) {
+        snprintf(err, errlen, "the CUDA driver lacks what preloading needs");
+        return -1;
+    }
+    const struct snap_header *h = (const struct snap_header *)table;
+    if (table_len < (long)sizeof(*h) || (long)h->table_bytes != table_len ||
+        (long)h->count != count || count > max) {
+        snprintf(err, errlen, "the hot copy does not match its table");
+        return -1;
+    }
+    struct rp_hot_segment *segments = calloc(count ? count : 1, sizeof(*segments));
+    if (!segments) {
+        snprintf(err, errlen, "out of memory");
+        return -1;
+    }
+    const struct snap_record *r = rp_snapshot_first(table);
+    long n = 0;
+    CUresult rc = CUDA_SUCCESS;
+    for (; rc == CUDA_SUCCESS && n < count; n++, r = rp_snapshot_next(table, r)) {
+        out[n] = (struct rp_preloaded){ .address = r->address, .size = r->size,
+                                        .reserved = r->reserved, .device = r->device, .fd = -1,
+                                        .app_handle = r->kind == RP_SNAP_PHYSICAL ? r->handle
+                                                                                  : 0 };
+        rc = hot[n].bytes == r->size && hot[n].address == r->address && (hot[n].host || !r->size)
+                 ? make_exportable(&out[n], r)
+                 : CUDA_ERROR_INVALID_VALUE;
+    }
+    uint64_t t1 = rp_now_ns();
+    /* one upload per device, each on its own context, its records together */
+    for (long i = 0; rc == CUDA_SUCCESS && i < count; i++) {
+        int seen = 0;
+        for (long k = 0; k < i; k++)
+            seen |= out[k].device == out[i].device;
+        if (!seen)
+            rc = upload_device(out[i].device, table, h, hot, out, segments, *params, err, errlen);
+    }
+    uint64_t t2 = rp_now_ns();
+    if (rc == CUDA_SUCCESS)
+        rc = export_all(out, count);
+    phase_ns[0] = t1 - t0;
+    phase_ns[1] = t2 - t1;
+    phase_ns[2] = rp_now_ns() - t2;
+    free(segments);
+    if (rc != CUDA_SUCCESS) {
+        if (!err[0])
+            snprintf(err, errlen, "preloading from the hot copy: %s", rp_error_name(rc));
+        rp_preloaded_release(out, n);
+        return -1;
+    }
+    return count;
+}

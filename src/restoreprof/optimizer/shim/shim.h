@@ -11,6 +11,7 @@
  * Mechanisms:
  *   engine.c   chunked copies through the staging pool (pinned buffers, streams), several threads
  *   vmm.c      device allocations served from VMM, their registry, and the offload gate
+ *   hot.c      hot snapshots: pinned host copies of snapshots, checked, sent by DMA
  *   app_vmm.c  the application's own VMM memory (cuMemCreate, cuMemMap, ...): tracked under
  *              stable handle values, offloaded and put back at the same addresses
  *   mempool.c  stream-ordered allocations (cuMemAllocAsync, memory pools) served from VMM
@@ -224,6 +225,32 @@ size_t rp_chunk_count(size_t bytes, size_t chunk);
 /* crc32c.c */
 uint32_t rp_crc32c(uint32_t crc, const void *data, size_t n);
 
+/* ---- hot snapshots (hot.c): pinned host memory -> device, every chunk checked ---- */
+
+struct rp_hot_segment {
+    CUdeviceptr device;
+    const void *host;          /* pinned */
+    size_t bytes;
+    const uint32_t *checksums; /* one crc32c per chunk_bytes; NULL = none */
+    const uint8_t *pieces;     /* or (version 3) one BLAKE3-256 per chunk_bytes (RP_PIECE_BYTES) */
+};
+
+/* A hot snapshot, as the warm pool holds it: one pinned buffer per record, in table order
+ * (optimizer/hot_snapshots.py mirrors it). */
+struct rp_hot_buffer {
+    uint64_t address; /* the record's device address */
+    uint64_t bytes;
+    void *host;       /* pinned (PORTABLE); NULL for an empty record */
+    int32_t device;   /* whose primary context this buffer holds a reference to; -1: none */
+    int32_t pad;
+};
+
+/* Copies every segment on the caller's current context (S streams, T threads checking the
+ * chunks as they queue them); blocks until all has landed. CUDA_ERROR_INVALID_IMAGE, with err
+ * set, when a chunk no longer matches its checksum. */
+CUresult rp_hot_upload(const struct rp_hot_segment *segments, long count, size_t chunk_bytes,
+                       struct rp_engine_params p, char *err, size_t errlen);
+
 /* ---- VMM allocations, registry and gate (vmm.c) ---- */
 
 struct rp_pool;
@@ -314,7 +341,8 @@ int rp_chunks_sync(struct rp_chunk_store *s);
  *   2  version 1 plus record kinds (the application's physical allocations: handle,
  *      properties, mappings); the bytes still inside the file, crc32c per piece
  *   3  (written now) version 2's records and mappings, the bytes as chunks in a
- *      content-addressed folder, named and checked by BLAKE3 (chunks.c)
+ *      content-addressed folder, named and checked by BLAKE3 (chunks.c); version 2 is still
+ *      written for OFFLOAD to a descriptor (a container's process reaches no chunk folder)
  *
  * Version 3's file is a table: header, the chunk folder's path (dir_bytes, NUL-padded to 8;
  * relative to the table's own folder unless absolute), then per record: the record, its
@@ -406,6 +434,11 @@ char *rp_snapshot_table(int fd, struct snap_header *h, char *err, size_t errlen)
 const struct snap_record *rp_snapshot_first(const char *table);
 const struct snap_record *rp_snapshot_next(const char *table, const struct snap_record *r);
 const struct snap_mapping *rp_snapshot_mappings(const struct snap_record *r);
+/* A record's checks: its crc32c values (versions 1, 2; else NULL), its piece hashes (version 3;
+ * else NULL), and the bytes each one covers. */
+const uint32_t *rp_snapshot_sums(const char *table, const struct snap_record *r);
+const uint8_t *rp_snapshot_pieces(const char *table, const struct snap_record *r);
+size_t rp_snapshot_check_bytes(const char *table);
 /* Opens the chunk folder a table names, for reading; table_path locates a relative one. A table
  * of version 1 or 2 names none: s is left closed (dirfd -1) and 0 returned. */
 int rp_snapshot_open_chunks(const char *table, const char *table_path, struct rp_chunk_store *s,
@@ -422,6 +455,10 @@ void rp_snapshot_source(const char *table, const struct snap_record *r, int fd,
 int rp_snapshot_write(const char *path, const char *chunk_dir, int sync,
                       const struct rp_snap_item *items, size_t count, struct rp_engine_params p,
                       uint64_t *total, uint64_t *written, char *err, size_t errlen);
+/* Writes a version 2 snapshot (the bytes inside it, crc32c per MiB) to fd: for OFFLOAD to a
+ * descriptor, whose process cannot reach a chunk folder by path. 0, or -1 with err set. */
+int rp_snapshot_write_fd(int fd, const struct rp_snap_item *items, size_t count,
+                         struct rp_engine_params p, uint64_t *total, char *err, size_t errlen);
 
 /* ---- the application's VMM memory (app_vmm.c) ---- */
 

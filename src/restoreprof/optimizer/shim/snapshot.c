@@ -78,6 +78,22 @@ static uint8_t *record_hashes(const struct snap_record *r)
     return (uint8_t *)(rp_snapshot_mappings(r) + r->n_mappings);
 }
 
+const uint32_t *rp_snapshot_sums(const char *table, const struct snap_record *r)
+{
+    return is_chunked(table) ? NULL
+                             : (const uint32_t *)(rp_snapshot_mappings(r) + r->n_mappings);
+}
+
+const uint8_t *rp_snapshot_pieces(const char *table, const struct snap_record *r)
+{
+    return is_chunked(table) ? record_hashes(r) + (size_t)r->n_chunks * RP_HASH_BYTES : NULL;
+}
+
+size_t rp_snapshot_check_bytes(const char *table)
+{
+    return is_chunked(table) ? RP_PIECE_BYTES : ((const struct snap_header *)table)->chunk_bytes;
+}
+
 void rp_snapshot_source(const char *table, const struct snap_record *r, int fd,
                         struct rp_chunk_store *chunks, struct rp_transfer *t)
 {
@@ -257,6 +273,84 @@ int rp_snapshot_write(const char *path, const char *chunk_dir, int sync,
     *written = h->written_bytes;
     rp_chunks_close(&chunks);
     free(records);
+    free(buf);
+    return rc;
+}
+
+/* ---- writing version 2 (the bytes inside the file), for OFFLOAD to a descriptor ---- */
+
+#define RP_SNAP_CHECKSUM_BYTES RP_MIB /* what one crc32c covers in the version 2 written here */
+
+int rp_snapshot_write_fd(int fd, const struct rp_snap_item *items, size_t count,
+                         struct rp_engine_params p, uint64_t *total, char *err, size_t errlen)
+{
+    *total = 0;
+    size_t table = OLD_HEADER_BYTES;
+    for (size_t i = 0; i < count; i++) {
+        struct snap_record r = items[i].record;
+        r.n_chunks = (uint32_t)rp_chunk_count(r.size, RP_SNAP_CHECKSUM_BYTES);
+        table += record_bytes(0, &r);
+    }
+    char *buf = calloc(1, table > sizeof(struct snap_header) ? table : sizeof(struct snap_header));
+    struct rp_transfer *t = calloc(count ? count : 1, sizeof(*t));
+    const struct snap_record **records = calloc(count ? count : 1, sizeof(*records));
+    if (!buf || !t || !records) {
+        free(buf);
+        free(t);
+        free(records);
+        return snprintf(err, errlen, "out of memory"), -1;
+    }
+    struct snap_header *h = (struct snap_header *)buf; /* only its first OLD_HEADER_BYTES */
+    memcpy(h->magic, RP_SNAP_MAGIC, 8);
+    h->version = 2;
+    h->checksum_kind = RP_SNAP_CRC32C;
+    h->chunk_bytes = RP_SNAP_CHECKSUM_BYTES; /* copies go in p.chunk_bytes, a multiple of it */
+    h->count = count;
+    h->table_bytes = table;
+    uint64_t data = align_up(table, RP_SNAP_ALIGN);
+    struct snap_record *r = (struct snap_record *)(buf + OLD_HEADER_BYTES);
+    for (size_t i = 0; i < count; i++) {
+        *r = items[i].record;
+        r->data_offset = data;
+        r->n_chunks = (uint32_t)rp_chunk_count(r->size, RP_SNAP_CHECKSUM_BYTES);
+        if (r->n_mappings)
+            memcpy((void *)rp_snapshot_mappings(r), items[i].mappings,
+                   r->n_mappings * sizeof(struct snap_mapping));
+        records[i] = r;
+        t[i] = (struct rp_transfer){ .direction = RP_D2H, .device = items[i].source, .fd = fd,
+                                     .file_offset = (off_t)data, .bytes = r->size,
+                                     .checksums = (uint32_t *)(rp_snapshot_mappings(r) +
+                                                               r->n_mappings),
+                                     .checksum_bytes = RP_SNAP_CHECKSUM_BYTES };
+        h->total_bytes += r->size;
+        data = align_up(data + r->size, RP_SNAP_ALIGN);
+        r = (struct snap_record *)((char *)r + record_bytes(0, r));
+    }
+    int rc = 0;
+    for (size_t start = 0, end; start < count && rc == 0; start = end) {
+        for (end = start + 1; end < count && items[end].context == items[start].context;)
+            end++;
+        CUresult cr = rp_real.cuCtxSetCurrent(items[start].context);
+        if (cr == CUDA_SUCCESS)
+            cr = rp_engine_run_batch(&t[start], end - start, p, 1);
+        if (cr != CUDA_SUCCESS) {
+            const struct snap_record *bad = records[start];
+            int physical = bad->kind == RP_SNAP_PHYSICAL;
+            snprintf(err, errlen, "copying %s %#llx%s out failed: %s",
+                     physical ? "GPU memory handle" : "allocation",
+                     (unsigned long long)(physical ? bad->handle : bad->address),
+                     end - start > 1 ? " and the others on its context" : "", rp_error_name(cr));
+            rc = -1;
+        }
+    }
+    /* Last: the table, so that a file cut short by a failure is never a valid snapshot. */
+    if (rc == 0 && pwrite(fd, buf, table, 0) != (ssize_t)table) {
+        snprintf(err, errlen, "writing the snapshot table failed: %s", strerror(errno));
+        rc = -1;
+    }
+    *total = h->total_bytes;
+    free(records);
+    free(t);
     free(buf);
     return rc;
 }
