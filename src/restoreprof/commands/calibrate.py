@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 from pathlib import Path
 
-from restoreprof.commands._output import StepProgress, add_quiet_flag, progress_wanted
+from restoreprof.commands._output import StepProgress, add_quiet_flag, print_json, progress_wanted
 from restoreprof.errors import RestoreprofError
 
 name = "calibrate"
@@ -70,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
         if not args.json:
             print(f"cached in {path}")
     if args.json:
-        print(json.dumps(ceilings.to_dict(), indent=2))
+        print_json(ceilings.to_dict(), "ceilings")
     else:
         _print(ceilings)
     return 0

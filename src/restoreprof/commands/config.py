@@ -4,9 +4,9 @@ and where each value came from (flag, environment, config file, tuning DB, defau
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
+from restoreprof.commands._output import print_json
 from restoreprof.optimizer import config
 from restoreprof.settings import SETTINGS, config_file_path
 
@@ -27,12 +27,12 @@ def run(args: argparse.Namespace) -> int:
     path = config_file_path(args.config)
     values = cfg.as_dict()
     if args.json:
-        print(json.dumps({
+        print_json({
             "config_file": str(path), "config_file_exists": path.exists(),
             "settings": {s.name: {"value": values[s.name], "source": sources[s.name],
                                   "default": s.default, "environment": list(s.env),
                                   "acts_on": s.acts_on}
-                         for s in SETTINGS}}, indent=2))
+                         for s in SETTINGS}}, "config")
         return 0
     print(f"config file: {path}{'' if path.exists() else ' (none)'}")
     width = max(len(s.name) for s in SETTINGS)

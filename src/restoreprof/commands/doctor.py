@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import json
 import textwrap
 
+from restoreprof.commands._output import print_json
 from restoreprof.doctor import diagnose, kernel_summary
 
 name = "doctor"
@@ -19,9 +19,9 @@ def prepare_parser(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     report = diagnose()
     if args.json:
-        print(json.dumps({"ready": report.ready, "system": kernel_summary(),
-                          "checks": [c.to_dict() for c in report.checks], "gpus": report.gpus},
-                         indent=2))
+        print_json({"ready": report.ready, "system": kernel_summary(),
+                    "checks": [c.to_dict() for c in report.checks], "gpus": report.gpus},
+                   "doctor")
         return 0 if report.ready else 1
     print(f"restoreprof doctor: {kernel_summary()}")
     for check in report.checks:

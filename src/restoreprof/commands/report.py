@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
+
+from restoreprof.commands._output import print_json
 
 name = "report"
 help = "print the summary of a saved trace and write its exports again"
@@ -27,7 +28,10 @@ def run(args: argparse.Namespace) -> int:
     path = find_trace_file(args.trace)
     trace = Trace.load(path)
     report = analyze(trace)
-    print(json.dumps(report, indent=2) if args.json else summary(report))
+    if args.json:
+        print_json(report, "report")
+    else:
+        print(summary(report))
     if args.output:
         paths = write_all(trace, report, args.output,
                           save_trace=args.output.resolve() != path.parent.resolve())

@@ -17,8 +17,10 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from restoreprof import __version__
 from restoreprof.checkpoint import checkpoint
 from restoreprof.checkpoint.manifest import Manifest
+from restoreprof.commands._output import JSON_VERSION
 from restoreprof.errors import RestoreprofError, require_root
 from restoreprof.optimizer.config import OptimizerConfig
 from restoreprof.tuner.autotune import MIN_BUDGET, MIN_REPEAT, tune
@@ -193,7 +195,8 @@ def _tune(args: argparse.Namespace, directory: Path, outdir: Path, check: Check,
              "spread_s": {k: sorted(s.times_s) for k, s in spreads.items()},
              "bottleneck": outcome.bottleneck, "checkpoint": str(directory),
              "trials": len(outcome.trials), "cache": cache, "traced": runner.traced}
-    summary = {"host": host.to_dict(), "key": host.key, "winner": outcome.winner, **facts,
+    summary = {"version": JSON_VERSION, "schema": "run", "restoreprof": __version__,
+               "host": host.to_dict(), "key": host.key, "winner": outcome.winner, **facts,
                "outdir": str(outdir), "trial_results": [t.to_dict() for t in outcome.trials]}
     (outdir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     if not outcome.significant:
@@ -204,5 +207,5 @@ def _tune(args: argparse.Namespace, directory: Path, outdir: Path, check: Check,
             "now start from these settings")
     say(f"traces and reports of every trial: {outdir}/trial-N/")
     if args.json:
-        print(json.dumps(summary, indent=2))
+        print(json.dumps(summary, indent=2))  # versioned above, as summary.json is
     return 0

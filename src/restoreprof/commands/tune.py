@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
+from restoreprof.commands._output import print_json
 from restoreprof.errors import RestoreprofError
 from restoreprof.tuner.database import TuningDatabase
 from restoreprof.tuner.identity import identify
@@ -36,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"forgot {gone} tuned {'entry' if gone == 1 else 'entries'} in {db.path}")
         return 0
     if args.json:
-        print(json.dumps({"path": str(db.path), "entries": db.entries}, indent=2))
+        print_json({"path": str(db.path), "entries": db.entries}, "tuning")
         return 0
     if not db.entries:
         print(f"no tuned settings in {db.path}: run 'restoreprof run' to tune this host")

@@ -7,9 +7,17 @@ from pathlib import Path
 
 from restoreprof.analysis.stats import READ_SYSCALLS
 
+# report.json's version; its JSON Schema is restoreprof/schemas/report.json (the same document
+# `restoreprof report --json` prints).
+REPORT_JSON_VERSION = 1
+
 
 def write(report: dict, path: Path) -> Path:
-    path.write_text(json.dumps(report, indent=2) + "\n")
+    from restoreprof import __version__
+
+    document = {"version": REPORT_JSON_VERSION, "schema": "report", "restoreprof": __version__,
+                **report}
+    path.write_text(json.dumps(document, indent=2) + "\n")
     return path
 
 

@@ -9,7 +9,8 @@ from __future__ import annotations
 import json
 from importlib import resources
 
-NAMES = ("checkpoint", "checkpoint-recover", "restore", "restore-abort", "error", "manifest")
+NAMES = ("checkpoint", "checkpoint-recover", "restore", "restore-abort", "error", "manifest",
+         "doctor", "config", "tuning", "ceilings", "report", "run")
 
 
 def load(name: str) -> dict:

@@ -114,3 +114,15 @@ SETTINGS: tuple[Setting, ...] = (
 )
 BY_NAME = {s.name: s for s in SETTINGS}
 DEFAULTS: dict[str, int | bool] = {s.name: s.default for s in SETTINGS}
+
+
+def markdown_table() -> str:
+    """The README's table of settings, made from this schema (a test keeps the README equal)."""
+    rows = ["| variable (alias) | what it sets | accepts | default |", "| --- | --- | --- | --- |"]
+    for s in SETTINGS:
+        name = f"`{s.env[0]}`" + (f" ({', '.join(f'`{a}`' for a in s.env[1:])})" if s.env[1:] else "")
+        default = ("on" if s.default else "off") if s.kind is bool else str(s.default)
+        accepts = "0/1" if s.kind is bool else f"{s.low}-{s.high}"
+        rows.append(f"| {name} | {s.help} | {accepts} | {default} |")
+    return "\n".join(rows)
+
