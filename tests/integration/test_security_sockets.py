@@ -621,3 +621,24 @@ def test_a_namespaced_programs_socket_is_found_from_the_host(base, fake_libcuda,
         outer.kill()
         with contextlib.suppress(subprocess.TimeoutExpired):
             outer.communicate(timeout=10)
+
+
+def test_a_stale_socket_of_a_reused_pid_is_not_taken_for_the_library(tmp_path, monkeypatch):
+    """A program killed before it removed its socket leaves shim-PID.sock; a later process with
+    the same PID (no interception library) must not be taken for it (a CI run found one)."""
+    from restoreprof.errors import RestoreprofError
+    from restoreprof.optimizer.control import ShimControl
+
+    run = tmp_path / "run"
+    run.mkdir(mode=0o700)
+    monkeypatch.setenv("RESTOREPROF_RUN_DIR", str(run))
+    plain = subprocess.Popen(["sleep", "30"], env={**os.environ})
+    try:
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)  # ours, not the target's
+        listener.bind(str(run / f"shim-{plain.pid}.sock"))
+        listener.listen(1)
+        with listener, pytest.raises(RestoreprofError, match="without restoreprof's interception"):
+            ShimControl(plain.pid)
+    finally:
+        plain.kill()
+        plain.wait()

@@ -117,12 +117,34 @@ def run_dirs(pid: int) -> list[Path]:
     return _Target.of(pid).run_dirs()
 
 
+def _listening_paths(pid: int) -> set[str] | None:
+    """Paths of the Unix sockets pid itself listens on (its own descriptors, matched by inode in
+    its network namespace's table), or None where /proc does not let us see them."""
+    try:
+        held = {os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")}
+        table = Path(f"/proc/{pid}/net/unix").read_text().splitlines()[1:]
+    except OSError:
+        return None
+    inodes = {h[len("socket:["):-1] for h in held if h.startswith("socket:[")}
+    paths = set()
+    for line in table:
+        fields = line.split()
+        # Num RefCount Protocol Flags Type St Inode Path; flag 0x10000: listening
+        if len(fields) >= 8 and int(fields[3], 16) & 0x10000 and fields[6] in inodes:
+            paths.add(fields[7])
+    return paths
+
+
 def socket_path(pid: int) -> Path:
     """The control socket of pid, or a RestoreprofError saying why there is none."""
     target = _Target.of(pid)
+    listening = _listening_paths(pid)
     for directory in target.run_dirs():
         candidate = directory / target.socket_name
-        if candidate.exists():
+        # A socket file a process of the same PID left behind (killed before it could remove
+        # it) is stale: the path must be one the target itself listens on, where that can be seen.
+        in_namespace = str(candidate).removeprefix(target.root)
+        if candidate.exists() and (listening is None or in_namespace in listening):
             return candidate
     raise RestoreprofError(
         f"PID {pid} runs without restoreprof's interception library (no control socket "
