@@ -144,6 +144,9 @@ extern struct rp_real rp_real;
 int rp_load_real(void);
 /* "CUDA_ERROR_..." for logs (util.c). */
 const char *rp_error_name(CUresult rc);
+/* Makes room for need items of item bytes in *array (capacity *cap, doubled as needed); 0, or
+ * -1 when out of memory (the array is left as it was) (util.c). */
+int rp_grow(void **array, size_t *cap, size_t need, size_t item);
 
 /* ---- configuration (config.c) ---- */
 

@@ -173,6 +173,31 @@ static int write_table(const char *path, const char *buf, size_t n, int sync, ch
 }
 
 /* Copies the items' bytes out as chunks, one engine batch per run of items on one context. */
+/* Runs the D2H transfers t[i] (one per item), one engine batch per run of items on the same
+ * context; 0, or -1 with err naming the first record of the batch that failed. */
+static int copy_out_by_context(struct rp_transfer *t, const struct rp_snap_item *items,
+                               const struct snap_record *const *records, size_t count,
+                               struct rp_engine_params p, char *err, size_t errlen)
+{
+    for (size_t start = 0, end; start < count; start = end) {
+        for (end = start + 1; end < count && items[end].context == items[start].context;)
+            end++;
+        CUresult cr = rp_real.cuCtxSetCurrent(items[start].context);
+        if (cr == CUDA_SUCCESS)
+            cr = rp_engine_run_batch(&t[start], end - start, p, 1);
+        if (cr != CUDA_SUCCESS) {
+            const struct snap_record *r = records[start];
+            int physical = r->kind == RP_SNAP_PHYSICAL;
+            snprintf(err, errlen, "copying %s %#llx%s out failed: %s",
+                     physical ? "GPU memory handle" : "allocation",
+                     (unsigned long long)(physical ? r->handle : r->address),
+                     end - start > 1 ? " and the others on its context" : "", rp_error_name(cr));
+            return -1;
+        }
+    }
+    return 0;
+}
+
 static int write_chunks(const struct rp_snap_item *items, size_t count,
                         const struct snap_record *const *records, struct rp_chunk_store *chunks,
                         struct rp_engine_params p, char *err, size_t errlen)
@@ -188,23 +213,7 @@ static int write_chunks(const struct rp_snap_item *items, size_t count,
                                      .pieces = hashes + records[i]->n_chunks * RP_HASH_BYTES,
                                      .chunk_file_bytes = p.chunk_bytes };
     }
-    int rc = 0;
-    for (size_t start = 0, end; start < count && rc == 0; start = end) {
-        for (end = start + 1; end < count && items[end].context == items[start].context;)
-            end++;
-        CUresult cr = rp_real.cuCtxSetCurrent(items[start].context);
-        if (cr == CUDA_SUCCESS)
-            cr = rp_engine_run_batch(&t[start], end - start, p, 1);
-        if (cr != CUDA_SUCCESS) {
-            const struct snap_record *r = records[start];
-            int physical = r->kind == RP_SNAP_PHYSICAL;
-            snprintf(err, errlen, "copying %s %#llx%s out failed: %s",
-                     physical ? "GPU memory handle" : "allocation",
-                     (unsigned long long)(physical ? r->handle : r->address),
-                     end - start > 1 ? " and the others on its context" : "", rp_error_name(cr));
-            rc = -1;
-        }
-    }
+    int rc = copy_out_by_context(t, items, records, count, p, err, errlen);
     free(t);
     return rc;
 }
@@ -326,23 +335,7 @@ int rp_snapshot_write_fd(int fd, const struct rp_snap_item *items, size_t count,
         data = align_up(data + r->size, RP_SNAP_ALIGN);
         r = (struct snap_record *)((char *)r + record_bytes(0, r));
     }
-    int rc = 0;
-    for (size_t start = 0, end; start < count && rc == 0; start = end) {
-        for (end = start + 1; end < count && items[end].context == items[start].context;)
-            end++;
-        CUresult cr = rp_real.cuCtxSetCurrent(items[start].context);
-        if (cr == CUDA_SUCCESS)
-            cr = rp_engine_run_batch(&t[start], end - start, p, 1);
-        if (cr != CUDA_SUCCESS) {
-            const struct snap_record *bad = records[start];
-            int physical = bad->kind == RP_SNAP_PHYSICAL;
-            snprintf(err, errlen, "copying %s %#llx%s out failed: %s",
-                     physical ? "GPU memory handle" : "allocation",
-                     (unsigned long long)(physical ? bad->handle : bad->address),
-                     end - start > 1 ? " and the others on its context" : "", rp_error_name(cr));
-            rc = -1;
-        }
-    }
+    int rc = copy_out_by_context(t, items, records, count, p, err, errlen);
     /* Last: the table, so that a file cut short by a failure is never a valid snapshot. */
     if (rc == 0 && pwrite(fd, buf, table, 0) != (ssize_t)table) {
         snprintf(err, errlen, "writing the snapshot table failed: %s", strerror(errno));
