@@ -3,13 +3,13 @@
 released and put back at the same addresses, by RELOAD and by preload + ADOPT; the handles the
 program holds still work afterwards; shared memory is refused; every way a program finds the
 driver reaches the library; stream-ordered frees are reused only in stream order; snapshots of
-version 1 are still read. The CRIU round trips are test_app_memory_criu.py."""
+versions 1 and 2 (the bytes inside the file) are still read. The CRIU round trips are
+test_app_memory_criu.py."""
 
 from __future__ import annotations
 
 import os
 import signal
-import struct
 import subprocess
 import sys
 import textwrap
@@ -17,12 +17,14 @@ import time
 from pathlib import Path
 
 import pytest
+from _snapshots import damaged_copy, in_file_copy
 
 from restoreprof.errors import RestoreprofError
 from restoreprof.optimizer.config import OptimizerConfig
 from restoreprof.optimizer.control import ShimControl
 from restoreprof.optimizer.preload import adopt, preload_snapshot
 from restoreprof.optimizer.shim.build import build_library
+from restoreprof.store.table import read_table
 from restoreprof.workloads.controller import HeldMemory
 
 MIB = 1 << 20
@@ -62,7 +64,13 @@ def workload(fake_libcuda, run_dir, tmp_path):
 def physical_memory(pid: int) -> int:
     """The fake driver's physical allocations open in pid (each holds its memfd)."""
     fd_dir = Path(f"/proc/{pid}/fd")
-    return sum("memfd:fakecuda-phys" in os.readlink(fd_dir / fd) for fd in os.listdir(fd_dir))
+    count = 0
+    for fd in os.listdir(fd_dir):
+        try:  # a descriptor the process closes meanwhile (its other threads run on) is not one
+            count += "memfd:fakecuda-phys" in os.readlink(fd_dir / fd)
+        except FileNotFoundError:
+            continue
+    return count
 
 
 def teardown(w: HeldMemory, timeout_s: float = 30) -> str:
@@ -148,18 +156,11 @@ def test_the_gate_opens_only_when_every_handle_is_back(workload, fake_libcuda, m
     assert teardown(workload) == "OK"
 
 
-def _records(raw: bytes) -> list[dict]:
-    """The records of a version 2 snapshot (shim.h: struct snap_record)."""
-    count = struct.unpack_from("<Q", raw, 24)[0]
-    offset, out = 64, []
-    for _ in range(count):
-        address, size, _reserved, data_offset, _device, n_chunks, kind, n_maps, handle = \
-            struct.unpack_from("<QQQQiIIIQ", raw, offset)
-        maps = [struct.unpack_from("<QQQ", raw, offset + 80 + 24 * i) for i in range(n_maps)]
-        out.append({"address": address, "size": size, "data_offset": data_offset, "kind": kind,
-                    "handle": handle, "mappings": maps})
-        offset += 80 + 24 * n_maps + 4 * (n_chunks + n_chunks % 2)
-    return out
+def _records(snap: Path) -> list[dict]:
+    """The records of a snapshot (version 3: restoreprof.store.table reads it)."""
+    return [{"address": r.address, "size": r.size, "kind": r.kind, "handle": r.handle,
+             "mappings": list(r.mappings), "chunks": len(r.hashes)}
+            for r in read_table(snap).records]
 
 
 def test_the_snapshot_records_handles_and_mappings(workload, tmp_path):
@@ -167,8 +168,7 @@ def test_the_snapshot_records_handles_and_mappings(workload, tmp_path):
     ctl = ShimControl(workload.pid)
     ctl.offload(snap, CFG)
     try:
-        physical = {r["handle"] - VHANDLE_BASE: r for r in _records(snap.read_bytes())
-                    if r["kind"] == 1}
+        physical = {r["handle"] - VHANDLE_BASE: r for r in _records(snap) if r["kind"] == 1}
         assert sorted(physical) == [1, 2, 3, 4]
         h1, h3, h4 = physical[1], physical[3], physical[4]
         assert len(h1["mappings"]) == 2 and {m[1:] for m in h1["mappings"]} == {(2 * U, 0)}
@@ -182,18 +182,38 @@ def test_a_damaged_physical_record_keeps_the_process_held(workload, tmp_path):
     ctl = ShimControl(workload.pid)
     snap = tmp_path / "gpu.snap"
     ctl.offload(snap, CFG)
-    raw = bytearray(snap.read_bytes())
-    h3 = next(r for r in _records(bytes(raw)) if r["handle"] == VHANDLE_BASE + 3)
-    raw[h3["data_offset"] + U + 11] ^= 0xFF
-    bad = tmp_path / "bad.snap"
-    bad.write_bytes(raw)
-    with pytest.raises(RestoreprofError, match="checksum mismatch"):
+    records = _records(snap)
+    h3 = next(i for i, r in enumerate(records) if r["handle"] == VHANDLE_BASE + 3)
+    chunk_bytes = read_table(snap).chunk_bytes
+    # the chunk holding byte U + 11 of handle 3, in the table's order of chunks
+    index = sum(r["chunks"] for r in records[:h3]) + (U + 11) // chunk_bytes
+    (tmp_path / "bad").mkdir()
+    bad = damaged_copy(snap, tmp_path / "bad" / "gpu.snap", index)
+    with pytest.raises(RestoreprofError, match="damaged"):
         ctl.reload(bad, CFG)
     assert ctl.status()["state"] == "offloaded" and ctl.status()["gate"] == "closed"
-    allocations = sum(r["kind"] == 0 for r in _records(bytes(raw)))
+    allocations = sum(r["kind"] == 0 for r in records)
     assert physical_memory(workload.pid) == allocations, \
         "allocations stay mapped for the retry; handles go back to offloaded"
     ctl.reload(snap, CFG)
+    assert workload.verify(), (workload.state_dir / "verified").read_text()
+
+
+def test_a_version_2_snapshot_with_handles_is_still_reloaded(workload, tmp_path):
+    """Version 2 (record kinds and mappings, the bytes inside the file) is still read."""
+    ctl = ShimControl(workload.pid)
+    snap = tmp_path / "gpu.snap"
+    ctl.offload(snap, CFG)
+    v2 = in_file_copy(snap, tmp_path / "v2.snap", 2)
+    assert v2.read_bytes()[8] == 2 and v2.stat().st_size > sum(r["size"] for r in _records(snap))
+    raw = bytearray(v2.read_bytes())  # a damaged byte in the file is refused, the process held
+    raw[-5] ^= 0xFF
+    (tmp_path / "v2-bad.snap").write_bytes(raw)
+    with pytest.raises(RestoreprofError, match="checksum mismatch"):
+        ctl.reload(tmp_path / "v2-bad.snap", CFG)
+    assert ctl.status()["state"] == "offloaded" and ctl.status()["gate"] == "closed"
+    ctl.reload(v2, CFG)
+    assert ctl.status()["gate"] == "open"
     assert workload.verify(), (workload.state_dir / "verified").read_text()
 
 
@@ -240,8 +260,8 @@ def test_a_version_1_snapshot_is_still_reloaded(fake_libcuda, run_dir, tmp_path)
         ctl = ShimControl(proc.pid)
         snap = tmp_path / "gpu.snap"
         ctl.offload(snap, CFG)
-        v1 = tmp_path / "v1.snap"
-        v1.write_bytes(_as_version_1(snap.read_bytes()))
+        v1 = in_file_copy(snap, tmp_path / "v1.snap", 1)
+        assert v1.read_bytes()[8] == 1
         ctl.reload(v1, CFG)
         proc.stdin.write("\n")
         proc.stdin.flush()
@@ -249,24 +269,6 @@ def test_a_version_1_snapshot_is_still_reloaded(fake_libcuda, run_dir, tmp_path)
     finally:
         proc.kill()
         proc.wait()
-
-
-def _as_version_1(raw: bytes) -> bytes:
-    """A version 2 snapshot of allocations only, rewritten with version 1's table."""
-    magic, version, kind, chunk, count, total, _table = struct.unpack_from("<8sIIQQQQ", raw)
-    assert version == 2
-    offset, records = 64, b""
-    for _ in range(count):
-        address, size, reserved, data_offset, device, n_chunks, rkind, n_maps = \
-            struct.unpack_from("<QQQQiIII", raw, offset)
-        assert rkind == 0 and n_maps == 0
-        sums = 4 * (n_chunks + n_chunks % 2)
-        records += struct.pack("<QQQQiI", address, size, reserved, data_offset, device, n_chunks)
-        records += raw[offset + 80: offset + 80 + sums]
-        offset += 80 + sums
-    header = struct.pack("<8sIIQQQQ", magic, 1, kind, chunk, count, total, 64 + len(records))
-    table = header + b"\0" * 16 + records
-    return table + raw[len(table):]
 
 
 PROBE = textwrap.dedent("""

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
+from _snapshots import damage_chunk, in_file_copy
 
 from restoreprof.checkpoint import checkpoint, restore
 from restoreprof.doctor import _warm_pool
@@ -118,6 +119,33 @@ def test_a_damaged_file_is_never_taken_in(snap):
     with pytest.raises(RestoreprofError, match=r"checksum mismatch .* nothing was kept"):
         hot.hold_file(snap)
     assert hot.status()["held_bytes"] == 0
+
+
+def test_a_damaged_chunk_is_never_taken_in(snap):
+    damage_chunk(snap, 0)  # version 3: the bytes are chunks beside the table
+    hot = HotSnapshots(64 * MIB)
+    with pytest.raises(RestoreprofError, match=r"checksum mismatch .* nothing was kept"):
+        hot.hold_file(snap)
+    assert hot.status()["held_bytes"] == 0
+
+
+def test_an_in_file_snapshot_is_held_and_sent_bit_exact(snap, tmp_path):
+    """A version 2 snapshot (the bytes inside the file, crc32c) is still held and served."""
+    v2 = in_file_copy(snap, tmp_path / "v2.snap", 2)
+    hot = HotSnapshots(64 * MIB, threads=3)
+    try:
+        hot.hold_file(v2)
+        from_file = preload_snapshot(snap, CFG)
+        with open(v2, "rb") as f:
+            from_hot = hot.preload(f.fileno(), str(v2), CFG)
+        try:
+            assert from_hot is not None
+            assert _contents(from_hot) == _contents(from_file)
+        finally:
+            from_file.release()
+            from_hot.release()
+    finally:
+        hot.release()
 
 
 def test_the_budget_evicts_the_least_recently_used(snap, tmp_path):

@@ -13,6 +13,7 @@ from restoreprof.checkpoint import checkpoint, restore
 from restoreprof.checkpoint.gpu import PRELOAD_STEP
 from restoreprof.checkpoint.manifest import Manifest
 from restoreprof.optimizer.config import OptimizerConfig
+from restoreprof.store.table import chunk_path, read_table
 from restoreprof.workloads.controller import HeldMemory
 
 pytestmark = pytest.mark.root
@@ -27,7 +28,9 @@ def test_offloaded_round_trip_through_criu(fake_driver, tmp_path, preload):
         record = result.manifest.processes[0]
         assert record.cuda and record.offload["bytes"] == 48 << 20
         snapshot = tmp_path / "ckpt" / record.offload["snapshot"]
-        assert snapshot.stat().st_size >= 48 << 20
+        table = read_table(snapshot)  # a table; the bytes are chunks in the folder beside it
+        assert sum(n for _, n in table.chunks()) == 48 << 20
+        assert all(chunk_path(table.folder, h).stat().st_size == n for h, n in table.chunks())
         # the GPU memory is in the snapshot, not in CRIU's page images
         pages = sum(i["bytes"] for i in result.manifest.images if i["name"].startswith("pages-"))
         assert pages < (48 << 20) + (200 << 20)

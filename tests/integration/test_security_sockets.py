@@ -13,7 +13,6 @@ import select
 import shutil
 import signal
 import socket
-import struct
 import subprocess
 import sys
 import tempfile
@@ -21,6 +20,7 @@ import time
 from pathlib import Path
 
 import pytest
+from _snapshots import damaged_copy
 from test_shim_offload import SIZES, App
 
 from restoreprof.errors import RestoreprofError
@@ -573,11 +573,8 @@ def test_a_damaged_snapshot_is_not_called_intact(app_in, tmp_path):
     app, _ = app_in
     snap = tmp_path / "gpu.snap"
     ShimControl(app.proc.pid).offload(snap, CFG)
-    raw = bytearray(snap.read_bytes())
-    table_bytes = struct.unpack_from("<Q", raw, 40)[0]
-    raw[-(-table_bytes // 4096) * 4096 + 5] ^= 0xFF
-    (tmp_path / "bad.snap").write_bytes(raw)
-    with pytest.raises(RestoreprofError, match="checksum mismatch") as err:
+    damaged_copy(snap, tmp_path / "bad.snap", 0)  # its first chunk, in a folder of its own
+    with pytest.raises(RestoreprofError, match="damaged") as err:
         gpu._reload(app.proc.pid, tmp_path, {"snapshot": "bad.snap"}, CFG)
     assert "intact" not in str(err.value)
     ShimControl(app.proc.pid).reload(snap, CFG)

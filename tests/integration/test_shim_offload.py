@@ -8,7 +8,6 @@ import ctypes
 import os
 import select
 import shutil
-import struct
 import subprocess
 import sys
 import tempfile
@@ -16,6 +15,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from _snapshots import damaged_copy
 
 from restoreprof.errors import RestoreprofError
 from restoreprof.optimizer.config import OptimizerConfig
@@ -151,12 +151,8 @@ def test_corrupt_snapshot_is_refused_and_process_stays_held(app, tmp_path):
     ctl = ShimControl(app.proc.pid)
     snap = tmp_path / "gpu.snap"
     ctl.offload(snap, OptimizerConfig(chunk_mb=1))
-    bad = tmp_path / "bad.snap"
-    raw = bytearray(snap.read_bytes())
-    table_bytes = struct.unpack_from("<Q", raw, 40)[0]
-    raw[-(-table_bytes // 4096) * 4096 + MIB + 5] ^= 0xFF  # a byte in the second chunk
-    bad.write_bytes(raw)
-    with pytest.raises(RestoreprofError, match="checksum mismatch"):
+    bad = damaged_copy(snap, tmp_path / "bad.snap")  # a byte in the second chunk
+    with pytest.raises(RestoreprofError, match="a chunk is damaged or missing"):
         ctl.reload(bad)
     assert ctl.status()["state"] == "offloaded"
     with pytest.raises(RestoreprofError, match="already offloaded"):
@@ -297,14 +293,10 @@ def test_a_damaged_snapshot_is_refused_and_nothing_is_left_allocated(app, ours, 
     ctl = ShimControl(app.proc.pid)
     snap = tmp_path / "gpu.snap"
     ctl.offload(snap, CFG)
-    raw = bytearray(snap.read_bytes())
-    table_bytes = struct.unpack_from("<Q", raw, 40)[0]
-    raw[-(-table_bytes // 4096) * 4096 + MIB + 5] ^= 0xFF  # a byte in the second chunk
-    bad = tmp_path / "bad.snap"
-    bad.write_bytes(raw)
+    bad = damaged_copy(snap, tmp_path / "bad.snap")  # a byte in the second chunk
     before = _our_physical_mappings()
     fds = len(os.listdir("/proc/self/fd"))
-    with pytest.raises(RestoreprofError, match="checksum mismatch"):
+    with pytest.raises(RestoreprofError, match="a chunk is damaged or missing"):
         preload_snapshot(bad, CFG)
     assert _our_physical_mappings() == before
     assert len(os.listdir("/proc/self/fd")) == fds

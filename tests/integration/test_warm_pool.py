@@ -104,7 +104,7 @@ def test_a_damaged_snapshot_is_refused_and_the_process_stays_held(pool, tmp_path
     w = HeldMemory.start(tmp_path / "state", 16, gpu_mib=8, prefix=EXEC)
     try:
         snapshot = checkpoint_with_damaged_snapshot(w.pid, tmp_path / "ckpt")
-        with pytest.raises(RestoreprofError, match="checksum mismatch"):
+        with pytest.raises(RestoreprofError, match="a chunk is damaged or missing"):
             preload_through_pool(snapshot)
         with pytest.raises(RestoreprofError, match="reload failed"):
             restore(tmp_path / "ckpt")

@@ -20,8 +20,8 @@ GROUPS = {
     "cuda": ("ground", 3), "workloads": ("ground", 4),
     "trace": ("profiler", 10), "probes": ("profiler", 11), "analysis": ("profiler", 12),
     "exports": ("profiler", 13), "tui": ("profiler", 14),
-    "optimizer": ("optimizer", 20), "checkpoint": ("optimizer", 21),
-    "criu_plugin": ("optimizer", 22),  # restoreprof inside CRIU: the checkpoint path, from C
+    "optimizer": ("optimizer", 20), "store": ("optimizer", 21), "checkpoint": ("optimizer", 22),
+    "criu_plugin": ("optimizer", 23),  # restoreprof inside CRIU: the checkpoint path, from C
     "tuner": ("top", 30), "doctor": ("top", 30), "commands": ("top", 31), "cli": ("top", 32),
     "__main__": ("top", 33),
 }

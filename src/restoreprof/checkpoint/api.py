@@ -43,6 +43,7 @@ from restoreprof.errors import (
     require_root,
 )
 from restoreprof.optimizer.config import OptimizerConfig
+from restoreprof.store.table import is_chunked_table
 
 GUARDIAN_LOG = "guardian.log"
 
@@ -82,7 +83,29 @@ class RestoreResult:
 
 def checkpoint(pid: int, directory: Path, *, leave_running: bool = False, offload: bool = True,
                lock_timeout_ms: int = 10_000, criu_args: list[str] | None = None,
-               optimizer=None) -> CheckpointResult:
+               optimizer=None, store: Path | None = None, sync: bool = False) -> CheckpointResult:
+    """store: the snapshot store to put GPU memory chunks in (restoreprof.store), else each
+    snapshot's own folder; sync: report success only once everything is on disk."""
+    session = _begin_store_session(store, directory, sync) if store and offload else None
+    try:
+        return _checkpoint(pid, directory, leave_running=leave_running, offload=offload,
+                           lock_timeout_ms=lock_timeout_ms, criu_args=criu_args,
+                           optimizer=optimizer, session=session, sync=sync)
+    finally:
+        if session:
+            session.end()
+
+
+def _begin_store_session(store: Path, directory: Path, sync: bool):
+    """Issue 15's store: a shared hold on it from the first chunk to the manifest."""
+    from restoreprof.store.session import StoreSession
+
+    return StoreSession.begin(store, Path(directory).resolve(), sync)
+
+
+def _checkpoint(pid: int, directory: Path, *, leave_running: bool, offload: bool,
+                lock_timeout_ms: int, criu_args: list[str] | None, optimizer, session,
+                sync: bool) -> CheckpointResult:
     require_root("restoreprof checkpoint")
     criu.criu_path()  # fail early, before anything is touched
     tree = process_tree(pid)
@@ -101,7 +124,7 @@ def checkpoint(pid: int, directory: Path, *, leave_running: bool = False, offloa
         trust.prepare_checkpoint_directory(directory, MANIFEST_NAME)
         journal = checkpoint_journal(directory)
         journal.write("started", root_pid=pid, leave_running=leave_running, cuda_pids=cuda_pids,
-                      shim_pids=[], offloaded={}, names=names, stopped=stopped,
+                      shim_pids=[], offloaded={}, names=names, stopped=stopped, sync=sync,
                       shell_job=shell_job, gpus=gpu.gpu_records() if cuda_pids else [],
                       versions=_versions(bool(cuda_pids)),
                       created=datetime.now(UTC).isoformat(timespec="seconds"))
@@ -110,7 +133,7 @@ def checkpoint(pid: int, directory: Path, *, leave_running: bool = False, offloa
             interrupted = _lock_and_dump(pid, directory, journal, clock, offload=offload,
                                          leave_running=leave_running, shell_job=shell_job,
                                          lock_timeout_ms=lock_timeout_ms, criu_args=criu_args or [],
-                                         optimizer=optimizer)
+                                         optimizer=optimizer, session=session, sync=sync)
             # The dump completed: from here the checkpoint is finished, whatever arrives.
             with deferred_interrupts() as late:
                 journal.write("dumped", steps=_step_records(clock))
@@ -156,7 +179,7 @@ def _ancestors() -> set[int]:
 
 def _lock_and_dump(pid: int, directory: Path, journal, clock: StepClock, *, offload: bool,
                    leave_running: bool, shell_job: bool, lock_timeout_ms: int,
-                   criu_args: list[str], optimizer) -> bool:
+                   criu_args: list[str], optimizer, session=None, sync: bool = False) -> bool:
     """Offload, the driver's lock + checkpoint, criu dump; each phase journaled before it
     starts. Returns whether an interrupt arrived while CRIU ran (it ran to its end)."""
     cuda_pids = journal.data["cuda_pids"]
@@ -166,7 +189,10 @@ def _lock_and_dump(pid: int, directory: Path, journal, clock: StepClock, *, offl
         stopped = set(journal.data["stopped"])
         journal.write("offloading",
                       shim_pids=[p for p in cuda_pids if gpu.has_shim(p) and p not in stopped])
-        offloaded = clock.run("offload GPU memory", gpu.offload_all, cuda_pids, directory, optimizer)
+        offloaded = clock.run("offload GPU memory", gpu.offload_all, cuda_pids, directory, optimizer,
+                              session, sync)
+        if session:  # the store's reference names every chunk; the manifest completes it later
+            clock.run("store reference", session.reference, offloaded)
         journal.write("offloading", offloaded={str(p): r for p, r in offloaded.items()})
     # What was offloaded per kind and what the driver is left with: measured now, before the
     # driver's checkpoint takes the rest (a report only: it never fails the checkpoint).
@@ -269,7 +295,11 @@ def _restore_locked(directory: Path, manifest: Manifest, work: Path, *, gpu_map,
     # Every image's size and the contents of those that steer CRIU are checked first; the page
     # data (most of the bytes) is hashed while CRIU restores, and CRIU leaves the processes
     # stopped: none of them runs an instruction until every image has passed.
-    snapshots = tuple(p.offload["snapshot"] for p in manifest.processes if p.offload)
+    # A GPU snapshot of version 3 is a small table naming its chunks by BLAKE3-256: hashed here
+    # like any image (the engine checks each chunk's pieces as it copies them). An older one
+    # holds its bytes, each piece's crc32c checked by the engine: not read a second time here.
+    snapshots = tuple(p.offload["snapshot"] for p in manifest.processes
+                      if p.offload and not is_chunked_table(directory / p.offload["snapshot"]))
     if verify:
         clock.run("verify images", verify_images, directory, manifest, skip=snapshots,
                   only=lambda name: not is_page_data(name))
@@ -399,7 +429,7 @@ def _gpu_only(directory: Path, manifest: Manifest, journal, gpu_map, parallel: b
 def _start_page_check(directory: Path, manifest: Manifest, snapshots: tuple[str, ...],
                       clock: StepClock) -> Future:
     """Hash the page data on a thread of its own; result() waits and raises on damage. (GPU
-    snapshots are skipped: the engine checks their crc32c chunk by chunk as it loads them.)"""
+    snapshots' chunks are not here: the engine checks each one's BLAKE3 as it loads it.)"""
     pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="page-check")
     check = pool.submit(clock.run, "verify page images", verify_images, directory, manifest,
                         skip=snapshots, only=is_page_data)

@@ -12,11 +12,13 @@ import contextlib
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 
 from restoreprof.checkpoint.tree import maps_library
 from restoreprof.cuda import driver
 from restoreprof.errors import RestoreprofError
+from restoreprof.optimizer.config import OptimizerConfig
 from restoreprof.optimizer.control import TargetStoppedError
 
 SHIM_MARKER = "librestoreprof_shim"
@@ -92,14 +94,23 @@ def has_shim(pid: int) -> bool:
     return maps_library(pid, SHIM_MARKER)
 
 
-def offload_all(pids: list[int], directory: Path, optimizer) -> dict[int, dict]:
-    """Offload the GPU memory of every process running with the library; {pid: record}."""
+def offload_all(pids: list[int], directory: Path, optimizer, store=None,
+                sync: bool = False) -> dict[int, dict]:
+    """Offload the GPU memory of every process running with the library; {pid: record}. Each
+    snapshot's chunks go to its own folder beside it, or to store (a store.session.StoreSession)."""
     records = {}
-    for pid in [p for p in pids if has_shim(p)]:
+    if store is not None:  # the store's chunk size, else its chunks would never match
+        optimizer = replace(optimizer or OptimizerConfig(), chunk_mb=store.chunk_mb)
+    with_shim = [p for p in pids if has_shim(p)]
+    if store is not None and with_shim:
+        store.pending(with_shim, [directory / snapshot_name(p) for p in with_shim])
+    for pid in with_shim:
         name = snapshot_name(pid)
         start = time.monotonic()
         try:
-            result = _shim_control(pid).offload(directory / name, optimizer)
+            result = _shim_control(pid).offload(directory / name, optimizer,
+                                                chunk_dir=store.chunk_dir if store else None,
+                                                sync=sync)
         except TargetStoppedError as exc:  # it cannot answer: the driver checkpoints it whole
             print(f"restoreprof: note: {exc.args[0]}; the driver checkpoints it", file=sys.stderr)
             continue
@@ -109,6 +120,7 @@ def offload_all(pids: list[int], directory: Path, optimizer) -> dict[int, dict]:
             reload_all(records, directory, optimizer)
             raise
         records[pid] = {"snapshot": name, "bytes": int(result.get("bytes", 0)),
+                        "written_bytes": int(result.get("written", 0)),
                         "seconds": round(time.monotonic() - start, 6),
                         # the program's cached free blocks, freed before the offload
                         "reserved_bytes": int(result.get("reserved", 0)),

@@ -15,6 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from restoreprof.checkpoint.trust import CHUNK_DIR_SUFFIX
 from restoreprof.errors import IntegrityError, RestoreprofError
 
 MANIFEST_NAME = "restoreprof.json"
@@ -105,6 +106,11 @@ class Manifest:
             raise IntegrityError(f"{directory / MANIFEST_NAME} lists an image twice",
                                  hint="the checkpoint cannot be trusted; take a new one")
         present = set(os.listdir(directory)) - {MANIFEST_NAME}
+        # a listed snapshot's chunk folder: its chunks are checked by their names (BLAKE3)
+        chunk_dirs = {f"{p.offload.get('snapshot')}{CHUNK_DIR_SUFFIX}"
+                      for p in self.processes if p.offload}
+        present -= {n for n in chunk_dirs
+                    if os.path.isdir(directory / n) and not os.path.islink(directory / n)}
         if self.version == 0:  # an older restoreprof's logs, which CRIU's restore never reads
             present -= LEGACY_UNLISTED
         unlisted = sorted(present - set(listed))

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import time
 from pathlib import Path
@@ -25,7 +26,9 @@ from restoreprof.checkpoint import pstree, trust
 from restoreprof.checkpoint.journal import Journal, checkpoint_journal, restore_journal
 from restoreprof.checkpoint.manifest import MANIFEST_NAME, Manifest, ProcessRecord, record_images
 from restoreprof.checkpoint.tree import resume_stopped, state
+from restoreprof.checkpoint.trust import CHUNK_DIR_SUFFIX
 from restoreprof.errors import RestoreprofError
+from restoreprof.store.session import make_durable
 
 DUMP_SUCCESS_LINE = "Dumping finished successfully"  # criu dump -v4, its last line on success
 CRIU_EXIT_WAIT_S = 600.0
@@ -111,6 +114,8 @@ def _clear(directory: Path) -> None:
         with contextlib.suppress(OSError):
             if entry.is_file(follow_symlinks=False) or entry.is_symlink():
                 os.unlink(entry.path)
+            elif entry.is_dir(follow_symlinks=False) and entry.name.endswith(CHUNK_DIR_SUFFIX):
+                shutil.rmtree(entry.path)  # a GPU snapshot's own chunks (a store's stay)
 
 
 def roll_back_checkpoint(directory: Path, journal: Journal) -> list[str]:
@@ -149,8 +154,12 @@ def finish_checkpoint(directory: Path, journal: Journal, log_name: str) -> Manif
     manifest.images = record_images(directory)
     manifest.steps = [*data.get("steps", []),
                       {"name": "checksum images", "seconds": round(time.monotonic() - start, 6)}]
+    if data.get("sync"):  # checkpoint --sync: the images on disk before the manifest claims them
+        make_durable(directory)
     manifest.save(directory)
     trust.make_private(directory)
+    if data.get("sync"):
+        make_durable(directory)  # the manifest, and its rename
     journal.remove()
     return manifest
 

@@ -20,6 +20,10 @@ from restoreprof.errors import EXIT_ENVIRONMENT, IntegrityError, RestoreprofErro
 DIR_MODE = 0o700
 FILE_MODE = 0o600
 _OTHERS_WRITE = stat.S_IWGRP | stat.S_IWOTH
+# A GPU snapshot's own chunk folder (gpu-<pid>.snap.chunks, written by the library): the only
+# folder a checkpoint holds. CRIU never reads it, and every chunk in it is named by its BLAKE3 and
+# checked piece by piece as the engine copies it, so its files need no checksums of the manifest.
+CHUNK_DIR_SUFFIX = ".chunks"
 
 
 def _trusted_owners() -> tuple[int, ...]:
@@ -145,8 +149,10 @@ def check_checkpoint_directory(directory: Path) -> None:
         if stat.S_ISLNK(est.st_mode):
             raise IntegrityError(f"{entry.path} is a symbolic link; a checkpoint holds plain files only",
                                  hint="remove the link; restoreprof never follows links out of a checkpoint")
-        if not stat.S_ISREG(est.st_mode):
-            raise IntegrityError(f"{entry.path} is not a plain file; a checkpoint holds plain files only",
+        chunk_dir = stat.S_ISDIR(est.st_mode) and entry.name.endswith(CHUNK_DIR_SUFFIX)
+        if not stat.S_ISREG(est.st_mode) and not chunk_dir:
+            raise IntegrityError(f"{entry.path} is not a plain file; a checkpoint holds plain files "
+                                 f"and GPU snapshot chunk folders (*{CHUNK_DIR_SUFFIX}) only",
                                  hint="remove it from the checkpoint folder")
         if _others_can_write(est):
             raise IntegrityError(

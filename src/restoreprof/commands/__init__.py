@@ -13,6 +13,7 @@ from types import ModuleType
 # command name -> module in this package, in the order help lists them
 MODULES = {
     "doctor": "doctor", "demo": "demo", "checkpoint": "checkpoint", "restore": "restore",
+    "store": "store",
     "trace": "trace", "report": "report", "calibrate": "calibrate", "exec": "exec_",
     "warm": "warm", "run": "run", "tune": "tune", "config": "config", "tui": "tui",
 }

@@ -27,6 +27,11 @@ def prepare_parser(parser: argparse.ArgumentParser) -> None:
                              "--criu-arg --tcp-established and --criu-arg=--tcp-established "
                              "both work)")
     accept_dash_values(parser, "--criu-arg")
+    parser.add_argument("--store", nargs="?", type=Path, const=True, default=None, metavar="PATH",
+                        help="put GPU memory chunks in the deduplicating snapshot store (default "
+                             "$RESTOREPROF_STORE, else /var/lib/restoreprof/store)")
+    parser.add_argument("--export", type=Path, metavar="OUT",
+                        help="also write a standalone, portable copy into OUT (new or empty)")
     parser.add_argument("--recover", action="store_true",
                         help="finish (if CRIU's dump completed) or put back an interrupted "
                              "checkpoint in DIR whose guardian could not")
@@ -50,12 +55,23 @@ def run(args: argparse.Namespace) -> int:
         raise RestoreprofError("-p and --lock-timeout take positive numbers",
                                hint="restoreprof checkpoint -p PID -D DIR [--lock-timeout MS]")
     settings = config.from_args(args)  # --no-offload: never offload through the library
+    store = None
+    if args.store is not None:
+        from restoreprof.store.layout import default_store
+
+        store = default_store() if args.store is True else args.store
     with step_progress(args, "checkpoint"):
         result = checkpoint(args.pid, args.dir, leave_running=args.leave_running,
                             offload=settings.offload, lock_timeout_ms=args.lock_timeout,
-                            criu_args=args.criu_arg, optimizer=settings)
+                            criu_args=args.criu_arg, optimizer=settings, store=store,
+                            sync=settings.sync)
+    exported = None
+    if args.export:
+        from restoreprof.commands._export import export
+
+        exported = export(result.directory, args.export)
     if args.json:
-        print_json(result.to_dict(), "checkpoint")
+        print_json({**result.to_dict(), "export": exported}, "checkpoint")
         return 0
     cuda = result.manifest.cuda_pids
     print(f"checkpointed PID {args.pid} ({len(result.manifest.processes)} processes, "
@@ -65,4 +81,12 @@ def run(args: argparse.Namespace) -> int:
         print(line)
     size = sum(i["bytes"] for i in result.manifest.images)
     print(f"images: {size / 1e9:.2f} GB in {len(result.manifest.images)} files")
+    for p in result.manifest.processes:
+        if p.offload:
+            where = p.offload.get("store") or f"{p.offload['snapshot']}.chunks"
+            print(f"GPU memory of PID {p.pid}: {p.offload['bytes'] / 1e9:.2f} GB, "
+                  f"{p.offload.get('written_bytes', 0) / 1e9:.2f} GB written (the rest was "
+                  f"already in {where})")
+    if exported:
+        print(f"exported a standalone copy to {exported['directory']}")
     return 0

@@ -306,7 +306,7 @@ class ShimControl:
         return reply.decode(errors="replace").strip()
 
     def _transfer(self, verb: str, path: Path, cfg: OptimizerConfig | None,
-                  safe: bool = False) -> dict[str, Any]:
+                  safe: bool = False, extra: str = "") -> dict[str, Any]:
         path = Path(path).resolve()
         if any(c.isspace() for c in str(path)):
             raise RestoreprofError(f"snapshot path {path} contains whitespace",
@@ -319,15 +319,25 @@ class ShimControl:
             if verb == "OFFLOAD" else ""
         start = time.monotonic()
         result = _parse_ok_numbers(self.request(
-            f"{verb} {path} {streams} {cfg.chunk_mb} {threads} {int(cfg.pinned)}{release}"))
+            f"{verb} {path} {streams} {cfg.chunk_mb} {threads} {int(cfg.pinned)}{release}{extra}"))
         result["wall_seconds"] = time.monotonic() - start
         return result
 
-    def offload(self, path: Path, cfg: OptimizerConfig | None = None) -> dict[str, Any]:
-        """Write all GPU allocations to path and release their memory; {bytes, seconds, gbps,
-        reserved, released, release, release_seconds}: the program's release hooks run first
-        (reserved: bytes the library served before them; released: what they gave back)."""
-        return self._transfer("OFFLOAD", path, cfg)
+    def offload(self, path: Path, cfg: OptimizerConfig | None = None, *,
+                chunk_dir: str | None = None, sync: bool = False) -> dict[str, Any]:
+        """Write all GPU allocations as chunks (into chunk_dir: relative to path's folder unless
+        absolute; default <path's name>.chunks) and their table to path, and release their
+        memory; {bytes, seconds, gbps, written, reserved, released, release, release_seconds}.
+        sync: durable before it returns. The program's release hooks run first (reserved: bytes
+        the library served before them; released: what they gave back)."""
+        extra = ""
+        if chunk_dir is not None or sync:
+            chunk_dir = chunk_dir or f"{Path(path).name}.chunks"
+            if any(c.isspace() for c in chunk_dir):
+                raise RestoreprofError(f"chunk folder {chunk_dir} contains whitespace",
+                                       hint="use a store path without spaces")
+            extra = f" {chunk_dir} {int(sync)}"
+        return self._transfer("OFFLOAD", path, cfg, extra=extra)
 
     def reload(self, path: Path, cfg: OptimizerConfig | None = None,
                safe: bool = False) -> dict[str, Any]:

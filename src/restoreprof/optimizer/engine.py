@@ -54,6 +54,8 @@ _PROTOTYPES: dict[str, tuple[object, list]] = {
                                                ctypes.POINTER(Preloaded), ctypes.c_long,
                                                ctypes.c_char_p, ctypes.c_size_t]),
     "rp_preloaded_release": (None, [ctypes.POINTER(Preloaded), ctypes.c_long]),
+    "rp_blake3": (None, [ctypes.c_char_p, ctypes.c_size_t, ctypes.c_char_p]),
+    "rp_blake3_chunk_name": (ctypes.c_int, [ctypes.c_char_p, ctypes.c_size_t, ctypes.c_char_p]),
 }
 
 
@@ -90,6 +92,23 @@ def staging_ranges() -> list[list[int]]:
     slot = ctypes.c_size_t()
     n = library().rp_engine_staging(bases, len(bases), ctypes.byref(slot))
     return [[bases[i], slot.value] for i in range(n)]
+
+
+def blake3(data: bytes) -> str:
+    """BLAKE3-256 (hex) with the library's own code, the one that names snapshot chunks (the
+    GIL is released while it hashes)."""
+    out = ctypes.create_string_buffer(32)
+    library().rp_blake3(data, len(data), out)
+    return out.raw.hex()
+
+
+def chunk_name(data: bytes) -> str:
+    """The name a snapshot chunk with these contents has (hex): the BLAKE3-256 of the
+    BLAKE3-256 of each MiB of it (shim/chunks.c: rp_chunk_name)."""
+    out = ctypes.create_string_buffer(32)
+    if library().rp_blake3_chunk_name(data, len(data), out) != 0:
+        raise MemoryError("out of memory hashing a chunk")
+    return out.raw.hex()
 
 
 def crc32c(data: bytes | bytearray | memoryview, seed: int = 0) -> int:

@@ -25,6 +25,7 @@ import contextlib
 import ctypes
 import hashlib
 import os
+import struct
 import threading
 import time
 from dataclasses import dataclass, field
@@ -186,7 +187,9 @@ class HotSnapshots:
         least recently used ones to make room. Raises when it cannot be held."""
         identity, table = SnapshotIdentity.of(fd)
         key = (identity.device, identity.inode)
-        need = identity.size  # an upper bound (data, table, alignment); exact once held
+        # an upper bound (data, table, alignment), exact once held: the file's size for a
+        # snapshot holding its bytes, the table's total_bytes for one of chunks (version 3)
+        need = max(identity.size, struct.unpack_from("<Q", table, 32)[0])
         with self._lock:
             current = self._held.get(key)
             if current is not None and current.identity == identity:

@@ -100,6 +100,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("preload", bool, True, env=("RESTOREPROF_PRELOAD",),
             help="load offloaded GPU memory while CRIU restores, for the process to adopt",
             acts_on="restore"),
+    Setting("sync", bool, False, env=("RESTOREPROF_SYNC",),
+            help="report a checkpoint done only once every byte is on disk (fsync of the GPU "
+                 "memory's chunks, the images, the manifest and their folders)",
+            acts_on="checkpoint"),
     Setting("release_caches", bool, True, env=("RESTOREPROF_RELEASE_CACHES",),
             help="at checkpoint, first free the program's cached free GPU blocks (PyTorch, "
                  "CuPy: what empty_cache() does), so only live bytes are saved",

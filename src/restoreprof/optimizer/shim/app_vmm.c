@@ -87,21 +87,6 @@ static int tracking(void)
     return rp_config.offload;
 }
 
-static int grow(void **array, size_t *cap, size_t need, size_t item)
-{
-    if (need <= *cap)
-        return 0;
-    size_t cap2 = *cap ? 2 * *cap : 64;
-    while (cap2 < need)
-        cap2 *= 2;
-    void *grown = realloc(*array, cap2 * item);
-    if (!grown)
-        return -1;
-    *array = grown;
-    *cap = cap2;
-    return 0;
-}
-
 static struct phys *phys_of(uint64_t handle)
 {
     if (handle <= RP_VHANDLE_BASE || handle - RP_VHANDLE_BASE > app.n_phys)
@@ -113,7 +98,7 @@ static struct phys *phys_add(CUmemGenericAllocationHandle real, const CUmemAlloc
                              size_t size, unsigned long long flags)
 {
     struct phys *p = calloc(1, sizeof(*p));
-    if (!p || grow((void **)&app.phys, &app.cap_phys, app.n_phys + 1, sizeof(*app.phys))) {
+    if (!p || rp_grow((void **)&app.phys, &app.cap_phys, app.n_phys + 1, sizeof(*app.phys))) {
         free(p);
         return NULL;
     }
@@ -287,7 +272,7 @@ RP_EXPORT CUresult cuMemMap(CUdeviceptr ptr, size_t size, size_t offset,
     struct phys *p = phys_of(handle);
     CUresult rc = rp_real.cuMemMap(ptr, size, offset, p ? p->real : handle, flags);
     if (rc == CUDA_SUCCESS && p) {
-        if (grow((void **)&app.maps, &app.cap_maps, app.n_maps + 1, sizeof(*app.maps)) == 0) {
+        if (rp_grow((void **)&app.maps, &app.cap_maps, app.n_maps + 1, sizeof(*app.maps)) == 0) {
             app.maps[app.n_maps++] = (struct mapping){ .va = ptr, .size = size, .offset = offset,
                                                        .phys = p };
             p->n_maps++;
@@ -654,7 +639,7 @@ int rp_app_vmm_items(struct rp_snap_item **items, size_t *count, size_t *capacit
             snprintf(err, errlen, "reading GPU memory handle %#llx (%zu bytes) failed: %s",
                      (unsigned long long)p->handle, p->size, rp_error_name(cr));
             rc = -1;
-        } else if (grow((void **)items, capacity, *count + 1, sizeof(**items)) != 0 ||
+        } else if (rp_grow((void **)items, capacity, *count + 1, sizeof(**items)) != 0 ||
                    describe(p, &(*items)[*count]) != 0) {
             snprintf(err, errlen, "out of memory");
             rc = -1;

@@ -8,10 +8,12 @@ C and Python cannot disagree on a default.
 
 from __future__ import annotations
 
+import platform
+import subprocess
 from pathlib import Path
 
 from restoreprof.settings import SETTINGS, schema
-from restoreprof.system.cbuild import compile_shared, cuda_include_dir, up_to_date
+from restoreprof.system.cbuild import c_compiler, compile_shared, cuda_include_dir, up_to_date
 
 SOURCE_DIR = Path(__file__).parent
 LIBRARY_NAME = "librestoreprof_shim.so"
@@ -44,6 +46,43 @@ def write_settings_header() -> Path:
     return SETTINGS_HEADER
 
 
+BLAKE3_DIR = SOURCE_DIR / "blake3"
+
+
+def target_machine() -> str:
+    """The compiler's target ("x86_64", "aarch64"...): a cross compiler ($CC) builds for
+    another machine than this one."""
+    try:
+        out = subprocess.run([c_compiler(), "-dumpmachine"], capture_output=True, text=True,
+                             check=True).stdout
+        return out.split("-", 1)[0].strip()
+    except (OSError, subprocess.CalledProcessError):
+        return platform.machine()
+
+
+def blake3_sources(machine: str) -> list[Path]:
+    """The vendored BLAKE3 (blake3/README.md): its portable C, and the SIMD kernels of the
+    target (x86-64: SSE2 to AVX-512 assembly, picked at run time; aarch64: NEON), so that
+    hashing keeps up with the engine's copies."""
+    srcs = [BLAKE3_DIR / n for n in ("blake3.c", "blake3_dispatch.c", "blake3_portable.c")]
+    if machine == "x86_64":
+        srcs += sorted(BLAKE3_DIR.glob("*_x86-64_unix.S"))
+    elif machine == "aarch64":
+        srcs.append(BLAKE3_DIR / "blake3_neon.c")
+    return srcs
+
+
+def blake3_flags(machine: str) -> list[str]:
+    hidden = '__attribute__((visibility("hidden")))'
+    flags = [f"-DBLAKE3_API={hidden}", f"-DBLAKE3_PRIVATE={hidden}",
+             f"-include{BLAKE3_DIR / 'rp_prefix.h'}", f"-I{BLAKE3_DIR}"]
+    if machine != "x86_64":
+        flags += ["-DBLAKE3_NO_SSE2", "-DBLAKE3_NO_SSE41", "-DBLAKE3_NO_AVX2", "-DBLAKE3_NO_AVX512"]
+    if machine != "aarch64":
+        flags.append("-DBLAKE3_USE_NEON=0")
+    return flags
+
+
 def sources() -> list[Path]:
     return sorted(SOURCE_DIR.glob("*.c"))
 
@@ -59,8 +98,11 @@ def build_library(out_dir: Path | None = None, force: bool = False) -> Path:
     if not srcs:
         raise FileNotFoundError(f"no C sources in {SOURCE_DIR}")
     write_settings_header()
-    inputs = srcs + list(SOURCE_DIR.glob("*.h")) + [Path(schema.__file__)]
+    machine = target_machine()
+    srcs += blake3_sources(machine)
+    inputs = srcs + list(SOURCE_DIR.glob("*.h")) + list(BLAKE3_DIR.glob("*.h")) + \
+        [Path(schema.__file__)]
     if up_to_date(out, inputs) and not force:
         return out
-    cflags = [*CFLAGS, f"-I{cuda_include_dir()}", f"-I{SOURCE_DIR}"]
+    cflags = [*CFLAGS, *blake3_flags(machine), f"-I{cuda_include_dir()}", f"-I{SOURCE_DIR}"]
     return compile_shared(out, srcs, cflags, ["-ldl", "-lpthread"])

@@ -8,18 +8,21 @@
  * for `criu dump` to trip over (CRIU can dump a listening socket, not one joined to a peer
  * outside the dumped tree). The listening socket itself is restored by CRIU at its path.
  *
- *   OFFLOAD <path> <streams> <chunk_mb> <threads> <pinned> <release_s>
- *                                                            -> READY <bytes> <ns> | ERR <message>
- *     then COMMIT                                            -> OK <bytes> <ns> reserved=<bytes>
- *                                                               released=<bytes> release=<outcome>
- *                                                               release_ns=<ns> | ERR <message>
+ *   OFFLOAD <path> <streams> <chunk_mb> <threads> <pinned> <release_s> [<chunk dir> [<sync>]]
+ *                                           -> READY <bytes> <ns> written=<bytes> | ERR <message>
+ *     then COMMIT                           -> OK <bytes> <ns> written=<bytes> reserved=<bytes>
+ *                                              released=<bytes> release=<outcome>
+ *                                              release_ns=<ns> | ERR <message>
+ *     (the table at path, the chunks in the chunk folder: relative to path's folder unless
+ *     absolute, default <path's name>.chunks; sync 1: durable before READY)
  *   RELOAD <path> <streams> <chunk_mb> <threads> <pinned>   -> OK <bytes> <ns> | ERR <message>
  *   (a number left out or negative: this process's own setting, from its environment)
  *   ADOPT <address> <gpu uuid> [<handle>] + one fd (SCM_RIGHTS)
  *                                                   -> OK <bytes> <ns> remaining=<n> | ERR
  *   (OFFLOAD/RELOAD of path "-": the file is the descriptor sent with the request,
  *   SCM_RIGHTS; a process in its own mount namespace cannot reach a host path, e.g. CRIU's
- *   images folder)
+ *   images folder. OFFLOAD to a descriptor writes snapshot version 2, the bytes inside it:
+ *   such a process cannot reach a chunk folder either)
  *   STATUS                                          -> OK state=<running|offloaded> ...
  *                                                     kind.<name>=<count>:<bytes> ...
  *
@@ -247,6 +250,19 @@ static int unmap_all(struct alloc_list *list, char *err, size_t errlen)
     return failures ? -1 : 0;
 }
 
+/* Where a snapshot opened on fd lies (path, or for "-" the descriptor's own path, as this
+ * process sees it), to find a chunk folder relative to it. */
+static const char *table_path(const char *path, int fd, char *buf, size_t len)
+{
+    if (strcmp(path, "-") != 0)
+        return path;
+    char link[64];
+    snprintf(link, sizeof(link), "/proc/self/fd/%d", fd);
+    ssize_t got = readlink(link, buf, len - 1);
+    buf[got > 0 ? got : 0] = '\0';
+    return buf;
+}
+
 /* The snapshot file: the descriptor sent with the request when path is "-", else path. */
 static int open_snapshot(const char *path, int given, int flags)
 {
@@ -277,16 +293,19 @@ static int offload_items(struct alloc_list *list, struct rp_snap_item **items, s
     return rp_app_vmm_items(items, count, &capacity, err, errlen);
 }
 
-/* release_s: how long to wait for the program's release hooks; 0: do not run them; negative:
+/* chunk_dir: the chunk folder, relative to the snapshot's folder unless absolute (a store).
+ * path "-": the snapshot goes to the descriptor given with the request, in version 2 (the bytes
+ * inside it): a process that cannot reach the images folder (a container's) cannot reach a
+ * chunk folder beside it either. release_s: how long to wait for the program's release hooks; 0: do not run them; negative:
  * this process's own settings (RESTOREPROF_RELEASE_CACHES, RESTOREPROF_RELEASE_TIMEOUT_S). */
-static void do_offload(int conn, const char *path, int given, struct rp_engine_params p,
-                       int release_s, char *reply, size_t len)
+static void do_offload(int conn, const char *path, int given, const char *chunk_dir, int sync,
+                       struct rp_engine_params p, int release_s, char *reply, size_t len)
 {
     if (offloaded) {
         snprintf(reply, len, "ERR already offloaded: RELOAD first");
         return;
     }
-    uint64_t start = rp_now_ns(), total = 0, release_ns = 0;
+    uint64_t start = rp_now_ns(), total = 0, written = 0, release_ns = 0;
     char err[512] = "";
     struct alloc_list list = { 0 };
     struct rp_snap_item *items = NULL;
@@ -299,18 +318,16 @@ static void do_offload(int conn, const char *path, int given, struct rp_engine_p
                        &release_ns);
     long long hooks_released = hooks_reserved - (long long)rp_coverage_bytes();
     rp_gate_close(); /* the application's intercepted calls wait from here */
-    /* Refused before the file is made: a refused checkpoint leaves nothing behind. */
+    /* Refused before anything is written: a refused checkpoint leaves nothing behind. */
     if (rp_app_vmm_refusal(err, sizeof(err)) != 0) {
         rp_gate_open();
         snprintf(reply, len, "ERR cannot checkpoint: %s", err);
         return;
     }
-    int fd = open_snapshot(path, given, O_WRONLY | O_CREAT | O_TRUNC);
+    int to_fd = strcmp(path, "-") == 0;
     CUresult drained = CUDA_SUCCESS;
     int rc = -1;
-    if (fd < 0)
-        snprintf(err, sizeof(err), "cannot create %.160s: %s", path, strerror(errno));
-    else if (collect(&list) != 0)
+    if (collect(&list) != 0)
         snprintf(err, sizeof(err), "out of memory");
     else if (offload_items(&list, &items, &n_items, err, sizeof(err)) != 0)
         ; /* err says why */
@@ -320,13 +337,23 @@ static void do_offload(int conn, const char *path, int given, struct rp_engine_p
         size_t cached = rp_mempool_release_cached(); /* free memory is not the application's */
         if (cached)
             RP_DEBUG("released %zu bytes of cached stream-ordered memory", cached);
-        rc = rp_snapshot_write(fd, items, n_items, p, &total, err, sizeof(err));
+        int fd = to_fd ? open_snapshot(path, given, O_WRONLY) : -1;
+        if (to_fd && fd < 0)
+            snprintf(err, sizeof(err), "OFFLOAD - needs the snapshot's descriptor (SCM_RIGHTS)");
+        else if (to_fd)
+            rc = rp_snapshot_write_fd(fd, items, n_items, p, &total, err, sizeof(err));
+        else
+            rc = rp_snapshot_write(path, chunk_dir, sync, items, n_items, p, &total, &written,
+                                   err, sizeof(err));
+        if (to_fd)
+            written = total;
+        if (fd >= 0 && close(fd) != 0 && rc == 0) {
+            snprintf(err, sizeof(err), "closing the snapshot's descriptor failed: %s",
+                     strerror(errno));
+            rc = -1;
+        }
     }
     rp_app_vmm_close_windows();
-    if (fd >= 0 && close(fd) != 0 && rc == 0) {
-        snprintf(err, sizeof(err), "closing %.160s failed: %s", path, strerror(errno));
-        rc = -1;
-    }
     if (rc != 0) {
         rp_gate_open(); /* nothing was released: the application just carries on */
         snprintf(reply, len, "ERR %s", err);
@@ -336,9 +363,9 @@ static void do_offload(int conn, const char *path, int given, struct rp_engine_p
     }
     /* The snapshot is complete and the memory still mapped: release it only for a client that
      * is there to bring it back. */
-    char ready[96];
-    snprintf(ready, sizeof(ready), "READY %llu %llu", (unsigned long long)total,
-             (unsigned long long)(rp_now_ns() - start));
+    char ready[128];
+    snprintf(ready, sizeof(ready), "READY %llu %llu written=%llu", (unsigned long long)total,
+             (unsigned long long)(rp_now_ns() - start), (unsigned long long)written);
     if (send_reply(conn, ready) != 0 || await_commit(conn) != 0) {
         rp_gate_open();
         rp_log("OFFLOAD to %.160s rolled back: the client hung up or did not confirm within %d s; "
@@ -359,10 +386,11 @@ static void do_offload(int conn, const char *path, int given, struct rp_engine_p
         released != 0)
         snprintf(reply, len, "ERR %s", err);
     else
-        snprintf(reply, len, "OK %llu %llu reserved=%lld released=%lld release=%s release_ns=%llu",
+        snprintf(reply, len,
+                 "OK %llu %llu written=%llu reserved=%lld released=%lld release=%s release_ns=%llu",
                  (unsigned long long)total, (unsigned long long)(rp_now_ns() - start),
-                 hooks_reserved, hooks_released, rp_release_outcome_name(hooks),
-                 (unsigned long long)release_ns);
+                 (unsigned long long)written, hooks_reserved, hooks_released,
+                 rp_release_outcome_name(hooks), (unsigned long long)release_ns);
     free(items);
     free(list.items);
 }
@@ -404,8 +432,8 @@ struct load {
 /* Loads every record, one engine batch per context (chunks of all records shared out across
  * the threads). On an engine failure, rebuilds the staging pool and tries once more (pinned
  * buffers made before a driver checkpoint may not survive it on every driver). */
-static CUresult load_all(int fd, struct load *loads, size_t n, size_t checksum_bytes,
-                         struct rp_engine_params p)
+static CUresult load_all(const char *table, int fd, struct rp_chunk_store *chunks,
+                         struct load *loads, size_t n, struct rp_engine_params p)
 {
     struct rp_transfer *t = calloc(n ? n : 1, sizeof(*t));
     if (!t)
@@ -419,10 +447,8 @@ static CUresult load_all(int fd, struct load *loads, size_t n, size_t checksum_b
             if (loads[i].done || loads[i].context != loads[first].context)
                 continue;
             const struct snap_record *r = loads[i].record;
-            t[count++] = (struct rp_transfer){ .direction = RP_H2D, .device = loads[i].device,
-                                               .fd = fd, .file_offset = (off_t)r->data_offset,
-                                               .bytes = r->size, .checksums = rp_snapshot_sums(r),
-                                               .checksum_bytes = checksum_bytes };
+            t[count] = (struct rp_transfer){ .direction = RP_H2D, .device = loads[i].device };
+            rp_snapshot_source(table, r, fd, chunks, &t[count++]);
             loads[i].done = 1;
         }
         rc = rp_real.cuCtxSetCurrent(loads[first].context);
@@ -447,9 +473,10 @@ static void do_reload(const char *path, int given, struct rp_engine_params p, ch
     }
     uint64_t start = rp_now_ns(), total = 0, map_ns = 0;
     uint64_t pool_ns = rp_engine_staging_setup_ns();
-    char err[256] = "";
+    char err[256] = "", link[4096];
     struct snap_header h;
     struct alloc_list list = { 0 };
+    struct rp_chunk_store chunks = { .dirfd = -1 };
     char *table = NULL;
     struct load *loads = NULL;
     size_t n_loads = 0;
@@ -457,12 +484,14 @@ static void do_reload(const char *path, int given, struct rp_engine_params p, ch
     if (fd < 0)
         snprintf(err, sizeof(err), "cannot open %.160s: %s", path, strerror(errno));
     else if ((table = rp_snapshot_table(fd, &h, err, sizeof(err))) &&
+             rp_snapshot_open_chunks(table, table_path(path, fd, link, sizeof(link)), &chunks,
+                                     err, sizeof(err)) == 0 &&
              (collect(&list) != 0 || !(loads = calloc(h.count ? h.count : 1, sizeof(*loads)))))
         snprintf(err, sizeof(err), "out of memory");
-    const struct snap_record *r = table ? rp_snapshot_first(table) : NULL;
+    const struct snap_record *r = table && !err[0] ? rp_snapshot_first(table) : NULL;
     uint64_t allocations = 0;
     /* First the memory, every record's, then the bytes, all records at once. */
-    for (uint64_t i = 0; table && !err[0] && i < h.count; i++, r = rp_snapshot_next(r)) {
+    for (uint64_t i = 0; r && !err[0] && i < h.count; i++, r = rp_snapshot_next(table, r)) {
         int physical = r->kind == RP_SNAP_PHYSICAL;
         struct rp_allocation *a = physical ? NULL : find_in(&list, r);
         struct load *l = &loads[n_loads];
@@ -487,10 +516,14 @@ static void do_reload(const char *path, int given, struct rp_engine_params p, ch
                          : rp_error_name(rc));
         total += r->size;
     }
-    CUresult loaded = err[0] ? CUDA_ERROR_NOT_READY : load_all(fd, loads, n_loads, h.chunk_bytes, p);
+    CUresult loaded = err[0] ? CUDA_ERROR_NOT_READY
+                             : load_all(table, fd, &chunks, loads, n_loads, p);
     if (!err[0] && loaded != CUDA_SUCCESS)
         snprintf(err, sizeof(err), "reloading %zu allocations from %.160s: %s", n_loads, path,
-                 loaded == CUDA_ERROR_INVALID_IMAGE ? "checksum mismatch" : rp_error_name(loaded));
+                 loaded != CUDA_ERROR_INVALID_IMAGE ? rp_error_name(loaded)
+                 : h.version >= 3 ? "a chunk is damaged or missing (BLAKE3 mismatch; see the "
+                                    "process's log)"
+                                  : "checksum mismatch");
     rp_app_vmm_finish(loaded == CUDA_SUCCESS);
     if (!err[0] && table && allocations != list.count)
         snprintf(err, sizeof(err), "the snapshot holds %llu allocations, the process %zu",
@@ -501,6 +534,7 @@ static void do_reload(const char *path, int given, struct rp_engine_params p, ch
                  "snapshot", missing);
     if (fd >= 0)
         close(fd);
+    rp_chunks_close(&chunks);
     free(loads);
     free(table);
     free(list.items);
@@ -638,19 +672,27 @@ static void do_status(char *reply, size_t len)
              rp_gate_is_closed() ? "closed" : "open", app_count, app_bytes, kinds);
 }
 
+/* "<snapshot's file name>.chunks", beside it, written into buf. */
+static const char *default_chunk_dir(const char *path, char *buf)
+{
+    const char *base = strrchr(path, '/');
+    snprintf(buf, 4096, "%.4000s.chunks", base ? base + 1 : path);
+    return buf;
+}
+
 static void handle(int conn, const char *line, int fd, char *reply, size_t len)
 {
-    char path[4096], uuid[40];
+    char path[4096], uuid[40], chunk_dir[4096] = "";
     unsigned long long address = 0, app_handle = 0;
-    int streams = 0, chunk_mb = 0, threads = 0, pinned = -1, release_s = -1;
+    int streams = 0, chunk_mb = 0, threads = 0, pinned = -1, release_s = -1, sync = 0;
     if (strcmp(line, "STATUS") == 0)
         do_status(reply, len);
     else if (sscanf(line, "ADOPT %llx %39s %llx", &address, uuid, &app_handle) >= 2)
         do_adopt((CUdeviceptr)address, uuid, app_handle, fd, reply, len);
-    else if (sscanf(line, "OFFLOAD %4095s %d %d %d %d %d", path, &streams, &chunk_mb, &threads,
-                    &pinned, &release_s) >= 1)
-        do_offload(conn, path, fd, params_from(streams, chunk_mb, threads, pinned), release_s,
-                   reply, len);
+    else if (sscanf(line, "OFFLOAD %4095s %d %d %d %d %d %4095s %d", path, &streams, &chunk_mb,
+                    &threads, &pinned, &release_s, chunk_dir, &sync) >= 1)
+        do_offload(conn, path, fd, chunk_dir[0] ? chunk_dir : default_chunk_dir(path, chunk_dir),
+                   sync, params_from(streams, chunk_mb, threads, pinned), release_s, reply, len);
     else if (sscanf(line, "RELOAD %4095s %d %d %d %d", path, &streams, &chunk_mb, &threads,
                     &pinned) >= 1)
         do_reload(path, fd, params_from(streams, chunk_mb, threads, pinned), reply, len);

@@ -261,6 +261,57 @@ static CUresult settle(struct slot *s)
     return rp_real.cuEventSynchronize(s->done);
 }
 
+/* Starts the DMA of the staging buffer (filled and checked) to the device. */
+static CUresult h2d_send(struct slot *s, CUstream stream, CUdeviceptr to, size_t n)
+{
+    CUresult rc = rp_real.cuMemcpyHtoDAsync_v2(to, s->buffer, n, stream);
+    if (rc == CUDA_SUCCESS)
+        rc = rp_real.cuEventRecord(s->done, stream);
+    s->pending = rc == CUDA_SUCCESS;
+    return rc;
+}
+
+/* H2D from a chunk folder: read the engine chunk at offset from the chunk files it spans,
+ * hash each piece (this thread, in parallel with the others: BLAKE3 runs at several GB/s a
+ * core) and send it only if every piece matches the table. The integrity check is in the copy
+ * path: nothing reads the snapshot a second time. */
+static CUresult h2d_from_chunks(struct rp_transfer *t, struct slot *s, CUstream stream,
+                                size_t offset, size_t n)
+{
+    size_t file = t->chunk_file_bytes;
+    char hex[2 * RP_HASH_BYTES + 1];
+    for (size_t pos = offset; pos < offset + n;) {
+        size_t k = pos / file, within = pos - k * file;
+        size_t size = t->bytes - k * file < file ? t->bytes - k * file : file;
+        size_t len = size - within < offset + n - pos ? size - within : offset + n - pos;
+        const uint8_t *want = t->hashes + k * RP_HASH_BYTES;
+        if (rp_chunks_read(t->chunks, want, size, (char *)s->buffer + (pos - offset), len,
+                           within) != 0) {
+            int why = errno;
+            rp_hash_hex(want, hex);
+            rp_log("chunk %s (%zu of this allocation) %s: refusing to load it", hex, k,
+                   why == ENOENT ? "is missing" : why == EBADMSG ? "has the wrong size"
+                                                                 : strerror(why));
+            /* missing or cut short: damage, like a mismatch (no retry can fix it) */
+            return why == ENOENT || why == EBADMSG ? RP_ERROR_CHECKSUM : RP_ERROR_IO;
+        }
+        pos += len;
+    }
+    for (size_t pos = offset; pos < offset + n; pos += RP_PIECE_BYTES) {
+        uint8_t got[RP_HASH_BYTES];
+        size_t len = offset + n - pos < RP_PIECE_BYTES ? offset + n - pos : RP_PIECE_BYTES;
+        rp_hash((const char *)s->buffer + (pos - offset), len, got);
+        if (memcmp(got, t->pieces + pos / RP_PIECE_BYTES * RP_HASH_BYTES, RP_HASH_BYTES) != 0) {
+            size_t k = pos / file;
+            rp_hash_hex(t->hashes + k * RP_HASH_BYTES, hex);
+            rp_log("chunk %s (%zu of this allocation) is damaged (BLAKE3 mismatch at byte %zu "
+                   "of it): refusing to load it", hex, k, pos - k * file);
+            return RP_ERROR_CHECKSUM;
+        }
+    }
+    return h2d_send(s, stream, t->device + offset, n);
+}
+
 /* H2D: fill the staging buffer from memory or file, check it, send it. */
 static CUresult h2d_chunk(struct job *job, struct slot *s, CUstream stream, size_t global)
 {
@@ -271,6 +322,8 @@ static CUresult h2d_chunk(struct job *job, struct slot *s, CUstream stream, size
     CUresult rc = settle(s);
     if (rc != CUDA_SUCCESS)
         return rc;
+    if (t->chunks)
+        return h2d_from_chunks(t, s, stream, offset, n);
     if (t->host)
         memcpy(s->buffer, (const char *)t->host + offset, n);
     else if (read_full(t->fd, s->buffer, n, t->file_offset + (off_t)offset))
@@ -278,11 +331,7 @@ static CUresult h2d_chunk(struct job *job, struct slot *s, CUstream stream, size
     rc = check_pieces(job, t, s->buffer, offset, n, 1);
     if (rc != CUDA_SUCCESS)
         return rc;
-    rc = rp_real.cuMemcpyHtoDAsync_v2(t->device + offset, s->buffer, n, stream);
-    if (rc == CUDA_SUCCESS)
-        rc = rp_real.cuEventRecord(s->done, stream);
-    s->pending = rc == CUDA_SUCCESS;
-    return rc;
+    return h2d_send(s, stream, t->device + offset, n);
 }
 
 /* D2H, second half: wait for the chunk in the slot to land, checksum it, drain it. */
@@ -295,6 +344,15 @@ static CUresult d2h_drain(struct job *job, struct slot *s, size_t global)
     CUresult rc = settle(s);
     if (rc != CUDA_SUCCESS)
         return rc;
+    if (t->chunks) { /* hash here, in each thread: one chunk file per chunk, no shared inode */
+        uint8_t *hash = t->hashes + index * RP_HASH_BYTES;
+        rp_chunk_name(s->buffer, n, t->pieces + offset / RP_PIECE_BYTES * RP_HASH_BYTES, hash);
+        if (rp_chunks_put(t->chunks, hash, s->buffer, n) != 0) {
+            rp_log("writing chunk %zu failed: %s", index, strerror(errno));
+            return RP_ERROR_IO;
+        }
+        return CUDA_SUCCESS;
+    }
     check_pieces(job, t, s->buffer, offset, n, 0);
     if (t->host)
         memcpy((char *)t->host + offset, s->buffer, n);
@@ -425,6 +483,14 @@ CUresult rp_engine_run_batch(struct rp_transfer *t, size_t n, struct rp_engine_p
         if (t[i].direction != t[0].direction)
             return CUDA_ERROR_INVALID_VALUE;
         bytes += t[i].bytes;
+        if (t[i].chunks && t[i].direction == RP_D2H) {
+            /* one chunk file per engine chunk: a batch shares one chunk file size */
+            if (t[i].chunk_file_bytes != t[0].chunk_file_bytes || !t[0].chunks)
+                return CUDA_ERROR_INVALID_VALUE;
+            p.chunk_bytes = t[i].chunk_file_bytes;
+        } else if (t[i].chunks && p.chunk_bytes % RP_PIECE_BYTES) { /* whole pieces, checked */
+            p.chunk_bytes = (p.chunk_bytes / RP_PIECE_BYTES + 1) * RP_PIECE_BYTES;
+        }
         size_t piece = t[i].checksums ? t[i].checksum_bytes : 0;
         if (piece && p.chunk_bytes % piece) { /* an older snapshot's coarser checksums */
             RP_DEBUG("chunk %zu B rounded up to a multiple of the %zu B checksums",

@@ -5,7 +5,8 @@
  * H200, and the staging round trip).
  *
  * A hot copy is a list of verified chunks: for each of the snapshot's records, one pinned buffer
- * whose every chunk matched the table's crc32c when it was taken in (rp_hot_intake). Nothing is
+ * whose every piece matched the table when it was taken in (rp_hot_intake): version 3's BLAKE3
+ * per MiB, read from the chunk files; versions 1 and 2's crc32c, read from the file. Nothing is
  * kept unless every chunk passed. rp_hot_upload checks each chunk again as it sends it (the
  * pinned copy lives for hours; a stray write to it must not reach a GPU unnoticed), then queues
  * the DMA: T threads take spans of chunks, check them, and issue each span's copy on one of S
@@ -57,11 +58,15 @@ struct intake_item {
     void *host;
     size_t offset;
     size_t bytes;
-    uint32_t expected;
+    uint32_t expected;     /* versions 1, 2: the crc32c, the bytes read from the file */
+    const uint8_t *piece;  /* version 3: the BLAKE3-256, the bytes read from the chunks */
+    const uint8_t *hashes; /* version 3: the record's chunk names */
 };
 
 struct intake_job {
     int fd;
+    struct rp_chunk_store *chunks;
+    size_t chunk_bytes; /* version 3: each chunk file's */
     struct intake_item *items;
     size_t n_items;
     atomic_size_t next;
@@ -79,6 +84,24 @@ static void *intake_worker(void *raw)
             return NULL;
         struct intake_item *it = &job->items[i];
         char *dst = (char *)it->host + it->offset;
+        if (it->piece) { /* a piece never spans two chunk files (whole MiB chunks) */
+            size_t k = it->offset / job->chunk_bytes, size = it->record->size - k * job->chunk_bytes;
+            uint8_t got[RP_HASH_BYTES];
+            if (rp_chunks_read(job->chunks, it->hashes + k * RP_HASH_BYTES,
+                               size < job->chunk_bytes ? size : job->chunk_bytes, dst, it->bytes,
+                               it->offset - k * job->chunk_bytes) != 0) {
+                long expected = 0;
+                atomic_compare_exchange_strong(&job->failed, &expected, -(long)i - 1);
+                return NULL;
+            }
+            rp_hash(dst, it->bytes, got);
+            if (memcmp(got, it->piece, RP_HASH_BYTES) != 0) {
+                long expected = 0;
+                atomic_compare_exchange_strong(&job->failed, &expected, (long)i + 1);
+                return NULL;
+            }
+            continue;
+        }
         off_t at = (off_t)(it->record->data_offset + it->offset);
         for (size_t done = 0; done < it->bytes;) {
             ssize_t got = pread(job->fd, dst + done, it->bytes - done, at + (off_t)done);
@@ -127,7 +150,7 @@ static CUresult allocate_buffers(const char *table, const struct snap_header *h,
     const struct snap_record *r = rp_snapshot_first(table);
     CUdevice dev;
     CUresult rc = rp_real.cuDeviceGet(&dev, 0);
-    for (*made = 0; rc == CUDA_SUCCESS && *made < (long)h->count; r = rp_snapshot_next(r)) {
+    for (*made = 0; rc == CUDA_SUCCESS && *made < (long)h->count; r = rp_snapshot_next(table, r)) {
         struct rp_hot_buffer *b = &out[*made];
         *b = (struct rp_hot_buffer){ .address = r->address, .bytes = r->size, .device = -1 };
         CUcontext ctx;
@@ -146,23 +169,29 @@ static CUresult allocate_buffers(const char *table, const struct snap_header *h,
 static struct intake_item *intake_items(const char *table, const struct snap_header *h,
                                         const struct rp_hot_buffer *buffers, size_t *n)
 {
+    size_t check = rp_snapshot_check_bytes(table); /* a crc32c's chunk, or a MiB piece */
     const struct snap_record *r = rp_snapshot_first(table);
     size_t total = 0;
-    for (uint64_t i = 0; i < h->count; i++, r = rp_snapshot_next(r))
-        total += r->n_chunks;
+    for (uint64_t i = 0; i < h->count; i++, r = rp_snapshot_next(table, r))
+        total += rp_chunk_count(r->size, check);
     struct intake_item *items = calloc(total ? total : 1, sizeof(*items));
     if (!items)
         return NULL;
     r = rp_snapshot_first(table);
     *n = 0;
-    for (uint64_t i = 0; i < h->count; i++, r = rp_snapshot_next(r)) {
-        const uint32_t *sums = rp_snapshot_sums(r);
-        for (uint32_t c = 0; c < r->n_chunks; c++) {
-            size_t offset = (size_t)c * h->chunk_bytes;
+    for (uint64_t i = 0; i < h->count; i++, r = rp_snapshot_next(table, r)) {
+        const uint32_t *sums = rp_snapshot_sums(table, r);
+        const uint8_t *pieces = rp_snapshot_pieces(table, r);
+        size_t count = rp_chunk_count(r->size, check);
+        for (size_t c = 0; c < count; c++) {
+            size_t offset = c * check;
             size_t left = r->size - offset;
-            items[(*n)++] = (struct intake_item){ r, buffers[i].host, offset,
-                                                  left < h->chunk_bytes ? left : h->chunk_bytes,
-                                                  sums[c] };
+            items[(*n)++] = (struct intake_item){
+                .record = r, .host = buffers[i].host, .offset = offset,
+                .bytes = left < check ? left : check, .expected = sums ? sums[c] : 0,
+                .piece = pieces ? pieces + c * RP_HASH_BYTES : NULL,
+                .hashes = pieces ? (const uint8_t *)(rp_snapshot_mappings(r) + r->n_mappings)
+                                 : NULL };
         }
     }
     return items;
@@ -199,11 +228,24 @@ RP_EXPORT long rp_hot_intake(int fd, int threads, struct rp_hot_buffer *out, lon
         free(table);
         return -1;
     }
-    struct intake_job job = { .fd = fd };
+    /* version 3: the chunks, in the folder the table names (beside it, as this process sees
+     * the descriptor's path, or a store) */
+    struct rp_chunk_store chunks = { .dirfd = -1 };
+    char link[64], path[4096];
+    snprintf(link, sizeof(link), "/proc/self/fd/%d", fd);
+    ssize_t got = readlink(link, path, sizeof(path) - 1);
+    path[got > 0 ? got : 0] = '\0';
+    if (rp_snapshot_open_chunks(table, path, &chunks, err, errlen) != 0) {
+        rp_hot_free(out, made);
+        free(table);
+        return -1;
+    }
+    struct intake_job job = { .fd = fd, .chunks = &chunks, .chunk_bytes = h.chunk_bytes };
     job.items = intake_items(table, &h, out, &job.n_items);
     if (!job.items) {
         snprintf(err, errlen, "out of memory");
         rp_hot_free(out, made);
+        rp_chunks_close(&chunks);
         free(table);
         return -1;
     }
@@ -227,6 +269,7 @@ RP_EXPORT long rp_hot_intake(int fd, int threads, struct rp_hot_buffer *out, lon
         made = -1;
     }
     free(job.items);
+    rp_chunks_close(&chunks);
     free(table);
     return made;
 }
@@ -255,6 +298,16 @@ static CUresult send_span(struct upload_job *job, size_t index)
 {
     const struct span *s = &job->spans[index];
     const char *host = (const char *)s->segment->host + s->offset;
+    for (size_t done = 0; s->segment->pieces && done < s->bytes; done += job->chunk_bytes) {
+        size_t n = s->bytes - done < job->chunk_bytes ? s->bytes - done : job->chunk_bytes;
+        size_t piece = (s->offset + done) / job->chunk_bytes;
+        uint8_t got[RP_HASH_BYTES];
+        rp_hash(host + done, n, got);
+        if (memcmp(got, s->segment->pieces + piece * RP_HASH_BYTES, RP_HASH_BYTES) != 0) {
+            atomic_store(&job->bad_span, index + 1);
+            return CUDA_ERROR_INVALID_IMAGE;
+        }
+    }
     for (size_t done = 0; s->segment->checksums && done < s->bytes; done += job->chunk_bytes) {
         size_t n = s->bytes - done < job->chunk_bytes ? s->bytes - done : job->chunk_bytes;
         size_t chunk = (s->offset + done) / job->chunk_bytes;
@@ -379,7 +432,7 @@ RP_EXPORT CUresult rp_hot_copy(CUdeviceptr device, const void *host, size_t byte
 {
     if (rp_load_real())
         return CUDA_ERROR_NOT_INITIALIZED;
-    struct rp_hot_segment segment = { device, host, bytes, checksums };
+    struct rp_hot_segment segment = { device, host, bytes, checksums, NULL };
     char err[256] = "";
     CUresult rc = rp_hot_upload(&segment, 1, chunk_bytes, *p, err, sizeof(err));
     if (err[0])

@@ -69,24 +69,9 @@ static struct {
     size_t n_events, cap_events;
 } state = { .lock = PTHREAD_MUTEX_INITIALIZER };
 
-static int grow(void **array, size_t *cap, size_t need, size_t item)
-{
-    if (need <= *cap)
-        return 0;
-    size_t cap2 = *cap ? 2 * *cap : 16;
-    while (cap2 < need)
-        cap2 *= 2;
-    void *grown = realloc(*array, cap2 * item);
-    if (!grown)
-        return -1;
-    *array = grown;
-    *cap = cap2;
-    return 0;
-}
-
 static int list_push(struct block_list *l, const struct block *b)
 {
-    if (grow((void **)&l->items, &l->capacity, l->count + 1, sizeof(*l->items)))
+    if (rp_grow((void **)&l->items, &l->capacity, l->count + 1, sizeof(*l->items)))
         return -1;
     l->items[l->count++] = *b;
     return 0;
@@ -105,7 +90,7 @@ static struct block list_remove(struct block_list *l, size_t i)
 static struct rp_pool *pool_add(CUmemoryPool handle, CUdevice device, int served)
 {
     struct rp_pool *p = calloc(1, sizeof(*p));
-    if (!p || grow((void **)&state.pools, &state.cap_pools, state.n_pools + 1,
+    if (!p || rp_grow((void **)&state.pools, &state.cap_pools, state.n_pools + 1,
                    sizeof(*state.pools))) {
         free(p);
         return NULL;
@@ -162,7 +147,7 @@ static void spare_event(CUcontext ctx, CUevent ev)
 {
     if (!ev)
         return;
-    if (grow((void **)&state.events, &state.cap_events, state.n_events + 1, sizeof(*state.events)))
+    if (rp_grow((void **)&state.events, &state.cap_events, state.n_events + 1, sizeof(*state.events)))
         rp_real.cuEventDestroy_v2(ev);
     else
         state.events[state.n_events++] = (struct spare_event){ ctx, ev };

@@ -3,8 +3,9 @@
  *
  * RELOAD streams the snapshot back inside the application, so it can only start once CRIU and
  * the driver's restore are done. Preloading moves that transfer earlier: restoreprof creates the
- * physical memory itself (exportable as a POSIX file descriptor), fills it from the snapshot
- * with the engine (every chunk's crc32c checked), and, once the application is back, hands the
+ * physical memory itself (exportable as a POSIX file descriptor), fills it from the snapshot's
+ * chunks with the engine (every MiB piece's BLAKE3-256 checked as it is copied; a version 1 or 2
+ * snapshot: from the file, every piece's crc32c), and, once the application is back, hands the
  * descriptors over its control socket (ADOPT, control.c). The application maps them at the
  * addresses its allocations kept reserved: its pointers stay valid, and the GPU memory
  * transfer has overlapped CRIU instead of following the driver.
@@ -116,8 +117,8 @@ static CUresult make_exportable(struct rp_preloaded *p, const struct snap_record
 
 /* Fills out[0..count) from the snapshot open on fd (read with pread: its offset is left alone)
  * and returns count, or -1 with err set (and nothing left allocated). params: the caller's
- * settings, used as given (its chunk rounded up only for an older snapshot's coarser
- * checksums). Each item's fd is the memory, ready for ADOPT. The caller keeps fd. */
+ * settings, used as given (its chunk rounded up to whole MiB pieces, each checked). Each
+ * item's fd is the memory, ready for ADOPT. The caller keeps fd. */
 RP_EXPORT long rp_snapshot_preload_fd(int fd, const struct rp_engine_params *params,
                                       struct rp_preloaded *out, long max, char *err,
                                       size_t errlen)
@@ -133,7 +134,20 @@ RP_EXPORT long rp_snapshot_preload_fd(int fd, const struct rp_engine_params *par
         return -1;
     }
     struct snap_header h;
+    struct rp_chunk_store chunks = { .dirfd = -1 };
     char *table = rp_snapshot_table(fd, &h, err, errlen);
+    /* A relative chunk folder is beside the table: find the table's path from its fd (which
+     * may have come from another process, as the warm pool's does). */
+    char link[64], path[4096];
+    snprintf(link, sizeof(link), "/proc/self/fd/%d", fd);
+    ssize_t got = readlink(link, path, sizeof(path) - 1);
+    path[got > 0 ? got : 0] = '\0';
+    if (table && (got <= 0 || rp_snapshot_open_chunks(table, path, &chunks, err, errlen) != 0)) {
+        if (got <= 0)
+            snprintf(err, errlen, "cannot tell where the snapshot table is (%s)", link);
+        free(table);
+        table = NULL;
+    }
     long n = 0;
     CUresult rc = CUDA_SUCCESS;
     if (table && (long)h.count > max) {
@@ -152,7 +166,7 @@ RP_EXPORT long rp_snapshot_preload_fd(int fd, const struct rp_engine_params *par
         snprintf(err, errlen, "out of memory");
         rc = CUDA_ERROR_OUT_OF_MEMORY;
     }
-    for (; table && rc == CUDA_SUCCESS && n < (long)h.count; n++, r = rp_snapshot_next(r)) {
+    for (; table && rc == CUDA_SUCCESS && n < (long)h.count; n++, r = rp_snapshot_next(table, r)) {
         struct rp_preloaded *p = &out[n];
         *p = (struct rp_preloaded){ .address = r->address, .size = r->size,
                                     .reserved = r->reserved, .device = r->device, .fd = -1,
@@ -171,12 +185,8 @@ RP_EXPORT long rp_snapshot_preload_fd(int fd, const struct rp_engine_params *par
         for (long i = first; i < n; i++) {
             if (out[i].device != out[first].device || out[i].fd == -2)
                 continue;
-            t[count++] = (struct rp_transfer){ .direction = RP_H2D, .device = out[i].local,
-                                               .fd = fd,
-                                               .file_offset = (off_t)records[i]->data_offset,
-                                               .bytes = records[i]->size,
-                                               .checksums = rp_snapshot_sums(records[i]),
-                                               .checksum_bytes = h.chunk_bytes };
+            t[count] = (struct rp_transfer){ .direction = RP_H2D, .device = out[i].local };
+            rp_snapshot_source(table, records[i], fd, &chunks, &t[count++]);
             out[i].fd = -2; /* marks "in a batch"; every fd is set below */
         }
         CUdevice dev;
@@ -193,7 +203,10 @@ RP_EXPORT long rp_snapshot_preload_fd(int fd, const struct rp_engine_params *par
         if (rc != CUDA_SUCCESS)
             snprintf(err, errlen, "preloading %zu allocations on GPU %d: %s", count,
                      (int)out[first].device,
-                     rc == CUDA_ERROR_INVALID_IMAGE ? "checksum mismatch" : rp_error_name(rc));
+                     rc != CUDA_ERROR_INVALID_IMAGE ? rp_error_name(rc)
+                     : h.version >= 3 ? "a chunk is damaged or missing (BLAKE3 mismatch; "
+                                        "nothing of it was used)"
+                                      : "checksum mismatch");
     }
     for (long i = 0; i < n; i++)
         out[i].fd = -1;
@@ -206,6 +219,7 @@ RP_EXPORT long rp_snapshot_preload_fd(int fd, const struct rp_engine_params *par
             snprintf(err, errlen, "exporting %#llx: %s", (unsigned long long)out[i].address,
                      rp_error_name(rc));
     }
+    rp_chunks_close(&chunks);
     free(records);
     free(t);
     free(table);
@@ -253,10 +267,11 @@ static CUresult upload_device(int device, const char *table, const struct snap_h
     const struct snap_record *r = rp_snapshot_first(table);
     long n = 0;
     CUcontext ctx = NULL;
-    for (uint64_t i = 0; i < h->count; i++, r = rp_snapshot_next(r))
+    for (uint64_t i = 0; i < h->count; i++, r = rp_snapshot_next(table, r))
         if (items[i].device == device && r->size)
             segments[n++] = (struct rp_hot_segment){ items[i].local, hot[i].host, r->size,
-                                                     rp_snapshot_sums(r) };
+                                                     rp_snapshot_sums(table, r),
+                                                     rp_snapshot_pieces(table, r) };
     CUdevice dev;
     CUresult rc = rp_real.cuDeviceGet(&dev, device);
     if (rc == CUDA_SUCCESS)
@@ -265,7 +280,7 @@ static CUresult upload_device(int device, const char *table, const struct snap_h
         return rc;
     rc = rp_real.cuCtxSetCurrent(ctx);
     if (rc == CUDA_SUCCESS && n)
-        rc = rp_hot_upload(segments, n, h->chunk_bytes, p, err, errlen);
+        rc = rp_hot_upload(segments, n, rp_snapshot_check_bytes(table), p, err, errlen);
     rp_real.cuDevicePrimaryCtxRelease_v2(dev);
     return rc;
 }
@@ -301,7 +316,7 @@ RP_EXPORT long rp_snapshot_preload_hot(const char *table, long table_len,
     const struct snap_record *r = rp_snapshot_first(table);
     long n = 0;
     CUresult rc = CUDA_SUCCESS;
-    for (; rc == CUDA_SUCCESS && n < count; n++, r = rp_snapshot_next(r)) {
+    for (; rc == CUDA_SUCCESS && n < count; n++, r = rp_snapshot_next(table, r)) {
         out[n] = (struct rp_preloaded){ .address = r->address, .size = r->size,
                                         .reserved = r->reserved, .device = r->device, .fd = -1,
                                         .app_handle = r->kind == RP_SNAP_PHYSICAL ? r->handle

@@ -15,7 +15,8 @@
  *   app_vmm.c  the application's own VMM memory (cuMemCreate, cuMemMap, ...): tracked under
  *              stable handle values, offloaded and put back at the same addresses
  *   mempool.c  stream-ordered allocations (cuMemAllocAsync, memory pools) served from VMM
- *   snapshot.c the snapshot file format: write (from live allocations) and read its table
+ *   chunks.c   content-addressed chunk folders (BLAKE3 names; the store's, a checkpoint's)
+ *   snapshot.c the snapshot table: write (from live memory, as chunks) and read it (any version)
  * Users of the mechanisms:
  *   copies.c   large pageable H2D / D2H copies routed through the engine
  *   preload.c  snapshots loaded into exportable memory in restoreprof's own process
@@ -143,6 +144,9 @@ extern struct rp_real rp_real;
 int rp_load_real(void);
 /* "CUDA_ERROR_..." for logs (util.c). */
 const char *rp_error_name(CUresult rc);
+/* Makes room for need items of item bytes in *array (capacity *cap, doubled as needed); 0, or
+ * -1 when out of memory (the array is left as it was) (util.c). */
+int rp_grow(void **array, size_t *cap, size_t need, size_t item);
 
 /* ---- configuration (config.c) ---- */
 
@@ -186,6 +190,15 @@ struct rp_transfer {
     int order_after;     /* whether `after` is meaningful (0 = no ordering needed) */
     uint32_t *checksums; /* per checksum_bytes: written for D2H, verified for H2D; NULL = none */
     size_t checksum_bytes; /* what each checksum covers; 0: one per copied chunk */
+    /* Instead of fd: the bytes are chunk files of chunk_file_bytes in this folder, named by
+     * hashes[k] (RP_HASH_BYTES each), each RP_PIECE_BYTES piece with its hash in pieces[].
+     * D2H: one engine chunk per chunk file (chunk_file_bytes is the engine's), names and
+     * piece hashes computed. H2D: any whole-MiB engine chunk, read from the files it spans,
+     * every piece checked before it is sent. */
+    struct rp_chunk_store *chunks;
+    uint8_t *hashes;
+    uint8_t *pieces;
+    size_t chunk_file_bytes;
 };
 
 /* Every setting a transfer uses, given per call (restoreprof passes its resolved settings; a
@@ -222,6 +235,7 @@ struct rp_hot_segment {
     const void *host;          /* pinned */
     size_t bytes;
     const uint32_t *checksums; /* one crc32c per chunk_bytes; NULL = none */
+    const uint8_t *pieces;     /* or (version 3) one BLAKE3-256 per chunk_bytes (RP_PIECE_BYTES) */
 };
 
 /* A hot snapshot, as the warm pool holds it: one pinned buffer per record, in table order
@@ -280,16 +294,77 @@ void rp_gate_close(void); /* waits for calls inside the gate to leave */
 void rp_gate_open(void);
 int rp_gate_is_closed(void);
 
-/* ---- snapshot files (snapshot.c; control.c writes and reads them, preload.c reads them) ---- */
+/* ---- content-addressed chunks (chunks.c) ----
+ *
+ * A snapshot's bytes are chunks, each named by a BLAKE3-256 hash (of its MiB pieces' hashes),
+ * in a chunk folder: <folder>/<first 2 hex digits>/<64 hex digits>. The folder is a checkpoint's own
+ * (DIR/gpu-<pid>.chunks), a store shared by checkpoints (restoreprof.store: an identical chunk is
+ * kept once, and a second checkpoint writes only the chunks that changed), or an export. Chunks
+ * are written under a temporary name and renamed, so a name always holds a complete chunk. A
+ * later source (hot snapshots in pinned memory, issue 14) serves the same names from memory. */
+
+#define RP_HASH_BYTES 32
+/* What one integrity hash covers: chunk files are whole MiB multiples, so a restore copies in
+ * any whole-MiB chunk of its own (the tuned one) and checks each piece before it is sent. */
+#define RP_PIECE_BYTES RP_MIB
+
+struct rp_chunk_store {
+    int dirfd;    /* the folder (O_DIRECTORY); -1 when closed */
+    int sync;     /* fsync each chunk before its rename, and the folders at rp_chunks_sync */
+    _Atomic uint64_t written_bytes; /* chunk bytes written by this handle */
+    _Atomic uint64_t reused_bytes;  /* chunk bytes found already there (not written again) */
+    _Atomic uint8_t touched[256];   /* fan-out folders written to, for rp_chunks_sync */
+};
+
+/* BLAKE3-256 of data (the vendored library, blake3/). */
+void rp_hash(const void *data, size_t n, uint8_t out[RP_HASH_BYTES]);
+void rp_hash_hex(const uint8_t hash[RP_HASH_BYTES], char out[2 * RP_HASH_BYTES + 1]);
+/* Opens (create: makes) the folder at path; 0, or -1 with err set. */
+int rp_chunks_open(struct rp_chunk_store *s, const char *path, int create, int sync, char *err,
+                   size_t errlen);
+void rp_chunks_close(struct rp_chunk_store *s);
+/* Stores n bytes under hash unless a complete chunk of that name is there; 0, or -1 (errno). */
+int rp_chunks_put(struct rp_chunk_store *s, const uint8_t hash[RP_HASH_BYTES], const void *data,
+                  size_t n);
+/* Reads len bytes at offset of the chunk named hash, which must be exactly size bytes long,
+ * into buf; 0, or -1 (errno; ENOENT: missing, EBADMSG: another size or cut short). The caller
+ * checks the contents against the table's piece hashes. */
+int rp_chunks_read(struct rp_chunk_store *s, const uint8_t hash[RP_HASH_BYTES], size_t size,
+                   void *buf, size_t len, size_t offset);
+/* A chunk's name: the BLAKE3-256 of the BLAKE3-256 of each RP_PIECE_BYTES piece of it, in
+ * order; the piece hashes go to pieces (n / RP_PIECE_BYTES rounded up, 32 bytes each). */
+void rp_chunk_name(const void *data, size_t n, uint8_t *pieces, uint8_t name[RP_HASH_BYTES]);
+/* With sync: fsync every fan-out folder written to, then the folder; 0, or -1 (errno). */
+int rp_chunks_sync(struct rp_chunk_store *s);
+
+/* ---- snapshot tables (snapshot.c; control.c writes and reads them, preload.c reads them) ----
+ *
+ * Versions (one magic; the version field tells them apart; all three are read):
+ *   1  allocations only; each allocation's bytes inside the file, crc32c per piece
+ *   2  version 1 plus record kinds (the application's physical allocations: handle,
+ *      properties, mappings); the bytes still inside the file, crc32c per piece
+ *   3  (written now) version 2's records and mappings, the bytes as chunks in a
+ *      content-addressed folder, named and checked by BLAKE3 (chunks.c); version 2 is still
+ *      written for OFFLOAD to a descriptor (a container's process reaches no chunk folder)
+ *
+ * Version 3's file is a table: header, the chunk folder's path (dir_bytes, NUL-padded to 8;
+ * relative to the table's own folder unless absolute), then per record: the record, its
+ * n_mappings mappings, the names of its n_chunks chunks (chunk_bytes each, the last one
+ * shorter; rp_chunk_name) and the BLAKE3-256 of each of its pieces (piece_bytes each, the last
+ * one shorter). The table is small: the checkpoint's manifest hashes it (SHA-256), and it names
+ * every chunk by a strong hash, so nothing that is not listed, or is altered, can be loaded.
+ *
+ * Versions 1 and 2 have a shorter header (no dir_bytes, written_bytes, piece_bytes), and after
+ * each record (and its mappings) n_chunks crc32c values (padded to 8 bytes); the bytes follow the
+ * table at each record's data_offset. rp_snapshot_table reads any version into one layout in
+ * memory: this header (dir_bytes 0 and version 2 for versions 1 and 2), then the records as in
+ * the file's version. */
 
 #define RP_SNAP_MAGIC "RPSNAP1"
-#define RP_SNAP_VERSION 2 /* 1: allocations only (read, and converted to 2, on load) */
-#define RP_SNAP_CRC32C 1
+#define RP_SNAP_VERSION 3 /* written; 1 and 2 are read */
+#define RP_SNAP_CRC32C 1  /* checksum_kind of versions 1 and 2 */
+#define RP_SNAP_BLAKE3 2  /* checksum_kind of version 3: chunks named and checked by BLAKE3-256 */
 #define RP_SNAP_ALIGN 4096
-/* What one checksum covers in snapshots written now: any chunk_mb (whole MiB) is a multiple of
- * it, so a restore copies in the chunk it was given, whatever the checkpoint's was. (Older
- * snapshots carry their own, in the header's chunk_bytes.) */
-#define RP_SNAP_CHECKSUM_BYTES RP_MIB
 
 /* What a record holds. */
 enum rp_snap_kind {
@@ -297,18 +372,19 @@ enum rp_snap_kind {
     RP_SNAP_PHYSICAL = 1,   /* the application's physical allocation (cuMemCreate): a handle */
 };
 
-/* The snapshot file: header, then one record (plus its mappings and chunk checksums) per
- * allocation, then each allocation's bytes at a 4 KiB-aligned offset (so O_DIRECT readers can
- * use it). */
 struct snap_header {
     char magic[8];
     uint32_t version;
     uint32_t checksum_kind;
-    uint64_t chunk_bytes; /* what each checksum covers */
+    uint64_t chunk_bytes; /* version 3: each chunk's (the last of a record's shorter); 1, 2: what
+                           * each crc32c covers */
     uint64_t count;
     uint64_t total_bytes;
-    uint64_t table_bytes; /* header + records + checksums */
-    uint64_t reserved[2];
+    uint64_t table_bytes;   /* header + folder path + records + hashes */
+    /* version 3 (versions 1 and 2 end here): */
+    uint64_t dir_bytes;     /* the chunk folder's path, with its padding */
+    uint64_t written_bytes; /* chunk bytes this write added (the rest were in the folder) */
+    uint64_t piece_bytes;   /* RP_PIECE_BYTES */
 };
 
 /* A physical allocation's properties (CUmemAllocationProp without the Win32 pointer). */
@@ -334,15 +410,16 @@ struct snap_record {
     uint64_t address; /* the allocation's; a physical one: its first mapping's, or 0 */
     uint64_t size;    /* bytes saved */
     uint64_t reserved;
-    uint64_t data_offset;
+    uint64_t data_offset; /* unused since version 2 (0): the bytes are chunks */
     int32_t device;
     uint32_t n_chunks;
-    /* version 2: */
+    /* version 2 and later: */
     uint32_t kind; /* enum rp_snap_kind */
     uint32_t n_mappings;
     uint64_t handle; /* a physical allocation: the handle value the application holds */
     struct snap_prop prop;
-    /* followed by n_mappings struct snap_mapping, then n_chunks uint32_t crc32c values */
+    /* followed by n_mappings struct snap_mapping, then (version 3) the n_chunks chunk names
+     * and the piece hashes (RP_HASH_BYTES each), or (versions 1, 2) n_chunks uint32_t crc32c */
 };
 
 /* What the writer saves: a record, and where its bytes are read from now. */
@@ -353,19 +430,38 @@ struct rp_snap_item {
     const struct snap_mapping *mappings;
 };
 
-/* The table (header, records, mappings, checksums) of the snapshot open on fd, malloc'd, in
- * version 2's layout whatever the file's version; NULL and a message in err when it is not a
- * snapshot or is cut short. */
+/* The table of the snapshot open on fd (any version, in the layout above), malloc'd; NULL and a
+ * message in err when it is not a snapshot, of a newer version, or is cut short or damaged. */
 char *rp_snapshot_table(int fd, struct snap_header *h, char *err, size_t errlen);
+/* The first record of a table, and the record after r in it. */
 const struct snap_record *rp_snapshot_first(const char *table);
-/* The record after r in a table. */
-const struct snap_record *rp_snapshot_next(const struct snap_record *r);
+const struct snap_record *rp_snapshot_next(const char *table, const struct snap_record *r);
 const struct snap_mapping *rp_snapshot_mappings(const struct snap_record *r);
-uint32_t *rp_snapshot_sums(const struct snap_record *r);
-/* Writes every item's bytes (through the engine, on each item's context) and the table to fd;
- * leaves the memory mapped. 0, or -1 with err set. */
-int rp_snapshot_write(int fd, const struct rp_snap_item *items, size_t count,
-                      struct rp_engine_params p, uint64_t *total, char *err, size_t errlen);
+/* A record's checks: its crc32c values (versions 1, 2; else NULL), its piece hashes (version 3;
+ * else NULL), and the bytes each one covers. */
+const uint32_t *rp_snapshot_sums(const char *table, const struct snap_record *r);
+const uint8_t *rp_snapshot_pieces(const char *table, const struct snap_record *r);
+size_t rp_snapshot_check_bytes(const char *table);
+/* Opens the chunk folder a table names, for reading; table_path locates a relative one. A table
+ * of version 1 or 2 names none: s is left closed (dirfd -1) and 0 returned. */
+int rp_snapshot_open_chunks(const char *table, const char *table_path, struct rp_chunk_store *s,
+                            char *err, size_t errlen);
+/* The source half of an H2D transfer of record r's bytes: the chunk folder chunks (version 3),
+ * or the snapshot file fd at the record's offset (versions 1, 2), with the checks each carries. */
+void rp_snapshot_source(const char *table, const struct snap_record *r, int fd,
+                        struct rp_chunk_store *chunks, struct rp_transfer *t);
+/* Writes every item's bytes as chunks into the folder chunk_dir (relative to the table path's
+ * folder unless absolute; made if missing), through the engine on each item's context (one
+ * batch per context), then the table (version 3) to path (a temporary name, renamed). With
+ * sync, chunks, folders and the table are durable before it returns. Leaves the memory mapped.
+ * 0, or -1 with err set; *total: logical bytes, *written: bytes the folder did not hold yet. */
+int rp_snapshot_write(const char *path, const char *chunk_dir, int sync,
+                      const struct rp_snap_item *items, size_t count, struct rp_engine_params p,
+                      uint64_t *total, uint64_t *written, char *err, size_t errlen);
+/* Writes a version 2 snapshot (the bytes inside it, crc32c per MiB) to fd: for OFFLOAD to a
+ * descriptor, whose process cannot reach a chunk folder by path. 0, or -1 with err set. */
+int rp_snapshot_write_fd(int fd, const struct rp_snap_item *items, size_t count,
+                         struct rp_engine_params p, uint64_t *total, char *err, size_t errlen);
 
 /* ---- the application's VMM memory (app_vmm.c) ---- */
 

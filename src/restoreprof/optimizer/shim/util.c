@@ -6,6 +6,7 @@
 #include "shim.h"
 
 #include <stdarg.h>
+#include <stdlib.h>
 #include <stdio.h>
 #include <string.h>
 #include <time.h>
@@ -38,4 +39,19 @@ const char *rp_error_name(CUresult rc)
     if (rp_real.cuGetErrorName && rp_real.cuGetErrorName(rc, &name) == CUDA_SUCCESS && name)
         return name;
     return "CUDA_ERROR_(unknown)";
+}
+
+int rp_grow(void **array, size_t *cap, size_t need, size_t item)
+{
+    if (need <= *cap)
+        return 0;
+    size_t cap2 = *cap ? 2 * *cap : 16;
+    while (cap2 < need)
+        cap2 *= 2;
+    void *grown = realloc(*array, cap2 * item);
+    if (!grown)
+        return -1;
+    *array = grown;
+    *cap = cap2;
+    return 0;
 }

@@ -1,0 +1,225 @@
+"""Issue 15 on the GPU machine, side by side in one run: checkpoint into the page cache, a cold
+restore against the disk's rate, incremental and replica dedup, and the damaged-chunk refusal.
+
+    sudo .venv/bin/python benchmarks/bench_storage.py [--dir /var/tmp/rp-storage] [--layers 32]
+
+Needs root (CRIU, drop_caches), one GPU with 20 GB free, torch, ~40 GB of disk and ~60 GB of
+RAM. Runs about 3-5 minutes for the 16 GB model (32 layers); --layers 4 makes a 3 GB smoke run.
+Steps (each printed with its measured numbers, then a JSON summary on the last line):
+  1. process A (Llama-3-8B-shaped, 16.06 GB bf16, seed 1) under restoreprof exec
+  2. checkpoint 1 of A into the store, left running: the offload's time and GB/s into the page
+     cache (target <= 2.5 s), and the whole checkpoint's
+  3. checkpoint 2 of A, unchanged: bytes written vs checkpoint 1's (target <= 5 %)
+  4. process B, same weights: checkpoint 3: share of its chunks already stored (target >= 95 %)
+  5. the disk's cold read rate (a 4 GiB file, 8 readers, caches dropped), then a cold restore of
+     checkpoint 2 (caches dropped): wall time against bytes read from disk / that rate
+     (target <= 1.1x); A verified bit-exact
+  6. one chunk of checkpoint 3 damaged in the store: the restore refuses, B stays held
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "tests" / "integration"))
+
+
+def drop_caches() -> None:
+    subprocess.run(["sync"], check=True)
+    try:
+        Path("/proc/sys/vm/drop_caches").write_text("3\n")
+    except OSError as exc:  # a container without it: the "cold" figures are then warm
+        print(f"   WARNING: cannot drop caches ({exc.strerror}): cold figures are not cold",
+              flush=True)
+
+
+def disk_read_kib() -> int:
+    """KiB read from block devices so far (pgpgin)."""
+    for line in Path("/proc/vmstat").read_text().splitlines():
+        if line.startswith("pgpgin "):
+            return int(line.split()[1])
+    return 0
+
+
+def disk_read_gbps(folder: Path, gib: int = 4, readers: int = 8) -> float:
+    """Cold read rate of the disk under folder: a file written, synced, dropped, read back."""
+    path = folder / "disk-rate.bin"
+    block = os.urandom(64 << 20)
+    with open(path, "wb") as f:
+        for _ in range(gib * 16):
+            f.write(block)
+        f.flush()
+        os.fsync(f.fileno())
+    drop_caches()
+    size, chunk = path.stat().st_size, 8 << 20
+
+    def read(i: int) -> int:
+        fd = os.open(path, os.O_RDONLY)
+        done = 0
+        try:
+            for off in range(i * chunk, size, readers * chunk):
+                done += len(os.pread(fd, chunk, off))
+        finally:
+            os.close(fd)
+        return done
+
+    start = time.perf_counter()
+    with ThreadPoolExecutor(readers) as pool:
+        total = sum(pool.map(read, range(readers)))
+    seconds = time.perf_counter() - start
+    path.unlink()
+    return total / seconds / 1e9
+
+
+def chunk_read_gbps(store, readers: int = 16) -> float:
+    """Cold read rate of every chunk file in the store (whole files, 16 readers)."""
+    files = list(store.chunk_files())
+    drop_caches()
+
+    def read(path: Path) -> int:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            return sum(len(b) for b in iter(lambda: os.read(fd, 16 << 20), b""))
+        finally:
+            os.close(fd)
+
+    start = time.perf_counter()
+    with ThreadPoolExecutor(readers) as pool:
+        total = sum(pool.map(read, files))
+    return total / (time.perf_counter() - start) / 1e9
+
+
+def start_model(state: Path, seed: int, layers: int, smoke_mib: int = 0):
+    from restoreprof.workloads.controller import HeldMemory
+
+    if smoke_mib:  # no torch, no GPU: the fake driver's memory (a dry run of this script)
+        return HeldMemory.start(state, 16, gpu_mib=smoke_mib, seed=seed,
+                                prefix=[sys.executable, "-m", "restoreprof", "exec", "--"])
+    cmd = [sys.executable, "-m", "restoreprof", "exec", "--", sys.executable,
+           str(REPO / "benchmarks" / "_llama_weights.py"), "--state", str(state),
+           "--seed", str(seed), "--layers", str(layers)]
+    return HeldMemory.start_command(cmd, state, timeout_s=300)
+
+
+def step_s(result, name: str) -> float:
+    return sum(s.seconds for s in result.steps if s.name == name)
+
+
+def main() -> int:
+    from restoreprof.checkpoint import checkpoint, restore
+    from restoreprof.errors import RestoreprofError
+    from restoreprof.store.layout import Store
+    from restoreprof.store.measure import measure
+    from restoreprof.store.table import read_table
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--dir", type=Path, default=Path("/var/tmp/rp-storage"))
+    parser.add_argument("--layers", type=int, default=32)
+    parser.add_argument("--chunk-mb", type=int, default=0,
+                        help="the store's chunk size (default: the store's default)")
+    parser.add_argument("--smoke-mib", type=int, default=0,
+                        help="dry run without torch: hold_memory with this much 'GPU' memory "
+                             "(for the fake driver: RESTOREPROF_LIBCUDA=tests/fakecuda/...)")
+    args = parser.parse_args()
+    shutil.rmtree(args.dir, ignore_errors=True)
+    args.dir.mkdir(parents=True)
+    store_dir = args.dir / "store"
+    out: dict = {}
+    if args.chunk_mb:
+        Store.open(store_dir, create=True, chunk_mb=args.chunk_mb)
+    print(f"store {store_dir}: {Store.open(store_dir, create=True).chunk_mb} MiB chunks",
+          flush=True)
+
+    a = start_model(args.dir / "state-a", 1, args.layers, args.smoke_mib)
+    print(f"1. process A: PID {a.pid}", flush=True)
+    start = time.monotonic()
+    c1 = checkpoint(a.pid, args.dir / "c1", store=store_dir, leave_running=True)
+    wall1 = time.monotonic() - start
+    rec1 = c1.manifest.processes[0].offload
+    out["checkpoint1"] = {"offload_s": rec1["seconds"], "bytes": rec1["bytes"],
+                          "offload_gbps": rec1["bytes"] / rec1["seconds"] / 1e9,
+                          "written_bytes": rec1["written_bytes"], "total_s": wall1,
+                          "criu_dump_s": step_s(c1, "criu dump")}
+    print(f"2. checkpoint 1: offload {rec1['bytes'] / 1e9:.2f} GB in {rec1['seconds']:.2f} s "
+          f"({out['checkpoint1']['offload_gbps']:.1f} GB/s into the page cache; target <= 2.5 s),"
+          f" whole checkpoint {wall1:.2f} s (criu dump {out['checkpoint1']['criu_dump_s']:.2f} s)",
+          flush=True)
+    assert a.verify(), "A differs after checkpoint 1 (left running)"
+
+    c2 = checkpoint(a.pid, args.dir / "c2", store=store_dir)
+    rec2 = c2.manifest.processes[0].offload
+    share2 = rec2["written_bytes"] / max(1, rec1["written_bytes"])
+    out["checkpoint2"] = {"offload_s": rec2["seconds"], "written_bytes": rec2["written_bytes"],
+                          "written_vs_first": share2}
+    print(f"3. checkpoint 2 (unchanged): wrote {rec2['written_bytes'] / 1e6:.1f} MB = "
+          f"{100 * share2:.2f} % of checkpoint 1's (target <= 5 %), offload {rec2['seconds']:.2f} s",
+          flush=True)
+
+    b = start_model(args.dir / "state-b", 1, args.layers, args.smoke_mib)
+    c3 = checkpoint(b.pid, args.dir / "c3", store=store_dir, leave_running=False)
+    rec3 = c3.manifest.processes[0].offload
+    t1 = read_table(args.dir / "c1" / rec1["snapshot"])
+    t3 = read_table(args.dir / "c3" / rec3["snapshot"])
+    chunks_a, chunks_b = {h for h, _ in t1.chunks()}, {h for h, _ in t3.chunks()}
+    shared = len(chunks_a & chunks_b) / max(1, len(chunks_b))
+    out["replica"] = {"shared_chunks": shared, "written_bytes": rec3["written_bytes"],
+                      "bytes": rec3["bytes"]}
+    print(f"4. process B (same weights): {100 * shared:.1f} % of its chunks shared with A "
+          f"(target >= 95 %); its checkpoint wrote {rec3['written_bytes'] / 1e9:.2f} of "
+          f"{rec3['bytes'] / 1e9:.2f} GB", flush=True)
+    m = measure(Store.open(store_dir))
+    out["store"] = {k: m[k] for k in ("logical_bytes", "stored_bytes", "dedup_ratio", "chunks")}
+    print(f"   store: {m['logical_bytes'] / 1e9:.1f} GB named, {m['stored_bytes'] / 1e9:.1f} GB "
+          f"stored, dedup ratio {m['dedup_ratio']}", flush=True)
+
+    rate = disk_read_gbps(args.dir)
+    drop_caches()
+    before = disk_read_kib()
+    start = time.monotonic()
+    r = restore(args.dir / "c2")
+    cold = time.monotonic() - start
+    read_bytes = (disk_read_kib() - before) * 1024
+    floor = read_bytes / (rate * 1e9)
+    out["cold_restore"] = {"seconds": cold, "disk_read_gbps": rate, "bytes_read": read_bytes,
+                           "floor_s": floor, "ratio": cold / floor, "notes": r.notes,
+                           "steps": {s.name: round(s.seconds, 3) for s in r.steps}}
+    print(f"5. disk reads {rate:.2f} GB/s cold; cold restore {cold:.2f} s, {read_bytes / 1e9:.2f} "
+          f"GB read from disk: floor {floor:.2f} s, ratio {cold / floor:.2f} (target <= 1.1)"
+          f"{'; notes: ' + '; '.join(r.notes) if r.notes else ''}", flush=True)
+    out["cold_restore"]["verified"] = a.verify()
+    print(f"   A verified bit-exact: {out['cold_restore']['verified']}", flush=True)
+    a.stop()
+    chunk_rate = chunk_read_gbps(Store.open(store_dir))
+    out["cold_restore"]["chunk_files_read_gbps"] = chunk_rate
+    print(f"   diagnostic: the store's chunk files read cold at {chunk_rate:.2f} GB/s (16 "
+          f"readers) against {rate:.2f} GB/s for one big file", flush=True)
+
+    from _snapshots import damage_chunk
+
+    damaged = damage_chunk(args.dir / "c3" / rec3["snapshot"], index=len(t3.chunks()) // 2)
+    try:
+        restore(args.dir / "c3")
+        refused = "NOT REFUSED"
+    except RestoreprofError as exc:
+        refused = str(exc).splitlines()[0]
+    from restoreprof.optimizer.control import ShimControl
+
+    held = b.alive() and ShimControl(b.pid).status()["gate"] == "closed"
+    out["damage"] = {"chunk": damaged.name, "refused": refused, "held": held}
+    print(f"6. damaged chunk {damaged.name[:16]}: {refused}; B held: {held}", flush=True)
+    b.stop()
+    print(json.dumps(out))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
