@@ -63,5 +63,8 @@ def test_two_rank_job_restored_together(two_gpus, tmp_path, gpu_map, devices, pr
         assert steps.count("GPU memory adopt" if preloaded else "GPU memory reload") >= 2, steps
         assert (PRELOAD_STEP in steps) == preloaded
         assert _checked(ranks) == devices
+        # the restored job, its parent included (it holds no GPU memory), can be checkpointed again
+        checkpoint(job.pid, tmp_path / "again", leave_running=True)
+        assert _checked(ranks) == devices
     finally:
         job.stop()  # it ends its ranks (stopping one alone would wait on its parent to reap it)

@@ -249,6 +249,9 @@ class Preloads:
             return pooled
         return clock.run(PRELOAD_STEP, preload_snapshot, snapshot, optimizer, pid=pid)
 
+    def covers(self, pid: int) -> bool:
+        return pid in self._futures
+
     def adopt(self, pid: int, directory: Path, record: dict, optimizer) -> str | None:
         """pid maps its preloaded memory; on any failure its snapshot is reloaded instead."""
         from restoreprof.optimizer.preload import adopt
@@ -278,7 +281,11 @@ class Preloads:
 
 
 def start_preloads(manifest, directory: Path, optimizer, clock) -> Preloads | None:
-    offload = {p.pid: p.offload for p in manifest.processes if p.offload}
+    # A process that held no GPU memory has nothing to adopt, and only a RELOAD (of its empty
+    # snapshot) reopens its library's gate: without it, its next checkpoint was refused
+    # ("already offloaded") and its next allocation would wait (e.g. the parent of a job's ranks).
+    offload = {p.pid: p.offload for p in manifest.processes if p.offload
+               and p.offload.get("bytes", 1)}
     return Preloads(offload, directory, optimizer, clock) if offload else None
 
 
@@ -321,7 +328,7 @@ def restore_all(pids: list[int], manifest, directory: Path, pairs, parallel: boo
         elif state != "running":
             raise RestoreprofError(f"PID {pid} is in CUDA state {state!r}, cannot restore it",
                                    hint="see the driver log (dmesg) and 'restoreprof doctor'")
-        if pid in offload and preloads:
+        if pid in offload and preloads and preloads.covers(pid):
             return clock.run("GPU memory adopt", preloads.adopt, pid, directory, offload[pid],
                              optimizer, pid=pid)
         if pid in offload:
