@@ -75,19 +75,6 @@ static void chunk_name(const uint8_t hash[RP_HASH_BYTES], char *out, size_t len)
     snprintf(out, len, "%.2s/%s", hex, hex);
 }
 
-static int write_all(int fd, const void *buf, size_t n)
-{
-    for (size_t done = 0; done < n;) {
-        ssize_t put = write(fd, (const char *)buf + done, n - done);
-        if (put < 0 && errno == EINTR)
-            continue;
-        if (put <= 0)
-            return -1;
-        done += (size_t)put;
-    }
-    return 0;
-}
-
 int rp_chunks_put(struct rp_chunk_store *s, const uint8_t hash[RP_HASH_BYTES], const void *data,
                   size_t n)
 {
@@ -108,7 +95,7 @@ int rp_chunks_put(struct rp_chunk_store *s, const uint8_t hash[RP_HASH_BYTES], c
     int fd = openat(s->dirfd, tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
     if (fd < 0)
         return -1;
-    int rc = write_all(fd, data, n);
+    int rc = rp_pwrite_full(fd, data, n, 0); /* a new file */
     if (rc == 0 && s->sync)
         rc = fsync(fd);
     int saved = errno;
@@ -138,17 +125,8 @@ int rp_chunks_read(struct rp_chunk_store *s, const uint8_t hash[RP_HASH_BYTES], 
     int rc = fstat(fd, &st);
     if (rc == 0 && (size_t)st.st_size != size)
         rc = -1, errno = EBADMSG;
-    for (size_t done = 0; rc == 0 && done < len;) {
-        ssize_t got = pread(fd, (char *)buf + done, len - done, (off_t)(offset + done));
-        if (got < 0 && errno == EINTR)
-            continue;
-        if (got <= 0) {
-            rc = -1;
-            errno = got == 0 ? EBADMSG : errno;
-            break;
-        }
-        done += (size_t)got;
-    }
+    if (rc == 0)
+        rc = rp_pread_full(fd, buf, len, (off_t)offset);
     int saved = errno;
     close(fd);
     errno = saved;

@@ -205,32 +205,6 @@ static size_t take_chunk(struct job *job)
     return i < job->n_chunks ? i : job->n_chunks;
 }
 
-static int read_full(int fd, void *buf, size_t n, off_t offset)
-{
-    for (size_t done = 0; done < n;) {
-        ssize_t got = pread(fd, (char *)buf + done, n - done, offset + (off_t)done);
-        if (got < 0 && errno == EINTR)
-            continue;
-        if (got <= 0)
-            return -1;
-        done += (size_t)got;
-    }
-    return 0;
-}
-
-static int write_full(int fd, const void *buf, size_t n, off_t offset)
-{
-    for (size_t done = 0; done < n;) {
-        ssize_t put = pwrite(fd, (const char *)buf + done, n - done, offset + (off_t)done);
-        if (put < 0 && errno == EINTR)
-            continue;
-        if (put <= 0)
-            return -1;
-        done += (size_t)put;
-    }
-    return 0;
-}
-
 /* Checks (H2D) or writes (D2H) the checksum of each piece of the chunk at offset: a chunk may
  * cover several checksums (chunk_bytes is a multiple of checksum_bytes, see rp_engine_run). */
 static CUresult check_pieces(struct job *job, struct rp_transfer *t, const void *buf,
@@ -326,7 +300,7 @@ static CUresult h2d_chunk(struct job *job, struct slot *s, CUstream stream, size
         return h2d_from_chunks(t, s, stream, offset, n);
     if (t->host)
         memcpy(s->buffer, (const char *)t->host + offset, n);
-    else if (read_full(t->fd, s->buffer, n, t->file_offset + (off_t)offset))
+    else if (rp_pread_full(t->fd, s->buffer, n, t->file_offset + (off_t)offset))
         return RP_ERROR_IO;
     rc = check_pieces(job, t, s->buffer, offset, n, 1);
     if (rc != CUDA_SUCCESS)
@@ -356,7 +330,7 @@ static CUresult d2h_drain(struct job *job, struct slot *s, size_t global)
     check_pieces(job, t, s->buffer, offset, n, 0);
     if (t->host)
         memcpy((char *)t->host + offset, s->buffer, n);
-    else if (write_full(t->fd, s->buffer, n, t->file_offset + (off_t)offset))
+    else if (rp_pwrite_full(t->fd, s->buffer, n, t->file_offset + (off_t)offset))
         return RP_ERROR_IO;
     return CUDA_SUCCESS;
 }

@@ -103,16 +103,10 @@ static void *intake_worker(void *raw)
             continue;
         }
         off_t at = (off_t)(it->record->data_offset + it->offset);
-        for (size_t done = 0; done < it->bytes;) {
-            ssize_t got = pread(job->fd, dst + done, it->bytes - done, at + (off_t)done);
-            if (got < 0 && errno == EINTR)
-                continue;
-            if (got <= 0) {
-                long expected = 0;
-                atomic_compare_exchange_strong(&job->failed, &expected, -(long)i - 1);
-                return NULL;
-            }
-            done += (size_t)got;
+        if (rp_pread_full(job->fd, dst, it->bytes, at) != 0) {
+            long expected = 0;
+            atomic_compare_exchange_strong(&job->failed, &expected, -(long)i - 1);
+            return NULL;
         }
         if (rp_crc32c(0, dst, it->bytes) != it->expected) {
             long expected = 0;

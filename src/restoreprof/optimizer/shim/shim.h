@@ -147,6 +147,10 @@ const char *rp_error_name(CUresult rc);
 /* Makes room for need items of item bytes in *array (capacity *cap, doubled as needed); 0, or
  * -1 when out of memory (the array is left as it was) (util.c). */
 int rp_grow(void **array, size_t *cap, size_t need, size_t item);
+/* All n bytes at offset, through EINTR and short transfers; 0, or -1 with errno set (EBADMSG
+ * when the file ends first) (util.c). */
+int rp_pread_full(int fd, void *buf, size_t n, off_t offset);
+int rp_pwrite_full(int fd, const void *buf, size_t n, off_t offset);
 
 /* ---- configuration (config.c) ---- */
 

@@ -5,6 +5,7 @@
 #define _GNU_SOURCE
 #include "shim.h"
 
+#include <errno.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <stdio.h>
@@ -53,5 +54,34 @@ int rp_grow(void **array, size_t *cap, size_t need, size_t item)
         return -1;
     *array = grown;
     *cap = cap2;
+    return 0;
+}
+
+int rp_pread_full(int fd, void *buf, size_t n, off_t offset)
+{
+    for (size_t done = 0; done < n;) {
+        ssize_t got = pread(fd, (char *)buf + done, n - done, offset + (off_t)done);
+        if (got < 0 && errno == EINTR)
+            continue;
+        if (got <= 0) {
+            if (got == 0)
+                errno = EBADMSG; /* the file ends before n bytes: cut short */
+            return -1;
+        }
+        done += (size_t)got;
+    }
+    return 0;
+}
+
+int rp_pwrite_full(int fd, const void *buf, size_t n, off_t offset)
+{
+    for (size_t done = 0; done < n;) {
+        ssize_t put = pwrite(fd, (const char *)buf + done, n - done, offset + (off_t)done);
+        if (put < 0 && errno == EINTR)
+            continue;
+        if (put <= 0)
+            return -1;
+        done += (size_t)put;
+    }
     return 0;
 }
