@@ -99,10 +99,16 @@ def adopt(pid: int, loaded) -> dict:
     first refusal; allocations adopted before it stay adopted (RELOAD completes the rest)."""
     from restoreprof.optimizer.control import ShimControl
 
+    items = list(loaded.allocations())  # a PreloadedSnapshot, or a pool's PooledSnapshot
+    if not items:
+        # The library reopens its gate when its last offloaded allocation is adopted; with none,
+        # only a RELOAD (of the empty snapshot) does, which every caller falls back to.
+        raise RestoreprofError(f"PID {pid}: the snapshot holds no GPU memory to adopt",
+                               hint="reload it in the process (RELOAD), which reopens its library")
     control = ShimControl(pid)
     start = time.monotonic()
     total = 0
-    for item in loaded.allocations():  # a PreloadedSnapshot, or a pool's PooledSnapshot
+    for item in items:
         control.adopt(item.address, item.uuid, item.fd, item.handle)
         total += item.size
     return {"bytes": total, "seconds": time.monotonic() - start}
