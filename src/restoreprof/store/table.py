@@ -1,10 +1,14 @@
-"""Snapshot tables (version 3), as the interception library writes them (shim/snapshot.c).
+"""Snapshot tables (versions 3 and 4), as the interception library writes them
+(shim/snapshot.c; shim.h has the layouts).
 
 A GPU memory snapshot is a small table file naming chunks by their BLAKE3-256; the bytes are the
 chunks, in a content-addressed folder: the checkpoint's own (DIR/gpu-<pid>.snap.chunks), a
-store shared by checkpoints (restoreprof.store.layout), or an export's. This module reads and
-rewrites tables; it never needs the chunks' contents. (Versions 1 and 2 hold their bytes inside
-the snapshot file and name no chunks: the library reads them, this module refuses them.)
+store shared by checkpoints (restoreprof.store.layout), or an export's. Each MiB piece of a
+chunk also has a check in the table, which a restore recomputes as it copies: its crc32c
+(version 4, written now) or its BLAKE3-256 (version 3). The names are the same in both, so both
+share one store. This module reads and rewrites tables; it never needs the chunks' contents.
+(Versions 1 and 2 hold their bytes inside the snapshot file and name no chunks: the library
+reads them, this module refuses them.)
 """
 
 from __future__ import annotations
@@ -17,10 +21,13 @@ from pathlib import Path
 from restoreprof.errors import RestoreprofError
 
 MAGIC = b"RPSNAP1\0"  # every version's; the version field tells them apart
-VERSION = 3
-BLAKE3 = 2
+VERSION = 4  # written now (RP_SNAP_VERSION); 3 is read too
+# checksum_kind by version (RP_SNAP_BLAKE3, RP_SNAP_BLAKE3_CRC32C): chunks named by BLAKE3,
+# pieces checked by BLAKE3 (3) or by crc32c (4)
+CHECKSUM_KINDS = {3: 2, 4: 3}
 HASH_BYTES = 32
-PIECE_BYTES = 1 << 20  # what one integrity hash covers (RP_PIECE_BYTES)
+CRC_BYTES = 4
+PIECE_BYTES = 1 << 20  # what one piece check covers (RP_PIECE_BYTES)
 # struct snap_header: magic, version, checksum_kind, chunk_bytes, count, total_bytes,
 # table_bytes, dir_bytes, written_bytes, piece_bytes
 _HEADER = struct.Struct("<8sIIQQQQQQQ")
@@ -41,12 +48,14 @@ class Record:
     handle: int
     mappings: tuple[tuple[int, int, int], ...]  # (va, size, offset) where a handle was mapped
     hashes: tuple[str, ...]  # hex, one per chunk: its name (shim/chunks.c: rp_chunk_name)
-    pieces: tuple[str, ...]  # hex, the BLAKE3-256 of each PIECE_BYTES piece
+    pieces: tuple[str, ...]  # version 3: hex, the BLAKE3-256 of each PIECE_BYTES piece; 4: ()
+    piece_crcs: tuple[int, ...]  # version 4: the crc32c of each PIECE_BYTES piece; 3: ()
 
 
 @dataclass(frozen=True)
 class Table:
     path: Path
+    version: int
     chunk_bytes: int
     chunk_dir: str  # as written: relative to the table's folder unless absolute
     total_bytes: int
@@ -103,10 +112,10 @@ def read_table(path: Path) -> Table:
         _HEADER.unpack_from(raw)
     if magic == MAGIC and version in (1, 2):
         raise RestoreprofError(f"{path} is a version {version} snapshot: its bytes are inside it, "
-                               "not chunks", hint="the store takes snapshots of version 3; take "
-                                                  "a new checkpoint to put it in a store")
-    if magic != MAGIC or version != VERSION or kind != BLAKE3:
-        raise _damaged(path, f"not version {VERSION}")
+                               "not chunks", hint="the store takes snapshots of version 3 or 4; "
+                                                  "take a new checkpoint to put it in a store")
+    if magic != MAGIC or CHECKSUM_KINDS.get(version) != kind:
+        raise _damaged(path, "not version 3 or 4")
     if table_bytes != len(raw) or not 0 < dir_bytes <= 4096 or piece != PIECE_BYTES or \
             chunk == 0 or chunk % PIECE_BYTES:
         raise _damaged(path, "sizes disagree")
@@ -122,20 +131,37 @@ def read_table(path: Path) -> Table:
         offset = maps_at + n_mappings * _MAPPING_BYTES
         n_pieces = -(-size // PIECE_BYTES)
         names_end = offset + n * HASH_BYTES
-        end = names_end + n_pieces * HASH_BYTES
+        end = names_end + _checks_bytes(version, n_pieces)
         if end > len(raw) or n != -(-size // chunk) or kind > PHYSICAL:
             raise _damaged(path, "record out of bounds")
         hashes = tuple(raw[o:o + HASH_BYTES].hex() for o in range(offset, names_end, HASH_BYTES))
-        pieces = tuple(raw[o:o + HASH_BYTES].hex() for o in range(names_end, end, HASH_BYTES))
+        pieces: tuple[str, ...] = ()
+        crcs: tuple[int, ...] = ()
+        if version == 3:
+            pieces = tuple(raw[o:o + HASH_BYTES].hex()
+                           for o in range(names_end, end, HASH_BYTES))
+        else:
+            crcs = struct.unpack_from(f"<{n_pieces}I", raw, names_end)
         mappings = tuple(struct.unpack_from("<QQQ", raw, maps_at + _MAPPING_BYTES * m)
                          for m in range(n_mappings))
-        records.append(Record(address, size, device, kind, handle, mappings, hashes, pieces))
+        records.append(Record(address, size, device, kind, handle, mappings, hashes, pieces,
+                              crcs))
         offset = end
-    return Table(path, chunk, chunk_dir, total, written, tuple(records), raw)
+    if offset != len(raw):
+        raise _damaged(path, "sizes disagree")
+    return Table(path, version, chunk, chunk_dir, total, written, tuple(records), raw)
+
+
+def _checks_bytes(version: int, n_pieces: int) -> int:
+    """A record's piece checks: a BLAKE3-256 each (version 3), or a crc32c each padded to 8
+    bytes (version 4: every record stays 8-byte aligned, as shim/snapshot.c writes it)."""
+    if version == 3:
+        return n_pieces * HASH_BYTES
+    return -(-n_pieces * CRC_BYTES // 8) * 8
 
 
 def is_chunked_table(path: Path) -> bool:
-    """Whether path is a version 3 snapshot (a table of chunks); False for a version 1 or 2
+    """Whether path is a version 3 or 4 snapshot (a table of chunks); False for a version 1 or 2
     snapshot (its bytes inside it) and for anything that cannot be read as either (the caller's
     checks refuse it)."""
     try:

@@ -1,14 +1,16 @@
 /*
  * Content-addressed chunk folders: <folder>/<hh>/<64 hex digits of the chunk's name>, the name
- * being the BLAKE3-256 of the BLAKE3-256 of each MiB piece (rp_chunk_name): the pieces' hashes
- * are in the snapshot's table, so a restore checks any MiB-aligned part of a chunk on its own.
+ * being the BLAKE3-256 of the BLAKE3-256 of each MiB piece (rp_chunk_name). The snapshot's table
+ * holds a check per piece (a crc32c since version 4, the piece's BLAKE3 in version 3), so a
+ * restore checks any MiB-aligned part of a chunk on its own.
  *
  * Each engine thread writes its own chunks to their own files, so offloads are no longer
  * serialized on one file's inode lock (one file: 2.4 GB/s into the page cache on the H200;
  * benchmarks/bench_parallel_write.py measures files side by side). A chunk is written under a
  * temporary name and renamed: a name, once there, always holds a complete chunk, whatever
  * crashes; a chunk already there is not written again (dedup, incremental checkpoints). The
- * contents are never trusted by name: every reader checks them against the table's hashes.
+ * contents are never trusted by name: every reader checks them against the table's piece checks
+ * (or, restoreprof store verify, against the name itself).
  */
 #define _GNU_SOURCE
 #include "shim.h"
@@ -133,15 +135,27 @@ int rp_chunks_read(struct rp_chunk_store *s, const uint8_t hash[RP_HASH_BYTES], 
     return rc;
 }
 
-void rp_chunk_name(const void *data, size_t n, uint8_t *pieces, uint8_t name[RP_HASH_BYTES])
+void rp_chunk_name(const void *data, size_t n, uint8_t *pieces, uint32_t *crcs,
+                   uint8_t name[RP_HASH_BYTES])
 {
+    /* The name hashes the pieces' hashes as a stream: no buffer of them is needed when the
+     * caller keeps none (version 4 tables keep only the crc32c). */
+    blake3_hasher outer;
+    blake3_hasher_init(&outer);
     size_t count = (n + RP_PIECE_BYTES - 1) / RP_PIECE_BYTES;
     for (size_t i = 0; i < count; i++) {
         size_t at = i * RP_PIECE_BYTES;
-        rp_hash((const char *)data + at, n - at < RP_PIECE_BYTES ? n - at : RP_PIECE_BYTES,
-                pieces + i * RP_HASH_BYTES);
+        size_t len = n - at < RP_PIECE_BYTES ? n - at : RP_PIECE_BYTES;
+        const char *piece = (const char *)data + at;
+        uint8_t hash[RP_HASH_BYTES];
+        rp_hash(piece, len, hash);
+        blake3_hasher_update(&outer, hash, RP_HASH_BYTES);
+        if (pieces)
+            memcpy(pieces + i * RP_HASH_BYTES, hash, RP_HASH_BYTES);
+        if (crcs) /* the piece is in cache now, after its hash */
+            crcs[i] = rp_crc32c(0, piece, len);
     }
-    rp_hash(pieces, count * RP_HASH_BYTES, name);
+    blake3_hasher_finalize(&outer, name, RP_HASH_BYTES);
 }
 
 int rp_chunks_sync(struct rp_chunk_store *s)
@@ -175,10 +189,6 @@ RP_EXPORT void rp_blake3(const void *data, size_t n, uint8_t *out)
 
 RP_EXPORT int rp_blake3_chunk_name(const void *data, size_t n, uint8_t *out)
 {
-    uint8_t *pieces = malloc(((n + RP_PIECE_BYTES - 1) / RP_PIECE_BYTES + 1) * RP_HASH_BYTES);
-    if (!pieces)
-        return -1;
-    rp_chunk_name(data, n, pieces, out);
-    free(pieces);
+    rp_chunk_name(data, n, NULL, NULL, out);
     return 0;
 }

@@ -518,12 +518,13 @@ static void do_reload(const char *path, int given, struct rp_engine_params p, ch
     }
     CUresult loaded = err[0] ? CUDA_ERROR_NOT_READY
                              : load_all(table, fd, &chunks, loads, n_loads, p);
-    if (!err[0] && loaded != CUDA_SUCCESS)
+    if (!err[0] && loaded != CUDA_SUCCESS && (loaded != CUDA_ERROR_INVALID_IMAGE || h.version < 3))
         snprintf(err, sizeof(err), "reloading %zu allocations from %.160s: %s", n_loads, path,
-                 loaded != CUDA_ERROR_INVALID_IMAGE ? rp_error_name(loaded)
-                 : h.version >= 3 ? "a chunk is damaged or missing (BLAKE3 mismatch; see the "
-                                    "process's log)"
-                                  : "checksum mismatch");
+                 loaded != CUDA_ERROR_INVALID_IMAGE ? rp_error_name(loaded) : "checksum mismatch");
+    else if (!err[0] && loaded != CUDA_SUCCESS)
+        snprintf(err, sizeof(err), "reloading %zu allocations from %.120s: a chunk is damaged or "
+                 "missing (%s mismatch; see the process's log)", n_loads, path,
+                 rp_snapshot_check_name(table));
     rp_app_vmm_finish(loaded == CUDA_SUCCESS);
     if (!err[0] && table && allocations != list.count)
         snprintf(err, sizeof(err), "the snapshot holds %llu allocations, the process %zu",

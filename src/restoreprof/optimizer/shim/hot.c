@@ -5,8 +5,9 @@
  * H200, and the staging round trip).
  *
  * A hot copy is a list of verified chunks: for each of the snapshot's records, one pinned buffer
- * whose every piece matched the table when it was taken in (rp_hot_intake): version 3's BLAKE3
- * per MiB, read from the chunk files; versions 1 and 2's crc32c, read from the file. Nothing is
+ * whose every piece matched the table when it was taken in (rp_hot_intake): version 4's crc32c
+ * or version 3's BLAKE3 per MiB, read from the chunk files; versions 1 and 2's crc32c, read from
+ * the file. Nothing is
  * kept unless every chunk passed. rp_hot_upload checks each chunk again as it sends it (the
  * pinned copy lives for hours; a stray write to it must not reach a GPU unnoticed), then queues
  * the DMA: T threads take spans of chunks, check them, and issue each span's copy on one of S
@@ -58,20 +59,43 @@ struct intake_item {
     void *host;
     size_t offset;
     size_t bytes;
-    uint32_t expected;     /* versions 1, 2: the crc32c, the bytes read from the file */
-    const uint8_t *piece;  /* version 3: the BLAKE3-256, the bytes read from the chunks */
-    const uint8_t *hashes; /* version 3: the record's chunk names */
+    uint32_t expected;     /* versions 1, 2, 4: the crc32c */
+    const uint8_t *piece;  /* version 3: the BLAKE3-256 instead */
+    const uint8_t *hashes; /* versions 3, 4: the record's chunk names (the bytes are chunks);
+                            * versions 1, 2: NULL (the bytes are in the file) */
 };
 
 struct intake_job {
     int fd;
     struct rp_chunk_store *chunks;
-    size_t chunk_bytes; /* version 3: each chunk file's */
+    size_t chunk_bytes; /* versions 3, 4: each chunk file's */
     struct intake_item *items;
     size_t n_items;
     atomic_size_t next;
     atomic_long failed; /* index + 1 of the first failing item; <0: I/O error */
 };
+
+/* Reads item it into its place in the pinned buffer: from its chunk file (versions 3, 4; a piece
+ * never spans two chunk files: whole MiB chunks) or from the snapshot file (versions 1, 2). */
+static int intake_read(struct intake_job *job, const struct intake_item *it, char *dst)
+{
+    if (!it->hashes)
+        return rp_pread_full(job->fd, dst, it->bytes,
+                             (off_t)(it->record->data_offset + it->offset));
+    size_t k = it->offset / job->chunk_bytes, size = it->record->size - k * job->chunk_bytes;
+    return rp_chunks_read(job->chunks, it->hashes + k * RP_HASH_BYTES,
+                          size < job->chunk_bytes ? size : job->chunk_bytes, dst, it->bytes,
+                          it->offset - k * job->chunk_bytes);
+}
+
+static int intake_matches(const struct intake_item *it, const char *dst)
+{
+    if (!it->piece)
+        return rp_crc32c(0, dst, it->bytes) == it->expected;
+    uint8_t got[RP_HASH_BYTES];
+    rp_hash(dst, it->bytes, got);
+    return memcmp(got, it->piece, RP_HASH_BYTES) == 0;
+}
 
 static void *intake_worker(void *raw)
 {
@@ -84,33 +108,12 @@ static void *intake_worker(void *raw)
             return NULL;
         struct intake_item *it = &job->items[i];
         char *dst = (char *)it->host + it->offset;
-        if (it->piece) { /* a piece never spans two chunk files (whole MiB chunks) */
-            size_t k = it->offset / job->chunk_bytes, size = it->record->size - k * job->chunk_bytes;
-            uint8_t got[RP_HASH_BYTES];
-            if (rp_chunks_read(job->chunks, it->hashes + k * RP_HASH_BYTES,
-                               size < job->chunk_bytes ? size : job->chunk_bytes, dst, it->bytes,
-                               it->offset - k * job->chunk_bytes) != 0) {
-                long expected = 0;
-                atomic_compare_exchange_strong(&job->failed, &expected, -(long)i - 1);
-                return NULL;
-            }
-            rp_hash(dst, it->bytes, got);
-            if (memcmp(got, it->piece, RP_HASH_BYTES) != 0) {
-                long expected = 0;
-                atomic_compare_exchange_strong(&job->failed, &expected, (long)i + 1);
-                return NULL;
-            }
-            continue;
-        }
-        off_t at = (off_t)(it->record->data_offset + it->offset);
-        if (rp_pread_full(job->fd, dst, it->bytes, at) != 0) {
+        long failed = intake_read(job, it, dst) != 0 ? -(long)i - 1
+                    : !intake_matches(it, dst)       ? (long)i + 1
+                                                     : 0;
+        if (failed) { /* the first failure is the one reported */
             long expected = 0;
-            atomic_compare_exchange_strong(&job->failed, &expected, -(long)i - 1);
-            return NULL;
-        }
-        if (rp_crc32c(0, dst, it->bytes) != it->expected) {
-            long expected = 0;
-            atomic_compare_exchange_strong(&job->failed, &expected, (long)i + 1);
+            atomic_compare_exchange_strong(&job->failed, &expected, failed);
             return NULL;
         }
     }
@@ -163,7 +166,7 @@ static CUresult allocate_buffers(const char *table, const struct snap_header *h,
 static struct intake_item *intake_items(const char *table, const struct snap_header *h,
                                         const struct rp_hot_buffer *buffers, size_t *n)
 {
-    size_t check = rp_snapshot_check_bytes(table); /* a crc32c's chunk, or a MiB piece */
+    size_t check = rp_snapshot_check_bytes(table); /* a MiB piece, or a version 1/2 crc32c's */
     const struct snap_record *r = rp_snapshot_first(table);
     size_t total = 0;
     for (uint64_t i = 0; i < h->count; i++, r = rp_snapshot_next(table, r))
@@ -184,8 +187,7 @@ static struct intake_item *intake_items(const char *table, const struct snap_hea
                 .record = r, .host = buffers[i].host, .offset = offset,
                 .bytes = left < check ? left : check, .expected = sums ? sums[c] : 0,
                 .piece = pieces ? pieces + c * RP_HASH_BYTES : NULL,
-                .hashes = pieces ? (const uint8_t *)(rp_snapshot_mappings(r) + r->n_mappings)
-                                 : NULL };
+                .hashes = rp_snapshot_names(table, r) };
         }
     }
     return items;
@@ -222,8 +224,8 @@ RP_EXPORT long rp_hot_intake(int fd, int threads, struct rp_hot_buffer *out, lon
         free(table);
         return -1;
     }
-    /* version 3: the chunks, in the folder the table names (beside it, as this process sees
-     * the descriptor's path, or a store) */
+    /* versions 3, 4: the chunks, in the folder the table names (beside it, as this process
+     * sees the descriptor's path, or a store) */
     struct rp_chunk_store chunks = { .dirfd = -1 };
     char link[64], path[4096];
     snprintf(link, sizeof(link), "/proc/self/fd/%d", fd);
@@ -256,8 +258,10 @@ RP_EXPORT long rp_hot_intake(int fd, int threads, struct rp_hot_buffer *out, lon
     long failed = atomic_load(&job.failed);
     if (failed) {
         struct intake_item *it = &job.items[(failed > 0 ? failed : -failed) - 1];
-        snprintf(err, errlen, "%s at %#llx + %zu (%zu bytes): nothing was kept",
-                 failed > 0 ? "checksum mismatch" : "read failed",
+        const char *what = failed < 0 ? "read failed"
+                         : it->piece ? "checksum mismatch (BLAKE3)"
+                                     : "checksum mismatch (crc32c)";
+        snprintf(err, errlen, "%s at %#llx + %zu (%zu bytes): nothing was kept", what,
                  (unsigned long long)it->record->address, it->offset, it->bytes);
         rp_hot_free(out, made);
         made = -1;

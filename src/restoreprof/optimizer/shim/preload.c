@@ -200,13 +200,14 @@ RP_EXPORT long rp_snapshot_preload_fd(int fd, const struct rp_engine_params *par
                 rc = rp_engine_run_batch(t, count, *params, 1);
             rp_real.cuDevicePrimaryCtxRelease_v2(dev); /* each item holds its own reference */
         }
-        if (rc != CUDA_SUCCESS)
+        if (rc != CUDA_SUCCESS && (rc != CUDA_ERROR_INVALID_IMAGE || h.version < 3))
             snprintf(err, errlen, "preloading %zu allocations on GPU %d: %s", count,
                      (int)out[first].device,
-                     rc != CUDA_ERROR_INVALID_IMAGE ? rp_error_name(rc)
-                     : h.version >= 3 ? "a chunk is damaged or missing (BLAKE3 mismatch; "
-                                        "nothing of it was used)"
-                                      : "checksum mismatch");
+                     rc != CUDA_ERROR_INVALID_IMAGE ? rp_error_name(rc) : "checksum mismatch");
+        else if (rc != CUDA_SUCCESS)
+            snprintf(err, errlen, "preloading %zu allocations on GPU %d: a chunk is damaged or "
+                     "missing (%s mismatch; nothing of it was used)", count,
+                     (int)out[first].device, rp_snapshot_check_name(table));
     }
     for (long i = 0; i < n; i++)
         out[i].fd = -1;
