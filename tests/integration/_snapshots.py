@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import struct
 from pathlib import Path
 
 from restoreprof.checkpoint import checkpoint
@@ -42,27 +43,74 @@ def checkpoint_with_damaged_snapshot(pid: int, directory: Path) -> Path:
 
 MIB = 1 << 20
 _ALIGN = 4096
+_HEADER_V3 = 72  # struct snap_header of versions 3 and 4
+_RECORD = 80  # struct snap_record
+_MAPPING = 24
+
+
+def _record_bytes(raw: bytes, offset: int, record, version: int) -> tuple[int, int]:
+    """(bytes of the record, its mappings and its chunk names; bytes of its piece checks) of the
+    version 3 or 4 record at offset (shim.h)."""
+    n_maps = struct.unpack_from("<I", raw, offset + 44)[0]
+    head = _RECORD + _MAPPING * n_maps + 32 * len(record.hashes)
+    checks = 32 * len(record.pieces) if version == 3 else -(-4 * len(record.piece_crcs) // 8) * 8
+    return head, checks
+
+
+def chunk_data(table, record) -> bytes:
+    """A record's bytes, read from its chunks."""
+    return b"".join(chunk_path(table.folder, h).read_bytes() for h in record.hashes)
+
+
+def v3_copy(snapshot: Path, out: Path) -> Path:
+    """The version 4 snapshot rewritten as restoreprof wrote version 3 before it: the same chunk
+    names (copied into a folder of out's own, so damaging them spares the original), each MiB
+    piece checked by its BLAKE3-256 (computed here by the library's hash from the chunks)
+    instead of its crc32c. Lets tests prove that version 3 snapshots are still read and checked.
+    Checks on the way that the version 4 table's crc32c values match the chunks."""
+    from restoreprof.optimizer.engine import blake3, crc32c
+
+    table = read_table(snapshot)
+    assert table.version == 4, table.version
+    raw = table.raw
+    offset = _HEADER_V3 + struct.unpack_from("<Q", raw, 48)[0]
+    body = b""
+    for r in table.records:
+        data = chunk_data(table, r)
+        pieces = [data[i:i + MIB] for i in range(0, len(data), MIB)]
+        assert [crc32c(p) for p in pieces] == list(r.piece_crcs), "the table's crc32c"
+        head, checks = _record_bytes(raw, offset, r, 4)
+        body += raw[offset:offset + head] + b"".join(bytes.fromhex(blake3(p)) for p in pieces)
+        offset += head + checks
+    assert offset == len(raw)
+    folder = out.parent / f"{out.name}.chunks"
+    shutil.copytree(table.folder, folder)
+    chunk_dir = folder.name.encode()
+    dir_bytes = -(-(len(chunk_dir) + 1) // 8) * 8
+    header = struct.pack("<8sIIQQQQQQQ", b"RPSNAP1\0", 3, 2, table.chunk_bytes, len(table.records),
+                         table.total_bytes, _HEADER_V3 + dir_bytes + len(body), dir_bytes,
+                         table.written_bytes, MIB)
+    out.write_bytes(header + chunk_dir.ljust(dir_bytes, b"\0") + body)
+    return out
 
 
 def in_file_copy(snapshot: Path, out: Path, version: int) -> Path:
-    """The version 3 snapshot (table + chunks) rewritten as an older restoreprof wrote it: version
-    1 (allocations only) or 2 (record kinds and mappings), the bytes inside the file with a
-    crc32c per MiB (shim.h). Lets tests prove that old snapshots are still read."""
-    import struct
-
+    """The version 3 or 4 snapshot (table + chunks) rewritten as an older restoreprof wrote it:
+    version 1 (allocations only) or 2 (record kinds and mappings), the bytes inside the file
+    with a crc32c per MiB (shim.h). Lets tests prove that old snapshots are still read."""
     from restoreprof.optimizer.engine import crc32c
 
     table = read_table(snapshot)
     raw = table.raw
     dir_bytes = struct.unpack_from("<Q", raw, 48)[0]
-    offset = 72 + dir_bytes  # version 3's header, then the chunk folder's path
+    offset = _HEADER_V3 + dir_bytes  # the header, then the chunk folder's path
     records, datas = [], []
     for r in table.records:
-        data = b"".join(chunk_path(table.folder, h).read_bytes() for h in r.hashes)
+        data = chunk_data(table, r)
         assert len(data) == r.size
         n_maps = struct.unpack_from("<I", raw, offset + 44)[0]
-        head = raw[offset:offset + 80 + 24 * n_maps]  # the record and its mappings
-        offset += 80 + 24 * n_maps + 32 * (len(r.hashes) + len(r.pieces))
+        head = raw[offset:offset + _RECORD + _MAPPING * n_maps]  # the record and its mappings
+        offset += sum(_record_bytes(raw, offset, r, table.version))
         sums = [crc32c(data[i:i + MIB]) for i in range(0, len(data), MIB)]
         if version == 1:
             assert r.kind == 0 and not r.mappings, "version 1 held allocations only"

@@ -10,13 +10,14 @@ import contextlib
 import ctypes
 import os
 import signal
+import struct
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
-from _snapshots import damage_chunk, in_file_copy
+from _snapshots import damage_chunk, in_file_copy, v3_copy
 
 from restoreprof.checkpoint import checkpoint, restore
 from restoreprof.doctor import _warm_pool
@@ -25,6 +26,7 @@ from restoreprof.optimizer.config import OptimizerConfig
 from restoreprof.optimizer.control import ShimControl
 from restoreprof.optimizer.hot_snapshots import HotSnapshots, snapshots_in
 from restoreprof.optimizer.preload import preload_snapshot
+from restoreprof.store.table import read_table
 from restoreprof.system.warm_socket import describe_pool, pinned_summary
 from restoreprof.workloads.controller import HeldMemory
 
@@ -56,6 +58,7 @@ def snap(fake_driver, tmp_path):
 
 
 def test_a_held_snapshot_is_sent_bit_exact_and_counted(snap):
+    assert read_table(snap).version == 4  # pieces checked by crc32c
     hot = HotSnapshots(64 * MIB, threads=3)
     try:
         held = hot.hold_file(snap)
@@ -111,22 +114,48 @@ def test_a_hot_copy_damaged_in_memory_is_caught_and_dropped(snap):
         hot.release()
 
 
-def test_a_damaged_file_is_never_taken_in(snap):
+def test_a_damaged_table_is_never_taken_in(snap):
+    """A piece's crc32c altered in the table: the chunk no longer matches it."""
+    table = read_table(snap)
+    at = table.raw.rfind(struct.pack("<I", table.records[-1].piece_crcs[-1]))
     with open(snap, "r+b") as f:
-        f.seek(snap.stat().st_size - 100)
-        f.write(b"\xff" * 8)
+        f.seek(at)
+        f.write(b"\xff" * 4)
     hot = HotSnapshots(64 * MIB)
-    with pytest.raises(RestoreprofError, match=r"checksum mismatch .* nothing was kept"):
+    with pytest.raises(RestoreprofError, match=r"checksum mismatch \(crc32c\) .* nothing was kept"):
         hot.hold_file(snap)
     assert hot.status()["held_bytes"] == 0
 
 
 def test_a_damaged_chunk_is_never_taken_in(snap):
-    damage_chunk(snap, 0)  # version 3: the bytes are chunks beside the table
+    damage_chunk(snap, 0)  # versions 3, 4: the bytes are chunks beside the table
     hot = HotSnapshots(64 * MIB)
-    with pytest.raises(RestoreprofError, match=r"checksum mismatch .* nothing was kept"):
+    with pytest.raises(RestoreprofError, match=r"checksum mismatch \(crc32c\) .* nothing was kept"):
         hot.hold_file(snap)
     assert hot.status()["held_bytes"] == 0
+
+
+def test_a_version_3_snapshot_is_held_checked_and_sent_bit_exact(snap, tmp_path):
+    """A version 3 snapshot (a BLAKE3 per piece) is taken in and sent checked by its BLAKE3s; a
+    damaged chunk in one is never taken in."""
+    v3 = v3_copy(snap, tmp_path / "v3.snap")
+    hot = HotSnapshots(64 * MIB, threads=3)
+    try:
+        hot.hold_file(v3)
+        from_file = preload_snapshot(snap, CFG)
+        with open(v3, "rb") as f:
+            from_hot = hot.preload(f.fileno(), str(v3), CFG)
+        try:
+            assert from_hot is not None
+            assert _contents(from_hot) == _contents(from_file)
+        finally:
+            from_file.release()
+            from_hot.release()
+    finally:
+        hot.release()
+    damage_chunk(v3, 1)
+    with pytest.raises(RestoreprofError, match=r"checksum mismatch \(BLAKE3\) .* nothing was kept"):
+        HotSnapshots(64 * MIB).hold_file(v3)
 
 
 def test_an_in_file_snapshot_is_held_and_sent_bit_exact(snap, tmp_path):

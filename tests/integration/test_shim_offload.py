@@ -6,6 +6,7 @@ memfd-backed, so sharing it between processes works as on a GPU) and the applica
 import contextlib
 import ctypes
 import os
+import re
 import select
 import shutil
 import subprocess
@@ -15,16 +16,21 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from _snapshots import damaged_copy
+from _snapshots import damaged_copy, v3_copy
 
 from restoreprof.errors import RestoreprofError
 from restoreprof.optimizer.config import OptimizerConfig
 from restoreprof.optimizer.control import ShimControl
 from restoreprof.optimizer.preload import adopt, preload_snapshot
 from restoreprof.optimizer.shim.build import build_library
+from restoreprof.store.table import read_table
 
 MIB = 1 << 20
 SIZES = [MIB, 2 * MIB + 3, 5 * MIB + 7]
+# the engine's log line for a damaged piece (damaged_copy flips bytes in the second chunk, one
+# MiB: its first and only piece)
+DAMAGED_LOG = r"chunk [0-9a-f]{{64}} \(0 of this allocation\) is damaged \({} mismatch at byte 0 " \
+              r"of it\): refusing to load it"
 
 APP = textwrap.dedent("""
     import os, sys
@@ -100,6 +106,11 @@ class App:
         self.proc.stdin.close()
         self.proc.wait(timeout=30)
 
+    def log(self) -> str:
+        """What the library logged (its stderr), once the application has ended."""
+        self.close()
+        return self.proc.stderr.read()
+
 
 @pytest.fixture
 def app(run_dir, fake_libcuda):
@@ -123,6 +134,7 @@ def test_offload_reload_round_trip(app, tmp_path):
     for _ in range(3):
         out = ctl.offload(snap, cfg)
         assert out["bytes"] == sum(SIZES)
+        assert read_table(snap).version == 4  # pieces checked by crc32c
         assert ctl.status()["state"] == "offloaded"
         assert app.physical_mappings() == 0  # the memory is released, the addresses kept
         assert app.ask("stack") == "16"  # no kernel runs: the stacks' local memory goes too
@@ -152,7 +164,7 @@ def test_corrupt_snapshot_is_refused_and_process_stays_held(app, tmp_path):
     snap = tmp_path / "gpu.snap"
     ctl.offload(snap, OptimizerConfig(chunk_mb=1))
     bad = damaged_copy(snap, tmp_path / "bad.snap")  # a byte in the second chunk
-    with pytest.raises(RestoreprofError, match="a chunk is damaged or missing"):
+    with pytest.raises(RestoreprofError, match=r"a chunk is damaged or missing \(crc32c mismatch"):
         ctl.reload(bad)
     assert ctl.status()["state"] == "offloaded"
     with pytest.raises(RestoreprofError, match="already offloaded"):
@@ -161,6 +173,26 @@ def test_corrupt_snapshot_is_refused_and_process_stays_held(app, tmp_path):
     assert app.ask("check") == "ok"
     with pytest.raises(RestoreprofError, match="not offloaded"):
         ctl.reload(snap)
+    assert re.search(DAMAGED_LOG.format("crc32c"), app.log())
+
+
+def test_a_version_3_snapshot_is_reloaded_and_checked_by_its_blake3(app, tmp_path):
+    """Snapshots written before version 4 (a BLAKE3 per piece) still reload, and a damaged
+    piece in one is still caught, by its BLAKE3."""
+    ctl = ShimControl(app.proc.pid)
+    snap = tmp_path / "gpu.snap"
+    ctl.offload(snap, OptimizerConfig(chunk_mb=1))
+    v3 = v3_copy(snap, tmp_path / "v3.snap")
+    assert read_table(v3).version == 3
+    bad = damaged_copy(v3, tmp_path / "bad.snap")
+    assert read_table(bad).version == 3
+    with pytest.raises(RestoreprofError, match=r"a chunk is damaged or missing \(BLAKE3 mismatch"):
+        ctl.reload(bad, CFG)
+    assert ctl.status()["state"] == "offloaded"
+    shutil.rmtree(tmp_path / "gpu.snap.chunks")  # the version 4 snapshot's chunks: not used
+    ctl.reload(v3, CFG)
+    assert app.ask("check") == "ok"
+    assert re.search(DAMAGED_LOG.format("BLAKE3"), app.log())
 
 
 def test_free_releases_vmm_allocations(app):
@@ -231,7 +263,8 @@ def _preloaded(app, tmp_path):
 
 
 def test_preloaded_memory_is_adopted_bit_exact(app, ours, tmp_path):
-    with _preloaded(app, tmp_path) as (ctl, _, loaded):
+    with _preloaded(app, tmp_path) as (ctl, snap, loaded):
+        assert read_table(snap).version == 4
         assert app.physical_mappings() == 0
         assert loaded.count == len(SIZES) and loaded.bytes == sum(SIZES)
         assert _our_physical_mappings() == len(SIZES)
@@ -289,20 +322,41 @@ def test_adopt_refuses_memory_of_another_gpu_and_a_missing_descriptor(app, ours,
     assert app.ask("check") == "ok"
 
 
-def test_a_damaged_snapshot_is_refused_and_nothing_is_left_allocated(app, ours, tmp_path):
+def test_a_damaged_snapshot_is_refused_and_nothing_is_left_allocated(app, ours, tmp_path,
+                                                                    capfd):
     ctl = ShimControl(app.proc.pid)
     snap = tmp_path / "gpu.snap"
     ctl.offload(snap, CFG)
     bad = damaged_copy(snap, tmp_path / "bad.snap")  # a byte in the second chunk
     before = _our_physical_mappings()
     fds = len(os.listdir("/proc/self/fd"))
-    with pytest.raises(RestoreprofError, match="a chunk is damaged or missing"):
+    with pytest.raises(RestoreprofError, match=r"a chunk is damaged or missing \(crc32c mismatch"):
         preload_snapshot(bad, CFG)
+    assert re.search(DAMAGED_LOG.format("crc32c"), capfd.readouterr().err)
     assert _our_physical_mappings() == before
     assert len(os.listdir("/proc/self/fd")) == fds
     with pytest.raises(RestoreprofError, match="not a restoreprof snapshot"):
         preload_snapshot(_truncated(snap, tmp_path), CFG)
     ctl.reload(snap, CFG)
+    assert app.ask("check") == "ok"
+
+
+def test_a_version_3_snapshot_is_preloaded_and_adopted_bit_exact(app, ours, tmp_path, capfd):
+    ctl = ShimControl(app.proc.pid)
+    snap = tmp_path / "gpu.snap"
+    ctl.offload(snap, CFG)
+    v3 = v3_copy(snap, tmp_path / "v3.snap")
+    bad = damaged_copy(v3, tmp_path / "bad.snap")
+    before = _our_physical_mappings()
+    with pytest.raises(RestoreprofError, match=r"a chunk is damaged or missing \(BLAKE3 mismatch"):
+        preload_snapshot(bad, CFG)
+    assert re.search(DAMAGED_LOG.format("BLAKE3"), capfd.readouterr().err)
+    assert _our_physical_mappings() == before
+    loaded = preload_snapshot(v3, CFG)
+    try:
+        assert adopt(app.proc.pid, loaded)["bytes"] == sum(SIZES)
+    finally:
+        loaded.release()
     assert app.ask("check") == "ok"
 
 
