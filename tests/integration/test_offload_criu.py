@@ -29,6 +29,7 @@ def test_offloaded_round_trip_through_criu(fake_driver, tmp_path, preload):
         assert record.cuda and record.offload["bytes"] == 48 << 20
         snapshot = tmp_path / "ckpt" / record.offload["snapshot"]
         table = read_table(snapshot)  # a table; the bytes are chunks in the folder beside it
+        assert table.version == 4  # chunks named by BLAKE3, pieces checked by crc32c
         assert sum(n for _, n in table.chunks()) == 48 << 20
         assert all(chunk_path(table.folder, h).stat().st_size == n for h, n in table.chunks())
         # the GPU memory is in the snapshot, not in CRIU's page images
@@ -60,6 +61,7 @@ def test_damaged_snapshot_keeps_process_held(fake_driver, tmp_path):
         with pytest.raises(RestoreprofError, match="reload failed") as err:
             restore(tmp_path / "ckpt")
         assert "--gpu-only" in str(err.value)
+        assert "crc32c mismatch" in str(err.value)
         assert w.alive(), "a failed reload must leave the process alive and held"
     finally:
         w.stop()

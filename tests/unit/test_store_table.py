@@ -1,5 +1,5 @@
 """The library's BLAKE3 (vendored, SIMD picked at run time) against the official test vectors,
-and snapshot tables (version 3) as restoreprof.store.table reads and rewrites them."""
+and snapshot tables (versions 3 and 4) as restoreprof.store.table reads and rewrites them."""
 
 import ctypes
 import struct
@@ -52,8 +52,14 @@ def test_a_chunk_name_is_the_hash_of_its_pieces_hashes(blake3):
     assert chunk_name(data) == expected and len(pieces) == 3
 
 
+def _crc(i: int, k: int) -> int:
+    return 0x10000 * (i + 1) + k
+
+
 def _table(chunk_dir: bytes, chunk: int, sizes: list[int], piece: int = MIB,
-           mappings: int = 0, version: int = 3) -> bytes:
+           mappings: int = 0, version: int = 4, kind: int | None = None) -> bytes:
+    """A table as shim/snapshot.c lays it out (shim.h): version 4 (a crc32c per piece, the array
+    padded to 8 bytes) or 3 (a BLAKE3-256 per piece)."""
     dir_bytes = -(-(len(chunk_dir) + 1) // 8) * 8
     body = b""
     for i, size in enumerate(sizes):
@@ -63,31 +69,50 @@ def _table(chunk_dir: bytes, chunk: int, sizes: list[int], piece: int = MIB,
                             0, 0, 0, 0, 0, 0, 0, 0)
         body += b"".join(struct.pack("<QQQ", 0x9000 + m, MIB, m * MIB) for m in range(mappings))
         body += b"".join(bytes([i, k]) * 16 for k in range(n))  # names
-        body += b"".join(bytes([i, 128 + k]) * 16 for k in range(pieces))
+        if version == 3:
+            body += b"".join(bytes([i, 128 + k]) * 16 for k in range(pieces))
+        else:
+            body += b"".join(struct.pack("<I", _crc(i, k)) for k in range(pieces))
+            body += b"\0" * (4 * (pieces % 2))
     header_bytes = 72
     total = header_bytes + dir_bytes + len(body)
-    header = struct.pack("<8sIIQQQQQQQ", b"RPSNAP1\0", version, 2, chunk, len(sizes), sum(sizes),
-                         total, dir_bytes, 5, piece)
+    kind = kind if kind is not None else {3: 2, 4: 3}.get(version, 1)
+    header = struct.pack("<8sIIQQQQQQQ", b"RPSNAP1\0", version, kind, chunk, len(sizes),
+                         sum(sizes), total, dir_bytes, 5, piece)
     return header + chunk_dir.ljust(dir_bytes, b"\0") + body
 
 
-def test_a_table_lists_its_chunks_and_can_name_another_folder(tmp_path):
+@pytest.mark.parametrize("version", [3, 4])
+def test_a_table_lists_its_chunks_and_can_name_another_folder(tmp_path, version):
     path = tmp_path / "gpu-1.snap"
-    path.write_bytes(_table(b"/var/lib/restoreprof/store/chunks", 2 * MIB, [5 * MIB + 7, 2 * MIB]))
+    # 5 pieces, then 3: an odd count pads version 4's crc32c array
+    path.write_bytes(_table(b"/var/lib/restoreprof/store/chunks", 2 * MIB, [5 * MIB, 2 * MIB + 7],
+                            version=version))
     table = read_table(path)
+    assert table.version == version
     assert str(table.folder) == "/var/lib/restoreprof/store/chunks"  # absolute: a store
     lengths = [n for _, n in table.chunks()]
-    assert lengths == [2 * MIB, 2 * MIB, MIB + 7, 2 * MIB] and table.written_bytes == 5
-    assert [len(r.pieces) for r in table.records] == [6, 2]
+    assert lengths == [2 * MIB, 2 * MIB, MIB, 2 * MIB, 7] and table.written_bytes == 5
+    assert table.chunks()[3][0] == bytes([1, 0]).hex() * 16  # the second record's first name
+    if version == 3:
+        assert [len(r.pieces) for r in table.records] == [5, 3]
+        assert table.records[1].pieces[2] == bytes([1, 130]).hex() * 16
+        assert all(r.piece_crcs == () for r in table.records)
+    else:
+        assert [r.piece_crcs for r in table.records] == \
+            [tuple(_crc(0, k) for k in range(5)), tuple(_crc(1, k) for k in range(3))]
+        assert all(r.pieces == () for r in table.records)
     assert chunk_path(table.folder, table.chunks()[0][0]).parent.name == table.chunks()[0][0][:2]
     moved = tmp_path / "moved.snap"
     moved.write_bytes(table.with_chunk_dir("moved.snap.chunks"))
     again = read_table(moved)
     assert again.folder == tmp_path / "moved.snap.chunks"
     assert again.chunks() == table.chunks() and again.records == table.records
+    assert again.version == version
 
 
-@pytest.mark.parametrize("damage", ["truncate", "magic", "count", "piece"])
+@pytest.mark.parametrize("damage", ["truncate", "magic", "count", "piece", "kind", "version",
+                                    "extra"])
 def test_a_damaged_table_is_refused_with_a_hint(tmp_path, damage):
     raw = bytearray(_table(b"x.chunks", 2 * MIB, [5 * MIB]))
     if damage == "truncate":
@@ -96,8 +121,15 @@ def test_a_damaged_table_is_refused_with_a_hint(tmp_path, damage):
         raw[0:8] = b"RPSNAPX\0"
     elif damage == "count":
         struct.pack_into("<Q", raw, 24, 7)  # more records than the table holds
-    else:
+    elif damage == "piece":
         struct.pack_into("<Q", raw, 64, 4096)  # pieces of another size
+    elif damage == "kind":
+        struct.pack_into("<I", raw, 12, 2)  # version 4 saying BLAKE3 pieces: not what it holds
+    elif damage == "version":
+        struct.pack_into("<I", raw, 8, 5)  # newer than this restoreprof
+    else:
+        raw += b"\0" * 8  # bytes past the last record
+        struct.pack_into("<Q", raw, 40, len(raw))
     path = tmp_path / "bad.snap"
     path.write_bytes(bytes(raw))
     with pytest.raises(RestoreprofError, match="not a usable snapshot table") as err:
