@@ -48,6 +48,7 @@
     X(cuCtxGetCurrent, (CUcontext *))                                                          \
     X(cuCtxSetCurrent, (CUcontext))                                                            \
     X(cuCtxGetDevice, (CUdevice *))                                                            \
+    X(cuCtxGetId, (CUcontext, unsigned long long *))                                           \
     X(cuCtxSynchronize, (void))                                                                \
     X(cuCtxGetLimit, (size_t *, CUlimit))                                                      \
     X(cuCtxSetLimit, (CUlimit, size_t))                                                        \
