@@ -105,15 +105,17 @@ def _captured(torch, chain, x):
     graph = torch.cuda.CUDAGraph()
     with torch.no_grad(), torch.cuda.graph(graph):
         static_out = chain(static_x)
-    # The first replay's output differed from every later one (H200, torch 2.11, no checkpoint
-    # involved): replay once, so that the digest taken at start is the one a replay gives.
-    graph.replay()
-    torch.cuda.synchronize()
 
     def replay():
         graph.replay()
         return static_out
 
+    # The graph reads static_x at the address it had at capture, but holds no reference to the
+    # tensor: without this one the memory went back to the allocator once this function
+    # returned, later tensors reused it (the first replay's output differed from every later
+    # one on the H200), and torch.cuda.empty_cache() unmapped it under the graph (its next
+    # replay faulted). Tensors a graph reads must stay alive, as PyTorch's documentation says.
+    replay.inputs = (static_x,)
     return replay
 
 
