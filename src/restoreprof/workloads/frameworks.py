@@ -70,6 +70,9 @@ def torch_program(program: str, gib: float, slack_gib: float, seed: int) -> Prog
         return h
 
     forward = _captured(torch, chain, x) if program == "torch-graph" else lambda: chain(x)
+    with torch.no_grad():  # warmed up, as a server is before it serves: cuBLAS's workspace
+        forward()          # is allocated now, not inside the slack's freed blocks later
+    torch.cuda.synchronize()
     # The slack is made last: a graph's warm-up would otherwise reuse the freed blocks (seen on
     # the H200: no slack left in the graph program).
     slack = [torch.empty(n, dtype=torch.uint8, device="cuda") for n in _slack_sizes(slack_gib)]
