@@ -79,6 +79,7 @@ def main() -> int:
                 + f"; notes {r.notes}", flush=True)
             print(f"   verified {w.verify()}", flush=True)
             os.system(f"tail -2 {work}/lazy-pages.log 2>/dev/null")
+            subprocess.run(["rm", "-rf", str(ck)])  # 16 GB each: the disk holds three
     finally:
         w.stop()
     return 0
