@@ -295,9 +295,10 @@ def _restore_locked(directory: Path, manifest: Manifest, work: Path, *, gpu_map,
     # Every image's size and the contents of those that steer CRIU are checked first; the page
     # data (most of the bytes) is hashed while CRIU restores, and CRIU leaves the processes
     # stopped: none of them runs an instruction until every image has passed.
-    # A GPU snapshot of version 3 is a small table naming its chunks by BLAKE3-256: hashed here
-    # like any image (the engine checks each chunk's pieces as it copies them). An older one
-    # holds its bytes, each piece's crc32c checked by the engine: not read a second time here.
+    # A GPU snapshot of version 3 or 4 is a small table naming its chunks by BLAKE3-256: hashed
+    # here like any image (the engine checks each chunk's pieces as it copies them, by the
+    # table's crc32c or BLAKE3). An older one holds its bytes, each piece's crc32c checked by
+    # the engine: not read a second time here.
     snapshots = tuple(p.offload["snapshot"] for p in manifest.processes
                       if p.offload and not is_chunked_table(directory / p.offload["snapshot"]))
     if verify:
@@ -429,7 +430,7 @@ def _gpu_only(directory: Path, manifest: Manifest, journal, gpu_map, parallel: b
 def _start_page_check(directory: Path, manifest: Manifest, snapshots: tuple[str, ...],
                       clock: StepClock) -> Future:
     """Hash the page data on a thread of its own; result() waits and raises on damage. (GPU
-    snapshots' chunks are not here: the engine checks each one's BLAKE3 as it loads it.)"""
+    snapshots' chunks are not here: the engine checks each one's pieces as it loads it.)"""
     pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="page-check")
     check = pool.submit(clock.run, "verify page images", verify_images, directory, manifest,
                         skip=snapshots, only=is_page_data)

@@ -106,7 +106,8 @@ class Manifest:
             raise IntegrityError(f"{directory / MANIFEST_NAME} lists an image twice",
                                  hint="the checkpoint cannot be trusted; take a new one")
         present = set(os.listdir(directory)) - {MANIFEST_NAME}
-        # a listed snapshot's chunk folder: its chunks are checked by their names (BLAKE3)
+        # a listed snapshot's chunk folder: its chunks are checked piece by piece as they load
+        # (the table's crc32c or BLAKE3), the folder's privacy checked (trust.py)
         chunk_dirs = {f"{p.offload.get('snapshot')}{CHUNK_DIR_SUFFIX}"
                       for p in self.processes if p.offload}
         present -= {n for n in chunk_dirs

@@ -22,7 +22,11 @@ FILE_MODE = 0o600
 _OTHERS_WRITE = stat.S_IWGRP | stat.S_IWOTH
 # A GPU snapshot's own chunk folder (gpu-<pid>.snap.chunks, written by the library): the only
 # folder a checkpoint holds. CRIU never reads it, and every chunk in it is named by its BLAKE3 and
-# checked piece by piece as the engine copies it, so its files need no checksums of the manifest.
+# checked piece by piece as the engine copies it (crc32c from table version 4, BLAKE3 in version
+# 3; the table itself is in the manifest), so its files need no checksums of the manifest. A
+# crc32c catches damage, not forgery: what keeps others from altering a chunk is that the folder
+# and the store are private (0700, owned by root or the user), checked before every restore;
+# `restoreprof store verify` checks every chunk against its BLAKE3 name.
 CHUNK_DIR_SUFFIX = ".chunks"
 
 
