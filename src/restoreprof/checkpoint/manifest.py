@@ -60,13 +60,17 @@ class Manifest:
     def cuda_pids(self) -> list[int]:
         return [p.pid for p in self.processes if p.cuda]
 
-    def save(self, directory: Path) -> None:
+    def save(self, directory: Path, durable: bool = True) -> None:
+        """Written beside and renamed: the manifest is the commit point of a checkpoint, whole or
+        absent. durable: on disk before the rename (a checkpoint whose images are not synced
+        gains nothing from it: a crash that loses them is caught by their checksums)."""
         tmp = directory / (MANIFEST_NAME + ".tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         with os.fdopen(fd, "w") as f:
             f.write(json.dumps(asdict(self), indent=2) + "\n")
-            f.flush()
-            os.fsync(f.fileno())  # the manifest is the commit point of a checkpoint
+            if durable:
+                f.flush()
+                os.fsync(f.fileno())
         os.replace(tmp, directory / MANIFEST_NAME)
 
     @classmethod
