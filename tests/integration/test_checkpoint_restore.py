@@ -83,6 +83,23 @@ def test_checkpoint_steps_tile_its_wall_time(held, tmp_path):
     assert names == [s.name for s in steps][: names.index("checksum images") + 1]
 
 
+@pytest.mark.parametrize("sync", [False, True], ids=["page-cache", "sync"])
+def test_only_a_synced_checkpoint_waits_on_the_disk(held, tmp_path, monkeypatch, sync):
+    """Without --sync nothing of the checkpoint is fsynced (its images are not, so its journal
+    and manifest need not be: an fsync waits on every dirty gigabyte of the filesystem);
+    with --sync every file is, the manifest last. Both restore bit-exact."""
+    calls = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (calls.append(fd), real_fsync(fd)))
+    w = held(16)
+    checkpoint(w.pid, tmp_path / "c", sync=sync)
+    monkeypatch.setattr(os, "fsync", real_fsync)
+    images = len(list((tmp_path / "c").iterdir()))
+    assert (len(calls) > images) if sync else calls == [], (len(calls), images)
+    restore(tmp_path / "c")
+    assert w.verify()
+
+
 def test_leave_running_keeps_process_and_cli_json(held, tmp_path, restoreprof_cli):
     w = held(64)
     out = restoreprof_cli("checkpoint", "-p", str(w.pid), "-D", str(tmp_path / "c"),
