@@ -112,6 +112,9 @@ def one_restore(images: Path, w: HeldMemory, env: dict, timeout_s: float) -> dic
             "criu_s": step_s(result, "criu restore"),
             "gpu_stage_s": step_s(result, "GPU driver restore", "GPU unlock", "GPU memory adopt",
                                   "GPU memory reload"),
+            # the snapshot's way back to the GPU: the preload (during CRIU) or the reload
+            "copy_s": step_s(result, "GPU memory preload (overlapped)",
+                             "GPU memory preload (warm pool, overlapped)", "GPU memory reload"),
             "notes": result.get("notes", [])}
 
 
@@ -204,7 +207,8 @@ def print_table(rows: list[dict]) -> None:
     plain = {r["program"]: statistics.median(x["total_s"] for x in r["restores"])
              for r in rows if r["mode"] == "plain" and "restores" in r}
     print(f"\n{'program':<17}{'mode':<6}{'restore s':>10}{'wall s':>8}{'speed-up':>9}"
-          f"{'GPU stage s':>12}{'GPU GB/s':>9}{'saved GB':>9}{'alloc GB':>9}{'saved/alloc':>12}"
+          f"{'GPU stage s':>12}{'GPU GB/s':>9}{'copy GB/s':>10}{'saved GB':>9}{'alloc GB':>9}"
+          f"{'saved/alloc':>12}"
           f"{'driver GB':>10}  outputs")
     for r in rows:
         if "failed" in r:
@@ -216,6 +220,9 @@ def print_table(rows: list[dict]) -> None:
         stage = statistics.median(x["gpu_stage_s"] for x in r["restores"])
         moved = gpu_bytes(r)
         rate = f"{moved / stage / 1e9:.1f}" if moved and stage else "-"
+        copy_s = statistics.median(x.get("copy_s", 0) for x in r["restores"])
+        saved_bytes = (r.get("offload") or {}).get("bytes")
+        copy = f"{saved_bytes / copy_s / 1e9:.1f}" if saved_bytes and copy_s else "-"
         speedup = f"{plain[r['program']] / total:.1f}x" if r["program"] in plain and total else "-"
         allocated = r["stats"].get("allocated_bytes")
         saved = (r.get("offload") or {}).get("bytes")
@@ -225,12 +232,13 @@ def print_table(rows: list[dict]) -> None:
         matched = all(x["matched"] for x in r["restores"])
         notes = sum(len(x["notes"]) for x in r["restores"])
         print(f"{r['program']:<17}{r['mode']:<6}{total:>10.2f}{wall:>8.2f}{speedup:>9}"
-              f"{stage:>12.2f}{rate:>9}{_gb(saved) if saved else '-':>9}{_gb(allocated):>9}"
+              f"{stage:>12.2f}{rate:>9}{copy:>10}{_gb(saved) if saved else '-':>9}{_gb(allocated):>9}"
               f"{ratio:>12}{_gb(left):>10}  "
               f"{'matched' if matched else 'MISMATCH'}{f' ({notes} fallback notes)' if notes else ''}")
     print("\nrestore s: restoreprof restore's own steps (median); speed-up: plain / this; GPU stage:"
           " driver restore + unlock + adopt/reload, after CRIU; GPU GB/s: saved + driver GB over"
-          " it; saved: the snapshot; alloc: the allocator's allocated bytes at checkpoint; driver:"
+          " it; copy GB/s: the snapshot over the preload (during CRIU) or reload that brought it to the"
+          " GPU; saved: the snapshot; alloc: the allocator's allocated bytes at checkpoint; driver:"
           " left to the driver's checkpoint (NVML, after the offload)")
     for r in rows:
         kinds = (r.get("coverage") or {}).get("offloaded")

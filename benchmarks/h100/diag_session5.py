@@ -60,7 +60,7 @@ def main() -> int:
         state = args.dir / ("s2" if model == "llama" else "s1")
         try:
             w = HeldMemory.start_command(cmd, state, timeout_s=400)
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             print(model, "did not start:", e)
             continue
         print(f"== {model}: PID {w.pid}")

@@ -27,5 +27,6 @@ w = [(torch.randn(14336, 4096, generator=gen, device="cuda") * 0.02).to(torch.bf
 report("fp32 randn then bf16, 24 x 117 MB")
 del w
 torch.cuda.empty_cache()
-from restoreprof.workloads import frameworks  # noqa: E402,F401
+from restoreprof.workloads import frameworks  # noqa: E402
+
 print("frameworks module:", frameworks.__file__)

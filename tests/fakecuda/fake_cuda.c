@@ -155,6 +155,7 @@ struct fake_ctx {
     int device;
     int primary;
     int refcount;
+    unsigned long long id; /* cuCtxGetId's: a new one each time the context is made */
     size_t stack_size; /* CU_LIMIT_STACK_SIZE; 0 means the default, 1024 */
 };
 
@@ -278,6 +279,26 @@ EXPORT CUresult cuDeviceGetAttribute(int *pi, CUdevice_attribute attrib, CUdevic
     return check_device(dev);
 }
 
+static void free_host_memory_of(void *ctx);
+
+static unsigned long long next_context_id(void)
+{
+    static unsigned long long last;
+    return __atomic_add_fetch(&last, 1, __ATOMIC_SEQ_CST);
+}
+
+EXPORT CUresult cuCtxGetId(CUcontext ctx, unsigned long long *id)
+{
+    ENTER_INIT("cuCtxGetId");
+    struct fake_ctx *c = ctx ? (struct fake_ctx *)ctx : current_ctx;
+    if (!id)
+        return CUDA_ERROR_INVALID_VALUE;
+    if (!c || (c->primary && c->refcount <= 0))
+        return CUDA_ERROR_INVALID_CONTEXT; /* none, or a primary context that was destroyed */
+    *id = c->id;
+    return CUDA_SUCCESS;
+}
+
 EXPORT CUresult cuDevicePrimaryCtxRetain(CUcontext *pctx, CUdevice dev)
 {
     ENTER_INIT("cuDevicePrimaryCtxRetain");
@@ -285,7 +306,8 @@ EXPORT CUresult cuDevicePrimaryCtxRetain(CUcontext *pctx, CUdevice dev)
         return CUDA_ERROR_INVALID_VALUE;
     if (check_device(dev))
         return CUDA_ERROR_INVALID_DEVICE;
-    __atomic_add_fetch(&PRIMARY(dev).refcount, 1, __ATOMIC_SEQ_CST);
+    if (__atomic_add_fetch(&PRIMARY(dev).refcount, 1, __ATOMIC_SEQ_CST) == 1)
+        PRIMARY(dev).id = next_context_id(); /* made anew: at the same address, as the driver */
     *pctx = (CUcontext)&PRIMARY(dev);
     return CUDA_SUCCESS;
 }
@@ -295,7 +317,12 @@ EXPORT CUresult cuDevicePrimaryCtxRelease_v2(CUdevice dev)
     ENTER_INIT("cuDevicePrimaryCtxRelease_v2");
     if (check_device(dev))
         return CUDA_ERROR_INVALID_DEVICE;
-    __atomic_sub_fetch(&PRIMARY(dev).refcount, 1, __ATOMIC_SEQ_CST);
+    if (__atomic_sub_fetch(&PRIMARY(dev).refcount, 1, __ATOMIC_SEQ_CST) == 0) {
+        /* the last reference: the driver destroys the primary context and what was made in it */
+        if (current_ctx == &PRIMARY(dev))
+            current_ctx = NULL;
+        free_host_memory_of(&PRIMARY(dev));
+    }
     return CUDA_SUCCESS;
 }
 
@@ -328,6 +355,7 @@ static CUresult create_ctx(CUcontext *pctx, CUdevice dev)
         return CUDA_ERROR_OUT_OF_MEMORY;
     ctx->device = dev;
     ctx->refcount = 1;
+    ctx->id = next_context_id();
     for (size_t i = 0; i < sizeof created_ctx / sizeof *created_ctx; i++)
         if (__sync_bool_compare_and_swap(&created_ctx[i], NULL, ctx))
             break;
@@ -358,6 +386,7 @@ EXPORT CUresult cuCtxDestroy_v2(CUcontext ctx)
         return CUDA_ERROR_INVALID_CONTEXT;
     if (current_ctx == c)
         current_ctx = NULL;
+    free_host_memory_of(c);
     free(c);
     return CUDA_SUCCESS;
 }
@@ -449,6 +478,8 @@ struct region {
     size_t size;
     enum region_kind kind;
     int device; /* the current context's when it was made (device memory only) */
+    void *owner; /* pinned host memory: the context current when it was made, which takes it
+                  * along when it is destroyed (as the driver does) */
     struct region *next;
 };
 
@@ -460,7 +491,8 @@ static int add_region_on(uintptr_t base, size_t size, enum region_kind kind, int
     struct region *r = malloc(sizeof(*r));
     if (!r)
         return -1;
-    *r = (struct region){ base, size, kind, device, NULL };
+    *r = (struct region){ base, size, kind, device, kind == REGION_HOST_ALLOC ? current_ctx : NULL,
+                          NULL };
     pthread_mutex_lock(&region_lock);
     r->next = regions;
     regions = r;
@@ -484,6 +516,24 @@ static size_t remove_region(uintptr_t base, enum region_kind kind)
     }
     pthread_mutex_unlock(&region_lock);
     return size;
+}
+
+/* A destroyed context's pinned host memory goes with it: unmapped, so that a stale pointer into
+ * it faults (EFAULT in a read(2) into it), as with the driver. */
+static void free_host_memory_of(void *ctx)
+{
+    pthread_mutex_lock(&region_lock);
+    for (struct region **p = &regions; *p;) {
+        struct region *r = *p;
+        if (r->kind == REGION_HOST_ALLOC && r->owner == ctx) {
+            *p = r->next;
+            munmap((void *)r->base, r->size);
+            free(r);
+        } else {
+            p = &r->next;
+        }
+    }
+    pthread_mutex_unlock(&region_lock);
 }
 
 static int find_region(uintptr_t addr, struct region *out);
@@ -1906,6 +1956,7 @@ static const struct {
     PROC("cuDevicePrimaryCtxRetain", 7000, cuDevicePrimaryCtxRetain),
     PROC("cuDevicePrimaryCtxRelease", 11000, cuDevicePrimaryCtxRelease_v2),
     PROC("cuDevicePrimaryCtxGetState", 7000, cuDevicePrimaryCtxGetState),
+    PROC("cuCtxGetId", 12000, cuCtxGetId),
     PROC("cuCtxCreate", 3020, cuCtxCreate_v2),
     PROC("cuCtxCreate", 12050, cuCtxCreate_v4),
     PROC("cuCtxDestroy", 4000, cuCtxDestroy_v2),

@@ -14,13 +14,7 @@ from restoreprof.workloads.controller import HeldMemory
 pytestmark = [pytest.mark.gpu, pytest.mark.root]
 
 
-@pytest.mark.parametrize("program", [
-    "torch",
-    pytest.param("torch-graph", marks=pytest.mark.xfail(
-        reason="H200, 2026-11-29: the CUDA graph program's checkpoint saved 1.063x of allocated "
-               "and its exec restore at 8 GiB lost the process (benchmarks/RESULTS.md); not yet "
-               "explained", strict=False)),
-])
+@pytest.mark.parametrize("program", ["torch", "torch-graph"])
 def test_pytorch_cached_blocks_are_not_saved(tmp_path, program):
     pytest.importorskip("torch")
     from restoreprof.checkpoint import checkpoint, restore
@@ -36,12 +30,17 @@ def test_pytorch_cached_blocks_are_not_saved(tmp_path, program):
         assert slack >= 0.9 * (1 << 30), "no slack made"
         result = checkpoint(w.pid, tmp_path / "ckpt")
         record = result.manifest.processes[0]
-        assert record.offload["release"] == "ok"
-        # empty_cache() frees whole free segments; slack that shares a segment with live
-        # tensors stays (0.81 of 0.97 GiB freed on the H200 at 1 GiB of weights)
-        assert record.offload["released_bytes"] >= 0.75 * slack
-        assert record.offload["bytes"] <= 1.05 * stats["allocated_bytes"], (
-            f"saved {record.offload['bytes']} for {stats['allocated_bytes']} allocated")
+        if program == "torch-graph":
+            # empty_cache() would break the captured graph (torch 2.11): the blocks are kept
+            assert record.offload["release"] == "declined"
+            assert record.offload["bytes"] >= stats["allocated_bytes"] + 0.9 * slack
+        else:
+            assert record.offload["release"] == "ok"
+            # empty_cache() frees whole free segments; slack that shares a segment with live
+            # tensors stays (0.81 of 0.97 GiB freed on the H200 at 1 GiB of weights)
+            assert record.offload["released_bytes"] >= 0.75 * slack
+            assert record.offload["bytes"] <= 1.05 * stats["allocated_bytes"], (
+                f"saved {record.offload['bytes']} for {stats['allocated_bytes']} allocated")
         coverage = record.coverage
         assert coverage["offloaded"]["cuMemAlloc"]["bytes"] >= stats["weights_bytes"]
         left = coverage["left_to_driver_bytes"]

@@ -50,6 +50,27 @@ def test_offloaded_round_trip_through_criu(fake_driver, tmp_path, preload):
         w.stop()
 
 
+def test_preloads_one_after_another_in_one_process(fake_driver, tmp_path):
+    """Each preload holds the primary context of restoreprof's own process while its memory is
+    loaded and exported; when the last item is released the driver destroys that context, and
+    its pinned staging buffers with it. The next preload gets a new context, which the driver
+    may give the same handle value (the fake does, as the driver did on the H200): the engine
+    must make its staging pool anew, not read into the buffers that went with the old one
+    (it did, and every chunk read failed with EFAULT, silently falling back to the reload)."""
+    exec_prefix = [sys.executable, "-m", "restoreprof", "exec", "--"]
+    w = HeldMemory.start(tmp_path / "state", 16, gpu_mib=40, prefix=exec_prefix)
+    try:
+        for round_ in range(3):
+            checkpoint(w.pid, tmp_path / f"ckpt{round_}")
+            restored = restore(tmp_path / f"ckpt{round_}", optimizer=OptimizerConfig(preload=True))
+            assert not restored.notes, f"round {round_}: fell back: {restored.notes}"
+            steps = {s.name for s in restored.steps}
+            assert "GPU memory adopt" in steps and "GPU memory reload" not in steps
+            assert w.verify(), f"round {round_}: GPU memory differs"
+    finally:
+        w.stop()
+
+
 def test_damaged_snapshot_keeps_process_held(fake_driver, tmp_path):
     exec_prefix = [sys.executable, "-m", "restoreprof", "exec", "--"]
     w = HeldMemory.start(tmp_path / "state", 16, gpu_mib=8, prefix=exec_prefix)

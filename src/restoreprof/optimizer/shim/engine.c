@@ -34,6 +34,7 @@ struct slot {
 static struct {
     pthread_mutex_t busy; /* one transfer at a time owns the pool */
     CUcontext context;
+    unsigned long long context_id; /* cuCtxGetId's: never reused in a process, unlike handles */
     CUstream streams[MAX_STREAMS];
     int n_streams;
     struct slot slots[2 * MAX_THREADS];
@@ -56,8 +57,48 @@ size_t rp_chunk_count(size_t bytes, size_t chunk)
 
 /* ---- the staging pool: pinned buffers, streams and events the workers copy through ---- */
 
+/* The driver's unique id of ctx, 0 when it has none (a driver without cuCtxGetId, or a context
+ * that no longer exists). */
+static unsigned long long context_id(CUcontext ctx)
+{
+    unsigned long long id = 0;
+    if (!ctx || !rp_real.cuCtxGetId || rp_real.cuCtxGetId(ctx, &id) != CUDA_SUCCESS)
+        return 0;
+    return id;
+}
+
+/* Whether the context the pool was made on still exists. A context that was destroyed took the
+ * pool's pinned buffers, streams and events with it; its handle value may since have been given
+ * to a new context (the driver reuses them: a preload's primary context, released by its last
+ * holder, came back at the same address, and the engine read into buffers that were gone). */
+static int staging_context_alive(void)
+{
+    if (!staging.context)
+        return 0;
+    if (!rp_real.cuCtxGetId) /* no way to tell: trust the handle, as before */
+        return 1;
+    return context_id(staging.context) == staging.context_id;
+}
+
+/* Drops the pool's pointers without freeing them: their context, and everything in it, is
+ * gone. */
+static void staging_forget(void)
+{
+    RP_DEBUG("staging pool: its context ended; made anew on the next transfer");
+    memset(staging.slots, 0, sizeof(staging.slots));
+    memset(staging.streams, 0, sizeof(staging.streams));
+    staging.order = NULL;
+    staging.n_slots = staging.n_streams = 0;
+    staging.context = NULL;
+    staging.context_id = 0;
+}
+
 static void staging_free(void)
 {
+    if (staging.context && !staging_context_alive()) {
+        staging_forget();
+        return;
+    }
     if (staging.context)
         rp_real.cuCtxSetCurrent(staging.context);
     for (int i = 0; i < staging.n_slots; i++) {
@@ -76,6 +117,7 @@ static void staging_free(void)
     staging.order = NULL;
     staging.n_slots = staging.n_streams = 0;
     staging.context = NULL;
+    staging.context_id = 0;
 }
 
 static void *allocate_staging(size_t bytes, int pinned)
@@ -125,6 +167,8 @@ static CUresult ensure_slots(int worker)
 static CUresult staging_fit(struct rp_engine_params p, CUcontext ctx)
 {
     int want_slots = 2 * p.threads;
+    if (staging.context && !staging_context_alive())
+        staging_forget();
     if (staging.context == ctx && staging.slot_bytes == p.chunk_bytes && staging.n_slots == want_slots &&
         staging.n_streams == p.streams && staging.pinned == p.pinned)
         return CUDA_SUCCESS;
@@ -132,6 +176,7 @@ static CUresult staging_fit(struct rp_engine_params p, CUcontext ctx)
     staging_free();
     rp_real.cuCtxSetCurrent(ctx);
     staging.context = ctx;
+    staging.context_id = context_id(ctx);
     staging.slot_bytes = p.chunk_bytes;
     staging.pinned = p.pinned;
     CUresult rc = rp_real.cuEventCreate(&staging.order, CU_EVENT_DISABLE_TIMING);
