@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import os
 import signal
@@ -75,7 +76,7 @@ def test_checkpoint_steps_tile_its_wall_time(held, tmp_path):
     assert not w.alive()
     steps = result.steps
     assert [s.name for s in steps][-3:] == ["checksum images", "manifest", "wait for exit"]
-    assert all(a.end_ns == b.start_ns for a, b in zip(steps, steps[1:]))
+    assert all(a.end_ns == b.start_ns for a, b in itertools.pairwise(steps))
     assert result.total_s == pytest.approx(sum(s.seconds for s in steps))
     assert 0 <= wall_s - result.total_s < 0.05, (wall_s, result.total_s)
     # the manifest keeps the steps up to its own writing
@@ -112,7 +113,7 @@ def test_leave_running_keeps_process_and_cli_json(held, tmp_path, restoreprof_cl
                                           "prepare folder", "guardian start",
                                           "GPU lock + checkpoint", "criu dump",
                                           "checksum images", "manifest"]
-    assert all(a["end_ns"] == b["start_ns"] for a, b in zip(steps, steps[1:]))
+    assert all(a["end_ns"] == b["start_ns"] for a, b in itertools.pairwise(steps))
     assert data["total_s"] == pytest.approx((steps[-1]["end_ns"] - steps[0]["start_ns"]) / 1e9)
     assert w.alive() and w.verify()
     manifest = json.loads((tmp_path / "c" / MANIFEST_NAME).read_text())

@@ -133,9 +133,10 @@ def _begin_store_session(store: Path, directory: Path, sync: bool):
     return StoreSession.begin(store, Path(directory).resolve(), sync)
 
 
-def _checkpoint(pid: int, directory: Path, clock: StepClock, phase: StepSequence, *, leave_running: bool,
-                offload: bool, lock_timeout_ms: int, criu_args: list[str] | None, optimizer,
-                session, sync: bool) -> tuple[Manifest, bool]:
+def _checkpoint(pid: int, directory: Path, clock: StepClock, phase: StepSequence, *,
+                leave_running: bool, offload: bool, lock_timeout_ms: int,
+                criu_args: list[str] | None, optimizer, session,
+                sync: bool) -> tuple[Manifest, bool]:
     """The checkpoint's phases, each begun by phase(name); returns the manifest and whether an
     interrupt arrived after CRIU's dump (the checkpoint was finished regardless)."""
     phase("list processes")
