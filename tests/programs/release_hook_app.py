@@ -52,13 +52,9 @@ class Cache:
         return 0
 
 
-def fake_torch(cache: Cache, graph: bool = False) -> types.ModuleType:
-    """The calls restoreprof's start-up hook makes on torch, over this program's cache; graph:
-    one segment is in a private pool, as a captured CUDA graph's is."""
+def fake_torch(cache: Cache) -> types.ModuleType:
+    """The calls restoreprof's start-up hook makes on torch, over this program's cache."""
     torch = types.ModuleType("torch")
-    segments = [{"segment_pool_id": (0, 0), "total_size": n} for n in CACHED_BYTES]
-    if graph:
-        segments.append({"segment_pool_id": (0, 1), "total_size": 2 << 20})
     torch.cuda = types.SimpleNamespace(
         is_initialized=lambda: True,
         device_count=lambda: 1,
@@ -67,7 +63,6 @@ def fake_torch(cache: Cache, graph: bool = False) -> types.ModuleType:
         device=lambda index: _Nothing(),
         synchronize=lambda: None,
         empty_cache=cache.free_all,
-        memory_snapshot=lambda: segments,
     )
     return torch
 
@@ -85,8 +80,6 @@ def main() -> int:
     parser.add_argument("--state", type=Path, required=True)
     parser.add_argument("--hook", choices=["own", "torch"], required=True)
     parser.add_argument("--hold-gil", action="store_true")
-    parser.add_argument("--graph", action="store_true",
-                        help="(--hook torch) torch reports a CUDA graph's private pool")
     args = parser.parse_args()
     args.state.mkdir(parents=True, exist_ok=True)
 
@@ -102,7 +95,7 @@ def main() -> int:
         callback = ctypes.CFUNCTYPE(ctypes.c_int)(cache.free_all)
         assert ctypes.CDLL(None).rp_register_before_offload(callback) == 0
     else:
-        sys.modules["torch"] = fake_torch(cache, graph=args.graph)
+        sys.modules["torch"] = fake_torch(cache)
     loaded = "_restoreprof_sitecustomize" in sys.modules or \
         "startup_hook" in getattr(sys.modules.get("sitecustomize"), "__file__", "")
     (args.state / "stats.json").write_text(json.dumps({

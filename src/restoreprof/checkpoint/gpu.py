@@ -203,9 +203,7 @@ def _release_text(outcome: str) -> str:
             "off": "checkpoint --no-release-caches",
             "timeout": "release hook timed out: cached blocks saved too",
             "busy": "release hook still busy from an earlier checkpoint",
-            "failed": "release hook failed: see the program's stderr",
-            "declined": "kept: the program holds CUDA graphs, whose memory PyTorch's "
-                        "empty_cache() would free"}.get(
+            "failed": "release hook failed: see the program's stderr"}.get(
                 outcome, f"release: {outcome}")
 
 

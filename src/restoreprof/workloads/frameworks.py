@@ -70,6 +70,9 @@ def torch_program(program: str, gib: float, slack_gib: float, seed: int) -> Prog
         return h
 
     forward = _captured(torch, chain, x) if program == "torch-graph" else lambda: chain(x)
+    with torch.no_grad():  # warmed up, as a server is before it serves: cuBLAS's workspace
+        forward()          # is allocated now, not inside the slack's freed blocks later
+    torch.cuda.synchronize()
     # The slack is made last: a graph's warm-up would otherwise reuse the freed blocks (seen on
     # the H200: no slack left in the graph program).
     slack = [torch.empty(n, dtype=torch.uint8, device="cuda") for n in _slack_sizes(slack_gib)]
@@ -105,15 +108,17 @@ def _captured(torch, chain, x):
     graph = torch.cuda.CUDAGraph()
     with torch.no_grad(), torch.cuda.graph(graph):
         static_out = chain(static_x)
-    # The first replay's output differed from every later one (H200, torch 2.11, no checkpoint
-    # involved): replay once, so that the digest taken at start is the one a replay gives.
-    graph.replay()
-    torch.cuda.synchronize()
 
     def replay():
         graph.replay()
         return static_out
 
+    # The graph reads static_x at the address it had at capture, but holds no reference to the
+    # tensor: without this one the memory went back to the allocator once this function
+    # returned, later tensors reused it (the first replay's output differed from every later
+    # one on the H200), and torch.cuda.empty_cache() unmapped it under the graph (its next
+    # replay faulted). Tensors a graph reads must stay alive, as PyTorch's documentation says.
+    replay.inputs = (static_x,)
     return replay
 
 

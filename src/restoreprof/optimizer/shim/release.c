@@ -25,8 +25,7 @@ static struct {
     rp_release_hook hooks[RP_MAX_RELEASE_HOOKS];
     int count;
     int running;  /* a run is inside the hooks (perhaps one an earlier OFFLOAD gave up on) */
-    int failures; /* of the last run: hooks that failed */
-    int declined; /* of the last run: hooks that chose to keep their blocks */
+    int failures; /* of the last run: hooks that returned nonzero */
 } release = { .lock = PTHREAD_MUTEX_INITIALIZER };
 
 static pthread_once_t cond_once = PTHREAD_ONCE_INIT;
@@ -92,15 +91,11 @@ static void *run_hooks(void *arg)
     int count = release.count;
     memcpy(hooks, release.hooks, sizeof(hooks));
     pthread_mutex_unlock(&release.lock);
-    int failures = 0, declined = 0;
-    for (int i = 0; i < count; i++) {
-        int rc = hooks[i]();
-        declined += rc == RP_RELEASE_HOOK_DECLINED;
-        failures += rc != 0 && rc != RP_RELEASE_HOOK_DECLINED;
-    }
+    int failures = 0;
+    for (int i = 0; i < count; i++)
+        failures += hooks[i]() != 0;
     pthread_mutex_lock(&release.lock);
     release.failures = failures;
-    release.declined = declined;
     release.running = 0;
     pthread_cond_broadcast(&release.finished);
     pthread_mutex_unlock(&release.lock);
@@ -109,8 +104,7 @@ static void *run_hooks(void *arg)
 
 const char *rp_release_outcome_name(enum rp_release_outcome outcome)
 {
-    static const char *names[] = { "off",  "none",  "ok",      "failed",
-                                   "timeout", "busy", "error", "declined" };
+    static const char *names[] = { "off", "none", "ok", "failed", "timeout", "busy", "error" };
     return outcome < sizeof(names) / sizeof(names[0]) ? names[outcome] : "error";
 }
 
@@ -150,7 +144,6 @@ enum rp_release_outcome rp_release_run(int enabled, unsigned timeout_ms, uint64_
         timed_out = pthread_cond_timedwait(&release.finished, &release.lock, &deadline) != 0;
     enum rp_release_outcome outcome = release.running    ? RP_RELEASE_TIMEOUT
                                       : release.failures ? RP_RELEASE_FAILED
-                                      : release.declined ? RP_RELEASE_DECLINED
                                                          : RP_RELEASE_OK;
     pthread_mutex_unlock(&release.lock);
     /* A thread that returned is joined, so none is left exiting while CRIU dumps the process;

@@ -513,11 +513,8 @@ void rp_control_start(void);
 
 /* ---- release hooks (release.c) ---- */
 
-/* A program's function that frees memory it holds but does not use: 0 when it did,
- * RP_RELEASE_HOOK_DECLINED when it chose not to (freeing would break the program), anything else
- * when it failed. */
+/* A program's function that frees memory it holds but does not use; nonzero means it failed. */
 typedef int (*rp_release_hook)(void);
-#define RP_RELEASE_HOOK_DECLINED 2
 enum rp_release_outcome {
     RP_RELEASE_OFF,     /* switched off (release_caches: --no-release-caches) */
     RP_RELEASE_NONE,    /* no hook registered (not Python, or started without the start-up hook) */
@@ -526,8 +523,6 @@ enum rp_release_outcome {
     RP_RELEASE_TIMEOUT, /* not back within the timeout: offloaded without waiting for it */
     RP_RELEASE_BUSY,    /* an earlier run has not returned yet */
     RP_RELEASE_ERROR,   /* no thread to run them on */
-    RP_RELEASE_DECLINED, /* a hook chose to keep its cached blocks (RP_RELEASE_HOOK_DECLINED):
-                          * freeing them would break the program (PyTorch's CUDA graphs) */
 };
 /* Runs every registered hook (when enabled) on a thread of its own; waits at most timeout_ms. */
 enum rp_release_outcome rp_release_run(int enabled, unsigned timeout_ms, uint64_t *ns);

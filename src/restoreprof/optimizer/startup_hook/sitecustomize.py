@@ -28,29 +28,11 @@ _registered = None  # the ctypes callback object: kept alive while the library m
 _warned = False
 
 
-DECLINED = 2  # the library's RP_RELEASE_HOOK_DECLINED: blocks kept on purpose
-
-
-def holds_cuda_graphs(torch) -> bool:
-    """Whether a segment of PyTorch's caching allocator belongs to a private pool, as the memory
-    of a captured CUDA graph (torch.cuda.graph) does. On the H200 (torch 2.11) empty_cache() in
-    such a process made the graph's next replay fault (illegal memory access), with no
-    checkpoint involved: its memory must be saved as it is."""
-    try:
-        segments = torch.cuda.memory_snapshot()
-    except Exception:  # a backend without snapshots (cudaMallocAsync): no private pools
-        return False
-    return any(tuple(s.get("segment_pool_id") or (0, 0)) != (0, 0) for s in segments)
-
-
-def release_torch(torch) -> bool:
+def release_torch(torch) -> None:
     """PyTorch's caching allocator (any backend): wait for the devices it uses, then free its
-    cached blocks. Only once CUDA is initialised: never create a context here. False when it
-    kept them on purpose (CUDA graphs)."""
+    cached blocks. Only once CUDA is initialised: never create a context here."""
     if not torch.cuda.is_initialized():
-        return True
-    if holds_cuda_graphs(torch):
-        return False
+        return
     try:
         used = [d for d in range(torch.cuda.device_count()) if torch.cuda.memory_reserved(d)]
     except Exception:  # an allocator backend without statistics: this thread's device
@@ -59,35 +41,32 @@ def release_torch(torch) -> bool:
         with torch.cuda.device(device):
             torch.cuda.synchronize()
     torch.cuda.empty_cache()
-    return True
 
 
-def release_cupy(cupy) -> bool:
+def release_cupy(cupy) -> None:
     """CuPy's memory pools: their free blocks (device and pinned host) back to the driver.
     free_all_blocks() works on the current device: this thread's, device 0 unless set."""
     cupy.get_default_memory_pool().free_all_blocks()
     cupy.get_default_pinned_memory_pool().free_all_blocks()
-    return True
 
 
 def release_caches() -> int:
-    """The release hook: 0 when every framework present gave its cached blocks back, DECLINED
-    when one kept them on purpose (and none failed), 1 when one failed."""
+    """The release hook: 0 when every framework present gave its cached blocks back."""
     global _warned
-    failed = declined = 0
+    failed = 0
     for name, release in (("torch", release_torch), ("cupy", release_cupy)):
         module = sys.modules.get(name)
         if module is None:
             continue
         try:
-            declined += not release(module)
+            release(module)
         except Exception as exc:  # the checkpoint goes on; the cached blocks are saved too
             failed = 1
             if not _warned:
                 _warned = True
                 print(f"restoreprof: could not free {name}'s cached GPU blocks before the "
                       f"checkpoint ({exc}); they are saved with the rest", file=sys.stderr)
-    return 1 if failed else DECLINED if declined else 0
+    return failed
 
 
 def _library():
