@@ -4,17 +4,24 @@ restore against the disk's rate, incremental and replica dedup, and the damaged-
     sudo .venv/bin/python benchmarks/bench_storage.py [--dir /var/tmp/rp-storage] [--layers 32]
 
 Needs root (CRIU, drop_caches), one GPU with 20 GB free, torch, ~40 GB of disk and ~60 GB of
-RAM. Runs about 3-5 minutes for the 16 GB model (32 layers); --layers 4 makes a 3 GB smoke run.
+RAM. Runs about 4-6 minutes for the 16 GB model (32 layers); --layers 4 makes a 3 GB smoke run.
+Dry run on a machine without a GPU (the fake driver, no torch; about a minute):
+
+    RESTOREPROF_LIBCUDA=$(.venv/bin/python tests/fakecuda/build.py) \
+        sudo -E .venv/bin/python benchmarks/bench_storage.py --smoke-mib 256
+
 Steps (each printed with its measured numbers, then a JSON summary on the last line):
   1. process A (Llama-3-8B-shaped, 16.06 GB bf16, seed 1) under restoreprof exec
-  2. checkpoint 1 of A into the store, left running: the offload's time and GB/s into the page
-     cache (target <= 2.5 s), and the whole checkpoint's
-  3. checkpoint 2 of A, unchanged: bytes written vs checkpoint 1's (target <= 5 %)
-  4. process B, same weights: checkpoint 3: share of its chunks already stored (target >= 95 %)
-  5. the disk's cold read rate (a 4 GiB file, 8 readers, caches dropped), then a cold restore of
+  2. checkpoint 1 of A into the store, the process STOPPED (a preemption: its downtime): the
+     wall time (target <= 2.5 s), every step of it, and the offload's GB/s into the page cache
+  3. A restored from checkpoint 1 (warm page cache), its steps, and A verified bit-exact
+  4. checkpoint 2 of the restored A, unchanged, stopped: its steps, and the bytes written vs
+     checkpoint 1's (target <= 5 %)
+  5. process B, same weights: checkpoint 3: share of its chunks already stored (target >= 95 %)
+  6. the disk's cold read rate (a 4 GiB file, 8 readers, caches dropped), then a cold restore of
      checkpoint 2 (caches dropped): wall time against bytes read from disk / that rate
      (target <= 1.1x); A verified bit-exact
-  6. one chunk of checkpoint 3 damaged in the store: the restore refuses, B stays held
+  7. one chunk of checkpoint 3 damaged in the store: the restore refuses, B stays held
 """
 
 from __future__ import annotations
@@ -98,6 +105,32 @@ def chunk_read_gbps(store, readers: int = 16) -> float:
     return total / (time.perf_counter() - start) / 1e9
 
 
+def dirty_gb() -> tuple[float, float]:
+    """GB of the page cache dirty, and under writeback, now (/proc/meminfo)."""
+    kib = {}
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        key, _, value = line.partition(":")
+        kib[key] = int(value.split()[0])
+    return kib.get("Dirty", 0) * 1024 / 1e9, kib.get("Writeback", 0) * 1024 / 1e9
+
+
+def fsync_probe_ms(folder: Path, runs: int = 5) -> float:
+    """Median ms of a small file's write + fsync + rename in folder: what one journal phase
+    cost when the journal was fsynced without --sync (it no longer is)."""
+    times = []
+    for i in range(runs):
+        tmp, path = folder / f".fsync-probe-{i}.tmp", folder / f".fsync-probe-{i}"
+        start = time.perf_counter()
+        with open(tmp, "wb") as f:
+            f.write(b"x" * 1024)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        times.append(time.perf_counter() - start)
+        path.unlink()
+    return sorted(times)[runs // 2] * 1e3
+
+
 def start_model(state: Path, seed: int, layers: int, smoke_mib: int = 0):
     from restoreprof.workloads.controller import HeldMemory
 
@@ -114,6 +147,26 @@ def step_s(result, name: str) -> float:
     return sum(s.seconds for s in result.steps if s.name == name)
 
 
+def show_steps(result, wall_s: float) -> dict:
+    """Print every step of a checkpoint or restore, and how much of the wall time they cover;
+    returns {step: seconds} (a name seen twice is summed)."""
+    from restoreprof.commands._output import print_steps
+
+    print_steps(result.steps)
+    print(f"   wall {wall_s:.3f} s; its steps span {result.total_s:.3f} s "
+          f"({wall_s - result.total_s:.3f} s outside them)", flush=True)
+    steps: dict[str, float] = {}
+    for s in result.steps:
+        steps[s.name] = round(steps.get(s.name, 0.0) + s.seconds, 4)
+    return steps
+
+
+def timed(fn, *args, **kwargs):
+    start = time.monotonic()
+    result = fn(*args, **kwargs)
+    return result, time.monotonic() - start
+
+
 def main() -> int:
     from restoreprof.checkpoint import checkpoint, restore
     from restoreprof.errors import RestoreprofError
@@ -128,7 +181,7 @@ def main() -> int:
                         help="the store's chunk size (default: the store's default)")
     parser.add_argument("--smoke-mib", type=int, default=0,
                         help="dry run without torch: hold_memory with this much 'GPU' memory "
-                             "(for the fake driver: RESTOREPROF_LIBCUDA=tests/fakecuda/...)")
+                             "(for the fake driver: see this script's docstring)")
     args = parser.parse_args()
     shutil.rmtree(args.dir, ignore_errors=True)
     args.dir.mkdir(parents=True)
@@ -141,28 +194,46 @@ def main() -> int:
 
     a = start_model(args.dir / "state-a", 1, args.layers, args.smoke_mib)
     print(f"1. process A: PID {a.pid}", flush=True)
-    start = time.monotonic()
-    c1 = checkpoint(a.pid, args.dir / "c1", store=store_dir, leave_running=True)
-    wall1 = time.monotonic() - start
+    # The preemption: A stopped and gone once the checkpoint returns; this is its downtime.
+    c1, wall1 = timed(checkpoint, a.pid, args.dir / "c1", store=store_dir, leave_running=False)
     rec1 = c1.manifest.processes[0].offload
-    out["checkpoint1"] = {"offload_s": rec1["seconds"], "bytes": rec1["bytes"],
+    out["checkpoint1"] = {"stopped": True, "total_s": wall1, "steps_s": c1.total_s,
+                          "offload_s": rec1["seconds"], "bytes": rec1["bytes"],
                           "offload_gbps": rec1["bytes"] / rec1["seconds"] / 1e9,
-                          "written_bytes": rec1["written_bytes"], "total_s": wall1,
+                          "written_bytes": rec1["written_bytes"],
                           "criu_dump_s": step_s(c1, "criu dump")}
-    print(f"2. checkpoint 1: offload {rec1['bytes'] / 1e9:.2f} GB in {rec1['seconds']:.2f} s "
-          f"({out['checkpoint1']['offload_gbps']:.1f} GB/s into the page cache; target <= 2.5 s),"
-          f" whole checkpoint {wall1:.2f} s (criu dump {out['checkpoint1']['criu_dump_s']:.2f} s)",
+    print(f"2. checkpoint 1, process stopped (a preemption's downtime): {wall1:.2f} s "
+          f"(target <= 2.5 s); offload {rec1['bytes'] / 1e9:.2f} GB in {rec1['seconds']:.2f} s "
+          f"({out['checkpoint1']['offload_gbps']:.1f} GB/s into the page cache)", flush=True)
+    out["checkpoint1"]["steps"] = show_steps(c1, wall1)
+    dirty, writeback = dirty_gb()
+    probe = fsync_probe_ms(args.dir)
+    out["checkpoint1"]["after"] = {"dirty_gb": dirty, "writeback_gb": writeback,
+                                   "small_fsync_ms": probe}
+    print(f"   diagnostic: just after it, {dirty:.1f} GB dirty and {writeback:.1f} GB under "
+          f"writeback; a small file's write + fsync + rename takes {probe:.1f} ms (median of 5):"
+          f" what each of the 6 fsyncs after the offload (5 journal phases, the manifest) cost "
+          f"while they were made without --sync",
           flush=True)
-    assert a.verify(), "A differs after checkpoint 1 (left running)"
 
-    c2 = checkpoint(a.pid, args.dir / "c2", store=store_dir)
+    r1, wall_r1 = timed(restore, args.dir / "c1")
+    out["restore1"] = {"seconds": wall_r1, "notes": r1.notes}
+    print(f"3. A restored from checkpoint 1 (warm page cache): {wall_r1:.2f} s"
+          f"{'; notes: ' + '; '.join(r1.notes) if r1.notes else ''}", flush=True)
+    out["restore1"]["steps"] = show_steps(r1, wall_r1)
+    out["restore1"]["verified"] = a.verify()
+    print(f"   A verified bit-exact: {out['restore1']['verified']}", flush=True)
+
+    c2, wall2 = timed(checkpoint, a.pid, args.dir / "c2", store=store_dir, leave_running=False)
     rec2 = c2.manifest.processes[0].offload
     share2 = rec2["written_bytes"] / max(1, rec1["written_bytes"])
-    out["checkpoint2"] = {"offload_s": rec2["seconds"], "written_bytes": rec2["written_bytes"],
+    out["checkpoint2"] = {"stopped": True, "total_s": wall2, "steps_s": c2.total_s,
+                          "offload_s": rec2["seconds"], "written_bytes": rec2["written_bytes"],
                           "written_vs_first": share2}
-    print(f"3. checkpoint 2 (unchanged): wrote {rec2['written_bytes'] / 1e6:.1f} MB = "
-          f"{100 * share2:.2f} % of checkpoint 1's (target <= 5 %), offload {rec2['seconds']:.2f} s",
-          flush=True)
+    print(f"4. checkpoint 2 of the restored A (unchanged, stopped): {wall2:.2f} s, wrote "
+          f"{rec2['written_bytes'] / 1e6:.1f} MB = {100 * share2:.2f} % of checkpoint 1's "
+          f"(target <= 5 %), offload {rec2['seconds']:.2f} s", flush=True)
+    out["checkpoint2"]["steps"] = show_steps(c2, wall2)
 
     b = start_model(args.dir / "state-b", 1, args.layers, args.smoke_mib)
     c3 = checkpoint(b.pid, args.dir / "c3", store=store_dir, leave_running=False)
@@ -173,7 +244,7 @@ def main() -> int:
     shared = len(chunks_a & chunks_b) / max(1, len(chunks_b))
     out["replica"] = {"shared_chunks": shared, "written_bytes": rec3["written_bytes"],
                       "bytes": rec3["bytes"]}
-    print(f"4. process B (same weights): {100 * shared:.1f} % of its chunks shared with A "
+    print(f"5. process B (same weights): {100 * shared:.1f} % of its chunks shared with A "
           f"(target >= 95 %); its checkpoint wrote {rec3['written_bytes'] / 1e9:.2f} of "
           f"{rec3['bytes'] / 1e9:.2f} GB", flush=True)
     m = measure(Store.open(store_dir))
@@ -192,7 +263,7 @@ def main() -> int:
     out["cold_restore"] = {"seconds": cold, "disk_read_gbps": rate, "bytes_read": read_bytes,
                            "floor_s": floor, "ratio": cold / floor, "notes": r.notes,
                            "steps": {s.name: round(s.seconds, 3) for s in r.steps}}
-    print(f"5. disk reads {rate:.2f} GB/s cold; cold restore {cold:.2f} s, {read_bytes / 1e9:.2f} "
+    print(f"6. disk reads {rate:.2f} GB/s cold; cold restore {cold:.2f} s, {read_bytes / 1e9:.2f} "
           f"GB read from disk: floor {floor:.2f} s, ratio {cold / floor:.2f} (target <= 1.1)"
           f"{'; notes: ' + '; '.join(r.notes) if r.notes else ''}", flush=True)
     out["cold_restore"]["verified"] = a.verify()
@@ -215,7 +286,7 @@ def main() -> int:
 
     held = b.alive() and ShimControl(b.pid).status()["gate"] == "closed"
     out["damage"] = {"chunk": damaged.name, "refused": refused, "held": held}
-    print(f"6. damaged chunk {damaged.name[:16]}: {refused}; B held: {held}", flush=True)
+    print(f"7. damaged chunk {damaged.name[:16]}: {refused}; B held: {held}", flush=True)
     b.stop()
     print(json.dumps(out))
     return 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import os
 import signal
@@ -65,13 +66,55 @@ def test_round_trip_256_mib_bit_exact(checkpoint_256, tmp_path):
         w.stop()
 
 
+def test_checkpoint_steps_tile_its_wall_time(held, tmp_path):
+    """A stopped-process checkpoint (a preemption's): its steps, one after another with no gap,
+    are its whole wall time, from the process listing to the processes' exit."""
+    w = held(16)
+    start = time.monotonic()
+    result = checkpoint(w.pid, tmp_path / "c")
+    wall_s = time.monotonic() - start
+    assert not w.alive()
+    steps = result.steps
+    assert [s.name for s in steps][-3:] == ["checksum images", "manifest", "wait for exit"]
+    assert all(a.end_ns == b.start_ns for a, b in itertools.pairwise(steps))
+    assert result.total_s == pytest.approx(sum(s.seconds for s in steps))
+    assert 0 <= wall_s - result.total_s < 0.05, (wall_s, result.total_s)
+    # the manifest keeps the steps up to its own writing
+    names = [s["name"] for s in Manifest.load(tmp_path / "c").steps]
+    assert names == [s.name for s in steps][: names.index("checksum images") + 1]
+
+
+@pytest.mark.parametrize("sync", [False, True], ids=["page-cache", "sync"])
+def test_only_a_synced_checkpoint_waits_on_the_disk(held, tmp_path, monkeypatch, sync):
+    """Without --sync nothing of the checkpoint is fsynced (its images are not, so its journal
+    and manifest need not be: an fsync waits on every dirty gigabyte of the filesystem);
+    with --sync every file is, the manifest last. Both restore bit-exact."""
+    calls = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (calls.append(fd), real_fsync(fd)))
+    w = held(16)
+    checkpoint(w.pid, tmp_path / "c", sync=sync)
+    monkeypatch.setattr(os, "fsync", real_fsync)
+    images = len(list((tmp_path / "c").iterdir()))
+    assert (len(calls) > images) if sync else calls == [], (len(calls), images)
+    restore(tmp_path / "c")
+    assert w.verify()
+
+
 def test_leave_running_keeps_process_and_cli_json(held, tmp_path, restoreprof_cli):
     w = held(64)
     out = restoreprof_cli("checkpoint", "-p", str(w.pid), "-D", str(tmp_path / "c"),
                           "--leave-running", "--json")
     assert out.returncode == 0, out.stderr
     data = json.loads(out.stdout)
-    assert [s["name"] for s in data["steps"]][-1] == "checksum images"
+    # every phase is a step, each beginning where the one before ended: nothing unaccounted
+    steps = data["steps"]
+    assert [s["name"] for s in steps] == ["list processes", "find CUDA processes",
+                                          "prepare folder", "guardian start",
+                                          "GPU lock + checkpoint", "criu dump",
+                                          "checksum images", "manifest"]
+    assert all(a["end_ns"] == b["start_ns"] for a, b in itertools.pairwise(steps))
+    assert data["total_s"] == pytest.approx((steps[-1]["end_ns"] - steps[0]["start_ns"]) / 1e9)
     assert w.alive() and w.verify()
     manifest = json.loads((tmp_path / "c" / MANIFEST_NAME).read_text())
     assert manifest["root_pid"] == w.pid

@@ -53,6 +53,23 @@ def test_a_failing_display_never_fails_the_work():
     assert [s.name for s in clock.steps] == ["criu dump"]
 
 
+def test_a_sequence_times_every_moment_and_ends_on_error():
+    recorder = Recorder()
+    clock = StepClock(observer=recorder)
+    try:
+        with clock.sequence() as phase:
+            phase("prepare")
+            phase("criu dump")
+            assert [s.name for s in phase.so_far()] == ["prepare", "criu dump"]  # open one too
+            raise KeyboardInterrupt
+    except KeyboardInterrupt:
+        pass
+    assert [s.name for s in clock.steps] == ["prepare", "criu dump"]  # the last ended too
+    assert clock.steps[0].end_ns == clock.steps[1].start_ns
+    assert recorder.seen == [("start", "prepare", None), ("end", "prepare", None),
+                             ("start", "criu dump", None), ("end", "criu dump", None)]
+
+
 class Tty(io.StringIO):
     def isatty(self) -> bool:
         return True

@@ -26,11 +26,12 @@ from pathlib import Path
 from restoreprof import __version__
 from restoreprof.checkpoint import criu, gpu, lock, pstree, recovery, trust
 from restoreprof.checkpoint.compat import refuse_unrestorable
+from restoreprof.checkpoint.exits import wait_gone
 from restoreprof.checkpoint.guardian import Guardian
 from restoreprof.checkpoint.interrupts import deferred_interrupts
 from restoreprof.checkpoint.journal import Journal, checkpoint_journal, restore_journal
 from restoreprof.checkpoint.manifest import JOURNAL_NAME, MANIFEST_NAME, Manifest, is_page_data, verify_images
-from restoreprof.checkpoint.steps import Step, StepClock
+from restoreprof.checkpoint.steps import Step, StepClock, StepSequence
 from restoreprof.checkpoint.tree import comm, exists, is_stopped, process_tree, resume_stopped, state
 from restoreprof.checkpoint.trust import private_umask
 from restoreprof.errors import (
@@ -54,8 +55,14 @@ class CheckpointResult:
     manifest: Manifest
     steps: list[Step]
 
+    @property
+    def total_s(self) -> float:
+        """From the first step's start to the last one's end: the steps tile the checkpoint."""
+        return _span_s(self.steps)
+
     def to_dict(self) -> dict:
         return {"directory": str(self.directory), "steps": [asdict(s) for s in self.steps],
+                "total_s": self.total_s,
                 "processes": [asdict(p) for p in self.manifest.processes],
                 "images_bytes": sum(i["bytes"] for i in self.manifest.images)}
 
@@ -71,9 +78,7 @@ class RestoreResult:
 
     @property
     def total_s(self) -> float:
-        if not self.steps:
-            return 0.0
-        return (max(s.end_ns for s in self.steps) - min(s.start_ns for s in self.steps)) / 1e9
+        return _span_s(self.steps)
 
     def to_dict(self) -> dict:
         return {"directory": str(self.directory), "root_pid": self.root_pid, "pids": self.pids,
@@ -81,19 +86,44 @@ class RestoreResult:
                 "total_s": self.total_s, "notes": self.notes}
 
 
+def _span_s(steps: list[Step]) -> float:
+    if not steps:
+        return 0.0
+    return (max(s.end_ns for s in steps) - min(s.start_ns for s in steps)) / 1e9
+
+
 def checkpoint(pid: int, directory: Path, *, leave_running: bool = False, offload: bool = True,
                lock_timeout_ms: int = 10_000, criu_args: list[str] | None = None,
                optimizer=None, store: Path | None = None, sync: bool = False) -> CheckpointResult:
     """store: the snapshot store to put GPU memory chunks in (restoreprof.store), else each
-    snapshot's own folder; sync: report success only once everything is on disk."""
-    session = _begin_store_session(store, directory, sync) if store and offload else None
-    try:
-        return _checkpoint(pid, directory, leave_running=leave_running, offload=offload,
-                           lock_timeout_ms=lock_timeout_ms, criu_args=criu_args,
-                           optimizer=optimizer, session=session, sync=sync)
-    finally:
-        if session:
-            session.end()
+    snapshot's own folder; sync: report success only once everything is on disk.
+    The result's steps follow each other with no gap: together they are the checkpoint's wall
+    time."""
+    require_root("restoreprof checkpoint")
+    directory = Path(os.path.abspath(directory))
+    clock = StepClock()
+    with clock.sequence() as phase:
+        session = None
+        if store and offload:
+            phase("store session begin")
+            session = _begin_store_session(store, directory, sync)
+        try:
+            manifest, interrupted = _checkpoint(
+                pid, directory, clock, phase, leave_running=leave_running, offload=offload,
+                lock_timeout_ms=lock_timeout_ms, criu_args=criu_args, optimizer=optimizer,
+                session=session, sync=sync)
+        finally:
+            if session:
+                phase("store session end")
+                session.end()
+        if not leave_running:  # CRIU killed them: the command returns once they are dead
+            phase("wait for exit")
+            wait_gone([p.pid for p in manifest.processes], zombies_count=False)
+    if interrupted:
+        raise Interrupted(f"interrupted after CRIU's dump had completed: the checkpoint in "
+                          f"{directory} was finished and is complete",
+                          hint=f"restore it with 'restoreprof restore -D {directory}'")
+    return CheckpointResult(directory, manifest, clock.steps)
 
 
 def _begin_store_session(store: Path, directory: Path, sync: bool):
@@ -103,42 +133,46 @@ def _begin_store_session(store: Path, directory: Path, sync: bool):
     return StoreSession.begin(store, Path(directory).resolve(), sync)
 
 
-def _checkpoint(pid: int, directory: Path, *, leave_running: bool, offload: bool,
-                lock_timeout_ms: int, criu_args: list[str] | None, optimizer, session,
-                sync: bool) -> CheckpointResult:
-    require_root("restoreprof checkpoint")
+def _checkpoint(pid: int, directory: Path, clock: StepClock, phase: StepSequence, *,
+                leave_running: bool, offload: bool, lock_timeout_ms: int,
+                criu_args: list[str] | None, optimizer, session,
+                sync: bool) -> tuple[Manifest, bool]:
+    """The checkpoint's phases, each begun by phase(name); returns the manifest and whether an
+    interrupt arrived after CRIU's dump (the checkpoint was finished regardless)."""
+    phase("list processes")
     criu.criu_path()  # fail early, before anything is touched
     tree = process_tree(pid)
     names = {str(p): comm(p) for p in tree}
     stopped = sorted(p for p in tree if is_stopped(p))
-    directory = Path(os.path.abspath(directory))
-    clock = StepClock()
     if pid == os.getpid() or pid in _ancestors():
         raise RestoreprofError(f"PID {pid} is restoreprof itself or runs it",
                                hint="checkpoint another process tree")
-    cuda_pids = clock.run("find CUDA processes", gpu.cuda_processes, tree)
+    phase("find CUDA processes")
+    cuda_pids = gpu.cuda_processes(tree)
+    phase("prepare folder")
     refuse_unrestorable(cuda_pids)
     optimizer = optimizer or OptimizerConfig.load()  # as restore(): never the bare defaults
     shell_job = criu.needs_shell_job(pid, tree)
     with private_umask():
         trust.prepare_checkpoint_directory(directory, MANIFEST_NAME)
-        journal = checkpoint_journal(directory)
+        # fsynced only with --sync: see checkpoint.journal for why that keeps every guarantee
+        journal = checkpoint_journal(directory, durable=sync)
         journal.write("started", root_pid=pid, leave_running=leave_running, cuda_pids=cuda_pids,
                       shim_pids=[], offloaded={}, names=names, stopped=stopped, sync=sync,
                       shell_job=shell_job, gpus=gpu.gpu_records() if cuda_pids else [],
                       versions=_versions(bool(cuda_pids)),
                       created=datetime.now(UTC).isoformat(timespec="seconds"))
+        phase("guardian start")
         guard = Guardian.start("checkpoint", directory)
         try:
-            interrupted = _lock_and_dump(pid, directory, journal, clock, offload=offload,
+            interrupted = _lock_and_dump(pid, directory, journal, clock, phase, offload=offload,
                                          leave_running=leave_running, shell_job=shell_job,
                                          lock_timeout_ms=lock_timeout_ms, criu_args=criu_args or [],
                                          optimizer=optimizer, session=session, sync=sync)
             # The dump completed: from here the checkpoint is finished, whatever arrives.
             with deferred_interrupts() as late:
-                journal.write("dumped", steps=_step_records(clock))
-                manifest = clock.run("checksum images", recovery.finish_checkpoint, directory,
-                                     journal, criu.DUMP_LOG)
+                journal.write("dumped", steps=_step_records(phase.so_far()))
+                manifest = recovery.finish_checkpoint(directory, journal, criu.DUMP_LOG, phase)
             interrupted = interrupted or late.arrived
             guard.release()
         except BaseException as exc:
@@ -146,13 +180,7 @@ def _checkpoint(pid: int, directory: Path, *, leave_running: bool, offload: bool
                 error = _settle_failed_checkpoint(exc, directory, journal)
                 guard.release()
             raise error from exc
-    if not leave_running:
-        _wait_gone([p.pid for p in manifest.processes], zombies_count=False)
-    if interrupted:
-        raise Interrupted(f"interrupted after CRIU's dump had completed: the checkpoint in "
-                          f"{directory} was finished and is complete",
-                          hint=f"restore it with 'restoreprof restore -D {directory}'")
-    return CheckpointResult(directory, manifest, clock.steps)
+    return manifest, interrupted
 
 
 def recover_checkpoint(directory: Path) -> str:
@@ -177,32 +205,38 @@ def _ancestors() -> set[int]:
     return found
 
 
-def _lock_and_dump(pid: int, directory: Path, journal, clock: StepClock, *, offload: bool,
-                   leave_running: bool, shell_job: bool, lock_timeout_ms: int,
+def _lock_and_dump(pid: int, directory: Path, journal, clock: StepClock, phase: StepSequence,
+                   *, offload: bool, leave_running: bool, shell_job: bool, lock_timeout_ms: int,
                    criu_args: list[str], optimizer, session=None, sync: bool = False) -> bool:
     """Offload, the driver's lock + checkpoint, criu dump; each phase journaled before it
-    starts. Returns whether an interrupt arrived while CRIU ran (it ran to its end)."""
+    starts (in its own step). Returns whether an interrupt arrived while CRIU ran (it ran to
+    its end)."""
     cuda_pids = journal.data["cuda_pids"]
     offloaded: dict[int, dict] = {}
     if offload and cuda_pids:
+        phase("offload GPU memory")
         # a stopped process cannot answer its library: the driver takes it whole (gpu.offload_all)
         stopped = set(journal.data["stopped"])
         journal.write("offloading",
                       shim_pids=[p for p in cuda_pids if gpu.has_shim(p) and p not in stopped])
-        offloaded = clock.run("offload GPU memory", gpu.offload_all, cuda_pids, directory, optimizer,
-                              session, sync)
+        offloaded = gpu.offload_all(cuda_pids, directory, optimizer, session, sync)
         if session:  # the store's reference names every chunk; the manifest completes it later
-            clock.run("store reference", session.reference, offloaded)
+            phase("store reference")
+            session.reference(offloaded)
         journal.write("offloading", offloaded={str(p): r for p, r in offloaded.items()})
-    # What was offloaded per kind and what the driver is left with: measured now, before the
-    # driver's checkpoint takes the rest (a report only: it never fails the checkpoint).
-    coverage = clock.run("GPU memory coverage", gpu.coverage_all, cuda_pids, offloaded) \
-        if cuda_pids else {}
+    coverage = {}
+    if cuda_pids:
+        # What was offloaded per kind and what the driver is left with: measured now, before
+        # the driver's checkpoint takes the rest (a report only: it never fails the checkpoint).
+        phase("GPU memory coverage")
+        coverage = gpu.coverage_all(cuda_pids, offloaded)
+    phase("GPU lock + checkpoint")
     journal.write("gpu-locked", coverage={str(p): c for p, c in coverage.items()})
-    clock.run("GPU lock + checkpoint", gpu.lock_and_checkpoint, cuda_pids, lock_timeout_ms)
-    journal.write("dumping", steps=_step_records(clock))
-    return clock.run("criu dump", criu.dump, pid, directory, leave_running=leave_running,
-                     shell_job=shell_job, extra=criu_args,
+    gpu.lock_and_checkpoint(cuda_pids, lock_timeout_ms)
+    phase("criu dump")
+    journal.write("dumping", steps=_step_records(clock.steps))
+    return criu.dump(pid, directory, leave_running=leave_running, shell_job=shell_job,
+                     extra=criu_args,
                      on_start=lambda criu_pid: journal.write("dumping", criu_pid=criu_pid))
 
 
@@ -240,8 +274,8 @@ def _settle_failed_checkpoint(exc: BaseException, directory: Path, journal) -> B
     return exc
 
 
-def _step_records(clock: StepClock) -> list[dict]:
-    return [{"name": s.name, "seconds": round(s.seconds, 6)} for s in clock.steps]
+def _step_records(steps: list[Step]) -> list[dict]:
+    return [{"name": s.name, "seconds": round(s.seconds, 6)} for s in steps]
 
 
 def abort_restore(directory: Path, work_dir: Path | None = None) -> str:
@@ -285,7 +319,7 @@ def _restore_locked(directory: Path, manifest: Manifest, work: Path, *, gpu_map,
     pairs = gpu.gpu_pairs(manifest.gpus, gpu_map) if cuda_pids else []
     criu.criu_path()
     # a killed process keeps its PID until it is reaped: give the reaper a moment
-    _wait_gone([p.pid for p in manifest.processes if state(p.pid) == "Z"], timeout_s=30)
+    wait_gone([p.pid for p in manifest.processes if state(p.pid) == "Z"], timeout_s=30)
     taken = [p.pid for p in manifest.processes if exists(p.pid)]
     if taken:
         raise TargetFailure(
@@ -471,19 +505,6 @@ def _finish_readahead(readahead, clock: StepClock) -> None:
     stats = readahead.stop()
     clock.steps.append(Step("image read-ahead (overlapped)", readahead.started_ns,
                             readahead.started_ns + int(stats.seconds * 1e9)))
-
-
-def _wait_gone(pids: list[int], timeout_s: float = 30, zombies_count: bool = True) -> None:
-    """CRIU kills a dumped tree; wait until it is dead, or (zombies_count) also reaped, so
-    its PIDs are free. (The reaper of an orphan is its subreaper or init, which may take a
-    while: a restore waits for it, a checkpoint need not.)"""
-    deadline = time.monotonic() + timeout_s
-
-    def there(pid: int) -> bool:
-        return exists(pid) if zombies_count else state(pid) not in (None, "Z", "X")
-
-    while any(there(p) for p in pids) and time.monotonic() < deadline:
-        time.sleep(0.01)
 
 
 def _versions(with_cuda: bool) -> dict:

@@ -1,9 +1,17 @@
 """Where a checkpoint or restore stands, on disk, so that its guardian can finish or undo it.
 
-One small JSON file, replaced atomically (written beside, fsynced, renamed) at each phase:
-a reader sees the old phase or the new one, never half of either. The checkpoint's journal
-lives in its folder (DIR/.restoreprof-journal.json, gone once the manifest is written); a
-restore's in its work folder (the checkpoint folder may be read-only).
+One small JSON file, replaced atomically (written beside, renamed) at each phase: a reader sees
+the old phase or the new one, never half of either. The checkpoint's journal lives in its folder
+(DIR/.restoreprof-journal.json, gone once the manifest is written); a restore's in its work
+folder (the checkpoint folder may be read-only).
+
+Durable (fsynced before the rename) unless the caller says otherwise: a checkpoint without
+--sync keeps its images in the page cache only, and its journal needs no more than they have.
+Its readers (the guardian, the command's own unwinding, --recover while the processes live) read
+it through the same page cache; a crash of the whole machine ends the processes it describes,
+and what such a crash leaves of a checkpoint that was not synced is refused by a restore (no
+manifest, or images that fail their checksums). Each fsync costs a journal commit of the
+filesystem, which waits on the gigabytes an offload has just left dirty.
 """
 
 from __future__ import annotations
@@ -26,8 +34,9 @@ RESTORE_PHASES = ("checking", "criu", "restored", "verified", "gpu")
 
 
 class Journal:
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, durable: bool = True) -> None:
         self.path = Path(path)
+        self.durable = durable
         self.data: dict = {}
 
     def write(self, phase: str, **fields) -> None:
@@ -36,8 +45,9 @@ class Journal:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         with os.fdopen(fd, "w") as f:
             f.write(json.dumps(self.data) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+            if self.durable:
+                f.flush()
+                os.fsync(f.fileno())
         os.replace(tmp, self.path)
 
     @property
@@ -59,8 +69,9 @@ class Journal:
         return journal if isinstance(journal.data, dict) else None
 
 
-def checkpoint_journal(directory: Path) -> Journal:
-    return Journal(Path(directory) / JOURNAL_NAME)
+def checkpoint_journal(directory: Path, durable: bool = True) -> Journal:
+    """durable: fsync each phase (checkpoint --sync); see the module's note for why not always."""
+    return Journal(Path(directory) / JOURNAL_NAME, durable)
 
 
 def restore_journal(work_dir: Path) -> Journal:

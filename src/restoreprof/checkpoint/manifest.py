@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import stat
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -28,7 +29,11 @@ JOURNAL_NAME = ".restoreprof-journal.json"
 FORMAT = "restoreprof-checkpoint/1"
 # Small enough that even a checkpoint of a few images keeps every core hashing.
 SEGMENT_BYTES = 32 << 20
-_READ_BYTES = 8 << 20
+# One read: fits a core's L2 cache, so the hash reads what the copy has just put there. The
+# buffer is each hashing thread's own, made once: a checkpoint is finished right after an
+# offload has filled the page cache, where every fresh page of memory may wait on reclaim.
+_READ_BYTES = 1 << 20
+_buffers = threading.local()
 
 
 @dataclass
@@ -60,13 +65,17 @@ class Manifest:
     def cuda_pids(self) -> list[int]:
         return [p.pid for p in self.processes if p.cuda]
 
-    def save(self, directory: Path) -> None:
+    def save(self, directory: Path, durable: bool = True) -> None:
+        """Written beside and renamed: the manifest is the commit point of a checkpoint, whole or
+        absent. durable: on disk before the rename (a checkpoint whose images are not synced
+        gains nothing from it: a crash that loses them is caught by their checksums)."""
         tmp = directory / (MANIFEST_NAME + ".tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         with os.fdopen(fd, "w") as f:
             f.write(json.dumps(asdict(self), indent=2) + "\n")
-            f.flush()
-            os.fsync(f.fileno())  # the manifest is the commit point of a checkpoint
+            if durable:
+                f.flush()
+                os.fsync(f.fileno())
         os.replace(tmp, directory / MANIFEST_NAME)
 
     @classmethod
@@ -205,15 +214,21 @@ def _check_types(data) -> None:
             raise ValueError(f"an entry of {key!r} is not an object")
 
 
+def _read_buffer() -> memoryview:
+    view = getattr(_buffers, "view", None)
+    if view is None:
+        view = _buffers.view = memoryview(bytearray(_READ_BYTES))
+    return view
+
+
 def _segment_digest(path: Path, offset: int, length: int) -> str:
     h = hashlib.sha256()
-    buffer = bytearray(min(_READ_BYTES, max(length, 1)))
-    view = memoryview(buffer)
+    view = _read_buffer()
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
     try:
         done = 0
         while done < length:
-            n = os.preadv(fd, [view[: min(len(buffer), length - done)]], offset + done)
+            n = os.preadv(fd, [view[: min(len(view), length - done)]], offset + done)
             if n <= 0:
                 break
             h.update(view[:n])

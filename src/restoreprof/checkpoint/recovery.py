@@ -20,6 +20,7 @@ import os
 import shutil
 import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from restoreprof.checkpoint import pstree, trust
@@ -128,14 +129,26 @@ def roll_back_checkpoint(directory: Path, journal: Journal) -> list[str]:
     return problems
 
 
-def finish_checkpoint(directory: Path, journal: Journal, log_name: str) -> Manifest:
-    """Write the manifest of a completed dump: CRIU's own process list, every file's checksums."""
+def finish_checkpoint(directory: Path, journal: Journal, log_name: str,
+                      phase: Callable[[str], None] | None = None) -> Manifest:
+    """Write the manifest of a completed dump: CRIU's own process list, every file's checksums.
+    phase: the command's step sequence (StepClock.sequence), told where each part begins."""
+    phase = phase or (lambda name: None)
     data = journal.data
+    steps = list(data.get("steps", []))  # the command's, up to CRIU's dump (journal "dumped")
     if data.get("leave_running"):
+        if data.get("cuda_pids"):
+            phase("GPU memory put back")
+        start = time.monotonic()
         problems = put_back(data, directory)
         if problems:
             raise RestoreprofError(f"the checkpoint is complete, but {'; '.join(problems)}",
                                    hint="see 'restoreprof restore --help' for --gpu-only")
+        if data.get("cuda_pids"):
+            steps.append({"name": "GPU memory put back",
+                          "seconds": round(time.monotonic() - start, 6)})
+    phase("checksum images")
+    start = time.monotonic()
     trust.make_private(directory)
     criu_pids = pstree.pids(directory)
     stopped, names = set(data.get("stopped", [])), data.get("names", {})
@@ -150,15 +163,19 @@ def finish_checkpoint(directory: Path, journal: Journal, log_name: str) -> Manif
         gpus=data.get("gpus", []), shell_job=bool(data.get("shell_job")),
         versions=data.get("versions", {}), created=data.get("created", ""),
     )
-    start = time.monotonic()
     manifest.images = record_images(directory)
-    manifest.steps = [*data.get("steps", []),
-                      {"name": "checksum images", "seconds": round(time.monotonic() - start, 6)}]
-    if data.get("sync"):  # checkpoint --sync: the images on disk before the manifest claims them
+    manifest.steps = [*steps, {"name": "checksum images",
+                               "seconds": round(time.monotonic() - start, 6)}]
+    sync = bool(data.get("sync"))
+    if sync:  # checkpoint --sync: the images on disk before the manifest claims them
+        phase("sync images")
+        start = time.monotonic()
         make_durable(directory)
-    manifest.save(directory)
+        manifest.steps.append({"name": "sync images", "seconds": round(time.monotonic() - start, 6)})
+    phase("manifest")
+    manifest.save(directory, durable=sync)
     trust.make_private(directory)
-    if data.get("sync"):
+    if sync:
         make_durable(directory)  # the manifest, and its rename
     journal.remove()
     return manifest

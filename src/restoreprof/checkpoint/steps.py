@@ -3,6 +3,13 @@
 An observer hears of each step as it starts and ends (the commands draw progress with it).
 It is given to StepClock, or set around a call with ``observing(observer)``, which reaches the
 clocks that the checkpoint and restore functions make inside without a parameter of theirs.
+
+Work that runs one phase after another (a checkpoint's critical path) is timed as a sequence:
+each phase ends where the next begins, so every moment of it belongs to a named step.
+
+    with clock.sequence() as phase:
+        phase("prepare")        # ... work ...
+        phase("criu dump")      # ends "prepare" and starts this one
 """
 
 from __future__ import annotations
@@ -71,9 +78,51 @@ class StepClock:
         finally:
             self.add(name, start, time.monotonic_ns(), pid)
 
+    @contextlib.contextmanager
+    def sequence(self) -> Iterator[StepSequence]:
+        """Phases that follow each other with no gap (see StepSequence); the block's end (an
+        error's too) ends the last one."""
+        phases = StepSequence(self)
+        try:
+            yield phases
+        finally:
+            phases.close()
+
     def _tell(self, method: str, *args) -> None:
         if self.observer is None:
             return
         # progress is a courtesy: a display that fails must never fail a checkpoint or restore
         with contextlib.suppress(Exception):
             getattr(self.observer, method)(*args)
+
+
+class StepSequence:
+    """phase(name) ends the open step and starts name, at the same instant: nothing between
+    them goes untimed, so the steps add up to the sequence's wall time."""
+
+    def __init__(self, clock: StepClock) -> None:
+        self._clock = clock
+        self._open: tuple[str, int] | None = None
+
+    def __call__(self, name: str) -> None:
+        now_ns = time.monotonic_ns()
+        self._end(now_ns)
+        self._clock._tell("step_started", name, None)
+        self._open = (name, now_ns)
+
+    def close(self) -> None:
+        self._end(time.monotonic_ns())
+
+    def so_far(self) -> list[Step]:
+        """The clock's steps, and the open one as it stands now."""
+        with self._clock._lock:
+            steps = list(self._clock.steps)
+        if self._open:
+            steps.append(Step(self._open[0], self._open[1], time.monotonic_ns()))
+        return steps
+
+    def _end(self, now_ns: int) -> None:
+        if self._open:
+            name, start_ns = self._open
+            self._open = None
+            self._clock.add(name, start_ns, now_ns)

@@ -118,9 +118,10 @@ def prepare_checkpoint_directory(directory: Path, manifest_name: str) -> None:
 
 def make_private(directory: Path) -> None:
     """Close the folder and every file in it to others: 0700 and 0600, whatever made them
-    (CRIU sets modes of its own on some images; a failed dump leaves partial ones)."""
-    with contextlib.suppress(OSError):
-        os.chmod(directory, DIR_MODE, follow_symlinks=False)
+    (CRIU sets modes of its own on some images; a failed dump leaves partial ones). Only modes
+    that differ are changed: a chmod is a journaled write of the filesystem, which can wait on
+    the commit of gigabytes an offload has just left dirty; a stat is not."""
+    _chmod_if_needed(directory, DIR_MODE)
     try:
         entries = list(os.scandir(directory))
     except OSError:
@@ -128,7 +129,13 @@ def make_private(directory: Path) -> None:
     for entry in entries:
         with contextlib.suppress(OSError):
             if entry.is_file(follow_symlinks=False):
-                os.chmod(entry.path, FILE_MODE, follow_symlinks=False)
+                _chmod_if_needed(entry.path, FILE_MODE)
+
+
+def _chmod_if_needed(path: Path | str, mode: int) -> None:
+    with contextlib.suppress(OSError):
+        if stat.S_IMODE(os.lstat(path).st_mode) != mode:
+            os.chmod(path, mode, follow_symlinks=False)
 
 
 def check_checkpoint_directory(directory: Path) -> None:
