@@ -23,6 +23,8 @@
  *   fakecuda_async_pinned/_pageable()      how many of them staged through memory from
  *                                          cuMemHostAlloc/cuMemAllocHost, or through other memory
  *   fakecuda_host_alloc_bytes_max()        largest pinned allocation since reset
+ *   FAKECUDA_HOST_ALLOC_DELAY_US=n         each cuMemHostAlloc takes n us (pinning a real
+ *                                          snapshot takes seconds: a hot intake under way)
  *   fakecuda_device_of(ptr)                the device that memory is on (-1: not device memory)
  *   fakecuda_ctx_device()                  the current context's device (-1: none)
  *
@@ -740,6 +742,9 @@ EXPORT CUresult cuMemHostAlloc(void **pp, size_t size, unsigned int flags)
 {
     ENTER_INIT("cuMemHostAlloc");
     NEED_CTX();
+    const char *delay = getenv("FAKECUDA_HOST_ALLOC_DELAY_US");
+    if (delay && *delay)
+        usleep((useconds_t)atoi(delay));
     return host_alloc(pp, size);
 }
 

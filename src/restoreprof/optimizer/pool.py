@@ -164,7 +164,8 @@ class WarmPool:
     def _serve_one(self, conn: socket.socket) -> None:
         loaded = None
         offer = None  # (fd, name) read from the page cache: hold it hot once the client is done
-        with conn:
+        restoring = contextlib.ExitStack()  # a restore or preload served: intakes give way
+        with conn, restoring:
             try:
                 # Read before refusing: closing on an unread request would reset the connection
                 # and the client would never see why.
@@ -179,6 +180,8 @@ class WarmPool:
                     handler = self.handlers.get(str(request.get("op")))
                     if handler is not None and not fds:
                         op = str(request.get("op"))
+                        if op == "restore":
+                            restoring.enter_context(self._restoring())
                         reply = self._handle(handler, request)
                         if "declined" not in reply:
                             self.stats.handled[op] = self.stats.handled.get(op, 0) + 1
@@ -194,6 +197,7 @@ class WarmPool:
                             hint="use optimizer.pool.preload_through_pool to talk to the pool")
                     cfg = _request_settings(request, self.cfg)
                     name = str(request.get("name", "snapshot"))
+                    restoring.enter_context(self._restoring())  # until the client hangs up
                     loaded = self._preload_hot(fds[0], name, cfg)
                     if loaded is None:
                         loaded = preload_snapshot(Path(name), cfg, fd=fds[0])
@@ -220,6 +224,7 @@ class WarmPool:
             finally:
                 if loaded is not None:
                     loaded.release()
+                restoring.close()
                 if offer is not None:  # after the restore, so the intake never competes with it
                     self.hot.offer(*offer)
                     os.close(offer[0])
@@ -233,6 +238,11 @@ class WarmPool:
             with self._handling:
                 self._in_handlers -= 1
                 self._handling.notify_all()
+
+    def _restoring(self) -> contextlib.AbstractContextManager:
+        """A restore (or a preload for one) served: auto-hold intakes give way until it ends
+        (HotSnapshots.restoring); an explicit hold request does not."""
+        return self.hot.restoring() if self.hot is not None else contextlib.nullcontext()
 
     def _preload_hot(self, fd: int, name: str, cfg: OptimizerConfig):
         """The snapshot from its hot copy, or None (not held, or its copy failed a check:

@@ -8,7 +8,10 @@
  * whose every piece matched the table when it was taken in (rp_hot_intake): version 4's crc32c
  * or version 3's BLAKE3 per MiB, read from the chunk files; versions 1 and 2's crc32c, read from
  * the file. Nothing is
- * kept unless every chunk passed. rp_hot_upload checks each chunk again as it sends it (the
+ * kept unless every chunk passed. An intake gives way to a restore: the pool sets its cancel
+ * token, and the intake stops between records' pinning and between pieces, frees what it pinned
+ * and returns RP_HOT_CANCELLED (pinning holds the driver's locks, and reading competes for
+ * memory bandwidth: a restore under an intake ran at a quarter of its speed on the H200). rp_hot_upload checks each chunk again as it sends it (the
  * pinned copy lives for hours; a stray write to it must not reach a GPU unnoticed), then queues
  * the DMA: T threads take spans of chunks, check them, and issue each span's copy on one of S
  * streams, so the checks run under the copies already queued.
@@ -67,13 +70,23 @@ struct intake_item {
 
 struct intake_job {
     int fd;
+    const int *cancel;  /* the pool's token: nonzero asks this intake to stop */
     struct rp_chunk_store *chunks;
     size_t chunk_bytes; /* versions 3, 4: each chunk file's */
     struct intake_item *items;
     size_t n_items;
     atomic_size_t next;
+    atomic_size_t done;  /* items read and checked */
     atomic_long failed; /* index + 1 of the first failing item; <0: I/O error */
 };
+
+/* The token belongs to one intake (the caller makes a fresh one for each), so a cancel that
+ * comes before an intake starts stops it at once, and one that comes after it ended reaches
+ * nobody: no cancel can leak into the next intake. */
+static int intake_cancelled(const int *cancel)
+{
+    return cancel && __atomic_load_n(cancel, __ATOMIC_ACQUIRE) != 0;
+}
 
 /* Reads item it into its place in the pinned buffer: from its chunk file (versions 3, 4; a piece
  * never spans two chunk files: whole MiB chunks) or from the snapshot file (versions 1, 2). */
@@ -101,7 +114,7 @@ static void *intake_worker(void *raw)
 {
     struct intake_job *job = raw;
     for (;;) {
-        if (atomic_load(&job->failed))
+        if (atomic_load(&job->failed) || intake_cancelled(job->cancel))
             return NULL;
         size_t i = atomic_fetch_add(&job->next, 1);
         if (i >= job->n_items)
@@ -116,6 +129,7 @@ static void *intake_worker(void *raw)
             atomic_compare_exchange_strong(&job->failed, &expected, failed);
             return NULL;
         }
+        atomic_fetch_add(&job->done, 1);
     }
 }
 
@@ -140,14 +154,16 @@ RP_EXPORT void rp_hot_free(struct rp_hot_buffer *buffers, long count)
 }
 
 /* Pinned memory for each record (on device 0's primary context, which each buffer keeps a
- * reference to: pinned memory dies with the context that made it). */
+ * reference to: pinned memory dies with the context that made it). Stops before the next
+ * record's pinning once cancel is set (the caller sees the token, and frees the made ones). */
 static CUresult allocate_buffers(const char *table, const struct snap_header *h,
-                                 struct rp_hot_buffer *out, long *made)
+                                 struct rp_hot_buffer *out, long *made, const int *cancel)
 {
     const struct snap_record *r = rp_snapshot_first(table);
     CUdevice dev;
     CUresult rc = rp_real.cuDeviceGet(&dev, 0);
-    for (*made = 0; rc == CUDA_SUCCESS && *made < (long)h->count; r = rp_snapshot_next(table, r)) {
+    for (*made = 0; rc == CUDA_SUCCESS && *made < (long)h->count && !intake_cancelled(cancel);
+         r = rp_snapshot_next(table, r)) {
         struct rp_hot_buffer *b = &out[*made];
         *b = (struct rp_hot_buffer){ .address = r->address, .bytes = r->size, .device = -1 };
         CUcontext ctx;
@@ -193,12 +209,24 @@ static struct intake_item *intake_items(const char *table, const struct snap_hea
     return items;
 }
 
+/* Nothing held, "cancelled" in err: what a cancelled intake returns. */
+static long intake_gave_way(struct rp_hot_buffer *out, long made, char *err, size_t errlen)
+{
+    rp_hot_free(out, made);
+    snprintf(err, errlen, "cancelled: a restore came first; nothing was kept");
+    return RP_HOT_CANCELLED;
+}
+
 /* Takes the snapshot open on fd into pinned memory: out[0..count) one buffer per record, every
  * chunk read with pread by `threads` threads and checked against the table. Returns count, or
- * -1 with err set and nothing held. */
-RP_EXPORT long rp_hot_intake(int fd, int threads, struct rp_hot_buffer *out, long max, char *err,
-                             size_t errlen)
+ * -1 with err set and nothing held; RP_HOT_CANCELLED, nothing held, once *cancel is set (NULL:
+ * never cancelled), checked before each record's pinning and each piece: the wait is at most
+ * one record's cuMemHostAlloc. */
+RP_EXPORT long rp_hot_intake(int fd, int threads, struct rp_hot_buffer *out, long max,
+                             const int *cancel, char *err, size_t errlen)
 {
+    if (intake_cancelled(cancel)) /* cancelled before it began: not even the driver is asked */
+        return intake_gave_way(out, 0, err, errlen);
     if (rp_load_real() || rp_real.cuInit(0) != CUDA_SUCCESS) {
         snprintf(err, errlen, "the CUDA driver is not usable here");
         return -1;
@@ -216,7 +244,11 @@ RP_EXPORT long rp_hot_intake(int fd, int threads, struct rp_hot_buffer *out, lon
         return -1;
     }
     long made = 0;
-    CUresult rc = allocate_buffers(table, &h, out, &made);
+    CUresult rc = allocate_buffers(table, &h, out, &made, cancel);
+    if (intake_cancelled(cancel)) {
+        free(table);
+        return intake_gave_way(out, made, err, errlen);
+    }
     if (rc != CUDA_SUCCESS) {
         snprintf(err, errlen, "pinning %llu bytes of host memory failed: %s",
                  (unsigned long long)h.total_bytes, rp_error_name(rc));
@@ -236,7 +268,8 @@ RP_EXPORT long rp_hot_intake(int fd, int threads, struct rp_hot_buffer *out, lon
         free(table);
         return -1;
     }
-    struct intake_job job = { .fd = fd, .chunks = &chunks, .chunk_bytes = h.chunk_bytes };
+    struct intake_job job = { .fd = fd, .cancel = cancel, .chunks = &chunks,
+                              .chunk_bytes = h.chunk_bytes };
     job.items = intake_items(table, &h, out, &job.n_items);
     if (!job.items) {
         snprintf(err, errlen, "out of memory");
@@ -246,6 +279,7 @@ RP_EXPORT long rp_hot_intake(int fd, int threads, struct rp_hot_buffer *out, lon
         return -1;
     }
     atomic_init(&job.next, 0);
+    atomic_init(&job.done, 0);
     atomic_init(&job.failed, 0);
     pthread_t tids[HOT_MAX_THREADS];
     int started = 0;
@@ -265,6 +299,8 @@ RP_EXPORT long rp_hot_intake(int fd, int threads, struct rp_hot_buffer *out, lon
                  (unsigned long long)it->record->address, it->offset, it->bytes);
         rp_hot_free(out, made);
         made = -1;
+    } else if (atomic_load(&job.done) < job.n_items) { /* only a cancel stops workers early */
+        made = intake_gave_way(out, made, err, errlen);
     }
     free(job.items);
     rp_chunks_close(&chunks);

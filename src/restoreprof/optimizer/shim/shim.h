@@ -255,6 +255,9 @@ struct rp_hot_buffer {
     int32_t pad;
 };
 
+/* rp_hot_intake's answer when its cancel token was set (a restore came first): nothing held. */
+#define RP_HOT_CANCELLED (-2L)
+
 /* Copies every segment on the caller's current context (S streams, T threads checking the
  * chunks as they queue them); blocks until all has landed. CUDA_ERROR_INVALID_IMAGE, with err
  * set, when a chunk no longer matches its checksum. */
