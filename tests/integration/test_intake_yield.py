@@ -215,11 +215,12 @@ def _hot_status() -> dict:
 
 
 def test_a_pooled_restore_during_an_intake_cancels_it_and_the_intake_comes_back(
-        fake_driver, tmp_path):
+        fake_driver, tmp_path, monkeypatch):
     w = _app(tmp_path)
     checkpoint(w.pid, tmp_path / "ckpt")
     # pinning a record takes 0.5 s in the pool: its intake, 3 s, is still under way when the
-    # second restore comes (the staging is pinned at start-up, before the delay counts)
+    # second restore comes; the staging is pageable (else pinning it, 32 buffers, took 16 s)
+    monkeypatch.setenv("RESTOREPROF_PINNED", "0")
     env = {**os.environ, DELAY_ENV: "500000"}
     pool = subprocess.Popen([*CLI, "warm", "--hold-mib", "64"], stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, env=env)

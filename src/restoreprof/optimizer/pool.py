@@ -26,6 +26,10 @@ memory until the client hangs up. Only the pool's user and root may connect, and
 uses a pool only once it is proved to be its user's or root's (system.sockets): a socket in a
 directory others could write, or served by another user, is refused with a warning, and the
 restore preloads the snapshot itself; its descriptor goes nowhere unproved.
+
+A restore comes first: from a restore or preload request until its client hangs up, the hot
+snapshots' auto-hold intakes under way are cancelled and none starts (HotSnapshots.restoring);
+they are taken in once no restore runs.
 """
 
 from __future__ import annotations
