@@ -296,7 +296,7 @@ class HotSnapshots:
         """A restore being served: every auto-hold intake under way is cancelled at once (its
         thread frees what it pinned within one record's pinning or one piece, never waited for
         here), and none starts until the last restore ends; then the cancelled and the offered
-        ones are taken in. Yields how many were cancelled."""
+        ones are taken in. Yields how many intakes were told to stop."""
         with self._lock:
             self._restores += 1
             for token in self._cancels.values():
