@@ -237,8 +237,9 @@ def test_a_pooled_restore_during_an_intake_cancels_it_and_the_intake_comes_back(
                              capture_output=True, text=True, timeout=120)
         assert out.returncode == 0, out.stderr
         assert w.verify(), "GPU memory differs after a restore that cancelled an intake"
-        status = _hot_status()
-        assert status["intakes_cancelled"] >= 1 and status["refused"] == 0
+        # counted once its thread stops (after the record being pinned, 0.5 s at most)
+        _until(lambda: _hot_status().get("intakes_cancelled", 0) >= 1, 5, "nothing cancelled")
+        assert _hot_status()["refused"] == 0
         # then taken in again, in full, and the next restore is sent from it
         _until(lambda: len(_hot_status().get("snapshots", [])) == 1, 30, "never taken in after")
         _kill(w)

@@ -184,8 +184,9 @@ class HotSnapshots:
         self._intakes: list[threading.Thread] = []  # auto-hold intakes in the background
         self._closing = False
         self._restores = 0  # restores being served now: no auto-hold intake runs meanwhile
-        # each auto-hold intake under way: its own cancel token (rp_hot_intake reads it)
-        self._cancels: dict[int, ctypes.c_int] = {}
+        # each auto-hold intake under way, by snapshot: its own cancel token (rp_hot_intake
+        # reads it); one at a time per snapshot, from the offer on
+        self._cancels: dict[tuple[int, int], ctypes.c_int] = {}
         # offers made while a restore ran (a dup of the descriptor, the name): taken in after
         self._waiting: dict[tuple[int, int], tuple[int, str]] = {}
         self.intakes_cancelled = 0
@@ -256,7 +257,8 @@ class HotSnapshots:
             held = self._held.get(key)
             fresh = held is not None and (held.identity.size, held.identity.mtime_ns) == \
                 (st.st_size, st.st_mtime_ns)
-            if fresh or st.st_size > self.budget_bytes or key in self._intake:
+            if fresh or st.st_size > self.budget_bytes or key in self._intake or \
+                    key in self._cancels:
                 return None
             own = os.dup(fd)
             if self._restores:  # taken in once no restore runs (the newest offer of it)
@@ -265,7 +267,7 @@ class HotSnapshots:
                 if replaced is not None:
                     os.close(replaced[0])
                 return None
-            self._cancels[id(token)] = token
+            self._cancels[key] = token
 
         def take() -> None:
             # Below the restored processes, which start to run now: the intake's readers are
@@ -277,12 +279,14 @@ class HotSnapshots:
             except IntakeCancelled:
                 with self._lock:
                     self.intakes_cancelled += 1
+                    del self._cancels[key]
                 self.offer(own, name)  # again once the restore that came first is done
             except RestoreprofError:
                 self.refused += 1  # counted in status; the page-cache path still serves it
             finally:
                 with self._lock:
-                    self._cancels.pop(id(token), None)
+                    if self._cancels.get(key) is token:
+                        del self._cancels[key]
                 os.close(own)
 
         thread = threading.Thread(target=take, name="hot-intake", daemon=True)
