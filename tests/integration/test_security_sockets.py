@@ -323,9 +323,17 @@ def test_a_non_root_programs_socket_is_found_in_its_runtime_dir_and_proved(base)
         folder = sock.parent.stat()
         assert (folder.st_uid, folder.st_mode & 0o777) == (uid, 0o700)
         assert sock.stat().st_mode & 0o777 == 0o600
-        # root finds it through the program's own environment (ours has no such XDG_RUNTIME_DIR)
-        status = ShimControl(program.pid).status()
-        assert status["state"] == "running" and "forged" not in status
+        # root finds it through the program's own environment (ours has no such XDG_RUNTIME_DIR),
+        # once the library listens on it (the file appears at bind, a moment before listen)
+        def status() -> dict | None:
+            try:
+                return ShimControl(program.pid).status()
+            except RestoreprofError:
+                return None
+
+        assert _wait_for(status), "root finds and proves the program's socket"
+        found = status()
+        assert found["state"] == "running" and "forged" not in found
     finally:
         program.kill()
         program.wait()

@@ -40,7 +40,8 @@ SOURCES = ("flag", "environment", "config file", "tuning DB")
 # Every value differs from its default, and from what the application's own environment says.
 WANT = {"streams": 3, "chunk_mb": 3, "threads": 5, "pinned": False}
 SIZES = [24 * MIB + 5, 24 * MIB]  # 16+ chunks of 3 MiB: every one of 5 threads gets some
-COPY_DELAY_US = "2000"  # each fake copy takes 2 ms, as a real one takes time: no thread idles
+COPY_DELAY_US = "20000"  # each fake copy takes 20 ms, as a real one takes time: no thread idles,
+# even on a loaded 2-core machine (at 2 ms one of 5 threads found no chunk left in a full run)
 
 # Run in the test and in the applications: what the fake driver saw since fakecuda_reset().
 RECORD = textwrap.dedent("""
