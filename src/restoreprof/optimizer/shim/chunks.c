@@ -34,6 +34,15 @@ void rp_hash(const void *data, size_t n, uint8_t out[RP_HASH_BYTES])
     blake3_hasher_finalize(&h, out, RP_HASH_BYTES);
 }
 
+int rp_piece_matches(const void *data, size_t n, const uint32_t *crc, const uint8_t *hash)
+{
+    if (crc)
+        return rp_crc32c(0, data, n) == *crc;
+    uint8_t got[RP_HASH_BYTES];
+    rp_hash(data, n, got);
+    return memcmp(got, hash, RP_HASH_BYTES) == 0;
+}
+
 void rp_hash_hex(const uint8_t hash[RP_HASH_BYTES], char out[2 * RP_HASH_BYTES + 1])
 {
     static const char digits[] = "0123456789abcdef";

@@ -290,18 +290,6 @@ static CUresult h2d_send(struct slot *s, CUstream stream, CUdeviceptr to, size_t
     return rc;
 }
 
-/* Whether the piece at pos (len bytes, in buf) matches the table: its crc32c (version 4) or
- * its BLAKE3-256 (version 3). */
-static int piece_matches(const struct rp_transfer *t, const void *buf, size_t pos, size_t len)
-{
-    size_t index = pos / RP_PIECE_BYTES;
-    if (t->piece_crcs)
-        return rp_crc32c(0, buf, len) == t->piece_crcs[index];
-    uint8_t got[RP_HASH_BYTES];
-    rp_hash(buf, len, got);
-    return memcmp(got, t->pieces + index * RP_HASH_BYTES, RP_HASH_BYTES) == 0;
-}
-
 /* H2D from a chunk folder: read the engine chunk at offset from the chunk files it spans,
  * check each piece (this thread, in parallel with the others) and send it only if every piece
  * matches the table. The integrity check is in the copy path: nothing reads the snapshot a
@@ -332,7 +320,10 @@ static CUresult h2d_from_chunks(struct rp_transfer *t, struct slot *s, CUstream 
     }
     for (size_t pos = offset; pos < offset + n; pos += RP_PIECE_BYTES) {
         size_t len = offset + n - pos < RP_PIECE_BYTES ? offset + n - pos : RP_PIECE_BYTES;
-        if (!piece_matches(t, (const char *)s->buffer + (pos - offset), pos, len)) {
+        size_t piece = pos / RP_PIECE_BYTES;
+        if (!rp_piece_matches((const char *)s->buffer + (pos - offset), len,
+                              t->piece_crcs ? t->piece_crcs + piece : NULL,
+                              t->pieces + piece * RP_HASH_BYTES)) {
             size_t k = pos / file;
             rp_hash_hex(t->hashes + k * RP_HASH_BYTES, hex);
             rp_log("chunk %s (%zu of this allocation) is damaged (%s mismatch at byte %zu of "

@@ -101,15 +101,6 @@ static int intake_read(struct intake_job *job, const struct intake_item *it, cha
                           it->offset - k * job->chunk_bytes);
 }
 
-static int intake_matches(const struct intake_item *it, const char *dst)
-{
-    if (!it->piece)
-        return rp_crc32c(0, dst, it->bytes) == it->expected;
-    uint8_t got[RP_HASH_BYTES];
-    rp_hash(dst, it->bytes, got);
-    return memcmp(got, it->piece, RP_HASH_BYTES) == 0;
-}
-
 static void *intake_worker(void *raw)
 {
     struct intake_job *job = raw;
@@ -122,7 +113,8 @@ static void *intake_worker(void *raw)
         struct intake_item *it = &job->items[i];
         char *dst = (char *)it->host + it->offset;
         long failed = intake_read(job, it, dst) != 0 ? -(long)i - 1
-                    : !intake_matches(it, dst)       ? (long)i + 1
+                    : !rp_piece_matches(dst, it->bytes, it->piece ? NULL : &it->expected,
+                                        it->piece) ? (long)i + 1
                                                      : 0;
         if (failed) { /* the first failure is the one reported */
             long expected = 0;
@@ -332,20 +324,13 @@ static CUresult send_span(struct upload_job *job, size_t index)
 {
     const struct span *s = &job->spans[index];
     const char *host = (const char *)s->segment->host + s->offset;
-    for (size_t done = 0; s->segment->pieces && done < s->bytes; done += job->chunk_bytes) {
+    const uint32_t *crcs = s->segment->checksums;
+    const uint8_t *hashes = s->segment->pieces;
+    for (size_t done = 0; (crcs || hashes) && done < s->bytes; done += job->chunk_bytes) {
         size_t n = s->bytes - done < job->chunk_bytes ? s->bytes - done : job->chunk_bytes;
         size_t piece = (s->offset + done) / job->chunk_bytes;
-        uint8_t got[RP_HASH_BYTES];
-        rp_hash(host + done, n, got);
-        if (memcmp(got, s->segment->pieces + piece * RP_HASH_BYTES, RP_HASH_BYTES) != 0) {
-            atomic_store(&job->bad_span, index + 1);
-            return CUDA_ERROR_INVALID_IMAGE;
-        }
-    }
-    for (size_t done = 0; s->segment->checksums && done < s->bytes; done += job->chunk_bytes) {
-        size_t n = s->bytes - done < job->chunk_bytes ? s->bytes - done : job->chunk_bytes;
-        size_t chunk = (s->offset + done) / job->chunk_bytes;
-        if (rp_crc32c(0, host + done, n) != s->segment->checksums[chunk]) {
+        if (!rp_piece_matches(host + done, n, crcs ? crcs + piece : NULL,
+                              hashes ? hashes + piece * RP_HASH_BYTES : NULL)) {
             atomic_store(&job->bad_span, index + 1);
             return CUDA_ERROR_INVALID_IMAGE;
         }

@@ -329,6 +329,9 @@ struct rp_chunk_store {
 /* BLAKE3-256 of data (the vendored library, blake3/). */
 void rp_hash(const void *data, size_t n, uint8_t out[RP_HASH_BYTES]);
 void rp_hash_hex(const uint8_t hash[RP_HASH_BYTES], char out[2 * RP_HASH_BYTES + 1]);
+/* Whether n bytes match their piece check: *crc (crc32c: versions 1, 2, 4) when crc is not NULL,
+ * else hash (BLAKE3-256: version 3). */
+int rp_piece_matches(const void *data, size_t n, const uint32_t *crc, const uint8_t *hash);
 /* Opens (create: makes) the folder at path; 0, or -1 with err set. */
 int rp_chunks_open(struct rp_chunk_store *s, const char *path, int create, int sync, char *err,
                    size_t errlen);
