@@ -15,6 +15,11 @@ from restoreprof.checkpoint.tree import exists, state
 POLL_S = 0.002
 
 
+def alive(pid: int) -> bool:
+    """pid runs (neither gone nor a zombie waiting for its reaper)."""
+    return state(pid) not in (None, "Z", "X")
+
+
 def wait_gone(pids: list[int], timeout_s: float = 30, zombies_count: bool = True) -> list[int]:
     """Wait until pids are dead, or (zombies_count) also reaped, so the PIDs are free; returns
     those still there at the timeout. (The reaper of an orphan is its subreaper or init, which
@@ -22,7 +27,7 @@ def wait_gone(pids: list[int], timeout_s: float = 30, zombies_count: bool = True
     deadline = time.monotonic() + timeout_s
 
     def there(pid: int) -> bool:
-        return exists(pid) if zombies_count else state(pid) not in (None, "Z", "X")
+        return exists(pid) if zombies_count else alive(pid)
 
     waiting = [p for p in pids if there(p)]
     while waiting and time.monotonic() < deadline:

@@ -24,9 +24,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 from restoreprof.checkpoint import pstree, trust
+from restoreprof.checkpoint.exits import alive, wait_gone
 from restoreprof.checkpoint.journal import Journal, checkpoint_journal, restore_journal
 from restoreprof.checkpoint.manifest import MANIFEST_NAME, Manifest, ProcessRecord, record_images
-from restoreprof.checkpoint.tree import resume_stopped, state
+from restoreprof.checkpoint.tree import resume_stopped
 from restoreprof.checkpoint.trust import CHUNK_DIR_SUFFIX
 from restoreprof.errors import RestoreprofError
 from restoreprof.store.session import make_durable
@@ -35,26 +36,13 @@ DUMP_SUCCESS_LINE = "Dumping finished successfully"  # criu dump -v4, its last l
 CRIU_EXIT_WAIT_S = 600.0
 
 
-def alive(pid: int) -> bool:
-    return state(pid) not in (None, "Z", "X")
-
-
-def wait_gone(pid: int, timeout_s: float = CRIU_EXIT_WAIT_S) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while alive(pid):
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.02)
-    return True
-
-
 def wait_criu(pid: int | None, verb: str, directory: Path) -> None:
     """Wait for the CRIU run of a dead command: by its noted PID, or (when the command died
     before it could note it) by its command line."""
     from restoreprof.checkpoint.criu import running_criu
 
     for criu_pid in [int(pid)] if pid else running_criu(verb, directory):
-        wait_gone(criu_pid)
+        wait_gone([criu_pid], timeout_s=CRIU_EXIT_WAIT_S, zombies_count=False)
 
 
 def dump_succeeded(directory: Path, log_name: str) -> bool:
