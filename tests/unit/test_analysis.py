@@ -262,3 +262,18 @@ def test_no_coverage_record_changes_nothing():
     trace.events = [e for e in trace.events if e.name != "preadv"]
     b = analyze(trace, CALIBRATED)["bottleneck"]
     assert b["uncovered"] is None and b["recommendation"].startswith("offload=on")
+
+
+def test_the_lazy_page_servers_steps_are_the_cpu_memory_restore():
+    """With lazy pages CRIU reads almost no pages: the server's copies (UFFDIO_COPY, no reads)
+    are the CPU memory restore, and its wait after CRIU is on the critical path."""
+    from restoreprof.analysis.phases import CPU_MEMORY, phases
+
+    ev = [Event(MARK, "criu restore", 1, 1, 0, 200 * MS, path="criu restore"),
+          Event(MARK, "host memory, lazy pages (overlapped)", 1, 1, 50 * MS, 320 * MS),
+          Event(MARK, "lazy pages (after CRIU)", 1, 1, 200 * MS, 320 * MS),
+          Event(MARK, "GPU restore", 1, 1, 320 * MS, 600 * MS, path="GPU restore")]
+    result, critical, wall_ns = phases(ev)
+    cpu = next(p for p in result if p["name"] == CPU_MEMORY)
+    assert (cpu["start_ns"], cpu["end_ns"]) == (50 * MS, 320 * MS)
+    assert dict((c["phase"], c["ns"]) for c in critical)[CPU_MEMORY] == 270 * MS

@@ -30,6 +30,9 @@ PRIORITY = (GPU_MEMORY, CPU_MEMORY, GPU_CONTEXT)   # who owns an instant that se
 _PAGES = re.compile(r"pages-\d+\.img$")
 _CRIU_RESTORE_MARK = re.compile(r"criu restore", re.IGNORECASE)
 _GPU_RESTORE_MARK = re.compile(r"gpu restore|cuda restore", re.IGNORECASE)
+# restoreprof's own page server (checkpoint/lazy_pages.py) brings the host memory back with
+# UFFDIO_COPY, not reads: its steps are the CPU memory restore
+_LAZY_PAGES_MARK = re.compile(r"lazy pages", re.IGNORECASE)
 
 
 def wall_bounds(events: list[Event]) -> tuple[int, int]:
@@ -70,6 +73,8 @@ def classifier(events: list[Event]) -> Callable[[Event], str]:
                 return GPU_MEMORY
         elif e.kind == MARK and _GPU_RESTORE_MARK.search(e.name):
             return GPU_MEMORY
+        elif e.kind == MARK and _LAZY_PAGES_MARK.search(e.name):
+            return CPU_MEMORY
         return OTHER
 
     return classify

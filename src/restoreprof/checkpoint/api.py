@@ -24,7 +24,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from restoreprof import __version__
-from restoreprof.checkpoint import criu, gpu, lock, pstree, recovery, trust
+from restoreprof.checkpoint import criu, gpu, lazy_pages, lock, pstree, recovery, trust
 from restoreprof.checkpoint.compat import refuse_unrestorable
 from restoreprof.checkpoint.exits import wait_gone
 from restoreprof.checkpoint.guardian import Guardian
@@ -359,11 +359,10 @@ def _restore_locked(directory: Path, manifest: Manifest, work: Path, *, gpu_map,
             if cuda_pids and optimizer.preload and optimizer.parallel and not pairs else None
         # The image check reads every image; read-ahead helps only where it was skipped.
         readahead = _start_readahead(directory, optimizer) if not verify else None
-        journal.write("criu")
+        notes = []
         try:
-            root, interrupted = clock.run(
-                "criu restore", criu.restore, directory, work, shell_job=manifest.shell_job,
-                extra=criu_args, on_start=lambda criu_pid: journal.write("criu", criu_pid=criu_pid))
+            root, interrupted = _criu_restore(directory, work, manifest, criu_args, journal,
+                                              clock, optimizer, criu_pids, notes)
         except RestoreprofError:
             if check:
                 check.result()  # a damaged image explains a CRIU failure better than its log
@@ -376,7 +375,6 @@ def _restore_locked(directory: Path, manifest: Manifest, work: Path, *, gpu_map,
             raise KeyboardInterrupt
         if check is not None:  # interruptible: until it passes, the processes never ran
             _pass_check_or_kill(check, criu_pids)
-        notes = []
         # Checked processes are brought all the way back, whatever arrives meanwhile.
         with deferred_interrupts() as late:
             journal.write("verified")
@@ -399,6 +397,52 @@ def _restore_locked(directory: Path, manifest: Manifest, work: Path, *, gpu_map,
         if preloads:
             preloads.release()  # what a failure left unadopted
     return RestoreResult(directory, root, criu_pids, cuda_pids, clock.steps, notes)
+
+
+def _criu_restore(directory: Path, work: Path, manifest: Manifest, criu_args: list[str],
+                  journal, clock: StepClock, optimizer: OptimizerConfig, criu_pids: list[int],
+                  notes: list[str]) -> tuple[int, bool]:
+    """criu restore, its processes' memory served by restoreprof's lazy page server where it
+    can be (see lazy_pages); any failure there kills the processes, which never ran, and CRIU
+    restores them again reading every page itself. Returns (root PID, interrupted)."""
+    server = None
+    if optimizer.lazy_pages:
+        why = lazy_pages.why_not(directory)
+        if why is None:
+            server = lazy_pages.LazyPages(directory, work, threads=lazy_pages.default_threads())
+            server.start()
+        elif why.startswith(("userfaultfd", "the page images")):
+            notes.append(f"lazy pages not used: {why}")
+    try:
+        journal.write("criu")
+        root, interrupted = clock.run(
+            "criu restore", criu.restore, directory, work, shell_job=manifest.shell_job,
+            extra=criu_args + (["--lazy-pages"] if server else []),
+            on_start=lambda criu_pid: journal.write("criu", criu_pid=criu_pid))
+        if server is None:
+            return root, interrupted
+        waited_ns = time.monotonic_ns()
+        stats = server.wait()
+        clock.add("lazy pages (after CRIU)", waited_ns, time.monotonic_ns())
+        clock.add("host memory, lazy pages (overlapped)", stats.first_ns, stats.done_ns)
+        return root, interrupted
+    except RestoreprofError as exc:
+        if server is None:
+            raise
+        server.close()
+        with deferred_interrupts():  # CRIU's processes never ran: none may run on missing memory
+            recovery.kill_unrun(criu_pids)
+        why = server.error or exc.message.splitlines()[0]  # the server's failure makes CRIU's
+        notes.append(f"the lazy page restore failed ({why}); CRIU restored every page itself "
+                     "instead")
+        journal.write("criu")
+        return clock.run(
+            "criu restore (every page)", criu.restore, directory, work,
+            shell_job=manifest.shell_job, extra=criu_args,
+            on_start=lambda criu_pid: journal.write("criu", criu_pid=criu_pid))
+    finally:
+        if server is not None:
+            server.close()
 
 
 def _unwind_restore(exc: BaseException, journal, directory: Path) -> BaseException:

@@ -36,6 +36,7 @@ class OptimizerConfig:
     intercept: bool = DEFAULTS["intercept"]
     parallel: bool = DEFAULTS["parallel"]
     preload: bool = DEFAULTS["preload"]
+    lazy_pages: bool = DEFAULTS["lazy_pages"]
     sync: bool = DEFAULTS["sync"]
     release_caches: bool = DEFAULTS["release_caches"]
     release_timeout_s: int = DEFAULTS["release_timeout_s"]

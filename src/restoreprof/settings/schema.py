@@ -100,6 +100,11 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("preload", bool, True, env=("RESTOREPROF_PRELOAD",),
             help="load offloaded GPU memory while CRIU restores, for the process to adopt",
             acts_on="restore"),
+    Setting("lazy_pages", bool, True, env=("RESTOREPROF_LAZY_PAGES",),
+            help="restore the processes' host memory with restoreprof's own page server "
+                 "(criu restore --lazy-pages, several copy threads, every page in before the "
+                 "processes run; off: CRIU reads every page itself)",
+            acts_on="restore"),
     Setting("sync", bool, False, env=("RESTOREPROF_SYNC",),
             help="report a checkpoint done only once every byte is on disk (fsync of the GPU "
                  "memory's chunks, the images, the manifest and their folders)",
