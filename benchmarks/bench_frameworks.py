@@ -9,7 +9,8 @@ allocator, with expandable segments, with cudaMallocAsync, a PyTorch CUDA graph,
 each holding GIB of weights plus 2 GiB its allocator keeps cached) and each mode:
 
     plain  the program as it is; `restoreprof checkpoint` (driver checkpoint + criu dump) and
-           `restoreprof restore` (criu restore + the driver's restore)
+           `restoreprof restore` (criu restore + the driver's restore), CRIU reading every page
+           itself (RESTOREPROF_LAZY_PAGES=0; --plain-lazy: restoreprof's page server serves it)
     exec   the program under `restoreprof exec`: its cached blocks freed and its GPU memory
            offloaded at checkpoint, preloaded during CRIU and adopted at restore
     pool   the same checkpoint as exec, restored with a warm pool (`restoreprof warm`) running
@@ -168,7 +169,10 @@ def run_modes(program: str, args: argparse.Namespace) -> list[dict]:
                 current = mode
                 pool = WarmPool(env) if mode == "pool" else None
                 try:
-                    restores = [one_restore(images, w, env, args.timeout)
+                    # plain is CRIU + the driver as they come: CRIU reads every page itself
+                    restore_env = {**env, "RESTOREPROF_LAZY_PAGES": "0"} \
+                        if mode == "plain" and not args.plain_lazy else env
+                    restores = [one_restore(images, w, restore_env, args.timeout)
                                 for _ in range(args.repeat)]
                 finally:
                     if pool:
@@ -259,6 +263,8 @@ def main() -> None:
     parser.add_argument("--slack-gib", type=float, default=2.0,
                         help="freed blocks each program's allocator keeps cached, GiB")
     parser.add_argument("--repeat", type=int, default=1, help="restores per mode")
+    parser.add_argument("--plain-lazy", action="store_true",
+                        help="plain restores served by restoreprof's lazy page server too")
     parser.add_argument("--timeout", type=float, default=240, help="per checkpoint or restore, s")
     parser.add_argument("--start-timeout", type=float, default=240)
     parser.add_argument("--work", type=Path, default=Path("/tmp/rp-bench-frameworks"))

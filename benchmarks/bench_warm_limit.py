@@ -8,6 +8,7 @@ weights) restored by `restoreprof restore`, three ways side by side in one run:
 
     source benchmarks/h100/env.sh
     rp_python benchmarks/bench_warm_limit.py [--repeat 5] [--plain-repeat 2] [--layers 32]
+                                             [--lazy on|off|both]
 
 Each restore is timed by wall clock around the whole command (`restoreprof restore -D DIR
 --json`, process start to exit), then the restored process is asked to recompute its digest
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import statistics
 import subprocess
@@ -40,8 +42,9 @@ from restoreprof.workloads.controller import HeldMemory
 CLI = [sys.executable, "-m", "restoreprof"]
 
 
-def cli_json(*args: str) -> dict:
-    out = subprocess.run([*CLI, *args, "--json"], capture_output=True, text=True)
+def cli_json(*args: str, env: dict | None = None) -> dict:
+    out = subprocess.run([*CLI, *args, "--json"], capture_output=True, text=True,
+                         env={**os.environ, **(env or {})})
     if out.returncode != 0:
         raise SystemExit(f"restoreprof {' '.join(args)} failed:\n{out.stderr}")
     return json.loads(out.stdout)
@@ -69,24 +72,35 @@ def step_s(result: dict, name: str) -> float:
 
 
 def restore_once(images: Path, model: HeldMemory, way: str) -> dict:
+    """One restore; plain (CRIU + the driver as they come) and a way ending in "-nolazy" run
+    with RESTOREPROF_LAZY_PAGES=0 (CRIU reads every page of host memory itself)."""
     served_before = _hot_served()
     start = time.monotonic()
-    result = cli_json("restore", "-D", str(images))
+    result = cli_json("restore", "-D", str(images),
+                      env={"RESTOREPROF_LAZY_PAGES": "0"}
+                      if way == "plain" or way.endswith("-nolazy") else None)
     wall = time.monotonic() - start
     verified = model.verify()
     hot = _hot_served() > served_before
     sent = _last_send() if hot else {}
     model.stop()
+    first = min(s["start_ns"] for s in result["steps"])
+    timeline = [(s["name"], round((s["start_ns"] - first) / 1e9, 3),
+                 round((s["end_ns"] - first) / 1e9, 3)) for s in result["steps"]]
     row = {"way": way, "wall_s": round(wall, 3), "steps_total_s": round(result["total_s"], 3),
+           "timeline": timeline,
            "verified": verified, "served_hot": hot,
            "steps": {s["name"]: round((s["end_ns"] - s["start_ns"]) / 1e9, 3)
                      for s in result["steps"]}, "notes": result["notes"], "hot_send_s": sent}
-    print(f"{way:<5} wall {wall:6.3f} s  steps {result['total_s']:6.3f} s  "
+    print(f"{way:<12} wall {wall:6.3f} s  steps {result['total_s']:6.3f} s  "
           f"criu {step_s(result, 'criu restore'):6.3f}  "
+          f"lazy wait {step_s(result, 'lazy pages (after CRIU)'):6.3f}  "
           f"driver {step_s(result, 'GPU driver restore'):6.3f}  "
           f"data {'OK' if verified else 'MISMATCH'}"
           f"{'  (hot: ' + json.dumps(sent) + ')' if hot else ''}"
           f"{'  notes: ' + '; '.join(result['notes']) if result['notes'] else ''}", flush=True)
+    if os.environ.get("RP_TIMELINE"):  # each step's start and end, s from the first step's start
+        print("    " + ", ".join(f"{n} {a:.3f}-{b:.3f}" for n, a, b in timeline), flush=True)
     return row
 
 
@@ -125,16 +139,19 @@ class Pool:
         self.log += self.proc.communicate(timeout=120)[0]
 
 
+WAYS = ("plain", "plain-lazy", "pool", "pool-nolazy", "hot", "hot-nolazy")
+
+
 def summary(rows: list[dict]) -> list[str]:
     lines = ["| way | runs | wall s, median | wall s, min-max | steps s, median | data |",
              "| --- | --- | --- | --- | --- | --- |"]
-    for way in ("plain", "pool", "hot"):
+    for way in WAYS:
         mine = [r for r in rows if r["way"] == way]
         if not mine:
             continue
         walls = [r["wall_s"] for r in mine]
         data = "all OK" if all(r["verified"] for r in mine) else "MISMATCH"
-        if way == "hot" and not all(r["served_hot"] for r in mine):
+        if way.startswith("hot") and not all(r["served_hot"] for r in mine):
             data += " (not all served hot!)"
         lines.append(f"| {way} | {len(mine)} | {statistics.median(walls):.3f} | "
                      f"{min(walls):.3f}-{max(walls):.3f} | "
@@ -144,7 +161,7 @@ def summary(rows: list[dict]) -> list[str]:
 
 def step_medians(rows: list[dict]) -> list[str]:
     """Each step's median seconds per way (steps overlap: see each restore's start times)."""
-    ways = [w for w in ("plain", "pool", "hot") if any(r["way"] == w for r in rows)]
+    ways = [w for w in WAYS if any(r["way"] == w for r in rows)]
     names = list(dict.fromkeys(n for r in rows for n in r["steps"]))
     lines = [f"| step | {' | '.join(ways)} |", "| --- |" + " --- |" * len(ways)]
     for name in names:
@@ -193,6 +210,9 @@ def main() -> None:
     parser.add_argument("--hold-mib", type=int, default=40960,
                         help="the pool's hot budget (room for the snapshot)")
     parser.add_argument("--no-trace", action="store_true")
+    parser.add_argument("--lazy", choices=("on", "off", "both"), default="on",
+                        help="the fast ways with restoreprof's lazy page server (on), without it "
+                             "(off: ways named -nolazy), or both alternated")
     parser.add_argument("--smoke-mib", type=int, default=0,
                         help="instead of the model, a holder of this much GPU memory (tries the "
                              "script without PyTorch, e.g. on the fake driver)")
@@ -204,6 +224,7 @@ def main() -> None:
     shutil.rmtree(args.work, ignore_errors=True)
     rows: list[dict] = []
     began = time.monotonic()
+    lazy_ways = {"on": [""], "off": ["-nolazy"], "both": ["", "-nolazy"]}[args.lazy]
 
     if args.plain_repeat:
         model = start_model(args.work / "plain", args.layers, False, args.smoke_mib)
@@ -213,8 +234,9 @@ def main() -> None:
         ckpt = cli_json("checkpoint", "-p", str(model.pid), "-D", str(images))
         print(f"plain checkpoint: {ckpt['images_bytes'] / 1e9:.2f} GB of images in "
               f"{span_s(ckpt):.1f} s", flush=True)
-        for _ in range(args.plain_repeat):
-            rows.append(restore_once(images, model, "plain"))
+        plain_ways = ["plain", "plain-lazy"] if args.lazy == "both" else ["plain"]
+        for n in range(args.plain_repeat * len(plain_ways)):
+            rows.append(restore_once(images, model, plain_ways[n % len(plain_ways)]))
         shutil.rmtree(images)  # the disk holds one checkpoint of this size at a time
 
     work = args.work / "fast"
@@ -225,16 +247,16 @@ def main() -> None:
         ckpt = cli_json("checkpoint", "-p", str(model.pid), "-D", str(images))
         print(f"optimized checkpoint: {ckpt['images_bytes'] / 1e9:.2f} GB in "
               f"{span_s(ckpt):.1f} s", flush=True)
-        for _ in range(args.repeat):
-            rows.append(restore_once(images, model, "pool"))
+        for n in range(args.repeat * len(lazy_ways)):  # alternated, so that drift hits both
+            rows.append(restore_once(images, model, "pool" + lazy_ways[n % len(lazy_ways)]))
         snapshots = sorted(images.glob("gpu-*.snap"))
         for snap in snapshots:
             t0 = time.monotonic()
             held = hold_through_pool(snap)
             print(f"held hot: {snap.name}, {held['bytes'] / 1e9:.2f} GB pinned and checked in "
                   f"{time.monotonic() - t0:.1f} s", flush=True)
-        for _ in range(args.repeat):
-            rows.append(restore_once(images, model, "hot"))
+        for n in range(args.repeat * len(lazy_ways)):
+            rows.append(restore_once(images, model, "hot" + lazy_ways[n % len(lazy_ways)]))
         if not args.no_trace:
             traced = trace_hot(images, model, work / "trace")
     print("\n".join(["", f"pool log:\n{pool.log.strip()}", "", *summary(rows), "",
