@@ -80,6 +80,13 @@ def restore_once(images: Path, model: HeldMemory, way: str) -> dict:
                       env={"RESTOREPROF_LAZY_PAGES": "0"}
                       if way == "plain" or way.endswith("-nolazy") else None)
     wall = time.monotonic() - start
+    keep = os.environ.get("RP_KEEP_CRIU_LOGS")  # a folder: CRIU's log of each restore, kept
+    if keep:
+        from restoreprof.checkpoint.lock import default_work_dir
+
+        Path(keep).mkdir(parents=True, exist_ok=True)
+        shutil.copy(default_work_dir(images) / "criu-restore.log",
+                    Path(keep) / f"criu-restore-{way}-{time.monotonic_ns()}.log")
     verified = model.verify()
     hot = _hot_served() > served_before
     sent = _last_send() if hot else {}

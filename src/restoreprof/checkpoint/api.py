@@ -345,7 +345,7 @@ def _restore_locked(directory: Path, manifest: Manifest, work: Path, *, gpu_map,
     journal.data = {"directory": str(directory), "pids": criu_pids, "gpu_map": gpu_map or {},
                     "resume": [p for p in criu_pids if p not in stopped], "cuda_pids": cuda_pids}
     journal.write("checking")
-    guard = Guardian.start("restore", work, log=work / GUARDIAN_LOG)
+    guard = clock.run("start guardian", Guardian.start, "restore", work, log=work / GUARDIAN_LOG)
     check = warm = preloads = readahead = None
     try:
         if verify:

@@ -79,6 +79,11 @@ _SYS_USERFAULTFD = {"x86_64": 323, "aarch64": 282}
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.ioctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_void_p]
 _libc.ioctl.restype = ctypes.c_int
+_libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int,
+                       ctypes.c_long]
+_libc.mmap.restype = ctypes.c_void_p
+_libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+_MAP_FAILED = ctypes.c_void_p(-1).value
 
 
 class LazyPagesError(RestoreprofError):
@@ -109,9 +114,27 @@ class PagemapEntry:
     flags: int
 
 
+_parsed: dict[tuple, object] = {}  # (what, path, mtime, size) -> decoded: a pool restores one
+# checkpoint many times, and a CUDA process's images hold thousands of entries
+
+
+def _cached(what: str, path: Path, decode):
+    st = os.stat(path)
+    key = (what, str(path), st.st_mtime_ns, st.st_size, st.st_ino)
+    if key not in _parsed:
+        if len(_parsed) > 256:
+            _parsed.clear()
+        _parsed[key] = decode()
+    return _parsed[key]
+
+
 def read_pagemap(directory: Path, pid: int) -> tuple[int, list[PagemapEntry]]:
     """(pages image id, entries) of pid's pagemap-PID.img."""
     path = directory / f"pagemap-{pid}.img"
+    return _cached("pagemap", path, lambda: _decode_pagemap(path))
+
+
+def _decode_pagemap(path: Path) -> tuple[int, list[PagemapEntry]]:
     recs = criu_records.records(path.read_bytes(), criu_records.PAGEMAP_MAGIC, "pagemap")
     if not recs:
         raise ValueError(f"{path} has no header")
@@ -132,6 +155,10 @@ def read_pagemap(directory: Path, pid: int) -> tuple[int, list[PagemapEntry]]:
 def read_mappings(directory: Path, pid: int) -> list[tuple[int, int]]:
     """(start, end) of every mapping in pid's mm-PID.img, sorted."""
     path = directory / f"mm-{pid}.img"
+    return _cached("mm", path, lambda: _decode_mappings(path))
+
+
+def _decode_mappings(path: Path) -> list[tuple[int, int]]:
     recs = criu_records.records(path.read_bytes(), criu_records.MM_MAGIC, "mm")
     if not recs:
         raise ValueError(f"{path} has no entry")
@@ -160,8 +187,7 @@ class Space:
 
     pid: int
     uffd: int = -1
-    pages: mmap.mmap | None = None  # pages-ID.img, mapped: UFFDIO_COPY reads the page cache
-    base: int = 0  # its address
+    image: PagesImage | None = None  # where UFFDIO_COPY reads the bytes
     pieces: list[Piece] = field(default_factory=list)
     starts: list[int] = field(default_factory=list)
     left: int = 0  # pieces not yet in
@@ -195,6 +221,47 @@ def plan_pieces(space: Space, entries: list[PagemapEntry], mappings: list[tuple[
     space.starts = [p.start for p in space.pieces]
     space.left = len(space.pieces)
     return total
+
+
+class PagesImage:
+    """One process's lazy pieces and its pages image mapped read-only, every page of it mapped
+    in advance (MAP_POPULATE, from the page cache): prepared while CRIU starts, so the copies
+    take no fault on their source."""
+
+    def __init__(self, directory: Path, pid: int, page: int) -> None:
+        self.pid = pid
+        self.address = self.size = 0
+        pages_id, entries = read_pagemap(directory, pid)
+        self.plan = Space(pid)
+        plan_pieces(self.plan, entries, read_mappings(directory, pid), page)
+        path = directory / f"pages-{pages_id}.img"
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            self.size = os.fstat(fd).st_size
+            end = max((p.offset + p.length for p in self.plan.pieces), default=0)
+            if end > self.size:
+                raise LazyPagesError(f"{path} holds {self.size} bytes; its pagemap needs {end}")
+            if self.size:
+                address = _libc.mmap(None, self.size, mmap.PROT_READ,
+                                     mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0x8000), fd, 0)
+                if address in (None, _MAP_FAILED):
+                    raise LazyPagesError(f"mmap of {path}: {os.strerror(ctypes.get_errno())}")
+                self.address = address
+        finally:
+            os.close(fd)
+
+    def space(self, uffd: int) -> Space:
+        """A fresh Space for this process's descriptor (pieces copied: a plan serves once)."""
+        space = Space(self.pid, uffd, image=self)
+        space.pieces = [Piece(space, p.start, p.length, p.offset) for p in self.plan.pieces]
+        space.starts = [p.start for p in space.pieces]
+        space.left = len(space.pieces)
+        return space
+
+    def close(self) -> None:
+        if self.address:
+            _libc.munmap(self.address, self.size)
+            self.address = 0
 
 
 def why_not(directory: Path) -> str | None:
@@ -281,6 +348,8 @@ class LazyPages:
         self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
         self._listener: socket.socket | None = None
         self._threads: list[threading.Thread] = []
+        self._images: dict[int, PagesImage] = {}  # by PID, prepared ahead
+        self._prepared = threading.Event()
 
     # the restore's side
 
@@ -291,6 +360,7 @@ class LazyPages:
         self._listener.bind(self._socket_address(path))
         os.chmod(path, 0o600)
         self._listener.listen(1)
+        self._spawn("lazy-prepare", self._prepare)
         self._spawn("lazy-intake", self._intake)
         self._spawn("lazy-faults", self._serve_faults)
         for n in range(self.threads):
@@ -334,12 +404,9 @@ class LazyPages:
                 if s.uffd >= 0:
                     os.close(s.uffd)  # the kernel hands the memory back to ordinary faults
                 s.uffd = -1
-            if s.pages is not None:
-                s.base = 0
-                try:
-                    s.pages.close()
-                except BufferError:  # a ctypes view still refers to it: it goes with the object
-                    pass
+        self._prepared.wait(timeout=10)
+        for image in self._images.values():
+            image.close()
         os.close(self._wake_r)
         os.close(self._wake_w)
         (self.work_dir / SOCKET_NAME).unlink(missing_ok=True)
@@ -449,28 +516,27 @@ class LazyPages:
             data += part
         return data
 
+    def _prepare(self) -> None:
+        """Every process's plan and mapped pages image, before CRIU hands over descriptors."""
+        try:
+            for pid in pstree.pids(self.directory):
+                if self._stopping():
+                    return
+                if (self.directory / f"pagemap-{pid}.img").exists():  # a zombie has none
+                    self._images[pid] = PagesImage(self.directory, pid, self.page)
+        finally:
+            self._prepared.set()
+
     def _add_space(self, pid: int, uffd: int) -> None:
         try:
-            self._plan_space(Space(pid, uffd))
+            self._prepared.wait()
+            image = self._images.get(pid)
+            if image is None:  # not in pstree.img (or the preparation failed): fail, say why
+                image = self._images[pid] = PagesImage(self.directory, pid, self.page)
+            space = image.space(uffd)
         except BaseException:
             os.close(uffd)  # a process waiting on a descriptor nobody serves would hang CRIU
             raise
-
-    def _plan_space(self, space: Space) -> None:
-        pid, uffd = space.pid, space.uffd
-        pages_id, entries = read_pagemap(self.directory, pid)
-        mappings = read_mappings(self.directory, pid)
-        plan_pieces(space, entries, mappings, self.page)
-        path = self.directory / f"pages-{pages_id}.img"
-        with open(path, "rb") as f:
-            size = os.fstat(f.fileno()).st_size
-            end = max((p.offset + p.length for p in space.pieces), default=0)
-            if end > size:
-                raise LazyPagesError(f"{path} holds {size} bytes; its pagemap needs {end}")
-            if size:  # private and writable only so that ctypes can take its address: never written
-                space.pages = mmap.mmap(f.fileno(), size, flags=mmap.MAP_PRIVATE,
-                                        prot=mmap.PROT_READ | mmap.PROT_WRITE)
-                space.base = ctypes.addressof(ctypes.c_char.from_buffer(space.pages))
         with self._lock:
             if self._stopping():  # failed or closed: this process must not wait on us
                 raise LazyPagesError("stopped")
@@ -505,7 +571,7 @@ class LazyPages:
         space = piece.space
         done = 0
         while done < piece.length:
-            op = _Copy(piece.start + done, space.base + piece.offset + done,
+            op = _Copy(piece.start + done, space.image.address + piece.offset + done,
                        piece.length - done, 0, 0)
             if _libc.ioctl(space.uffd, UFFDIO_COPY, ctypes.addressof(op)) == 0:
                 break
