@@ -62,18 +62,28 @@ def test_a_tree_comes_back_bit_exact_through_the_page_server(tree_checkpoint, tm
 
 
 @needs_uffd
+@pytest.mark.parametrize("where", ["first copy", "sixth copy", "image preparation"])
 def test_a_failing_page_server_falls_back_to_criu_reading_every_page(tree_checkpoint, tmp_path,
-                                                                     monkeypatch):
+                                                                     monkeypatch, where):
+    """Wherever the server fails (before CRIU registers the memory, half way, or before it
+    knows the pages), CRIU is not left hanging on a fault, the processes that never ran are
+    killed, and CRIU restores them again, bit-exact."""
     root, children, images = tree_checkpoint
-    real_copy, calls = lazy_pages.LazyPages._copy, []
-
-    def copy_then_fail(self, piece):
-        calls.append(piece.start)
-        if len(calls) > 5:  # some pages in, then the server breaks down
+    if where == "image preparation":
+        def broken(*args, **kwargs):
             raise lazy_pages.LazyPagesError("injected failure")
-        return real_copy(self, piece)
+        monkeypatch.setattr(lazy_pages, "PagesImage", broken)
+    else:
+        real_copy, calls = lazy_pages.LazyPages._copy, []
+        fail_after = 0 if where == "first copy" else 5
 
-    monkeypatch.setattr(lazy_pages.LazyPages, "_copy", copy_then_fail)
+        def copy_then_fail(self, piece):
+            calls.append(piece.start)
+            if len(calls) > fail_after:
+                raise lazy_pages.LazyPagesError("injected failure")
+            return real_copy(self, piece)
+
+        monkeypatch.setattr(lazy_pages.LazyPages, "_copy", copy_then_fail)
     result = _restore_and_verify(_copy(images, tmp_path / "c"), root, children)
     names = [s.name for s in result.steps]
     assert "criu restore (every page)" in names and LAZY_STEP not in names

@@ -355,7 +355,8 @@ def _restore_locked(directory: Path, manifest: Manifest, work: Path, *, gpu_map,
         warm = gpu.start_prewarm(optimizer, clock) if cuda_pids else None
         # Offloaded GPU memory is loaded here meanwhile, for each process to adopt once it is
         # back; a GPU remap changes devices, so then the processes reload it themselves.
-        preloads = gpu.start_preloads(manifest, directory, optimizer, clock) \
+        preloads = clock.run("start preloads", gpu.start_preloads, manifest, directory,
+                             optimizer, clock) \
             if cuda_pids and optimizer.preload and optimizer.parallel and not pairs else None
         # The image check reads every image; read-ahead helps only where it was skipped.
         readahead = _start_readahead(directory, optimizer) if not verify else None
@@ -407,10 +408,10 @@ def _criu_restore(directory: Path, work: Path, manifest: Manifest, criu_args: li
     restores them again reading every page itself. Returns (root PID, interrupted)."""
     server = None
     if optimizer.lazy_pages:
-        why = lazy_pages.why_not(directory)
+        why = clock.run("check lazy pages", lazy_pages.why_not, directory)
         if why is None:
             server = lazy_pages.LazyPages(directory, work, threads=lazy_pages.default_threads())
-            server.start()
+            clock.run("start lazy page server", server.start)
         elif why.startswith(("userfaultfd", "the page images")):
             notes.append(f"lazy pages not used: {why}")
     try:

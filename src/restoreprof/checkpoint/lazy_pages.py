@@ -365,8 +365,6 @@ class LazyPages:
         self._spawn("lazy-faults", self._serve_faults)
         for n in range(self.threads):
             self._spawn(f"lazy-copy-{n}", self._copy_loop)
-        self._workers = list(self._threads)
-        self._spawn("lazy-release", self._release_on_failure)
         return self
 
     def wait(self) -> LazyStats:
@@ -439,23 +437,6 @@ class LazyPages:
         if not self._closed:
             os.write(self._wake_w, b"x")
 
-    def _release_on_failure(self) -> None:
-        """After a failure, close every descriptor at once: a process (CRIU's restorer still
-        inside it) blocked on a page fault nobody will serve then goes on, on zero pages, and
-        CRIU finishes; the restore kills the processes before they run (they never did)."""
-        with self._lock:
-            while self.error is None and not self._closed and not self._complete():
-                self._lock.wait(timeout=1.0)
-            if self.error is None:
-                return
-        for t in self._workers:
-            t.join(timeout=10)
-        with self._lock:
-            for space in self.spaces:
-                if space.uffd >= 0:
-                    os.close(space.uffd)
-                    space.uffd = -1
-
     def _complete(self) -> bool:
         return self._finished and all(s.left == 0 for s in self.spaces)
 
@@ -465,7 +446,7 @@ class LazyPages:
     def _intake(self) -> None:
         """Take CRIU's connection, then each process's PID and descriptor."""
         assert self._listener is not None
-        while not self._stopping():
+        while not self._closed:
             ready, _, _ = select.select([self._listener, self._wake_r], [], [], 1.0)
             if self._listener in ready:
                 break
@@ -474,11 +455,11 @@ class LazyPages:
         client, _ = self._listener.accept()
         client.settimeout(0.5)  # so that a stop is seen while CRIU is silent
         with client:
-            while not self._stopping():
+            while not self._closed:  # after a failure too: each descriptor must be served
                 head = self._recv_exact(client, 4)
                 if head is None:
                     with self._lock:
-                        if not self._stopping():
+                        if not self._closed and not self._finished:
                             self._fail("CRIU closed the connection before the restore finished")
                     return
                 (value,) = struct.unpack("<i", head)
@@ -496,7 +477,7 @@ class LazyPages:
                         _, fds, _, _ = socket.recv_fds(client, 1, 1)
                         break
                     except TimeoutError:
-                        if self._stopping():
+                        if self._closed:
                             return
                 if not fds:
                     raise LazyPagesError(f"CRIU sent PID {value} without its userfaultfd")
@@ -508,7 +489,7 @@ class LazyPages:
             try:
                 part = sock.recv(n - len(data))
             except TimeoutError:
-                if self._stopping():
+                if self._closed:
                     return None
                 continue
             if not part:
@@ -534,17 +515,17 @@ class LazyPages:
             if image is None:  # not in pstree.img (or the preparation failed): fail, say why
                 image = self._images[pid] = PagesImage(self.directory, pid, self.page)
             space = image.space(uffd)
-        except BaseException:
-            os.close(uffd)  # a process waiting on a descriptor nobody serves would hang CRIU
-            raise
+        except Exception as exc:  # noqa: BLE001 - served with zero pages until the end (below)
+            space = Space(pid, uffd)
+            with self._lock:
+                self._fail(f"PID {pid}: {exc}")
         with self._lock:
-            if self._stopping():  # failed or closed: this process must not wait on us
-                raise LazyPagesError("stopped")
             if not self.stats.first_ns:
                 self.stats.first_ns = time.monotonic_ns()
             self.spaces.append(space)
             self.stats.processes += 1
-            self._waiting.extend(space.pieces)
+            if self.error is None:
+                self._waiting.extend(space.pieces)
             self._lock.notify_all()
         if not self._closed:
             os.write(self._wake_w, b"x")  # the fault thread polls the new descriptor
@@ -620,17 +601,28 @@ class LazyPages:
 
     def _serve_faults(self) -> None:
         """Read every descriptor's messages: serve page faults first; any change to the
-        mappings fails the lazy restore (see the module's doc)."""
+        mappings fails the lazy restore (see the module's doc).
+
+        After a failure this goes on until close(), every fault answered with a zero page:
+        CRIU's restorer holds its own reference to each descriptor until it ends, so a fault
+        left unanswered would hang CRIU, and closing ours would not release it. CRIU then
+        finishes, and the restore kills the processes, which never ran, and restores again."""
         poller = select.epoll()
         poller.register(self._wake_r, select.EPOLLIN)
         watched: set[int] = set()
         try:
-            while not self._stopping():
+            while not self._closed:
                 with self._lock:
                     new = [s for s in self.spaces if s.uffd >= 0 and s.uffd not in watched]
+                    spaces = list(self.spaces)
                 for s in new:
                     poller.register(s.uffd, select.EPOLLIN)
                     watched.add(s.uffd)
+                if self.error is not None:  # a fault read before the failure, on a piece that
+                    for s in spaces:       # will never come, sleeps: it faults again, on zeros
+                        if s.pieces and s.uffd >= 0:
+                            last = s.pieces[-1]
+                            self._wake(s, s.pieces[0].start, last.start + last.length)
                 for fd, _ in poller.poll(0.5):
                     if fd == self._wake_r:
                         try:
@@ -646,16 +638,28 @@ class LazyPages:
     def _read_messages(self, space: Space) -> None:
         try:
             data = os.read(space.uffd, MSG_BYTES * 64)
-        except BlockingIOError:
+        except (BlockingIOError, InterruptedError):
             return
         for pos in range(0, len(data) - MSG_BYTES + 1, MSG_BYTES):
             event = data[pos]
             if event != EVENT_PAGEFAULT:
-                raise LazyPagesError(
-                    f"PID {space.pid} changed its memory map ({_EVENT_NAMES.get(event, event)}) "
-                    "while its pages were being restored")
+                if event == EVENT_FORK:  # the child's descriptor, now ours: closing it lets
+                    os.close(struct.unpack_from("<I", data, pos + 8)[0])  # the child go on
+                with self._lock:
+                    self._fail(f"PID {space.pid} changed its memory map "
+                               f"({_EVENT_NAMES.get(event, event)}) while its pages were being "
+                               "restored")
+                continue
             (fault,) = struct.unpack_from("<Q", data, pos + 16)
-            self._serve_fault(space, fault & ~(self.page - 1))
+            page = fault & ~(self.page - 1)
+            try:
+                if self.error is None:
+                    self._serve_fault(space, page)
+                    continue
+            except Exception as exc:  # noqa: BLE001 - the fault is answered all the same
+                with self._lock:
+                    self._fail(f"serving a page fault in PID {space.pid}: {exc}")
+            self._zero_or_wake(space, page)
 
     def _serve_fault(self, space: Space, page: int) -> None:
         with self._lock:
@@ -667,20 +671,25 @@ class LazyPages:
         if mine:
             self._copy(piece)  # the copy wakes the faulting thread
         elif piece is None:
-            op = _Zero(page, self.page, 0, 0)
-            if _libc.ioctl(space.uffd, UFFDIO_ZEROPAGE, ctypes.addressof(op)) == 0:
-                with self._lock:
-                    self.stats.zero_pages += 1
-            elif ctypes.get_errno() == errno.EEXIST:
-                self._wake(space, page)
-            else:
+            if not self._zero_or_wake(space, page):
                 raise LazyPagesError(f"UFFDIO_ZEROPAGE at {page:#x} in PID {space.pid}: "
                                      f"{os.strerror(ctypes.get_errno())}")
         elif piece.state == 2:
             self._wake(space, page)  # in already: a fault read after the copy woke it
         # state 1: the thread copying it wakes the fault when it is done
 
-    def _wake(self, space: Space, page: int) -> None:
-        wake = _Range(page, self.page)
+    def _zero_or_wake(self, space: Space, page: int) -> bool:
+        """A zero page at page (memory the process never had, or after a failure); a page
+        already there is only woken. False when neither worked."""
+        op = _Zero(page, self.page, 0, 0)
+        if _libc.ioctl(space.uffd, UFFDIO_ZEROPAGE, ctypes.addressof(op)) == 0:
+            with self._lock:
+                self.stats.zero_pages += 1
+            return True
+        self._wake(space, page)
+        return ctypes.get_errno() == errno.EEXIST
+
+    def _wake(self, space: Space, page: int, end: int = 0) -> None:
+        wake = _Range(page, (end or page + self.page) - page)
         _libc.ioctl(space.uffd, UFFDIO_WAKE, ctypes.addressof(wake))
 
