@@ -5,6 +5,7 @@ off."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 from pathlib import Path
 
@@ -107,3 +108,60 @@ def test_small_or_incremental_images_are_left_to_criu(tree_checkpoint, tmp_path,
     assert lazy_pages.why_not(images) is None
     monkeypatch.setattr(lazy_pages, "MIN_LAZY_BYTES", 1 << 40)
     assert "MiB of lazy pages" in lazy_pages.why_not(images)
+
+
+@needs_uffd
+def test_a_restore_whose_page_server_died_is_ended_by_its_recovery(tmp_path):
+    """The command dies while CRIU restores with lazy pages: CRIU's restorer, which keeps its
+    own userfaultfd, waits forever on its first fault. The guardian's recovery kills the
+    processes (they never ran), which ends CRIU, instead of waiting for it."""
+    import socket
+    import threading
+    import time
+
+    from restoreprof.checkpoint import criu, recovery
+    from restoreprof.checkpoint.journal import restore_journal
+
+    w = HeldMemory.start(tmp_path / "state", 96)
+    images = checkpoint(w.pid, tmp_path / "images").directory
+    work = tmp_path / "work"
+    work.mkdir()
+    # a server that takes CRIU's descriptors and never answers a fault (what a dead
+    # restoreprof leaves: the restorer's own descriptor keeps every fault waiting)
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(work / lazy_pages.SOCKET_NAME))
+    listener.listen(1)
+    held: list = []
+
+    def take_and_hold():
+        client, _ = listener.accept()
+        held.append(client)
+        client.recv(4)
+        held.append(socket.recv_fds(client, 1, 1)[1])
+
+    threading.Thread(target=take_and_hold, daemon=True).start()
+    outcome: dict = {}
+
+    def run_criu():
+        try:
+            outcome["result"] = criu.restore(images, work, shell_job=False,
+                                             extra=["--lazy-pages"],
+                                             on_start=lambda pid: outcome.update(pid=pid))
+        except Exception as exc:  # noqa: BLE001 - CRIU fails once its tasks are killed
+            outcome["error"] = exc
+
+    runner = threading.Thread(target=run_criu, daemon=True)
+    runner.start()
+    time.sleep(3)
+    assert runner.is_alive(), f"CRIU did not wait on the unanswered fault: {outcome}"
+    journal = restore_journal(work)
+    journal.data = {"directory": str(images), "pids": [w.pid], "lazy_pages": True,
+                    "criu_pid": outcome["pid"]}
+    journal.write("criu")
+    started = time.monotonic()
+    said = recovery.recover_restore_locked(journal, abort=False)
+    runner.join(timeout=30)
+    assert not runner.is_alive() and time.monotonic() - started < 30
+    assert "killed the restored processes" in said
+    assert not os.path.exists(f"/proc/{w.pid}") or not w.alive()
+    listener.close()

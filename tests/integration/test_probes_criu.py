@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -51,12 +52,17 @@ def test_criu_restore_preadv_bytes_match_pages(dumped):
     assert report["lost_events"] == 0
 
 
-def test_trace_cli_restore_dir_marks_and_phase_order(tmp_path, restoreprof_cli):
+@pytest.mark.parametrize("lazy", [False, True], ids=["criu reads", "lazy pages"])
+def test_trace_cli_restore_dir_marks_and_phase_order(tmp_path, restoreprof_cli, lazy):
+    """The restore's page reads inside CRIU's step (CRIU reading every page), or, with
+    restoreprof's lazy page server, CRIU's few reads and the server's copies: either way the
+    CPU memory restore is every byte of the page images."""
     holder = HeldMemory.start(tmp_path / "state", 64)
     try:
         result = checkpoint(holder.pid, tmp_path / "ckpt")
         out = restoreprof_cli("trace", "--restore", str(result.directory), "-o",
-                              str(tmp_path / "out"))
+                              str(tmp_path / "out"),
+                              env={**os.environ, "RESTOREPROF_LAZY_PAGES": str(int(lazy))})
         assert out.returncode == 0, out.stderr
         assert out.stdout.splitlines()[0].startswith("Tracing ")
         summary = out.stdout.splitlines()[1:-1]   # between "Tracing ..." and "wrote ..."
@@ -64,16 +70,23 @@ def test_trace_cli_restore_dir_marks_and_phase_order(tmp_path, restoreprof_cli):
         assert holder.alive() and holder.verify()
         report = json.loads((tmp_path / "out" / "report.json").read_text())
         pages = _pages_bytes(result.directory)
-        assert abs(report["io"]["preadv"]["bytes"] - pages) <= pages / 100
         marks = [e for e in _events(tmp_path / "out") if e.kind == "mark"]
         by_name = {m.name: m for m in marks}
         assert by_name["verify images"].end_ns <= by_name["criu restore"].start_ns
         assert by_name["verify page images"].end_ns <= by_name["resume processes"].start_ns
         criu_step = next(m for m in marks if m.name == "criu restore")
         cpu = next(p for p in report["phases"] if p["name"] == "cpu memory restore")
-        # the page reads happen inside CRIU's step
-        assert criu_step.start_ns <= cpu["start_ns"] <= cpu["end_ns"] <= criu_step.end_ns
         assert abs(cpu["bytes"] - pages) <= pages / 100
+        if not lazy:  # the page reads happen inside CRIU's step
+            assert abs(report["io"]["preadv"]["bytes"] - pages) <= pages / 100
+            assert criu_step.start_ns <= cpu["start_ns"] <= cpu["end_ns"] <= criu_step.end_ns
+        else:  # CRIU reads what is not lazy; the server copies the rest, until it is all in
+            served = by_name["host memory, lazy pages (overlapped)"]
+            assert served.bytes >= 64 << 20
+            assert abs(report["io"]["preadv"]["bytes"] + served.bytes - pages) <= pages / 100
+            assert criu_step.start_ns <= cpu["start_ns"] and cpu["end_ns"] == max(
+                served.end_ns, by_name["lazy pages (after CRIU)"].end_ns)
+            assert served.end_ns <= by_name["resume processes"].start_ns
         starts = [p["start_ns"] for p in report["phases"] if p["name"] != "other"]
         assert starts == sorted(starts)
         for name in ("trace.json", "flame.folded", "flame.svg", "speedscope.json",

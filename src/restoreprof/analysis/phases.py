@@ -32,7 +32,7 @@ _CRIU_RESTORE_MARK = re.compile(r"criu restore", re.IGNORECASE)
 _GPU_RESTORE_MARK = re.compile(r"gpu restore|cuda restore", re.IGNORECASE)
 # restoreprof's own page server (checkpoint/lazy_pages.py) brings the host memory back with
 # UFFDIO_COPY, not reads: its steps are the CPU memory restore
-_LAZY_PAGES_MARK = re.compile(r"lazy pages", re.IGNORECASE)
+_LAZY_PAGES_MARK = re.compile(r"^(host memory, lazy pages|lazy pages \(after CRIU\))", re.IGNORECASE)
 
 
 def wall_bounds(events: list[Event]) -> tuple[int, int]:
@@ -87,7 +87,7 @@ def phase_events(events: list[Event]) -> dict[str, list[tuple[int, int, int]]]:
     for e in events:
         name = classify(e)
         if name != OTHER:
-            nbytes = e.bytes if e.kind != MARK else 0
+            nbytes = e.bytes  # a mark's: what its step says it moved (lazy pages), else 0
             out[name].append((e.start_ns, e.start_ns + transfer_ns(e), nbytes))
     return out
 

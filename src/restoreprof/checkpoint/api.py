@@ -415,7 +415,8 @@ def _criu_restore(directory: Path, work: Path, manifest: Manifest, criu_args: li
         elif why.startswith(("userfaultfd", "the page images")):
             notes.append(f"lazy pages not used: {why}")
     try:
-        journal.write("criu")
+        # a guardian must know: a CRIU whose page server died waits forever on the first fault
+        journal.write("criu", lazy_pages=server is not None)
         root, interrupted = clock.run(
             "criu restore", criu.restore, directory, work, shell_job=manifest.shell_job,
             extra=criu_args + (["--lazy-pages"] if server else []),
@@ -425,7 +426,8 @@ def _criu_restore(directory: Path, work: Path, manifest: Manifest, criu_args: li
         waited_ns = time.monotonic_ns()
         stats = server.wait()
         clock.add("lazy pages (after CRIU)", waited_ns, time.monotonic_ns())
-        clock.add("host memory, lazy pages (overlapped)", stats.first_ns, stats.done_ns)
+        clock.add("host memory, lazy pages (overlapped)", stats.first_ns, stats.done_ns,
+                  nbytes=stats.bytes)
         return root, interrupted
     except RestoreprofError as exc:
         if server is None:
@@ -436,7 +438,7 @@ def _criu_restore(directory: Path, work: Path, manifest: Manifest, criu_args: li
         why = server.error or exc.message.splitlines()[0]  # the server's failure makes CRIU's
         notes.append(f"the lazy page restore failed ({why}); CRIU restored every page itself "
                      "instead")
-        journal.write("criu")
+        journal.write("criu", lazy_pages=False)
         return clock.run(
             "criu restore (every page)", criu.restore, directory, work,
             shell_job=manifest.shell_job, extra=criu_args,

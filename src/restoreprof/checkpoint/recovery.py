@@ -221,6 +221,11 @@ def recover_restore_locked(journal: Journal, abort: bool) -> str:
     data = journal.data
     pids = [int(p) for p in data.get("pids", [])]
     if journal.phase == "criu":
+        if data.get("lazy_pages"):
+            # The command's lazy page server died with it, and CRIU's restorer, which holds its
+            # own userfaultfd, waits forever on its first fault. Its processes never ran:
+            # killing them ends CRIU, as it ends any CRIU whose tasks die.
+            kill_unrun(pids)
         wait_criu(data.get("criu_pid"), "restore", Path(data.get("directory", "/")))
     if journal.phase in ("criu", "restored") or (abort and journal.phase in ("verified", "gpu")):
         kill_unrun(pids)

@@ -29,6 +29,7 @@ class Step:
     start_ns: int
     end_ns: int
     pid: int | None = None
+    bytes: int = 0  # what the step moved, where it says (the lazy page server's copies)
 
     @property
     def seconds(self) -> float:
@@ -64,8 +65,9 @@ class StepClock:
         # taken now: steps run on pool threads, which do not see the caller's context
         self.observer = observer if observer is not None else _current_observer.get()
 
-    def add(self, name: str, start_ns: int, end_ns: int, pid: int | None = None) -> None:
-        step = Step(name, start_ns, end_ns, pid)
+    def add(self, name: str, start_ns: int, end_ns: int, pid: int | None = None,
+            nbytes: int = 0) -> None:
+        step = Step(name, start_ns, end_ns, pid, nbytes)
         with self._lock:
             self.steps.append(step)
         self._tell("step_finished", step)

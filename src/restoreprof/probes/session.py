@@ -309,7 +309,7 @@ def step_marks(steps: list[dict], pid: int) -> list[Event]:
     marks = []
     for step in steps:
         event = Event(MARK, step["name"], pid, pid, int(step["start_ns"]), int(step["end_ns"]),
-                      path=step["name"])
+                      bytes=int(step.get("bytes") or 0), path=step["name"])
         if step.get("pid"):
             event.extra = {"step_pid": step["pid"]}
         marks.append(event)
