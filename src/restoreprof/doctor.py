@@ -222,35 +222,6 @@ def _lazy_pages() -> Check:
     return lazy_pages_check(userfaultfd_works(), OptimizerConfig.load().lazy_pages)
 
 
-def run_dir_check(fstype: str) -> Check:
-    """CRIU keeps what it probed of the kernel in /run/criu.kdat only on a tmpfs (it must not
-    outlive a reboot); elsewhere every CRIU run probes again: 0.08 s of each `criu restore` on
-    the H200 machine, whose /run is on its root ext4 (benchmarks/RESULTS.md, sixth session)."""
-    if fstype == "tmpfs":
-        return Check("/run on tmpfs", True, "CRIU keeps its kernel probe cache", required=False)
-    return Check("/run on tmpfs", None,
-                 f"/run is on {fstype or 'an unknown filesystem'}: CRIU probes the kernel again "
-                 "on every run (about 0.08 s of each restore)",
-                 "mount a tmpfs on /run at boot, as systemd does", required=False)
-
-
-def mount_fstype(path: str, mounts: str) -> str:
-    """The filesystem type of the mount that holds path, from /proc/mounts' text."""
-    best, fstype = "", ""
-    for line in mounts.splitlines():
-        fields = line.split()
-        if len(fields) < 3:
-            continue
-        point = fields[1].replace("\\040", " ")
-        if (path == point or path.startswith(point.rstrip("/") + "/")) and len(point) >= len(best):
-            best, fstype = point, fields[2]
-    return fstype
-
-
-def _run_dir() -> Check:
-    return run_dir_check(mount_fstype("/run", Path("/proc/mounts").read_text()))
-
-
 def _thp() -> Check:
     try:
         return transparent_hugepages(THP_ENABLED.read_text())
@@ -350,7 +321,6 @@ def diagnose() -> Report:
     report.checks += _guarded("tracefs", _tracefs)
     report.checks += _guarded("CRIU", _criu)
     report.checks += _guarded("lazy pages", _lazy_pages)
-    report.checks += _guarded("/run on tmpfs", _run_dir)
     report.checks += _guarded("transparent huge pages", _thp)
     try:
         cuda_checks, report.gpus = _cuda()
