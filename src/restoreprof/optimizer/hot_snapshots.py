@@ -85,6 +85,10 @@ def _library() -> ctypes.CDLL:
                                       ctypes.c_char_p, ctypes.c_size_t]
         lib.rp_hot_free.restype = None
         lib.rp_hot_free.argtypes = [ctypes.POINTER(HotBuffer), ctypes.c_long]
+        lib.rp_hot_free_cancelled.restype = ctypes.c_long
+        lib.rp_hot_free_cancelled.argtypes = []
+        lib.rp_hot_cancelled_bytes.restype = ctypes.c_ulonglong
+        lib.rp_hot_cancelled_bytes.argtypes = []
         lib.rp_snapshot_preload_hot.restype = ctypes.c_long
         lib.rp_snapshot_preload_hot.argtypes = [
             ctypes.c_char_p, ctypes.c_long, ctypes.POINTER(HotBuffer), ctypes.c_long,
@@ -298,9 +302,10 @@ class HotSnapshots:
     @contextlib.contextmanager
     def restoring(self) -> Iterator[int]:
         """A restore being served: every auto-hold intake under way is cancelled at once (its
-        thread frees what it pinned within one record's pinning or one piece, never waited for
-        here), and none starts until the last restore ends; then the cancelled and the offered
-        ones are taken in. Yields how many intakes were told to stop."""
+        thread stops within one record's pinning or one piece, never waited for here, and
+        keeps what it pinned aside: unpinning holds the driver's locks), and none starts until
+        the last restore ends; then what the cancelled ones pinned is freed, and they and the
+        offered ones are taken in. Yields how many intakes were told to stop."""
         with self._lock:
             self._restores += 1
             for token in self._cancels.values():
@@ -311,9 +316,12 @@ class HotSnapshots:
         finally:
             with self._lock:
                 self._restores -= 1
-                waiting = self._waiting if self._restores == 0 else {}
-                if self._restores == 0:
+                last = self._restores == 0
+                waiting = self._waiting if last else {}
+                if last:
                     self._waiting = {}
+            if last:
+                _library().rp_hot_free_cancelled()
             for own, name in waiting.values():
                 try:
                     self.offer(own, name)
@@ -437,7 +445,9 @@ class HotSnapshots:
         taken in), the budget, and each snapshot."""
         with self._lock:
             return {"budget_bytes": self.budget_bytes, "held_bytes": self.held_bytes(),
-                    "intake_bytes": self._reserved_bytes, "auto_hold": self.auto_hold,
+                    # being taken in, and kept by cancelled intakes until the restore is over
+                    "intake_bytes": self._reserved_bytes + _library().rp_hot_cancelled_bytes(),
+                    "auto_hold": self.auto_hold,
                     "evictions": self.evictions, "refused": self.refused,
                     "intakes_cancelled": self.intakes_cancelled,
                     "intakes_waiting": len(self._waiting),
@@ -457,6 +467,7 @@ class HotSnapshots:
         deadline = time.monotonic() + timeout_s
         for thread in list(self._intakes):
             thread.join(max(0.0, deadline - time.monotonic()))
+        _library().rp_hot_free_cancelled()  # what the intakes told to stop had pinned
         with self._lock:
             for hot in self._held.values():
                 self._retire(hot)
