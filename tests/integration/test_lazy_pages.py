@@ -147,7 +147,7 @@ def test_a_restore_whose_page_server_died_is_ended_by_its_recovery(tmp_path):
             outcome["result"] = criu.restore(images, work, shell_job=False,
                                              extra=["--lazy-pages"],
                                              on_start=lambda pid: outcome.update(pid=pid))
-        except Exception as exc:  # noqa: BLE001 - CRIU fails once its tasks are killed
+        except Exception as exc:  # CRIU fails once its tasks are killed
             outcome["error"] = exc
 
     runner = threading.Thread(target=run_criu, daemon=True)

@@ -274,7 +274,7 @@ def test_the_lazy_page_servers_steps_are_the_cpu_memory_restore():
                 bytes=1 << 30),
           Event(MARK, "lazy pages (after CRIU)", 1, 1, 200 * MS, 320 * MS),
           Event(MARK, "GPU restore", 1, 1, 320 * MS, 600 * MS, path="GPU restore")]
-    result, critical, wall_ns = phases(ev)
+    result, critical, _ = phases(ev)
     cpu = next(p for p in result if p["name"] == CPU_MEMORY)
     assert (cpu["start_ns"], cpu["end_ns"]) == (50 * MS, 320 * MS)
     assert dict((c["phase"], c["ns"]) for c in critical)[CPU_MEMORY] == 270 * MS

@@ -45,8 +45,9 @@ def test_pagemap_and_mappings_are_read_as_criu_writes_them(tmp_path):
     assert entries == [PagemapEntry(0x10000, 4, PE_PRESENT | PE_LAZY),
                        PagemapEntry(0x20000, 1 << 33, PE_PRESENT),
                        PagemapEntry(0x30000, 2, PE_PARENT)]
-    vma = lambda start, end: _field(14, _field(1, start) + _field(2, end) + _field(3, 0)
-                                    + _field(6, 0x22))
+    def vma(start: int, end: int) -> bytes:
+        return _field(14, _field(1, start) + _field(2, end) + _field(3, 0) + _field(6, 0x22))
+
     (tmp_path / "mm-7.img").write_bytes(_image(
         criu_records.MM_MAGIC, _field(1, 0x400000) + vma(0x30000, 0x40000) + vma(0x10000, 0x20000)))
     assert lazy_pages.read_mappings(tmp_path, 7) == [(0x10000, 0x20000), (0x30000, 0x40000)]

@@ -32,6 +32,7 @@ a failure, not something to follow.
 from __future__ import annotations
 
 import bisect
+import contextlib
 import ctypes
 import errno
 import mmap
@@ -440,7 +441,7 @@ class LazyPages:
     def _guarded(self, target) -> None:
         try:
             target()
-        except Exception as exc:  # noqa: BLE001 - any failure stops the lazy restore
+        except Exception as exc:  # any failure stops the lazy restore
             with self._lock:
                 self._fail(f"{threading.current_thread().name}: {type(exc).__name__}: {exc}")
 
@@ -529,7 +530,7 @@ class LazyPages:
             if image is None:  # not in pstree.img (or the preparation failed): fail, say why
                 image = self._images[pid] = PagesImage(self.directory, pid, self.page)
             space = image.space(uffd)
-        except Exception as exc:  # noqa: BLE001 - served with zero pages until the end (below)
+        except Exception as exc:  # served with zero pages until the end (below)
             space = Space(pid, uffd)
             with self._lock:
                 self._fail(f"PID {pid}: {exc}")
@@ -639,10 +640,8 @@ class LazyPages:
                             self._wake(s, s.pieces[0].start, last.start + last.length)
                 for fd, _ in poller.poll(0.5):
                     if fd == self._wake_r:
-                        try:
+                        with contextlib.suppress(BlockingIOError):
                             os.read(self._wake_r, 4096)
-                        except BlockingIOError:
-                            pass
                         continue
                     space = next(s for s in self.spaces if s.uffd == fd)
                     self._read_messages(space)
@@ -670,7 +669,7 @@ class LazyPages:
                 if self.error is None:
                     self._serve_fault(space, page)
                     continue
-            except Exception as exc:  # noqa: BLE001 - the fault is answered all the same
+            except Exception as exc:  # the fault is answered all the same
                 with self._lock:
                     self._fail(f"serving a page fault in PID {space.pid}: {exc}")
             self._zero_or_wake(space, page)
