@@ -63,6 +63,20 @@ def test_a_tree_comes_back_bit_exact_through_the_page_server(tree_checkpoint, tm
 
 
 @needs_uffd
+def test_a_work_folder_too_long_for_a_socket_name_is_served_and_leaves_no_descriptor(
+        tree_checkpoint, tmp_path):
+    """A unix socket's name holds 108 bytes: a longer work folder is bound through a descriptor
+    of the folder, closed with the server."""
+    root, children, images = tree_checkpoint
+    work = tmp_path / ("w" * 60) / ("x" * 60)
+    assert len(str(work / lazy_pages.SOCKET_NAME)) > 108
+    before = len(os.listdir("/proc/self/fd"))
+    result = _restore_and_verify(images, root, children, work_dir=work)
+    assert LAZY_STEP in [s.name for s in result.steps] and not result.notes, result.notes
+    assert len(os.listdir("/proc/self/fd")) == before
+
+
+@needs_uffd
 @pytest.mark.parametrize("where", ["first copy", "sixth copy", "image preparation"])
 def test_a_failing_page_server_falls_back_to_criu_reading_every_page(tree_checkpoint, tmp_path,
                                                                      monkeypatch, where):

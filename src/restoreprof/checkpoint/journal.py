@@ -76,7 +76,7 @@ def checkpoint_journal(directory: Path, durable: bool = True) -> Journal:
 
 def restore_journal(work_dir: Path) -> Journal:
     """Never fsynced: it describes processes in this machine's memory, which a crash of the
-    machine ends with the page cache its readers share. Each fsync of it waited on whatever the
-    machine had dirty: a restore right after a 16 GB checkpoint took 1.8 to 2.1 s against 0.9 s
-    (benchmarks/RESULTS.md, sixth session), for six journal writes."""
+    machine ends with the page cache its readers share. An fsync waits on whatever the machine
+    has dirty (0.2 s with 15 GB dirty after a checkpoint, benchmarks/RESULTS.md, fifth
+    session), and a restore writes its journal six times."""
     return Journal(Path(work_dir) / RESTORE_JOURNAL_NAME, durable=False)
