@@ -6,10 +6,8 @@ the pinned memory in its describe answer."""
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import os
-import signal
 import struct
 import subprocess
 import sys
@@ -135,16 +133,14 @@ def test_a_damaged_chunk_is_never_taken_in(snap):
     assert hot.status()["held_bytes"] == 0
 
 
-def test_a_version_3_snapshot_is_held_checked_and_sent_bit_exact(snap, tmp_path):
-    """A version 3 snapshot (a BLAKE3 per piece) is taken in and sent checked by its BLAKE3s; a
-    damaged chunk in one is never taken in."""
-    v3 = v3_copy(snap, tmp_path / "v3.snap")
+def _held_and_sent_like(snap: Path, other: Path) -> None:
+    """other, an older version of snap, is taken in and sent bit-exact: what snap preloads."""
     hot = HotSnapshots(64 * MIB, threads=3)
     try:
-        hot.hold_file(v3)
+        hot.hold_file(other)
         from_file = preload_snapshot(snap, CFG)
-        with open(v3, "rb") as f:
-            from_hot = hot.preload(f.fileno(), str(v3), CFG)
+        with open(other, "rb") as f:
+            from_hot = hot.preload(f.fileno(), str(other), CFG)
         try:
             assert from_hot is not None
             assert _contents(from_hot) == _contents(from_file)
@@ -153,6 +149,13 @@ def test_a_version_3_snapshot_is_held_checked_and_sent_bit_exact(snap, tmp_path)
             from_hot.release()
     finally:
         hot.release()
+
+
+def test_a_version_3_snapshot_is_held_checked_and_sent_bit_exact(snap, tmp_path):
+    """A version 3 snapshot (a BLAKE3 per piece) is taken in and sent checked by its BLAKE3s; a
+    damaged chunk in one is never taken in."""
+    v3 = v3_copy(snap, tmp_path / "v3.snap")
+    _held_and_sent_like(snap, v3)
     damage_chunk(v3, 1)
     with pytest.raises(RestoreprofError, match=r"checksum mismatch \(BLAKE3\) .* nothing was kept"):
         HotSnapshots(64 * MIB).hold_file(v3)
@@ -160,21 +163,7 @@ def test_a_version_3_snapshot_is_held_checked_and_sent_bit_exact(snap, tmp_path)
 
 def test_an_in_file_snapshot_is_held_and_sent_bit_exact(snap, tmp_path):
     """A version 2 snapshot (the bytes inside the file, crc32c) is still held and served."""
-    v2 = in_file_copy(snap, tmp_path / "v2.snap", 2)
-    hot = HotSnapshots(64 * MIB, threads=3)
-    try:
-        hot.hold_file(v2)
-        from_file = preload_snapshot(snap, CFG)
-        with open(v2, "rb") as f:
-            from_hot = hot.preload(f.fileno(), str(v2), CFG)
-        try:
-            assert from_hot is not None
-            assert _contents(from_hot) == _contents(from_file)
-        finally:
-            from_file.release()
-            from_hot.release()
-    finally:
-        hot.release()
+    _held_and_sent_like(snap, in_file_copy(snap, tmp_path / "v2.snap", 2))
 
 
 def test_the_budget_evicts_the_least_recently_used(snap, tmp_path):
@@ -219,16 +208,6 @@ class Pool:
         return "".join(self.banner) + out
 
 
-def _kill(w: HeldMemory) -> None:
-    """Kill the restored process and wait until its PID is free for the next restore."""
-    os.kill(w.pid, signal.SIGKILL)
-    deadline = time.monotonic() + 10
-    while Path(f"/proc/{w.pid}").exists() and time.monotonic() < deadline:
-        with contextlib.suppress(ChildProcessError):  # ours to reap when CRIU left it to us
-            os.waitpid(w.pid, os.WNOHANG)
-        time.sleep(0.02)
-
-
 def _wait_held(count: int, timeout_s: float = 20) -> dict:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -263,7 +242,7 @@ def test_the_pool_holds_a_checkpoint_and_restores_from_it(fake_driver, tmp_path)
             restored = restore(tmp_path / "ckpt", optimizer=OptimizerConfig(preload=True))
             assert not restored.notes, "no fallback may be taken"
             assert w.verify(), "GPU memory differs after a restore from a hot snapshot"
-            _kill(w)
+            w.kill()
     finally:
         if w.alive():
             w.stop()
@@ -279,7 +258,7 @@ def test_auto_hold_takes_a_restored_snapshot_in_and_serves_the_next_restore(fake
     try:
         restore(tmp_path / "ckpt")
         assert w.verify()
-        _kill(w)
+        w.kill()
         hot = _wait_held(1)
         assert hot["auto_hold"] and hot["held_bytes"] >= 16 * MIB
         restored = restore(tmp_path / "ckpt")

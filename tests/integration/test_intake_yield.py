@@ -7,10 +7,8 @@ a restore started during an intake is bit-exact, the intake cancelled and then r
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import os
-import signal
 import subprocess
 import sys
 import threading
@@ -203,15 +201,6 @@ def test_an_explicit_hold_is_not_cancelled(snap, fake, monkeypatch):
 # --- through the warm pool ---------------------------------------------------------------------
 
 
-def _kill(w: HeldMemory) -> None:
-    os.kill(w.pid, signal.SIGKILL)
-    deadline = time.monotonic() + 10
-    while Path(f"/proc/{w.pid}").exists() and time.monotonic() < deadline:
-        with contextlib.suppress(ChildProcessError):
-            os.waitpid(w.pid, os.WNOHANG)
-        time.sleep(0.02)
-
-
 def _hot_status() -> dict:
     return (describe_pool() or {}).get("hot") or {}
 
@@ -234,7 +223,7 @@ def test_a_pooled_restore_during_an_intake_cancels_it_and_the_intake_comes_back(
         restore(tmp_path / "ckpt")  # from the page cache: the pool offers it for auto-hold
         assert w.verify(), (w.state_dir / "verified").read_text()
         _until(lambda: _hot_status().get("intake_bytes", 0) > 0, 10, "no intake began")
-        _kill(w)
+        w.kill()
         out = subprocess.run([*CLI, "restore", "-D", str(tmp_path / "ckpt")],
                              capture_output=True, text=True, timeout=120)
         assert out.returncode == 0, out.stderr
@@ -244,7 +233,7 @@ def test_a_pooled_restore_during_an_intake_cancels_it_and_the_intake_comes_back(
         assert _hot_status()["refused"] == 0
         # then taken in again, in full, and the next restore is sent from it
         _until(lambda: len(_hot_status().get("snapshots", [])) == 1, 30, "never taken in after")
-        _kill(w)
+        w.kill()
         restored = restore(tmp_path / "ckpt")
         assert not restored.notes
         assert w.verify()

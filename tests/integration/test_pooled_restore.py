@@ -6,10 +6,8 @@ pool that dies midway is reported, never retried."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -43,15 +41,6 @@ class Pool:
         return self.proc.communicate(timeout=30)[0]
 
 
-def _kill(w: HeldMemory) -> None:
-    os.kill(w.pid, signal.SIGKILL)
-    deadline = time.monotonic() + 10
-    while Path(f"/proc/{w.pid}").exists() and time.monotonic() < deadline:
-        with contextlib.suppress(ChildProcessError):
-            os.waitpid(w.pid, os.WNOHANG)
-        time.sleep(0.02)
-
-
 def _restore(ckpt: Path | str, *extra: str, env: dict | None = None,
              cwd: Path | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([*CLI, "restore", "-D", str(ckpt), *extra], capture_output=True,
@@ -77,7 +66,7 @@ def test_the_pool_restores_and_the_client_prints_what_a_local_restore_prints(hel
         assert result["root_pid"] == w.pid and result["cuda_pids"] == [w.pid]
         assert "GPU memory adopt" in {s["name"] for s in result["steps"]}
         assert w.verify()
-        _kill(w)
+        w.kill()
         text = _restore("ckpt", cwd=ckpt.parent)  # relative to the client's directory
         assert text.returncode == 0, text.stderr
         assert text.stdout.startswith(f"restored 1 processes (root PID {w.pid}, 1 with CUDA)")

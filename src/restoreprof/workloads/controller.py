@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -102,6 +103,17 @@ class HeldMemory:
             return Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
         except OSError:
             return False
+
+    def kill(self, timeout_s: float = 10) -> None:
+        """SIGKILL, as a crash would, then wait until its PID is free (reaped here when it is
+        this process's child), so that a restore of it can follow."""
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.pid, signal.SIGKILL)
+        deadline = time.monotonic() + timeout_s
+        while Path(f"/proc/{self.pid}").exists() and time.monotonic() < deadline:
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(self.pid, os.WNOHANG)
+            time.sleep(0.02)
 
     def stop(self, timeout_s: float = 10) -> None:
         try:
