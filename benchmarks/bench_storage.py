@@ -22,6 +22,12 @@ Steps (each printed with its measured numbers, then a JSON summary on the last l
      checkpoint 2 (caches dropped): wall time against bytes read from disk / that rate
      (target <= 1.1x); A verified bit-exact
   7. one chunk of checkpoint 3 damaged in the store: the restore refuses, B stays held
+
+With --pre-copy, first (and with --pre-copy-only, instead of steps 2-7 but for A's checkpoint 1,
+the plain one beside it):
+  0. process C (other weights, seed 2) checkpointed with --pre-copy, stopped: its chunks written
+     while it ran, then written back to disk, then the checkpoint proper; the downtime (target
+     <= 2.5 s), the whole command, and C restored and verified bit-exact
 """
 
 from __future__ import annotations
@@ -161,6 +167,51 @@ def show_steps(result, wall_s: float) -> dict:
     return steps
 
 
+def offload_parts(record: dict) -> str:
+    """The offload inside the library: release hooks, the snapshot, giving the memory back."""
+    hooks, ready = record.get("release_seconds", 0.0), record.get("ready_seconds", 0.0)
+    library = record.get("library_seconds", 0.0)
+    return (f"inside the library {library:.3f} s: release hooks {hooks:.3f}, snapshot "
+            f"{ready - hooks:.3f}, memory given back {library - ready:.3f}")
+
+
+def vm_writeback_settings() -> str:
+    names = ("dirty_ratio", "dirty_background_ratio", "dirty_bytes", "dirty_background_bytes",
+             "dirty_expire_centisecs")
+    return ", ".join(f"{n}={Path('/proc/sys/vm', n).read_text().strip()}" for n in names)
+
+
+def pre_copy_run(args, store_dir: Path, out: dict) -> None:
+    """Step 0: process C checkpointed with --pre-copy, then restored and verified."""
+    from restoreprof.checkpoint import checkpoint, restore
+
+    print(f"   vm: {vm_writeback_settings()}", flush=True)
+    c = start_model(args.dir / "state-c", 2, args.layers, args.smoke_mib)
+    print(f"0. process C (other weights): PID {c.pid}", flush=True)
+    result, wall = timed(checkpoint, c.pid, args.dir / "c0", store=store_dir,
+                         leave_running=False, pre_copy=True)
+    rec = result.manifest.processes[0].offload
+    pre = rec.get("pre_copy", {})
+    out["pre_copy"] = {"downtime_s": result.downtime_s, "total_s": wall,
+                       "steps_s": result.total_s, "bytes": rec["bytes"],
+                       "pre_copy_written_bytes": pre.get("written_bytes", 0),
+                       "pre_copy_s": pre.get("seconds", 0.0),
+                       "written_at_stop_bytes": rec["written_bytes"],
+                       "offload_s": rec["seconds"], "criu_dump_s": step_s(result, "criu dump")}
+    print(f"   checkpoint with --pre-copy, process stopped: downtime {result.downtime_s:.2f} s "
+          f"(target <= 2.5 s) of {wall:.2f} s in all; pre-copy wrote "
+          f"{pre.get('written_bytes', 0) / 1e9:.2f} GB in {pre.get('seconds', 0.0):.2f} s "
+          f"while C ran; the stop wrote {rec['written_bytes'] / 1e6:.1f} MB; offload "
+          f"{rec['seconds']:.2f} s ({offload_parts(rec)})", flush=True)
+    out["pre_copy"]["steps"] = show_steps(result, wall)
+    restored, wall_r = timed(restore, args.dir / "c0")
+    out["pre_copy"]["restore_s"] = wall_r
+    out["pre_copy"]["verified"] = c.verify()
+    print(f"   C restored in {wall_r:.2f} s, verified bit-exact: {out['pre_copy']['verified']}",
+          flush=True)
+    c.stop()
+
+
 def timed(fn, *args, **kwargs):
     start = time.monotonic()
     result = fn(*args, **kwargs)
@@ -179,6 +230,10 @@ def main() -> int:
     parser.add_argument("--layers", type=int, default=32)
     parser.add_argument("--chunk-mb", type=int, default=0,
                         help="the store's chunk size (default: the store's default)")
+    parser.add_argument("--pre-copy", action="store_true",
+                        help="first, step 0: another process checkpointed with --pre-copy")
+    parser.add_argument("--pre-copy-only", action="store_true",
+                        help="step 0 and A's checkpoint 1 (plain, beside it) and its restore only")
     parser.add_argument("--smoke-mib", type=int, default=0,
                         help="dry run without torch: hold_memory with this much 'GPU' memory "
                              "(for the fake driver: see this script's docstring)")
@@ -192,6 +247,8 @@ def main() -> int:
     print(f"store {store_dir}: {Store.open(store_dir, create=True).chunk_mb} MiB chunks",
           flush=True)
 
+    if args.pre_copy or args.pre_copy_only:
+        pre_copy_run(args, store_dir, out)
     a = start_model(args.dir / "state-a", 1, args.layers, args.smoke_mib)
     print(f"1. process A: PID {a.pid}", flush=True)
     # The preemption: A stopped and gone once the checkpoint returns; this is its downtime.
@@ -205,6 +262,7 @@ def main() -> int:
     print(f"2. checkpoint 1, process stopped (a preemption's downtime): {wall1:.2f} s "
           f"(target <= 2.5 s); offload {rec1['bytes'] / 1e9:.2f} GB in {rec1['seconds']:.2f} s "
           f"({out['checkpoint1']['offload_gbps']:.1f} GB/s into the page cache)", flush=True)
+    print(f"   offload {offload_parts(rec1)}", flush=True)
     out["checkpoint1"]["steps"] = show_steps(c1, wall1)
     dirty, writeback = dirty_gb()
     probe = fsync_probe_ms(args.dir)
@@ -223,6 +281,10 @@ def main() -> int:
     out["restore1"]["steps"] = show_steps(r1, wall_r1)
     out["restore1"]["verified"] = a.verify()
     print(f"   A verified bit-exact: {out['restore1']['verified']}", flush=True)
+    if args.pre_copy_only:
+        a.stop()
+        print(json.dumps(out))
+        return 0
 
     c2, wall2 = timed(checkpoint, a.pid, args.dir / "c2", store=store_dir, leave_running=False)
     rec2 = c2.manifest.processes[0].offload

@@ -47,6 +47,11 @@ from restoreprof.optimizer.config import OptimizerConfig
 from restoreprof.store.table import is_chunked_table
 
 GUARDIAN_LOG = "guardian.log"
+PRE_COPY_STEP = "pre-copy GPU memory"
+WRITE_BACK_STEP = "pre-copy write-back"
+# The first step that holds the processes (an offload closes their library's gate; the
+# driver's lock stops their GPU work; CRIU freezes them): a preemption's downtime starts there.
+HOLDING_STEPS = ("offload GPU memory", "GPU memory coverage", "GPU lock + checkpoint", "criu dump")
 
 
 @dataclass
@@ -60,9 +65,16 @@ class CheckpointResult:
         """From the first step's start to the last one's end: the steps tile the checkpoint."""
         return _span_s(self.steps)
 
+    @property
+    def downtime_s(self) -> float:
+        """From the first step that holds the processes to the end: with --pre-copy, what came
+        before ran while they ran on."""
+        holding = [i for i, s in enumerate(self.steps) if s.name in HOLDING_STEPS]
+        return _span_s(self.steps[holding[0]:]) if holding else self.total_s
+
     def to_dict(self) -> dict:
         return {"directory": str(self.directory), "steps": [asdict(s) for s in self.steps],
-                "total_s": self.total_s,
+                "total_s": self.total_s, "downtime_s": self.downtime_s,
                 "processes": [asdict(p) for p in self.manifest.processes],
                 "images_bytes": sum(i["bytes"] for i in self.manifest.images)}
 
@@ -94,9 +106,12 @@ def _span_s(steps: list[Step]) -> float:
 
 def checkpoint(pid: int, directory: Path, *, leave_running: bool = False, offload: bool = True,
                lock_timeout_ms: int = 10_000, criu_args: list[str] | None = None,
-               optimizer=None, store: Path | None = None, sync: bool = False) -> CheckpointResult:
+               optimizer=None, store: Path | None = None, sync: bool = False,
+               pre_copy: bool = False) -> CheckpointResult:
     """store: the snapshot store to put GPU memory chunks in (restoreprof.store), else each
-    snapshot's own folder; sync: report success only once everything is on disk.
+    snapshot's own folder; sync: report success only once everything is on disk; pre_copy:
+    write the GPU memory's chunks while the processes run on, and wait until they are on disk,
+    before holding them (gpu.precopy_all): the downtime then holds no bulk write.
     The result's steps follow each other with no gap: together they are the checkpoint's wall
     time."""
     require_root("restoreprof checkpoint")
@@ -111,7 +126,7 @@ def checkpoint(pid: int, directory: Path, *, leave_running: bool = False, offloa
             manifest, interrupted = _checkpoint(
                 pid, directory, clock, phase, leave_running=leave_running, offload=offload,
                 lock_timeout_ms=lock_timeout_ms, criu_args=criu_args, optimizer=optimizer,
-                session=session, sync=sync)
+                session=session, sync=sync, pre_copy=pre_copy)
         finally:
             if session:
                 phase("store session end")
@@ -136,7 +151,7 @@ def _begin_store_session(store: Path, directory: Path, sync: bool):
 def _checkpoint(pid: int, directory: Path, clock: StepClock, phase: StepSequence, *,
                 leave_running: bool, offload: bool, lock_timeout_ms: int,
                 criu_args: list[str] | None, optimizer, session,
-                sync: bool) -> tuple[Manifest, bool]:
+                sync: bool, pre_copy: bool = False) -> tuple[Manifest, bool]:
     """The checkpoint's phases, each begun by phase(name); returns the manifest and whether an
     interrupt arrived after CRIU's dump (the checkpoint was finished regardless)."""
     phase("list processes")
@@ -168,7 +183,8 @@ def _checkpoint(pid: int, directory: Path, clock: StepClock, phase: StepSequence
             interrupted = _lock_and_dump(pid, directory, journal, clock, phase, offload=offload,
                                          leave_running=leave_running, shell_job=shell_job,
                                          lock_timeout_ms=lock_timeout_ms, criu_args=criu_args or [],
-                                         optimizer=optimizer, session=session, sync=sync)
+                                         optimizer=optimizer, session=session, sync=sync,
+                                         pre_copy=pre_copy)
             # The dump completed: from here the checkpoint is finished, whatever arrives.
             with deferred_interrupts() as late:
                 journal.write("dumped", steps=_step_records(phase.so_far()))
@@ -207,19 +223,31 @@ def _ancestors() -> set[int]:
 
 def _lock_and_dump(pid: int, directory: Path, journal, clock: StepClock, phase: StepSequence,
                    *, offload: bool, leave_running: bool, shell_job: bool, lock_timeout_ms: int,
-                   criu_args: list[str], optimizer, session=None, sync: bool = False) -> bool:
+                   criu_args: list[str], optimizer, session=None, sync: bool = False,
+                   pre_copy: bool = False) -> bool:
     """Offload, the driver's lock + checkpoint, criu dump; each phase journaled before it
     starts (in its own step). Returns whether an interrupt arrived while CRIU ran (it ran to
     its end)."""
     cuda_pids = journal.data["cuda_pids"]
     offloaded: dict[int, dict] = {}
+    stopped = set(journal.data["stopped"])
+    precopied: dict[int, dict] = {}
+    if offload and cuda_pids and pre_copy:  # the processes run on meanwhile
+        phase(PRE_COPY_STEP)
+        precopied = gpu.precopy_all([p for p in cuda_pids if p not in stopped], directory,
+                                    optimizer, session)
+        phase(WRITE_BACK_STEP)
+        gpu.write_back(precopied)
     if offload and cuda_pids:
         phase("offload GPU memory")
         # a stopped process cannot answer its library: the driver takes it whole (gpu.offload_all)
-        stopped = set(journal.data["stopped"])
         journal.write("offloading",
                       shim_pids=[p for p in cuda_pids if gpu.has_shim(p) and p not in stopped])
         offloaded = gpu.offload_all(cuda_pids, directory, optimizer, session, sync)
+        for pid, record in precopied.items():
+            if pid in offloaded:
+                offloaded[pid]["pre_copy"] = {k: record[k]
+                                              for k in ("bytes", "written_bytes", "seconds")}
         if session:  # the store's reference names every chunk; the manifest completes it later
             phase("store reference")
             session.reference(offloaded)

@@ -9,6 +9,8 @@ the process after the driver's restore (or, failing that, streamed back inside t
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import os
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -22,6 +24,7 @@ from restoreprof.optimizer.config import OptimizerConfig
 from restoreprof.optimizer.control import TargetStoppedError
 
 SHIM_MARKER = "librestoreprof_shim"
+PRECOPY_SUFFIX = ".precopy"  # a pre-copy's table, beside the snapshot it goes before
 PRELOAD_STEP = "GPU memory preload (overlapped)"
 POOL_PRELOAD_STEP = "GPU memory preload (warm pool, overlapped)"
 
@@ -125,8 +128,69 @@ def offload_all(pids: list[int], directory: Path, optimizer, store=None,
                         # the program's cached free blocks, freed before the offload
                         "reserved_bytes": int(result.get("reserved", 0)),
                         "released_bytes": int(result.get("released", 0)),
-                        "release": str(result.get("release", "unknown"))}
+                        "release": str(result.get("release", "unknown")),
+                        # inside the library: its release hooks, then the snapshot (to READY);
+                        # the rest of its time gave the memory back
+                        "release_seconds": round(float(result.get("release_seconds", 0.0)), 6),
+                        "ready_seconds": round(float(result.get("ready_seconds", 0.0)), 6),
+                        "library_seconds": round(float(result.get("seconds", 0.0)), 6)}
     return records
+
+
+def precopy_all(pids: list[int], directory: Path, optimizer, store=None) -> dict[int, dict]:
+    """checkpoint --pre-copy, while the processes run on: write the chunks each offload would
+    write (into the folder or store that offload will use), then wait until they are on disk.
+    The offload that follows, with the processes stopped, then copies and hashes every byte
+    again but writes only the chunks that changed, and its writes (and CRIU's) are not
+    throttled behind gigabytes of dirty page cache. {pid: record}; a process whose library
+    cannot pre-copy is noted and left to the offload, which decides (and explains) for it."""
+    if store is not None:
+        optimizer = replace(optimizer or OptimizerConfig(), chunk_mb=store.chunk_mb)
+    records = {}
+    for pid in [p for p in pids if has_shim(p)]:
+        name = snapshot_name(pid)
+        table = directory / (name + PRECOPY_SUFFIX)
+        try:
+            result = _shim_control(pid).precopy(
+                table, optimizer, chunk_dir=store.chunk_dir if store else f"{name}.chunks")
+        except RestoreprofError as exc:
+            print(f"restoreprof: note: PID {pid}: no pre-copy ({exc.args[0]}); its offload "
+                  f"writes every chunk", file=sys.stderr)
+            continue
+        records[pid] = {"table": table, "bytes": int(result.get("bytes", 0)),
+                        "written_bytes": int(result.get("written", 0)),
+                        "seconds": round(float(result.get("seconds", 0.0)), 6)}
+    return records
+
+
+def write_back(records: dict[int, dict]) -> float:
+    """Wait until what the pre-copy wrote is on disk (syncfs of each chunk folder's file system),
+    and remove the pre-copy tables; seconds taken."""
+    from restoreprof.store.table import read_table
+
+    start = time.monotonic()
+    folders = set()
+    for record in records.values():
+        with contextlib.suppress(OSError, RestoreprofError):
+            folders.add(read_table(record["table"]).folder)
+    for folder in sorted(folders):
+        _syncfs(folder)
+    for record in records.values():
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(record["table"])
+    return time.monotonic() - start
+
+
+def _syncfs(path: Path) -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        if libc.syncfs(fd) != 0:
+            error = ctypes.get_errno()
+            raise RestoreprofError(f"writing {path} back to disk failed: {os.strerror(error)}",
+                                   hint="check the disk (dmesg) and its free space")
+    finally:
+        os.close(fd)
 
 
 # --- coverage: what was offloaded, per allocation kind, and what the driver copies itself ---

@@ -64,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
         result = checkpoint(args.pid, args.dir, leave_running=args.leave_running,
                             offload=settings.offload, lock_timeout_ms=args.lock_timeout,
                             criu_args=args.criu_arg, optimizer=settings, store=store,
-                            sync=settings.sync)
+                            sync=settings.sync, pre_copy=settings.pre_copy)
     exported = None
     if args.export:
         from restoreprof.commands._export import export
@@ -77,6 +77,9 @@ def run(args: argparse.Namespace) -> int:
     print(f"checkpointed PID {args.pid} ({len(result.manifest.processes)} processes, "
           f"{len(cuda)} with CUDA) into {result.directory}")
     print_steps(result.steps)
+    if settings.pre_copy:
+        print(f"downtime {result.downtime_s:.2f} s of {result.total_s:.2f} s (the pre-copy ran "
+              f"while the processes ran on)")
     for line in coverage_summary(result.manifest.processes):
         print(line)
     size = sum(i["bytes"] for i in result.manifest.images)
@@ -87,6 +90,10 @@ def run(args: argparse.Namespace) -> int:
             print(f"GPU memory of PID {p.pid}: {p.offload['bytes'] / 1e9:.2f} GB, "
                   f"{p.offload.get('written_bytes', 0) / 1e9:.2f} GB written (the rest was "
                   f"already in {where})")
+            if "pre_copy" in p.offload:
+                pre = p.offload["pre_copy"]
+                print(f"  pre-copied while it ran: {pre['written_bytes'] / 1e9:.2f} GB written "
+                      f"in {pre['seconds']:.2f} s")
     if exported:
         print(f"exported a standalone copy to {exported['directory']}")
     return 0

@@ -38,6 +38,7 @@ class OptimizerConfig:
     preload: bool = DEFAULTS["preload"]
     lazy_pages: bool = DEFAULTS["lazy_pages"]
     sync: bool = DEFAULTS["sync"]
+    pre_copy: bool = DEFAULTS["pre_copy"]
     release_caches: bool = DEFAULTS["release_caches"]
     release_timeout_s: int = DEFAULTS["release_timeout_s"]
 

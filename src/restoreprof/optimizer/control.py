@@ -160,7 +160,8 @@ def _parse_ok_numbers(text: str) -> dict[str, Any]:
     seconds = ns / 1e9
     result = {"bytes": nbytes, "seconds": seconds,
               "gbps": nbytes / seconds / 1e9 if seconds > 0 else 0.0}
-    # RELOAD's map_ns, pool_ns; ADOPT's remaining; OFFLOAD's reserved, released, release(_ns)
+    # RELOAD's map_ns, pool_ns; ADOPT's remaining; OFFLOAD's reserved, released, release(_ns),
+    # ready_ns
     for word in words[2:]:
         name, _, value = word.partition("=")
         if not value:
@@ -314,9 +315,9 @@ class ShimControl:
         cfg = cfg or OptimizerConfig()
         # safe: one thread and one stream, the plainest path, for a retry after a failure.
         streams, threads = (1, 1) if safe else (cfg.streams, cfg.threads)
-        # OFFLOAD: how long the program's release hooks may take (0: do not run them).
+        # OFFLOAD, PRECOPY: how long the program's release hooks may take (0: not run).
         release = f" {cfg.release_timeout_s if cfg.release_caches else 0}" \
-            if verb == "OFFLOAD" else ""
+            if verb in ("OFFLOAD", "PRECOPY") else ""
         start = time.monotonic()
         result = _parse_ok_numbers(self.request(
             f"{verb} {path} {streams} {cfg.chunk_mb} {threads} {int(cfg.pinned)}{release}{extra}"))
@@ -338,6 +339,16 @@ class ShimControl:
                                        hint="use a store path without spaces")
             extra = f" {chunk_dir} {int(sync)}"
         return self._transfer("OFFLOAD", path, cfg, extra=extra)
+
+    def precopy(self, path: Path, cfg: OptimizerConfig | None = None, *,
+                chunk_dir: str) -> dict[str, Any]:
+        """Write the chunks an OFFLOAD would write, and their table to path, while the program
+        runs on (nothing is released): the OFFLOAD that follows writes only what changed since.
+        {bytes, seconds, gbps, written, release_seconds}."""
+        if any(c.isspace() for c in chunk_dir):
+            raise RestoreprofError(f"chunk folder {chunk_dir} contains whitespace",
+                                   hint="use a store path without spaces")
+        return self._transfer("PRECOPY", path, cfg, extra=f" {chunk_dir}")
 
     def reload(self, path: Path, cfg: OptimizerConfig | None = None,
                safe: bool = False) -> dict[str, Any]:

@@ -109,6 +109,11 @@ SETTINGS: tuple[Setting, ...] = (
             help="report a checkpoint done only once every byte is on disk (fsync of the GPU "
                  "memory's chunks, the images, the manifest and their folders)",
             acts_on="checkpoint"),
+    Setting("pre_copy", bool, False, env=("RESTOREPROF_PRE_COPY",),
+            help="write the GPU memory's chunks while the processes still run, and wait until "
+                 "they are on disk, before holding them: the downtime then copies and hashes "
+                 "but writes only what changed (the command takes longer in all)",
+            acts_on="checkpoint"),
     Setting("release_caches", bool, True, env=("RESTOREPROF_RELEASE_CACHES",),
             help="at checkpoint, first free the program's cached free GPU blocks (PyTorch, "
                  "CuPy: what empty_cache() does), so only live bytes are saved",

@@ -86,6 +86,20 @@ class HeldMemory:
         verdict, digest = verified.read_text().split()[:2]
         return verdict == "OK" and digest == self.expected_digest
 
+    def overwrite_gpu_memory(self, timeout_s: float = 60) -> None:
+        """Have it write new data over the first half of its GPU memory (SIGUSR2); verify()
+        expects the new contents from then on."""
+        refilled = self.state_dir / "refilled"
+        refilled.unlink(missing_ok=True)
+        os.kill(self.pid, signal.SIGUSR2)
+        deadline = time.monotonic() + timeout_s
+        while not refilled.exists():
+            if time.monotonic() > deadline:
+                raise RestoreprofError(f"workload PID {self.pid} did not overwrite its GPU memory "
+                                       f"in {timeout_s:.0f} s")
+            time.sleep(0.02)
+        self.expected_digest = refilled.read_text().split()[0]
+
     def gpu_device(self) -> int | None:
         """The GPU its GPU memory was on at the last verify (None: it holds none)."""
         fields = (self.state_dir / "verified").read_text().split()

@@ -6,6 +6,8 @@ It fills its buffers from a seeded generator, writes the SHA-256 of what it hold
 DIR/ready, then waits. On SIGUSR1 it recomputes the digest of what it holds now (reading the
 GPU memory back to the host) and writes "OK <digest>" or "MISMATCH <digest>" to DIR/verified,
 then pid= and, with GPU memory, gpu=<the ordinal of the GPU that memory is on now>.
+With GPU memory, SIGUSR2 writes new data over the first half of it (as a program that runs on
+between a checkpoint's pre-copy and its stop) and writes the new digest to DIR/refilled.
 SIGTERM ends it. Its stdio must not be a pipe to an outside process, so that CRIU can dump it.
 """
 
@@ -71,9 +73,16 @@ class _GpuBuffer:
     def device(self) -> int:
         return self._cu.pointer_device(self.pointer)
 
+    def overwrite_first_half(self, seed: int) -> None:
+        half = np.empty(self.nbytes // 2, dtype=np.uint8)
+        _fill(half, seed)
+        self._cu.copy_htod(self.pointer, half)
 
-def serve(state: Path, expected: str, digest_now, gpu: _GpuBuffer | None = None) -> None:
-    """The ready/verified protocol (see the module's doc), until SIGTERM: never returns."""
+
+def serve(state: Path, expected: str, digest_now, gpu: _GpuBuffer | None = None,
+          refill=None) -> None:
+    """The ready/verified protocol (see the module's doc), until SIGTERM: never returns.
+    refill(): change the memory held (SIGUSR2), returning the new expected digest."""
 
     def verify(signum: int, frame: object) -> None:
         now = digest_now()
@@ -81,7 +90,14 @@ def serve(state: Path, expected: str, digest_now, gpu: _GpuBuffer | None = None)
         where = f" gpu={gpu.device()}" if gpu else ""
         _write_atomic(state / "verified", f"{verdict} {now} pid={os.getpid()}{where}\n")
 
+    def change(signum: int, frame: object) -> None:
+        nonlocal expected
+        expected = refill()
+        _write_atomic(state / "refilled", f"{expected}\n")
+
     signal.signal(signal.SIGUSR1, verify)
+    if refill is not None:
+        signal.signal(signal.SIGUSR2, change)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     (state / "verified").unlink(missing_ok=True)
     _write_atomic(state / "ready", f"{expected} pid={os.getpid()}\n")
@@ -144,8 +160,14 @@ def main(argv: list[str] | None = None) -> int:
     else:
         expected = _digest(host)
 
-    serve(args.state, expected, lambda: _digest(*([host] + ([gpu.read_back()] if gpu else []))),
-          gpu)
+    def digest_now() -> str:
+        return _digest(*([host] + ([gpu.read_back()] if gpu else [])))
+
+    def refill() -> str:
+        gpu.overwrite_first_half(args.seed + 2)
+        return digest_now()
+
+    serve(args.state, expected, digest_now, gpu, refill if gpu else None)
 
 
 if __name__ == "__main__":

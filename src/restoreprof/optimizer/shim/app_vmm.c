@@ -222,6 +222,7 @@ RP_EXPORT CUresult cuMemRelease(CUmemGenericAllocationHandle handle)
     if (!tracking())
         return rp_real.cuMemRelease(handle);
     rp_gate_enter();
+    rp_layout_enter();
     pthread_mutex_lock(&app.lock);
     struct phys *p = phys_of(handle);
     CUresult rc;
@@ -238,6 +239,7 @@ RP_EXPORT CUresult cuMemRelease(CUmemGenericAllocationHandle handle)
         }
     }
     pthread_mutex_unlock(&app.lock);
+    rp_layout_leave();
     rp_gate_leave();
     return rc;
 }
@@ -292,6 +294,7 @@ RP_EXPORT CUresult cuMemUnmap(CUdeviceptr ptr, size_t size)
     if (!tracking())
         return rp_real.cuMemUnmap(ptr, size);
     rp_gate_enter();
+    rp_layout_enter();
     pthread_mutex_lock(&app.lock);
     CUresult rc = rp_real.cuMemUnmap(ptr, size);
     for (size_t i = 0; rc == CUDA_SUCCESS && i < app.n_maps;) {
@@ -307,6 +310,7 @@ RP_EXPORT CUresult cuMemUnmap(CUdeviceptr ptr, size_t size)
         phys_settle(p);
     }
     pthread_mutex_unlock(&app.lock);
+    rp_layout_leave();
     rp_gate_leave();
     return rc;
 }

@@ -12,9 +12,14 @@
  *                                           -> READY <bytes> <ns> written=<bytes> | ERR <message>
  *     then COMMIT                           -> OK <bytes> <ns> written=<bytes> reserved=<bytes>
  *                                              released=<bytes> release=<outcome>
- *                                              release_ns=<ns> | ERR <message>
+ *                                              release_ns=<ns> ready_ns=<ns> | ERR <message>
+ *     (release_ns: the release hooks; ready_ns: from the request to READY, the hooks and the
+ *     snapshot; the rest of <ns> is giving the memory back)
  *     (the table at path, the chunks in the chunk folder: relative to path's folder unless
  *     absolute, default <path's name>.chunks; sync 1: durable before READY)
+ *   PRECOPY <path> <streams> <chunk_mb> <threads> <pinned> <release_s> [<chunk dir>]
+ *                                           -> OK <bytes> <ns> written=<bytes> release_ns=<ns>
+ *     (OFFLOAD's chunks and table while the program runs on; nothing released: see do_precopy)
  *   RELOAD <path> <streams> <chunk_mb> <threads> <pinned>   -> OK <bytes> <ns> | ERR <message>
  *   (a number left out or negative: this process's own setting, from its environment)
  *   ADOPT <address> <gpu uuid> [<handle>] + one fd (SCM_RIGHTS)
@@ -119,12 +124,14 @@ static int await_commit(int conn)
 /* A snapshot of the registry, so the long copies run without holding its lock. */
 struct alloc_list {
     struct rp_allocation *items;
-    size_t count;
+    size_t count, capacity;
 };
 
 static int collect_one(struct rp_allocation *a, void *arg)
 {
     struct alloc_list *list = arg;
+    if (list->count == list->capacity)
+        return 1; /* made after the count (PRECOPY leaves the gate open): not this time */
     list->items[list->count++] = *a;
     return 0;
 }
@@ -134,10 +141,12 @@ static int collect(struct alloc_list *list)
     size_t count, bytes;
     rp_registry_totals(&count, &bytes);
     list->count = 0;
+    list->capacity = count;
     list->items = calloc(count ? count : 1, sizeof(*list->items));
     if (!list->items)
         return -1;
-    /* The gate is closed, so nothing can allocate between the count and the copy. */
+    /* With the gate closed nothing can allocate between the count and the copy; PRECOPY's
+     * layout gate holds only frees, so what was allocated meanwhile is left out. */
     rp_registry_each(collect_one, list);
     return 0;
 }
@@ -364,8 +373,9 @@ static void do_offload(int conn, const char *path, int given, const char *chunk_
     /* The snapshot is complete and the memory still mapped: release it only for a client that
      * is there to bring it back. */
     char ready[128];
+    uint64_t ready_ns = rp_now_ns() - start;
     snprintf(ready, sizeof(ready), "READY %llu %llu written=%llu", (unsigned long long)total,
-             (unsigned long long)(rp_now_ns() - start), (unsigned long long)written);
+             (unsigned long long)ready_ns, (unsigned long long)written);
     if (send_reply(conn, ready) != 0 || await_commit(conn) != 0) {
         rp_gate_open();
         rp_log("OFFLOAD to %.160s rolled back: the client hung up or did not confirm within %d s; "
@@ -387,12 +397,60 @@ static void do_offload(int conn, const char *path, int given, const char *chunk_
         snprintf(reply, len, "ERR %s", err);
     else
         snprintf(reply, len,
-                 "OK %llu %llu written=%llu reserved=%lld released=%lld release=%s release_ns=%llu",
+                 "OK %llu %llu written=%llu reserved=%lld released=%lld release=%s release_ns=%llu "
+                 "ready_ns=%llu",
                  (unsigned long long)total, (unsigned long long)(rp_now_ns() - start),
                  (unsigned long long)written, hooks_reserved, hooks_released,
-                 rp_release_outcome_name(hooks), (unsigned long long)release_ns);
+                 rp_release_outcome_name(hooks), (unsigned long long)release_ns,
+                 (unsigned long long)ready_ns);
     free(items);
     free(list.items);
+}
+
+/* ---- PRECOPY ---- */
+
+/* Writes the chunks of every allocation OFFLOAD would save, and their table at path, while the
+ * program runs on: a checkpoint that follows finds those chunks in the folder and writes only
+ * the ones that changed meanwhile, so the process is stopped for the copy and the hashing, not
+ * for the writes (checkpoint --pre-copy). Nothing is released and the offload gate stays open;
+ * only calls that free or unmap memory wait (the layout gate), since a copy must never read
+ * memory that was given back. What the program writes meanwhile may make a chunk torn: it is
+ * only a chunk nobody names, since OFFLOAD reads and hashes every byte again. */
+static void do_precopy(const char *path, const char *chunk_dir, struct rp_engine_params p,
+                       int release_s, char *reply, size_t len)
+{
+    if (offloaded) {
+        snprintf(reply, len, "ERR the memory is offloaded: nothing to pre-copy");
+        return;
+    }
+    uint64_t start = rp_now_ns(), total = 0, written = 0, release_ns = 0;
+    char err[512] = "";
+    struct alloc_list list = { 0 };
+    struct rp_snap_item *items = NULL;
+    size_t n_items = 0;
+    /* as OFFLOAD: the caching allocators' free blocks are not copied */
+    rp_release_run(release_s < 0 ? rp_config.release_caches : release_s > 0,
+                   release_s > 0 ? (unsigned)release_s * 1000u : rp_config.release_timeout_ms,
+                   &release_ns);
+    rp_layout_close();
+    int rc = -1;
+    if (rp_app_vmm_refusal(err, sizeof(err)) != 0)
+        ; /* the checkpoint would refuse: say so now */
+    else if (collect(&list) != 0)
+        snprintf(err, sizeof(err), "out of memory");
+    else if (offload_items(&list, &items, &n_items, err, sizeof(err)) == 0)
+        rc = rp_snapshot_write(path, chunk_dir, 0, items, n_items, p, &total, &written, err,
+                               sizeof(err));
+    rp_app_vmm_close_windows();
+    rp_layout_open();
+    free(items);
+    free(list.items);
+    if (rc != 0)
+        snprintf(reply, len, "ERR %s", err);
+    else
+        snprintf(reply, len, "OK %llu %llu written=%llu release_ns=%llu",
+                 (unsigned long long)total, (unsigned long long)(rp_now_ns() - start),
+                 (unsigned long long)written, (unsigned long long)release_ns);
 }
 
 /* ---- RELOAD ---- */
@@ -694,11 +752,15 @@ static void handle(int conn, const char *line, int fd, char *reply, size_t len)
                     &threads, &pinned, &release_s, chunk_dir, &sync) >= 1)
         do_offload(conn, path, fd, chunk_dir[0] ? chunk_dir : default_chunk_dir(path, chunk_dir),
                    sync, params_from(streams, chunk_mb, threads, pinned), release_s, reply, len);
+    else if (sscanf(line, "PRECOPY %4095s %d %d %d %d %d %4095s", path, &streams, &chunk_mb,
+                    &threads, &pinned, &release_s, chunk_dir) >= 1)
+        do_precopy(path, chunk_dir[0] ? chunk_dir : default_chunk_dir(path, chunk_dir),
+                   params_from(streams, chunk_mb, threads, pinned), release_s, reply, len);
     else if (sscanf(line, "RELOAD %4095s %d %d %d %d", path, &streams, &chunk_mb, &threads,
                     &pinned) >= 1)
         do_reload(path, fd, params_from(streams, chunk_mb, threads, pinned), reply, len);
     else
-        snprintf(reply, len, "ERR unknown request (OFFLOAD, RELOAD, ADOPT or STATUS)");
+        snprintf(reply, len, "ERR unknown request (OFFLOAD, PRECOPY, RELOAD, ADOPT or STATUS)");
 }
 
 static int peer_allowed(int conn)

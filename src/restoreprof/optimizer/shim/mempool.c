@@ -357,6 +357,7 @@ static CUresult free_async(free_fn real, CUdeviceptr dptr, CUstream stream, int 
     if (!rp_config.offload || !dptr)
         return real(dptr, stream);
     rp_gate_enter();
+    rp_layout_enter();
     stream = stream_of(stream, per_thread);
     struct rp_allocation a;
     CUresult rc;
@@ -385,6 +386,7 @@ static CUresult free_async(free_fn real, CUdeviceptr dptr, CUstream stream, int 
         }
         pthread_mutex_unlock(&state.lock);
     }
+    rp_layout_leave();
     rp_gate_leave();
     return rc;
 }

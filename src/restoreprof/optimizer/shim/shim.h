@@ -303,6 +303,12 @@ void rp_gate_leave(void);
 void rp_gate_close(void); /* waits for calls inside the gate to leave */
 void rp_gate_open(void);
 int rp_gate_is_closed(void);
+/* The layout gate: calls that free or unmap GPU memory wait while PRECOPY reads it. Entered
+ * after the offload gate, left before it. */
+void rp_layout_enter(void);
+void rp_layout_leave(void);
+void rp_layout_close(void);
+void rp_layout_open(void);
 
 /* ---- content-addressed chunks (chunks.c) ----
  *

@@ -24,56 +24,74 @@ static struct {
     size_t count, capacity;
 } registry = { .lock = PTHREAD_MUTEX_INITIALIZER };
 
-/* ---- the gate ---- */
+/* ---- the gates ----
+ *
+ * Two of them, of one kind: calls enter and leave; closing waits for those inside to leave and
+ * makes new ones wait until it opens. The offload gate holds every intercepted call that uses
+ * GPU memory while it is offloaded; the layout gate holds only the calls that free or unmap
+ * memory, while PRECOPY reads the memory of a program that runs on (control.c). */
 
-static struct {
+struct gate {
     pthread_mutex_t lock;
     pthread_cond_t changed;
     int closed;
     int inside;
-} gate = { PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0, 0 };
+};
 
-void rp_gate_enter(void)
+static struct gate offload_gate = { PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0, 0 };
+static struct gate layout_gate = { PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0, 0 };
+
+static void gate_enter(struct gate *g)
 {
-    pthread_mutex_lock(&gate.lock);
-    while (gate.closed)
-        pthread_cond_wait(&gate.changed, &gate.lock);
-    gate.inside++;
-    pthread_mutex_unlock(&gate.lock);
+    pthread_mutex_lock(&g->lock);
+    while (g->closed)
+        pthread_cond_wait(&g->changed, &g->lock);
+    g->inside++;
+    pthread_mutex_unlock(&g->lock);
 }
 
-void rp_gate_leave(void)
+static void gate_leave(struct gate *g)
 {
-    pthread_mutex_lock(&gate.lock);
-    if (--gate.inside == 0)
-        pthread_cond_broadcast(&gate.changed);
-    pthread_mutex_unlock(&gate.lock);
+    pthread_mutex_lock(&g->lock);
+    if (--g->inside == 0)
+        pthread_cond_broadcast(&g->changed);
+    pthread_mutex_unlock(&g->lock);
 }
 
-void rp_gate_close(void)
+static void gate_close(struct gate *g)
 {
-    pthread_mutex_lock(&gate.lock);
-    gate.closed = 1;
-    while (gate.inside > 0)
-        pthread_cond_wait(&gate.changed, &gate.lock);
-    pthread_mutex_unlock(&gate.lock);
+    pthread_mutex_lock(&g->lock);
+    g->closed = 1;
+    while (g->inside > 0)
+        pthread_cond_wait(&g->changed, &g->lock);
+    pthread_mutex_unlock(&g->lock);
 }
 
-void rp_gate_open(void)
+static void gate_open(struct gate *g)
 {
-    pthread_mutex_lock(&gate.lock);
-    gate.closed = 0;
-    pthread_cond_broadcast(&gate.changed);
-    pthread_mutex_unlock(&gate.lock);
+    pthread_mutex_lock(&g->lock);
+    g->closed = 0;
+    pthread_cond_broadcast(&g->changed);
+    pthread_mutex_unlock(&g->lock);
 }
+
+void rp_gate_enter(void) { gate_enter(&offload_gate); }
+void rp_gate_leave(void) { gate_leave(&offload_gate); }
+void rp_gate_close(void) { gate_close(&offload_gate); }
+void rp_gate_open(void) { gate_open(&offload_gate); }
 
 int rp_gate_is_closed(void)
 {
-    pthread_mutex_lock(&gate.lock);
-    int closed = gate.closed;
-    pthread_mutex_unlock(&gate.lock);
+    pthread_mutex_lock(&offload_gate.lock);
+    int closed = offload_gate.closed;
+    pthread_mutex_unlock(&offload_gate.lock);
     return closed;
 }
+
+void rp_layout_enter(void) { gate_enter(&layout_gate); }
+void rp_layout_leave(void) { gate_leave(&layout_gate); }
+void rp_layout_close(void) { gate_close(&layout_gate); }
+void rp_layout_open(void) { gate_open(&layout_gate); }
 
 /* ---- registry ---- */
 
@@ -266,6 +284,7 @@ RP_EXPORT CUresult cuMemFree_v2(CUdeviceptr dptr)
     if (rp_load_real() || !rp_real.cuMemFree_v2)
         return CUDA_ERROR_NOT_INITIALIZED;
     rp_gate_enter();
+    rp_layout_enter();
     struct rp_allocation a;
     CUresult rc;
     if (dptr && rp_registry_take(dptr, &a) == 0) {
@@ -279,6 +298,7 @@ RP_EXPORT CUresult cuMemFree_v2(CUdeviceptr dptr)
     } else {
         rc = rp_real.cuMemFree_v2(dptr);
     }
+    rp_layout_leave();
     rp_gate_leave();
     return rc;
 }

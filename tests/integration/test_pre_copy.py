@@ -1,0 +1,135 @@
+"""checkpoint --pre-copy on the fake driver through real CRIU: the GPU memory's chunks are written
+while the process runs on, so the checkpoint's offload, with the process held, writes only what
+changed since; restores stay bit-exact, memory changed between the pre-copy and the stop is
+caught, and a program that frees memory while the library reads it waits instead of having
+freed memory read (the layout gate)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import threading
+import time
+
+import pytest
+
+from restoreprof.checkpoint import checkpoint, gpu, restore
+from restoreprof.checkpoint.api import PRE_COPY_STEP, WRITE_BACK_STEP
+from restoreprof.optimizer.config import OptimizerConfig
+from restoreprof.optimizer.control import ShimControl
+from restoreprof.optimizer.shim.build import build_library
+from restoreprof.store.layout import Store
+from restoreprof.workloads.controller import HeldMemory
+
+pytestmark = pytest.mark.root
+EXEC = [sys.executable, "-m", "restoreprof", "exec", "--"]
+GPU_MIB = 48
+CHUNK_MB = 4
+
+
+def _start(tmp_path, name: str = "w") -> HeldMemory:
+    return HeldMemory.start(tmp_path / name, 16, gpu_mib=GPU_MIB, prefix=EXEC)
+
+
+def _only_images(directory) -> bool:
+    return not any(p.name.endswith(gpu.PRECOPY_SUFFIX) for p in directory.iterdir())
+
+
+@pytest.mark.parametrize("with_store", [True, False], ids=["store", "own-folder"])
+def test_the_stop_writes_nothing_the_pre_copy_wrote_and_restores_bit_exact(
+        fake_driver, tmp_path, with_store):
+    store = tmp_path / "store" if with_store else None
+    if store:
+        Store.open(store, create=True, chunk_mb=CHUNK_MB)
+    w = _start(tmp_path)
+    try:
+        result = checkpoint(w.pid, tmp_path / "c", store=store, pre_copy=True,
+                            optimizer=OptimizerConfig(chunk_mb=CHUNK_MB))
+        offload = result.manifest.processes[0].offload
+        assert offload["pre_copy"]["bytes"] == GPU_MIB << 20
+        assert offload["pre_copy"]["written_bytes"] == GPU_MIB << 20  # all new
+        assert offload["bytes"] == GPU_MIB << 20 and offload["written_bytes"] == 0
+        names = [s.name for s in result.steps]
+        assert names.index(PRE_COPY_STEP) < names.index(WRITE_BACK_STEP) < names.index(
+            "offload GPU memory")
+        # the downtime starts at the offload: the pre-copy is not in it
+        pre_copy_s = sum(s.seconds for s in result.steps
+                         if s.name in (PRE_COPY_STEP, WRITE_BACK_STEP))
+        assert result.downtime_s == pytest.approx(result.total_s - pre_copy_s
+                                                  - sum(s.seconds for s in result.steps[
+                                                      :names.index(PRE_COPY_STEP)]), abs=1e-3)
+        assert _only_images(tmp_path / "c"), "the pre-copy's table must not stay in the checkpoint"
+        restored = restore(tmp_path / "c")
+        assert not restored.notes
+        assert w.verify(), "GPU memory differs after restoring a pre-copied checkpoint"
+    finally:
+        w.stop()
+
+
+def test_memory_changed_after_the_pre_copy_is_what_the_checkpoint_holds(
+        fake_driver, tmp_path, monkeypatch):
+    store = tmp_path / "store"
+    Store.open(store, create=True, chunk_mb=CHUNK_MB)
+    w = _start(tmp_path)
+    write_back = gpu.write_back
+
+    def then_the_program_writes(records):  # between the pre-copy and the stop
+        seconds = write_back(records)
+        w.overwrite_gpu_memory()
+        return seconds
+
+    monkeypatch.setattr(gpu, "write_back", then_the_program_writes)
+    try:
+        result = checkpoint(w.pid, tmp_path / "c", store=store, pre_copy=True)
+        offload = result.manifest.processes[0].offload
+        # the first half changed: those chunks are written at the stop, the rest is not
+        assert offload["written_bytes"] == (GPU_MIB << 20) // 2
+        restore(tmp_path / "c")
+        assert w.verify(), "the restore must hold the memory as it was at the stop"
+    finally:
+        w.stop()
+
+
+def test_a_free_while_the_library_pre_copies_waits_for_it(fake_libcuda, tmp_path, monkeypatch):
+    """The program frees and unmaps everything (app VMM, stream-ordered blocks, a pool it
+    destroys) while PRECOPY reads its memory with slow copies: the frees wait for the copy
+    (the library never reads memory given back), the program ends its teardown unharmed, and
+    the pre-copy completes."""
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    monkeypatch.setenv("RESTOREPROF_RUN_DIR", str(run_dir))
+    state = tmp_path / "state"
+    env = {"LD_PRELOAD": str(build_library()), "RESTOREPROF_REAL_LIBCUDA": str(fake_libcuda),
+           "LD_LIBRARY_PATH": str(fake_libcuda.parent), "RESTOREPROF_RUN_DIR": str(run_dir),
+           "FAKECUDA_COPY_DELAY_US": "150000"}  # 0.15 s per copy, one thread: over a second
+    w = HeldMemory.start_command([sys.executable, "-m", "restoreprof.workloads.app_memory",
+                                  "--state", str(state)], state, env=env, timeout_s=60)
+    try:
+        outcome: dict = {}
+
+        def precopy():
+            start = time.monotonic()
+            outcome["result"] = ShimControl(w.pid).precopy(
+                tmp_path / "gpu.snap.precopy", OptimizerConfig(threads=1, streams=1, chunk_mb=1),
+                chunk_dir=str(tmp_path / "chunks"))
+            outcome["ended"] = time.monotonic() - start
+
+        thread = threading.Thread(target=precopy)
+        started = time.monotonic()
+        thread.start()
+        time.sleep(0.3)  # the copies are under way
+        os.kill(w.pid, signal.SIGUSR2)  # teardown: unmap, release, free, destroy the pool
+        done = state / "teardown"
+        while not done.exists() and time.monotonic() - started < 60:
+            time.sleep(0.01)
+        torn_down = time.monotonic() - started
+        thread.join(60)
+        assert done.read_text().strip() == "OK"
+        assert outcome["result"]["bytes"] > 0 and outcome["result"]["written"] > 0
+        assert outcome["ended"] > 1.0, "the copies were meant to be slow"
+        assert torn_down >= outcome["ended"] - 0.05, (
+            "the program's frees went through while the library was reading its memory")
+        assert os.path.exists(f"/proc/{w.pid}")
+    finally:
+        w.stop()
