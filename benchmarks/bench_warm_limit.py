@@ -8,7 +8,7 @@ weights) restored by `restoreprof restore`, three ways side by side in one run:
 
     source benchmarks/h100/env.sh
     rp_python benchmarks/bench_warm_limit.py [--repeat 5] [--plain-repeat 2] [--layers 32]
-                                             [--lazy on|off|both]
+                                             [--lazy on|off|both] [--unchecked]
 
 Each restore is timed by wall clock around the whole command (`restoreprof restore -D DIR
 --json`, process start to exit), then the restored process is asked to recompute its digest
@@ -73,10 +73,12 @@ def step_s(result: dict, name: str) -> float:
 
 def restore_once(images: Path, model: HeldMemory, way: str) -> dict:
     """One restore; plain (CRIU + the driver as they come) and a way ending in "-nolazy" run
-    with RESTOREPROF_LAZY_PAGES=0 (CRIU reads every page of host memory itself)."""
+    with RESTOREPROF_LAZY_PAGES=0 (CRIU reads every page of host memory itself); one ending in
+    "-unchecked" with --no-verify (a diagnostic: what the image check costs the restore)."""
     served_before = _hot_served()
     start = time.monotonic()
-    result = cli_json("restore", "-D", str(images),
+    unchecked = ["--no-verify"] if way.endswith("-unchecked") else []
+    result = cli_json("restore", "-D", str(images), *unchecked,
                       env={"RESTOREPROF_LAZY_PAGES": "0"}
                       if way == "plain" or way.endswith("-nolazy") else None)
     wall = time.monotonic() - start
@@ -146,7 +148,8 @@ class Pool:
         self.log += self.proc.communicate(timeout=120)[0]
 
 
-WAYS = ("plain", "plain-lazy", "pool", "pool-nolazy", "hot", "hot-nolazy")
+WAYS = ("plain", "plain-lazy", "pool", "pool-nolazy", "pool-unchecked", "hot", "hot-nolazy",
+        "hot-unchecked")
 
 
 def summary(rows: list[dict]) -> list[str]:
@@ -220,6 +223,9 @@ def main() -> None:
     parser.add_argument("--lazy", choices=("on", "off", "both"), default="on",
                         help="the fast ways with restoreprof's lazy page server (on), without it "
                              "(off: ways named -nolazy), or both alternated")
+    parser.add_argument("--unchecked", action="store_true",
+                        help="alternate each fast way with the same without the image check "
+                             "(--no-verify; ways named -unchecked): a diagnostic of its cost")
     parser.add_argument("--smoke-mib", type=int, default=0,
                         help="instead of the model, a holder of this much GPU memory (tries the "
                              "script without PyTorch, e.g. on the fake driver)")
@@ -232,6 +238,8 @@ def main() -> None:
     rows: list[dict] = []
     began = time.monotonic()
     lazy_ways = {"on": [""], "off": ["-nolazy"], "both": ["", "-nolazy"]}[args.lazy]
+    if args.unchecked:
+        lazy_ways += ["-unchecked"]
 
     if args.plain_repeat:
         model = start_model(args.work / "plain", args.layers, False, args.smoke_mib)
