@@ -211,6 +211,7 @@ def pre_copy_run(args, store_dir: Path, out: dict) -> None:
     out["pre_copy"]["steps"] = show_steps(result, wall)
     restored, wall_r = timed(restore, args.dir / "c0")
     out["pre_copy"]["restore_s"] = wall_r
+    out["pre_copy"]["restore_notes"] = restored.notes
     out["pre_copy"]["verified"] = c.verify()
     print(f"   C restored in {wall_r:.2f} s, verified bit-exact: {out['pre_copy']['verified']}",
           flush=True)

@@ -19,7 +19,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench_parallel_write import chunk_files  # noqa: E402
+from bench_parallel_write import chunk_files
 
 VM = Path("/proc/sys/vm")
 
