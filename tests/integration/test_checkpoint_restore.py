@@ -120,7 +120,7 @@ def test_leave_running_keeps_process_and_cli_json(held, tmp_path, restoreprof_cl
     assert manifest["root_pid"] == w.pid
     assert manifest["processes"][0]["cuda"] is False
     assert manifest["versions"]["criu"].startswith("4.")
-    assert all(len(i["sha256_segments"]) >= 1 for i in manifest["images"])
+    assert all(len(i["blake3_segments"]) >= 1 for i in manifest["images"])
     # restoring while the original still runs: its PID is taken
     taken = restoreprof_cli("restore", "-D", str(tmp_path / "c"))
     assert taken.returncode != 0 and "in use" in taken.stderr

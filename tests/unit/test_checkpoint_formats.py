@@ -87,6 +87,10 @@ def _manifest(**changes) -> dict:
     {"processes": [1]}, {"processes": [{"pid": 10}]}, {"shell_job": 1}, {"segment_bytes": 0},
     {"images": [{"name": "a", "bytes": 70_000_000, "sha256_segments": ["0" * 64]}]},
     {"images": [{"name": "a", "bytes": -1, "sha256_segments": []}]}, {"unknown": 1},
+    {"images": [{"name": "a", "bytes": 1, "sha256_segments": ["0" * 64],
+                 "blake3_segments": ["0" * 64]}]},
+    {"images": [{"name": "a", "bytes": 1}]},
+    {"images": [{"name": "a", "bytes": 1, "blake3_segments": ["0" * 64], "extra": 1}]},
     {"format": "other/1"}, {"gpus": [1]},
 ])
 def test_manifest_types_are_checked(tmp_path, changes):
@@ -122,6 +126,39 @@ def test_every_schema_is_valid():
 
     for name in schemas.NAMES:
         jsonschema.Draft202012Validator.check_schema(schemas.load(name))
+
+
+def test_images_are_recorded_with_blake3_and_older_sha256_manifests_still_check(tmp_path):
+    """New manifests record BLAKE3 segment digests (the library's rp_blake3_file); a manifest of
+    an older checkpoint, with SHA-256 digests, is still checked, and either catches a changed
+    byte in any segment."""
+    import hashlib
+    import os
+
+    from restoreprof.checkpoint.manifest import record_images, verify_images
+
+    data = os.urandom(3 << 20) + b"tail"
+    (tmp_path / "pages-1.img").write_bytes(data)
+    (tmp_path / "pstree.img").write_bytes(b"")
+    images = record_images(tmp_path, segment=1 << 20)
+    entry = next(i for i in images if i["name"] == "pages-1.img")
+    assert set(entry) == {"name", "bytes", "blake3_segments"} and len(entry["blake3_segments"]) == 4
+    older = [{"name": i["name"], "bytes": i["bytes"], "sha256_segments": [
+        hashlib.sha256(data[off:off + (1 << 20)] if i["bytes"] else b"").hexdigest()
+        for off in (range(0, i["bytes"], 1 << 20) if i["bytes"] else [0])]} for i in images]
+    for recorded in (images, older):
+        manifest = Manifest(root_pid=10, processes=[], images=recorded, segment_bytes=1 << 20)
+        verify_images(tmp_path, manifest)
+        (tmp_path / "restoreprof.json").write_text(json.dumps(_manifest(
+            images=recorded, segment_bytes=1 << 20)))
+        assert Manifest.load(tmp_path).images == recorded
+        (tmp_path / "restoreprof.json").unlink()
+        changed = bytearray(data)
+        changed[(2 << 20) + 5] ^= 1
+        (tmp_path / "pages-1.img").write_bytes(bytes(changed))
+        with pytest.raises(IntegrityError, match="altered"):
+            verify_images(tmp_path, manifest)
+        (tmp_path / "pages-1.img").write_bytes(data)
 
 
 def test_the_manifest_never_lists_the_journal(tmp_path):

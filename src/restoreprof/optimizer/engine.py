@@ -56,6 +56,8 @@ _PROTOTYPES: dict[str, tuple[object, list]] = {
     "rp_preloaded_release": (None, [ctypes.POINTER(Preloaded), ctypes.c_long]),
     "rp_blake3": (None, [ctypes.c_char_p, ctypes.c_size_t, ctypes.c_char_p]),
     "rp_blake3_chunk_name": (ctypes.c_int, [ctypes.c_char_p, ctypes.c_size_t, ctypes.c_char_p]),
+    "rp_blake3_file": (ctypes.c_int, [ctypes.c_int, ctypes.c_uint64, ctypes.c_uint64,
+                                      ctypes.c_char_p]),
 }
 
 
