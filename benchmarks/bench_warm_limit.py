@@ -9,6 +9,7 @@ weights) restored by `restoreprof restore`, three ways side by side in one run:
     source benchmarks/h100/env.sh
     rp_python benchmarks/bench_warm_limit.py [--repeat 5] [--plain-repeat 2] [--layers 32]
                                              [--lazy on|off|both] [--unchecked]
+                                             [--variant NAME=VAR=VALUE ...]
 
 Each restore is timed by wall clock around the whole command (`restoreprof restore -D DIR
 --json`, process start to exit), then the restored process is asked to recompute its digest
@@ -71,6 +72,9 @@ def step_s(result: dict, name: str) -> float:
     return sum((s["end_ns"] - s["start_ns"]) / 1e9 for s in result["steps"] if s["name"] == name)
 
 
+VARIANTS: dict[str, dict[str, str]] = {}  # --variant: a way's suffix -> its environment
+
+
 def restore_once(images: Path, model: HeldMemory, way: str) -> dict:
     """One restore; plain (CRIU + the driver as they come) and a way ending in "-nolazy" run
     with RESTOREPROF_LAZY_PAGES=0 (CRIU reads every page of host memory itself); one ending in
@@ -78,9 +82,9 @@ def restore_once(images: Path, model: HeldMemory, way: str) -> dict:
     served_before = _hot_served()
     start = time.monotonic()
     unchecked = ["--no-verify"] if way.endswith("-unchecked") else []
-    result = cli_json("restore", "-D", str(images), *unchecked,
-                      env={"RESTOREPROF_LAZY_PAGES": "0"}
-                      if way == "plain" or way.endswith("-nolazy") else None)
+    env = {"RESTOREPROF_LAZY_PAGES": "0"} if way == "plain" or way.endswith("-nolazy") else {}
+    env.update(VARIANTS.get(way.rpartition("-")[2], {}))
+    result = cli_json("restore", "-D", str(images), *unchecked, env=env)
     wall = time.monotonic() - start
     keep = os.environ.get("RP_KEEP_CRIU_LOGS")  # a folder: CRIU's log of each restore, kept
     if keep:
@@ -148,14 +152,14 @@ class Pool:
         self.log += self.proc.communicate(timeout=120)[0]
 
 
-WAYS = ("plain", "plain-lazy", "pool", "pool-nolazy", "pool-unchecked", "hot", "hot-nolazy",
-        "hot-unchecked")
+def ways_of(rows: list[dict]) -> list[str]:
+    return list(dict.fromkeys(r["way"] for r in rows))
 
 
 def summary(rows: list[dict]) -> list[str]:
     lines = ["| way | runs | wall s, median | wall s, min-max | steps s, median | data |",
              "| --- | --- | --- | --- | --- | --- |"]
-    for way in WAYS:
+    for way in ways_of(rows):
         mine = [r for r in rows if r["way"] == way]
         if not mine:
             continue
@@ -171,7 +175,7 @@ def summary(rows: list[dict]) -> list[str]:
 
 def step_medians(rows: list[dict]) -> list[str]:
     """Each step's median seconds per way (steps overlap: see each restore's start times)."""
-    ways = [w for w in WAYS if any(r["way"] == w for r in rows)]
+    ways = ways_of(rows)
     names = list(dict.fromkeys(n for r in rows for n in r["steps"]))
     lines = [f"| step | {' | '.join(ways)} |", "| --- |" + " --- |" * len(ways)]
     for name in names:
@@ -226,6 +230,9 @@ def main() -> None:
     parser.add_argument("--unchecked", action="store_true",
                         help="alternate each fast way with the same without the image check "
                              "(--no-verify; ways named -unchecked): a diagnostic of its cost")
+    parser.add_argument("--variant", action="append", default=[], metavar="NAME=VAR=VALUE",
+                        help="alternate each fast way with the same run with VAR=VALUE in its "
+                             "environment (ways named -NAME), e.g. lt16=RESTOREPROF_LAZY_THREADS=16")
     parser.add_argument("--smoke-mib", type=int, default=0,
                         help="instead of the model, a holder of this much GPU memory (tries the "
                              "script without PyTorch, e.g. on the fake driver)")
@@ -240,6 +247,13 @@ def main() -> None:
     lazy_ways = {"on": [""], "off": ["-nolazy"], "both": ["", "-nolazy"]}[args.lazy]
     if args.unchecked:
         lazy_ways += ["-unchecked"]
+    for variant in args.variant:
+        name, _, assignment = variant.partition("=")
+        var, _, value = assignment.partition("=")
+        if not (name and var) or "-" in name:
+            raise SystemExit(f"--variant {variant}: NAME=VAR=VALUE, NAME without '-'")
+        VARIANTS[name] = {var: value}
+        lazy_ways.append(f"-{name}")
 
     if args.plain_repeat:
         model = start_model(args.work / "plain", args.layers, False, args.smoke_mib)

@@ -63,6 +63,22 @@ def test_a_tree_comes_back_bit_exact_through_the_page_server(tree_checkpoint, tm
 
 
 @needs_uffd
+def test_the_thread_setting_reaches_the_page_server(tree_checkpoint, tmp_path, monkeypatch):
+    root, children, images = tree_checkpoint
+    started = []
+    start = lazy_pages.LazyPages.start
+
+    def counted(self):
+        started.append(self.threads)
+        return start(self)
+
+    monkeypatch.setattr(lazy_pages.LazyPages, "start", counted)
+    monkeypatch.setenv("RESTOREPROF_LAZY_THREADS", "3")
+    result = _restore_and_verify(_copy(images, tmp_path / "c"), root, children)
+    assert started == [3] and not result.notes
+
+
+@needs_uffd
 def test_a_work_folder_too_long_for_a_socket_name_is_served_and_leaves_no_descriptor(
         tree_checkpoint, tmp_path):
     """A unix socket's name holds 108 bytes: a longer work folder is bound through a descriptor

@@ -438,7 +438,8 @@ def _criu_restore(directory: Path, work: Path, manifest: Manifest, criu_args: li
     if optimizer.lazy_pages:
         why = clock.run("check lazy pages", lazy_pages.why_not, directory)
         if why is None:
-            server = lazy_pages.LazyPages(directory, work, threads=lazy_pages.default_threads())
+            server = lazy_pages.LazyPages(
+                directory, work, threads=optimizer.lazy_threads or lazy_pages.default_threads())
             clock.run("start lazy page server", server.start)
         elif why.startswith(("userfaultfd", "the page images")):
             notes.append(f"lazy pages not used: {why}")

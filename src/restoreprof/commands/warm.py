@@ -17,7 +17,7 @@ import signal
 import threading
 from pathlib import Path
 
-from restoreprof.commands.pooled_restore import serve_restore
+from restoreprof.commands.pooled_restore import prepare_restores, serve_restore
 from restoreprof.errors import RestoreprofError
 from restoreprof.optimizer import config
 from restoreprof.optimizer.hot_snapshots import HotSnapshots, default_budget_bytes, snapshots_in
@@ -85,6 +85,7 @@ def run(args: argparse.Namespace) -> int:
         signal.signal(signum, lambda *_: stop.set())
     warm_pool = WarmPool(cfg, with_staging=not args.no_staging, hot=hot)
     if args.restores:
+        prepare_restores()
         warm_pool.handlers["restore"] = serve_restore
     t = warm_pool.warmed.timings
     staging = (f"{warm_pool.staging_bytes() >> 20} MiB pinned" if cfg.pinned

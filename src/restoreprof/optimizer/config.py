@@ -37,6 +37,7 @@ class OptimizerConfig:
     parallel: bool = DEFAULTS["parallel"]
     preload: bool = DEFAULTS["preload"]
     lazy_pages: bool = DEFAULTS["lazy_pages"]
+    lazy_threads: int = DEFAULTS["lazy_threads"]
     sync: bool = DEFAULTS["sync"]
     pre_copy: bool = DEFAULTS["pre_copy"]
     release_caches: bool = DEFAULTS["release_caches"]

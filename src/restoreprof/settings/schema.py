@@ -105,6 +105,9 @@ SETTINGS: tuple[Setting, ...] = (
                  "(criu restore --lazy-pages, several copy threads, every page in before the "
                  "processes run; off: CRIU reads every page itself)",
             acts_on="restore"),
+    Setting("lazy_threads", int, 0, 0, 64, ("RESTOREPROF_LAZY_THREADS",),
+            "threads of the lazy page server that copy pages in (0: half the cores, 2 to 8)",
+            "restore"),
     Setting("sync", bool, False, env=("RESTOREPROF_SYNC",),
             help="report a checkpoint done only once every byte is on disk (fsync of the GPU "
                  "memory's chunks, the images, the manifest and their folders)",
