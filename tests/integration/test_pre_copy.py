@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -131,5 +132,41 @@ def test_a_free_while_the_library_pre_copies_waits_for_it(fake_libcuda, tmp_path
         assert torn_down >= outcome["ended"] - 0.05, (
             "the program's frees went through while the library was reading its memory")
         assert os.path.exists(f"/proc/{w.pid}")
+    finally:
+        w.stop()
+
+
+def test_kill_9_during_the_pre_copy_leaves_the_process_running_and_nothing_behind(
+        fake_driver, tmp_path):
+    """The command dies while the library pre-copies (slow fake copies, one thread): its
+    guardian clears the folder, the process runs on unharmed, and a new checkpoint of it
+    restores bit-exact."""
+    from restoreprof.checkpoint.manifest import JOURNAL_NAME, MANIFEST_NAME
+
+    w = HeldMemory.start(tmp_path / "w", 16, gpu_mib=GPU_MIB, prefix=EXEC,
+                         env={"FAKECUDA_COPY_DELAY_US": "150000"})
+    images = tmp_path / "c"
+    cmd = subprocess.Popen([sys.executable, "-m", "restoreprof", "checkpoint", "-p", str(w.pid),
+                            "-D", str(images), "--pre-copy", "--threads", "1", "--chunk-mb", "4"],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        chunks = images / f"{gpu.snapshot_name(w.pid)}.chunks"
+        deadline = time.monotonic() + 60
+        while not (chunks.is_dir() and any(chunks.rglob("*"))):
+            assert time.monotonic() < deadline and cmd.poll() is None, "no pre-copy under way"
+            time.sleep(0.01)
+        cmd.kill()
+        cmd.wait()
+        deadline = time.monotonic() + 60
+        while (images / JOURNAL_NAME).exists():
+            assert time.monotonic() < deadline, "the guardian did not settle the checkpoint"
+            time.sleep(0.05)
+        assert not (images / MANIFEST_NAME).exists()
+        assert not any(images.iterdir()), "the interrupted checkpoint left files behind"
+        assert w.alive() and w.verify(), "the process must run on with its memory intact"
+        images.rmdir()
+        checkpoint(w.pid, images)
+        restore(images)
+        assert w.verify()
     finally:
         w.stop()

@@ -467,7 +467,7 @@ def _criu_restore(directory: Path, work: Path, manifest: Manifest, criu_args: li
         why = server.error or exc.message.splitlines()[0]  # the server's failure makes CRIU's
         notes.append(f"the lazy page restore failed ({why}); CRIU restored every page itself "
                      "instead")
-        journal.write("criu", lazy_pages=False)
+        journal.write("criu", lazy_pages=False, lazy_failed=why)  # for whoever reads it next
         return clock.run(
             "criu restore (every page)", criu.restore, directory, work,
             shell_job=manifest.shell_job, extra=criu_args,

@@ -415,7 +415,9 @@ static void do_offload(int conn, const char *path, int given, const char *chunk_
  * for the writes (checkpoint --pre-copy). Nothing is released and the offload gate stays open;
  * only calls that free or unmap memory wait (the layout gate), since a copy must never read
  * memory that was given back. What the program writes meanwhile may make a chunk torn: it is
- * only a chunk nobody names, since OFFLOAD reads and hashes every byte again. */
+ * only a chunk nobody names, since OFFLOAD reads and hashes every byte again. The engine's
+ * pinned staging is kept for that OFFLOAD (which frees it before the driver's checkpoint):
+ * pinning it again would lengthen the downtime. */
 static void do_precopy(const char *path, const char *chunk_dir, struct rp_engine_params p,
                        int release_s, char *reply, size_t len)
 {
