@@ -302,11 +302,19 @@ static int offload_items(struct alloc_list *list, struct rp_snap_item **items, s
     return rp_app_vmm_items(items, count, &capacity, err, errlen);
 }
 
+/* The program's release hooks: release_s seconds at most; 0: not run; negative: this process's
+ * own settings (RESTOREPROF_RELEASE_CACHES, RESTOREPROF_RELEASE_TIMEOUT_S). */
+static enum rp_release_outcome release_hooks(int release_s, uint64_t *ns)
+{
+    return rp_release_run(release_s < 0 ? rp_config.release_caches : release_s > 0,
+                          release_s > 0 ? (unsigned)release_s * 1000u
+                                        : rp_config.release_timeout_ms, ns);
+}
+
 /* chunk_dir: the chunk folder, relative to the snapshot's folder unless absolute (a store).
  * path "-": the snapshot goes to the descriptor given with the request, in version 2 (the bytes
  * inside it): a process that cannot reach the images folder (a container's) cannot reach a
- * chunk folder beside it either. release_s: how long to wait for the program's release hooks; 0: do not run them; negative:
- * this process's own settings (RESTOREPROF_RELEASE_CACHES, RESTOREPROF_RELEASE_TIMEOUT_S). */
+ * chunk folder beside it either. release_s: see release_hooks. */
 static void do_offload(int conn, const char *path, int given, const char *chunk_dir, int sync,
                        struct rp_engine_params p, int release_s, char *reply, size_t len)
 {
@@ -321,10 +329,7 @@ static void do_offload(int conn, const char *path, int given, const char *chunk_
     size_t n_items = 0;
     /* The program frees its cached blocks first, while it may still call the driver. */
     long long hooks_reserved = (long long)rp_coverage_bytes();
-    enum rp_release_outcome hooks =
-        rp_release_run(release_s < 0 ? rp_config.release_caches : release_s > 0,
-                       release_s > 0 ? (unsigned)release_s * 1000u : rp_config.release_timeout_ms,
-                       &release_ns);
+    enum rp_release_outcome hooks = release_hooks(release_s, &release_ns);
     long long hooks_released = hooks_reserved - (long long)rp_coverage_bytes();
     rp_gate_close(); /* the application's intercepted calls wait from here */
     /* Refused before anything is written: a refused checkpoint leaves nothing behind. */
@@ -431,9 +436,7 @@ static void do_precopy(const char *path, const char *chunk_dir, struct rp_engine
     struct rp_snap_item *items = NULL;
     size_t n_items = 0;
     /* as OFFLOAD: the caching allocators' free blocks are not copied */
-    rp_release_run(release_s < 0 ? rp_config.release_caches : release_s > 0,
-                   release_s > 0 ? (unsigned)release_s * 1000u : rp_config.release_timeout_ms,
-                   &release_ns);
+    release_hooks(release_s, &release_ns);
     rp_layout_close();
     int rc = -1;
     if (rp_app_vmm_refusal(err, sizeof(err)) != 0)
