@@ -33,10 +33,6 @@ def _start(tmp_path, name: str = "w") -> HeldMemory:
     return HeldMemory.start(tmp_path / name, 16, gpu_mib=GPU_MIB, prefix=EXEC)
 
 
-def _only_images(directory) -> bool:
-    return not any(p.name.endswith(gpu.PRECOPY_SUFFIX) for p in directory.iterdir())
-
-
 @pytest.mark.parametrize("with_store", [True, False], ids=["store", "own-folder"])
 def test_the_stop_writes_nothing_the_pre_copy_wrote_and_restores_bit_exact(
         fake_driver, tmp_path, with_store):
@@ -60,7 +56,6 @@ def test_the_stop_writes_nothing_the_pre_copy_wrote_and_restores_bit_exact(
         assert result.downtime_s == pytest.approx(result.total_s - pre_copy_s
                                                   - sum(s.seconds for s in result.steps[
                                                       :names.index(PRE_COPY_STEP)]), abs=1e-3)
-        assert _only_images(tmp_path / "c"), "the pre-copy's table must not stay in the checkpoint"
         restored = restore(tmp_path / "c")
         assert not restored.notes
         assert w.verify(), "GPU memory differs after restoring a pre-copied checkpoint"
@@ -112,8 +107,7 @@ def test_a_free_while_the_library_pre_copies_waits_for_it(fake_libcuda, tmp_path
         def precopy():
             start = time.monotonic()
             outcome["result"] = ShimControl(w.pid).precopy(
-                tmp_path / "gpu.snap.precopy", OptimizerConfig(threads=1, streams=1, chunk_mb=1),
-                chunk_dir=str(tmp_path / "chunks"))
+                tmp_path / "chunks", OptimizerConfig(threads=1, streams=1, chunk_mb=1))
             outcome["ended"] = time.monotonic() - start
 
         thread = threading.Thread(target=precopy)

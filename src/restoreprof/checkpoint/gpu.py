@@ -24,7 +24,6 @@ from restoreprof.optimizer.config import OptimizerConfig
 from restoreprof.optimizer.control import TargetStoppedError
 
 SHIM_MARKER = "librestoreprof_shim"
-PRECOPY_SUFFIX = ".precopy"  # a pre-copy's table, beside the snapshot it goes before
 PRELOAD_STEP = "GPU memory preload (overlapped)"
 POOL_PRELOAD_STEP = "GPU memory preload (warm pool, overlapped)"
 
@@ -148,36 +147,26 @@ def precopy_all(pids: list[int], directory: Path, optimizer, store=None) -> dict
         optimizer = replace(optimizer or OptimizerConfig(), chunk_mb=store.chunk_mb)
     records = {}
     for pid in [p for p in pids if has_shim(p)]:
-        name = snapshot_name(pid)
-        table = directory / (name + PRECOPY_SUFFIX)
+        # the folder the offload will write to (offload_all): the store's, or the snapshot's own
+        folder = Path(store.chunk_dir) if store else directory / f"{snapshot_name(pid)}.chunks"
         try:
-            result = _shim_control(pid).precopy(
-                table, optimizer, chunk_dir=store.chunk_dir if store else f"{name}.chunks")
+            result = _shim_control(pid).precopy(folder, optimizer)
         except RestoreprofError as exc:
             print(f"restoreprof: note: PID {pid}: no pre-copy ({exc.args[0]}); its offload "
                   f"writes every chunk", file=sys.stderr)
             continue
-        records[pid] = {"table": table, "bytes": int(result.get("bytes", 0)),
+        records[pid] = {"folder": folder, "bytes": int(result.get("bytes", 0)),
                         "written_bytes": int(result.get("written", 0)),
                         "seconds": round(float(result.get("seconds", 0.0)), 6)}
     return records
 
 
 def write_back(records: dict[int, dict]) -> float:
-    """Wait until what the pre-copy wrote is on disk (syncfs of each chunk folder's file system),
-    and remove the pre-copy tables; seconds taken."""
-    from restoreprof.store.table import read_table
-
+    """Wait until what the pre-copy wrote is on disk: syncfs of each chunk folder's file system
+    (which writes back whatever else is dirty there too); seconds taken."""
     start = time.monotonic()
-    folders = set()
-    for record in records.values():
-        with contextlib.suppress(OSError, RestoreprofError):
-            folders.add(read_table(record["table"]).folder)
-    for folder in sorted(folders):
+    for folder in sorted({record["folder"] for record in records.values()}):
         _syncfs(folder)
-    for record in records.values():
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(record["table"])
     return time.monotonic() - start
 
 

@@ -308,7 +308,7 @@ class ShimControl:
 
     def _transfer(self, verb: str, path: Path, cfg: OptimizerConfig | None,
                   safe: bool = False, extra: str = "") -> dict[str, Any]:
-        path = Path(path).resolve()
+        path = Path(path).resolve()  # PRECOPY's: its chunk folder
         if any(c.isspace() for c in str(path)):
             raise RestoreprofError(f"snapshot path {path} contains whitespace",
                                    hint="use a checkpoint directory without spaces")
@@ -340,15 +340,11 @@ class ShimControl:
             extra = f" {chunk_dir} {int(sync)}"
         return self._transfer("OFFLOAD", path, cfg, extra=extra)
 
-    def precopy(self, path: Path, cfg: OptimizerConfig | None = None, *,
-                chunk_dir: str) -> dict[str, Any]:
-        """Write the chunks an OFFLOAD would write, and their table to path, while the program
-        runs on (nothing is released): the OFFLOAD that follows writes only what changed since.
-        {bytes, seconds, gbps, written, release_seconds}."""
-        if any(c.isspace() for c in chunk_dir):
-            raise RestoreprofError(f"chunk folder {chunk_dir} contains whitespace",
-                                   hint="use a store path without spaces")
-        return self._transfer("PRECOPY", path, cfg, extra=f" {chunk_dir}")
+    def precopy(self, chunk_dir: Path, cfg: OptimizerConfig | None = None) -> dict[str, Any]:
+        """Write the chunks an OFFLOAD would write into chunk_dir while the program runs on
+        (nothing is released, no table): the OFFLOAD that follows writes only what changed
+        since. {bytes, seconds, gbps, written, release_seconds}."""
+        return self._transfer("PRECOPY", chunk_dir, cfg)
 
     def reload(self, path: Path, cfg: OptimizerConfig | None = None,
                safe: bool = False) -> dict[str, Any]:

@@ -17,9 +17,10 @@
  *     snapshot; the rest of <ns> is giving the memory back)
  *     (the table at path, the chunks in the chunk folder: relative to path's folder unless
  *     absolute, default <path's name>.chunks; sync 1: durable before READY)
- *   PRECOPY <path> <streams> <chunk_mb> <threads> <pinned> <release_s> [<chunk dir>]
+ *   PRECOPY <chunk dir> <streams> <chunk_mb> <threads> <pinned> <release_s>
  *                                           -> OK <bytes> <ns> written=<bytes> release_ns=<ns>
- *     (OFFLOAD's chunks and table while the program runs on; nothing released: see do_precopy)
+ *     (OFFLOAD's chunks, no table, while the program runs on; nothing released: see do_precopy;
+ *     the chunk folder is absolute)
  *   RELOAD <path> <streams> <chunk_mb> <threads> <pinned>   -> OK <bytes> <ns> | ERR <message>
  *   (a number left out or negative: this process's own setting, from its environment)
  *   ADOPT <address> <gpu uuid> [<handle>] + one fd (SCM_RIGHTS)
@@ -414,8 +415,8 @@ static void do_offload(int conn, const char *path, int given, const char *chunk_
 
 /* ---- PRECOPY ---- */
 
-/* Writes the chunks of every allocation OFFLOAD would save, and their table at path, while the
- * program runs on: a checkpoint that follows finds those chunks in the folder and writes only
+/* Writes the chunks of every allocation OFFLOAD would save into chunk_dir while the program
+ * runs on: a checkpoint that follows finds those chunks in the folder and writes only
  * the ones that changed meanwhile, so the process is stopped for the copy and the hashing, not
  * for the writes (checkpoint --pre-copy). Nothing is released and the offload gate stays open;
  * only calls that free or unmap memory wait (the layout gate), since a copy must never read
@@ -423,11 +424,15 @@ static void do_offload(int conn, const char *path, int given, const char *chunk_
  * only a chunk nobody names, since OFFLOAD reads and hashes every byte again. The engine's
  * pinned staging is kept for that OFFLOAD (which frees it before the driver's checkpoint):
  * pinning it again would lengthen the downtime. */
-static void do_precopy(const char *path, const char *chunk_dir, struct rp_engine_params p,
-                       int release_s, char *reply, size_t len)
+static void do_precopy(const char *chunk_dir, struct rp_engine_params p, int release_s,
+                       char *reply, size_t len)
 {
     if (offloaded) {
         snprintf(reply, len, "ERR the memory is offloaded: nothing to pre-copy");
+        return;
+    }
+    if (chunk_dir[0] != '/') {
+        snprintf(reply, len, "ERR PRECOPY needs an absolute chunk folder");
         return;
     }
     uint64_t start = rp_now_ns(), total = 0, written = 0, release_ns = 0;
@@ -444,7 +449,7 @@ static void do_precopy(const char *path, const char *chunk_dir, struct rp_engine
     else if (collect(&list) != 0)
         snprintf(err, sizeof(err), "out of memory");
     else if (offload_items(&list, &items, &n_items, err, sizeof(err)) == 0)
-        rc = rp_snapshot_write(path, chunk_dir, 0, items, n_items, p, &total, &written, err,
+        rc = rp_snapshot_write(NULL, chunk_dir, 0, items, n_items, p, &total, &written, err,
                                sizeof(err));
     rp_app_vmm_close_windows();
     rp_layout_open();
@@ -757,10 +762,10 @@ static void handle(int conn, const char *line, int fd, char *reply, size_t len)
                     &threads, &pinned, &release_s, chunk_dir, &sync) >= 1)
         do_offload(conn, path, fd, chunk_dir[0] ? chunk_dir : default_chunk_dir(path, chunk_dir),
                    sync, params_from(streams, chunk_mb, threads, pinned), release_s, reply, len);
-    else if (sscanf(line, "PRECOPY %4095s %d %d %d %d %d %4095s", path, &streams, &chunk_mb,
-                    &threads, &pinned, &release_s, chunk_dir) >= 1)
-        do_precopy(path, chunk_dir[0] ? chunk_dir : default_chunk_dir(path, chunk_dir),
-                   params_from(streams, chunk_mb, threads, pinned), release_s, reply, len);
+    else if (sscanf(line, "PRECOPY %4095s %d %d %d %d %d", chunk_dir, &streams, &chunk_mb,
+                    &threads, &pinned, &release_s) >= 1)
+        do_precopy(chunk_dir, params_from(streams, chunk_mb, threads, pinned), release_s, reply,
+                   len);
     else if (sscanf(line, "RELOAD %4095s %d %d %d %d", path, &streams, &chunk_mb, &threads,
                     &pinned) >= 1)
         do_reload(path, fd, params_from(streams, chunk_mb, threads, pinned), reply, len);

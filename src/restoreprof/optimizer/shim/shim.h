@@ -488,7 +488,8 @@ void rp_snapshot_source(const char *table, const struct snap_record *r, int fd,
                         struct rp_chunk_store *chunks, struct rp_transfer *t);
 /* Writes every item's bytes as chunks into the folder chunk_dir (relative to the table path's
  * folder unless absolute; made if missing), through the engine on each item's context (one
- * batch per context), then the table (version 4) to path (a temporary name, renamed). With
+ * batch per context), then the table (version 4) to path (a temporary name, renamed; path NULL:
+ * no table, and chunk_dir must be absolute: PRECOPY). With
  * sync, chunks, folders and the table are durable before it returns. Leaves the memory mapped.
  * 0, or -1 with err set; *total: logical bytes, *written: bytes the folder did not hold yet. */
 int rp_snapshot_write(const char *path, const char *chunk_dir, int sync,

@@ -146,7 +146,7 @@ void rp_snapshot_source(const char *table, const struct snap_record *r, int fd,
 /* dir resolved against the folder of table_path unless it is absolute, into out. */
 static void resolve_dir(const char *dir, const char *table_path, char *out, size_t len)
 {
-    if (dir[0] == '/') {
+    if (dir[0] == '/' || !table_path) {
         snprintf(out, len, "%s", dir);
         return;
     }
@@ -303,8 +303,9 @@ int rp_snapshot_write(const char *path, const char *chunk_dir, int sync,
         rc = -1;
     }
     h->written_bytes = chunks.written_bytes;
-    /* Last: the table names only chunks that are complete (renamed into place). */
-    if (rc == 0)
+    /* Last: the table names only chunks that are complete (renamed into place). No path: only
+     * the chunks (PRECOPY). */
+    if (rc == 0 && path)
         rc = write_table(path, buf, table, sync, err, errlen);
     *total = h->total_bytes;
     *written = h->written_bytes;
