@@ -157,7 +157,8 @@ def test_abort_and_gpu_only_after_the_guardian_was_killed_too(tmp_path, restorep
     try:
         _wait_for(lambda: _phase(journal).get("criu_pid"), what="criu restore")
         assert _phase(journal).get("lazy_pages") is lazy, (
-            f"the lazy page restore fell back: {_phase(journal).get('lazy_failed')}")
+            f"no lazy page restore: not used ({_phase(journal).get('lazy_not_used')}), or it "
+            f"fell back ({_phase(journal).get('lazy_failed')})")
         guardians = subprocess.run(["pgrep", "-f", f"guardian.py restore {work}"],
                                    capture_output=True, text=True).stdout.split()
         for pid in [*guardians, str(cmd.pid)]:

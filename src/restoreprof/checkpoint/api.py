@@ -434,7 +434,7 @@ def _criu_restore(directory: Path, work: Path, manifest: Manifest, criu_args: li
     """criu restore, its processes' memory served by restoreprof's lazy page server where it
     can be (see lazy_pages); any failure there kills the processes, which never ran, and CRIU
     restores them again reading every page itself. Returns (root PID, interrupted)."""
-    server = None
+    server = why = None
     if optimizer.lazy_pages:
         why = clock.run("check lazy pages", lazy_pages.why_not, directory)
         if why is None:
@@ -445,7 +445,8 @@ def _criu_restore(directory: Path, work: Path, manifest: Manifest, criu_args: li
             notes.append(f"lazy pages not used: {why}")
     try:
         # a guardian must know: a CRIU whose page server died waits forever on the first fault
-        journal.write("criu", lazy_pages=server is not None)
+        journal.write("criu", lazy_pages=server is not None,
+                      **({"lazy_not_used": why} if why else {}))
         root, interrupted = clock.run(
             "criu restore", criu.restore, directory, work, shell_job=manifest.shell_job,
             extra=criu_args + (["--lazy-pages"] if server else []),
