@@ -161,6 +161,22 @@ def test_images_are_recorded_with_blake3_and_older_sha256_manifests_still_check(
         (tmp_path / "pages-1.img").write_bytes(data)
 
 
+def test_without_the_native_library_images_are_recorded_with_sha256(tmp_path, monkeypatch):
+    """restoreprof works where its native library could not be built (no CUDA headers): its
+    checkpoints are then recorded, and checked, with SHA-256; one recorded with BLAKE3 is
+    refused with the reason instead of a traceback."""
+    from restoreprof.checkpoint import manifest as mf
+
+    (tmp_path / "pages-1.img").write_bytes(b"x" * 100)
+    with_blake3 = mf.record_images(tmp_path)
+    monkeypatch.setattr(mf, "_native_library", lambda: None)
+    images = mf.record_images(tmp_path)
+    assert set(images[0]) == {"name", "bytes", "sha256_segments"}
+    mf.verify_images(tmp_path, Manifest(root_pid=1, processes=[], images=images))
+    with pytest.raises(RestoreprofError, match="native library"):
+        mf.verify_images(tmp_path, Manifest(root_pid=1, processes=[], images=with_blake3))
+
+
 def test_the_manifest_never_lists_the_journal(tmp_path):
     """A checkpoint finished while its journal was being replaced must not list the journal's
     temporary file: it is gone a moment later, and the checkpoint would never restore."""

@@ -7,7 +7,8 @@ restores). Segments hash in parallel, each in one call into restoreprof's native
 SHA-256 in the seventh session: on the H200 the SHA-256 check of a 16 GB model's 1.1 GB of
 page images, 16 Python threads hashing a MiB at a time, slowed the restore it overlaps by
 0.05 to 0.08 s (CRIU and the page copy wait for the CPU). Checkpoints with SHA-256 digests are
-still read and checked.
+still read and checked, and where the native library was not built (it needs the CUDA headers)
+images are recorded with SHA-256.
 """
 
 from __future__ import annotations
@@ -238,15 +239,30 @@ def digests_of(image: dict) -> tuple[str, list]:
     raise KeyError("no segment digests")
 
 
+def _native_library():
+    """restoreprof's native library (its BLAKE3), or None where it was not built (it needs the
+    CUDA headers: restoreprof works without it, and doctor says so)."""
+    from restoreprof.optimizer.engine import library
+
+    try:
+        return library()
+    except (RestoreprofError, OSError):
+        return None
+
+
 def _blake3_digest(path: Path, offset: int, length: int) -> str:
     import ctypes
 
-    from restoreprof.optimizer.engine import library
-
+    lib = _native_library()
+    if lib is None:
+        raise RestoreprofError(
+            f"checking {path} needs restoreprof's native library (its checksums are BLAKE3), "
+            "which is not built here", hint="install restoreprof where the CUDA toolkit's "
+            "headers are (cuda.h), or run ./scripts/setup.sh; 'restoreprof doctor' says why")
     out = ctypes.create_string_buffer(32)
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
     try:
-        if library().rp_blake3_file(fd, offset, length, out) != 0:
+        if lib.rp_blake3_file(fd, offset, length, out) != 0:
             raise IntegrityError(f"reading checkpoint image {path} failed (truncated?)",
                                  hint="the checkpoint is damaged; restore from an intact copy "
                                       "or take a new one")
@@ -305,9 +321,12 @@ def record_images(directory: Path, threads: int | None = None,
                    if p.is_file() and not p.is_symlink()
                    and p.name not in (MANIFEST_NAME, MANIFEST_NAME + ".tmp")
                    and not p.name.startswith(JOURNAL_NAME))  # the journal and its next version
-    digests = _hash_files(directory, names, threads or default_threads(), segment)
+    # BLAKE3 through the native library; SHA-256 where it was not built
+    algorithm = "blake3" if _native_library() is not None else "sha256"
+    digests = _hash_files(directory, names, threads or default_threads(), segment,
+                          dict.fromkeys(names, algorithm))
     return [{"name": n, "bytes": (directory / n).stat().st_size,
-             DIGEST_KEYS["blake3"]: digests[n]} for n in names]
+             DIGEST_KEYS[algorithm]: digests[n]} for n in names]
 
 
 def is_page_data(name: str) -> bool:
