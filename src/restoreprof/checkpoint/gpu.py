@@ -18,6 +18,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from restoreprof.checkpoint.tree import maps_library
+from restoreprof.checkpoint.trust import CHUNK_DIR_SUFFIX
 from restoreprof.cuda import driver
 from restoreprof.errors import RestoreprofError
 from restoreprof.optimizer.config import OptimizerConfig
@@ -96,13 +97,20 @@ def has_shim(pid: int) -> bool:
     return maps_library(pid, SHIM_MARKER)
 
 
+def _in_chunks_of(store, optimizer):
+    """optimizer with the store's chunk size (else the store's chunks would never match); as it
+    is without a store."""
+    if store is None:
+        return optimizer
+    return replace(optimizer or OptimizerConfig(), chunk_mb=store.chunk_mb)
+
+
 def offload_all(pids: list[int], directory: Path, optimizer, store=None,
                 sync: bool = False) -> dict[int, dict]:
     """Offload the GPU memory of every process running with the library; {pid: record}. Each
     snapshot's chunks go to its own folder beside it, or to store (a store.session.StoreSession)."""
     records = {}
-    if store is not None:  # the store's chunk size, else its chunks would never match
-        optimizer = replace(optimizer or OptimizerConfig(), chunk_mb=store.chunk_mb)
+    optimizer = _in_chunks_of(store, optimizer)
     with_shim = [p for p in pids if has_shim(p)]
     if store is not None and with_shim:
         store.pending(with_shim, [directory / snapshot_name(p) for p in with_shim])
@@ -143,12 +151,12 @@ def precopy_all(pids: list[int], directory: Path, optimizer, store=None) -> dict
     again but writes only the chunks that changed, and its writes (and CRIU's) are not
     throttled behind gigabytes of dirty page cache. {pid: record}; a process whose library
     cannot pre-copy is noted and left to the offload, which decides (and explains) for it."""
-    if store is not None:
-        optimizer = replace(optimizer or OptimizerConfig(), chunk_mb=store.chunk_mb)
+    optimizer = _in_chunks_of(store, optimizer)
     records = {}
     for pid in [p for p in pids if has_shim(p)]:
         # the folder the offload will write to (offload_all): the store's, or the snapshot's own
-        folder = Path(store.chunk_dir) if store else directory / f"{snapshot_name(pid)}.chunks"
+        folder = Path(store.chunk_dir) if store else \
+            directory / f"{snapshot_name(pid)}{CHUNK_DIR_SUFFIX}"
         try:
             result = _shim_control(pid).precopy(folder, optimizer)
         except RestoreprofError as exc:
@@ -161,13 +169,11 @@ def precopy_all(pids: list[int], directory: Path, optimizer, store=None) -> dict
     return records
 
 
-def write_back(records: dict[int, dict]) -> float:
+def write_back(records: dict[int, dict]) -> None:
     """Wait until what the pre-copy wrote is on disk: syncfs of each chunk folder's file system
-    (which writes back whatever else is dirty there too); seconds taken."""
-    start = time.monotonic()
+    (which writes back whatever else is dirty there too)."""
     for folder in sorted({record["folder"] for record in records.values()}):
         _syncfs(folder)
-    return time.monotonic() - start
 
 
 def _syncfs(path: Path) -> None:

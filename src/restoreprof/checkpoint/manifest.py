@@ -271,7 +271,7 @@ def _blake3_digest(path: Path, offset: int, length: int) -> str:
     return out.raw.hex()
 
 
-def _segment_digest(path: Path, offset: int, length: int, algorithm: str = "blake3") -> str:
+def _segment_digest(path: Path, offset: int, length: int, algorithm: str) -> str:
     if algorithm == "blake3":
         return _blake3_digest(path, offset, length)
     h = hashlib.sha256()
@@ -294,15 +294,14 @@ def _segments(size: int, segment: int) -> list[tuple[int, int]]:
     return [(off, min(segment, size - off)) for off in range(0, size, segment)] or [(0, 0)]
 
 
-def _hash_files(directory: Path, names: list[str], threads: int, segment: int = SEGMENT_BYTES,
-                algorithms: dict[str, str] | None = None) -> dict[str, list[str]]:
-    """{name: segment digests}, each name hashed with algorithms[name] (default BLAKE3)."""
-    algorithms = algorithms or {}
+def _hash_files(directory: Path, names: list[str], threads: int, segment: int,
+                algorithms: dict[str, str]) -> dict[str, list[str]]:
+    """{name: segment digests}, each name hashed with algorithms[name] ("blake3", "sha256")."""
     jobs = [(name, off, length) for name in names
             for off, length in _segments((directory / name).stat().st_size, segment)]
     with ThreadPoolExecutor(max_workers=threads) as pool:
         digests = list(pool.map(lambda j: _segment_digest(
-            directory / j[0], j[1], j[2], algorithms.get(j[0], "blake3")), jobs))
+            directory / j[0], j[1], j[2], algorithms[j[0]]), jobs))
     out: dict[str, list[str]] = {name: [] for name in names}
     for (name, _, _), digest in zip(jobs, digests, strict=True):
         out[name].append(digest)

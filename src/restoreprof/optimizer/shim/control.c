@@ -281,13 +281,16 @@ static int open_snapshot(const char *path, int given, int flags)
     return open(path, flags | O_CLOEXEC, 0600);
 }
 
-/* The snapshot's items: the library's allocations, then the application's physical ones (each
- * with a window to read it through; rp_app_vmm_close_windows closes them). */
+/* The snapshot's items: the library's allocations (collected into list), then the application's
+ * physical ones (each with a window to read it through; rp_app_vmm_close_windows closes them).
+ * 0, or -1 with err set. */
 static int offload_items(struct alloc_list *list, struct rp_snap_item **items, size_t *count,
                          char *err, size_t errlen)
 {
-    size_t capacity = list->count ? list->count : 1;
     *count = 0;
+    if (collect(list) != 0)
+        return snprintf(err, errlen, "out of memory"), -1;
+    size_t capacity = list->count ? list->count : 1;
     *items = calloc(capacity, sizeof(**items));
     if (!*items)
         return snprintf(err, errlen, "out of memory"), -1;
@@ -342,9 +345,7 @@ static void do_offload(int conn, const char *path, int given, const char *chunk_
     int to_fd = strcmp(path, "-") == 0;
     CUresult drained = CUDA_SUCCESS;
     int rc = -1;
-    if (collect(&list) != 0)
-        snprintf(err, sizeof(err), "out of memory");
-    else if (offload_items(&list, &items, &n_items, err, sizeof(err)) != 0)
+    if (offload_items(&list, &items, &n_items, err, sizeof(err)) != 0)
         ; /* err says why */
     else if ((drained = drain_contexts(items, n_items)) != CUDA_SUCCESS)
         snprintf(err, sizeof(err), "waiting for the GPU failed: %s", rp_error_name(drained));
@@ -446,8 +447,6 @@ static void do_precopy(const char *chunk_dir, struct rp_engine_params p, int rel
     int rc = -1;
     if (rp_app_vmm_refusal(err, sizeof(err)) != 0)
         ; /* the checkpoint would refuse: say so now */
-    else if (collect(&list) != 0)
-        snprintf(err, sizeof(err), "out of memory");
     else if (offload_items(&list, &items, &n_items, err, sizeof(err)) == 0)
         rc = rp_snapshot_write(NULL, chunk_dir, 0, items, n_items, p, &total, &written, err,
                                sizeof(err));
