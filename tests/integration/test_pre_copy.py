@@ -161,3 +161,22 @@ def test_kill_9_during_the_pre_copy_leaves_the_process_running_and_nothing_behin
         assert w.verify()
     finally:
         w.stop()
+
+
+def test_precopy_refuses_a_relative_folder_and_offloaded_memory(fake_driver, tmp_path):
+    """The library's own refusals, as a client that skips ShimControl.precopy would meet them:
+    a chunk folder it cannot place (relative), and memory that is not there (offloaded)."""
+    from restoreprof.errors import RestoreprofError
+
+    w = _start(tmp_path)
+    ctl = ShimControl(w.pid)
+    try:
+        with pytest.raises(RestoreprofError, match="absolute chunk folder"):
+            ctl.request("PRECOPY chunks 1 1 1 1 0")
+        ctl.offload(tmp_path / "gpu.snap")
+        with pytest.raises(RestoreprofError, match="offloaded: nothing to pre-copy"):
+            ctl.precopy(tmp_path / "chunks")
+        ctl.reload(tmp_path / "gpu.snap")
+        assert w.verify()
+    finally:
+        w.stop()
