@@ -20,6 +20,7 @@ import pytest
 from restoreprof.checkpoint import checkpoint, restore
 from restoreprof.optimizer.config import OptimizerConfig
 from restoreprof.optimizer.control import ShimControl, _parse_ok_numbers
+from restoreprof.store.table import chunk_path, read_table
 from restoreprof.workloads.controller import HeldMemory
 
 pytestmark = pytest.mark.root
@@ -31,11 +32,13 @@ CACHED_RESERVED = 4 * MIB + 6 * MIB    # its cached blocks, at the 2 MiB granula
 ALL = LIVE + 4 * MIB + 6 * MIB
 
 
-def start(tmp_path: Path, hook: str, *exec_flags: str, hold_gil: bool = False) -> HeldMemory:
+def start(tmp_path: Path, hook: str, *exec_flags: str, hold_gil: bool = False,
+          segment: str | None = None) -> HeldMemory:
     cmd = [sys.executable, "-m", "restoreprof", "exec", *exec_flags, "--", sys.executable,
            str(APP), "--state", str(tmp_path / "state"), "--hook", hook]
-    return HeldMemory.start_command(cmd + (["--hold-gil"] if hold_gil else []),
-                                    tmp_path / "state", timeout_s=60)
+    cmd += ["--hold-gil"] if hold_gil else []
+    cmd += ["--segment", segment] if segment else []
+    return HeldMemory.start_command(cmd, tmp_path / "state", timeout_s=60)
 
 
 @pytest.mark.parametrize("hook", ["own", "torch"])
@@ -150,5 +153,51 @@ def test_coverage_names_each_kind_the_library_served(fake_driver, tmp_path):
         assert "offloaded       stream-ordered      2 allocations" in text
         restore(tmp_path / "ckpt")
         assert w.verify()
+    finally:
+        w.stop()
+
+
+SEGMENT = 16 * MIB  # release_hook_app's --segment: free block at [3, 11) MiB
+
+
+def test_free_blocks_inside_a_segment_are_saved_as_zeros(fake_driver, tmp_path):
+    """A block the allocator reports free inside a segment that also holds live tensors: the
+    2 MiB chunks wholly inside it ([4, 10) MiB of [3, 11)) are not copied but saved as zeros,
+    one chunk by content; the live bytes around it come back bit-exact through real CRIU."""
+    w = start(tmp_path, "torch", segment="used")
+    try:
+        pointer = json.loads((tmp_path / "state" / "stats.json").read_text())["segment"]
+        result = checkpoint(w.pid, tmp_path / "ckpt")
+        record = result.manifest.processes[0]
+        offload = record.offload
+        assert offload["free_blocks"] == "used"
+        assert offload["bytes"] == LIVE + SEGMENT
+        assert offload["free_bytes"] == 6 * MIB
+        assert record.coverage["saved_bytes"] == LIVE + SEGMENT - 6 * MIB
+        assert record.coverage["free_bytes"] == 6 * MIB
+        table = read_table(tmp_path / "ckpt" / offload["snapshot"])
+        (names,) = [r.hashes for r in table.records if r.address == pointer]
+        assert names[2] == names[3] == names[4] and len(set(names)) == 6
+        assert chunk_path(table.folder, names[2]).read_bytes() == bytes(2 * MIB)
+        # (written_bytes may count the zero chunk up to three times: threads putting the same
+        # new chunk at once each write it; the folder holds it once)
+        restore(tmp_path / "ckpt")
+        assert w.verify(), "the live bytes around the free block differ after the restore"
+    finally:
+        w.stop()
+
+
+def test_free_blocks_read_before_a_gpu_call_are_not_trusted(fake_driver, tmp_path):
+    """The allocator's view is stale once any call passed the gate after it was read (here a
+    copy into the reported block, as a thread allocating and writing it would make): the
+    offload copies every byte, and what was written comes back."""
+    w = start(tmp_path, "torch", segment="stale")
+    try:
+        result = checkpoint(w.pid, tmp_path / "ckpt")
+        offload = result.manifest.processes[0].offload
+        assert offload["free_blocks"] == "stale" and offload["free_bytes"] == 0
+        assert offload["bytes"] == LIVE + SEGMENT
+        restore(tmp_path / "ckpt")
+        assert w.verify(), "the block written after the allocator was read was lost"
     finally:
         w.stop()

@@ -11,6 +11,10 @@ with but keeps, as a caching allocator does. Its cache is freed through the real
          frameworks in sys.modules; here a module named torch stands in, with the calls the
          hook makes (this CPU machine has no CUDA build of PyTorch; the GPU benchmark runs the
          real one).
+--segment used|stale: the torch stand-in also keeps one 16 MiB segment whose middle 8 MiB is a
+free block (memory_snapshot reports it), filled, like the rest, with data; "stale" has its
+memory_snapshot write 2 MiB of that block again after reading it (the same bytes, counted as
+live), as another thread allocating and writing a block just after the allocator was read would.
 --hold-gil: once ready, a thread holds the GIL for good (libc's sleep called through
 ctypes.PyDLL), as a program stuck in an extension would: no Python hook can run, nor can the
 program answer the verify signal.
@@ -52,7 +56,35 @@ class Cache:
         return 0
 
 
-def fake_torch(cache: Cache) -> types.ModuleType:
+# --segment: one segment, its blocks (offset, size, state) as PyTorch's memory_snapshot says
+SEGMENT_BYTES = 16 * MIB
+SEGMENT_BLOCKS = [(0, 3 * MIB, "active_allocated"), (3 * MIB, 8 * MIB, "inactive"),
+                  (11 * MIB, 5 * MIB, "active_allocated")]
+REWRITTEN = (4 * MIB, 2 * MIB)  # "stale": written again after the allocator was read
+
+
+class Segment:
+    def __init__(self, rng, stale: bool) -> None:
+        self.pointer = cu.mem_alloc(SEGMENT_BYTES)
+        self.data = rng.integers(0, 256, SEGMENT_BYTES, dtype=np.uint8)
+        cu.copy_htod(self.pointer, self.data)
+        self.stale = stale
+
+    def live(self) -> list[tuple[int, int]]:
+        """(offset, size) of the bytes the program still uses."""
+        spans = [(o, n) for o, n, state in SEGMENT_BLOCKS if state != "inactive"]
+        return spans + ([REWRITTEN] if self.stale else [])
+
+    def memory_snapshot(self) -> list[dict]:
+        view = [{"address": self.pointer, "total_size": SEGMENT_BYTES, "segment_pool_id": (0, 0),
+                 "blocks": [{"size": n, "state": state} for _, n, state in SEGMENT_BLOCKS]}]
+        if self.stale:  # a block handed out and written after this reading: a gated call
+            offset, size = REWRITTEN
+            cu.copy_htod(self.pointer + offset, self.data[offset:offset + size])
+        return view
+
+
+def fake_torch(cache: Cache, segment: Segment | None = None) -> types.ModuleType:
     """The calls restoreprof's start-up hook makes on torch, over this program's cache."""
     torch = types.ModuleType("torch")
     torch.cuda = types.SimpleNamespace(
@@ -64,6 +96,8 @@ def fake_torch(cache: Cache) -> types.ModuleType:
         synchronize=lambda: None,
         empty_cache=cache.free_all,
     )
+    if segment is not None:
+        torch.cuda.memory_snapshot = segment.memory_snapshot
     return torch
 
 
@@ -80,6 +114,7 @@ def main() -> int:
     parser.add_argument("--state", type=Path, required=True)
     parser.add_argument("--hook", choices=["own", "torch"], required=True)
     parser.add_argument("--hold-gil", action="store_true")
+    parser.add_argument("--segment", choices=["used", "stale"])
     args = parser.parse_args()
     args.state.mkdir(parents=True, exist_ok=True)
 
@@ -90,23 +125,29 @@ def main() -> int:
     for pointer, host in zip(live, data, strict=True):
         cu.copy_htod(pointer, host)
     cache = Cache()
+    segment = Segment(rng, args.segment == "stale") if args.segment else None
 
     if args.hook == "own":
         callback = ctypes.CFUNCTYPE(ctypes.c_int)(cache.free_all)
         assert ctypes.CDLL(None).rp_register_before_offload(callback) == 0
     else:
-        sys.modules["torch"] = fake_torch(cache)
+        sys.modules["torch"] = fake_torch(cache, segment)
     loaded = "_restoreprof_sitecustomize" in sys.modules or \
         "startup_hook" in getattr(sys.modules.get("sitecustomize"), "__file__", "")
     (args.state / "stats.json").write_text(json.dumps({
         "live_bytes": sum(LIVE_BYTES), "cached_bytes": sum(CACHED_BYTES),
-        "startup_hook_loaded": loaded}))
+        "startup_hook_loaded": loaded,
+        "segment": segment.pointer if segment else None}))
 
     def digest() -> str:
         sha = hashlib.sha256()
         for pointer, host in zip(live, data, strict=True):
             back = np.empty_like(host)
             cu.copy_dtoh(back, pointer)
+            sha.update(back.tobytes())
+        for offset, size in segment.live() if segment else []:
+            back = np.empty(size, dtype=np.uint8)
+            cu.copy_dtoh(back, segment.pointer + offset)
             sha.update(back.tobytes())
         return sha.hexdigest()
 

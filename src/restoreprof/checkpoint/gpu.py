@@ -136,6 +136,10 @@ def offload_all(pids: list[int], directory: Path, optimizer, store=None,
                         "reserved_bytes": int(result.get("reserved", 0)),
                         "released_bytes": int(result.get("released", 0)),
                         "release": str(result.get("release", "unknown")),
+                        # blocks freed inside allocations the program keeps: saved as zeros
+                        # (free_blocks: used, stale (the GPU was used since), none)
+                        "free_bytes": int(result.get("free", 0)),
+                        "free_blocks": str(result.get("free_blocks", "none")),
                         # inside the library: its release hooks, then the snapshot (to READY);
                         # the rest of its time gave the memory back
                         "release_seconds": round(float(result.get("release_seconds", 0.0)), 6),
@@ -214,7 +218,9 @@ def coverage_all(pids: list[int], offloaded: dict[int, dict]) -> dict[int, dict]
         coverage[pid] = {
             "offloaded": kinds,
             "offloaded_bytes": sum(k["bytes"] for k in kinds.values()),
-            "saved_bytes": record["bytes"] if record else 0,
+            # what holds the program's data: the blocks it had freed are saved as zeros
+            "saved_bytes": record["bytes"] - record.get("free_bytes", 0) if record else 0,
+            "free_bytes": (record or {}).get("free_bytes", 0),
             "reserved_bytes": (record or {}).get("reserved_bytes", 0),
             "released_bytes": (record or {}).get("released_bytes", 0),
             "release": (record or {}).get("release", "not offloaded"),
@@ -251,6 +257,9 @@ def coverage_summary(processes) -> list[str]:
         if c["shim"] and c["release"] != "not offloaded":
             reserved = max(c["reserved_bytes"], c["saved_bytes"])
             lines.append(f"  saved           {_gb(c['saved_bytes'])} of {_gb(reserved)} reserved")
+            if c.get("free_bytes"):
+                lines.append(f"  not saved       {_gb(c['free_bytes'])} of blocks freed inside "
+                             "allocations (restored as zeros)")
             lines.append(f"  freed first     {_gb(max(0, c['released_bytes']))} of cached blocks "
                          f"({_release_text(c['release'])})")
     return lines

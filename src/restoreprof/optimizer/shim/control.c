@@ -326,7 +326,7 @@ static void do_offload(int conn, const char *path, int given, const char *chunk_
         snprintf(reply, len, "ERR already offloaded: RELOAD first");
         return;
     }
-    uint64_t start = rp_now_ns(), total = 0, written = 0, release_ns = 0;
+    uint64_t start = rp_now_ns(), total = 0, written = 0, release_ns = 0, free_bytes = 0;
     char err[512] = "";
     struct alloc_list list = { 0 };
     struct rp_snap_item *items = NULL;
@@ -336,9 +336,13 @@ static void do_offload(int conn, const char *path, int given, const char *chunk_
     enum rp_release_outcome hooks = release_hooks(release_s, &release_ns);
     long long hooks_released = hooks_reserved - (long long)rp_coverage_bytes();
     rp_gate_close(); /* the application's intercepted calls wait from here */
+    /* the blocks its hooks reported free, if nothing used the GPU since they were read */
+    struct rp_free_ranges freed;
+    enum rp_free_state free_state = rp_free_ranges_take(1, &freed);
     /* Refused before anything is written: a refused checkpoint leaves nothing behind. */
     if (rp_app_vmm_refusal(err, sizeof(err)) != 0) {
         rp_gate_open();
+        rp_free_ranges_done(&freed);
         snprintf(reply, len, "ERR cannot checkpoint: %s", err);
         return;
     }
@@ -359,8 +363,8 @@ static void do_offload(int conn, const char *path, int given, const char *chunk_
         else if (to_fd)
             rc = rp_snapshot_write_fd(fd, items, n_items, p, &total, err, sizeof(err));
         else
-            rc = rp_snapshot_write(path, chunk_dir, sync, items, n_items, p, &total, &written,
-                                   err, sizeof(err));
+            rc = rp_snapshot_write(path, chunk_dir, sync, items, n_items, &freed, p, &total,
+                                   &written, &free_bytes, err, sizeof(err));
         if (to_fd)
             written = total;
         if (fd >= 0 && close(fd) != 0 && rc == 0) {
@@ -370,6 +374,7 @@ static void do_offload(int conn, const char *path, int given, const char *chunk_
         }
     }
     rp_app_vmm_close_windows();
+    rp_free_ranges_done(&freed);
     if (rc != 0) {
         rp_gate_open(); /* nothing was released: the application just carries on */
         snprintf(reply, len, "ERR %s", err);
@@ -405,11 +410,12 @@ static void do_offload(int conn, const char *path, int given, const char *chunk_
     else
         snprintf(reply, len,
                  "OK %llu %llu written=%llu reserved=%lld released=%lld release=%s release_ns=%llu "
-                 "ready_ns=%llu",
+                 "ready_ns=%llu free=%llu free_blocks=%s",
                  (unsigned long long)total, (unsigned long long)(rp_now_ns() - start),
                  (unsigned long long)written, hooks_reserved, hooks_released,
                  rp_release_outcome_name(hooks), (unsigned long long)release_ns,
-                 (unsigned long long)ready_ns);
+                 (unsigned long long)ready_ns, (unsigned long long)free_bytes,
+                 rp_free_state_name(free_state));
     free(items);
     free(list.items);
 }
@@ -436,30 +442,35 @@ static void do_precopy(const char *chunk_dir, struct rp_engine_params p, int rel
         snprintf(reply, len, "ERR PRECOPY needs an absolute chunk folder");
         return;
     }
-    uint64_t start = rp_now_ns(), total = 0, written = 0, release_ns = 0;
+    uint64_t start = rp_now_ns(), total = 0, written = 0, release_ns = 0, free_bytes = 0;
     char err[512] = "";
     struct alloc_list list = { 0 };
     struct rp_snap_item *items = NULL;
     size_t n_items = 0;
-    /* as OFFLOAD: the caching allocators' free blocks are not copied */
+    /* as OFFLOAD: the caching allocators' free blocks are not copied (their report is only a
+     * hint here: the program runs on, and OFFLOAD copies whatever it uses since) */
     release_hooks(release_s, &release_ns);
     rp_layout_close();
+    struct rp_free_ranges freed;
+    rp_free_ranges_take(0, &freed);
     int rc = -1;
     if (rp_app_vmm_refusal(err, sizeof(err)) != 0)
         ; /* the checkpoint would refuse: say so now */
     else if (offload_items(&list, &items, &n_items, err, sizeof(err)) == 0)
-        rc = rp_snapshot_write(NULL, chunk_dir, 0, items, n_items, p, &total, &written, err,
-                               sizeof(err));
+        rc = rp_snapshot_write(NULL, chunk_dir, 0, items, n_items, &freed, p, &total, &written,
+                               &free_bytes, err, sizeof(err));
     rp_app_vmm_close_windows();
     rp_layout_open();
+    rp_free_ranges_done(&freed);
     free(items);
     free(list.items);
     if (rc != 0)
         snprintf(reply, len, "ERR %s", err);
     else
-        snprintf(reply, len, "OK %llu %llu written=%llu release_ns=%llu",
+        snprintf(reply, len, "OK %llu %llu written=%llu release_ns=%llu free=%llu",
                  (unsigned long long)total, (unsigned long long)(rp_now_ns() - start),
-                 (unsigned long long)written, (unsigned long long)release_ns);
+                 (unsigned long long)written, (unsigned long long)release_ns,
+                 (unsigned long long)free_bytes);
 }
 
 /* ---- RELOAD ---- */

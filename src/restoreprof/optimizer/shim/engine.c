@@ -29,6 +29,7 @@ struct slot {
     void *buffer;
     CUevent done; /* recorded after the DMA that uses `buffer` */
     int pending;  /* `done` was recorded and not yet waited for */
+    int zero;     /* D2H: the chunk lies in memory the program freed: zeros, no DMA */
 };
 
 static struct {
@@ -367,6 +368,8 @@ static CUresult d2h_drain(struct job *job, struct slot *s, size_t global)
     CUresult rc = settle(s);
     if (rc != CUDA_SUCCESS)
         return rc;
+    if (s->zero)
+        memset(s->buffer, 0, n);
     if (t->chunks) { /* hash here, in each thread: one chunk file per chunk, no shared inode */
         uint8_t *hash = t->hashes + index * RP_HASH_BYTES;
         size_t piece = offset / RP_PIECE_BYTES;
@@ -393,6 +396,12 @@ static CUresult d2h_start(struct job *job, struct slot *s, CUstream stream, size
     struct rp_transfer *t = locate(job, global, &index);
     size_t offset = index * job->chunk;
     size_t n = t->bytes - offset < job->chunk ? t->bytes - offset : job->chunk;
+    s->zero = t->chunks && rp_free_ranges_cover(t->free, t->free_base + offset, n);
+    if (s->zero) { /* freed by the program: nothing to read (d2h_drain writes zeros) */
+        __atomic_fetch_add(&t->free_bytes, n, __ATOMIC_RELAXED);
+        s->pending = 0;
+        return CUDA_SUCCESS;
+    }
     CUresult rc = rp_real.cuMemcpyDtoHAsync_v2(s->buffer, t->device + offset, n, stream);
     if (rc == CUDA_SUCCESS)
         rc = rp_real.cuEventRecord(s->done, stream);

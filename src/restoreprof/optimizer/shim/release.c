@@ -14,6 +14,7 @@
 
 #include <pthread.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
@@ -112,6 +113,7 @@ enum rp_release_outcome rp_release_run(int enabled, unsigned timeout_ms, uint64_
 {
     uint64_t start = rp_now_ns();
     *ns = 0;
+    rp_free_ranges_clear(); /* only what this run's hooks report counts */
     if (!enabled)
         return RP_RELEASE_OFF;
     pthread_once(&cond_once, init_cond);
@@ -157,4 +159,130 @@ enum rp_release_outcome rp_release_run(int enabled, unsigned timeout_ms, uint64_
         rp_log("the program's release hook did not return within %u ms; offloading without it "
                "(its freed memory is saved too)", timeout_ms);
     return outcome;
+}
+
+/* ---- blocks the program freed inside memory it keeps ----
+ *
+ * A caching allocator frees what it can (empty_cache), but a block freed inside a segment that
+ * also holds live tensors stays allocated from the driver's view: PyTorch loading a Llama-shaped
+ * model (fp32 temporaries converted to bf16) keeps 4.4 GB of such blocks for 16 GB of weights.
+ * A hook may report them: it reads rp_free_ranges_begin() (a stamp), then the allocator's view
+ * of its free blocks, then hands both to rp_free_ranges_note(). OFFLOAD, with the gate closed,
+ * uses them only when no intercepted call passed the gate since the stamp was read: every write
+ * to GPU memory (a kernel, a copy, a memset) passes it, so none can have used a block the
+ * allocator handed out after reporting it free. Chunks that lie wholly inside the ranges are
+ * not copied: they are saved as zeros (one chunk, by content), and come back as zeros. */
+
+static struct {
+    pthread_mutex_t lock;
+    int noted;       /* ranges were noted by this run of the hooks */
+    uint64_t stamp;  /* the gate's pass count when the hook read the allocator */
+    uint64_t *pairs; /* [start, end) pairs, sorted, merged */
+    size_t n;
+} freed = { .lock = PTHREAD_MUTEX_INITIALIZER };
+
+RP_EXPORT uint64_t rp_free_ranges_begin(void)
+{
+    return rp_gate_passes();
+}
+
+static int by_start(const void *a, const void *b)
+{
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return x < y ? -1 : x > y;
+}
+
+/* ranges: n (address, size) pairs the program's allocator holds free, as read after stamp
+ * (rp_free_ranges_begin). 0, or -1 when out of memory (nothing is noted then). */
+RP_EXPORT int rp_free_ranges_note(uint64_t stamp, const uint64_t *ranges, size_t n)
+{
+    uint64_t *pairs = malloc((n ? n : 1) * 2 * sizeof(*pairs));
+    if (!pairs)
+        return -1;
+    size_t kept = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (ranges[2 * i + 1] == 0 || ranges[2 * i] + ranges[2 * i + 1] < ranges[2 * i])
+            continue; /* empty, or wrapping around: not a range */
+        pairs[2 * kept] = ranges[2 * i];
+        pairs[2 * kept + 1] = ranges[2 * i] + ranges[2 * i + 1];
+        kept++;
+    }
+    qsort(pairs, kept, 2 * sizeof(*pairs), by_start);
+    size_t merged = 0;
+    for (size_t i = 0; i < kept; i++) {
+        if (merged && pairs[2 * i] <= pairs[2 * merged - 1]) {
+            if (pairs[2 * i + 1] > pairs[2 * merged - 1])
+                pairs[2 * merged - 1] = pairs[2 * i + 1];
+            continue;
+        }
+        pairs[2 * merged] = pairs[2 * i];
+        pairs[2 * merged + 1] = pairs[2 * i + 1];
+        merged++;
+    }
+    pthread_mutex_lock(&freed.lock);
+    free(freed.pairs);
+    freed.pairs = pairs;
+    freed.n = merged;
+    freed.stamp = stamp;
+    freed.noted = 1;
+    pthread_mutex_unlock(&freed.lock);
+    return 0;
+}
+
+void rp_free_ranges_clear(void)
+{
+    pthread_mutex_lock(&freed.lock);
+    free(freed.pairs);
+    freed.pairs = NULL;
+    freed.n = 0;
+    freed.noted = 0;
+    pthread_mutex_unlock(&freed.lock);
+}
+
+const char *rp_free_state_name(enum rp_free_state state)
+{
+    static const char *names[] = { "none", "used", "stale", "error" };
+    return state < sizeof(names) / sizeof(names[0]) ? names[state] : "error";
+}
+
+enum rp_free_state rp_free_ranges_take(int check, struct rp_free_ranges *out)
+{
+    *out = (struct rp_free_ranges){ 0 };
+    pthread_mutex_lock(&freed.lock);
+    enum rp_free_state state = !freed.noted                           ? RP_FREE_NONE
+                               : check && freed.stamp != rp_gate_passes() ? RP_FREE_STALE
+                                                                          : RP_FREE_USED;
+    if (state == RP_FREE_USED && freed.n) {
+        out->pairs = malloc(freed.n * 2 * sizeof(*out->pairs));
+        if (out->pairs) {
+            memcpy(out->pairs, freed.pairs, freed.n * 2 * sizeof(*out->pairs));
+            out->n = freed.n;
+        } else {
+            state = RP_FREE_ERROR;
+        }
+    }
+    pthread_mutex_unlock(&freed.lock);
+    return state;
+}
+
+void rp_free_ranges_done(struct rp_free_ranges *ranges)
+{
+    free(ranges->pairs);
+    *ranges = (struct rp_free_ranges){ 0 };
+}
+
+int rp_free_ranges_cover(const struct rp_free_ranges *ranges, uint64_t address, size_t n)
+{
+    if (!ranges || !ranges->n || n == 0)
+        return 0;
+    /* the last range starting at or before address */
+    size_t lo = 0, hi = ranges->n;
+    while (hi - lo > 1) {
+        size_t mid = (lo + hi) / 2;
+        if (ranges->pairs[2 * mid] <= address)
+            lo = mid;
+        else
+            hi = mid;
+    }
+    return ranges->pairs[2 * lo] <= address && address + n <= ranges->pairs[2 * lo + 1];
 }

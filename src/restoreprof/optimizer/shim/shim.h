@@ -206,6 +206,12 @@ struct rp_transfer {
     uint8_t *pieces;
     uint32_t *piece_crcs;
     size_t chunk_file_bytes;
+    /* D2H to chunks: engine chunks wholly inside these ranges (the program's addresses,
+     * free_base being that of device) are not copied but saved as zeros; free_bytes counts them
+     * (added to atomically). NULL: none. */
+    const struct rp_free_ranges *free;
+    uint64_t free_base;
+    uint64_t free_bytes;
 };
 
 /* Every setting a transfer uses, given per call (restoreprof passes its resolved settings; a
@@ -303,6 +309,8 @@ void rp_gate_leave(void);
 void rp_gate_close(void); /* waits for calls inside the gate to leave */
 void rp_gate_open(void);
 int rp_gate_is_closed(void);
+/* How many intercepted calls have passed the offload gate so far. */
+uint64_t rp_gate_passes(void);
 /* The layout gate: calls that free or unmap GPU memory wait while PRECOPY reads it. Entered
  * after the offload gate, left before it. */
 void rp_layout_enter(void);
@@ -489,12 +497,16 @@ void rp_snapshot_source(const char *table, const struct snap_record *r, int fd,
 /* Writes every item's bytes as chunks into the folder chunk_dir (relative to the table path's
  * folder unless absolute; made if missing), through the engine on each item's context (one
  * batch per context), then the table (version 4) to path (a temporary name, renamed; path NULL:
- * no table, and chunk_dir must be absolute: PRECOPY). With
+ * no table, and chunk_dir must be absolute: PRECOPY). Chunks of allocations wholly inside
+ * free_ranges (NULL: none) are saved as zeros, not copied. With
  * sync, chunks, folders and the table are durable before it returns. Leaves the memory mapped.
- * 0, or -1 with err set; *total: logical bytes, *written: bytes the folder did not hold yet. */
+ * 0, or -1 with err set; *total: logical bytes, *written: bytes the folder did not hold yet,
+ * *free_bytes: bytes saved as zeros because the program had freed them. */
 int rp_snapshot_write(const char *path, const char *chunk_dir, int sync,
-                      const struct rp_snap_item *items, size_t count, struct rp_engine_params p,
-                      uint64_t *total, uint64_t *written, char *err, size_t errlen);
+                      const struct rp_snap_item *items, size_t count,
+                      const struct rp_free_ranges *free_ranges, struct rp_engine_params p,
+                      uint64_t *total, uint64_t *written, uint64_t *free_bytes, char *err,
+                      size_t errlen);
 /* Writes a version 2 snapshot (the bytes inside it, crc32c per MiB) to fd: for OFFLOAD to a
  * descriptor, whose process cannot reach a chunk folder by path. 0, or -1 with err set. */
 int rp_snapshot_write_fd(int fd, const struct rp_snap_item *items, size_t count,
@@ -559,6 +571,28 @@ enum rp_release_outcome {
 /* Runs every registered hook (when enabled) on a thread of its own; waits at most timeout_ms. */
 enum rp_release_outcome rp_release_run(int enabled, unsigned timeout_ms, uint64_t *ns);
 const char *rp_release_outcome_name(enum rp_release_outcome outcome);
+
+/* Blocks a hook reported free inside allocations the program keeps (release.c): [start, end)
+ * pairs, sorted and merged. */
+struct rp_free_ranges {
+    uint64_t *pairs;
+    size_t n;
+};
+enum rp_free_state {
+    RP_FREE_NONE,  /* no hook reported any */
+    RP_FREE_USED,  /* reported, and usable */
+    RP_FREE_STALE, /* reported, but a call passed the gate since: not used */
+    RP_FREE_ERROR, /* out of memory: not used */
+};
+/* What this run of the hooks reported (RP_FREE_USED: a copy in *out, for rp_free_ranges_done).
+ * check: only when no call passed the offload gate since the hook read its allocator (the gate
+ * must be closed); 0: as a hint (PRECOPY, whose result OFFLOAD checks again). */
+enum rp_free_state rp_free_ranges_take(int check, struct rp_free_ranges *out);
+void rp_free_ranges_done(struct rp_free_ranges *ranges);
+void rp_free_ranges_clear(void);
+const char *rp_free_state_name(enum rp_free_state state);
+/* Whether [address, address + n) lies wholly inside one range. */
+int rp_free_ranges_cover(const struct rp_free_ranges *ranges, uint64_t address, size_t n);
 
 /* ---- coverage per allocation kind (coverage.c) ---- */
 

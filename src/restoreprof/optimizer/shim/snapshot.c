@@ -230,6 +230,7 @@ static int copy_out_by_context(struct rp_transfer *t, const struct rp_snap_item 
 
 static int write_chunks(const struct rp_snap_item *items, size_t count,
                         const struct snap_record *const *records, struct rp_chunk_store *chunks,
+                        const struct rp_free_ranges *free_ranges, uint64_t *free_bytes,
                         struct rp_engine_params p, char *err, size_t errlen)
 {
     struct rp_transfer *t = calloc(count ? count : 1, sizeof(*t));
@@ -240,17 +241,25 @@ static int write_chunks(const struct rp_snap_item *items, size_t count,
                                      .bytes = records[i]->size, .chunks = chunks,
                                      .hashes = after_mappings(records[i]),
                                      .piece_crcs = (uint32_t *)piece_checks(records[i]),
-                                     .chunk_file_bytes = p.chunk_bytes };
+                                     .chunk_file_bytes = p.chunk_bytes,
+                                     /* the program's free blocks are its allocations' */
+                                     .free = records[i]->kind == RP_SNAP_ALLOCATION
+                                                 ? free_ranges : NULL,
+                                     .free_base = records[i]->address };
     int rc = copy_out_by_context(t, items, records, count, p, err, errlen);
+    for (size_t i = 0; i < count; i++)
+        *free_bytes += t[i].free_bytes;
     free(t);
     return rc;
 }
 
 int rp_snapshot_write(const char *path, const char *chunk_dir, int sync,
-                      const struct rp_snap_item *items, size_t count, struct rp_engine_params p,
-                      uint64_t *total, uint64_t *written, char *err, size_t errlen)
+                      const struct rp_snap_item *items, size_t count,
+                      const struct rp_free_ranges *free_ranges, struct rp_engine_params p,
+                      uint64_t *total, uint64_t *written, uint64_t *free_bytes, char *err,
+                      size_t errlen)
 {
-    *total = *written = 0;
+    *total = *written = *free_bytes = 0;
     size_t dir_bytes = align_up(strlen(chunk_dir) + 1, 8);
     /* chunk files hold whole pieces (chunk_mb is whole MiB: this only guards odd callers) */
     p.chunk_bytes = align_up(p.chunk_bytes ? p.chunk_bytes : RP_PIECE_BYTES, RP_PIECE_BYTES);
@@ -296,7 +305,7 @@ int rp_snapshot_write(const char *path, const char *chunk_dir, int sync,
         records[i] = r;
         h->total_bytes += r->size;
     }
-    int rc = write_chunks(items, count, records, &chunks, p, err, errlen);
+    int rc = write_chunks(items, count, records, &chunks, free_ranges, free_bytes, p, err, errlen);
     if (rc == 0 && rp_chunks_sync(&chunks) != 0) {
         snprintf(err, errlen, "syncing the chunk folder %.160s failed: %s", folder,
                  strerror(errno));

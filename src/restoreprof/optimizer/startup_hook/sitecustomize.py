@@ -7,8 +7,9 @@ have run, and takes its folder off sys.path again.
 It registers a release hook with restoreprof's interception library (shim/release.c): before the
 library offloads the process's GPU memory for a checkpoint, it calls the hook (from a thread of
 its own; ctypes takes the GIL), which frees the cached free blocks of the frameworks already in
-use, as torch.cuda.empty_cache() would: freed memory is then not saved. The program is not
-changed otherwise. RESTOREPROF_RELEASE_CACHES=0 switches it off.
+use, as torch.cuda.empty_cache() would, and reports the free blocks PyTorch keeps inside segments
+that still hold live tensors (report_free_blocks): freed memory is then not saved. The program
+is not changed otherwise. RESTOREPROF_RELEASE_CACHES=0 switches it off.
 
 Self-contained: this runs with the program's Python, where restoreprof may not be installed.
 """
@@ -30,7 +31,8 @@ _warned = False
 
 def release_torch(torch) -> None:
     """PyTorch's caching allocator (any backend): wait for the devices it uses, then free its
-    cached blocks. Only once CUDA is initialised: never create a context here."""
+    cached blocks, then report the free blocks left inside segments that also hold live
+    tensors (report_free_blocks). Only once CUDA is initialised: never create a context here."""
     if not torch.cuda.is_initialized():
         return
     try:
@@ -41,6 +43,49 @@ def release_torch(torch) -> None:
         with torch.cuda.device(device):
             torch.cuda.synchronize()
     torch.cuda.empty_cache()
+    report_free_blocks(lambda: torch_free_blocks(torch))
+
+
+# Smaller free blocks cannot hold a whole chunk (1 MiB at the least): not worth reporting.
+MIN_FREE_BLOCK = 1 << 20
+
+
+def torch_free_blocks(torch) -> list[tuple[int, int]]:
+    """(address, size) of every free block PyTorch's native caching allocator keeps inside
+    segments of its default pools. A CUDA graph's private pool is left out (its replays use its
+    free blocks as scratch), and so is a block freed but still awaiting another stream's work."""
+    blocks = []
+    for segment in torch.cuda.memory_snapshot():
+        if tuple(segment.get("segment_pool_id") or (0, 0)) != (0, 0):
+            continue
+        address = segment["address"]
+        for block in segment["blocks"]:
+            if block["state"] == "inactive" and block["size"] >= MIN_FREE_BLOCK:
+                blocks.append((block.get("address", address), block["size"]))
+            address += block["size"]
+    return blocks
+
+
+def report_free_blocks(read_blocks) -> bool:
+    """Tell the library which blocks the allocator holds free (read_blocks() reads them): it
+    saves them as zeros instead of copying them, but only if no GPU call passed its gate since
+    the stamp taken here first (shim/release.c); so nothing the program allocated after this
+    reading can be lost. False where the library or the allocator's view is not there."""
+    try:
+        process = ctypes.CDLL(None)
+        begin, note = process.rp_free_ranges_begin, process.rp_free_ranges_note
+    except (OSError, AttributeError):
+        return False
+    begin.restype = ctypes.c_uint64
+    note.argtypes = [ctypes.c_uint64, ctypes.POINTER(ctypes.c_uint64), ctypes.c_size_t]
+    note.restype = ctypes.c_int
+    stamp = begin()
+    try:
+        blocks = read_blocks()
+    except Exception:  # e.g. the cudaMallocAsync backend has no snapshot: nothing to report
+        return False
+    flat = (ctypes.c_uint64 * (2 * len(blocks)))(*(v for block in blocks for v in block))
+    return note(stamp, flat, len(blocks)) == 0
 
 
 def release_cupy(cupy) -> None:
