@@ -229,7 +229,9 @@ def print_table(rows: list[dict]) -> None:
         copy = f"{saved_bytes / copy_s / 1e9:.1f}" if saved_bytes and copy_s else "-"
         speedup = f"{plain[r['program']] / total:.1f}x" if r["program"] in plain and total else "-"
         allocated = r["stats"].get("allocated_bytes")
-        saved = (r.get("offload") or {}).get("bytes")
+        offload = r.get("offload") or {}
+        # the program's data: blocks it had freed inside its segments are saved as zeros
+        saved = offload["bytes"] - offload.get("free_bytes", 0) if "bytes" in offload else None
         ratio = (f"{saved / allocated:.3f}x" + (" ok" if saved <= 1.05 * allocated else " >1.05")
                  if saved and allocated else "-")
         left = (r.get("coverage") or {}).get("left_to_driver_bytes")
@@ -242,7 +244,8 @@ def print_table(rows: list[dict]) -> None:
     print("\nrestore s: restoreprof restore's own steps (median); speed-up: plain / this; GPU stage:"
           " driver restore + unlock + adopt/reload, after CRIU; GPU GB/s: saved + driver GB over"
           " it; copy GB/s: the snapshot over the preload (during CRIU) or reload that brought it to the"
-          " GPU; saved: the snapshot; alloc: the allocator's allocated bytes at checkpoint; driver:"
+          " GPU; saved: the snapshot's data (blocks freed inside segments, saved as zeros, left"
+          " out); alloc: the allocator's allocated bytes at checkpoint; driver:"
           " left to the driver's checkpoint (NVML, after the offload)")
     for r in rows:
         kinds = (r.get("coverage") or {}).get("offloaded")
@@ -250,7 +253,9 @@ def print_table(rows: list[dict]) -> None:
             text = ", ".join(f"{k} {v['count']} x {_gb(v['bytes'])} GB" for k, v in kinds.items())
             print(f"  {r['program']}: offloaded {text or 'nothing'}; release "
                   f"{(r.get('offload') or {}).get('release', '?')}, freed "
-                  f"{_gb((r.get('offload') or {}).get('released_bytes'))} GB of cached blocks")
+                  f"{_gb((r.get('offload') or {}).get('released_bytes'))} GB of cached blocks; "
+                  f"free blocks inside segments {(r.get('offload') or {}).get('free_blocks', '?')}"
+                  f", {_gb((r.get('offload') or {}).get('free_bytes', 0))} GB saved as zeros")
 
 
 def main() -> None:

@@ -10,6 +10,10 @@ allocator keeps cached (PyTorch, CuPy): the memory a checkpoint should not save.
     torch-expandable  PyTorch, PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True (cuMemCreate/Map)
     torch-async       PyTorch, PYTORCH_CUDA_ALLOC_CONF=backend:cudaMallocAsync (memory pools)
     torch-graph       PyTorch, the forward pass captured as a CUDA graph and replayed
+    torch-llama       PyTorch, Llama-3-8B-shaped layers (4096 wide, FFN 14336, vocabulary
+                      128256), each weight made in fp32 and converted to bf16 as checkpoint
+                      loaders do: the freed fp32 temporaries leave free blocks inside
+                      segments that also hold weights, which empty_cache() cannot give back
     cupy              CuPy, its default memory pool
     jax               JAX, a jitted chain (XLA_PYTHON_CLIENT_PREALLOCATE=false: else XLA takes
                       75% of the GPU up front, which no checkpoint should copy)
@@ -34,7 +38,8 @@ from pathlib import Path
 
 from restoreprof.workloads.hold_memory import serve
 
-PROGRAMS = ("torch", "torch-expandable", "torch-async", "torch-graph", "cupy", "jax")
+PROGRAMS = ("torch", "torch-expandable", "torch-async", "torch-graph", "torch-llama", "cupy",
+            "jax")
 BASELINE = "cuda-python"  # the raw driver API, no allocator cache: runs on the fake driver too
 ALLOC_CONF = {"torch-expandable": "expandable_segments:True",
               "torch-async": "backend:cudaMallocAsync"}
@@ -59,15 +64,20 @@ def torch_program(program: str, gib: float, slack_gib: float, seed: int) -> Prog
     import torch
 
     gen = torch.Generator(device="cuda").manual_seed(seed)
-    weights = [torch.empty(WIDTH, WIDTH, dtype=torch.bfloat16, device="cuda")
-               .normal_(0.0, WIDTH ** -0.5, generator=gen)
-               for _ in range(_layers(gib, WIDTH * WIDTH * 2))]
-    x = torch.empty(BATCH, WIDTH, dtype=torch.bfloat16, device="cuda").normal_(generator=gen)
+    if program == "torch-llama":
+        weights, chain = _llama(torch, gen, gib)
+        x = torch.empty(BATCH, LLAMA_HIDDEN, dtype=torch.bfloat16, device="cuda").normal_(
+            generator=gen)
+    else:
+        weights = [torch.empty(WIDTH, WIDTH, dtype=torch.bfloat16, device="cuda")
+                   .normal_(0.0, WIDTH ** -0.5, generator=gen)
+                   for _ in range(_layers(gib, WIDTH * WIDTH * 2))]
+        x = torch.empty(BATCH, WIDTH, dtype=torch.bfloat16, device="cuda").normal_(generator=gen)
 
-    def chain(h):
-        for w in weights:
-            h = torch.tanh(h @ w)
-        return h
+        def chain(h):
+            for w in weights:
+                h = torch.tanh(h @ w)
+            return h
 
     forward = _captured(torch, chain, x) if program == "torch-graph" else lambda: chain(x)
     with torch.no_grad():  # warmed up, as a server is before it serves: cuBLAS's workspace
@@ -81,7 +91,7 @@ def torch_program(program: str, gib: float, slack_gib: float, seed: int) -> Prog
     def digest() -> str:
         with torch.no_grad():
             out = forward()
-            sums = torch.stack([w.view(torch.int64).sum(dim=1) for w in weights])
+            sums = torch.cat([w.view(torch.int64).sum(dim=1) for w in weights])
             torch.cuda.synchronize()
         sha = hashlib.sha256(out.float().cpu().numpy().tobytes())
         sha.update(sums.cpu().numpy().tobytes())
@@ -93,6 +103,40 @@ def torch_program(program: str, gib: float, slack_gib: float, seed: int) -> Prog
                 "weights_bytes": sum(w.numel() * w.element_size() for w in weights)}
 
     return digest, stats
+
+
+LLAMA_HIDDEN, LLAMA_KV, LLAMA_FFN, LLAMA_VOCAB = 4096, 1024, 14336, 128256
+
+
+def _llama(torch, gen, gib: float):
+    """Llama-3-8B-shaped bf16 weights (32 layers: 16.06 GB), as many layers as gib holds, each
+    made in fp32 and converted; and a forward pass through them (bounded by tanh)."""
+    shapes = (("q", (LLAMA_HIDDEN, LLAMA_HIDDEN)), ("k", (LLAMA_KV, LLAMA_HIDDEN)),
+              ("v", (LLAMA_KV, LLAMA_HIDDEN)), ("o", (LLAMA_HIDDEN, LLAMA_HIDDEN)),
+              ("gate", (LLAMA_FFN, LLAMA_HIDDEN)), ("up", (LLAMA_FFN, LLAMA_HIDDEN)),
+              ("down", (LLAMA_HIDDEN, LLAMA_FFN)))
+    layer_bytes = 2 * sum(a * b for _, (a, b) in shapes)
+    ends_bytes = 2 * 2 * LLAMA_VOCAB * LLAMA_HIDDEN  # embedding and lm_head
+    layers = max(1, round((gib * 2**30 - ends_bytes) / layer_bytes))
+
+    def weight(rows: int, cols: int):
+        return (torch.randn(rows, cols, generator=gen, device="cuda", dtype=torch.float32)
+                * 0.02).to(torch.bfloat16)
+
+    named = {"embed": weight(LLAMA_VOCAB, LLAMA_HIDDEN)}
+    for i in range(layers):
+        for name, shape in shapes:
+            named[f"{i}.{name}"] = weight(*shape)
+    named["lm_head"] = weight(LLAMA_VOCAB, LLAMA_HIDDEN)
+
+    def chain(h):
+        for i in range(layers):
+            h = torch.tanh(h @ named[f"{i}.q"].T) @ named[f"{i}.o"].T
+            gate = torch.nn.functional.silu(h @ named[f"{i}.gate"].T)
+            h = torch.tanh(h + (gate * (h @ named[f"{i}.up"].T)) @ named[f"{i}.down"].T)
+        return h @ named["lm_head"].T
+
+    return list(named.values()), chain
 
 
 def _captured(torch, chain, x):
