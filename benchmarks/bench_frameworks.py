@@ -116,7 +116,15 @@ def one_restore(images: Path, w: HeldMemory, env: dict, timeout_s: float) -> dic
             # the snapshot's way back to the GPU: the preload (during CRIU) or the reload
             "copy_s": step_s(result, "GPU memory preload (overlapped)",
                              "GPU memory preload (warm pool, overlapped)", "GPU memory reload"),
-            "notes": result.get("notes", [])}
+            "notes": result.get("notes", []),
+            # each step's span, s from the first step's start: where the GPU stage waits
+            "steps": _spans(result["steps"])}
+
+
+def _spans(steps: list[dict]) -> list[str]:
+    zero = min((s["start_ns"] for s in steps), default=0)
+    return [f"{s['name']} {(s['start_ns'] - zero) / 1e9:.3f}-{(s['end_ns'] - zero) / 1e9:.3f}"
+            for s in steps]
 
 
 class WarmPool:
