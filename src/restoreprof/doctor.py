@@ -222,6 +222,43 @@ def _lazy_pages() -> Check:
     return lazy_pages_check(userfaultfd_works(), OptimizerConfig.load().lazy_pages)
 
 
+def mount_of(path: Path, mounts_text: str) -> tuple[str, str]:
+    """(mount point, file system type) of the mount holding path, from /proc/mounts' text."""
+    best = ("/", "unknown")
+    target = os.path.realpath(path)
+    for line in mounts_text.splitlines():
+        fields = line.split()
+        if len(fields) < 3:
+            continue
+        point = fields[1].replace("\\040", " ")
+        inside = target == point or target.startswith(point.rstrip("/") + "/")
+        if inside and len(point) >= len(best[0]):
+            best = (point, fields[2])
+    return best
+
+
+def restore_work_check(path: Path, mounts_text: str) -> Check:
+    """A restore writes its journal, CRIU's log and its sockets in its work folder (under
+    /run/restoreprof/restores). On a disk file system, right after a large checkpoint, each small
+    write there waited 0.1 to 0.2 s behind the write-back of the checkpoint's chunks (the H200
+    VM's /run is its root ext4: benchmarks/RESULTS.md, eighth session); hosts mount /run as
+    tmpfs."""
+    point, fstype = mount_of(path, mounts_text)
+    if fstype == "tmpfs":
+        return Check("restore work folder", True, f"{path} on tmpfs", required=False)
+    return Check("restore work folder", None,
+                 f"{path} is on {fstype} ({point}), not tmpfs: a restore's journal writes can "
+                 "wait behind disk write-back (0.1-0.2 s each after a large checkpoint)",
+                 "mount a tmpfs on /run (as systemd does) or on /run/restoreprof",
+                 required=False)
+
+
+def _restore_work() -> Check:
+    from restoreprof.checkpoint.lock import RUN_ROOT
+
+    return restore_work_check(RUN_ROOT, Path("/proc/mounts").read_text())
+
+
 def _thp() -> Check:
     try:
         return transparent_hugepages(THP_ENABLED.read_text())
@@ -322,6 +359,7 @@ def diagnose() -> Report:
     report.checks += _guarded("CRIU", _criu)
     report.checks += _guarded("lazy pages", _lazy_pages)
     report.checks += _guarded("transparent huge pages", _thp)
+    report.checks += _guarded("restore work folder", _restore_work)
     try:
         cuda_checks, report.gpus = _cuda()
     except Exception as exc:
