@@ -209,6 +209,9 @@ def trace_hot(images: Path, model: HeldMemory, out: Path) -> dict:
               f"{p['bytes'] / 1e9:>6.2f} {p['gbps']:>9.1f}")
     print("  critical path: " + ", ".join(f"{c['phase']} {c['ns'] / 1e9:.3f} s ({c['share']:.0%})"
                                          for c in report.get("critical_path", [])))
+    for c in report.get("critical_path", []):
+        for part in c.get("parts", []):  # other, by the restore's steps
+            print(f"    {c['phase']}: {part['step']:<48} {part['ns'] / 1e9:.3f} s")
     print(f"  bottleneck: {json.dumps(report.get('bottleneck'))[:600]}")
     return {"wall_s": wall, "verified": verified, "wall_ns": report["wall_ns"],
             "phases": report.get("phases", []), "critical_path": report.get("critical_path"),

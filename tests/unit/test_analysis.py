@@ -7,6 +7,7 @@ import pytest
 from restoreprof.analysis import analyze
 from restoreprof.analysis import ceilings as ceilings_module
 from restoreprof.analysis.ceilings import Ceilings
+from restoreprof.exports.report import summary
 from restoreprof.trace.events import CUDA, MARK, SYSCALL, Event
 from restoreprof.trace.model import Trace, TraceMeta
 
@@ -279,3 +280,46 @@ def test_the_lazy_page_servers_steps_are_the_cpu_memory_restore():
     assert (cpu["start_ns"], cpu["end_ns"]) == (50 * MS, 320 * MS)
     assert dict((c["phase"], c["ns"]) for c in critical)[CPU_MEMORY] == 270 * MS
     assert cpu["bytes"] == 1 << 30  # what the server copied, which no read shows
+
+
+def test_other_is_given_out_by_the_restore_steps():
+    """A warm restore's trace: what no phase covers goes to the step on the restore's path that
+    covers it (CRIU's own work, not the overlapped preload), and what no step covers to the
+    command's start and its answer: the critical path accounts for every instant."""
+    from restoreprof.analysis.phases import AFTER_STEPS, BEFORE_STEPS, BETWEEN_STEPS
+
+    def mark(name, start, end):
+        return Event(MARK, name, 1, 1, start * MS, end * MS, path=name)
+
+    ev = [Event(SYSCALL, "openat", 1, 1, 0, 1 * MS, path="/usr/lib/python3"),  # start-up
+          mark("verify images", 60, 70), mark("start lazy page server", 70, 80),
+          mark("GPU memory preload (warm pool, overlapped)", 75, 400),
+          mark("criu restore", 90, 300), mark("lazy pages (after CRIU)", 300, 380),
+          mark("resume processes", 380, 382), mark("GPU driver restore", 385, 600),
+          Event(CUDA, "cuCheckpointProcessRestore", 1, 1, 385 * MS, 600 * MS,
+                extra={"target_pid": 2}),
+          mark("GPU memory adopt", 600, 640),
+          Event(SYSCALL, "write", 1, 1, 700 * MS, 701 * MS, bytes=10, fd=1, path="")]
+    report = analyze(Trace(TraceMeta(target="restore: /ckpt", pids=[1, 2], lost_events=0), ev),
+                     CALIBRATED)
+    path = {c["phase"]: c for c in report["critical_path"]}
+    assert sum(c["ns"] for c in path.values()) == report["wall_ns"] == 701 * MS
+    assert path["cpu memory restore"]["ns"] == 80 * MS  # the page server's tail after CRIU
+    assert path["gpu memory restore"]["ns"] == 215 * MS  # the driver's restore
+    parts = {p["step"]: p["ns"] for p in path["other"]["parts"]}
+    assert sum(parts.values()) == path["other"]["ns"]
+    assert parts == {
+        "criu restore": 210 * MS,  # not the overlapped preload that also covers it
+        AFTER_STEPS: 61 * MS,
+        BEFORE_STEPS: 60 * MS,
+        "GPU memory adopt": 40 * MS,
+        # 80-90 ms (before CRIU began) and 382-385 ms (after the resume): only the preload ran
+        "GPU memory preload (warm pool, overlapped)": 13 * MS,
+        "verify images": 10 * MS,
+        "start lazy page server": 10 * MS,  # 75-80 ms too: on the path, before the preload
+        "resume processes": 2 * MS,
+    }
+    assert BETWEEN_STEPS not in parts
+    assert next(iter(parts)) == "criu restore"  # largest first
+    text = summary(report)
+    assert "critical path" in text and "  criu restore" in text

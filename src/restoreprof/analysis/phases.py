@@ -9,11 +9,16 @@
 
 The critical path gives each instant of the wall time to one phase (GPU memory restore first,
 then CPU memory restore, then context creation, else other): phases overlap when prewarm runs
-cuInit during CRIU, and only time no other phase covers can be saved by speeding one up.
+cuInit during CRIU, and only time no other phase covers can be saved by speeding one up. Other
+is itself given out by the steps that 'restoreprof restore' announces (its "parts"): each
+instant to the step covering it (one on the restore's path before one marked "overlapped", then
+the one that began last), the rest to the command's start (before its first step), its answer
+and exit (after its last), or the gaps between steps. So nothing on the path is unaccounted for.
 """
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 from collections.abc import Callable
@@ -139,4 +144,35 @@ def phases(events: list[Event]) -> tuple[list[dict], list[dict], int]:
         phase["exclusive_ns"] = exclusive.get(phase["name"], 0)
     critical = [{"phase": name, "ns": ns, "share": round(ns / wall_ns, 4) if wall_ns else 0.0}
                 for name, ns in sorted(exclusive.items(), key=lambda kv: -kv[1])]
+    marks = [e for e in events if e.kind == MARK and e.end_ns > e.start_ns]
+    for entry in critical:
+        if entry["phase"] == OTHER and marks:
+            gaps = _subtract([(start_ns, end_ns)], taken)
+            entry["parts"] = [{"step": step, "ns": ns}
+                              for step, ns in other_parts(gaps, marks).items()]
     return result, critical, wall_ns
+
+
+BEFORE_STEPS = "the command's start (before its first step)"
+AFTER_STEPS = "its answer and exit (after its last step)"
+BETWEEN_STEPS = "between steps"
+
+
+def other_parts(gaps: list[tuple[int, int]], marks: list[Event]) -> dict[str, int]:
+    """The time of gaps (what no phase covers), by the step covering each instant (see the
+    module's doc), largest first; the parts add up to the gaps."""
+    first = min(m.start_ns for m in marks)
+    last = max(m.end_ns for m in marks)
+    # the order in which a covering step takes an instant: on the path first, then the latest
+    ranked = sorted(marks, key=lambda m: ("overlapped" in m.name, -m.start_ns))
+    edges = sorted({p for m in marks for p in (m.start_ns, m.end_ns)})
+    parts: dict[str, int] = {}
+    for gap_start, gap_end in gaps:
+        cuts = [gap_start, *[e for e in edges if gap_start < e < gap_end], gap_end]
+        for lo, hi in itertools.pairwise(cuts):
+            owner = next((m.name for m in ranked if m.start_ns <= lo and hi <= m.end_ns), None)
+            if owner is None:
+                owner = BEFORE_STEPS if hi <= first else AFTER_STEPS if lo >= last \
+                    else BETWEEN_STEPS
+            parts[owner] = parts.get(owner, 0) + hi - lo
+    return dict(sorted(parts.items(), key=lambda kv: -kv[1]))

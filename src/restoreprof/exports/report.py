@@ -48,6 +48,7 @@ def summary(report: dict) -> str:
         lines.append(f"{p['name'][:23]:<24}{_s(p['start_ns'] - origin):>9}"
                      f"{_s(p['end_ns'] - p['start_ns']):>9}{_s(p.get('exclusive_ns', 0)):>9}"
                      f"{_gb(p['bytes']):>9}{gbps:>9}{ceiling_text:>10}")
+    lines += _critical_path_lines(report)
     # "busy s": the time at least one call was in flight, so concurrent calls count once and
     # GB/s is their combined rate (traces saved before busy_ns existed fall back to the sum).
     lines += ["", f"{'reads':<24}{'calls':>10}{'GB':>10}{'busy s':>10}{'GB/s':>10}"]
@@ -79,6 +80,19 @@ def summary(report: dict) -> str:
     if report["lost_events"]:
         lines.append(f"WARNING: {report['lost_events']} events lost; counts are lower bounds")
     return "\n".join(line[:80] for line in lines)
+
+
+def _critical_path_lines(report: dict) -> list[str]:
+    """Each instant of the wall time given to one phase; other by the restore's steps."""
+    lines = ["", f"{'critical path':<56}{'own s':>9}{'share':>9}"]
+    for entry in report.get("critical_path") or []:
+        if not isinstance(entry, dict):
+            return []  # a trace saved before the list held entries
+        lines.append(f"{entry['phase'][:55]:<56}{_s(entry['ns']):>9}"
+                     f"{entry.get('share', 0) * 100:>8.1f}%")
+        for part in entry.get("parts", []):
+            lines.append(f"  {part['step'][:53]:<54}{_s(part['ns']):>9}")
+    return lines
 
 
 _KIND_NAMES = {"cuMemAlloc": "cuMemAlloc", "vmm": "app VMM", "async": "stream-ordered"}
