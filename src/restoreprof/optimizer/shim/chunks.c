@@ -112,12 +112,25 @@ int rp_chunks_put(struct rp_chunk_store *s, const uint8_t hash[RP_HASH_BYTES], c
     int saved = errno;
     if (close(fd) != 0 && rc == 0)
         rc = -1, saved = errno;
-    if (rc == 0 && renameat(s->dirfd, tmp, s->dirfd, name) != 0)
-        rc = -1, saved = errno;
-    if (rc != 0) {
+    /* Another thread may have put the same chunk meanwhile (zeros, a repeated tensor): then it
+     * is reused, not written twice in the count. A chunk of the wrong size there is replaced. */
+    int raced = 0;
+    if (rc == 0 && renameat2(s->dirfd, tmp, s->dirfd, name, RENAME_NOREPLACE) != 0) {
+        if (errno == EEXIST && fstatat(s->dirfd, name, &st, 0) == 0 && (size_t)st.st_size == n)
+            raced = 1;
+        else if ((errno == EEXIST || errno == EINVAL || errno == ENOSYS) &&
+                 renameat(s->dirfd, tmp, s->dirfd, name) == 0)
+            ; /* replaced a damaged one, or no RENAME_NOREPLACE on this file system */
+        else
+            rc = -1, saved = errno;
+    }
+    if (rc != 0 || raced) {
         unlinkat(s->dirfd, tmp, 0);
         errno = saved;
-        return -1;
+        if (rc != 0)
+            return -1;
+        atomic_fetch_add(&s->reused_bytes, n);
+        return 0;
     }
     atomic_store(&s->touched[hash[0]], 1);
     atomic_fetch_add(&s->written_bytes, n);
