@@ -212,9 +212,13 @@ def trace_hot(images: Path, model: HeldMemory, out: Path) -> dict:
     for c in report.get("critical_path", []):
         for part in c.get("parts", []):  # other, by the restore's steps
             print(f"    {c['phase']}: {part['step']:<48} {part['ns'] / 1e9:.3f} s")
+    print("  restore path (each instant to the step on it):")
+    for entry in report.get("restore_path") or []:
+        print(f"    {entry['step']:<52} {entry['ns'] / 1e9:.3f} s ({entry['share']:.0%})")
     print(f"  bottleneck: {json.dumps(report.get('bottleneck'))[:600]}")
     return {"wall_s": wall, "verified": verified, "wall_ns": report["wall_ns"],
             "phases": report.get("phases", []), "critical_path": report.get("critical_path"),
+            "restore_path": report.get("restore_path"),
             "bottleneck": report.get("bottleneck")}
 
 

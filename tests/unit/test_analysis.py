@@ -323,3 +323,17 @@ def test_other_is_given_out_by_the_restore_steps():
     assert next(iter(parts)) == "criu restore"  # largest first
     text = summary(report)
     assert "critical path" in text and "  criu restore" in text
+    # the restore's own path: CRIU and the driver's restore are on it, the preload is not
+    steps = {p["step"]: p["ns"] for p in report["restore_path"]}
+    assert sum(steps.values()) == report["wall_ns"]
+    assert steps["criu restore"] == 210 * MS and steps["GPU driver restore"] == 215 * MS
+    assert steps["lazy pages (after CRIU)"] == 80 * MS
+    assert steps["GPU memory preload (warm pool, overlapped)"] == 13 * MS
+    assert steps[BEFORE_STEPS] == 60 * MS and steps[AFTER_STEPS] == 61 * MS
+    assert "restore path (its steps)" in text
+
+
+def test_a_trace_without_restore_steps_has_no_restore_path():
+    trace = restore_trace()
+    trace.events = [e for e in trace.events if e.kind != MARK]
+    assert analyze(trace, CALIBRATED)["restore_path"] is None

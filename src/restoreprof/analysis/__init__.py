@@ -7,7 +7,7 @@ from __future__ import annotations
 from restoreprof.analysis import ceilings as ceilings_module
 from restoreprof.analysis.bottleneck import annotate_ceilings, bottleneck
 from restoreprof.analysis.ceilings import Ceilings
-from restoreprof.analysis.phases import phases
+from restoreprof.analysis.phases import phases, restore_path
 from restoreprof.analysis.stats import cuda_stats, io_stats
 from restoreprof.trace.model import Trace
 
@@ -34,6 +34,8 @@ def analyze(trace: Trace, ceilings: Ceilings | None = None) -> dict:
         "cuda": cuda,
         "phases": phase_list,
         "critical_path": critical,
+        # a restore traced with its steps: its critical path by those steps (else null)
+        "restore_path": restore_path(events),
         "bottleneck": bottleneck(phase_list, cuda, ceilings, trace.meta.coverage),
         "coverage": trace.meta.coverage,
         "ceilings": {**ceilings.to_dict()},

@@ -158,6 +158,21 @@ AFTER_STEPS = "its answer and exit (after its last step)"
 BETWEEN_STEPS = "between steps"
 
 
+def restore_path(events: list[Event]) -> list[dict] | None:
+    """A restore's critical path by its own steps: each instant of the wall time to the step on
+    the restore's path that covers it (see the module's doc), else to the command's start, its
+    answer and exit, or the gaps between steps; None for a trace without restore steps. Unlike
+    the phases' critical path, work overlapped with the path (a preload under CRIU) takes none of
+    it."""
+    marks = [e for e in events if e.kind == MARK and e.end_ns > e.start_ns]
+    start_ns, end_ns = wall_bounds(events)
+    if not marks or end_ns <= start_ns:
+        return None
+    wall_ns = end_ns - start_ns
+    return [{"step": step, "ns": ns, "share": round(ns / wall_ns, 4)}
+            for step, ns in other_parts([(start_ns, end_ns)], marks).items()]
+
+
 def other_parts(gaps: list[tuple[int, int]], marks: list[Event]) -> dict[str, int]:
     """The time of gaps (what no phase covers), by the step covering each instant (see the
     module's doc), largest first; the parts add up to the gaps."""

@@ -92,6 +92,11 @@ def _critical_path_lines(report: dict) -> list[str]:
                      f"{entry.get('share', 0) * 100:>8.1f}%")
         for part in entry.get("parts", []):
             lines.append(f"  {part['step'][:53]:<54}{_s(part['ns']):>9}")
+    if report.get("restore_path"):
+        lines += ["", f"{'restore path (its steps)':<56}{'own s':>9}{'share':>9}"]
+        for entry in report["restore_path"]:
+            lines.append(f"{entry['step'][:55]:<56}{_s(entry['ns']):>9}"
+                         f"{entry['share'] * 100:>8.1f}%")
     return lines
 
 
