@@ -62,6 +62,18 @@ APP = textwrap.dedent("""
             print("copied", flush=True)
         elif cmd == "stack":  # not an intercepted call: it answers while offloaded too
             print(cu.cuCtxGetLimit(cu.CUlimit.CU_LIMIT_STACK_SIZE)[1], flush=True)
+        elif cmd == "scratch":  # 2 MiB more, for the writes below
+            scratch = cu.cuMemAlloc(2 << 20)[1]
+            print("made", flush=True)
+        elif cmd in ("memset", "dtod"):  # device writes other than copies from the host
+            want = np.full(2 << 20, 0x5A, dtype=np.uint8) if cmd == "memset" else data[2][:2 << 20]
+            if cmd == "memset":
+                assert cu.cuMemsetD32(scratch, 0x5A5A5A5A, (2 << 20) // 4)[0] == 0
+            else:
+                assert cu.cuMemcpyDtoD(scratch, ptrs[2], 2 << 20)[0] == 0
+            back = np.zeros(2 << 20, dtype=np.uint8)
+            assert cu.cuMemcpyDtoH(back.ctypes.data, scratch, back.nbytes)[0] == 0
+            print("written" if (back == want).all() else "lost", flush=True)
         elif cmd == "free":
             for p in ptrs:
                 assert cu.cuMemFree(p)[0] == 0
@@ -156,6 +168,21 @@ def test_application_waits_while_offloaded(app, tmp_path):
     assert app.ask("copy", timeout=0.5) is None  # held at the gate
     ctl.reload(snap)
     assert app.line() == "copied"
+    assert app.ask("check") == "ok"
+
+
+@pytest.mark.parametrize("write", ["memset", "dtod"])
+def test_device_writes_wait_while_offloaded(app, tmp_path, write):
+    """cuMemsetD32 and cuMemcpyDtoD (found through cuGetProcAddress, as cuda-python and cudart
+    find them) wait at the gate like kernels and host copies, then land on the memory put back:
+    none runs on memory that is away, and none is lost under the snapshot."""
+    assert app.ask("scratch") == "made"
+    ctl = ShimControl(app.proc.pid)
+    snap = tmp_path / "gpu.snap"
+    ctl.offload(snap)
+    assert app.ask(write, timeout=0.5) is None  # held at the gate
+    ctl.reload(snap)
+    assert app.line() == "written"
     assert app.ask("check") == "ok"
 
 

@@ -174,3 +174,101 @@ GATED(cuLaunchKernelEx_ptsz, (const CUlaunchConfig *c, CUfunction f, void **para
       (c, f, params, extra))
 GATED(cuGraphLaunch, (CUgraphExec g, CUstream s), (g, s))
 GATED(cuGraphLaunch_ptsz, (CUgraphExec g, CUstream s), (g, s))
+
+/* The other calls that write (or read) GPU memory: memsets, device-to-device, 2D, 3D and peer
+ * copies, stream memory operations, cooperative launches. None may run while the memory is
+ * away, nor pass unseen: the free ranges a release hook reports (release.c) hold only if no
+ * call that could write GPU memory passed the gate since they were read. */
+GATED(cuMemsetD8_v2, (CUdeviceptr d, unsigned char v, size_t n), (d, v, n))
+GATED(cuMemsetD8_v2_ptds, (CUdeviceptr d, unsigned char v, size_t n), (d, v, n))
+GATED(cuMemsetD8Async, (CUdeviceptr d, unsigned char v, size_t n, CUstream s), (d, v, n, s))
+GATED(cuMemsetD8Async_ptsz, (CUdeviceptr d, unsigned char v, size_t n, CUstream s), (d, v, n, s))
+GATED(cuMemsetD16_v2, (CUdeviceptr d, unsigned short v, size_t n), (d, v, n))
+GATED(cuMemsetD16_v2_ptds, (CUdeviceptr d, unsigned short v, size_t n), (d, v, n))
+GATED(cuMemsetD16Async, (CUdeviceptr d, unsigned short v, size_t n, CUstream s), (d, v, n, s))
+GATED(cuMemsetD16Async_ptsz, (CUdeviceptr d, unsigned short v, size_t n, CUstream s), (d, v, n, s))
+GATED(cuMemsetD32_v2, (CUdeviceptr d, unsigned int v, size_t n), (d, v, n))
+GATED(cuMemsetD32_v2_ptds, (CUdeviceptr d, unsigned int v, size_t n), (d, v, n))
+GATED(cuMemsetD32Async, (CUdeviceptr d, unsigned int v, size_t n, CUstream s), (d, v, n, s))
+GATED(cuMemsetD32Async_ptsz, (CUdeviceptr d, unsigned int v, size_t n, CUstream s), (d, v, n, s))
+GATED(cuMemsetD2D8_v2, (CUdeviceptr d, size_t pitch, unsigned char v, size_t w, size_t h),
+      (d, pitch, v, w, h))
+GATED(cuMemsetD2D8_v2_ptds, (CUdeviceptr d, size_t pitch, unsigned char v, size_t w, size_t h),
+      (d, pitch, v, w, h))
+GATED(cuMemsetD2D8Async, (CUdeviceptr d, size_t pitch, unsigned char v, size_t w, size_t h,
+      CUstream s),
+      (d, pitch, v, w, h, s))
+GATED(cuMemsetD2D8Async_ptsz, (CUdeviceptr d, size_t pitch, unsigned char v, size_t w, size_t h,
+      CUstream s),
+      (d, pitch, v, w, h, s))
+GATED(cuMemsetD2D16_v2, (CUdeviceptr d, size_t pitch, unsigned short v, size_t w, size_t h),
+      (d, pitch, v, w, h))
+GATED(cuMemsetD2D16_v2_ptds, (CUdeviceptr d, size_t pitch, unsigned short v, size_t w, size_t h),
+      (d, pitch, v, w, h))
+GATED(cuMemsetD2D16Async, (CUdeviceptr d, size_t pitch, unsigned short v, size_t w, size_t h,
+      CUstream s),
+      (d, pitch, v, w, h, s))
+GATED(cuMemsetD2D16Async_ptsz, (CUdeviceptr d, size_t pitch, unsigned short v, size_t w, size_t h,
+      CUstream s),
+      (d, pitch, v, w, h, s))
+GATED(cuMemsetD2D32_v2, (CUdeviceptr d, size_t pitch, unsigned int v, size_t w, size_t h),
+      (d, pitch, v, w, h))
+GATED(cuMemsetD2D32_v2_ptds, (CUdeviceptr d, size_t pitch, unsigned int v, size_t w, size_t h),
+      (d, pitch, v, w, h))
+GATED(cuMemsetD2D32Async, (CUdeviceptr d, size_t pitch, unsigned int v, size_t w, size_t h,
+      CUstream s),
+      (d, pitch, v, w, h, s))
+GATED(cuMemsetD2D32Async_ptsz, (CUdeviceptr d, size_t pitch, unsigned int v, size_t w, size_t h,
+      CUstream s),
+      (d, pitch, v, w, h, s))
+GATED(cuMemcpyDtoD_v2, (CUdeviceptr dst, CUdeviceptr src, size_t n), (dst, src, n))
+GATED(cuMemcpyDtoD_v2_ptds, (CUdeviceptr dst, CUdeviceptr src, size_t n), (dst, src, n))
+GATED(cuMemcpyDtoDAsync_v2, (CUdeviceptr dst, CUdeviceptr src, size_t n, CUstream s),
+      (dst, src, n, s))
+GATED(cuMemcpyDtoDAsync_v2_ptsz, (CUdeviceptr dst, CUdeviceptr src, size_t n, CUstream s),
+      (dst, src, n, s))
+GATED(cuMemcpy2D_v2, (const CUDA_MEMCPY2D *c), (c))
+GATED(cuMemcpy2D_v2_ptds, (const CUDA_MEMCPY2D *c), (c))
+GATED(cuMemcpy2DUnaligned_v2, (const CUDA_MEMCPY2D *c), (c))
+GATED(cuMemcpy2DUnaligned_v2_ptds, (const CUDA_MEMCPY2D *c), (c))
+GATED(cuMemcpy3D_v2, (const CUDA_MEMCPY3D *c), (c))
+GATED(cuMemcpy3D_v2_ptds, (const CUDA_MEMCPY3D *c), (c))
+GATED(cuMemcpy2DAsync_v2, (const CUDA_MEMCPY2D *c, CUstream s), (c, s))
+GATED(cuMemcpy2DAsync_v2_ptsz, (const CUDA_MEMCPY2D *c, CUstream s), (c, s))
+GATED(cuMemcpy3DAsync_v2, (const CUDA_MEMCPY3D *c, CUstream s), (c, s))
+GATED(cuMemcpy3DAsync_v2_ptsz, (const CUDA_MEMCPY3D *c, CUstream s), (c, s))
+GATED(cuMemcpyPeer, (CUdeviceptr dst, CUcontext dctx, CUdeviceptr src, CUcontext sctx, size_t n),
+      (dst, dctx, src, sctx, n))
+GATED(cuMemcpyPeer_ptds, (CUdeviceptr dst, CUcontext dctx, CUdeviceptr src, CUcontext sctx,
+      size_t n),
+      (dst, dctx, src, sctx, n))
+GATED(cuMemcpyPeerAsync, (CUdeviceptr dst, CUcontext dctx, CUdeviceptr src, CUcontext sctx,
+      size_t n, CUstream s),
+      (dst, dctx, src, sctx, n, s))
+GATED(cuMemcpyPeerAsync_ptsz, (CUdeviceptr dst, CUcontext dctx, CUdeviceptr src, CUcontext sctx,
+      size_t n, CUstream s),
+      (dst, dctx, src, sctx, n, s))
+GATED(cuMemcpy3DPeer, (const CUDA_MEMCPY3D_PEER *c), (c))
+GATED(cuMemcpy3DPeer_ptds, (const CUDA_MEMCPY3D_PEER *c), (c))
+GATED(cuMemcpy3DPeerAsync, (const CUDA_MEMCPY3D_PEER *c, CUstream s), (c, s))
+GATED(cuMemcpy3DPeerAsync_ptsz, (const CUDA_MEMCPY3D_PEER *c, CUstream s), (c, s))
+GATED(cuStreamWriteValue32_v2, (CUstream s, CUdeviceptr a, cuuint32_t v, unsigned int f),
+      (s, a, v, f))
+GATED(cuStreamWriteValue32_v2_ptsz, (CUstream s, CUdeviceptr a, cuuint32_t v, unsigned int f),
+      (s, a, v, f))
+GATED(cuStreamWriteValue64_v2, (CUstream s, CUdeviceptr a, cuuint64_t v, unsigned int f),
+      (s, a, v, f))
+GATED(cuStreamWriteValue64_v2_ptsz, (CUstream s, CUdeviceptr a, cuuint64_t v, unsigned int f),
+      (s, a, v, f))
+GATED(cuStreamBatchMemOp_v2, (CUstream s, unsigned int n, CUstreamBatchMemOpParams *ops,
+      unsigned int f),
+      (s, n, ops, f))
+GATED(cuStreamBatchMemOp_v2_ptsz, (CUstream s, unsigned int n, CUstreamBatchMemOpParams *ops,
+      unsigned int f),
+      (s, n, ops, f))
+#define COOPERATIVE_PARAMS                                                                       \
+    (CUfunction f, unsigned int gx, unsigned int gy, unsigned int gz, unsigned int bx,           \
+     unsigned int by, unsigned int bz, unsigned int shared, CUstream s, void **params)
+#define COOPERATIVE_ARGS (f, gx, gy, gz, bx, by, bz, shared, s, params)
+GATED(cuLaunchCooperativeKernel, COOPERATIVE_PARAMS, COOPERATIVE_ARGS)
+GATED(cuLaunchCooperativeKernel_ptsz, COOPERATIVE_PARAMS, COOPERATIVE_ARGS)

@@ -87,6 +87,36 @@ CUresult cuMemMapArrayAsync_ptsz(CUarrayMapInfo *, unsigned int, CUstream);
 CUresult cuMemAllocAsync_ptsz(CUdeviceptr *, size_t, CUstream);
 CUresult cuMemAllocFromPoolAsync_ptsz(CUdeviceptr *, size_t, CUmemoryPool, CUstream);
 CUresult cuMemFreeAsync_ptsz(CUdeviceptr, CUstream);
+CUresult cuMemsetD8_v2_ptds(CUdeviceptr, unsigned char, size_t);
+CUresult cuMemsetD8Async_ptsz(CUdeviceptr, unsigned char, size_t, CUstream);
+CUresult cuMemsetD16_v2_ptds(CUdeviceptr, unsigned short, size_t);
+CUresult cuMemsetD16Async_ptsz(CUdeviceptr, unsigned short, size_t, CUstream);
+CUresult cuMemsetD32_v2_ptds(CUdeviceptr, unsigned int, size_t);
+CUresult cuMemsetD32Async_ptsz(CUdeviceptr, unsigned int, size_t, CUstream);
+CUresult cuMemsetD2D8_v2_ptds(CUdeviceptr, size_t, unsigned char, size_t, size_t);
+CUresult cuMemsetD2D8Async_ptsz(CUdeviceptr, size_t, unsigned char, size_t, size_t, CUstream);
+CUresult cuMemsetD2D16_v2_ptds(CUdeviceptr, size_t, unsigned short, size_t, size_t);
+CUresult cuMemsetD2D16Async_ptsz(CUdeviceptr, size_t, unsigned short, size_t, size_t, CUstream);
+CUresult cuMemsetD2D32_v2_ptds(CUdeviceptr, size_t, unsigned int, size_t, size_t);
+CUresult cuMemsetD2D32Async_ptsz(CUdeviceptr, size_t, unsigned int, size_t, size_t, CUstream);
+CUresult cuMemcpyDtoD_v2_ptds(CUdeviceptr, CUdeviceptr, size_t);
+CUresult cuMemcpyDtoDAsync_v2_ptsz(CUdeviceptr, CUdeviceptr, size_t, CUstream);
+CUresult cuMemcpy2D_v2_ptds(const CUDA_MEMCPY2D *);
+CUresult cuMemcpy2DUnaligned_v2_ptds(const CUDA_MEMCPY2D *);
+CUresult cuMemcpy3D_v2_ptds(const CUDA_MEMCPY3D *);
+CUresult cuMemcpy2DAsync_v2_ptsz(const CUDA_MEMCPY2D *, CUstream);
+CUresult cuMemcpy3DAsync_v2_ptsz(const CUDA_MEMCPY3D *, CUstream);
+CUresult cuMemcpyPeer_ptds(CUdeviceptr, CUcontext, CUdeviceptr, CUcontext, size_t);
+CUresult cuMemcpyPeerAsync_ptsz(CUdeviceptr, CUcontext, CUdeviceptr, CUcontext, size_t, CUstream);
+CUresult cuMemcpy3DPeer_ptds(const CUDA_MEMCPY3D_PEER *);
+CUresult cuMemcpy3DPeerAsync_ptsz(const CUDA_MEMCPY3D_PEER *, CUstream);
+CUresult cuStreamWriteValue32_v2_ptsz(CUstream, CUdeviceptr, cuuint32_t, unsigned int);
+CUresult cuStreamWriteValue64_v2_ptsz(CUstream, CUdeviceptr, cuuint64_t, unsigned int);
+CUresult cuStreamBatchMemOp_v2_ptsz(CUstream, unsigned int, CUstreamBatchMemOpParams *,
+                                    unsigned int);
+CUresult cuLaunchCooperativeKernel_ptsz(CUfunction, unsigned int, unsigned int, unsigned int,
+                                        unsigned int, unsigned int, unsigned int, unsigned int,
+                                        CUstream, void **);
 
 struct wrapped {
     const char *base;   /* the name cuGetProcAddress is asked for */
@@ -151,6 +181,61 @@ static const struct wrapped wrapped[] = {
     W("cuLaunchKernelEx", 11060, 1, cuLaunchKernelEx_ptsz),
     W("cuGraphLaunch", 10000, 0, cuGraphLaunch),
     W("cuGraphLaunch", 10000, 1, cuGraphLaunch_ptsz),
+    /* gated only (copies.c) */
+    W("cuMemsetD8", 3020, 0, cuMemsetD8_v2),
+    W("cuMemsetD8", 7000, 1, cuMemsetD8_v2_ptds),
+    W("cuMemsetD8Async", 3020, 0, cuMemsetD8Async),
+    W("cuMemsetD8Async", 7000, 1, cuMemsetD8Async_ptsz),
+    W("cuMemsetD16", 3020, 0, cuMemsetD16_v2),
+    W("cuMemsetD16", 7000, 1, cuMemsetD16_v2_ptds),
+    W("cuMemsetD16Async", 3020, 0, cuMemsetD16Async),
+    W("cuMemsetD16Async", 7000, 1, cuMemsetD16Async_ptsz),
+    W("cuMemsetD32", 3020, 0, cuMemsetD32_v2),
+    W("cuMemsetD32", 7000, 1, cuMemsetD32_v2_ptds),
+    W("cuMemsetD32Async", 3020, 0, cuMemsetD32Async),
+    W("cuMemsetD32Async", 7000, 1, cuMemsetD32Async_ptsz),
+    W("cuMemsetD2D8", 3020, 0, cuMemsetD2D8_v2),
+    W("cuMemsetD2D8", 7000, 1, cuMemsetD2D8_v2_ptds),
+    W("cuMemsetD2D8Async", 3020, 0, cuMemsetD2D8Async),
+    W("cuMemsetD2D8Async", 7000, 1, cuMemsetD2D8Async_ptsz),
+    W("cuMemsetD2D16", 3020, 0, cuMemsetD2D16_v2),
+    W("cuMemsetD2D16", 7000, 1, cuMemsetD2D16_v2_ptds),
+    W("cuMemsetD2D16Async", 3020, 0, cuMemsetD2D16Async),
+    W("cuMemsetD2D16Async", 7000, 1, cuMemsetD2D16Async_ptsz),
+    W("cuMemsetD2D32", 3020, 0, cuMemsetD2D32_v2),
+    W("cuMemsetD2D32", 7000, 1, cuMemsetD2D32_v2_ptds),
+    W("cuMemsetD2D32Async", 3020, 0, cuMemsetD2D32Async),
+    W("cuMemsetD2D32Async", 7000, 1, cuMemsetD2D32Async_ptsz),
+    W("cuMemcpyDtoD", 3020, 0, cuMemcpyDtoD_v2),
+    W("cuMemcpyDtoD", 7000, 1, cuMemcpyDtoD_v2_ptds),
+    W("cuMemcpyDtoDAsync", 3020, 0, cuMemcpyDtoDAsync_v2),
+    W("cuMemcpyDtoDAsync", 7000, 1, cuMemcpyDtoDAsync_v2_ptsz),
+    W("cuMemcpy2D", 3020, 0, cuMemcpy2D_v2),
+    W("cuMemcpy2D", 7000, 1, cuMemcpy2D_v2_ptds),
+    W("cuMemcpy2DUnaligned", 3020, 0, cuMemcpy2DUnaligned_v2),
+    W("cuMemcpy2DUnaligned", 7000, 1, cuMemcpy2DUnaligned_v2_ptds),
+    W("cuMemcpy3D", 3020, 0, cuMemcpy3D_v2),
+    W("cuMemcpy3D", 7000, 1, cuMemcpy3D_v2_ptds),
+    W("cuMemcpy2DAsync", 3020, 0, cuMemcpy2DAsync_v2),
+    W("cuMemcpy2DAsync", 7000, 1, cuMemcpy2DAsync_v2_ptsz),
+    W("cuMemcpy3DAsync", 3020, 0, cuMemcpy3DAsync_v2),
+    W("cuMemcpy3DAsync", 7000, 1, cuMemcpy3DAsync_v2_ptsz),
+    W("cuMemcpyPeer", 4000, 0, cuMemcpyPeer),
+    W("cuMemcpyPeer", 7000, 1, cuMemcpyPeer_ptds),
+    W("cuMemcpyPeerAsync", 4000, 0, cuMemcpyPeerAsync),
+    W("cuMemcpyPeerAsync", 7000, 1, cuMemcpyPeerAsync_ptsz),
+    W("cuMemcpy3DPeer", 4000, 0, cuMemcpy3DPeer),
+    W("cuMemcpy3DPeer", 7000, 1, cuMemcpy3DPeer_ptds),
+    W("cuMemcpy3DPeerAsync", 4000, 0, cuMemcpy3DPeerAsync),
+    W("cuMemcpy3DPeerAsync", 7000, 1, cuMemcpy3DPeerAsync_ptsz),
+    W("cuStreamWriteValue32", 11070, 0, cuStreamWriteValue32_v2),
+    W("cuStreamWriteValue32", 11070, 1, cuStreamWriteValue32_v2_ptsz),
+    W("cuStreamWriteValue64", 11070, 0, cuStreamWriteValue64_v2),
+    W("cuStreamWriteValue64", 11070, 1, cuStreamWriteValue64_v2_ptsz),
+    W("cuStreamBatchMemOp", 11070, 0, cuStreamBatchMemOp_v2),
+    W("cuStreamBatchMemOp", 11070, 1, cuStreamBatchMemOp_v2_ptsz),
+    W("cuLaunchCooperativeKernel", 9000, 0, cuLaunchCooperativeKernel),
+    W("cuLaunchCooperativeKernel", 9000, 1, cuLaunchCooperativeKernel_ptsz),
 };
 #undef W
 #define N_WRAPPED (sizeof(wrapped) / sizeof(wrapped[0]))

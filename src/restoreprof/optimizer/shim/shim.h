@@ -131,7 +131,67 @@
     X(cuLaunchKernelEx, (const CUlaunchConfig *, CUfunction, void **, void **))                \
     X(cuLaunchKernelEx_ptsz, (const CUlaunchConfig *, CUfunction, void **, void **))           \
     X(cuGraphLaunch, (CUgraphExec, CUstream))                                                  \
-    X(cuGraphLaunch_ptsz, (CUgraphExec, CUstream))
+    X(cuGraphLaunch_ptsz, (CUgraphExec, CUstream))                                             \
+    /* wrapped, gated only (copies.c): the other calls that write or read GPU memory */        \
+    X(cuMemsetD8_v2, (CUdeviceptr, unsigned char, size_t))                                     \
+    X(cuMemsetD8_v2_ptds, (CUdeviceptr, unsigned char, size_t))                                \
+    X(cuMemsetD8Async, (CUdeviceptr, unsigned char, size_t, CUstream))                         \
+    X(cuMemsetD8Async_ptsz, (CUdeviceptr, unsigned char, size_t, CUstream))                    \
+    X(cuMemsetD16_v2, (CUdeviceptr, unsigned short, size_t))                                   \
+    X(cuMemsetD16_v2_ptds, (CUdeviceptr, unsigned short, size_t))                              \
+    X(cuMemsetD16Async, (CUdeviceptr, unsigned short, size_t, CUstream))                       \
+    X(cuMemsetD16Async_ptsz, (CUdeviceptr, unsigned short, size_t, CUstream))                  \
+    X(cuMemsetD32_v2, (CUdeviceptr, unsigned int, size_t))                                     \
+    X(cuMemsetD32_v2_ptds, (CUdeviceptr, unsigned int, size_t))                                \
+    X(cuMemsetD32Async, (CUdeviceptr, unsigned int, size_t, CUstream))                         \
+    X(cuMemsetD32Async_ptsz, (CUdeviceptr, unsigned int, size_t, CUstream))                    \
+    X(cuMemsetD2D8_v2, (CUdeviceptr, size_t, unsigned char, size_t, size_t))                   \
+    X(cuMemsetD2D8_v2_ptds, (CUdeviceptr, size_t, unsigned char, size_t, size_t))              \
+    X(cuMemsetD2D8Async, (CUdeviceptr, size_t, unsigned char, size_t, size_t, CUstream))       \
+    X(cuMemsetD2D8Async_ptsz, (CUdeviceptr, size_t, unsigned char, size_t, size_t, CUstream))  \
+    X(cuMemsetD2D16_v2, (CUdeviceptr, size_t, unsigned short, size_t, size_t))                 \
+    X(cuMemsetD2D16_v2_ptds, (CUdeviceptr, size_t, unsigned short, size_t, size_t))            \
+    X(cuMemsetD2D16Async, (CUdeviceptr, size_t, unsigned short, size_t, size_t, CUstream))     \
+    X(cuMemsetD2D16Async_ptsz, (CUdeviceptr, size_t, unsigned short, size_t, size_t, CUstream)) \
+    X(cuMemsetD2D32_v2, (CUdeviceptr, size_t, unsigned int, size_t, size_t))                   \
+    X(cuMemsetD2D32_v2_ptds, (CUdeviceptr, size_t, unsigned int, size_t, size_t))              \
+    X(cuMemsetD2D32Async, (CUdeviceptr, size_t, unsigned int, size_t, size_t, CUstream))       \
+    X(cuMemsetD2D32Async_ptsz, (CUdeviceptr, size_t, unsigned int, size_t, size_t, CUstream))  \
+    X(cuMemcpyDtoD_v2, (CUdeviceptr, CUdeviceptr, size_t))                                     \
+    X(cuMemcpyDtoD_v2_ptds, (CUdeviceptr, CUdeviceptr, size_t))                                \
+    X(cuMemcpyDtoDAsync_v2, (CUdeviceptr, CUdeviceptr, size_t, CUstream))                      \
+    X(cuMemcpyDtoDAsync_v2_ptsz, (CUdeviceptr, CUdeviceptr, size_t, CUstream))                 \
+    X(cuMemcpy2D_v2, (const CUDA_MEMCPY2D *))                                                  \
+    X(cuMemcpy2D_v2_ptds, (const CUDA_MEMCPY2D *))                                             \
+    X(cuMemcpy2DUnaligned_v2, (const CUDA_MEMCPY2D *))                                         \
+    X(cuMemcpy2DUnaligned_v2_ptds, (const CUDA_MEMCPY2D *))                                    \
+    X(cuMemcpy3D_v2, (const CUDA_MEMCPY3D *))                                                  \
+    X(cuMemcpy3D_v2_ptds, (const CUDA_MEMCPY3D *))                                             \
+    X(cuMemcpy2DAsync_v2, (const CUDA_MEMCPY2D *, CUstream))                                   \
+    X(cuMemcpy2DAsync_v2_ptsz, (const CUDA_MEMCPY2D *, CUstream))                              \
+    X(cuMemcpy3DAsync_v2, (const CUDA_MEMCPY3D *, CUstream))                                   \
+    X(cuMemcpy3DAsync_v2_ptsz, (const CUDA_MEMCPY3D *, CUstream))                              \
+    X(cuMemcpyPeer, (CUdeviceptr, CUcontext, CUdeviceptr, CUcontext, size_t))                  \
+    X(cuMemcpyPeer_ptds, (CUdeviceptr, CUcontext, CUdeviceptr, CUcontext, size_t))             \
+    X(cuMemcpyPeerAsync, (CUdeviceptr, CUcontext, CUdeviceptr, CUcontext, size_t, CUstream))   \
+    X(cuMemcpyPeerAsync_ptsz, (CUdeviceptr, CUcontext, CUdeviceptr, CUcontext, size_t, CUstream)) \
+    X(cuMemcpy3DPeer, (const CUDA_MEMCPY3D_PEER *))                                            \
+    X(cuMemcpy3DPeer_ptds, (const CUDA_MEMCPY3D_PEER *))                                       \
+    X(cuMemcpy3DPeerAsync, (const CUDA_MEMCPY3D_PEER *, CUstream))                             \
+    X(cuMemcpy3DPeerAsync_ptsz, (const CUDA_MEMCPY3D_PEER *, CUstream))                        \
+    X(cuStreamWriteValue32_v2, (CUstream, CUdeviceptr, cuuint32_t, unsigned int))              \
+    X(cuStreamWriteValue32_v2_ptsz, (CUstream, CUdeviceptr, cuuint32_t, unsigned int))         \
+    X(cuStreamWriteValue64_v2, (CUstream, CUdeviceptr, cuuint64_t, unsigned int))              \
+    X(cuStreamWriteValue64_v2_ptsz, (CUstream, CUdeviceptr, cuuint64_t, unsigned int))         \
+    X(cuStreamBatchMemOp_v2, (CUstream, unsigned int, CUstreamBatchMemOpParams *, unsigned int)) \
+    X(cuStreamBatchMemOp_v2_ptsz,                                                                  \
+      (CUstream, unsigned int, CUstreamBatchMemOpParams *, unsigned int))                          \
+    X(cuLaunchCooperativeKernel, (CUfunction, unsigned int, unsigned int, unsigned int,         \
+                                  unsigned int, unsigned int, unsigned int, unsigned int,         \
+                                  CUstream, void **))                                             \
+    X(cuLaunchCooperativeKernel_ptsz, (CUfunction, unsigned int, unsigned int, unsigned int,    \
+                                       unsigned int, unsigned int, unsigned int, unsigned int,    \
+                                       CUstream, void **))
 
 #define RP_DECLARE_REAL(name, params) CUresult (*name) params;
 struct rp_real {
