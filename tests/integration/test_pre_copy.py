@@ -163,6 +163,35 @@ def test_kill_9_during_the_pre_copy_leaves_the_process_running_and_nothing_behin
         w.stop()
 
 
+def test_a_failed_write_back_fails_the_checkpoint_and_the_process_runs_on(
+        fake_driver, tmp_path, monkeypatch):
+    """syncfs reporting a write error (EIO, as a failing disk does) after the pre-copy: the
+    checkpoint fails with the reason before it holds the process, leaves no manifest, and the
+    process runs on with its memory intact."""
+    import ctypes
+    import errno
+
+    from restoreprof.checkpoint.manifest import MANIFEST_NAME
+    from restoreprof.errors import RestoreprofError
+
+    class FailingLibc:
+        def syncfs(self, fd: int) -> int:
+            ctypes.set_errno(errno.EIO)
+            return -1
+
+    monkeypatch.setattr(gpu, "_libc", FailingLibc)
+    w = _start(tmp_path)
+    try:
+        with pytest.raises(RestoreprofError, match="back to disk failed: Input/output error"):
+            checkpoint(w.pid, tmp_path / "c", pre_copy=True)
+        assert not (tmp_path / "c" / MANIFEST_NAME).exists()
+        folder = tmp_path / "c"
+        assert not folder.exists() or not any(folder.iterdir()), "the pre-copied chunks stayed"
+        assert w.alive() and w.verify(), "the process must run on with its memory intact"
+    finally:
+        w.stop()
+
+
 def test_precopy_refuses_a_relative_folder_and_offloaded_memory(fake_driver, tmp_path):
     """The library's own refusals, as a client that skips ShimControl.precopy would meet them:
     a chunk folder it cannot place (relative), and memory that is not there (offloaded)."""

@@ -203,3 +203,20 @@ def test_an_older_manifest_may_leave_only_its_logs_unlisted(tmp_path):
     (tmp_path / "restoreprof.json").write_text(json.dumps(old))
     with pytest.raises(IntegrityError, match=r"extra\.img"):
         Manifest.load(tmp_path).check_files(tmp_path)
+
+
+def test_the_native_blake3_is_blake3_and_a_short_file_is_refused(tmp_path):
+    """rp_blake3_file gives BLAKE3's published digests (empty input; 'abc' read at an offset),
+    and a segment that runs past the end of the file is damage, never a digest of less."""
+    from restoreprof.checkpoint.manifest import _blake3_digest, _native_library
+
+    if _native_library() is None:
+        pytest.skip("the native library is not built here")
+    path = tmp_path / "image"
+    path.write_bytes(b"xyabc")
+    assert _blake3_digest(path, 0, 0) == \
+        "af1349b9f5f9a1a6a0404dea36dcc9499bcb25c9adc112b7cc9a93cae41f3262"
+    assert _blake3_digest(path, 2, 3) == \
+        "6437b3ac38465133ffb63b75273a8db548c558465d79db03fd359c6cd5bd9d85"
+    with pytest.raises(IntegrityError, match="truncated"):
+        _blake3_digest(path, 2, 4)

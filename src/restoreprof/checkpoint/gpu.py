@@ -180,11 +180,14 @@ def write_back(records: dict[int, dict]) -> None:
         _syncfs(folder)
 
 
+def _libc():
+    return ctypes.CDLL(None, use_errno=True)
+
+
 def _syncfs(path: Path) -> None:
-    libc = ctypes.CDLL(None, use_errno=True)
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
-        if libc.syncfs(fd) != 0:
+        if _libc().syncfs(fd) != 0:
             error = ctypes.get_errno()
             raise RestoreprofError(f"writing {path} back to disk failed: {os.strerror(error)}",
                                    hint="check the disk (dmesg) and its free space")
