@@ -253,6 +253,36 @@ def restore_work_check(path: Path, mounts_text: str) -> Check:
                  required=False)
 
 
+KDAT = Path("/run/criu.kdat")
+
+
+def criu_cache_check(cache_exists: bool, stale_tmp: bool, run_fstype: str) -> Check:
+    """CRIU probes the kernel at the start of every run unless it kept those answers in
+    /run/criu.kdat, which it does only on a tmpfs /run. CRIU 4.1.1 on a disk /run leaves an
+    empty criu.kdat.tmp behind, and while it is there no CRIU writes the cache again, on tmpfs
+    either. The probes cost 20 to 30 ms a run on the development machine and 35 to 290 ms of the
+    H200 VM's restores (benchmarks/RESULTS.md, eighth session), on the restore's path."""
+    name = "CRIU's kernel cache"
+    if cache_exists:
+        return Check(name, True, f"{KDAT} (CRIU skips its kernel probes)", required=False)
+    if stale_tmp:
+        return Check(name, None, f"{KDAT}.tmp, left by an earlier CRIU, keeps CRIU from writing "
+                     "its kernel cache: every restore probes the kernel again",
+                     f"rm {KDAT}.tmp" + ("" if run_fstype == "tmpfs"
+                                         else " and mount a tmpfs on /run"), required=False)
+    if run_fstype != "tmpfs":
+        return Check(name, None, f"/run is {run_fstype}: CRIU keeps its kernel cache only on "
+                     "tmpfs, so every restore probes the kernel again",
+                     "mount a tmpfs on /run (as systemd does)", required=False)
+    return Check(name, None, "none yet: the next CRIU run writes it", required=False)
+
+
+def _criu_cache() -> Check:
+    _, fstype = mount_of(Path("/run"), Path("/proc/mounts").read_text())
+    tmp = Path(f"{KDAT}.tmp")
+    return criu_cache_check(KDAT.exists(), tmp.exists(), fstype)
+
+
 def _restore_work() -> Check:
     from restoreprof.checkpoint.lock import RUN_ROOT
 
@@ -360,6 +390,7 @@ def diagnose() -> Report:
     report.checks += _guarded("lazy pages", _lazy_pages)
     report.checks += _guarded("transparent huge pages", _thp)
     report.checks += _guarded("restore work folder", _restore_work)
+    report.checks += _guarded("CRIU's kernel cache", _criu_cache)
     try:
         cuda_checks, report.gpus = _cuda()
     except Exception as exc:

@@ -27,3 +27,15 @@ def test_a_disk_file_system_is_advice_with_a_fix():
     check = restore_work_check(Path("/run/restoreprof/restores"), no_tmpfs)
     assert check.ok is None and not check.required
     assert "on ext4 (/)" in check.detail and "tmpfs" in check.fix
+
+
+def test_criu_kernel_cache_rows():
+    from restoreprof.doctor import criu_cache_check
+
+    assert criu_cache_check(True, False, "tmpfs").ok is True
+    stale = criu_cache_check(False, True, "tmpfs")
+    assert stale.ok is None and stale.fix == "rm /run/criu.kdat.tmp"
+    assert "mount a tmpfs" in criu_cache_check(False, True, "ext4").fix
+    disk = criu_cache_check(False, False, "ext4")
+    assert disk.ok is None and "only on tmpfs" in disk.detail and not disk.required
+    assert criu_cache_check(False, False, "tmpfs").ok is None
