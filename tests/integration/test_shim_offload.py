@@ -337,6 +337,54 @@ def test_the_gate_opens_only_when_every_allocation_is_back(app, ours, tmp_path):
     assert app.ask("check") == "ok"
 
 
+def test_adopt_goes_in_batches_and_a_batch_refused_midway_keeps_what_it_adopted(
+        app, ours, tmp_path, monkeypatch):
+    """ADOPTV: the allocations go in batches of ADOPT_BATCH (two requests for three here), and
+    come back bit-exact; a batch is checked against its descriptors, and one refused midway says
+    after how many, keeping those before it."""
+    from restoreprof.optimizer import control
+
+    with _preloaded(app, tmp_path) as (ctl, _snap, loaded):
+        items = list(loaded.allocations())
+        uuid = items[0].uuid
+        with pytest.raises(RestoreprofError, match="lists 2 allocations and carries 1 desc"):
+            ctl.request(f"ADOPTV {uuid} {items[0].address:x}:0 {items[1].address:x}:0",
+                        fds=[items[0].fd])
+        assert ctl.status()["gate"] == "closed"  # nothing adopted
+        entries = [(items[0].address, 0, items[0].fd), (0x1000, 0, items[1].fd)]
+        with pytest.raises(RestoreprofError, match="after 1 of 2: no offloaded allocation"):
+            ctl.adopt_many(uuid, entries)
+        rest = [(i.address, i.handle, i.fd) for i in items[1:]]
+        reply = ctl.adopt_many(uuid, rest)
+        assert (reply["bytes"], reply["remaining"], reply["adopted"]) == (sum(SIZES[1:]), 0, 2)
+    assert ctl.status()["gate"] == "open"
+    assert app.ask("check") == "ok"
+    # the same through preload.adopt, two to a request
+    monkeypatch.setattr(control, "ADOPT_BATCH", 2)
+    requests = []
+    adopt_many = ShimControl.adopt_many
+    monkeypatch.setattr(ShimControl, "adopt_many",
+                        lambda self, uuid, entries: requests.append(len(entries)) or
+                        adopt_many(self, uuid, entries))
+    with _preloaded(app, tmp_path) as (ctl, _snap, loaded):
+        assert adopt(app.proc.pid, loaded)["bytes"] == sum(SIZES)
+    assert requests == [2, 1]
+    assert ctl.status()["gate"] == "open" and app.ask("check") == "ok"
+
+
+def test_a_library_without_adoptv_is_adopted_one_request_each(app, ours, tmp_path, monkeypatch):
+    """A process started under an older library answers ADOPTV with "unknown request": the
+    restore adopts one allocation per request instead."""
+    def old_library(self, uuid, entries):
+        raise RestoreprofError(f"PID {self.pid}: ADOPTV failed: unknown request (OFFLOAD, "
+                               "PRECOPY, RELOAD, ADOPT or STATUS)")
+
+    monkeypatch.setattr(ShimControl, "adopt_many", old_library)
+    with _preloaded(app, tmp_path) as (ctl, _snap, loaded):
+        assert adopt(app.proc.pid, loaded)["bytes"] == sum(SIZES)
+    assert ctl.status()["gate"] == "open" and app.ask("check") == "ok"
+
+
 def test_adopt_refuses_memory_of_another_gpu_and_a_missing_descriptor(app, ours, tmp_path):
     with _preloaded(app, tmp_path) as (ctl, snap, loaded):
         item = loaded.items[0]

@@ -194,6 +194,10 @@ def parse_kinds(status: dict[str, Any]) -> dict[str, dict[str, int]]:
     return kinds
 
 
+# ADOPTV's allocations per request: the library's RP_ADOPT_BATCH (shim/control.c)
+ADOPT_BATCH = 64
+
+
 class ShimControl:
     """Requests to one process's interception library, over a socket proved to be its own."""
 
@@ -203,7 +207,7 @@ class ShimControl:
         self.path = socket_path(pid)
         self._target = _Target.of(pid)
 
-    def request(self, line: str, fd: int | None = None) -> str:
+    def request(self, line: str, fd: int | None = None, fds: list[int] | None = None) -> str:
         """Send one request line (with fd attached, for ADOPT); the text after OK, or
         RestoreprofError with the library's ERR. An OFFLOAD is confirmed (COMMIT) once its
         snapshot is complete: the library releases the memory only then, and rolls the offload
@@ -212,8 +216,9 @@ class ShimControl:
         self._require_running(verb)
         with self._connect() as sock:
             data = line.encode() + b"\n"
-            if fd is not None:  # the descriptor rides on the first byte; the rest follows
-                socket.send_fds(sock, [data[:1]], [fd])
+            sent = [fd] if fd is not None else list(fds or [])
+            if sent:  # the descriptors ride on the first byte; the rest follows
+                socket.send_fds(sock, [data[:1]], sent)
                 data = data[1:]
             sock.sendall(data)
             text = self._reply(sock, verb)
@@ -357,6 +362,14 @@ class ShimControl:
         {bytes, seconds, remaining}. When none remains offloaded, the process runs on."""
         suffix = f" {handle:x}" if handle else ""
         return _parse_ok_numbers(self.request(f"ADOPT {address:x} {gpu_uuid}{suffix}", fd))
+
+    def adopt_many(self, gpu_uuid: str, entries: list[tuple[int, int, int]]) -> dict[str, Any]:
+        """ADOPT of each (address, handle, fd) in one request (ADOPTV, at most ADOPT_BATCH, all
+        on one GPU); {bytes, seconds, remaining, adopted}. The first refusal ends it (those
+        before it stay adopted) and raises."""
+        pairs = " ".join(f"{address:x}:{handle:x}" for address, handle, _ in entries)
+        return _parse_ok_numbers(self.request(f"ADOPTV {gpu_uuid} {pairs}",
+                                              fds=[fd for _, _, fd in entries]))
 
     def status(self) -> dict[str, Any]:
         fields = dict(item.split("=", 1) for item in self.request("STATUS").split())

@@ -25,6 +25,11 @@
  *   (a number left out or negative: this process's own setting, from its environment)
  *   ADOPT <address> <gpu uuid> [<handle>] + one fd (SCM_RIGHTS)
  *                                                   -> OK <bytes> <ns> remaining=<n> | ERR
+ *   ADOPTV <gpu uuid> <address>:<handle> ... + one fd each, in order (SCM_RIGHTS, at most
+ *     RP_ADOPT_BATCH)               -> OK <bytes> <ns> remaining=<n> adopted=<n> | ERR
+ *     (ADOPT of each in turn, in one request: a program with hundreds of physical allocations,
+ *     PyTorch's expandable segments, paid a connection per allocation; the first refusal ends
+ *     it, those before it stay adopted, and its ERR says how many)
  *   (OFFLOAD/RELOAD of path "-": the file is the descriptor sent with the request,
  *   SCM_RIGHTS; a process in its own mount namespace cannot reach a host path, e.g. CRIU's
  *   images folder. OFFLOAD to a descriptor writes snapshot version 2, the bytes inside it:
@@ -83,12 +88,16 @@
 
 /* How long OFFLOAD waits for the client's COMMIT after READY; the client sends it at once. */
 #define RP_COMMIT_TIMEOUT_MS 10000
+/* ADOPTV's allocations per request (optimizer/control.py's ADOPT_BATCH), and the longest
+ * request line: two paths of 4095 bytes (OFFLOAD), or a batch of <address>:<handle> pairs. */
+#define RP_ADOPT_BATCH 64
+#define RP_REQUEST_BYTES 8448
 
 static char socket_path[sizeof(((struct sockaddr_un *)0)->sun_path)];
 static pid_t owner_pid;
 static int offloaded;
 
-static int read_request(int conn, char *line, size_t len, int *fd);
+static int read_request(int conn, char *line, size_t len, int *fds, int *n_fds);
 
 /* One reply line, sent so that a client that hung up cannot kill us with SIGPIPE. */
 static int send_reply(int conn, const char *reply)
@@ -112,13 +121,14 @@ static int client_gone(int conn)
 static int await_commit(int conn)
 {
     char line[16];
-    int fd = -1;
+    int fds[RP_ADOPT_BATCH], n_fds = 0;
     struct pollfd p = { .fd = conn, .events = POLLIN };
-    int rc = poll(&p, 1, RP_COMMIT_TIMEOUT_MS) > 0 && read_request(conn, line, sizeof(line), &fd) == 0
+    int rc = poll(&p, 1, RP_COMMIT_TIMEOUT_MS) > 0 &&
+                     read_request(conn, line, sizeof(line), fds, &n_fds) == 0
                  ? strcmp(line, "COMMIT")
                  : -1;
-    if (fd >= 0)
-        close(fd);
+    for (int k = 0; k < n_fds; k++)
+        close(fds[k]);
     return rc == 0 ? 0 : -1;
 }
 
@@ -734,6 +744,55 @@ static void do_adopt(CUdeviceptr address, const char *uuid, uint64_t handle, int
     finish_adopt(a->size, start, reply, len);
 }
 
+/* ADOPTV: args is "<uuid> <address>:<handle> ...", fds one per allocation. */
+static void do_adopt_many(const char *args, const int *fds, int n_fds, char *reply, size_t len)
+{
+    uint64_t start = rp_now_ns();
+    char uuid[40], one[512] = "";
+    int used = 0, entries = 0;
+    if (sscanf(args, "%39s%n", uuid, &used) != 1) {
+        snprintf(reply, len, "ERR ADOPTV needs a GPU uuid");
+        return;
+    }
+    for (const char *p = args + used; *p;) {
+        while (*p == ' ')
+            p++;
+        if (*p) {
+            entries++;
+            while (*p && *p != ' ')
+                p++;
+        }
+    }
+    if (entries == 0 || entries != n_fds) {
+        snprintf(reply, len, "ERR ADOPTV lists %d allocations and carries %d descriptors",
+                 entries, n_fds);
+        return;
+    }
+    size_t bytes = 0, remaining = 0;
+    const char *p = args + used;
+    for (int i = 0; i < entries; i++) {
+        unsigned long long address = 0, handle = 0;
+        int n = 0;
+        if (sscanf(p, " %llx:%llx%n", &address, &handle, &n) != 2) {
+            snprintf(reply, len, "ERR after %d of %d: entry %d is not <address>:<handle>", i,
+                     entries, i + 1);
+            return;
+        }
+        p += n;
+        do_adopt((CUdeviceptr)address, uuid, handle, fds[i], one, sizeof(one));
+        size_t got = 0;
+        if (strncmp(one, "OK ", 3) != 0 ||
+            sscanf(one, "OK %zu %*u remaining=%zu", &got, &remaining) != 2) {
+            snprintf(reply, len, "ERR after %d of %d: %s", i, entries,
+                     strncmp(one, "ERR ", 4) == 0 ? one + 4 : one);
+            return;
+        }
+        bytes += got;
+    }
+    snprintf(reply, len, "OK %zu %llu remaining=%zu adopted=%d", bytes,
+             (unsigned long long)(rp_now_ns() - start), remaining, entries);
+}
+
 /* ---- STATUS and the server ---- */
 
 static void do_status(char *reply, size_t len)
@@ -759,13 +818,17 @@ static const char *default_chunk_dir(const char *path, char *buf)
     return buf;
 }
 
-static void handle(int conn, const char *line, int fd, char *reply, size_t len)
+static void handle(int conn, const char *line, const int *fds, int n_fds, char *reply,
+                   size_t len)
 {
+    int fd = n_fds > 0 ? fds[0] : -1;
     char path[4096], uuid[40], chunk_dir[4096] = "";
     unsigned long long address = 0, app_handle = 0;
     int streams = 0, chunk_mb = 0, threads = 0, pinned = -1, release_s = -1, sync = 0;
     if (strcmp(line, "STATUS") == 0)
         do_status(reply, len);
+    else if (strncmp(line, "ADOPTV ", 7) == 0)
+        do_adopt_many(line + 7, fds, n_fds, reply, len);
     else if (sscanf(line, "ADOPT %llx %39s %llx", &address, uuid, &app_handle) >= 2)
         do_adopt((CUdeviceptr)address, uuid, app_handle, fd, reply, len);
     else if (sscanf(line, "OFFLOAD %4095s %d %d %d %d %d %4095s %d", path, &streams, &chunk_mb,
@@ -780,7 +843,8 @@ static void handle(int conn, const char *line, int fd, char *reply, size_t len)
                     &pinned) >= 1)
         do_reload(path, fd, params_from(streams, chunk_mb, threads, pinned), reply, len);
     else
-        snprintf(reply, len, "ERR unknown request (OFFLOAD, PRECOPY, RELOAD, ADOPT or STATUS)");
+        snprintf(reply, len,
+                 "ERR unknown request (OFFLOAD, PRECOPY, RELOAD, ADOPT, ADOPTV or STATUS)");
 }
 
 static int peer_allowed(int conn)
@@ -792,16 +856,17 @@ static int peer_allowed(int conn)
     return cred.uid == 0 || cred.uid == geteuid();
 }
 
-/* Reads one request line, byte by byte so nothing after it is consumed; a file descriptor
- * sent with it (SCM_RIGHTS, for ADOPT, or OFFLOAD/RELOAD of "-") lands in *fd, else *fd is -1. */
-static int read_request(int conn, char *line, size_t len, int *fd)
+/* Reads one request line, byte by byte so nothing after it is consumed; the file descriptors
+ * sent with it (SCM_RIGHTS: ADOPT's one, ADOPTV's one per allocation, OFFLOAD/RELOAD of "-")
+ * land in fds, at most RP_ADOPT_BATCH (any more are closed), their count in *n_fds. */
+static int read_request(int conn, char *line, size_t len, int *fds, int *n_fds)
 {
     size_t used = 0;
-    *fd = -1;
+    *n_fds = 0;
     while (used + 1 < len) {
         union {
             struct cmsghdr header;
-            char space[CMSG_SPACE(sizeof(int))];
+            char space[CMSG_SPACE(sizeof(int) * RP_ADOPT_BATCH)];
         } control;
         struct iovec iov = { line + used, 1 };
         struct msghdr msg = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = &control,
@@ -811,9 +876,19 @@ static int read_request(int conn, char *line, size_t len, int *fd)
             continue;
         if (n <= 0)
             return -1;
-        for (struct cmsghdr *c = CMSG_FIRSTHDR(&msg); c; c = CMSG_NXTHDR(&msg, c))
-            if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS && *fd < 0)
-                memcpy(fd, CMSG_DATA(c), sizeof(int));
+        for (struct cmsghdr *c = CMSG_FIRSTHDR(&msg); c; c = CMSG_NXTHDR(&msg, c)) {
+            if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS)
+                continue;
+            size_t count = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+            for (size_t k = 0; k < count; k++) {
+                int got;
+                memcpy(&got, CMSG_DATA(c) + k * sizeof(int), sizeof(int));
+                if (*n_fds < RP_ADOPT_BATCH)
+                    fds[(*n_fds)++] = got;
+                else
+                    close(got);
+            }
+        }
         if (line[used] == '\n')
             break;
         used++;
@@ -824,20 +899,20 @@ static int read_request(int conn, char *line, size_t len, int *fd)
 
 static void serve_one(int conn)
 {
-    char line[4200], reply[512] = "";
-    int fd = -1;
+    char line[RP_REQUEST_BYTES], reply[512] = "";
+    int fds[RP_ADOPT_BATCH], n_fds = 0;
     struct timeval timeout = { .tv_sec = 10 };
     setsockopt(conn, SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof(timeout));
     if (!peer_allowed(conn))
         snprintf(reply, sizeof(reply), "ERR permission denied: only the process owner or root");
-    else if (read_request(conn, line, sizeof(line), &fd) != 0)
+    else if (read_request(conn, line, sizeof(line), fds, &n_fds) != 0)
         snprintf(reply, sizeof(reply), "ERR no request");
     else if (client_gone(conn)) /* queued while we were stopped, say: nobody waits for it */
         rp_log("request dropped, its client hung up before it was served: %.40s", line);
     else
-        handle(conn, line, fd, reply, sizeof(reply));
-    if (fd >= 0)
-        close(fd);
+        handle(conn, line, fds, n_fds, reply, sizeof(reply));
+    for (int k = 0; k < n_fds; k++)
+        close(fds[k]);
     if (reply[0] && send_reply(conn, reply) != 0)
         RP_DEBUG("control socket: the reply was not delivered: %s", strerror(errno));
     close(conn); /* before the client sees EOF: no connected socket outlives a request */
