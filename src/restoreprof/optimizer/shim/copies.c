@@ -179,48 +179,26 @@ GATED(cuGraphLaunch_ptsz, (CUgraphExec g, CUstream s), (g, s))
  * copies, stream memory operations, cooperative launches. None may run while the memory is
  * away, nor pass unseen: the free ranges a release hook reports (release.c) hold only if no
  * call that could write GPU memory passed the gate since they were read. */
-GATED(cuMemsetD8_v2, (CUdeviceptr d, unsigned char v, size_t n), (d, v, n))
-GATED(cuMemsetD8_v2_ptds, (CUdeviceptr d, unsigned char v, size_t n), (d, v, n))
-GATED(cuMemsetD8Async, (CUdeviceptr d, unsigned char v, size_t n, CUstream s), (d, v, n, s))
-GATED(cuMemsetD8Async_ptsz, (CUdeviceptr d, unsigned char v, size_t n, CUstream s), (d, v, n, s))
-GATED(cuMemsetD16_v2, (CUdeviceptr d, unsigned short v, size_t n), (d, v, n))
-GATED(cuMemsetD16_v2_ptds, (CUdeviceptr d, unsigned short v, size_t n), (d, v, n))
-GATED(cuMemsetD16Async, (CUdeviceptr d, unsigned short v, size_t n, CUstream s), (d, v, n, s))
-GATED(cuMemsetD16Async_ptsz, (CUdeviceptr d, unsigned short v, size_t n, CUstream s), (d, v, n, s))
-GATED(cuMemsetD32_v2, (CUdeviceptr d, unsigned int v, size_t n), (d, v, n))
-GATED(cuMemsetD32_v2_ptds, (CUdeviceptr d, unsigned int v, size_t n), (d, v, n))
-GATED(cuMemsetD32Async, (CUdeviceptr d, unsigned int v, size_t n, CUstream s), (d, v, n, s))
-GATED(cuMemsetD32Async_ptsz, (CUdeviceptr d, unsigned int v, size_t n, CUstream s), (d, v, n, s))
-GATED(cuMemsetD2D8_v2, (CUdeviceptr d, size_t pitch, unsigned char v, size_t w, size_t h),
-      (d, pitch, v, w, h))
-GATED(cuMemsetD2D8_v2_ptds, (CUdeviceptr d, size_t pitch, unsigned char v, size_t w, size_t h),
-      (d, pitch, v, w, h))
-GATED(cuMemsetD2D8Async, (CUdeviceptr d, size_t pitch, unsigned char v, size_t w, size_t h,
-      CUstream s),
-      (d, pitch, v, w, h, s))
-GATED(cuMemsetD2D8Async_ptsz, (CUdeviceptr d, size_t pitch, unsigned char v, size_t w, size_t h,
-      CUstream s),
-      (d, pitch, v, w, h, s))
-GATED(cuMemsetD2D16_v2, (CUdeviceptr d, size_t pitch, unsigned short v, size_t w, size_t h),
-      (d, pitch, v, w, h))
-GATED(cuMemsetD2D16_v2_ptds, (CUdeviceptr d, size_t pitch, unsigned short v, size_t w, size_t h),
-      (d, pitch, v, w, h))
-GATED(cuMemsetD2D16Async, (CUdeviceptr d, size_t pitch, unsigned short v, size_t w, size_t h,
-      CUstream s),
-      (d, pitch, v, w, h, s))
-GATED(cuMemsetD2D16Async_ptsz, (CUdeviceptr d, size_t pitch, unsigned short v, size_t w, size_t h,
-      CUstream s),
-      (d, pitch, v, w, h, s))
-GATED(cuMemsetD2D32_v2, (CUdeviceptr d, size_t pitch, unsigned int v, size_t w, size_t h),
-      (d, pitch, v, w, h))
-GATED(cuMemsetD2D32_v2_ptds, (CUdeviceptr d, size_t pitch, unsigned int v, size_t w, size_t h),
-      (d, pitch, v, w, h))
-GATED(cuMemsetD2D32Async, (CUdeviceptr d, size_t pitch, unsigned int v, size_t w, size_t h,
-      CUstream s),
-      (d, pitch, v, w, h, s))
-GATED(cuMemsetD2D32Async_ptsz, (CUdeviceptr d, size_t pitch, unsigned int v, size_t w, size_t h,
-      CUstream s),
-      (d, pitch, v, w, h, s))
+/* One width of memset: sync and async, each with its per-thread variant, 1D and 2D. */
+#define MEMSET_FAMILY(bits, type)                                                                 \
+    GATED(cuMemsetD##bits##_v2, (CUdeviceptr d, type v, size_t n), (d, v, n))                     \
+    GATED(cuMemsetD##bits##_v2_ptds, (CUdeviceptr d, type v, size_t n), (d, v, n))                \
+    GATED(cuMemsetD##bits##Async, (CUdeviceptr d, type v, size_t n, CUstream s), (d, v, n, s))    \
+    GATED(cuMemsetD##bits##Async_ptsz, (CUdeviceptr d, type v, size_t n, CUstream s),             \
+          (d, v, n, s))                                                                           \
+    GATED(cuMemsetD2D##bits##_v2, (CUdeviceptr d, size_t pitch, type v, size_t w, size_t h),     \
+          (d, pitch, v, w, h))                                                                    \
+    GATED(cuMemsetD2D##bits##_v2_ptds, (CUdeviceptr d, size_t pitch, type v, size_t w, size_t h), \
+          (d, pitch, v, w, h))                                                                    \
+    GATED(cuMemsetD2D##bits##Async,                                                               \
+          (CUdeviceptr d, size_t pitch, type v, size_t w, size_t h, CUstream s),                  \
+          (d, pitch, v, w, h, s))                                                                 \
+    GATED(cuMemsetD2D##bits##Async_ptsz,                                                          \
+          (CUdeviceptr d, size_t pitch, type v, size_t w, size_t h, CUstream s),                  \
+          (d, pitch, v, w, h, s))
+MEMSET_FAMILY(8, unsigned char)
+MEMSET_FAMILY(16, unsigned short)
+MEMSET_FAMILY(32, unsigned int)
 GATED(cuMemcpyDtoD_v2, (CUdeviceptr dst, CUdeviceptr src, size_t n), (dst, src, n))
 GATED(cuMemcpyDtoD_v2_ptds, (CUdeviceptr dst, CUdeviceptr src, size_t n), (dst, src, n))
 GATED(cuMemcpyDtoDAsync_v2, (CUdeviceptr dst, CUdeviceptr src, size_t n, CUstream s),
