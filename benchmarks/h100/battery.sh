@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # The H100 battery: one call builds, tests and times. Stages by name (default: all):
+#   (tmpfsrun first, for runs that should see CRIU's kernel cache: it changes /run for the call)
 #   bash benchmarks/h100/battery.sh [gputests] [optimizer] [restore8] [restore16] [ckpt] [trace] [tui]
 # Logs go to $OUT (device tool) or /tmp/rp-out.
 cd "$(dirname "$0")/../.."
@@ -50,6 +51,18 @@ for stage in $stages; do
                kill -9 $(python3 -c "import json;print(json.load(open('/tmp/rp-cl/restoreprof.json'))['root_pid'])") 2>/dev/null ;;
     warmlimit) # issue 14: 16 GB Llama-shaped bf16, plain vs pool (page cache) vs hot snapshot, 5 runs each
                rp_python benchmarks/bench_warm_limit.py --repeat 5 --plain-repeat 2 --json "$out/warmlimit.json" 2>&1 | tee "$out/warmlimit.txt" ;;
+    tmpfsrun)  # /run on tmpfs, as systemd hosts have it: CRIU keeps its kernel cache there (the
+               # VM's /run is ext4). Its entries are bound back in, except restoreprof's folder and
+               # the empty criu.kdat.tmp CRIU leaves on a disk /run, which blocks the cache for good.
+               mkdir -p /tmp/oldrun && mount --bind /run /tmp/oldrun && mount -t tmpfs -o mode=0755 tmpfs /run
+               for e in /tmp/oldrun/*; do n=$(basename "$e")
+                 case $n in restoreprof|criu.kdat*) continue ;; esac
+                 if [ -d "$e" ]; then mkdir -p "/run/$n"; else touch "/run/$n"; fi; mount --bind "$e" "/run/$n"
+               done
+               $RESTOREPROF_CRIU check >/dev/null 2>&1; ls -la /run/criu.kdat | tee "$out/tmpfsrun.txt"
+               restoreprof doctor 2>&1 | grep -A1 -i "kernel cache\|work folder" | tee -a "$out/tmpfsrun.txt" ;;
+    adopt)     # ADOPTV against one request per allocation, expandable segments' count and size
+               rp_python benchmarks/bench_adopt.py --allocations 822 --mib 20 --repeat 2 2>&1 | tee "$out/adopt.txt" ;;
     warmsmoke) rp_python benchmarks/bench_warm_limit.py --layers 2 --repeat 1 --plain-repeat 1 --no-trace 2>&1 | tee "$out/warmsmoke.txt" ;;
     h2dlimit)  # issue 14: each path to the GPU against the link, 16 GiB
                rp_python benchmarks/bench_h2d_limit.py --gib 16 --repeat 3 2>&1 | tee "$out/h2dlimit.txt" ;;
