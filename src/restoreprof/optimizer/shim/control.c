@@ -291,29 +291,43 @@ static int open_snapshot(const char *path, int given, int flags)
     return open(path, flags | O_CLOEXEC, 0600);
 }
 
-/* The snapshot's items: the library's allocations (collected into list), then the application's
- * physical ones (each with a window to read it through; rp_app_vmm_close_windows closes them).
- * 0, or -1 with err set. */
-static int offload_items(struct alloc_list *list, struct rp_snap_item **items, size_t *count,
-                         char *err, size_t errlen)
+/* What OFFLOAD and PRECOPY copy: the library's allocations (a snapshot of the registry), then
+ * the snapshot's items, made from them and from the application's physical allocations. */
+struct copy_set {
+    struct alloc_list list;
+    struct rp_snap_item *items;
+    size_t count;
+};
+
+static void copy_set_free(struct copy_set *set)
 {
-    *count = 0;
-    if (collect(list) != 0)
+    free(set->items);
+    free(set->list.items);
+    *set = (struct copy_set){ 0 };
+}
+
+/* Fills set: the library's allocations, then the application's physical ones (each with a
+ * window to read it through; rp_app_vmm_close_windows closes them). 0, or -1 with err set
+ * (copy_set_free frees what was made either way). */
+static int offload_items(struct copy_set *set, char *err, size_t errlen)
+{
+    set->count = 0;
+    if (collect(&set->list) != 0)
         return snprintf(err, errlen, "out of memory"), -1;
-    size_t capacity = list->count ? list->count : 1;
-    *items = calloc(capacity, sizeof(**items));
-    if (!*items)
+    size_t capacity = set->list.count ? set->list.count : 1;
+    set->items = calloc(capacity, sizeof(*set->items));
+    if (!set->items)
         return snprintf(err, errlen, "out of memory"), -1;
-    for (size_t i = 0; i < list->count; i++) {
-        const struct rp_allocation *a = &list->items[i];
-        (*items)[(*count)++] = (struct rp_snap_item){
+    for (size_t i = 0; i < set->list.count; i++) {
+        const struct rp_allocation *a = &set->list.items[i];
+        set->items[set->count++] = (struct rp_snap_item){
             .record = { .address = a->address, .size = a->size, .reserved = a->reserved,
                         .device = a->device, .kind = RP_SNAP_ALLOCATION },
             .source = a->address,
             .context = a->context,
         };
     }
-    return rp_app_vmm_items(items, count, &capacity, err, errlen);
+    return rp_app_vmm_items(&set->items, &set->count, &capacity, err, errlen);
 }
 
 /* The program's release hooks: release_s seconds at most; 0: not run; negative: this process's
@@ -338,9 +352,7 @@ static void do_offload(int conn, const char *path, int given, const char *chunk_
     }
     uint64_t start = rp_now_ns(), total = 0, written = 0, release_ns = 0, free_bytes = 0;
     char err[512] = "";
-    struct alloc_list list = { 0 };
-    struct rp_snap_item *items = NULL;
-    size_t n_items = 0;
+    struct copy_set set = { 0 };
     /* The program frees its cached blocks first, while it may still call the driver. */
     long long hooks_reserved = (long long)rp_coverage_bytes();
     enum rp_release_outcome hooks = release_hooks(release_s, &release_ns);
@@ -359,9 +371,9 @@ static void do_offload(int conn, const char *path, int given, const char *chunk_
     int to_fd = strcmp(path, "-") == 0;
     CUresult drained = CUDA_SUCCESS;
     int rc = -1;
-    if (offload_items(&list, &items, &n_items, err, sizeof(err)) != 0)
+    if (offload_items(&set, err, sizeof(err)) != 0)
         ; /* err says why */
-    else if ((drained = drain_contexts(items, n_items)) != CUDA_SUCCESS)
+    else if ((drained = drain_contexts(set.items, set.count)) != CUDA_SUCCESS)
         snprintf(err, sizeof(err), "waiting for the GPU failed: %s", rp_error_name(drained));
     else {
         size_t cached = rp_mempool_release_cached(); /* free memory is not the application's */
@@ -371,10 +383,10 @@ static void do_offload(int conn, const char *path, int given, const char *chunk_
         if (to_fd && fd < 0)
             snprintf(err, sizeof(err), "OFFLOAD - needs the snapshot's descriptor (SCM_RIGHTS)");
         else if (to_fd)
-            rc = rp_snapshot_write_fd(fd, items, n_items, p, &total, err, sizeof(err));
+            rc = rp_snapshot_write_fd(fd, set.items, set.count, p, &total, err, sizeof(err));
         else
-            rc = rp_snapshot_write(path, chunk_dir, sync, items, n_items, &freed, p, &total,
-                                   &written, &free_bytes, err, sizeof(err));
+            rc = rp_snapshot_write(path, chunk_dir, sync, set.items, set.count, &freed, p,
+                                   &total, &written, &free_bytes, err, sizeof(err));
         if (to_fd)
             written = total;
         if (fd >= 0 && close(fd) != 0 && rc == 0) {
@@ -388,8 +400,7 @@ static void do_offload(int conn, const char *path, int given, const char *chunk_
     if (rc != 0) {
         rp_gate_open(); /* nothing was released: the application just carries on */
         snprintf(reply, len, "ERR %s", err);
-        free(items);
-        free(list.items);
+        copy_set_free(&set);
         return;
     }
     /* The snapshot is complete and the memory still mapped: release it only for a client that
@@ -404,16 +415,15 @@ static void do_offload(int conn, const char *path, int given, const char *chunk_
                "nothing was released and the application runs on", path,
                RP_COMMIT_TIMEOUT_MS / 1000);
         reply[0] = '\0'; /* nobody to answer */
-        free(items);
-        free(list.items);
+        copy_set_free(&set);
         return;
     }
     offloaded = 1; /* from here the gate stays closed until RELOAD */
     /* The pinned staging pool would only add its size to CRIU's images and may not survive
      * the driver's checkpoint: RELOAD makes a new one. */
     rp_engine_release();
-    shrink_stacks(items, n_items); /* the contexts of both kinds of memory */
-    int released = unmap_all(&list, err, sizeof(err));
+    shrink_stacks(set.items, set.count); /* the contexts of both kinds of memory */
+    int released = unmap_all(&set.list, err, sizeof(err));
     if (rp_app_vmm_release(err[0] ? err + strlen(err) : err, sizeof(err) - strlen(err)) != 0 ||
         released != 0)
         snprintf(reply, len, "ERR %s", err);
@@ -426,8 +436,7 @@ static void do_offload(int conn, const char *path, int given, const char *chunk_
                  rp_release_outcome_name(hooks), (unsigned long long)release_ns,
                  (unsigned long long)ready_ns, (unsigned long long)free_bytes,
                  rp_free_state_name(free_state));
-    free(items);
-    free(list.items);
+    copy_set_free(&set);
 }
 
 /* ---- PRECOPY ---- */
@@ -454,9 +463,7 @@ static void do_precopy(const char *chunk_dir, struct rp_engine_params p, int rel
     }
     uint64_t start = rp_now_ns(), total = 0, written = 0, release_ns = 0, free_bytes = 0;
     char err[512] = "";
-    struct alloc_list list = { 0 };
-    struct rp_snap_item *items = NULL;
-    size_t n_items = 0;
+    struct copy_set set = { 0 };
     /* as OFFLOAD: the caching allocators' free blocks are not copied (their report is only a
      * hint here: the program runs on, and OFFLOAD copies whatever it uses since) */
     release_hooks(release_s, &release_ns);
@@ -466,14 +473,13 @@ static void do_precopy(const char *chunk_dir, struct rp_engine_params p, int rel
     int rc = -1;
     if (rp_app_vmm_refusal(err, sizeof(err)) != 0)
         ; /* the checkpoint would refuse: say so now */
-    else if (offload_items(&list, &items, &n_items, err, sizeof(err)) == 0)
-        rc = rp_snapshot_write(NULL, chunk_dir, 0, items, n_items, &freed, p, &total, &written,
-                               &free_bytes, err, sizeof(err));
+    else if (offload_items(&set, err, sizeof(err)) == 0)
+        rc = rp_snapshot_write(NULL, chunk_dir, 0, set.items, set.count, &freed, p, &total,
+                               &written, &free_bytes, err, sizeof(err));
     rp_app_vmm_close_windows();
     rp_layout_open();
     rp_free_ranges_done(&freed);
-    free(items);
-    free(list.items);
+    copy_set_free(&set);
     if (rc != 0)
         snprintf(reply, len, "ERR %s", err);
     else
