@@ -80,12 +80,14 @@ def restore_once(images: Path, model: HeldMemory, way: str) -> dict:
     with RESTOREPROF_LAZY_PAGES=0 (CRIU reads every page of host memory itself); one ending in
     "-unchecked" with --no-verify (a diagnostic: what the image check costs the restore)."""
     served_before = _hot_served()
-    start = time.monotonic()
+    start_ns = time.monotonic_ns()  # the steps' clock: the command's start and answer are
+    start = time.monotonic()        # the time before its first step and after its last
     unchecked = ["--no-verify"] if way.endswith("-unchecked") else []
     env = {"RESTOREPROF_LAZY_PAGES": "0"} if way == "plain" or way.endswith("-nolazy") else {}
     env.update(VARIANTS.get(way.rpartition("-")[2], {}))
     result = cli_json("restore", "-D", str(images), *unchecked, env=env)
     wall = time.monotonic() - start
+    end_ns = time.monotonic_ns()
     keep = os.environ.get("RP_KEEP_CRIU_LOGS")  # a folder: CRIU's log of each restore, kept
     if keep:
         from restoreprof.checkpoint.lock import default_work_dir
@@ -100,7 +102,10 @@ def restore_once(images: Path, model: HeldMemory, way: str) -> dict:
     first = min(s["start_ns"] for s in result["steps"])
     timeline = [(s["name"], round((s["start_ns"] - first) / 1e9, 3),
                  round((s["end_ns"] - first) / 1e9, 3)) for s in result["steps"]]
+    start_s = (first - start_ns) / 1e9
+    answer_s = (end_ns - max(s["end_ns"] for s in result["steps"])) / 1e9
     row = {"way": way, "wall_s": round(wall, 3), "steps_total_s": round(result["total_s"], 3),
+           "start_s": round(start_s, 3), "answer_s": round(answer_s, 3),
            "timeline": timeline,
            "verified": verified, "served_hot": hot,
            "steps": {s["name"]: round((s["end_ns"] - s["start_ns"]) / 1e9, 3)
@@ -109,6 +114,7 @@ def restore_once(images: Path, model: HeldMemory, way: str) -> dict:
           f"criu {step_s(result, 'criu restore'):6.3f}  "
           f"lazy wait {step_s(result, 'lazy pages (after CRIU)'):6.3f}  "
           f"driver {step_s(result, 'GPU driver restore'):6.3f}  "
+          f"start {start_s:5.3f}  answer {answer_s:5.3f}  "
           f"data {'OK' if verified else 'MISMATCH'}"
           f"{'  (hot: ' + json.dumps(sent) + ')' if hot else ''}"
           f"{'  notes: ' + '; '.join(result['notes']) if result['notes'] else ''}", flush=True)
@@ -157,8 +163,9 @@ def ways_of(rows: list[dict]) -> list[str]:
 
 
 def summary(rows: list[dict]) -> list[str]:
-    lines = ["| way | runs | wall s, median | wall s, min-max | steps s, median | data |",
-             "| --- | --- | --- | --- | --- | --- |"]
+    lines = ["| way | runs | wall s, median | wall s, min-max | steps s, median | "
+             "start s, median | answer s, median | data |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for way in ways_of(rows):
         mine = [r for r in rows if r["way"] == way]
         if not mine:
@@ -169,7 +176,9 @@ def summary(rows: list[dict]) -> list[str]:
             data += " (not all served hot!)"
         lines.append(f"| {way} | {len(mine)} | {statistics.median(walls):.3f} | "
                      f"{min(walls):.3f}-{max(walls):.3f} | "
-                     f"{statistics.median(r['steps_total_s'] for r in mine):.3f} | {data} |")
+                     f"{statistics.median(r['steps_total_s'] for r in mine):.3f} | "
+                     f"{statistics.median(r['start_s'] for r in mine):.3f} | "
+                     f"{statistics.median(r['answer_s'] for r in mine):.3f} | {data} |")
     return lines
 
 

@@ -50,7 +50,16 @@ for stage in $stages; do
                cp /tmp/rp-cl/criu-restore.log /tmp/rp-cl/criu-dump.log "$out/"
                kill -9 $(python3 -c "import json;print(json.load(open('/tmp/rp-cl/restoreprof.json'))['root_pid'])") 2>/dev/null ;;
     warmlimit) # issue 14: 16 GB Llama-shaped bf16, plain vs pool (page cache) vs hot snapshot, 5 runs each
-               rp_python benchmarks/bench_warm_limit.py --repeat 5 --plain-repeat 2 --json "$out/warmlimit.json" 2>&1 | tee "$out/warmlimit.txt" ;;
+               # (WARMLIMIT_ARGS replaces the counts, e.g. "--repeat 3 --plain-repeat 0 --no-trace")
+               RP_TIMELINE=1 rp_python benchmarks/bench_warm_limit.py ${WARMLIMIT_ARGS:---repeat 5 --plain-repeat 2} \
+                 --json "$out/warmlimit.json" 2>&1 | tee "$out/warmlimit.txt" ;;
+    pystart)   # the restore command's own start: the interpreter, site, and restoreprof's imports
+               for flags in "" "-I -S"; do s=$(date +%s%N); for i in $(seq 20); do python3 $flags -c pass; done
+                 echo "python3 $flags -c pass: $(( ($(date +%s%N) - s) / 20000 )) us each"; done | tee "$out/pystart.txt"
+               s=$(date +%s%N); for i in $(seq 20); do python3 -c "import restoreprof.cli, restoreprof.commands.pooled_restore, restoreprof.system.warm_socket"; done
+               echo "python3 + the restore client's imports: $(( ($(date +%s%N) - s) / 20000 )) us each" | tee -a "$out/pystart.txt"
+               python3 -X importtime -c "import restoreprof.cli, restoreprof.commands.pooled_restore, restoreprof.system.warm_socket" 2>&1 \
+                 | sort -t'|' -k2 -n | tail -25 | tee -a "$out/pystart.txt" ;;
     tmpfsrun)  # /run on tmpfs, as systemd hosts have it: CRIU keeps its kernel cache there (the
                # VM's /run is ext4). Its entries are bound back in, except restoreprof's folder and
                # the empty criu.kdat.tmp CRIU leaves on a disk /run, which blocks the cache for good.

@@ -37,6 +37,7 @@
  */
 #define _GNU_SOURCE
 #include <cuda.h>
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
@@ -47,6 +48,8 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
+#include <time.h>
 #include <unistd.h>
 
 #define EXPORT __attribute__((visibility("default")))
@@ -171,10 +174,12 @@ static int primary_slot[MAX_DEVICES] = { 0, 1, 2, 3, 4, 5, 6, 7 };
 static struct fake_ctx *created_ctx[64];
 static void apply_pending_gpu_map(void);
 static __thread struct fake_ctx *current_ctx;
+static void start_restore_thread(void);
 
 EXPORT CUresult cuInit(unsigned int flags)
 {
     ENTER("cuInit");
+    start_restore_thread();
     const char *n = getenv("FAKECUDA_DEVICES");
     device_count = n ? atoi(n) : 1;
     if (device_count < 0 || device_count > MAX_DEVICES)
@@ -1748,12 +1753,125 @@ EXPORT CUresult cuCheckpointProcessGetState(int pid, CUprocessState *state)
     return CUDA_SUCCESS;
 }
 
+/* The driver restores a process's GPU state on a thread of that process, its restore thread.
+ * With FAKECUDA_STATE_DIR the fake has one too: cuInit starts it and names it in pid-N.tid, and
+ * a restore needs it to run (not stopped), as the real driver's does. Each restore writes the
+ * state of every thread of the process at that moment into pid-N.restore ("tid state" lines),
+ * so that tests can tell whether the program's own threads were held. */
+static pthread_mutex_t restore_thread_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t restore_thread_named = PTHREAD_COND_INITIALIZER;
+static int restore_thread_ready;
+
+static void *restore_thread_main(void *unused)
+{
+    (void)unused;
+    char path[4096], tid_path[4200];
+    pthread_setname_np(pthread_self(), "cuda-restore");
+    if (shared_state_path((int)getpid(), path, sizeof path)) {
+        snprintf(tid_path, sizeof tid_path, "%s.tid", path);
+        FILE *out = fopen(tid_path, "w");
+        if (out) {
+            fprintf(out, "%ld\n", (long)syscall(SYS_gettid));
+            fclose(out);
+        }
+    }
+    pthread_mutex_lock(&restore_thread_lock);
+    restore_thread_ready = 1;
+    pthread_cond_broadcast(&restore_thread_named);
+    pthread_mutex_unlock(&restore_thread_lock);
+    for (;;) {
+        struct timespec ts = { 3600, 0 };
+        nanosleep(&ts, NULL);
+    }
+    return NULL;
+}
+
+static void start_restore_thread(void)
+{
+    static int started;
+    char path[4096];
+    if (started || !shared_state_path((int)getpid(), path, sizeof path))
+        return;
+    started = 1;
+    pthread_t thread;
+    if (pthread_create(&thread, NULL, restore_thread_main, NULL))
+        return;
+    pthread_detach(thread);
+    pthread_mutex_lock(&restore_thread_lock); /* named before cuInit returns */
+    while (!restore_thread_ready)
+        pthread_cond_wait(&restore_thread_named, &restore_thread_lock);
+    pthread_mutex_unlock(&restore_thread_lock);
+}
+
+static int restore_tid_of(int pid)
+{
+    char path[4096], tid_path[4200];
+    int tid = pid;
+    if (!shared_state_path(pid, path, sizeof path))
+        return tid;
+    snprintf(tid_path, sizeof tid_path, "%s.tid", path);
+    FILE *f = fopen(tid_path, "r");
+    if (f) {
+        if (fscanf(f, "%d", &tid) != 1)
+            tid = pid;
+        fclose(f);
+    }
+    return tid;
+}
+
+/* The state letter of pid's thread tid (R, S, T, t...), '?' when it is gone. */
+static char thread_state(int pid, int tid)
+{
+    char path[128], buf[512];
+    snprintf(path, sizeof path, "/proc/%d/task/%d/stat", pid, tid);
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return '?';
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    buf[n] = 0;
+    char *close = strrchr(buf, ')');
+    return close && close[1] && close[2] ? close[2] : '?';
+}
+
+/* Writes every thread's state into pid-N.restore; 0 when the restore thread can run. */
+static int note_threads_at_restore(int pid)
+{
+    char path[4096], out_path[4200], task[64], name[300];
+    if (!shared_state_path(pid, path, sizeof path))
+        return 0;
+    int tid = restore_tid_of(pid);
+    snprintf(out_path, sizeof out_path, "%s.restore", path);
+    FILE *out = fopen(out_path, "w");
+    snprintf(task, sizeof task, "/proc/%d/task", pid);
+    DIR *dir = opendir(task);
+    struct dirent *entry;
+    while (out && dir && (entry = readdir(dir))) {
+        if (entry->d_name[0] == '.')
+            continue;
+        int t = atoi(entry->d_name);
+        snprintf(name, sizeof name, "%d %c%s\n", t, thread_state(pid, t),
+                 t == tid ? " restore" : "");
+        fputs(name, out);
+    }
+    if (dir)
+        closedir(dir);
+    if (out)
+        fclose(out);
+    char own = thread_state(pid, tid);
+    return own == 'T' || own == 't';
+}
+
 EXPORT CUresult cuCheckpointProcessGetRestoreThreadId(int pid, int *tid)
 {
     ENTER_INIT("cuCheckpointProcessGetRestoreThreadId");
     if (!tid)
         return CUDA_ERROR_INVALID_VALUE;
-    *tid = pid;
+    /* tests: "none", the driver names no thread; "gone", one that does not exist */
+    const char *test = getenv("FAKECUDA_RESTORE_TID");
+    if (test && !strcmp(test, "none"))
+        return CUDA_ERROR_NOT_SUPPORTED;
+    *tid = test && !strcmp(test, "gone") ? 4194000 : restore_tid_of(pid);
     return CUDA_SUCCESS;
 }
 
@@ -1816,6 +1934,8 @@ EXPORT CUresult cuCheckpointProcessRestore(int pid, CUcheckpointRestoreArgs *arg
     char path[4096];
     if (moved && !shared_state_path(pid, path, sizeof path))
         return CUDA_ERROR_NOT_SUPPORTED; /* the fake cannot reach another process without it */
+    if (note_threads_at_restore(pid))
+        return CUDA_ERROR_NOT_READY; /* the real driver waits for its restore thread: never here */
     CUresult rc = transition(pid, CU_PROCESS_STATE_CHECKPOINTED, CU_PROCESS_STATE_LOCKED);
     if (rc != CUDA_SUCCESS || !moved)
         return rc;

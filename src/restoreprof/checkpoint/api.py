@@ -389,9 +389,11 @@ def _restore_locked(directory: Path, manifest: Manifest, work: Path, *, gpu_map,
         # The image check reads every image; read-ahead helps only where it was skipped.
         readahead = _start_readahead(directory, optimizer) if not verify else None
         notes = []
+        held = _HeldStart(cuda_pids, pairs, clock, check, warm) \
+            if cuda_pids and optimizer.held_driver_restore else None
         try:
             root, interrupted = _criu_restore(directory, work, manifest, criu_args, journal,
-                                              clock, optimizer, criu_pids, notes)
+                                              clock, optimizer, criu_pids, notes, held)
         except RestoreprofError:
             if check:
                 check.result()  # a damaged image explains a CRIU failure better than its log
@@ -399,6 +401,8 @@ def _restore_locked(directory: Path, manifest: Manifest, work: Path, *, gpu_map,
         finally:
             if readahead:
                 _finish_readahead(readahead, clock)
+            if held:
+                notes += held.join()  # the driver's restores begun under CRIU's held processes
         _journal(clock, journal, "restored")
         if interrupted:
             raise KeyboardInterrupt
@@ -435,12 +439,35 @@ def _journal(clock: StepClock, journal, phase: str, **fields) -> None:
     clock.run("restore journal", journal.write, phase, **fields)
 
 
+class _HeldStart:
+    """gpu.HeldRestores, begun once CRIU has restored the processes (start), not before the
+    page images have passed their check; join() waits for them (nothing when never begun)."""
+
+    def __init__(self, pids: list[int], pairs, clock: StepClock, check: Future | None,
+                 warm) -> None:
+        self.pids, self.pairs, self.clock, self.check, self.warm = pids, pairs, clock, check, warm
+        self.running: gpu.HeldRestores | None = None
+
+    def _ready(self) -> bool:
+        """The driver is initialised here and every image passed (False: one did not)."""
+        self.warm.wait()
+        return self.check is None or self.check.exception() is None
+
+    def start(self) -> None:
+        self.running = gpu.HeldRestores(self.pids, self.pairs, self.clock, passed=self._ready)
+
+    def join(self) -> list[str]:
+        running, self.running = self.running, None
+        return running.join() if running else []
+
+
 def _criu_restore(directory: Path, work: Path, manifest: Manifest, criu_args: list[str],
                   journal, clock: StepClock, optimizer: OptimizerConfig, criu_pids: list[int],
-                  notes: list[str]) -> tuple[int, bool]:
+                  notes: list[str], held: _HeldStart | None = None) -> tuple[int, bool]:
     """criu restore, its processes' memory served by restoreprof's lazy page server where it
     can be (see lazy_pages); any failure there kills the processes, which never ran, and CRIU
-    restores them again reading every page itself. Returns (root PID, interrupted)."""
+    restores them again reading every page itself. Returns (root PID, interrupted). held, if
+    given, is started as soon as CRIU's processes exist, under the page server's last pages."""
     server = why = None
     if optimizer.lazy_pages:
         why = clock.run("check lazy pages", lazy_pages.why_not, directory)
@@ -458,6 +485,8 @@ def _criu_restore(directory: Path, work: Path, manifest: Manifest, criu_args: li
             "criu restore", criu.restore, directory, work, shell_job=manifest.shell_job,
             extra=criu_args + (["--lazy-pages"] if server else []),
             on_start=lambda criu_pid: journal.write("criu", criu_pid=criu_pid))
+        if held and not interrupted:
+            held.start()
         if server is None:
             return root, interrupted
         waited_ns = time.monotonic_ns()
@@ -472,14 +501,19 @@ def _criu_restore(directory: Path, work: Path, manifest: Manifest, criu_args: li
         server.close()
         with deferred_interrupts():  # CRIU's processes never ran: none may run on missing memory
             recovery.kill_unrun(criu_pids)
+            if held:
+                held.join()  # their driver's restores end with them, before PIDs are reused
         why = server.error or exc.message.splitlines()[0]  # the server's failure makes CRIU's
         notes.append(f"the lazy page restore failed ({why}); CRIU restored every page itself "
                      "instead")
         journal.write("criu", lazy_pages=False, lazy_failed=why)  # for whoever reads it next
-        return clock.run(
+        root, interrupted = clock.run(
             "criu restore (every page)", criu.restore, directory, work,
             shell_job=manifest.shell_job, extra=criu_args,
             on_start=lambda criu_pid: journal.write("criu", criu_pid=criu_pid))
+        if held and not interrupted:
+            held.start()
+        return root, interrupted
     finally:
         if server is not None:
             server.close()

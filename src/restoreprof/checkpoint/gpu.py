@@ -12,6 +12,7 @@ import contextlib
 import ctypes
 import os
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
@@ -392,7 +393,7 @@ def restore_all(pids: list[int], manifest, directory: Path, pairs, parallel: boo
     def restore_one(pid: int) -> str | None:
         state = driver.process_state(pid)
         if state == "checkpointed":
-            clock.run("GPU driver restore", driver.process_restore, pid, pairs, pid=pid)
+            clock.run(HeldRestores.STEP, driver.process_restore, pid, pairs, pid=pid)
             state = "locked"
         if state == "locked":
             clock.run("GPU unlock", driver.process_unlock, pid, pid=pid)
@@ -408,6 +409,51 @@ def restore_all(pids: list[int], manifest, directory: Path, pairs, parallel: boo
         return None
 
     return [n for n in _map_parallel(one, pids, parallel) if n]
+
+
+class HeldRestores:
+    """The driver's restore of each CUDA process run while its program is still held: on the
+    driver's restore thread alone (checkpoint.held_thread), started as soon as CRIU is done and
+    `passed()` says the images are sound, so that it overlaps the lazy page server's last pages
+    instead of following them. join() waits. A process it cannot do (the driver names no restore
+    thread, ptrace refuses, the driver fails) is left as it was, for restore_all after the
+    resume, with a note; a restore_all that finds a process "locked" goes on from there."""
+
+    STEP = "GPU driver restore"
+
+    def __init__(self, pids: list[int], pairs, clock, passed) -> None:
+        self._executor = ThreadPoolExecutor(max_workers=max(1, len(pids)),
+                                            thread_name_prefix="held-restore")
+        self._futures = [self._executor.submit(self._one, pid, pairs, clock, passed)
+                         for pid in pids]
+        self._executor.shutdown(wait=False)
+
+    @staticmethod
+    def _one(pid: int, pairs, clock, passed) -> str | None:
+        from restoreprof.checkpoint.held_thread import running_alone
+
+        try:
+            if not passed():  # a damaged image: the caller kills the processes, none ran
+                return None
+        except Exception:  # the driver unreachable here: restore_all meets it and says so
+            return None
+        if driver.process_state(pid) != "checkpointed":
+            return None
+        tid = driver.restore_thread_id(pid)
+        if tid is None:
+            return f"PID {pid}: the driver names no restore thread; its GPU state was " \
+                   "restored after the resume"
+        try:
+            with running_alone(tid):
+                clock.run(HeldRestores.STEP, driver.process_restore, pid, pairs, pid=pid)
+        except Exception as exc:  # left to restore_all, which reports the driver's state
+            why = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            return f"PID {pid}: the driver's restore on its held restore thread failed " \
+                   f"({why}); tried again after the resume"
+        return None
+
+    def join(self) -> list[str]:
+        return [note for f in self._futures if (note := f.result())]
 
 
 # --- GPUs --------------------------------------------------------------------------------------
@@ -473,11 +519,17 @@ class _PrewarmStep:
         self._clock = clock
         self._start_ns = time.monotonic_ns()
         self._warm = Prewarm(contexts=False).start()
+        self._lock = threading.Lock()
+        self._done = False
 
     def wait(self) -> None:
-        ready = self._warm.wait()
-        self._clock.add("prewarm: cuInit (overlapped)", self._start_ns,
-                        self._start_ns + int(ready.timings.total_s * 1e9))
+        """Until cuInit is done (any thread, any number of times: its step is noted once)."""
+        with self._lock:
+            if not self._done:
+                ready = self._warm.wait()
+                self._clock.add("prewarm: cuInit (overlapped)", self._start_ns,
+                                self._start_ns + int(ready.timings.total_s * 1e9))
+                self._done = True
         driver.init()  # cuda-python's view of the same driver, now initialised
 
 

@@ -222,6 +222,17 @@ def process_state(pid: int) -> str | None:
     return state.name.removeprefix("CU_PROCESS_STATE_").lower()
 
 
+def restore_thread_id(pid: int) -> int | None:
+    """The thread of pid on which the driver restores its GPU state; None when the driver names
+    none (not a CUDA process, or a driver without the call)."""
+    cu = bindings()
+    call = getattr(cu, "cuCheckpointProcessGetRestoreThreadId", None)
+    if call is None:
+        return None
+    code, tid = call(pid)
+    return int(tid) if int(code) == 0 and int(tid) > 0 else None
+
+
 def process_lock(pid: int, timeout_ms: int) -> None:
     cu = bindings()
     args = cu.CUcheckpointLockArgs()

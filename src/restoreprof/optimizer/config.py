@@ -38,6 +38,7 @@ class OptimizerConfig:
     preload: bool = DEFAULTS["preload"]
     lazy_pages: bool = DEFAULTS["lazy_pages"]
     lazy_threads: int = DEFAULTS["lazy_threads"]
+    held_driver_restore: bool = DEFAULTS["held_driver_restore"]
     sync: bool = DEFAULTS["sync"]
     pre_copy: bool = DEFAULTS["pre_copy"]
     release_caches: bool = DEFAULTS["release_caches"]

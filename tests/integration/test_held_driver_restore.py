@@ -1,0 +1,107 @@
+"""The driver's restore of a process's GPU state runs while the program is still held (issue 14):
+on the driver's restore thread alone, under ptrace, as soon as CRIU is done and the images have
+passed, so that it overlaps the page server's last pages; the program's own threads stay stopped
+until everything is in. The fake driver has a restore thread of its own, refuses a restore while
+that thread is stopped (the real one would wait for it), and writes down the state of every
+thread of the process at the moment of the restore: that record is what these tests read."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+from restoreprof.checkpoint import checkpoint, restore
+from restoreprof.checkpoint.gpu import HeldRestores
+from restoreprof.optimizer.config import OptimizerConfig
+from restoreprof.workloads.controller import HeldMemory
+
+pytestmark = pytest.mark.root
+
+
+@pytest.fixture
+def driver_state(fake_driver, monkeypatch, tmp_path) -> Path:
+    """One driver state for the restore and the program, as a real driver's is."""
+    folder = tmp_path / "driver-state"
+    folder.mkdir()
+    monkeypatch.setenv("FAKECUDA_STATE_DIR", str(folder))
+    return folder
+
+
+def _threads_at_restore(folder: Path, pid: int) -> tuple[str, dict[int, str]]:
+    """(the restore thread's state, {tid: state} of every other thread) when the driver's
+    restore ran, as the fake driver wrote them down."""
+    restore_state, others = "", {}
+    for line in (folder / f"pid-{pid}.restore").read_text().splitlines():
+        tid, state, *restore_thread = line.split()
+        if restore_thread:
+            restore_state = state
+        else:
+            others[int(tid)] = state
+    return restore_state, others
+
+
+def _checkpointed(tmp_path) -> HeldMemory:
+    w = HeldMemory.start(tmp_path / "state", 8, gpu_mib=16,
+                         prefix=[sys.executable, "-m", "restoreprof", "exec", "--"])
+    checkpoint(w.pid, tmp_path / "ckpt")
+    assert not w.alive()
+    return w
+
+
+def _span(restored, name: str) -> tuple[int, int]:
+    steps = [s for s in restored.steps if s.name == name]
+    assert len(steps) == 1, [s.name for s in restored.steps]
+    return steps[0].start_ns, steps[0].end_ns
+
+
+def test_driver_restore_runs_while_the_program_is_held(driver_state, tmp_path):
+    w = _checkpointed(tmp_path)
+    try:
+        restored = restore(tmp_path / "ckpt")
+        assert not restored.notes  # no fallback taken
+        own, others = _threads_at_restore(driver_state, w.pid)
+        assert own in ("R", "S"), own  # the driver's thread ran...
+        assert others and set(others.values()) == {"T"}, others  # ...and only it
+        _, driver_end = _span(restored, HeldRestores.STEP)
+        resumed, _ = _span(restored, "resume processes")
+        assert driver_end <= resumed
+        assert w.verify(), "the GPU memory differs after the restore"
+    finally:
+        w.stop()
+
+
+def test_off_the_program_resumes_first(driver_state, tmp_path):
+    w = _checkpointed(tmp_path)
+    try:
+        restored = restore(tmp_path / "ckpt", optimizer=OptimizerConfig(held_driver_restore=False))
+        assert not restored.notes
+        own, others = _threads_at_restore(driver_state, w.pid)
+        assert own in ("R", "S") and "T" not in others.values(), others
+        _, resumed = _span(restored, "resume processes")
+        driver_start, _ = _span(restored, HeldRestores.STEP)
+        assert resumed <= driver_start
+        assert w.verify()
+    finally:
+        w.stop()
+
+
+@pytest.mark.parametrize("restore_tid", ["none", "gone"])
+def test_a_thread_that_cannot_be_held_is_restored_after_the_resume(driver_state, tmp_path,
+                                                                   monkeypatch, restore_tid):
+    """The driver names no restore thread, or one that ptrace cannot seize: the restore goes on
+    the old way (resume, then the driver's restore), says so, and is bit-exact."""
+    w = _checkpointed(tmp_path)
+    monkeypatch.setenv("FAKECUDA_RESTORE_TID", restore_tid)  # read by this process's fake driver
+    try:
+        restored = restore(tmp_path / "ckpt")
+        assert len(restored.notes) == 1, restored.notes
+        assert ("names no restore thread" if restore_tid == "none" else "held restore thread") \
+            in restored.notes[0]
+        _, resumed = _span(restored, "resume processes")
+        driver_start, _ = _span(restored, HeldRestores.STEP)
+        assert resumed <= driver_start
+        assert w.verify()
+    finally:
+        w.stop()
