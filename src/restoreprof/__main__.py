@@ -1,3 +1,3 @@
-from restoreprof.cli import main
+from restoreprof.launcher import main
 
 raise SystemExit(main())

@@ -71,13 +71,9 @@ def _quiet_broken_pipe() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The command line (argv None: the program's, as restoreprof.launcher calls it, after a
+    warm pool had the chance to take a restore)."""
     as_program = argv is None
-    if as_program and sys.argv[1:2] == ["restore"]:  # a running warm pool restores, warm
-        from restoreprof.commands.pooled_restore import restore_through_pool
-
-        code = restore_through_pool(sys.argv[2:])
-        if code is not None:
-            return code
     try:
         return _main(sys.argv[1:] if argv is None else argv, as_program)
     finally:

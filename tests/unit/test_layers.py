@@ -23,7 +23,7 @@ GROUPS = {
     "optimizer": ("optimizer", 20), "store": ("optimizer", 21), "checkpoint": ("optimizer", 22),
     "criu_plugin": ("optimizer", 23),  # restoreprof inside CRIU: the checkpoint path, from C
     "tuner": ("top", 30), "doctor": ("top", 30), "commands": ("top", 31), "cli": ("top", 32),
-    "__main__": ("top", 33),
+    "launcher": ("top", 33), "__main__": ("top", 34),
 }
 
 

@@ -2,7 +2,7 @@
 restore's imports (checkpoint, CUDA bindings, the engine: about 0.2 s on the H200) are paid once
 per host, by the pool, instead of once per restore.
 
-    # restoreprof restore ... (cli.main, before anything else is imported)
+    # restoreprof restore ... (restoreprof.launcher, before anything else is imported)
     code = restore_through_pool(argv)   # None: no pool, or it declined: restore here
 
     # restoreprof warm
