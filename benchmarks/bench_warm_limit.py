@@ -43,9 +43,30 @@ from restoreprof.workloads.controller import HeldMemory
 CLI = [sys.executable, "-m", "restoreprof"]
 
 
-def cli_json(*args: str, env: dict | None = None) -> dict:
-    out = subprocess.run([*CLI, *args, "--json"], capture_output=True, text=True,
-                         env={**os.environ, **(env or {})})
+def _threads_now(label: str, pid: int) -> str:
+    """Each thread of pid: its state, where it waits in the kernel (a hang's diagnosis)."""
+    lines = [f"{label} PID {pid}:"]
+    for task in sorted(Path(f"/proc/{pid}/task").glob("*")):
+        try:
+            stat = (task / "stat").read_text().rsplit(")", 1)[1].split()[0]
+            comm = (task / "comm").read_text().strip()
+            stack = " <- ".join(line.split()[-1] for line in
+                                (task / "stack").read_text().splitlines()[:6])
+        except OSError:
+            continue
+        lines.append(f"  {task.name:>8} {comm:<16} {stat} {stack}")
+    return "\n".join(lines)
+
+
+def cli_json(*args: str, env: dict | None = None, timeout_s: float = 900,
+             watch: dict[str, int] | None = None) -> dict:
+    try:
+        out = subprocess.run([*CLI, *args, "--json"], capture_output=True, text=True,
+                             env={**os.environ, **(env or {})}, timeout=timeout_s)
+    except subprocess.TimeoutExpired as exc:
+        seen = "\n".join(_threads_now(label, pid) for label, pid in (watch or {}).items())
+        raise SystemExit(f"restoreprof {' '.join(args)}: no answer in {timeout_s:.0f} s\n{seen}\n"
+                         f"its stderr: {(exc.stderr or b'')[-3000:]!r}") from exc
     if out.returncode != 0:
         raise SystemExit(f"restoreprof {' '.join(args)} failed:\n{out.stderr}")
     return json.loads(out.stdout)
@@ -73,6 +94,7 @@ def step_s(result: dict, name: str) -> float:
 
 
 VARIANTS: dict[str, dict[str, str]] = {}  # --variant: a way's suffix -> its environment
+POOL_PID: list[int] = []  # the warm pool's, while one runs (for a hang's diagnosis)
 
 
 def restore_once(images: Path, model: HeldMemory, way: str) -> dict:
@@ -85,7 +107,9 @@ def restore_once(images: Path, model: HeldMemory, way: str) -> dict:
     unchecked = ["--no-verify"] if way.endswith("-unchecked") else []
     env = {"RESTOREPROF_LAZY_PAGES": "0"} if way == "plain" or way.endswith("-nolazy") else {}
     env.update(VARIANTS.get(way.rpartition("-")[2], {}))
-    result = cli_json("restore", "-D", str(images), *unchecked, env=env)
+    watch = {"the program": model.pid, **({"the pool": POOL_PID[0]} if POOL_PID else {})}
+    result = cli_json("restore", "-D", str(images), *unchecked, env=env, timeout_s=120,
+                      watch=watch)
     wall = time.monotonic() - start
     end_ns = time.monotonic_ns()
     keep = os.environ.get("RP_KEEP_CRIU_LOGS")  # a folder: CRIU's log of each restore, kept
@@ -151,11 +175,15 @@ class Pool:
             if not line:
                 raise SystemExit(f"restoreprof warm failed:\n{self.log}")
             self.log += line
+        POOL_PID[:] = [self.proc.pid]
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, kind, *exc) -> None:
+        POOL_PID.clear()
         self.proc.terminate()
         self.log += self.proc.communicate(timeout=120)[0]
+        if kind is not None:  # the run stops here: what the pool said is part of the diagnosis
+            print(f"pool log:\n{self.log.strip()}", flush=True)
 
 
 def ways_of(rows: list[dict]) -> list[str]:

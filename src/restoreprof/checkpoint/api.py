@@ -456,9 +456,9 @@ class _HeldStart:
     def start(self) -> None:
         self.running = gpu.HeldRestores(self.pids, self.pairs, self.clock, passed=self._ready)
 
-    def join(self) -> list[str]:
+    def join(self, timeout_s: float | None = None) -> list[str]:
         running, self.running = self.running, None
-        return running.join() if running else []
+        return running.join(timeout_s) if running else []
 
 
 def _criu_restore(directory: Path, work: Path, manifest: Manifest, criu_args: list[str],
@@ -485,13 +485,17 @@ def _criu_restore(directory: Path, work: Path, manifest: Manifest, criu_args: li
             "criu restore", criu.restore, directory, work, shell_job=manifest.shell_job,
             extra=criu_args + (["--lazy-pages"] if server else []),
             on_start=lambda criu_pid: journal.write("criu", criu_pid=criu_pid))
-        if held and not interrupted:
+        # The driver's thread maps and unmaps memory as it works: under the page server's last
+        # pages only where the server follows such changes, else once every page is in.
+        if held and not interrupted and (server is None or server.follows_mappings):
             held.start()
         if server is None:
             return root, interrupted
         waited_ns = time.monotonic_ns()
         stats = server.wait()
         clock.add("lazy pages (after CRIU)", waited_ns, time.monotonic_ns())
+        if held and not interrupted and held.running is None:
+            held.start()
         clock.add("host memory, lazy pages (overlapped)", stats.first_ns, stats.done_ns,
                   nbytes=stats.bytes)
         return root, interrupted
@@ -501,8 +505,8 @@ def _criu_restore(directory: Path, work: Path, manifest: Manifest, criu_args: li
         server.close()
         with deferred_interrupts():  # CRIU's processes never ran: none may run on missing memory
             recovery.kill_unrun(criu_pids)
-            if held:
-                held.join()  # their driver's restores end with them, before PIDs are reused
+            if held:  # their driver's restores end with them, before PIDs are reused
+                held.join(timeout_s=60)
         why = server.error or exc.message.splitlines()[0]  # the server's failure makes CRIU's
         notes.append(f"the lazy page restore failed ({why}); CRIU restored every page itself "
                      "instead")

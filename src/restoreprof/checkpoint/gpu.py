@@ -452,8 +452,23 @@ class HeldRestores:
                    f"({why}); tried again after the resume"
         return None
 
-    def join(self) -> list[str]:
-        return [note for f in self._futures if (note := f.result())]
+    def join(self, timeout_s: float | None = None) -> list[str]:
+        """The notes of the restores, once all have ended; RestoreprofError when one has not
+        within timeout_s (the driver's call does not return: the PIDs are not free yet)."""
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        notes = []
+        for f in self._futures:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            try:
+                note = f.result(timeout=left)
+            except TimeoutError as exc:
+                raise RestoreprofError(
+                    f"the driver's restore of a held process did not end within {timeout_s:.0f} s",
+                    hint="see the driver log (dmesg); restore again once its PIDs are free") \
+                    from exc
+            if note:
+                notes.append(note)
+        return notes
 
 
 # --- GPUs --------------------------------------------------------------------------------------

@@ -334,6 +334,10 @@ class LazyStats:
 class LazyPages:
     """Serve the lazy pages of one `criu restore --lazy-pages -W work_dir` of directory."""
 
+    # Whether a process may change its mappings while served (see the module's doc): not yet,
+    # so the driver's restore of a held process (which maps and unmaps) waits for the last page.
+    follows_mappings = False
+
     def __init__(self, directory: Path, work_dir: Path, threads: int = 8,
                  timeout_s: float = 120.0) -> None:
         self.directory, self.work_dir = directory, work_dir
