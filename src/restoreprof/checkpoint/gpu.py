@@ -413,11 +413,12 @@ def restore_all(pids: list[int], manifest, directory: Path, pairs, parallel: boo
 
 class HeldRestores:
     """The driver's restore of each CUDA process run while its program is still held: on the
-    driver's restore thread alone (checkpoint.held_thread), started as soon as CRIU is done and
-    `passed()` says the images are sound, so that it overlaps the lazy page server's last pages
-    instead of following them. join() waits. A process it cannot do (the driver names no restore
-    thread, ptrace refuses, the driver fails) is left as it was, for restore_all after the
-    resume, with a note; a restore_all that finds a process "locked" goes on from there."""
+    driver's restore thread alone (checkpoint.held_thread), once CRIU is done and `passed()`
+    says the images are sound, before any of the program's threads runs (as CRIU's CUDA plugin
+    does it: a program thread running meanwhile could touch memory the driver has not mapped
+    back yet). join() waits. A process it cannot do (the driver names no restore thread, ptrace
+    refuses, the driver fails) is left as it was, for restore_all after the resume, with a note;
+    a restore_all that finds a process "locked" goes on from there."""
 
     STEP = "GPU driver restore"
 

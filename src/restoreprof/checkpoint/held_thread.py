@@ -2,10 +2,9 @@
 
 The driver restores a process's GPU state on a thread of that process (the driver's restore
 thread, `cuCheckpointProcessGetRestoreThreadId`). CRIU leaves the restored processes stopped
-(--leave-stopped: a group stop, state T), so until now restoreprof resumed them whole before the
-driver's restore, which therefore had to wait until every page of host memory was in place
-(nothing of the program may run while a page can still be missing). CRIU's own CUDA plugin
-instead lets only the restore thread run, under ptrace, while the program's threads stay
+(--leave-stopped: a group stop, state T); resumed whole before the driver's restore, the
+program's threads would run while the driver has not yet mapped its memory back. CRIU's own
+CUDA plugin lets only the restore thread run, under ptrace, while the program's threads stay
 frozen. That is what this module does:
 
     with running_alone(tid):          # PTRACE_SEIZE, signals blocked, PTRACE_CONT

@@ -109,10 +109,9 @@ SETTINGS: tuple[Setting, ...] = (
             "threads of the lazy page server that copy pages in (0: half the cores, 2 to 8)",
             "restore"),
     Setting("held_driver_restore", bool, True, env=("RESTOREPROF_HELD_DRIVER_RESTORE",),
-            help="run the driver's restore of the GPU state as soon as CRIU is done and the "
-                 "images have passed, on the driver's restore thread alone (ptrace) while the "
-                 "program's threads stay stopped and the last pages arrive; off: after the "
-                 "processes are resumed",
+            help="run the driver's restore of the GPU state on the driver's restore thread "
+                 "alone (ptrace), the program's own threads still stopped, as CRIU's CUDA "
+                 "plugin does; off: after the processes are resumed",
             acts_on="restore"),
     Setting("sync", bool, False, env=("RESTOREPROF_SYNC",),
             help="report a checkpoint done only once every byte is on disk (fsync of the GPU "
