@@ -1,8 +1,9 @@
 """The driver's restore of a process's GPU state runs while the program is still held: on the
 driver's restore thread alone, under ptrace, once CRIU is done and the images have passed; the
-program's own threads stay stopped until everything is in. The fake driver has a restore thread of its own, refuses a restore while
-that thread is stopped (the real one would wait for it), and writes down the state of every
-thread of the process at the moment of the restore: that record is what these tests read."""
+program's own threads stay stopped until everything is in. The fake driver has a restore
+thread of its own, refuses a restore while that thread is stopped (the real one would wait for
+it), and writes down the state of every thread of the process at the moment of the restore:
+that record is what these tests read."""
 
 from __future__ import annotations
 
