@@ -1758,30 +1758,150 @@ EXPORT CUresult cuCheckpointProcessGetState(int pid, CUprocessState *state)
  * a restore needs it to run (not stopped), as the real driver's does. Each restore writes the
  * state of every thread of the process at that moment into pid-N.restore ("tid state" lines),
  * so that tests can tell whether the program's own threads were held. */
+/* The driver's own host memory, restored by the driver's thread (FAKECUDA_DRIVER_HOST_MIB):
+ * filled with a pattern at cuInit; at the first restore the restore thread reads its first
+ * quarter, unmaps the second, discards the third (madvise DONTNEED: it must read as zeros) and
+ * moves the fourth (mremap), as a real driver's restore maps and unmaps. It notes how many of
+ * its pages were not yet in when it began (mincore): those were brought in meanwhile by the
+ * lazy page server, whose following of the changes is what a test of that looks at. */
+static unsigned char *host_state;
+static size_t host_quarter; /* bytes */
+static unsigned char *host_moved; /* the fourth quarter, once moved */
+
+static unsigned char host_byte(size_t i)
+{
+    return (unsigned char)((i * 2654435761u) >> 13);
+}
+
+static void make_host_state(void)
+{
+    const char *mib = getenv("FAKECUDA_DRIVER_HOST_MIB");
+    if (!mib || atoi(mib) <= 0)
+        return;
+    size_t bytes = (size_t)atoi(mib) << 20;
+    void *p = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED)
+        return;
+    host_state = p;
+    host_quarter = bytes / 4;
+    for (size_t i = 0; i < bytes; i++)
+        host_state[i] = host_byte(i);
+}
+
+static int host_matches(const unsigned char *at, size_t from, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (at[i] != host_byte(from + i))
+            return 0;
+    return 1;
+}
+
+static size_t missing_pages(unsigned char *at, size_t bytes)
+{
+    size_t page = (size_t)sysconf(_SC_PAGESIZE), pages = bytes / page, missing = 0;
+    unsigned char *in = malloc(pages);
+    if (in && mincore(at, pages * page, in) == 0)
+        for (size_t i = 0; i < pages; i++)
+            missing += !(in[i] & 1);
+    free(in);
+    return missing;
+}
+
+/* The restore thread's work for one restore: "ok missing=A,B,C,D" (pages of each quarter not
+ * yet in when it began) or "bad ...", into reply. */
+static void restore_host_state(char *reply, size_t len)
+{
+    if (!host_state) {
+        snprintf(reply, len, "ok none");
+        return;
+    }
+    /* not yet in, per quarter: the server copies from low addresses up, so the last quarter
+     * (moved first, below) is the one most surely still coming */
+    size_t missing[4] = { 0 };
+    if (!host_moved)
+        for (int q = 0; q < 4; q++)
+            missing[q] = missing_pages(host_state + q * host_quarter, host_quarter);
+    if (!host_moved) {
+        void *to = mmap(NULL, host_quarter, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        void *moved = to == MAP_FAILED ? MAP_FAILED :
+            mremap(host_state + 3 * host_quarter, host_quarter, host_quarter,
+                   MREMAP_MAYMOVE | MREMAP_FIXED, to);
+        if (moved == MAP_FAILED) {
+            snprintf(reply, len, "bad: mremap: %s", strerror(errno));
+            return;
+        }
+        host_moved = moved;
+        madvise(host_state + 2 * host_quarter, host_quarter, MADV_DONTNEED);
+        munmap(host_state + host_quarter, host_quarter);
+        for (size_t i = 0; i < host_quarter; i++)
+            if (host_state[2 * host_quarter + i]) {
+                snprintf(reply, len, "bad: a discarded page reads back its old bytes");
+                return;
+            }
+    }
+    if (!host_matches(host_state, 0, host_quarter)) {
+        snprintf(reply, len, "bad: the first quarter differs");
+        return;
+    }
+    if (!host_matches(host_moved, 3 * host_quarter, host_quarter)) {
+        snprintf(reply, len, "bad: the moved quarter differs");
+        return;
+    }
+    snprintf(reply, len, "ok missing=%zu,%zu,%zu,%zu", missing[0], missing[1], missing[2],
+             missing[3]);
+}
+
 static pthread_mutex_t restore_thread_lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t restore_thread_named = PTHREAD_COND_INITIALIZER;
 static int restore_thread_ready;
 
+/* Waits on pid-N.fifo for each restore's request; answers in pid-N.reply. */
 static void *restore_thread_main(void *unused)
 {
     (void)unused;
-    char path[4096], tid_path[4200];
+    char path[4096], tid_path[4200], fifo[4200], reply_path[4200], tmp[4300], reply[256];
     pthread_setname_np(pthread_self(), "cuda-restore");
-    if (shared_state_path((int)getpid(), path, sizeof path)) {
+    int shared = shared_state_path((int)getpid(), path, sizeof path);
+    if (shared) {
         snprintf(tid_path, sizeof tid_path, "%s.tid", path);
         FILE *out = fopen(tid_path, "w");
         if (out) {
             fprintf(out, "%ld\n", (long)syscall(SYS_gettid));
             fclose(out);
         }
+        snprintf(fifo, sizeof fifo, "%s.fifo", path);
+        snprintf(reply_path, sizeof reply_path, "%s.reply", path);
+        unlink(fifo);
+        shared = mkfifo(fifo, 0600) == 0;
     }
     pthread_mutex_lock(&restore_thread_lock);
     restore_thread_ready = 1;
     pthread_cond_broadcast(&restore_thread_named);
     pthread_mutex_unlock(&restore_thread_lock);
     for (;;) {
-        struct timespec ts = { 3600, 0 };
-        nanosleep(&ts, NULL);
+        if (!shared) {
+            struct timespec ts = { 3600, 0 };
+            nanosleep(&ts, NULL);
+            continue;
+        }
+        int fd = open(fifo, O_RDONLY); /* a checkpoint interrupts it; it is opened again */
+        if (fd < 0) {
+            usleep(1000);
+            continue;
+        }
+        char request;
+        ssize_t n = read(fd, &request, 1);
+        close(fd);
+        if (n != 1)
+            continue;
+        restore_host_state(reply, sizeof reply);
+        snprintf(tmp, sizeof tmp, "%s.tmp", reply_path);
+        FILE *out = fopen(tmp, "w");
+        if (out) {
+            fputs(reply, out);
+            fclose(out);
+            rename(tmp, reply_path);
+        }
     }
     return NULL;
 }
@@ -1793,6 +1913,7 @@ static void start_restore_thread(void)
     if (started || !shared_state_path((int)getpid(), path, sizeof path))
         return;
     started = 1;
+    make_host_state();
     pthread_t thread;
     if (pthread_create(&thread, NULL, restore_thread_main, NULL))
         return;
@@ -1860,6 +1981,45 @@ static int note_threads_at_restore(int pid)
         fclose(out);
     char own = thread_state(pid, tid);
     return own == 'T' || own == 't';
+}
+
+/* Has pid's restore thread do the driver's host-side work of a restore (restore_host_state) and
+ * waits for it; its answer is added to pid-N.restore. 0: done (or no thread listens: a process
+ * from before the thread existed); -1: it found its memory wrong, or did not answer. */
+static int ask_restore_thread(int pid)
+{
+    char path[4096], fifo[4200], reply_path[4200], record[4200], reply[256] = "";
+    if (!shared_state_path(pid, path, sizeof path))
+        return 0;
+    snprintf(fifo, sizeof fifo, "%s.fifo", path);
+    snprintf(reply_path, sizeof reply_path, "%s.reply", path);
+    snprintf(record, sizeof record, "%s.restore", path);
+    unlink(reply_path);
+    int fd = open(fifo, O_WRONLY | O_NONBLOCK);
+    if (fd < 0)
+        return 0;
+    char request = 'r';
+    ssize_t n = write(fd, &request, 1);
+    close(fd);
+    if (n != 1)
+        return -1;
+    for (int waited_ms = 0; waited_ms < 20000; waited_ms++) {
+        FILE *f = fopen(reply_path, "r");
+        if (f) {
+            if (!fgets(reply, sizeof reply, f))
+                reply[0] = 0;
+            fclose(f);
+            unlink(reply_path);
+            break;
+        }
+        usleep(1000);
+    }
+    FILE *out = fopen(record, "a");
+    if (out) {
+        fprintf(out, "reply %s\n", reply[0] ? reply : "none");
+        fclose(out);
+    }
+    return strncmp(reply, "ok", 2) ? -1 : 0;
 }
 
 EXPORT CUresult cuCheckpointProcessGetRestoreThreadId(int pid, int *tid)
@@ -1936,6 +2096,8 @@ EXPORT CUresult cuCheckpointProcessRestore(int pid, CUcheckpointRestoreArgs *arg
         return CUDA_ERROR_NOT_SUPPORTED; /* the fake cannot reach another process without it */
     if (note_threads_at_restore(pid))
         return CUDA_ERROR_NOT_READY; /* the real driver waits for its restore thread: never here */
+    if (ask_restore_thread(pid))
+        return CUDA_ERROR_UNKNOWN; /* its memory came back wrong */
     CUresult rc = transition(pid, CU_PROCESS_STATE_CHECKPOINTED, CU_PROCESS_STATE_LOCKED);
     if (rc != CUDA_SUCCESS || !moved)
         return rc;

@@ -34,6 +34,8 @@ def _threads_at_restore(folder: Path, pid: int) -> tuple[str, dict[int, str]]:
     restore ran, as the fake driver wrote them down."""
     restore_state, others = "", {}
     for line in (folder / f"pid-{pid}.restore").read_text().splitlines():
+        if line.startswith("reply "):
+            continue
         tid, state, *restore_thread = line.split()
         if restore_thread:
             restore_state = state
@@ -103,5 +105,46 @@ def test_a_thread_that_cannot_be_held_is_restored_after_the_resume(driver_state,
         driver_start, _ = _span(restored, HeldRestores.STEP)
         assert resumed <= driver_start
         assert w.verify()
+    finally:
+        w.stop()
+
+
+def _restore_thread_reply(folder: Path, pid: int) -> str:
+    """What the fake driver's restore thread answered: "ok missing=A,B,C,D" (pages of each
+    quarter of its memory not in yet when it began), "ok none" (no host state), or "bad: why"."""
+    replies = [line.removeprefix("reply ") for line in
+               (folder / f"pid-{pid}.restore").read_text().splitlines() if line.startswith("reply ")]
+    assert len(replies) == 1, replies
+    return replies[0]
+
+
+@pytest.mark.parametrize("held", [True, False], ids=["held", "resumed first"])
+def test_the_driver_changes_its_mappings_while_the_last_pages_arrive(driver_state, tmp_path,
+                                                                     monkeypatch, held):
+    """The driver's thread reads, unmaps, discards and moves its own host memory as it restores
+    (the fake: 384 MiB in four quarters). Held, it does so while the lazy page server still
+    brings that memory in (one copy thread, no image check to wait for): the server follows
+    each change (nothing copied into the unmapped quarter or over the discarded one, the moved
+    one's pages follow it), the thread reads its bytes right, and nothing falls back. Resumed
+    first, everything is in before it starts."""
+    monkeypatch.setenv("FAKECUDA_DRIVER_HOST_MIB", "384")  # inherited by the program
+    w = _checkpointed(tmp_path)
+    try:
+        restored = restore(tmp_path / "ckpt", verify=False,
+                           optimizer=OptimizerConfig(lazy_threads=1, held_driver_restore=held))
+        assert not restored.notes  # no lazy-page failure, no fallback
+        names = [s.name for s in restored.steps]
+        assert "lazy pages (after CRIU)" in names, names
+        reply = _restore_thread_reply(driver_state, w.pid)
+        assert reply.startswith("ok missing="), reply
+        missing = [int(n) for n in reply.removeprefix("ok missing=").split(",")]
+        if held:  # it moved, discarded and unmapped pages still coming: the server followed
+            assert missing[3] > 0 and missing[2] > 0, reply
+            driver_start, _ = _span(restored, HeldRestores.STEP)
+            _, tail_end = _span(restored, "lazy pages (after CRIU)")
+            assert driver_start < tail_end
+        else:
+            assert sum(missing) == 0, reply
+        assert w.verify(), "the program's memory differs after the restore"
     finally:
         w.stop()

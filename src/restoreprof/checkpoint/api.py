@@ -505,8 +505,9 @@ def _criu_restore(directory: Path, work: Path, manifest: Manifest, criu_args: li
         server.close()
         with deferred_interrupts():  # CRIU's processes never ran: none may run on missing memory
             recovery.kill_unrun(criu_pids)
-            if held:  # their driver's restores end with them, before PIDs are reused
+            if held:  # their driver's restores end with them; then the PIDs are free
                 held.join(timeout_s=60)
+                recovery.kill_unrun(criu_pids)
         why = server.error or exc.message.splitlines()[0]  # the server's failure makes CRIU's
         notes.append(f"the lazy page restore failed ({why}); CRIU restored every page itself "
                      "instead")

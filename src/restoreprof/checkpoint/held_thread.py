@@ -93,6 +93,23 @@ def _let_go(tid: int, mask: ctypes.Array) -> None:
     _ptrace(PTRACE_DETACH, tid, 0, pending)
 
 
+def reap(tid: int, within_s: float = 2.0) -> None:
+    """Collect tid's exit if it died while traced by this thread (a killed process's traced
+    thread stays a zombie until its tracer waits, and its PID stays taken); nothing if it is
+    not traced here any more."""
+    deadline = time.monotonic() + within_s
+    while True:
+        try:
+            got, status = os.waitpid(tid, _WALL | os.WNOHANG)
+        except ChildProcessError:
+            return  # detached, or collected already
+        if got == tid and (os.WIFEXITED(status) or os.WIFSIGNALED(status)):
+            return
+        if time.monotonic() >= deadline:
+            return
+        time.sleep(0.001)
+
+
 @contextlib.contextmanager
 def running_alone(tid: int) -> Iterator[None]:
     """Let thread tid run while the other threads of its (stopped) process stay stopped; on
@@ -114,7 +131,13 @@ def running_alone(tid: int) -> Iterator[None]:
     try:
         yield
     except BaseException:
-        with contextlib.suppress(HeldThreadError):  # the body's failure is the one to report
+        try:
             _let_go(tid, mask)
+        except HeldThreadError:  # the body's failure is the one to report
+            reap(tid)
         raise
-    _let_go(tid, mask)
+    try:
+        _let_go(tid, mask)
+    except HeldThreadError:
+        reap(tid)
+        raise

@@ -20,13 +20,20 @@ PID for a zombie; finally LAZY_PAGES_RESTORE_FINISHED). CRIU's own server copies
 - closes every descriptor once the last piece is in, so that the processes' memory behaves
   as ordinary memory again.
 
-The restore waits for the last piece before any process runs: CRIU leaves them stopped
-(--leave-stopped) and restoreprof resumes them only after the image check and this server have
-both finished. So a failure here, or a server that dies, never lets a process run on memory
-that is missing: the restore kills the processes (they never ran) and restores again without
-lazy pages (api._restore_locked). For the same reason any change to a process's mappings
-while it is served (an UNMAP, REMOVE, REMAP or FORK event: a stopped process makes none) is
-a failure, not something to follow.
+The restore waits for the last piece before the program runs: CRIU leaves the processes
+stopped (--leave-stopped) and restoreprof resumes them only after the image check and this
+server have both finished. So a failure here, or a server that dies, never lets the program
+run on memory that is missing: the restore kills the processes (they never ran) and restores
+again without lazy pages (api._restore_locked).
+
+One thread may run meanwhile: the CUDA driver's restore thread, which restores the GPU state
+while the program's own threads stay stopped (checkpoint.held_thread), and maps, unmaps and
+moves memory as it does. The server follows those changes (userfaultfd's UNMAP, REMOVE and
+REMAP events): nothing is copied any more into a range unmapped or discarded (a discarded range
+reads as zeros, as the thread asked), and the pieces of a moved range move with it. To apply a
+change before any copy can land on the old layout, the fault thread stops the copies of that
+process (Space.changing) and waits for those in flight before it reads the process's messages.
+A FORK event is still a failure: the driver's thread does not fork.
 """
 
 from __future__ import annotations
@@ -179,7 +186,10 @@ class Piece:
     start: int
     length: int
     offset: int
-    state: int = 0  # 0 waiting, 1 being copied, 2 in
+    state: int = 0  # 0 waiting, 1 being copied, 2 in, GONE (unmapped, discarded, or split)
+
+
+GONE = 3
 
 
 @dataclass
@@ -192,12 +202,18 @@ class Space:
     pieces: list[Piece] = field(default_factory=list)
     starts: list[int] = field(default_factory=list)
     left: int = 0  # pieces not yet in
+    copying: int = 0  # UFFDIO_COPYs in flight into this process
+    changing: bool = False  # its messages are being read: no copy may start
 
     def find(self, address: int) -> Piece | None:
         i = bisect.bisect_right(self.starts, address) - 1
         if i >= 0 and address < self.pieces[i].start + self.pieces[i].length:
             return self.pieces[i]
         return None
+
+    def reindex(self) -> None:
+        self.pieces.sort(key=lambda p: p.start)
+        self.starts = [p.start for p in self.pieces]
 
 
 def plan_pieces(space: Space, entries: list[PagemapEntry], mappings: list[tuple[int, int]],
@@ -323,6 +339,8 @@ class LazyStats:
     faults: int = 0         # page faults served (copied first, or given a zero page)
     zero_pages: int = 0
     processes: int = 0
+    changes: int = 0        # mapping changes followed (munmap, madvise, mremap)
+    dropped_bytes: int = 0  # not copied: unmapped or discarded before their turn
     first_ns: int = 0       # the first descriptor's arrival
     done_ns: int = 0        # the last piece in
 
@@ -334,9 +352,9 @@ class LazyStats:
 class LazyPages:
     """Serve the lazy pages of one `criu restore --lazy-pages -W work_dir` of directory."""
 
-    # Whether a process may change its mappings while served (see the module's doc): not yet,
-    # so the driver's restore of a held process (which maps and unmaps) waits for the last page.
-    follows_mappings = False
+    # A process may change its mappings while served (see the module's doc), so the driver's
+    # restore of a held process (which maps and unmaps) runs under the last pages.
+    follows_mappings = True
 
     def __init__(self, directory: Path, work_dir: Path, threads: int = 8,
                  timeout_s: float = 120.0) -> None:
@@ -573,15 +591,31 @@ class LazyPages:
 
     def _copy(self, piece: Piece) -> None:
         """Copy one piece in (its state is 1, owned by this thread), straight from the mapped
-        pages image: the kernel reads the page cache into the new pages, one copy."""
+        pages image: the kernel reads the page cache into the new pages, one copy. Its place
+        is read afresh before each attempt (a mapping change may have moved or split it)."""
         space = piece.space
         done = 0
-        while done < piece.length:
-            op = _Copy(piece.start + done, space.image.address + piece.offset + done,
-                       piece.length - done, 0, 0)
-            if _libc.ioctl(space.uffd, UFFDIO_COPY, ctypes.addressof(op)) == 0:
+        while True:
+            with self._lock:
+                while space.changing and not self._stopping():
+                    self._lock.wait(timeout=0.5)
+                if piece.state == GONE:
+                    return  # unmapped or discarded, or split: its parts are queued
+                if done >= piece.length:
+                    break
+                op = _Copy(piece.start + done, space.image.address + piece.offset + done,
+                           piece.length - done, 0, 0)
+                space.copying += 1
+            try:
+                copied = _libc.ioctl(space.uffd, UFFDIO_COPY, ctypes.addressof(op)) == 0
+                err = 0 if copied else ctypes.get_errno()
+            finally:
+                with self._lock:
+                    space.copying -= 1
+                    if space.changing:
+                        self._lock.notify_all()
+            if copied:
                 break
-            err = ctypes.get_errno()
             if op.copy > 0:
                 done += op.copy
             if err == errno.EEXIST:  # a page already there: leave it, go on after it
@@ -603,6 +637,8 @@ class LazyPages:
 
     def _requeue(self, piece: Piece, done: int) -> None:
         with self._lock:
+            if piece.state == GONE:
+                return
             if done:  # what is in stays in: the rest becomes the piece
                 piece.start += done
                 piece.offset += done
@@ -616,6 +652,8 @@ class LazyPages:
 
     def _done(self, piece: Piece) -> None:
         with self._lock:
+            if piece.state == GONE:
+                return
             piece.state = 2
             piece.space.left -= 1
             self.stats.bytes += piece.length
@@ -625,8 +663,8 @@ class LazyPages:
                 self._lock.notify_all()
 
     def _serve_faults(self) -> None:
-        """Read every descriptor's messages: serve page faults first; any change to the
-        mappings fails the lazy restore (see the module's doc).
+        """Read every descriptor's messages: serve page faults first, follow the changes to
+        the mappings (see the module's doc).
 
         After a failure this goes on until close(), every fault answered with a zero page:
         CRIU's restorer holds its own reference to each descriptor until it ends, so a fault
@@ -659,30 +697,110 @@ class LazyPages:
             poller.close()
 
     def _read_messages(self, space: Space) -> None:
+        """One read of space's messages: the changes to its mappings are applied before any
+        copy into it resumes, then its faults are served."""
+        with self._lock:  # no copy lands on the old layout once a change has been read
+            space.changing = True
+            while space.copying:
+                self._lock.wait(timeout=0.5)
+        faults = []
         try:
-            data = os.read(space.uffd, MSG_BYTES * 64)
-        except (BlockingIOError, InterruptedError):
-            return
-        for pos in range(0, len(data) - MSG_BYTES + 1, MSG_BYTES):
-            event = data[pos]
-            if event != EVENT_PAGEFAULT:
-                if event == EVENT_FORK:  # the child's descriptor, now ours: closing it lets
-                    os.close(struct.unpack_from("<I", data, pos + 8)[0])  # the child go on
-                with self._lock:
-                    self._fail(f"PID {space.pid} changed its memory map "
-                               f"({_EVENT_NAMES.get(event, event)}) while its pages were being "
-                               "restored")
-                continue
-            (fault,) = struct.unpack_from("<Q", data, pos + 16)
-            page = fault & ~(self.page - 1)
             try:
-                if self.error is None:
-                    self._serve_fault(space, page)
-                    continue
-            except Exception as exc:  # the fault is answered all the same
-                with self._lock:
-                    self._fail(f"serving a page fault in PID {space.pid}: {exc}")
-            self._zero_or_wake(space, page)
+                data = os.read(space.uffd, MSG_BYTES * 64)
+            except (BlockingIOError, InterruptedError):
+                return
+            for pos in range(0, len(data) - MSG_BYTES + 1, MSG_BYTES):
+                event = data[pos]
+                if event == EVENT_PAGEFAULT:
+                    faults.append(struct.unpack_from("<Q", data, pos + 16)[0])
+                else:
+                    self._follow(space, event, struct.unpack_from("<QQQ", data, pos + 8))
+        finally:
+            with self._lock:
+                space.changing = False
+                self._lock.notify_all()
+        for fault in faults:
+            self._answer_fault(space, fault & ~(self.page - 1))
+
+    def _follow(self, space: Space, event: int, arg: tuple[int, int, int]) -> None:
+        """Apply one change of space's mappings (uffd_msg's arg: remove.start/end, or
+        remap.from/to/len)."""
+        if event == EVENT_FORK:  # the child's descriptor, now ours: closing it lets the child go
+            os.close(arg[0] & 0xFFFFFFFF)
+        with self._lock:
+            if event in (EVENT_UNMAP, EVENT_REMOVE) and self.error is None:
+                self._forget(space, arg[0], arg[1])
+            elif event == EVENT_REMAP and self.error is None:
+                self._move(space, arg[0], arg[1], arg[2])
+            elif self.error is None:
+                self._fail(f"PID {space.pid} changed its memory map "
+                           f"({_EVENT_NAMES.get(event, event)}) while its pages were being "
+                           "restored")
+
+    def _split_at(self, space: Space, at: int) -> None:
+        """A piece boundary at `at` (with self._lock held): the piece across it is replaced by
+        its two parts (one not yet in is GONE, its parts queued; its owner, if any, drops it)."""
+        piece = space.find(at)
+        if piece is None or piece.start == at:
+            return
+        cut = at - piece.start
+        state = 2 if piece.state == 2 else 0
+        parts = [Piece(space, piece.start, cut, piece.offset, state),
+                 Piece(space, at, piece.length - cut, piece.offset + cut, state)]
+        i = space.pieces.index(piece)
+        space.pieces[i:i + 1] = parts
+        space.starts[i:i + 1] = [p.start for p in parts]
+        if state == 0:
+            piece.state = GONE
+            space.left += 1
+            self._waiting.extend(parts)
+            self._lock.notify_all()
+
+    def _forget(self, space: Space, start: int, end: int) -> None:
+        """[start, end) was unmapped or discarded: nothing of the image goes there any more (a
+        discarded range faults in zero pages, as the program asked). With self._lock held."""
+        self._split_at(space, start)
+        self._split_at(space, end)
+        kept = []
+        for p in space.pieces:
+            if start <= p.start < end:
+                if p.state in (0, 1):
+                    space.left -= 1
+                    self.stats.dropped_bytes += p.length
+                p.state = GONE
+            else:
+                kept.append(p)
+        space.pieces = kept
+        space.reindex()
+        self.stats.changes += 1
+        self._settled()
+
+    def _move(self, space: Space, old: int, new: int, length: int) -> None:
+        """mremap moved [old, old + length) to new: its pieces go with it (what was at new is
+        replaced). With self._lock held."""
+        self._forget(space, new, new + length)
+        self._split_at(space, old)
+        self._split_at(space, old + length)
+        for p in space.pieces:
+            if old <= p.start < old + length:
+                p.start += new - old
+        space.reindex()
+
+    def _settled(self) -> None:
+        """After pieces were dropped: the restore may be complete now."""
+        if self._complete() and not self.stats.done_ns:
+            self.stats.done_ns = time.monotonic_ns()
+        self._lock.notify_all()
+
+    def _answer_fault(self, space: Space, page: int) -> None:
+        try:
+            if self.error is None:
+                self._serve_fault(space, page)
+                return
+        except Exception as exc:  # the fault is answered all the same
+            with self._lock:
+                self._fail(f"serving a page fault in PID {space.pid}: {exc}")
+        self._zero_or_wake(space, page)
 
     def _serve_fault(self, space: Space, page: int) -> None:
         with self._lock:
