@@ -30,6 +30,7 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -65,6 +66,9 @@ def cli_json(*args: str, env: dict | None = None, timeout_s: float = 900,
                              env={**os.environ, **(env or {})}, timeout=timeout_s)
     except subprocess.TimeoutExpired as exc:
         seen = "\n".join(_threads_now(label, pid) for label, pid in (watch or {}).items())
+        if POOL_PID:  # its Python stacks, into its log (restoreprof warm registers SIGUSR1)
+            os.kill(POOL_PID[0], signal.SIGUSR1)
+            time.sleep(1.0)
         raise SystemExit(f"restoreprof {' '.join(args)}: no answer in {timeout_s:.0f} s\n{seen}\n"
                          f"its stderr: {(exc.stderr or b'')[-3000:]!r}") from exc
     if out.returncode != 0:
@@ -95,6 +99,7 @@ def step_s(result: dict, name: str) -> float:
 
 VARIANTS: dict[str, dict[str, str]] = {}  # --variant: a way's suffix -> its environment
 POOL_PID: list[int] = []  # the warm pool's, while one runs (for a hang's diagnosis)
+RESTORE_TIMEOUT_S = [120.0]  # --restore-timeout
 
 
 def restore_once(images: Path, model: HeldMemory, way: str) -> dict:
@@ -108,8 +113,8 @@ def restore_once(images: Path, model: HeldMemory, way: str) -> dict:
     env = {"RESTOREPROF_LAZY_PAGES": "0"} if way == "plain" or way.endswith("-nolazy") else {}
     env.update(VARIANTS.get(way.rpartition("-")[2], {}))
     watch = {"the program": model.pid, **({"the pool": POOL_PID[0]} if POOL_PID else {})}
-    result = cli_json("restore", "-D", str(images), *unchecked, env=env, timeout_s=120,
-                      watch=watch)
+    result = cli_json("restore", "-D", str(images), *unchecked, env=env,
+                      timeout_s=RESTORE_TIMEOUT_S[0], watch=watch)
     wall = time.monotonic() - start
     end_ns = time.monotonic_ns()
     keep = os.environ.get("RP_KEEP_CRIU_LOGS")  # a folder: CRIU's log of each restore, kept
@@ -181,7 +186,11 @@ class Pool:
     def __exit__(self, kind, *exc) -> None:
         POOL_PID.clear()
         self.proc.terminate()
-        self.log += self.proc.communicate(timeout=120)[0]
+        try:
+            self.log += self.proc.communicate(timeout=120 if kind is None else 10)[0]
+        except subprocess.TimeoutExpired:  # a pool stuck in a restore: its log is what matters
+            self.proc.kill()
+            self.log += self.proc.communicate()[0]
         if kind is not None:  # the run stops here: what the pool said is part of the diagnosis
             print(f"pool log:\n{self.log.strip()}", flush=True)
 
@@ -280,9 +289,13 @@ def main() -> None:
     parser.add_argument("--smoke-mib", type=int, default=0,
                         help="instead of the model, a holder of this much GPU memory (tries the "
                              "script without PyTorch, e.g. on the fake driver)")
+    parser.add_argument("--restore-timeout", type=float, default=120.0,
+                        help="s a restore may take before the run stops with every thread's "
+                             "state and the pool's Python stacks")
     parser.add_argument("--work", type=Path, default=Path("/tmp/rp-warm-limit"))
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
+    RESTORE_TIMEOUT_S[0] = args.restore_timeout
     if pool_running():
         raise SystemExit("a warm pool runs already: stop it, so that plain runs are plain")
     shutil.rmtree(args.work, ignore_errors=True)

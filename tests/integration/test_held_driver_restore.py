@@ -18,6 +18,7 @@ from restoreprof.optimizer.config import OptimizerConfig
 from restoreprof.workloads.controller import HeldMemory
 
 pytestmark = pytest.mark.root
+HELD = OptimizerConfig(held_driver_restore=True)  # off by default until it is proven on a GPU
 
 
 @pytest.fixture
@@ -61,7 +62,7 @@ def _span(restored, name: str) -> tuple[int, int]:
 def test_driver_restore_runs_while_the_program_is_held(driver_state, tmp_path):
     w = _checkpointed(tmp_path)
     try:
-        restored = restore(tmp_path / "ckpt")
+        restored = restore(tmp_path / "ckpt", optimizer=HELD)
         assert not restored.notes  # no fallback taken
         own, others = _threads_at_restore(driver_state, w.pid)
         assert own in ("R", "S"), own  # the driver's thread ran...
@@ -97,7 +98,7 @@ def test_a_thread_that_cannot_be_held_is_restored_after_the_resume(driver_state,
     w = _checkpointed(tmp_path)
     monkeypatch.setenv("FAKECUDA_RESTORE_TID", restore_tid)  # read by this process's fake driver
     try:
-        restored = restore(tmp_path / "ckpt")
+        restored = restore(tmp_path / "ckpt", optimizer=HELD)
         assert len(restored.notes) == 1, restored.notes
         assert ("names no restore thread" if restore_tid == "none" else "held restore thread") \
             in restored.notes[0]

@@ -12,6 +12,7 @@ both within --hold-mib, least recently used first out.
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import os
 import signal
 import threading
@@ -80,6 +81,8 @@ def run(args: argparse.Namespace) -> int:
             print(f"warm: the running pool holds {snapshot} hot: {held['bytes'] >> 20} MiB pinned, "
                   f"checked, in {held['intake_s']:.2f} s")
         return 0
+    # kill -USR1 PID: every thread's Python stack on stderr (what a pool that hangs is doing)
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
