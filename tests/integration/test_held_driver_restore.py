@@ -59,6 +59,12 @@ def _span(restored, name: str) -> tuple[int, int]:
     return steps[0].start_ns, steps[0].end_ns
 
 
+def _driver_restore_after_resume(restored) -> bool:
+    _, resumed = _span(restored, "resume processes")
+    driver_start, _ = _span(restored, HeldRestores.STEP)
+    return resumed <= driver_start
+
+
 def test_driver_restore_runs_while_the_program_is_held(driver_state, tmp_path):
     w = _checkpointed(tmp_path)
     try:
@@ -82,9 +88,7 @@ def test_off_the_program_resumes_first(driver_state, tmp_path):
         assert not restored.notes
         own, others = _threads_at_restore(driver_state, w.pid)
         assert own in ("R", "S") and "T" not in others.values(), others
-        _, resumed = _span(restored, "resume processes")
-        driver_start, _ = _span(restored, HeldRestores.STEP)
-        assert resumed <= driver_start
+        assert _driver_restore_after_resume(restored)
         assert w.verify()
     finally:
         w.stop()
@@ -102,9 +106,7 @@ def test_a_thread_that_cannot_be_held_is_restored_after_the_resume(driver_state,
         assert len(restored.notes) == 1, restored.notes
         assert ("names no restore thread" if restore_tid == "none" else "held restore thread") \
             in restored.notes[0]
-        _, resumed = _span(restored, "resume processes")
-        driver_start, _ = _span(restored, HeldRestores.STEP)
-        assert resumed <= driver_start
+        assert _driver_restore_after_resume(restored)
         assert w.verify()
     finally:
         w.stop()
