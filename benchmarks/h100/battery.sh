@@ -55,9 +55,9 @@ for stage in $stages; do
                  --json "$out/warmlimit.json" 2>&1 | tee "$out/warmlimit.txt" ;;
     helddiag)  # the driver's restore on its held restore thread (experimental), 2 layers, one
                # restore; a hang prints every thread's state and the pool's Python stacks
-               RESTOREPROF_HELD_DRIVER_RESTORE=1 timeout 150 rp_python benchmarks/bench_warm_limit.py \
+               RESTOREPROF_HELD_DRIVER_RESTORE=1 timeout 150 bash -c 'rp_python benchmarks/bench_warm_limit.py \
                  --layers 2 --repeat 1 --plain-repeat 0 --no-trace --restore-timeout 30 \
-                 --work /tmp/rp-helddiag 2>&1 | tee "$out/helddiag.txt" ;;
+                 --work /tmp/rp-helddiag' 2>&1 | tee "$out/helddiag.txt" ;;
     pystart)   # the restore command's own start: the interpreter, site, and restoreprof's imports
                for flags in "" "-I -S"; do s=$(date +%s%N); for i in $(seq 20); do python3 $flags -c pass; done
                  echo "python3 $flags -c pass: $(( ($(date +%s%N) - s) / 20000 )) us each"; done | tee "$out/pystart.txt"
