@@ -1735,11 +1735,15 @@ static CUresult transition(int pid, CUprocessState from, CUprocessState to)
     return rc;
 }
 
+static int restore_thread_stopped(int pid);
+
 EXPORT CUresult cuCheckpointProcessGetState(int pid, CUprocessState *state)
 {
     ENTER_INIT("cuCheckpointProcessGetState");
     if (!state)
         return CUDA_ERROR_INVALID_VALUE;
+    if (restore_thread_stopped(pid))
+        return CUDA_ERROR_NOT_READY; /* the real driver asks the process: it waits for good */
     *state = CU_PROCESS_STATE_RUNNING;
     char path[4096];
     pthread_mutex_lock(&pid_lock);
@@ -1955,6 +1959,16 @@ static char thread_state(int pid, int tid)
     return close && close[1] && close[2] ? close[2] : '?';
 }
 
+/* 1 when pid has a restore thread (shared state) and it is stopped. */
+static int restore_thread_stopped(int pid)
+{
+    char path[4096];
+    if (!shared_state_path(pid, path, sizeof path))
+        return 0;
+    char own = thread_state(pid, restore_tid_of(pid));
+    return own == 'T' || own == 't';
+}
+
 /* Writes every thread's state into pid-N.restore; 0 when the restore thread can run. */
 static int note_threads_at_restore(int pid)
 {
@@ -2031,6 +2045,8 @@ EXPORT CUresult cuCheckpointProcessGetRestoreThreadId(int pid, int *tid)
     const char *test = getenv("FAKECUDA_RESTORE_TID");
     if (test && !strcmp(test, "none"))
         return CUDA_ERROR_NOT_SUPPORTED;
+    if (restore_thread_stopped(pid))
+        return CUDA_ERROR_NOT_READY; /* as cuCheckpointProcessGetState */
     *tid = test && !strcmp(test, "gone") ? 4194000 : restore_tid_of(pid);
     return CUDA_SUCCESS;
 }

@@ -99,12 +99,12 @@ def test_a_thread_that_cannot_be_held_is_restored_after_the_resume(driver_state,
                                                                    monkeypatch, restore_tid):
     """The driver names no restore thread, or one that ptrace cannot seize: the restore goes on
     the old way (resume, then the driver's restore), says so, and is bit-exact."""
+    monkeypatch.setenv("FAKECUDA_RESTORE_TID", restore_tid)  # asked at checkpoint, here
     w = _checkpointed(tmp_path)
-    monkeypatch.setenv("FAKECUDA_RESTORE_TID", restore_tid)  # read by this process's fake driver
     try:
         restored = restore(tmp_path / "ckpt", optimizer=HELD)
         assert len(restored.notes) == 1, restored.notes
-        assert ("names no restore thread" if restore_tid == "none" else "held restore thread") \
+        assert ("no restore thread" if restore_tid == "none" else "held restore thread") \
             in restored.notes[0]
         assert _driver_restore_after_resume(restored)
         assert w.verify()

@@ -164,6 +164,8 @@ def _checkpoint(pid: int, directory: Path, clock: StepClock, phase: StepSequence
                                hint="checkpoint another process tree")
     phase("find CUDA processes")
     cuda_pids = gpu.cuda_processes(tree)
+    # the driver's restore thread of each, asked now: a stopped process does not answer
+    restore_tids = gpu.restore_thread_ids([p for p in cuda_pids if p not in stopped])
     phase("prepare folder")
     refuse_unrestorable(cuda_pids)
     optimizer = optimizer or OptimizerConfig.load()  # as restore(): never the bare defaults
@@ -174,6 +176,7 @@ def _checkpoint(pid: int, directory: Path, clock: StepClock, phase: StepSequence
         journal = checkpoint_journal(directory, durable=sync)
         journal.write("started", root_pid=pid, leave_running=leave_running, cuda_pids=cuda_pids,
                       shim_pids=[], offloaded={}, names=names, stopped=stopped, sync=sync,
+                      restore_tids={str(p): t for p, t in restore_tids.items()},
                       shell_job=shell_job, gpus=gpu.gpu_records() if cuda_pids else [],
                       versions=_versions(bool(cuda_pids)),
                       created=datetime.now(UTC).isoformat(timespec="seconds"))
@@ -389,7 +392,7 @@ def _restore_locked(directory: Path, manifest: Manifest, work: Path, *, gpu_map,
         # The image check reads every image; read-ahead helps only where it was skipped.
         readahead = _start_readahead(directory, optimizer) if not verify else None
         notes = []
-        held = _HeldStart(cuda_pids, pairs, clock, check, warm) \
+        held = _HeldStart(manifest, pairs, clock, check, warm) \
             if cuda_pids and optimizer.held_driver_restore else None
         try:
             root, interrupted = _criu_restore(directory, work, manifest, criu_args, journal,
@@ -443,9 +446,10 @@ class _HeldStart:
     """gpu.HeldRestores, begun once CRIU has restored the processes (start), not before the
     page images have passed their check; join() waits for them (nothing when never begun)."""
 
-    def __init__(self, pids: list[int], pairs, clock: StepClock, check: Future | None,
+    def __init__(self, manifest: Manifest, pairs, clock: StepClock, check: Future | None,
                  warm) -> None:
-        self.pids, self.pairs, self.clock, self.check, self.warm = pids, pairs, clock, check, warm
+        self.manifest, self.pairs, self.clock, self.check = manifest, pairs, clock, check
+        self.warm = warm
         self.running: gpu.HeldRestores | None = None
 
     def _ready(self) -> bool:
@@ -454,7 +458,8 @@ class _HeldStart:
         return self.check is None or self.check.exception() is None
 
     def start(self) -> None:
-        self.running = gpu.HeldRestores(self.pids, self.pairs, self.clock, passed=self._ready)
+        self.running = gpu.HeldRestores(self.manifest, self.pairs, self.clock,
+                                        passed=self._ready)
 
     def join(self, timeout_s: float | None = None) -> list[str]:
         running, self.running = self.running, None

@@ -68,6 +68,17 @@ def _map_parallel(fn, pids: list[int], parallel: bool = True) -> list:
         return list(pool.map(fn, pids))
 
 
+def restore_thread_ids(pids: list[int]) -> dict[int, int]:
+    """The driver's restore thread of each of pids that has one, asked while they run (the
+    driver asks the process itself: a stopped one never answers, H200, driver 580)."""
+    found = {}
+    for pid in pids:
+        tid = driver.restore_thread_id(pid)
+        if tid is not None:
+            found[pid] = tid
+    return found
+
+
 def lock_and_checkpoint(pids: list[int], lock_timeout_ms: int) -> None:
     locked, done = [], []
     try:
@@ -422,15 +433,18 @@ class HeldRestores:
 
     STEP = "GPU driver restore"
 
-    def __init__(self, pids: list[int], pairs, clock, passed) -> None:
-        self._executor = ThreadPoolExecutor(max_workers=max(1, len(pids)),
+    def __init__(self, manifest, pairs, clock, passed) -> None:
+        records = [p for p in manifest.processes if p.cuda and not p.stopped]
+        self._executor = ThreadPoolExecutor(max_workers=max(1, len(records)),
                                             thread_name_prefix="held-restore")
-        self._futures = [self._executor.submit(self._one, pid, pairs, clock, passed)
-                         for pid in pids]
+        self._futures = [self._executor.submit(self._one, p.pid, p.restore_tid, pairs, clock,
+                                               passed) for p in records]
         self._executor.shutdown(wait=False)
 
     @staticmethod
-    def _one(pid: int, pairs, clock, passed) -> str | None:
+    def _one(pid: int, tid: int | None, pairs, clock, passed) -> str | None:
+        """No driver query here but the restore itself: the driver asks the process, and its
+        threads are stopped (a state query blocked for good on the H200)."""
         from restoreprof.checkpoint.held_thread import running_alone
 
         try:
@@ -438,12 +452,9 @@ class HeldRestores:
                 return None
         except Exception:  # the driver unreachable here: restore_all meets it and says so
             return None
-        if driver.process_state(pid) != "checkpointed":
-            return None
-        tid = driver.restore_thread_id(pid)
         if tid is None:
-            return f"PID {pid}: the driver names no restore thread; its GPU state was " \
-                   "restored after the resume"
+            return f"PID {pid}: the checkpoint names no restore thread of the driver; its GPU " \
+                   "state was restored after the resume"
         try:
             with running_alone(tid):
                 clock.run(HeldRestores.STEP, driver.process_restore, pid, pairs, pid=pid)

@@ -52,6 +52,7 @@ class ProcessRecord:
     offload: dict | None = None      # GPU memory snapshot written by the interception library
     stopped: bool = False            # stopped by a signal when checkpointed: restored stopped
     coverage: dict | None = None     # GPU memory offloaded per kind, and left to the driver
+    restore_tid: int | None = None   # the driver's restore thread (CRIU keeps thread IDs)
 
 
 @dataclass
@@ -168,7 +169,8 @@ _TYPES = {"root_pid": int, "processes": list, "gpus": list, "images": list, "ste
           "shell_job": bool, "segment_bytes": int, "versions": dict, "created": str, "format": str,
           "version": int}
 _PROCESS_TYPES = {"pid": int, "comm": str, "cuda": bool, "cuda_state": (str, type(None)),
-                  "offload": (dict, type(None)), "stopped": bool, "coverage": (dict, type(None))}
+                  "offload": (dict, type(None)), "stopped": bool, "coverage": (dict, type(None)),
+                  "restore_tid": (int, type(None))}
 
 
 def _is(value, types) -> bool:

@@ -141,12 +141,13 @@ def finish_checkpoint(directory: Path, journal: Journal, log_name: str,
     criu_pids = pstree.pids(directory)
     stopped, names = set(data.get("stopped", [])), data.get("names", {})
     cuda, offloaded = set(data.get("cuda_pids", [])), data.get("offloaded", {})
-    coverage = data.get("coverage", {})
+    coverage, restore_tids = data.get("coverage", {}), data.get("restore_tids", {})
     manifest = Manifest(
         root_pid=criu_pids[0],
         processes=[ProcessRecord(p, names.get(str(p), "?"), p in cuda,
                                  "checkpointed" if p in cuda else None, offloaded.get(str(p)),
-                                 stopped=p in stopped, coverage=coverage.get(str(p)))
+                                 stopped=p in stopped, coverage=coverage.get(str(p)),
+                                 restore_tid=restore_tids.get(str(p)))
                    for p in criu_pids],
         gpus=data.get("gpus", []), shell_job=bool(data.get("shell_job")),
         versions=data.get("versions", {}), created=data.get("created", ""),
