@@ -2114,6 +2114,13 @@ EXPORT CUresult cuCheckpointProcessRestore(int pid, CUcheckpointRestoreArgs *arg
         return CUDA_ERROR_NOT_READY; /* the real driver waits for its restore thread: never here */
     if (ask_restore_thread(pid))
         return CUDA_ERROR_UNKNOWN; /* its memory came back wrong */
+    /* tests: a driver whose restore also waits on the process's main thread (up to 30 s) */
+    for (int ms = 0; getenv("FAKECUDA_RESTORE_WAITS_FOR_MAIN") && ms < 30000; ms++) {
+        char main_state = thread_state(pid, pid);
+        if (main_state != 'T' && main_state != 't')
+            break;
+        usleep(1000);
+    }
     CUresult rc = transition(pid, CU_PROCESS_STATE_CHECKPOINTED, CU_PROCESS_STATE_LOCKED);
     if (rc != CUDA_SUCCESS || !moved)
         return rc;

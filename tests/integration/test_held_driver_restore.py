@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from restoreprof.checkpoint import checkpoint, restore
+from restoreprof.checkpoint import api, checkpoint, restore
 from restoreprof.checkpoint.gpu import HeldRestores
 from restoreprof.optimizer.config import OptimizerConfig
 from restoreprof.workloads.controller import HeldMemory
@@ -149,5 +149,28 @@ def test_the_driver_changes_its_mappings_while_the_last_pages_arrive(driver_stat
         else:
             assert sum(missing) == 0, reply
         assert w.verify(), "the program's memory differs after the restore"
+    finally:
+        w.stop()
+
+
+def test_a_driver_restore_that_waits_on_the_program_gets_it_resumed(driver_state, tmp_path,
+                                                                   monkeypatch):
+    """A driver whose restore also needs a thread the hold keeps stopped (the fake: the main
+    thread) would wait for good: after HELD_PATIENCE_S the processes are resumed (every page is
+    in, the images passed), the driver's restore ends, the restore says so and is bit-exact."""
+    monkeypatch.setattr(api, "HELD_PATIENCE_S", 0.5)
+    monkeypatch.setenv("FAKECUDA_RESTORE_WAITS_FOR_MAIN", "1")  # this process's fake driver
+    w = _checkpointed(tmp_path)
+    try:
+        restored = restore(tmp_path / "ckpt", optimizer=HELD)
+        assert len(restored.notes) == 1 and "were resumed for it" in restored.notes[0], \
+            restored.notes
+        names = [s.name for s in restored.steps]
+        assert names.count("resume processes") == 1, names  # once, not again after
+        resumed, _ = _span(restored, "resume processes")
+        driver_start, driver_end = _span(restored, HeldRestores.STEP)
+        assert driver_start < resumed < driver_end
+        assert restored.total_s < 5, restored.total_s  # no second wait for a stop
+        assert w.verify()
     finally:
         w.stop()

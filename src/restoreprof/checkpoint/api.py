@@ -394,9 +394,21 @@ def _restore_locked(directory: Path, manifest: Manifest, work: Path, *, gpu_map,
         notes = []
         held = _HeldStart(manifest, pairs, clock, check, warm) \
             if cuda_pids and optimizer.held_driver_restore else None
+        resumed = False
+
+        def let_go() -> None:  # a held driver's restore waits on the program: let it all run
+            nonlocal resumed
+            if check is not None:
+                _pass_check_or_kill(check, criu_pids)
+            _journal(clock, journal, "verified")
+            clock.run("resume processes", _resume, journal.data["resume"])
+            resumed = True
+
         try:
             root, interrupted = _criu_restore(directory, work, manifest, criu_args, journal,
                                               clock, optimizer, criu_pids, notes, held)
+            if held and not interrupted:  # every page is in by now
+                notes += held.join_or_let_go(HELD_PATIENCE_S, let_go)
         except RestoreprofError:
             if check:
                 check.result()  # a damaged image explains a CRIU failure better than its log
@@ -404,17 +416,19 @@ def _restore_locked(directory: Path, manifest: Manifest, work: Path, *, gpu_map,
         finally:
             if readahead:
                 _finish_readahead(readahead, clock)
-            if held:
-                notes += held.join()  # the driver's restores begun under CRIU's held processes
-        _journal(clock, journal, "restored")
+            if held:  # after a failure: the driver's restores begun under the held processes
+                notes += held.join(timeout_s=60)
+        if not resumed:
+            _journal(clock, journal, "restored")
         if interrupted:
             raise KeyboardInterrupt
-        if check is not None:  # interruptible: until it passes, the processes never ran
+        if check is not None and not resumed:  # until it passes, the processes never ran
             _pass_check_or_kill(check, criu_pids)
         # Checked processes are brought all the way back, whatever arrives meanwhile.
         with deferred_interrupts() as late:
-            _journal(clock, journal, "verified")
-            clock.run("resume processes", _resume, journal.data["resume"])
+            if not resumed:
+                _journal(clock, journal, "verified")
+                clock.run("resume processes", _resume, journal.data["resume"])
             if cuda_pids:
                 _journal(clock, journal, "gpu")
                 warm.wait()
@@ -442,6 +456,9 @@ def _journal(clock: StepClock, journal, phase: str, **fields) -> None:
     clock.run("restore journal", journal.write, phase, **fields)
 
 
+HELD_PATIENCE_S = 10.0  # a held driver's restore longer than this: the processes are resumed
+
+
 class _HeldStart:
     """gpu.HeldRestores, begun once CRIU has restored the processes (start), not before the
     page images have passed their check; join() waits for them (nothing when never begun)."""
@@ -464,6 +481,10 @@ class _HeldStart:
     def join(self, timeout_s: float | None = None) -> list[str]:
         running, self.running = self.running, None
         return running.join(timeout_s) if running else []
+
+    def join_or_let_go(self, patience_s: float, let_go) -> list[str]:
+        running, self.running = self.running, None
+        return running.join_or_let_go(patience_s, let_go) if running else []
 
 
 def _criu_restore(directory: Path, work: Path, manifest: Manifest, criu_args: list[str],

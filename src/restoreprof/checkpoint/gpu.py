@@ -14,7 +14,7 @@ import os
 import sys
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import replace
 from pathlib import Path
 
@@ -435,14 +435,14 @@ class HeldRestores:
 
     def __init__(self, manifest, pairs, clock, passed) -> None:
         records = [p for p in manifest.processes if p.cuda and not p.stopped]
+        self._in_driver: dict[int, float] = {}  # PID -> when its driver's restore began
         self._executor = ThreadPoolExecutor(max_workers=max(1, len(records)),
                                             thread_name_prefix="held-restore")
         self._futures = [self._executor.submit(self._one, p.pid, p.restore_tid, pairs, clock,
                                                passed) for p in records]
         self._executor.shutdown(wait=False)
 
-    @staticmethod
-    def _one(pid: int, tid: int | None, pairs, clock, passed) -> str | None:
+    def _one(self, pid: int, tid: int | None, pairs, clock, passed) -> str | None:
         """No driver query here but the restore itself: the driver asks the process, and its
         threads are stopped (a state query blocked for good on the H200)."""
         from restoreprof.checkpoint.held_thread import running_alone
@@ -457,12 +457,33 @@ class HeldRestores:
                    "state was restored after the resume"
         try:
             with running_alone(tid):
-                clock.run(HeldRestores.STEP, driver.process_restore, pid, pairs, pid=pid)
+                self._in_driver[pid] = time.monotonic()
+                try:
+                    clock.run(HeldRestores.STEP, driver.process_restore, pid, pairs, pid=pid)
+                finally:
+                    self._in_driver.pop(pid, None)
         except Exception as exc:  # left to restore_all, which reports the driver's state
             why = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             return f"PID {pid}: the driver's restore on its held restore thread failed " \
                    f"({why}); tried again after the resume"
         return None
+
+    def join_or_let_go(self, patience_s: float, let_go) -> list[str]:
+        """join(); but should a driver's restore still run patience_s after it began (the
+        driver may wait on a thread the hold keeps stopped), let_go() is called once (it
+        resumes the processes) and the restores are then waited for, with a note."""
+        notes = []
+        while wait(self._futures, timeout=0.02).not_done:
+            now = time.monotonic()
+            slow = sorted(pid for pid, began in list(self._in_driver.items())
+                          if now - began > patience_s)
+            if slow:
+                let_go()
+                notes.append(f"PIDs {slow}: the driver's restore on the held restore thread had "
+                             f"not ended after {patience_s:.0f} s; the processes were resumed "
+                             "for it")
+                break
+        return notes + self.join()
 
     def join(self, timeout_s: float | None = None) -> list[str]:
         """The notes of the restores, once all have ended; RestoreprofError when one has not
