@@ -2009,7 +2009,15 @@ static int ask_restore_thread(int pid)
     snprintf(reply_path, sizeof reply_path, "%s.reply", path);
     snprintf(record, sizeof record, "%s.restore", path);
     unlink(reply_path);
-    int fd = open(fifo, O_WRONLY | O_NONBLOCK);
+    /* ENXIO: no reader yet; the thread, just let run, may be on its way back into its open()
+     * (a checkpoint interrupted it there): give it time. ENOENT: a process without the thread. */
+    int fd = -1;
+    for (int waited_ms = 0; waited_ms < 5000; waited_ms++) {
+        fd = open(fifo, O_WRONLY | O_NONBLOCK);
+        if (fd >= 0 || errno != ENXIO)
+            break;
+        usleep(1000);
+    }
     if (fd < 0)
         return 0;
     char request = 'r';

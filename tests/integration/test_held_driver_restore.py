@@ -125,12 +125,12 @@ def _restore_thread_reply(folder: Path, pid: int) -> str:
 def test_the_driver_changes_its_mappings_while_the_last_pages_arrive(driver_state, tmp_path,
                                                                      monkeypatch, held):
     """The driver's thread reads, unmaps, discards and moves its own host memory as it restores
-    (the fake: 384 MiB in four quarters). Held, it does so while the lazy page server still
+    (the fake: 512 MiB in four quarters). Held, it does so while the lazy page server still
     brings that memory in (one copy thread, no image check to wait for): the server follows
     each change (nothing copied into the unmapped quarter or over the discarded one, the moved
     one's pages follow it), the thread reads its bytes right, and nothing falls back. Resumed
     first, everything is in before it starts."""
-    monkeypatch.setenv("FAKECUDA_DRIVER_HOST_MIB", "384")  # inherited by the program
+    monkeypatch.setenv("FAKECUDA_DRIVER_HOST_MIB", "512")  # inherited by the program
     w = _checkpointed(tmp_path)
     try:
         restored = restore(tmp_path / "ckpt", verify=False,
