@@ -48,7 +48,7 @@ def _threads_at_restore(folder: Path, pid: int) -> tuple[str, dict[int, str]]:
 def _checkpointed(tmp_path) -> HeldMemory:
     w = HeldMemory.start(tmp_path / "state", 8, gpu_mib=16,
                          prefix=[sys.executable, "-m", "restoreprof", "exec", "--"])
-    checkpoint(w.pid, tmp_path / "ckpt")
+    checkpoint(w.pid, tmp_path / "ckpt", optimizer=HELD)  # which notes the restore thread
     assert not w.alive()
     return w
 

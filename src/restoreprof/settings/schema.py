@@ -114,7 +114,7 @@ SETTINGS: tuple[Setting, ...] = (
                  "still arriving, as CRIU's CUDA plugin does (experimental: on an H200 with "
                  "driver 580 such a restore did not finish); off: after the processes are "
                  "resumed",
-            acts_on="restore"),
+            acts_on="restore; checkpoint (notes each process's restore thread)"),
     Setting("sync", bool, False, env=("RESTOREPROF_SYNC",),
             help="report a checkpoint done only once every byte is on disk (fsync of the GPU "
                  "memory's chunks, the images, the manifest and their folders)",
