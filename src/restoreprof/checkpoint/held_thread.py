@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
+import signal
 import time
 from collections.abc import Iterator
 
@@ -35,8 +36,9 @@ PTRACE_SEIZE = 0x4206
 PTRACE_INTERRUPT = 0x4207
 PTRACE_GETSIGMASK = 0x420A
 PTRACE_SETSIGMASK = 0x420B
-_WALL = 0x40000000
-_SIGTRAP = 5
+_WALL = 0x40000000  # waitpid: threads too
+_SIGTRAP = signal.SIGTRAP
+STOP_TIMEOUT_S = 10.0  # a thread asked to stop that has not: something else holds it
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.ptrace.argtypes = [ctypes.c_long, ctypes.c_long, ctypes.c_void_p, ctypes.c_void_p]
@@ -53,9 +55,6 @@ def _ptrace(request: int, tid: int, addr: int = 0, data: int | ctypes.Array | No
     if _libc.ptrace(request, tid, addr, data) == -1:
         err = ctypes.get_errno()
         raise HeldThreadError(f"ptrace({request:#x}, {tid}): {os.strerror(err)}")
-
-
-STOP_TIMEOUT_S = 10.0  # a thread asked to stop that has not: something else holds it
 
 
 def _trapped(tid: int, timeout_s: float | None) -> int | None:
