@@ -513,17 +513,15 @@ def _criu_restore(directory: Path, work: Path, manifest: Manifest, criu_args: li
             "criu restore", criu.restore, directory, work, shell_job=manifest.shell_job,
             extra=criu_args + (["--lazy-pages"] if server else []),
             on_start=lambda criu_pid: journal.write("criu", criu_pid=criu_pid))
-        # The driver's thread maps and unmaps memory as it works: under the page server's last
-        # pages only where the server follows such changes, else once every page is in.
-        if held and not interrupted and (server is None or server.follows_mappings):
+        # The driver's thread maps and unmaps memory as it works: the page server follows that,
+        # so the held driver's restore runs under its last pages.
+        if held and not interrupted:
             held.start()
         if server is None:
             return root, interrupted
         waited_ns = time.monotonic_ns()
         stats = server.wait()
         clock.add("lazy pages (after CRIU)", waited_ns, time.monotonic_ns())
-        if held and not interrupted and held.running is None:
-            held.start()
         clock.add("host memory, lazy pages (overlapped)", stats.first_ns, stats.done_ns,
                   nbytes=stats.bytes)
         return root, interrupted

@@ -427,8 +427,8 @@ class HeldRestores:
     driver's restore thread alone (checkpoint.held_thread), once CRIU is done and `passed()`
     says the images are sound, before any of the program's threads runs (as CRIU's CUDA plugin
     does it: a program thread running meanwhile could touch memory the driver has not mapped
-    back yet). join() waits. A process it cannot do (the driver names no restore thread, ptrace
-    refuses, the driver fails) is left as it was, for restore_all after the resume, with a note;
+    back yet). join() waits. A process it cannot do (the checkpoint names no restore thread,
+    ptrace refuses, the driver fails) is left as it was, for restore_all after the resume, with a note;
     a restore_all that finds a process "locked" goes on from there."""
 
     STEP = "GPU driver restore"

@@ -352,10 +352,6 @@ class LazyStats:
 class LazyPages:
     """Serve the lazy pages of one `criu restore --lazy-pages -W work_dir` of directory."""
 
-    # A process may change its mappings while served (see the module's doc), so the driver's
-    # restore of a held process (which maps and unmaps) runs under the last pages.
-    follows_mappings = True
-
     def __init__(self, directory: Path, work_dir: Path, threads: int = 8,
                  timeout_s: float = 120.0) -> None:
         self.directory, self.work_dir = directory, work_dir
@@ -510,9 +506,7 @@ class LazyPages:
                 if value == RESTORE_FINISHED:  # nothing follows it
                     with self._lock:
                         self._finished = True
-                        if self._complete() and not self.stats.done_ns:
-                            self.stats.done_ns = time.monotonic_ns()
-                        self._lock.notify_all()
+                        self._settled()
                     return
                 if value < 0:
                     continue  # a zombie: no memory
@@ -658,9 +652,7 @@ class LazyPages:
             piece.space.left -= 1
             self.stats.bytes += piece.length
             self.stats.pieces += 1
-            if self._complete():
-                self.stats.done_ns = time.monotonic_ns()
-                self._lock.notify_all()
+            self._settled()
 
     def _serve_faults(self) -> None:
         """Read every descriptor's messages: serve page faults first, follow the changes to
@@ -787,10 +779,12 @@ class LazyPages:
         space.reindex()
 
     def _settled(self) -> None:
-        """After pieces were dropped: the restore may be complete now."""
-        if self._complete() and not self.stats.done_ns:
-            self.stats.done_ns = time.monotonic_ns()
-        self._lock.notify_all()
+        """After the last piece came in, was dropped, or CRIU said it had finished (with
+        self._lock held): once every piece is in, note when, and wake whoever waits for it."""
+        if self._complete():
+            if not self.stats.done_ns:
+                self.stats.done_ns = time.monotonic_ns()
+            self._lock.notify_all()
 
     def _answer_fault(self, space: Space, page: int) -> None:
         try:
