@@ -2049,13 +2049,15 @@ EXPORT CUresult cuCheckpointProcessGetRestoreThreadId(int pid, int *tid)
     ENTER_INIT("cuCheckpointProcessGetRestoreThreadId");
     if (!tid)
         return CUDA_ERROR_INVALID_VALUE;
-    /* tests: "none", the driver names no thread; "gone", one that does not exist */
+    /* tests: "none", the driver names no thread; "gone", one that does not exist; "foreign",
+     * a thread of another process (the caller's) */
     const char *test = getenv("FAKECUDA_RESTORE_TID");
     if (test && !strcmp(test, "none"))
         return CUDA_ERROR_NOT_SUPPORTED;
     if (restore_thread_stopped(pid))
         return CUDA_ERROR_NOT_READY; /* as cuCheckpointProcessGetState */
-    *tid = test && !strcmp(test, "gone") ? 4194000 : restore_tid_of(pid);
+    *tid = test && !strcmp(test, "gone") ? 4194000
+         : test && !strcmp(test, "foreign") ? (int)getpid() : restore_tid_of(pid);
     return CUDA_SUCCESS;
 }
 

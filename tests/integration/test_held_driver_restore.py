@@ -7,12 +7,13 @@ that record is what these tests read."""
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from pathlib import Path
 
 import pytest
 
-from restoreprof.checkpoint import api, checkpoint, restore
+from restoreprof.checkpoint import api, checkpoint, held_thread, restore
 from restoreprof.checkpoint.gpu import HeldRestores
 from restoreprof.optimizer.config import OptimizerConfig
 from restoreprof.workloads.controller import HeldMemory
@@ -94,18 +95,28 @@ def test_off_the_program_resumes_first(driver_state, tmp_path):
         w.stop()
 
 
-@pytest.mark.parametrize("restore_tid", ["none", "gone"])
+@pytest.mark.parametrize("restore_tid", ["none", "gone", "foreign", "refused"])
 def test_a_thread_that_cannot_be_held_is_restored_after_the_resume(driver_state, tmp_path,
                                                                    monkeypatch, restore_tid):
-    """The driver names no restore thread, or one that ptrace cannot seize: the restore goes on
-    the old way (resume, then the driver's restore), says so, and is bit-exact."""
-    monkeypatch.setenv("FAKECUDA_RESTORE_TID", restore_tid)  # asked at checkpoint, here
+    """The checkpoint names no restore thread, one that is gone, or a thread of another process
+    (never let run), or ptrace refuses the thread: the restore goes on the old way (resume, then
+    the driver's restore), says so, and is bit-exact."""
+    if restore_tid == "refused":
+        @contextlib.contextmanager
+        def refused(tid):
+            raise held_thread.HeldThreadError(f"ptrace(0x4206, {tid}): Operation not permitted")
+            yield
+
+        monkeypatch.setattr(held_thread, "running_alone", refused)
+    else:
+        monkeypatch.setenv("FAKECUDA_RESTORE_TID", restore_tid)  # asked at checkpoint, here
     w = _checkpointed(tmp_path)
     try:
         restored = restore(tmp_path / "ckpt", optimizer=HELD)
         assert len(restored.notes) == 1, restored.notes
-        assert ("no restore thread" if restore_tid == "none" else "held restore thread") \
-            in restored.notes[0]
+        assert {"none": "no restore thread", "gone": "is not one of its threads",
+                "foreign": "is not one of its threads",
+                "refused": "held restore thread failed (ptrace"}[restore_tid] in restored.notes[0]
         assert _driver_restore_after_resume(restored)
         assert w.verify()
     finally:

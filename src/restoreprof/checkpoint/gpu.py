@@ -455,6 +455,9 @@ class HeldRestores:
         if tid is None:
             return f"PID {pid}: the checkpoint names no restore thread of the driver; its GPU " \
                    "state was restored after the resume"
+        if not os.path.isdir(f"/proc/{pid}/task/{tid}"):  # never let another process's run
+            return f"PID {pid}: the restore thread the checkpoint names ({tid}) is not one of " \
+                   "its threads; its GPU state was restored after the resume"
         try:
             with running_alone(tid):
                 self._in_driver[pid] = time.monotonic()
