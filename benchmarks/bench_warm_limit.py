@@ -10,6 +10,7 @@ weights) restored by `restoreprof restore`, three ways side by side in one run:
     rp_python benchmarks/bench_warm_limit.py [--repeat 5] [--plain-repeat 2] [--layers 32]
                                              [--lazy on|off|both] [--unchecked]
                                              [--variant NAME=VAR=VALUE ...]
+                                             [--client NAME=COMMAND ...]
 
 Each restore is timed by wall clock around the whole command (`restoreprof restore -D DIR
 --json`, process start to exit), then the restored process is asked to recompute its digest
@@ -60,9 +61,9 @@ def _threads_now(label: str, pid: int) -> str:
 
 
 def cli_json(*args: str, env: dict | None = None, timeout_s: float = 900,
-             watch: dict[str, int] | None = None) -> dict:
+             watch: dict[str, int] | None = None, cli: list[str] = CLI) -> dict:
     try:
-        out = subprocess.run([*CLI, *args, "--json"], capture_output=True, text=True,
+        out = subprocess.run([*cli, *args, "--json"], capture_output=True, text=True,
                              env={**os.environ, **(env or {})}, timeout=timeout_s)
     except subprocess.TimeoutExpired as exc:
         seen = "\n".join(_threads_now(label, pid) for label, pid in (watch or {}).items())
@@ -98,6 +99,7 @@ def step_s(result: dict, name: str) -> float:
 
 
 VARIANTS: dict[str, dict[str, str]] = {}  # --variant: a way's suffix -> its environment
+CLIENTS: dict[str, list[str]] = {}  # --client: a way's suffix -> the restore command it runs
 POOL_PID: list[int] = []  # the warm pool's, while one runs (for a hang's diagnosis)
 RESTORE_TIMEOUT_S = [120.0]  # --restore-timeout
 
@@ -113,8 +115,9 @@ def restore_once(images: Path, model: HeldMemory, way: str) -> dict:
     env = {"RESTOREPROF_LAZY_PAGES": "0"} if way == "plain" or way.endswith("-nolazy") else {}
     env.update(VARIANTS.get(way.rpartition("-")[2], {}))
     watch = {"the program": model.pid, **({"the pool": POOL_PID[0]} if POOL_PID else {})}
+    client = CLIENTS.get(way.rpartition("-")[2], CLI)
     result = cli_json("restore", "-D", str(images), *unchecked, env=env,
-                      timeout_s=RESTORE_TIMEOUT_S[0], watch=watch)
+                      timeout_s=RESTORE_TIMEOUT_S[0], watch=watch, cli=client)
     wall = time.monotonic() - start
     end_ns = time.monotonic_ns()
     keep = os.environ.get("RP_KEEP_CRIU_LOGS")  # a folder: CRIU's log of each restore, kept
@@ -286,6 +289,11 @@ def main() -> None:
     parser.add_argument("--variant", action="append", default=[], metavar="NAME=VAR=VALUE",
                         help="alternate each fast way with the same run with VAR=VALUE in its "
                              "environment (ways named -NAME), e.g. lt16=RESTOREPROF_LAZY_THREADS=16")
+    parser.add_argument("--client", action="append", default=[], metavar="NAME=COMMAND",
+                        help="alternate each fast way with the same restore run by another "
+                             "restoreprof command (ways named -NAME), e.g. "
+                             "venv=/opt/rp/bin/restoreprof: restoreprof installed in its own "
+                             "environment, whose interpreter starts without the program's")
     parser.add_argument("--smoke-mib", type=int, default=0,
                         help="instead of the model, a holder of this much GPU memory (tries the "
                              "script without PyTorch, e.g. on the fake driver)")
@@ -310,6 +318,12 @@ def main() -> None:
         if not (name and var) or "-" in name:
             raise SystemExit(f"--variant {variant}: NAME=VAR=VALUE, NAME without '-'")
         VARIANTS[name] = {var: value}
+        lazy_ways.append(f"-{name}")
+    for client in args.client:
+        name, _, command = client.partition("=")
+        if not (name and command) or "-" in name or name in VARIANTS:
+            raise SystemExit(f"--client {client}: NAME=COMMAND, NAME without '-', not a variant's")
+        CLIENTS[name] = command.split()
         lazy_ways.append(f"-{name}")
 
     if args.plain_repeat:

@@ -58,6 +58,20 @@ for stage in $stages; do
                RESTOREPROF_HELD_DRIVER_RESTORE=1 timeout 150 bash -c 'rp_python benchmarks/bench_warm_limit.py \
                  --layers 2 --repeat 1 --plain-repeat 0 --no-trace --restore-timeout 30 \
                  --work /tmp/rp-helddiag' 2>&1 | tee "$out/helddiag.txt" ;;
+    ownvenv)   # restoreprof in an environment of its own, as `pip install` into a venv (or pipx)
+               # puts it: its command's interpreter starts without the program's packages (this
+               # machine's torch venv runs a 49 ms .pth hook at every start). Its dependencies
+               # (cuda-python, numpy, nvidia-ml-py) come from torch's venv by path alone (no
+               # network here, no .pth of that venv run): bench_warm_limit --client venv=...
+               rm -rf /tmp/rp-venv; python3 -m venv /tmp/rp-venv || python3 -m venv --without-pip /tmp/rp-venv
+               /tmp/rp-venv/bin/python -m pip install -q --no-deps --no-index /tmp/rp-wheel/restoreprof-*.whl 2>/dev/null \
+                 || python3 -m pip --python /tmp/rp-venv/bin/python install -q --no-deps --no-index /tmp/rp-wheel/restoreprof-*.whl
+               python3 -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])' \
+                 > "$(/tmp/rp-venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/rp-deps.pth"
+               ls "$(/tmp/rp-venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')" | tee "$out/ownvenv.txt"
+               for cmd in "python3 -m restoreprof" /tmp/rp-venv/bin/restoreprof; do s=$(date +%s%N)
+                 for i in $(seq 10); do $cmd --version >/dev/null; done
+                 echo "$cmd --version: $(( ($(date +%s%N) - s) / 10000000 )) ms each"; done | tee -a "$out/ownvenv.txt" ;;
     pystart)   # the restore command's own start: the interpreter, site, and restoreprof's imports
                for flags in "" "-I -S"; do s=$(date +%s%N); for i in $(seq 20); do python3 $flags -c pass; done
                  echo "python3 $flags -c pass: $(( ($(date +%s%N) - s) / 20000 )) us each"; done | tee "$out/pystart.txt"

@@ -19,7 +19,7 @@ from restoreprof.optimizer.config import OptimizerConfig
 from restoreprof.workloads.controller import HeldMemory
 
 pytestmark = pytest.mark.root
-HELD = OptimizerConfig(held_driver_restore=True)  # off by default until it is proven on a GPU
+HELD = OptimizerConfig(held_driver_restore=True)  # the default, named: these tests are about it
 
 
 @pytest.fixture

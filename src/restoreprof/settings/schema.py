@@ -108,12 +108,11 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("lazy_threads", int, 0, 0, 64, ("RESTOREPROF_LAZY_THREADS",),
             "threads of the lazy page server that copy pages in (0: half the cores, 2 to 8)",
             "restore"),
-    Setting("held_driver_restore", bool, False, env=("RESTOREPROF_HELD_DRIVER_RESTORE",),
+    Setting("held_driver_restore", bool, True, env=("RESTOREPROF_HELD_DRIVER_RESTORE",),
             help="run the driver's restore of the GPU state on the driver's restore thread "
                  "alone (ptrace), the program's own threads still stopped and the last pages "
-                 "still arriving, as CRIU's CUDA plugin does (experimental: on an H200 with "
-                 "driver 580 such a restore did not finish); off: after the processes are "
-                 "resumed",
+                 "still arriving, as CRIU's CUDA plugin does; off: after the processes are "
+                 "resumed (every page in first)",
             acts_on="restore; checkpoint (notes each process's restore thread)"),
     Setting("sync", bool, False, env=("RESTOREPROF_SYNC",),
             help="report a checkpoint done only once every byte is on disk (fsync of the GPU "
