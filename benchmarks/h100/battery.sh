@@ -64,8 +64,9 @@ for stage in $stages; do
                # (cuda-python, numpy, nvidia-ml-py) come from torch's venv by path alone (no
                # network here, no .pth of that venv run): bench_warm_limit --client venv=...
                rm -rf /tmp/rp-venv; python3 -m venv /tmp/rp-venv || python3 -m venv --without-pip /tmp/rp-venv
-               /tmp/rp-venv/bin/python -m pip install -q --no-deps --no-index /tmp/rp-wheel/restoreprof-*.whl 2>/dev/null \
-                 || python3 -m pip --python /tmp/rp-venv/bin/python install -q --no-deps --no-index /tmp/rp-wheel/restoreprof-*.whl
+               # (PYTHONPATH unset: pip would take the copy in /tmp/rp-pkg for this one, installed)
+               ( unset PYTHONPATH; /tmp/rp-venv/bin/python -m pip install -q --no-deps --no-index /tmp/rp-wheel/restoreprof-*.whl \
+                 || python3 -m pip --python /tmp/rp-venv/bin/python install -q --no-deps --no-index /tmp/rp-wheel/restoreprof-*.whl )
                python3 -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])' \
                  > "$(/tmp/rp-venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/rp-deps.pth"
                ls "$(/tmp/rp-venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')" | tee "$out/ownvenv.txt"
