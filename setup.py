@@ -3,7 +3,10 @@
 The Textual app sits in the top-level tui/ folder and installs as ``restoreprof.tui``.
 The LD_PRELOAD interception library, the CRIU plugin and the kallsyms shortcut (probes/) are
 compiled while the package is built, so an installed restoreprof carries them;
-``scripts/setup.sh`` builds them in place for the editable install.
+``scripts/setup.sh`` builds them in place for the editable install. The `restoreprof` command
+itself is the native front door (restoreprof/front/front.c, compiled by build_scripts), which
+hands everything but a warm pool's restore to the restoreprof-py entry point; without a C
+compiler it is the Python launcher (front/restoreprof).
 
 Those libraries are native code for the building machine's architecture, loaded with dlopen
 and LD_PRELOAD rather than imported: the wheel is tagged for the platform
@@ -47,6 +50,26 @@ class BuildPyWithShim(build_py):
             print(f"warning: kallsyms shortcut not built: {exc}", file=sys.stderr)
 
 
+# distutils' command, as setuptools provides it (setuptools has no module of its own for it)
+build_scripts = Distribution().get_command_class("build_scripts")
+
+
+class BuildScriptsWithFront(build_scripts):
+    """The `restoreprof` script: front/restoreprof (Python, its #!python made this install's
+    interpreter), then replaced by the native front door where it compiles."""
+
+    def run(self) -> None:
+        super().run()
+        sys.path.insert(0, str(ROOT / "src"))
+        from restoreprof.front.build import build_front
+
+        try:
+            build_front(Path(self.build_dir) / "restoreprof")
+        except Exception as exc:  # the Python launcher stays: the same command, slower to start
+            print(f"warning: native front door not built ({exc}): the restoreprof command "
+                  "starts Python for every restore", file=sys.stderr)
+
+
 class NativeDistribution(Distribution):
     """Carries native code: installs into platlib and is built per platform."""
 
@@ -70,6 +93,8 @@ class PlatformWheel(bdist_wheel):
 setup(
     packages=[*find_packages("src"), "restoreprof.tui"],
     package_dir={"": "src", "restoreprof.tui": "tui"},
-    cmdclass={"build_py": BuildPyWithShim, "bdist_wheel": PlatformWheel},
+    scripts=["src/restoreprof/front/restoreprof"],
+    cmdclass={"build_py": BuildPyWithShim, "build_scripts": BuildScriptsWithFront,
+              "bdist_wheel": PlatformWheel},
     distclass=NativeDistribution,
 )

@@ -70,7 +70,11 @@ def fake_libcuda() -> Path:
 @pytest.fixture
 def fake_driver(monkeypatch, fake_libcuda, tmp_path):
     """Point restoreprof, and the programs it starts, at the fake driver for one test; sockets
-    (the library's, a warm pool's) go to a run directory of the test's own."""
+    (the library's, a warm pool's) go to a run directory of the test's own, and the driver's
+    state of each process (checkpointed, locked; its restore thread) to a folder every process
+    of the test sees, as the real driver's is (a warm pool restores what the test checkpointed)."""
+    (tmp_path / "driver-state").mkdir(exist_ok=True)
+    monkeypatch.setenv("FAKECUDA_STATE_DIR", str(tmp_path / "driver-state"))
     monkeypatch.setenv("RESTOREPROF_LIBCUDA", str(fake_libcuda))
     monkeypatch.setenv("LD_LIBRARY_PATH", str(fake_libcuda.parent))
     monkeypatch.setenv("RESTOREPROF_RUN_DIR", str(tmp_path / "run"))
@@ -88,3 +92,19 @@ def restoreprof_cli():
                               text=True, check=check, timeout=timeout, **kwargs)
 
     return run
+
+
+@pytest.fixture(scope="session")
+def front_door(tmp_path_factory) -> Path:
+    """The `restoreprof` command's native front door (restoreprof/front/front.c), built here,
+    with the restoreprof-py it hands over to beside it (this interpreter's restoreprof)."""
+    import stat
+    import sys
+
+    from restoreprof.front.build import build_front
+
+    folder = tmp_path_factory.mktemp("front")
+    entry = folder / "restoreprof-py"
+    entry.write_text(f'#!/bin/sh\nexec "{sys.executable}" -m restoreprof "$@"\n')
+    entry.chmod(entry.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
+    return build_front(folder / "restoreprof")

@@ -1678,12 +1678,46 @@ static int shared_state_path(int pid, char *path, size_t len)
     return 1;
 }
 
-static CUprocessState shared_state_read(const char *path)
+/* When pid's process started (clock ticks since boot), 0 when it is gone: which incarnation of
+ * a PID a state belongs to. */
+static unsigned long long start_time_of(int pid)
+{
+    char path[64], buf[1024];
+    snprintf(path, sizeof path, "/proc/%d/stat", pid);
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return 0;
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    buf[n] = 0;
+    char *p = strrchr(buf, ')');
+    unsigned long long start = 0;
+    for (int field = 2; p && field < 22; field++)
+        p = strchr(p + 1, ' ');
+    if (p)
+        start = strtoull(p + 1, NULL, 10);
+    return start;
+}
+
+/* The state lives in the process, as the real driver's does: a file says it for the
+ * incarnation of the PID that wrote it. Another incarnation is a process CRIU restored from a
+ * checkpoint image (pid-N.image: the state the image was taken in), else a new one (running). */
+static CUprocessState shared_state_read(const char *path, int pid)
 {
     CUprocessState state = CU_PROCESS_STATE_RUNNING;
+    unsigned long long written_by = 0, now = start_time_of(pid);
+    int value, known = 0;
     FILE *f = fopen(path, "r");
     if (f) {
-        int value;
+        known = fscanf(f, "%d %llu", &value, &written_by) >= 1;
+        fclose(f);
+    }
+    if (known && (written_by == 0 || now == 0 || written_by == now))
+        return (CUprocessState)value;
+    char image[4200];
+    snprintf(image, sizeof image, "%s.image", path);
+    f = fopen(image, "r");
+    if (f) {
         if (fscanf(f, "%d", &value) == 1)
             state = (CUprocessState)value;
         fclose(f);
@@ -1691,16 +1725,27 @@ static CUprocessState shared_state_read(const char *path)
     return state;
 }
 
-static void shared_state_write(const char *path, CUprocessState state)
+static void write_file(const char *path, const char *text)
 {
-    char tmp[4200];
+    char tmp[4300];
     snprintf(tmp, sizeof tmp, "%s.%d.tmp", path, (int)getpid());
     FILE *f = fopen(tmp, "w");
     if (!f)
         return;
-    fprintf(f, "%d\n", (int)state);
+    fputs(text, f);
     fclose(f);
     rename(tmp, path);
+}
+
+static void shared_state_write(const char *path, int pid, CUprocessState state)
+{
+    char text[64], image[4200];
+    snprintf(text, sizeof text, "%d %llu\n", (int)state, start_time_of(pid));
+    write_file(path, text);
+    if (state == CU_PROCESS_STATE_CHECKPOINTED) { /* what a restore of this image starts from */
+        snprintf(image, sizeof image, "%s.image", path);
+        write_file(image, text);
+    }
 }
 
 /* Moves pid from `from` to `to`; CUDA_ERROR_ILLEGAL_STATE when it is not in `from`. */
@@ -1710,8 +1755,8 @@ static CUresult transition(int pid, CUprocessState from, CUprocessState to)
     char path[4096];
     pthread_mutex_lock(&pid_lock);
     if (shared_state_path(pid, path, sizeof path)) {
-        if (shared_state_read(path) == from) {
-            shared_state_write(path, to);
+        if (shared_state_read(path, pid) == from) {
+            shared_state_write(path, pid, to);
             rc = CUDA_SUCCESS;
         }
         pthread_mutex_unlock(&pid_lock);
@@ -1748,7 +1793,7 @@ EXPORT CUresult cuCheckpointProcessGetState(int pid, CUprocessState *state)
     char path[4096];
     pthread_mutex_lock(&pid_lock);
     if (shared_state_path(pid, path, sizeof path))
-        *state = shared_state_read(path);
+        *state = shared_state_read(path, pid);
     else
         for (int i = 0; i < MAX_PIDS; i++)
             if (pid_states[i].pid == pid)

@@ -8,6 +8,7 @@ that record is what these tests read."""
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 from pathlib import Path
 
@@ -24,11 +25,8 @@ HELD = OptimizerConfig(held_driver_restore=True)  # the default, named: these te
 
 @pytest.fixture
 def driver_state(fake_driver, monkeypatch, tmp_path) -> Path:
-    """One driver state for the restore and the program, as a real driver's is."""
-    folder = tmp_path / "driver-state"
-    folder.mkdir()
-    monkeypatch.setenv("FAKECUDA_STATE_DIR", str(folder))
-    return folder
+    """The driver state the restore and the program share (fake_driver's), as a real driver's."""
+    return Path(os.environ["FAKECUDA_STATE_DIR"])
 
 
 def _threads_at_restore(folder: Path, pid: int) -> tuple[str, dict[int, str]]:

@@ -21,10 +21,8 @@ pytestmark = pytest.mark.root
 @pytest.fixture
 def two_gpus(fake_driver, monkeypatch, tmp_path):
     monkeypatch.setenv("FAKECUDA_DEVICES", "2")
-    # one driver state for every process (the restore and the job), as a real driver's is: the
-    # fake hands a restore's GPU map to the restored process through it
-    (tmp_path / "driver-state").mkdir()
-    monkeypatch.setenv("FAKECUDA_STATE_DIR", str(tmp_path / "driver-state"))
+    # fake_driver's one driver state for every process (the restore and the job), as a real
+    # driver's is: the fake hands a restore's GPU map to the restored process through it
     return fake_driver
 
 

@@ -2,7 +2,9 @@
 fake driver: the same result as a restore in the command's own process, the same errors and exit
 codes, and every way back to the local restore: no pool, a pool told not to, a pool that
 declines (another environment, --criu-arg), a pool from before restores were served; and a
-pool that dies midway is reported, never retried."""
+pool that dies midway is reported, never retried. The tests that run a real pool run each
+client: Python's (restoreprof.launcher) and the native front door (restoreprof/front/front.c,
+tests/integration/test_front_door.py for its own edge cases)."""
 
 from __future__ import annotations
 
@@ -25,6 +27,7 @@ pytestmark = pytest.mark.root
 
 EXEC = [sys.executable, "-m", "restoreprof", "exec", "--"]
 CLI = [sys.executable, "-m", "restoreprof"]
+CLIENT = list(CLI)  # the command the restores run: set per test by the client fixture
 
 
 class Pool:
@@ -43,12 +46,20 @@ class Pool:
 
 def _restore(ckpt: Path | str, *extra: str, env: dict | None = None,
              cwd: Path | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([*CLI, "restore", "-D", str(ckpt), *extra], capture_output=True,
+    return subprocess.run([*CLIENT, "restore", "-D", str(ckpt), *extra], capture_output=True,
                           text=True, timeout=120, env={**os.environ, **(env or {})}, cwd=cwd)
 
 
+@pytest.fixture(params=["python", "native"])
+def client(request, monkeypatch) -> list[str]:
+    """The restore command: Python's launcher, or the native front door."""
+    command = CLI if request.param == "python" else [str(request.getfixturevalue("front_door"))]
+    monkeypatch.setattr(sys.modules[__name__], "CLIENT", list(command))
+    return list(command)
+
+
 @pytest.fixture
-def held(fake_driver, tmp_path):
+def held(fake_driver, tmp_path, client):
     w = HeldMemory.start(tmp_path / "state", 8, gpu_mib=16, prefix=EXEC)
     checkpoint(w.pid, tmp_path / "ckpt")
     yield w, tmp_path / "ckpt"
@@ -178,10 +189,10 @@ def test_the_clients_answers(fake_driver, tmp_path, monkeypatch, capsys, answer,
         assert err.out == "out\n"
 
 
-def test_a_bad_command_line_reads_as_the_local_one(fake_driver):
+def test_a_bad_command_line_reads_as_the_local_one(fake_driver, client):
     pool = Pool("--hold-mib", "0")
     try:
-        pooled = subprocess.run([*CLI, "restore", "--bogus"], capture_output=True, text=True,
+        pooled = subprocess.run([*client, "restore", "--bogus"], capture_output=True, text=True,
                                 timeout=60)
     finally:
         pool.stop()

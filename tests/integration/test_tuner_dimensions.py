@@ -35,6 +35,8 @@ def setup(fake_libcuda, tmp_path_factory):
         mp.setenv("RESTOREPROF_REAL_LIBCUDA", str(fake_libcuda))
         mp.setenv("LD_LIBRARY_PATH", str(fake_libcuda.parent))
         mp.setenv("RESTOREPROF_RUN_DIR", str(base / "run"))  # no warm pool: preload here
+        (base / "driver-state").mkdir()  # shared by every process, as the real driver's state
+        mp.setenv("FAKECUDA_STATE_DIR", str(base / "driver-state"))
         holder = HeldMemory.start(base / "state", 16, gpu_mib=24,
                                   prefix=[sys.executable, "-m", "restoreprof", "exec", "--"])
         try:

@@ -46,6 +46,12 @@ def test_the_wheel_is_tagged_for_this_platform_and_carries_its_libraries(wheel):
             assert int.from_bytes(header[18:20], "little") == ELF_MACHINE[platform.machine()]
         wheel_meta = whl.read(next(n for n in names if n.endswith("dist-info/WHEEL"))).decode()
         assert "Root-Is-Purelib: false" in wheel_meta
+        # the restoreprof command: the native front door; restoreprof-py: Python's entry point
+        front = next(n for n in names if n.endswith(".data/scripts/restoreprof"))
+        assert whl.read(front)[:4] == b"\x7fELF"
+        assert whl.getinfo(front).external_attr >> 16 & 0o111
+        entries = whl.read(next(n for n in names if n.endswith("entry_points.txt"))).decode()
+        assert "restoreprof-py = restoreprof.launcher:main" in entries
 
 
 def test_a_fresh_venv_runs_doctor_and_the_demo(wheel, tmp_path):
@@ -75,3 +81,5 @@ def test_a_fresh_venv_runs_doctor_and_the_demo(wheel, tmp_path):
                  str(tmp_path / "demo")], cwd=tmp_path, env=env)
     assert "verified bit-exact" in demo.stdout, demo.stdout
     assert (tmp_path / "demo" / "cpu" / "trace" / "report.json").exists()
+    version = _run([str(venv / "bin" / "restoreprof"), "--version"], cwd=tmp_path, env=env)
+    assert version.stdout.strip().startswith("restoreprof ")  # the front door, then Python

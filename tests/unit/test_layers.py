@@ -24,6 +24,7 @@ GROUPS = {
     "criu_plugin": ("optimizer", 23),  # restoreprof inside CRIU: the checkpoint path, from C
     "tuner": ("top", 30), "doctor": ("top", 30), "commands": ("top", 31), "cli": ("top", 32),
     "launcher": ("top", 33), "__main__": ("top", 34),
+    "front": ("top", 33),  # the native front door's build (front.c: the launcher's client in C)
 }
 
 

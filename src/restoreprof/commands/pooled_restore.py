@@ -8,8 +8,10 @@ per host, by the pool, instead of once per restore.
     # restoreprof warm
     pool.handlers["restore"] = serve_restore
 
-The client side imports only the socket framing. It sends {"op": "restore", "argv", "cwd",
-"env"} (its restoreprof-related environment variables); the pool runs the command line's own
+The client side imports only the socket framing (and restoreprof/front/front.c is the same
+client in C, the `restoreprof` command's native front door). It sends {"op": "restore", "argv",
+"cwd", "env"} (its restoreprof-related environment variables; the native client sends all, and
+the pool keeps those); the pool runs the command line's own
 code for `restore argv` in the client's working directory with the client's settings variables,
 its output captured, and answers {"stdout", "stderr", "exit_code"}: exactly what the command
 would have printed and returned. It declines ({"declined": why}) what it would not run as the
@@ -199,7 +201,9 @@ def serve_restore(request: dict) -> dict:
     argv, cwd, env = request.get("argv"), request.get("cwd"), request.get("env")
     if not (isinstance(argv, list) and isinstance(cwd, str) and isinstance(env, dict)):
         return {"declined": "a malformed restore request"}
-    argv, env = [str(a) for a in argv], {str(k): str(v) for k, v in env.items()}
+    # The native client sends its whole environment: only what matters to a restore is kept.
+    argv, env = [str(a) for a in argv], relevant_environment({str(k): str(v)
+                                                              for k, v in env.items()})
     if any(a in LOCAL_ONLY or a.startswith("--criu-arg=") for a in argv):
         return {"declined": "--criu-arg runs in the client"}
     differs = _environment_differs(env)

@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 from restoreprof.settings import SETTINGS, schema
-from restoreprof.system.cbuild import compile_shared, cuda_include_dir, up_to_date
+from restoreprof.system.cbuild import compile_native, cuda_include_dir, up_to_date
 
 SOURCE_DIR = Path(__file__).parent
 LIBRARY_NAME = "restoreprof_criu.so"
@@ -55,4 +55,4 @@ def build_plugin(out_dir: Path | None = None, force: bool = False) -> Path:
         return out
     cflags = [*CFLAGS, "-isystem", str(SOURCE_DIR / "vendor"), f"-I{SOURCE_DIR}",
               f"-I{cuda_include_dir()}", f'-DRPC_PYTHON="{sys.executable}"', *range_flags()]
-    return compile_shared(out, sources, cflags, ["-ldl", "-lpthread"])
+    return compile_native(out, sources, cflags, ["-ldl", "-lpthread"])

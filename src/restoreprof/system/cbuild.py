@@ -40,8 +40,9 @@ def up_to_date(out: Path, inputs: list[Path]) -> bool:
     return out.exists() and out.stat().st_mtime >= max(p.stat().st_mtime for p in inputs)
 
 
-def compile_shared(out: Path, sources: list[Path], cflags: list[str], libs: list[str]) -> Path:
-    """cc CFLAGS -o OUT SOURCES LIBS, written atomically (a reader never loads half a file)."""
+def compile_native(out: Path, sources: list[Path], cflags: list[str], libs: list[str]) -> Path:
+    """cc CFLAGS -o OUT SOURCES LIBS (a library with -shared in cflags, else a program), written
+    atomically (a reader never loads or runs half a file)."""
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.{os.getpid()}")
     subprocess.run([c_compiler(), *cflags, "-o", str(tmp), *map(str, sources), *libs], check=True)

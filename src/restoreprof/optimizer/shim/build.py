@@ -13,7 +13,7 @@ import subprocess
 from pathlib import Path
 
 from restoreprof.settings import SETTINGS, schema
-from restoreprof.system.cbuild import c_compiler, compile_shared, cuda_include_dir, up_to_date
+from restoreprof.system.cbuild import c_compiler, compile_native, cuda_include_dir, up_to_date
 
 SOURCE_DIR = Path(__file__).parent
 LIBRARY_NAME = "librestoreprof_shim.so"
@@ -105,4 +105,4 @@ def build_library(out_dir: Path | None = None, force: bool = False) -> Path:
     if up_to_date(out, inputs) and not force:
         return out
     cflags = [*CFLAGS, *blake3_flags(machine), f"-I{cuda_include_dir()}", f"-I{SOURCE_DIR}"]
-    return compile_shared(out, srcs, cflags, ["-ldl", "-lpthread"])
+    return compile_native(out, srcs, cflags, ["-ldl", "-lpthread"])
