@@ -21,7 +21,7 @@ pytestmark = pytest.mark.root
 
 
 @pytest.fixture
-def shared_driver_state(fake_driver, tmp_path, monkeypatch):
+def shared_driver_state(fake_driver):
     """The fake driver keeps each PID's checkpoint state where every process sees it, as the
     real one does (otherwise the guardian, another process, would see nothing locked): the
     fake_driver fixture's shared state, named here for what these tests need of it."""

@@ -24,7 +24,7 @@ HELD = OptimizerConfig(held_driver_restore=True)  # the default, named: these te
 
 
 @pytest.fixture
-def driver_state(fake_driver, monkeypatch, tmp_path) -> Path:
+def driver_state(fake_driver) -> Path:
     """The driver state the restore and the program share (fake_driver's), as a real driver's."""
     return Path(os.environ["FAKECUDA_STATE_DIR"])
 

@@ -19,7 +19,7 @@ pytestmark = pytest.mark.root
 
 
 @pytest.fixture
-def two_gpus(fake_driver, monkeypatch, tmp_path):
+def two_gpus(fake_driver, monkeypatch):
     monkeypatch.setenv("FAKECUDA_DEVICES", "2")
     # fake_driver's one driver state for every process (the restore and the job), as a real
     # driver's is: the fake hands a restore's GPU map to the restored process through it
