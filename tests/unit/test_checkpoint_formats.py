@@ -220,3 +220,43 @@ def test_the_native_blake3_is_blake3_and_a_short_file_is_refused(tmp_path):
         "6437b3ac38465133ffb63b75273a8db548c558465d79db03fd359c6cd5bd9d85"
     with pytest.raises(IntegrityError, match="truncated"):
         _blake3_digest(path, 2, 4)
+
+
+def test_a_passed_image_is_hashed_again_only_once_it_changes(tmp_path, monkeypatch):
+    """A warm pool restores one checkpoint again and again: its page images are hashed once,
+    then known by device, inode, size, mtime and ctime; any change (a write, even with mtime
+    put back) is hashed again and caught. A file changed in the last moments is not remembered
+    (its ctime could still tick with the next change)."""
+    import os
+
+    from restoreprof.checkpoint import manifest as mf
+
+    data = os.urandom(2 << 20)
+    (tmp_path / "pages-1.img").write_bytes(data)
+    manifest = Manifest(root_pid=1, processes=[], images=mf.record_images(tmp_path, segment=1 << 20),
+                        segment_bytes=1 << 20)
+    hashed: list[list[str]] = []
+    real = mf._hash_files
+
+    def counting(directory, names, *args):
+        hashed.append(list(names))
+        return real(directory, names, *args)
+
+    monkeypatch.setattr(mf, "_hash_files", counting)
+    monkeypatch.setattr(mf, "PASSED_IMAGES", mf._PassedImages())
+    mf.verify_images(tmp_path, manifest)
+    mf.verify_images(tmp_path, manifest)
+    assert hashed == [["pages-1.img"], ["pages-1.img"]], "just written: not remembered yet"
+    monkeypatch.setattr(mf._PassedImages, "SETTLED_NS", 0)
+    hashed.clear()
+    for _ in range(3):
+        mf.verify_images(tmp_path, manifest)
+    assert hashed == [["pages-1.img"], [], []]
+    st = os.stat(tmp_path / "pages-1.img")
+    changed = bytearray(data)
+    changed[12345] ^= 1
+    (tmp_path / "pages-1.img").write_bytes(bytes(changed))
+    os.utime(tmp_path / "pages-1.img", ns=(st.st_atime_ns, st.st_mtime_ns))  # mtime put back
+    with pytest.raises(IntegrityError, match="altered"):
+        mf.verify_images(tmp_path, manifest)
+    assert hashed[-1] == ["pages-1.img"]
