@@ -512,9 +512,12 @@ def _continue_until_running(pid: int, timeout_s: float = 10.0) -> None:
     assert running_seen >= 5, f"PID {pid} stays stopped"
 
 
-def test_a_checkpoint_of_a_stopped_process_leaves_it_to_the_driver(fake_driver, tmp_path, capfd):
-    from restoreprof.checkpoint import checkpoint, restore
-    from restoreprof.checkpoint.tree import resume_stopped
+def test_a_stopped_cuda_process_is_refused_before_the_driver_is_asked(fake_driver, tmp_path):
+    """The driver answers through the process itself: asked about a stopped one, it waits for
+    good (its state query did on the H200). The checkpoint refuses it at once, says how to go
+    on, and leaves it as it was: stopped, its memory intact, nothing written."""
+    from restoreprof.checkpoint import checkpoint
+    from restoreprof.errors import RestoreprofError
     from restoreprof.workloads.controller import HeldMemory
 
     exec_prefix = [sys.executable, "-m", "restoreprof", "exec", "--"]
@@ -523,20 +526,14 @@ def test_a_checkpoint_of_a_stopped_process_leaves_it_to_the_driver(fake_driver, 
         os.kill(w.pid, signal.SIGSTOP)
         assert _wait_for(lambda: _state(w.pid) == "T")
         start = time.monotonic()
-        result = checkpoint(w.pid, tmp_path / "ckpt", leave_running=True)
-        assert time.monotonic() - start < 60
-        record = result.manifest.processes[0]
-        assert record.cuda and record.offload is None, "no offload: the driver took it whole"
-        err = capfd.readouterr().err
-        assert f"note: PID {w.pid} is stopped" in err and "the driver checkpoints it" in err
-        assert _state(w.pid) == "T"  # CRIU leaves it stopped, as it found it
+        with pytest.raises(RestoreprofError, match="uses CUDA and is stopped") as refused:
+            checkpoint(w.pid, tmp_path / "ckpt", leave_running=True)
+        assert time.monotonic() - start < 10
+        assert f"kill -CONT {w.pid}" in refused.value.hint
+        assert _state(w.pid) == "T"  # as it was found
+        assert not (tmp_path / "ckpt" / "restoreprof.json").exists()
         _continue_until_running(w.pid)
-        assert w.verify(), "the original runs on, its memory unchanged"
-        w.stop()
-        restore(tmp_path / "ckpt")
-        assert resume_stopped([w.pid]) == []  # restored stopped, as it was checkpointed
-        _continue_until_running(w.pid)
-        assert w.verify(), "GPU memory differs after the driver-path round trip"
+        assert w.verify(), "the process runs on, its memory unchanged"
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.kill(w.pid, signal.SIGCONT)

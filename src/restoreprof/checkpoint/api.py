@@ -167,10 +167,9 @@ def _checkpoint(pid: int, directory: Path, clock: StepClock, phase: StepSequence
     phase("prepare folder")
     refuse_unrestorable(cuda_pids)
     optimizer = optimizer or OptimizerConfig.load()  # as restore(): never the bare defaults
-    # For a held driver's restore (experimental): each one's restore thread, asked now, while
-    # they run (a stopped process does not answer the driver).
-    restore_tids = gpu.restore_thread_ids([p for p in cuda_pids if p not in stopped]) \
-        if optimizer.held_driver_restore else {}
+    # For a held driver's restore: each one's restore thread, asked now, while they run (a
+    # stopped CUDA process was refused: it does not answer the driver).
+    restore_tids = gpu.restore_thread_ids(cuda_pids) if optimizer.held_driver_restore else {}
     shell_job = criu.needs_shell_job(pid, tree)
     with private_umask():
         trust.prepare_checkpoint_directory(directory, MANIFEST_NAME)

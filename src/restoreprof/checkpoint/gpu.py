@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import replace
 from pathlib import Path
 
-from restoreprof.checkpoint.tree import maps_library
+from restoreprof.checkpoint.tree import is_stopped, maps_library
 from restoreprof.checkpoint.trust import CHUNK_DIR_SUFFIX
 from restoreprof.cuda import driver
 from restoreprof.errors import RestoreprofError
@@ -35,10 +35,23 @@ def snapshot_name(pid: int) -> str:
 
 
 def cuda_processes(tree: list[int]) -> list[int]:
-    """The PIDs of tree that hold CUDA state, per the driver. Raises for locked/checkpointed ones."""
+    """The PIDs of tree that hold CUDA state, per the driver. Raises for locked/checkpointed
+    ones, and for a stopped one: the driver answers through the process itself, so it is never
+    asked about a stopped process (its state query waited for good on a stopped process on the
+    H200, driver 580)."""
     users = [pid for pid in tree if maps_library(pid, "libcuda.so")]
     if not users:
         return []
+    stopped = [pid for pid in users if is_stopped(pid)]
+    if stopped:
+        listed = " ".join(map(str, stopped))
+        raise RestoreprofError(
+            f"PID {listed} uses CUDA and is stopped (SIGSTOP, or a debugger): the CUDA driver "
+            "checkpoints a process's GPU state through the process itself, which a stopped "
+            "one cannot answer (the checkpoint would wait for good); nothing was touched",
+            hint=f"resume it ('kill -CONT {listed}') and checkpoint it running; the checkpoint "
+                 "stops it while it is taken",
+        )
     try:
         driver.init()
     except driver.NoDriverError as exc:
