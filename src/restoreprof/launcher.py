@@ -1,7 +1,8 @@
-"""The `restoreprof` command (and `python -m restoreprof`): a restore is handed to a running warm
-pool before the command line's parser and commands are imported (they cost the client about a
-third of its own start: 10 of 35 ms on the development machine), everything else, and a restore
-no pool takes, goes to cli.main."""
+"""`restoreprof-py` (what the native `restoreprof` front door, restoreprof/front, hands over to)
+and `python -m restoreprof`: a restore is handed to a running warm pool before the command
+line's parser and commands are imported (they cost the client about a third of its own start:
+10 of 35 ms on the development machine), everything else, and a restore no pool takes, goes to
+cli.main."""
 
 from __future__ import annotations
 
