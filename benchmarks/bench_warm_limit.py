@@ -291,7 +291,8 @@ def main() -> None:
                              "environment (ways named -NAME), e.g. lt16=RESTOREPROF_LAZY_THREADS=16")
     parser.add_argument("--client", action="append", default=[], metavar="NAME=COMMAND",
                         help="alternate each fast way with the same restore run by another "
-                             "restoreprof command (ways named -NAME), e.g. "
+                             "restoreprof command (ways named -NAME; a --variant of the same NAME "
+                             "adds its variable), e.g. "
                              "venv=/opt/rp/bin/restoreprof: restoreprof installed in its own "
                              "environment, whose interpreter starts without the program's")
     parser.add_argument("--smoke-mib", type=int, default=0,
@@ -319,12 +320,13 @@ def main() -> None:
             raise SystemExit(f"--variant {variant}: NAME=VAR=VALUE, NAME without '-'")
         VARIANTS[name] = {var: value}
         lazy_ways.append(f"-{name}")
-    for client in args.client:
+    for client in args.client:  # a variant's NAME too: its restores run this command
         name, _, command = client.partition("=")
-        if not (name and command) or "-" in name or name in VARIANTS:
-            raise SystemExit(f"--client {client}: NAME=COMMAND, NAME without '-', not a variant's")
+        if not (name and command) or "-" in name:
+            raise SystemExit(f"--client {client}: NAME=COMMAND, NAME without '-'")
         CLIENTS[name] = command.split()
-        lazy_ways.append(f"-{name}")
+        if f"-{name}" not in lazy_ways:
+            lazy_ways.append(f"-{name}")
 
     if args.plain_repeat:
         model = start_model(args.work / "plain", args.layers, False, args.smoke_mib)
