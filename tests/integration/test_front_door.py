@@ -67,6 +67,12 @@ class StandInPool:
                 with contextlib.suppress(BrokenPipeError):  # an interrupted client is gone
                     conn.send(answer if isinstance(answer, bytes) else json.dumps(answer).encode())
 
+    def __enter__(self) -> StandInPool:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
     def close(self) -> None:
         with contextlib.suppress(OSError):
             self.listener.shutdown(socket.SHUT_RDWR)  # wakes an accept nobody came to
@@ -80,11 +86,8 @@ def run(front: Path, *args: str, env: dict | None = None, **kw) -> subprocess.Co
 
 
 def test_commands_other_than_restore_go_to_python_as_given(front, run_dir):
-    pool = StandInPool(run_dir, {"exit_code": 0})
-    try:
+    with StandInPool(run_dir, {"exit_code": 0}) as pool:
         out = run(front, "checkpoint", "-p", "1", "-D", TRICKY)
-    finally:
-        pool.close()
     assert out.returncode == 7
     assert out.stdout.decode() == f"python: checkpoint -p 1 -D {TRICKY} pool=unset\n"
     assert pool.requests == []
@@ -93,12 +96,9 @@ def test_commands_other_than_restore_go_to_python_as_given(front, run_dir):
 def test_a_pool_answer_is_printed_as_given_and_its_exit_code_kept(front, run_dir, tmp_path):
     answer = {"stdout": f"restored {TRICKY}\n", "stderr": "a warning \U0001F680\n",
               "exit_code": 4}
-    pool = StandInPool(run_dir, answer)
-    try:
+    with StandInPool(run_dir, answer) as pool:
         out = run(front, "restore", "-D", TRICKY, "--json", cwd=tmp_path,
                   env={"RESTOREPROF_LAZY_THREADS": "3", "OTHER": "x\"y"})
-    finally:
-        pool.close()
     assert (out.returncode, out.stdout.decode(), out.stderr.decode()) == \
         (4, answer["stdout"], answer["stderr"])
     [request] = pool.requests
@@ -112,11 +112,8 @@ def test_a_pool_answer_is_printed_as_given_and_its_exit_code_kept(front, run_dir
     {"error": "expected a preload request with one descriptor\n  -> ..."},  # an older pool
 ], ids=["declined", "older-pool"])
 def test_a_restore_the_pool_does_not_take_runs_in_python(front, run_dir, answer):
-    pool = StandInPool(run_dir, answer)
-    try:
+    with StandInPool(run_dir, answer) as pool:
         out = run(front, "restore", "-D", "/x")
-    finally:
-        pool.close()
     assert out.returncode == 7 and len(pool.requests) == 1
     told_not_to_ask = "declined" in answer  # asked once: Python need not ask again
     assert out.stdout.decode() == f"python: restore -D /x pool={'0' if told_not_to_ask else 'unset'}\n"
@@ -125,12 +122,10 @@ def test_a_restore_the_pool_does_not_take_runs_in_python(front, run_dir, answer)
 @pytest.mark.parametrize("answer", [None, b"not json", {"stdout": "x"}],
                          ids=["hung-up", "unreadable", "no-exit-code"])
 def test_a_pool_lost_after_the_request_is_reported_never_retried(front, run_dir, answer):
-    pool = StandInPool(run_dir, answer)
-    try:
+    with StandInPool(run_dir, answer) as pool:
         out = run(front, "restore", "-D", "/x")
-    finally:
-        pool.close()
-    assert out.returncode == 1 and out.stdout == b""  # Python was not run: no second restore
+    assert len(pool.requests) == 1  # asked once,
+    assert out.returncode == 1 and out.stdout == b""  # and Python was not run: no second restore
     assert b"the warm pool stopped answering during the restore" in out.stderr
     assert b"--gpu-only" in out.stderr
 
@@ -138,19 +133,15 @@ def test_a_pool_lost_after_the_request_is_reported_never_retried(front, run_dir,
 def test_no_pool_and_a_pool_turned_off_go_to_python_without_asking(front, run_dir):
     out = run(front, "restore", "-D", "/x")
     assert out.returncode == 7 and out.stdout.decode() == "python: restore -D /x pool=unset\n"
-    pool = StandInPool(run_dir, {"exit_code": 0})
-    try:
+    with StandInPool(run_dir, {"exit_code": 0}) as pool:
         off = run(front, "restore", "-D", "/x", env={"RESTOREPROF_POOL_RESTORE": " 0 "})
-    finally:
-        pool.close()
     assert off.returncode == 7 and pool.requests == []
 
 
 @pytest.mark.parametrize("damage", ["group-writable", "symlink"])
 def test_a_socket_in_an_untrusted_folder_is_left_to_python(front, run_dir, tmp_path,
                                                            monkeypatch, damage):
-    pool = StandInPool(run_dir, {"exit_code": 0})
-    try:
+    with StandInPool(run_dir, {"exit_code": 0}) as pool:
         if damage == "group-writable":
             run_dir.chmod(0o770)
         else:
@@ -158,24 +149,18 @@ def test_a_socket_in_an_untrusted_folder_is_left_to_python(front, run_dir, tmp_p
             link.symlink_to(run_dir)
             monkeypatch.setenv("RESTOREPROF_RUN_DIR", str(link))
         out = run(front, "restore", "-D", "/x")
-    finally:
-        pool.close()
     assert out.returncode == 7 and pool.requests == []  # Python says what it refused
 
 
 def test_arguments_that_are_not_utf8_are_left_to_python(front, run_dir):
-    pool = StandInPool(run_dir, {"exit_code": 0})
-    try:
+    with StandInPool(run_dir, {"exit_code": 0}) as pool:
         out = subprocess.run([str(front).encode(), b"restore", b"-D", b"/x\xff"],
                              capture_output=True, timeout=30)
-    finally:
-        pool.close()
     assert out.returncode == 7 and pool.requests == []
 
 
 def test_an_interrupt_while_the_pool_restores_says_the_pool_finishes_it(front, run_dir):
-    pool = StandInPool(run_dir, {"exit_code": 0}, delay_s=3)
-    try:
+    with StandInPool(run_dir, {"exit_code": 0}, delay_s=3) as pool:
         proc = subprocess.Popen([str(front), "restore", "-D", "/x"], stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE)
         deadline = time.monotonic() + 10
@@ -183,8 +168,6 @@ def test_an_interrupt_while_the_pool_restores_says_the_pool_finishes_it(front, r
             time.sleep(0.01)
         proc.send_signal(signal.SIGINT)
         _out, err = proc.communicate(timeout=10)
-    finally:
-        pool.close()
     assert proc.returncode == 130 and b"the warm pool finishes the restore it began" in err
 
 
