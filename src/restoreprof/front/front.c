@@ -11,7 +11,9 @@
  * hangs up midway is reported, never retried (the processes may be restored already).
  *
  * Request:  {"op": "restore", "argv": [...], "cwd": "...", "env": {every variable}}
- *           (the pool keeps only the variables that matter to a restore: one list, in Python)
+ *           (the pool keeps only the variables that matter to a restore: one list, in Python;
+ *           the listener was proved to be this user or root, who can read /proc/PID/environ
+ *           of this process anyway, so the whole environment tells it nothing new)
  * Reply:    {"stdout": "...", "stderr": "...", "exit_code": N} or {"declined": "why"}
  */
 #define _GNU_SOURCE
