@@ -1,4 +1,4 @@
-"""Compile the native front door (front.c) into an executable.
+"""Compile the native front door (front.c, its JSON in json.c) into an executable.
 
     python -m restoreprof.front.build OUT   # setup.py's build_scripts does this
 """
@@ -10,14 +10,14 @@ from pathlib import Path
 
 from restoreprof.system.cbuild import compile_native
 
-SOURCE = Path(__file__).parent / "front.c"
+SOURCES = [Path(__file__).parent / name for name in ("front.c", "json.c")]
 CFLAGS = ["-O2", "-Wall", "-Wextra", "-D_FORTIFY_SOURCE=2", "-fstack-protector-strong"]
 
 
 def build_front(out: Path) -> Path:
-    """front.c compiled to out (atomically); CalledProcessError or FileNotFoundError (no C
-    compiler) when it cannot be."""
-    return compile_native(Path(out), [SOURCE], CFLAGS, [])
+    """The front door compiled to out (atomically); CalledProcessError or FileNotFoundError (no
+    C compiler) when it cannot be."""
+    return compile_native(Path(out), SOURCES, CFLAGS, [])
 
 
 if __name__ == "__main__":
