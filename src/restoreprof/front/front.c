@@ -94,8 +94,7 @@ static int connect_in(const char *dir, const char *name, uid_t uid, int *conn)
     if (fd < 0)
         goto out;
     struct timeval second = {.tv_sec = 1}; /* a pool that does not answer at once is absent */
-    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &second, sizeof(second));
-    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &second, sizeof(second));
+    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &second, sizeof(second)); /* connect and send */
     if (connect(fd, (struct sockaddr *)&addr, sizeof(addr)) != 0) {
         close(fd); /* a stale socket, or one we may not use */
         goto out;
@@ -230,17 +229,21 @@ int main(int argc, char **argv)
         close(conn);
         run_python(argv, 0); /* nothing was asked: restore there */
     }
-    struct timeval forever = {0}; /* a restore of a large checkpoint from a cold cache is long */
-    setsockopt(conn, SOL_SOCKET, SO_RCVTIMEO, &forever, sizeof(forever));
-    char *data = malloc(REPLY_MAX);
+    /* no receive timeout: a restore of a large checkpoint from a cold cache is long */
+    char *data = malloc(REPLY_MAX + 1);
     ssize_t got;
     do
         got = data ? recv(conn, data, REPLY_MAX, MSG_TRUNC) : -1;
     while (got < 0 && errno == EINTR);
+    int lost = got < 0 ? errno : 0;
     close(conn);
 
     struct reply r = {0};
-    int readable = got > 0 && got <= REPLY_MAX && parse_reply(data, (size_t)got, &r) == 0;
+    int readable = got > 0 && got <= REPLY_MAX;
+    if (readable) {
+        data[got] = '\0'; /* strtol in the parser stops here at the latest */
+        readable = parse_reply(data, (size_t)got, &r) == 0;
+    }
     if (readable && (r.declined || r.old_pool))
         run_python(argv, r.declined); /* the pool runs otherwise than this restore would */
     if (!readable || !r.has_exit_code) {
@@ -248,8 +251,8 @@ int main(int argc, char **argv)
                         "restore (%s)\n  -> see the pool's output: the processes may be restored "
                         "already, or held; 'restoreprof restore -D DIR --gpu-only' resumes a "
                         "GPU step\n",
-                got < 0 ? strerror(errno) : got == 0 ? "hung up" : !readable ? "an unreadable answer"
-                                                                     : "no exit code");
+                got < 0 ? strerror(lost) : got == 0 ? "hung up" : !readable ? "an unreadable answer"
+                                                                    : "no exit code");
         return EXIT_FAILURE_RP;
     }
     write_all(1, r.stdout_text ? r.stdout_text : "", r.stdout_len);

@@ -20,7 +20,7 @@ struct reply {
     char *stdout_text, *stderr_text;
     size_t stdout_len, stderr_len;
     long exit_code;
-    int has_exit_code, declined, old_pool, error;
+    int has_exit_code, declined, old_pool;
 };
 
 /* The reply object in data; -1 when it is not one (the restore may have run: reported lost). */

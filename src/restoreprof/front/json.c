@@ -244,12 +244,9 @@ int parse_reply(const char *data, size_t len, struct reply *r)
             char *text;
             size_t n;
             ok = read_string(&c, &text, &n);
-            if (ok == 0) {
-                r->error = 1; /* a pool from before restores were served says this */
+            if (ok == 0) { /* a pool from before restores were served says this */
                 r->old_pool = !strncmp(text, "expected a preload", 18);
                 free(text);
-            } else {
-                ok = skip_value(&c);
             }
         } else {
             r->declined |= !strcmp(key, "declined");
