@@ -113,9 +113,10 @@ def restore_once(images: Path, model: HeldMemory, way: str) -> dict:
     start = time.monotonic()        # the time before its first step and after its last
     unchecked = ["--no-verify"] if way.endswith("-unchecked") else []
     env = {"RESTOREPROF_LAZY_PAGES": "0"} if way == "plain" or way.endswith("-nolazy") else {}
-    env.update(VARIANTS.get(way.rpartition("-")[2], {}))
+    suffix = way.rpartition("-")[2]  # a --variant's or --client's NAME
+    env.update(VARIANTS.get(suffix, {}))
     watch = {"the program": model.pid, **({"the pool": POOL_PID[0]} if POOL_PID else {})}
-    client = CLIENTS.get(way.rpartition("-")[2], CLI)
+    client = CLIENTS.get(suffix, CLI)
     result = cli_json("restore", "-D", str(images), *unchecked, env=env,
                       timeout_s=RESTORE_TIMEOUT_S[0], watch=watch, cli=client)
     wall = time.monotonic() - start

@@ -369,10 +369,6 @@ class _PassedImages:
                 self._passed.clear()
             self._passed[_file_identity(st)] = digests
 
-    def forget(self) -> None:
-        with self._lock:
-            self._passed.clear()
-
 
 def _file_identity(st: os.stat_result) -> tuple:
     return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
