@@ -175,6 +175,30 @@ def test_s1_a_fake_pool_swapped_into_a_private_folder_is_refused(base, evil, sna
     _pool_is_refused(snapshot, attacker, capfd, f"served by UID {NOBODY}")
 
 
+@pytest.mark.parametrize("planted", ["in-their-folder", "swapped-into-ours"])
+def test_s1_the_native_front_door_sends_a_fake_pool_nothing(base, evil, attackers, front_door,
+                                                            tmp_path, planted):
+    """The `restoreprof` command (front.c) with another user's socket where the pool's would
+    be: it sends nothing there and leaves the restore to restoreprof-py, which says what it
+    refused and restores (here: fails on a missing checkpoint) by itself."""
+    if planted == "in-their-folder":
+        attacker = attackers(evil / f"warm-{os.geteuid()}.sock", "pool")
+        run = evil
+    else:
+        run = base / "run"
+        run.mkdir(mode=0o700)
+        attacker = attackers(evil / "pool.sock", "pool")
+        _swap_in(attacker.path, run / f"warm-{os.geteuid()}.sock")
+    out = subprocess.run([str(front_door), "restore", "-D", str(tmp_path / "none")],
+                         capture_output=True, text=True, timeout=60,
+                         env={**os.environ, "RESTOREPROF_RUN_DIR": str(run)})
+    why = f"owned by UID {NOBODY}" if planted == "in-their-folder" else f"served by UID {NOBODY}"
+    assert "refusing the warm pool's socket" in out.stderr and why in out.stderr, out.stderr
+    assert "does not exist" in out.stderr and out.returncode != 0  # restored here: no such dir
+    assert all(r == {"bytes": 0, "fds": 0} for r in attacker.received()), \
+        "the request (argv, the environment) went to another user's socket"
+
+
 def test_s1_a_refused_pool_leaves_the_restore_its_own_preload(base, evil, fake_libcuda, attackers,
                                                               monkeypatch, tmp_path, capfd):
     from restoreprof.checkpoint.gpu import PRELOAD_STEP, Preloads
