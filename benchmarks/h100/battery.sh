@@ -73,6 +73,20 @@ for stage in $stages; do
                for cmd in "python3 -m restoreprof" /tmp/rp-venv/bin/restoreprof; do s=$(date +%s%N)
                  for i in $(seq 10); do $cmd --version >/dev/null; done
                  echo "$cmd --version: $(( ($(date +%s%N) - s) / 10000000 )) ms each"; done | tee -a "$out/ownvenv.txt" ;;
+    before)    # restoreprof as it was before a change, for A/B runs side by side in one call: the
+               # tree with the files under $BEFORE (default .before/, paths as in the repository,
+               # e.g. .before/src/restoreprof/optimizer/shim/engine.c from `git show REV:PATH`)
+               # in place of the current ones, installed to /tmp/rp-before; run a bench with it by
+               # PYTHONPATH=/tmp/rp-before:$PYTHONPATH
+               before=${BEFORE:-.before}; rm -rf /tmp/rp-before-tree /tmp/rp-before /tmp/rp-before-wheel
+               mkdir /tmp/rp-before-tree
+               tar -C . --exclude=./.h100 --exclude=./.before --exclude=./.venv -cf - . | tar -C /tmp/rp-before-tree -xf -
+               cp -a "$before/." /tmp/rp-before-tree/
+               # nothing built from the current files: every library is built again from the tree
+               find /tmp/rp-before-tree \( -name '*.so' -o -name build -o -name '*.egg-info' \) -prune -exec rm -rf {} +
+               ( cd /tmp/rp-before-tree && python3 -m pip wheel -q --no-deps --no-build-isolation --no-index -w /tmp/rp-before-wheel . &&
+                 python3 -m pip install -q --no-deps --no-index --target /tmp/rp-before /tmp/rp-before-wheel/restoreprof-*.whl ) \
+                 > "$out/before.txt" 2>&1 && echo "before: /tmp/rp-before from $(cd "$before" && find . -type f | tr '\n' ' ')" | tee -a "$out/before.txt" ;;
     pystart)   # the restore command's own start: the interpreter, site, and restoreprof's imports
                for flags in "" "-I -S"; do s=$(date +%s%N); for i in $(seq 20); do python3 $flags -c pass; done
                  echo "python3 $flags -c pass: $(( ($(date +%s%N) - s) / 20000 )) us each"; done | tee "$out/pystart.txt"
