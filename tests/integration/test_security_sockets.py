@@ -7,6 +7,7 @@ the control socket of a process in its own PID and mount namespaces, found from 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import json
 import os
 import select
@@ -558,6 +559,60 @@ def test_a_stopped_cuda_process_is_refused_before_the_driver_is_asked(fake_drive
         assert not (tmp_path / "ckpt" / "restoreprof.json").exists()
         _continue_until_running(w.pid)
         assert w.verify(), "the process runs on, its memory unchanged"
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(w.pid, signal.SIGCONT)
+        w.stop()
+
+
+def _stop_after(module, name: str, pid: int):
+    """module.name, wrapped to stop pid (SIGSTOP) once it has returned: another hand stopping a
+    CUDA process in the middle of its checkpoint."""
+    real = getattr(module, name)
+
+    def wrapped(*args, **kwargs):
+        result = real(*args, **kwargs)
+        os.kill(pid, signal.SIGSTOP)
+        assert _wait_for(lambda: _state(pid) == "T")
+        return result
+
+    return wrapped
+
+
+@pytest.mark.parametrize("when", ["before-the-offload", "before-the-driver-lock"])
+def test_a_cuda_process_stopped_during_its_checkpoint_is_refused_and_put_back_once_resumed(
+        fake_driver, fake_libcuda, tmp_path, monkeypatch, when):
+    """Stopped by another hand after the checkpoint's first look (which refuses a stopped one):
+    neither its library nor the driver is asked anything while it is stopped (the driver's
+    state query waited for good on the H200); the checkpoint is refused, says how to go on, and
+    once the process is resumed --recover gives its GPU memory back where it was offloaded."""
+    from restoreprof.checkpoint import checkpoint, gpu, recover_checkpoint
+    from restoreprof.errors import RestoreprofError
+    from restoreprof.workloads.controller import HeldMemory
+
+    fake = ctypes.CDLL(str(fake_libcuda))  # the driver this process's checkpoint loads
+    fake.fakecuda_calls.restype = ctypes.c_ulong
+    exec_prefix = [sys.executable, "-m", "restoreprof", "exec", "--"]
+    w = HeldMemory.start(tmp_path / "state", 16, gpu_mib=8, prefix=exec_prefix)
+    ckpt = tmp_path / "ckpt"
+    try:
+        if when == "before-the-offload":
+            monkeypatch.setattr(gpu, "cuda_processes", _stop_after(gpu, "cuda_processes", w.pid))
+        else:  # the offload is done (the memory is in the snapshot): then it is stopped
+            monkeypatch.setattr(gpu, "coverage_all", _stop_after(gpu, "coverage_all", w.pid))
+        locks = fake.fakecuda_calls(b"cuCheckpointProcessLock")
+        start = time.monotonic()
+        with pytest.raises(RestoreprofError, match="uses CUDA and is stopped") as refused:
+            checkpoint(w.pid, ckpt, leave_running=True)
+        assert time.monotonic() - start < 30
+        assert fake.fakecuda_calls(b"cuCheckpointProcessLock") == locks, "the driver was asked"
+        message = str(refused.value)  # the refusal, then why it could not all be put back:
+        assert f"resume it ('kill -CONT {w.pid}') and run 'restoreprof checkpoint --recover -D " \
+               f"{ckpt}'" in message  # asking the stopped process was left for later
+        assert not (ckpt / "restoreprof.json").exists()
+        _continue_until_running(w.pid)
+        assert recover_checkpoint(ckpt) == "put back: the processes run on"
+        assert w.verify(), "the process runs on, its memory as it was"
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.kill(w.pid, signal.SIGCONT)

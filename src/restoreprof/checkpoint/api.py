@@ -263,6 +263,9 @@ def _lock_and_dump(pid: int, directory: Path, journal, clock: StepClock, phase: 
         phase("GPU memory coverage")
         coverage = gpu.coverage_all(cuda_pids, offloaded)
     phase("GPU lock + checkpoint")
+    # stopped by another hand since the checkpoint began? then the driver is not asked at all
+    # (before the journal says it was: nothing of the driver's is to be put back)
+    gpu.refuse_stopped(cuda_pids, "the driver was not asked")
     journal.write("gpu-locked", coverage={str(p): c for p, c in coverage.items()})
     gpu.lock_and_checkpoint(cuda_pids, lock_timeout_ms)
     phase("criu dump")

@@ -42,16 +42,7 @@ def cuda_processes(tree: list[int]) -> list[int]:
     users = [pid for pid in tree if maps_library(pid, "libcuda.so")]
     if not users:
         return []
-    stopped = [pid for pid in users if is_stopped(pid)]
-    if stopped:
-        listed = " ".join(map(str, stopped))
-        raise RestoreprofError(
-            f"PID {listed} uses CUDA and is stopped (SIGSTOP, or a debugger): the CUDA driver "
-            "checkpoints a process's GPU state through the process itself, which a stopped "
-            "one cannot answer (the checkpoint would wait for good); nothing was touched",
-            hint=f"resume it ('kill -CONT {listed}') and checkpoint it running; the checkpoint "
-                 "stops it while it is taken",
-        )
+    refuse_stopped(users, "nothing was touched")
     try:
         driver.init()
     except driver.NoDriverError as exc:
@@ -90,6 +81,25 @@ def restore_thread_ids(pids: list[int]) -> dict[int, int]:
         if tid is not None:
             found[pid] = tid
     return found
+
+
+def refuse_stopped(pids: list[int], done: str) -> None:
+    """Raises if any of pids (CUDA processes) is stopped now (SIGSTOP, or a debugger): the
+    driver checkpoints a process's GPU state through the process itself, and its library serves
+    the offload, so neither may be asked about a stopped one (the driver's state query waited
+    for good on the H200, driver 580). Asked before each step that would ask them: a process may
+    be stopped by another hand at any point of a checkpoint. done: what the checkpoint had done
+    so far, for the message."""
+    stopped = [pid for pid in pids if is_stopped(pid)]
+    if stopped:
+        listed = " ".join(map(str, stopped))
+        raise RestoreprofError(
+            f"PID {listed} uses CUDA and is stopped (SIGSTOP, or a debugger): the CUDA driver "
+            "checkpoints a process's GPU state through the process itself, which a stopped "
+            f"one cannot answer (the checkpoint would wait for good); {done}",
+            hint=f"resume it ('kill -CONT {listed}') and checkpoint it running; the checkpoint "
+                 "stops it while it is taken",
+        )
 
 
 def lock_and_checkpoint(pids: list[int], lock_timeout_ms: int) -> None:
@@ -146,9 +156,12 @@ def offload_all(pids: list[int], directory: Path, optimizer, store=None,
             result = _shim_control(pid).offload(directory / name, optimizer,
                                                 chunk_dir=store.chunk_dir if store else None,
                                                 sync=sync)
-        except TargetStoppedError as exc:  # it cannot answer: the driver checkpoints it whole
-            print(f"restoreprof: note: {exc.args[0]}; the driver checkpoints it", file=sys.stderr)
-            continue
+        except TargetStoppedError:
+            # Stopped since the checkpoint began: the driver may not be asked about it either.
+            # What was offloaded before it is put back, and the checkpoint refused.
+            reload_all(records, directory, optimizer)
+            refuse_stopped([pid], "the processes offloaded before it have their GPU memory back")
+            raise  # resumed meanwhile: its library did not answer the offload all the same
         except RestoreprofError:
             # One process refused (or failed): those offloaded before it get their memory back,
             # so the whole tree runs on as it was.

@@ -27,7 +27,7 @@ from restoreprof.checkpoint import pstree, trust
 from restoreprof.checkpoint.exits import alive, wait_gone
 from restoreprof.checkpoint.journal import Journal, checkpoint_journal, restore_journal
 from restoreprof.checkpoint.manifest import MANIFEST_NAME, Manifest, ProcessRecord, record_images
-from restoreprof.checkpoint.tree import resume_stopped
+from restoreprof.checkpoint.tree import is_stopped, resume_stopped
 from restoreprof.checkpoint.trust import CHUNK_DIR_SUFFIX
 from restoreprof.errors import RestoreprofError
 from restoreprof.store.session import make_durable
@@ -57,17 +57,31 @@ def dump_succeeded(directory: Path, log_name: str) -> bool:
 # --- checkpoint -----------------------------------------------------------------------------
 
 
-def put_back(data: dict, directory: Path) -> list[str]:
+def put_back(data: dict, directory: Path, driver_used: bool = True) -> list[str]:
     """Undo a checkpoint whose dump did not complete: the GPU side back in every process
-    (driver restore + unlock, offloaded memory reloaded). Returns what could not be done."""
+    (driver restore + unlock, offloaded memory reloaded). driver_used: whether the checkpoint
+    got as far as the driver's lock (before it, the driver has nothing to give back and is not
+    asked). Returns what could not be done.
+
+    A stopped process (SIGSTOP, or a debugger) is asked nothing: the driver answers through the
+    process itself (its state query waited for good on the H200) and the library runs in it.
+    It is reported, with the way on: resume it, then --recover asks again."""
     problems: list[str] = []
-    cuda_pids = [p for p in data.get("cuda_pids", []) if alive(p)]
+    cuda_pids = [p for p in data.get("cuda_pids", []) if alive(p)] if driver_used else []
     offloaded = {int(k): v for k, v in data.get("offloaded", {}).items()}
     shim_pids = [p for p in data.get("shim_pids", []) if alive(p)]
+    stopped = sorted(p for p in {*cuda_pids, *shim_pids} if is_stopped(p))
+    for pid in stopped:
+        problems.append(f"PID {pid} is stopped (SIGSTOP, or a debugger), so neither the driver "
+                        f"nor its library can be asked to give its GPU state back: resume it "
+                        f"('kill -CONT {pid}') and run 'restoreprof checkpoint --recover -D "
+                        f"{directory}'")
     if cuda_pids:
         from restoreprof.cuda import driver
 
         for pid in cuda_pids:
+            if pid in stopped:
+                continue
             try:
                 if driver.process_state(pid) == "checkpointed":
                     driver.process_restore(pid)
@@ -76,6 +90,8 @@ def put_back(data: dict, directory: Path) -> list[str]:
             except RestoreprofError as exc:
                 problems.append(f"PID {pid}: driver restore/unlock failed: {exc.message}")
     for pid in shim_pids:  # an offload that was under way may have finished since
+        if pid in stopped:
+            continue
         record = offloaded.get(pid) or {"snapshot": f"gpu-{pid}.snap"}
         try:
             _reload_if_offloaded(pid, directory / record["snapshot"])
@@ -108,7 +124,8 @@ def _clear(directory: Path) -> None:
 
 
 def roll_back_checkpoint(directory: Path, journal: Journal) -> list[str]:
-    problems = put_back(journal.data, directory)
+    problems = put_back(journal.data, directory,
+                        driver_used=journal.phase not in ("started", "offloading"))
     if problems:
         journal.write("held", problems=problems)
         trust.make_private(directory)
