@@ -18,7 +18,6 @@
  *   fakecuda_async_max_bytes()             largest cuMemcpy{HtoD,DtoH}Async_v2 since reset
  *   fakecuda_async_streams()               distinct streams those copies ran on
  *   fakecuda_async_threads()               distinct host threads that issued them
- *   fakecuda_async_nice_min/_max()         the lowest and highest niceness of those threads
  *   FAKECUDA_COPY_DELAY_US=n               each of those copies takes n us (so that every
  *                                          engine thread gets chunks, as on a real link)
  *   fakecuda_async_pinned/_pageable()      how many of them staged through memory from
@@ -42,7 +41,6 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
-#include <sys/resource.h>
 #include <stdatomic.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -603,7 +601,6 @@ static CUstream seen_streams[MAX_SEEN_STREAMS];
 static int n_seen_streams;
 static pthread_t seen_threads[MAX_SEEN_STREAMS];
 static int n_seen_threads;
-static int async_nice_min = 100, async_nice_max = -100; /* 100/-100: no copy seen */
 static pthread_mutex_t record_lock = PTHREAD_MUTEX_INITIALIZER;
 
 static void raise_to(atomic_size_t *max, size_t value)
@@ -628,12 +625,6 @@ static void record_async(const void *host, size_t n, CUstream s)
         seen = pthread_equal(seen_threads[i], pthread_self());
     if (!seen && n_seen_threads < MAX_SEEN_STREAMS)
         seen_threads[n_seen_threads++] = pthread_self();
-    errno = 0;
-    int nice = getpriority(PRIO_PROCESS, (id_t)gettid()); /* this thread's own */
-    if (errno == 0) {
-        async_nice_min = nice < async_nice_min ? nice : async_nice_min;
-        async_nice_max = nice > async_nice_max ? nice : async_nice_max;
-    }
     pthread_mutex_unlock(&record_lock);
     const char *delay = getenv("FAKECUDA_COPY_DELAY_US");
     if (delay && *delay)
@@ -649,22 +640,6 @@ EXPORT int fakecuda_async_threads(void)
 }
 
 EXPORT size_t fakecuda_async_max_bytes(void) { return atomic_load(&async_max_bytes); }
-
-EXPORT int fakecuda_async_nice_min(void)
-{
-    pthread_mutex_lock(&record_lock);
-    int n = async_nice_min;
-    pthread_mutex_unlock(&record_lock);
-    return n;
-}
-
-EXPORT int fakecuda_async_nice_max(void)
-{
-    pthread_mutex_lock(&record_lock);
-    int n = async_nice_max;
-    pthread_mutex_unlock(&record_lock);
-    return n;
-}
 EXPORT unsigned long fakecuda_async_pinned(void) { return atomic_load(&async_pinned); }
 EXPORT unsigned long fakecuda_async_pageable(void) { return atomic_load(&async_pageable); }
 EXPORT size_t fakecuda_host_alloc_bytes_max(void) { return atomic_load(&host_alloc_max_bytes); }
@@ -685,8 +660,6 @@ static void reset_record(void)
     atomic_store(&async_pageable, 0);
     pthread_mutex_lock(&record_lock);
     n_seen_streams = n_seen_threads = 0;
-    async_nice_min = 100;
-    async_nice_max = -100;
     pthread_mutex_unlock(&record_lock);
 }
 

@@ -11,9 +11,7 @@ import os
 import struct
 import subprocess
 import sys
-import threading
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -81,28 +79,6 @@ def test_a_held_snapshot_is_sent_bit_exact_and_counted(snap):
         assert sent["served"] == 1
         assert set(sent["last_send_s"]) == {"make_memory", "copy", "export"}
         assert all(v >= 0 for v in sent["last_send_s"].values())
-    finally:
-        hot.release()
-
-
-@pytest.mark.parametrize("nice", [0, 7])
-def test_a_hot_send_runs_on_threads_of_its_niceness_and_leaves_the_callers_alone(
-        snap, fake_libcuda, nice):
-    """send_nice: every copy of a hot send is issued by a thread of at least that niceness
-    (0: the caller's), and the caller's own thread (the pool's) keeps its niceness."""
-    fake = ctypes.CDLL(str(fake_libcuda))  # the driver the engine loaded here: the same record
-    own = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
-    hot = HotSnapshots(64 * MIB)
-    try:
-        hot.hold_file(snap)
-        fake.fakecuda_reset()
-        with open(snap, "rb") as f:
-            loaded = hot.preload(f.fileno(), str(snap), replace(CFG, send_nice=nice))
-        assert loaded is not None
-        loaded.release()
-        want = max(own, nice)
-        assert (fake.fakecuda_async_nice_min(), fake.fakecuda_async_nice_max()) == (want, want)
-        assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == own
     finally:
         hot.release()
 

@@ -93,7 +93,7 @@ def _library() -> ctypes.CDLL:
         lib.rp_snapshot_preload_hot.argtypes = [
             ctypes.c_char_p, ctypes.c_long, ctypes.POINTER(HotBuffer), ctypes.c_long,
             ctypes.POINTER(engine.EngineParams), ctypes.POINTER(engine.Preloaded), ctypes.c_long,
-            ctypes.c_char_p, ctypes.c_size_t, ctypes.POINTER(ctypes.c_uint64), ctypes.c_int]
+            ctypes.c_char_p, ctypes.c_size_t, ctypes.POINTER(ctypes.c_uint64)]
         lib._hot_declared = True
     return lib
 
@@ -417,8 +417,7 @@ class HotSnapshots:
         phase_ns = (ctypes.c_uint64 * 3)()
         count = _library().rp_snapshot_preload_hot(hot.table, len(hot.table), hot.buffers,
                                                    hot.count, ctypes.byref(params), items,
-                                                   len(items), err, len(err), phase_ns,
-                                                   cfg.send_nice)
+                                                   len(items), err, len(err), phase_ns)
         if count < 0:
             with self._lock:  # a copy that failed its checks is never tried again
                 if self._held.get((hot.identity.device, hot.identity.inode)) is hot:

@@ -100,14 +100,6 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("preload", bool, True, env=("RESTOREPROF_PRELOAD",),
             help="load offloaded GPU memory while CRIU restores, for the process to adopt",
             acts_on="restore"),
-    # Two runs on the H200 (benchmarks/RESULTS.md, eleventh session): a hot send on 16 threads
-    # took cores from CRIU and the page server beside it; on 6, the 16 GB restore ended 7 to
-    # 12 % sooner, though the send itself slowed. Niceness gives way while they run and still
-    # takes every core once they are done, where the send is the whole path (a larger model).
-    Setting("send_nice", int, 10, 0, 19, ("RESTOREPROF_SEND_NICE",),
-            "niceness of the threads that send a hot snapshot to the GPU: they give way to "
-            "CRIU and the page server running beside them, then take every core (0: no "
-            "different from them)", "restore from a hot snapshot (the warm pool)"),
     Setting("lazy_pages", bool, True, env=("RESTOREPROF_LAZY_PAGES",),
             help="restore the processes' host memory with restoreprof's own page server "
                  "(criu restore --lazy-pages, several copy threads, every page in before the "

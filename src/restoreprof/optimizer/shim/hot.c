@@ -28,7 +28,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/resource.h>
 #include <unistd.h>
 
 #define HOT_MAX_STREAMS 32
@@ -365,7 +364,6 @@ struct span {
 struct upload_job {
     struct span *spans;
     size_t n_spans;
-    int nice;           /* each sending thread's niceness, at least (0: left as it is) */
     size_t chunk_bytes;
     CUcontext context;
     CUstream *streams;
@@ -397,11 +395,6 @@ static CUresult send_span(struct upload_job *job, size_t index)
 static void *upload_worker(void *raw)
 {
     struct upload_job *job = raw;
-    /* this thread's own (Linux: a thread's niceness is its own); raised, never lowered */
-    errno = 0;
-    int now = getpriority(PRIO_PROCESS, (id_t)gettid());
-    if (job->nice > 0 && errno == 0 && now < job->nice)
-        setpriority(PRIO_PROCESS, (id_t)gettid(), job->nice);
     CUresult rc = rp_real.cuCtxSetCurrent(job->context);
     while (rc == CUDA_SUCCESS && atomic_load(&job->rc) == CUDA_SUCCESS) {
         size_t i = atomic_fetch_add(&job->next, 1);
@@ -455,7 +448,7 @@ static CUresult drain_streams(CUstream *streams, int n)
 }
 
 CUresult rp_hot_upload(const struct rp_hot_segment *segments, long count, size_t chunk_bytes,
-                       struct rp_engine_params p, int nice, char *err, size_t errlen)
+                       struct rp_engine_params p, char *err, size_t errlen)
 {
     CUcontext ctx = NULL;
     CUresult rc = rp_real.cuCtxGetCurrent(&ctx);
@@ -465,7 +458,7 @@ CUresult rp_hot_upload(const struct rp_hot_segment *segments, long count, size_t
     int threads = p.threads < 1 ? 1 : p.threads > HOT_MAX_THREADS ? HOT_MAX_THREADS : p.threads;
     size_t span_bytes = HOT_SPAN_BYTES < chunk_bytes ? chunk_bytes
                                                      : HOT_SPAN_BYTES / chunk_bytes * chunk_bytes;
-    struct upload_job job = { .chunk_bytes = chunk_bytes, .context = ctx, .nice = nice };
+    struct upload_job job = { .chunk_bytes = chunk_bytes, .context = ctx };
     job.spans = make_spans(segments, count, span_bytes, &job.n_spans);
     if (!job.spans)
         return CUDA_ERROR_OUT_OF_MEMORY;
@@ -480,17 +473,13 @@ CUresult rp_hot_upload(const struct rp_hot_segment *segments, long count, size_t
     atomic_init(&job.bad_span, 0);
     if (threads > (int)job.n_spans)
         threads = job.n_spans ? (int)job.n_spans : 1;
-    /* Every sender a thread of its own, so that only they take the niceness; the caller only
-     * waits (it runs the send itself if no thread could be made). */
     pthread_t tids[HOT_MAX_THREADS];
     int started = 0;
-    for (int i = 0; rc == CUDA_SUCCESS && i < threads; i++, started++)
+    for (int i = 1; rc == CUDA_SUCCESS && i < threads; i++, started++)
         if (pthread_create(&tids[started], NULL, upload_worker, &job) != 0)
             break;
-    if (rc == CUDA_SUCCESS && started == 0) {
-        job.nice = 0;
+    if (rc == CUDA_SUCCESS)
         upload_worker(&job);
-    }
     for (int i = 0; i < started; i++)
         pthread_join(tids[i], NULL);
     CUresult drained = drain_streams(streams, made); /* even after a failure: no DMA outlives us */
@@ -517,7 +506,7 @@ RP_EXPORT CUresult rp_hot_copy(CUdeviceptr device, const void *host, size_t byte
         return CUDA_ERROR_NOT_INITIALIZED;
     struct rp_hot_segment segment = { device, host, bytes, checksums, NULL };
     char err[256] = "";
-    CUresult rc = rp_hot_upload(&segment, 1, chunk_bytes, *p, 0, err, sizeof(err));
+    CUresult rc = rp_hot_upload(&segment, 1, chunk_bytes, *p, err, sizeof(err));
     if (err[0])
         rp_log("%s", err);
     return rc;

@@ -263,7 +263,7 @@ static CUresult export_all(struct rp_preloaded *items, long n)
 static CUresult upload_device(int device, const char *table, const struct snap_header *h,
                               const struct rp_hot_buffer *hot, struct rp_preloaded *items,
                               struct rp_hot_segment *segments, struct rp_engine_params p,
-                              int nice, char *err, size_t errlen)
+                              char *err, size_t errlen)
 {
     const struct snap_record *r = rp_snapshot_first(table);
     long n = 0;
@@ -281,7 +281,7 @@ static CUresult upload_device(int device, const char *table, const struct snap_h
         return rc;
     rc = rp_real.cuCtxSetCurrent(ctx);
     if (rc == CUDA_SUCCESS && n)
-        rc = rp_hot_upload(segments, n, rp_snapshot_check_bytes(table), p, nice, err, errlen);
+        rc = rp_hot_upload(segments, n, rp_snapshot_check_bytes(table), p, err, errlen);
     rp_real.cuDevicePrimaryCtxRelease_v2(dev);
     return rc;
 }
@@ -289,14 +289,13 @@ static CUresult upload_device(int device, const char *table, const struct snap_h
 /* rp_snapshot_preload_fd, with the bytes from a hot copy (hot.c) instead of the file: table is
  * the one the hot copy was checked against when taken in (the caller has checked that the
  * snapshot asked for still has it), hot[0..count) its buffers. Each chunk is checked again as
- * it is sent, by threads of niceness `nice` (0: as the caller's). Returns count, or -1 with err
- * set and nothing left allocated. phase_ns[0..3): nanoseconds spent making the GPU memory,
- * copying into it, exporting it (where it went). */
+ * it is sent. Returns count, or -1 with err set and nothing left allocated. phase_ns[0..3):
+ * nanoseconds spent making the GPU memory, copying into it, exporting it (where it went). */
 RP_EXPORT long rp_snapshot_preload_hot(const char *table, long table_len,
                                        const struct rp_hot_buffer *hot, long count,
                                        const struct rp_engine_params *params,
                                        struct rp_preloaded *out, long max, char *err,
-                                       size_t errlen, uint64_t *phase_ns, int nice)
+                                       size_t errlen, uint64_t *phase_ns)
 {
     uint64_t t0 = rp_now_ns();
     if (rp_load_real() || !rp_real.cuMemExportToShareableHandle || !rp_real.cuDeviceGetUuid_v2 ||
@@ -334,8 +333,7 @@ RP_EXPORT long rp_snapshot_preload_hot(const char *table, long table_len,
         for (long k = 0; k < i; k++)
             seen |= out[k].device == out[i].device;
         if (!seen)
-            rc = upload_device(out[i].device, table, h, hot, out, segments, *params, nice, err,
-                               errlen);
+            rc = upload_device(out[i].device, table, h, hot, out, segments, *params, err, errlen);
     }
     uint64_t t2 = rp_now_ns();
     if (rc == CUDA_SUCCESS)

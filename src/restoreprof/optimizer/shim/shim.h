@@ -325,10 +325,10 @@ struct rp_hot_buffer {
 #define RP_HOT_CANCELLED (-2L)
 
 /* Copies every segment on the caller's current context (S streams, T threads checking the
- * chunks as they queue them, each at niceness `nice`, 0: as the caller); blocks until all has
- * landed. CUDA_ERROR_INVALID_IMAGE, with err set, when a chunk no longer matches its checksum. */
+ * chunks as they queue them); blocks until all has landed. CUDA_ERROR_INVALID_IMAGE, with err
+ * set, when a chunk no longer matches its checksum. */
 CUresult rp_hot_upload(const struct rp_hot_segment *segments, long count, size_t chunk_bytes,
-                       struct rp_engine_params p, int nice, char *err, size_t errlen);
+                       struct rp_engine_params p, char *err, size_t errlen);
 
 /* ---- VMM allocations, registry and gate (vmm.c) ---- */
 
