@@ -152,19 +152,28 @@ static void settle(struct slot *s)
     s->pending = 0;
 }
 
+static char **premapped; /* each chunk file's mapping, where a way maps them */
+
+/* Chunk file i mapped, its pages populated (from the page cache). */
+static char *map_chunk(size_t i)
+{
+    int fd = open_chunk(i);
+    char *m = fd < 0 ? MAP_FAILED
+                     : mmap(NULL, CHUNK, PROT_READ, MAP_SHARED | MAP_POPULATE, fd, 0);
+    if (m == MAP_FAILED) {
+        perror("mmap");
+        exit(1);
+    }
+    close(fd);
+    return m;
+}
+
 /* One file's bytes into buf, checked, the way r says; DMA of single pieces for the eager ways. */
-static char **premapped; /* every chunk file, mapped once before any timing */
 
 static void fill_file(struct run *r, size_t i, char *buf, CUdeviceptr dst, CUstream stream)
 {
     if (r->way == REGISTERED) { /* no copy: the page cache itself pinned, checked, sent */
-        int fd = open_chunk(i);
-        premapped[i] = mmap(NULL, CHUNK, PROT_READ, MAP_SHARED | MAP_POPULATE, fd, 0);
-        close(fd);
-        if (premapped[i] == MAP_FAILED) {
-            perror("mmap");
-            exit(1);
-        }
+        premapped[i] = map_chunk(i);
         CHECK(cuMemHostRegister(premapped[i], CHUNK, READ_ONLY_REGISTRATION));
         for (size_t p = 0; p < CHUNK / PIECE; p++)
             if (rp_crc32c(0, premapped[i] + p * PIECE, PIECE) != crcs[2 * i + p])
@@ -176,15 +185,8 @@ static void fill_file(struct run *r, size_t i, char *buf, CUdeviceptr dst, CUstr
         /* copied a granule at a time, each checked in staging while it is in the core's cache
          * (the bytes checked are the bytes sent); MAP_ON_USE maps the file first and leaves
          * it mapped until the run is over (unmapped after the timing) */
-        if (r->way == MAP_ON_USE) {
-            int fd = open_chunk(i);
-            premapped[i] = mmap(NULL, CHUNK, PROT_READ, MAP_SHARED | MAP_POPULATE, fd, 0);
-            close(fd);
-            if (premapped[i] == MAP_FAILED) {
-                perror("mmap");
-                exit(1);
-            }
-        }
+        if (r->way == MAP_ON_USE)
+            premapped[i] = map_chunk(i);
         const char *m = premapped[i];
         for (size_t p = 0; p < CHUNK / PIECE; p++) {
             uint32_t crc = 0;
@@ -204,11 +206,7 @@ static void fill_file(struct run *r, size_t i, char *buf, CUdeviceptr dst, CUstr
         exit(1);
     }
     if (r->way == MAPPED) {
-        char *m = mmap(NULL, CHUNK, PROT_READ, MAP_SHARED | MAP_POPULATE, fd, 0);
-        if (m == MAP_FAILED) {
-            perror("mmap");
-            exit(1);
-        }
+        char *m = map_chunk(i);
         for (size_t p = 0; p < CHUNK / PIECE; p++) {
             if (rp_crc32c(0, m + p * PIECE, PIECE) != crcs[2 * i + p])
                 atomic_store(&r->bad, 1);
@@ -450,15 +448,8 @@ int main(int argc, char **argv)
         row("registered", REGISTERED, 0, 1, threads[k], 2, 4);
     }
     t0 = now();
-    for (size_t i = 0; i < n_files; i++) {
-        int fd = open_chunk(i);
-        premapped[i] = mmap(NULL, CHUNK, PROT_READ, MAP_SHARED | MAP_POPULATE, fd, 0);
-        if (premapped[i] == MAP_FAILED) {
-            perror("mmap");
-            return 1;
-        }
-        close(fd);
-    }
+    for (size_t i = 0; i < n_files; i++)
+        premapped[i] = map_chunk(i);
     printf("every chunk file mapped (MAP_POPULATE) in %.3f s\n", now() - t0);
     for (int k = 0; k < n_threads; k++) {
         int t = threads[k];
