@@ -12,6 +12,7 @@ import struct
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -79,6 +80,27 @@ def test_a_held_snapshot_is_sent_bit_exact_and_counted(snap):
         assert sent["served"] == 1
         assert set(sent["last_send_s"]) == {"make_memory", "copy", "export"}
         assert all(v >= 0 for v in sent["last_send_s"].values())
+    finally:
+        hot.release()
+
+
+@pytest.mark.parametrize("send_threads, used", [(0, CFG.threads), (2, 2)])
+def test_a_hot_send_runs_on_send_threads_threads(fake_driver, fake_libcuda, tmp_path,
+                                                  monkeypatch, send_threads, used):
+    """send_threads: the hot send checks and sends on that many threads (0: `threads`), so a
+    restore can leave CRIU cores without slowing a page-cache preload (which keeps `threads`)."""
+    snap = _offloaded_snapshot(tmp_path, "big", 100, 3)  # 4 spans of 32 MiB: work for 4 threads
+    fake = ctypes.CDLL(str(fake_libcuda))  # the driver the engine loaded here: the same record
+    monkeypatch.setenv("FAKECUDA_COPY_DELAY_US", "20000")  # no thread finds the spans all taken
+    hot = HotSnapshots(256 * MIB)
+    try:
+        hot.hold_file(snap)
+        fake.fakecuda_reset()
+        with open(snap, "rb") as f:
+            loaded = hot.preload(f.fileno(), str(snap), replace(CFG, send_threads=send_threads))
+        assert loaded is not None
+        loaded.release()
+        assert fake.fakecuda_async_threads() == used
     finally:
         hot.release()
 

@@ -340,3 +340,17 @@ def test_the_librarys_switches_reach_it(source, tmp_path, monkeypatch, fake_driv
             assert copies == 0, app.first_copies  # the driver's own copies, none through ours
     finally:
         app.close()
+
+
+def test_a_preload_request_carries_the_settings_the_pool_uses_and_the_pool_takes_them():
+    """The restore's resolved settings reach the pool's preload: the engine's, and send_threads
+    (its hot send's), each taken from the request over the pool's own."""
+    from restoreprof.optimizer.pool import REQUEST_SETTINGS, _request_settings
+
+    asked = {"streams": 3, "threads": 5, "chunk_mb": 3, "pinned": False, "send_threads": 4}
+    assert set(REQUEST_SETTINGS) == set(asked)
+    own = OptimizerConfig()
+    assert all(getattr(own, name) != value for name, value in asked.items())
+    taken = _request_settings(asked, own)
+    assert {name: getattr(taken, name) for name in asked} == asked
+    assert _request_settings({}, own) == own  # an older client's request: the pool's own

@@ -36,6 +36,7 @@ class OptimizerConfig:
     intercept: bool = DEFAULTS["intercept"]
     parallel: bool = DEFAULTS["parallel"]
     preload: bool = DEFAULTS["preload"]
+    send_threads: int = DEFAULTS["send_threads"]
     lazy_pages: bool = DEFAULTS["lazy_pages"]
     lazy_threads: int = DEFAULTS["lazy_threads"]
     held_driver_restore: bool = DEFAULTS["held_driver_restore"]

@@ -37,7 +37,7 @@ import struct
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from restoreprof.errors import RestoreprofError
@@ -410,7 +410,7 @@ class HotSnapshots:
                     hot.free()
 
     def _send(self, hot: HotSnapshot, name: str, cfg: OptimizerConfig) -> PreloadedSnapshot:
-        params = engine.EngineParams.of(cfg)
+        params = engine.EngineParams.of(replace(cfg, threads=cfg.send_threads or cfg.threads))
         items = (engine.Preloaded * MAX_RECORDS)()
         err = ctypes.create_string_buffer(512)
         start = time.monotonic()

@@ -17,8 +17,8 @@ the contexts no longer shares the PCIe link with it.
     loaded.release()                               # the pool drops its references
 
 Protocol, one connection per snapshot, AF_UNIX SOCK_SEQPACKET (each message one JSON object):
-the client sends {"op": "preload", "streams", "threads", "chunk_mb", "pinned"} (its resolved
-settings) with the snapshot's open descriptor
+the client sends {"op": "preload", "streams", "threads", "chunk_mb", "pinned",
+"send_threads"} (its resolved settings, REQUEST_SETTINGS) with the snapshot's open descriptor
 attached (the pool reads what the client could open, nothing else); the pool answers
 {"items": [...]} messages carrying up to FDS_PER_MESSAGE descriptors of GPU memory each, then
 {"done": true, "seconds": s} or {"error": "..."}. The pool holds its own references to that
@@ -56,6 +56,8 @@ from restoreprof.system.warm_socket import send as _send
 from restoreprof.system.warm_socket import socket_name as _socket_name
 
 FDS_PER_MESSAGE = 200         # SCM_RIGHTS carries at most 253 descriptors a message
+# A preload's settings, as the restore resolved them (the pool's own for any a client leaves out)
+REQUEST_SETTINGS = ("streams", "threads", "chunk_mb", "pinned", "send_threads")
 PRELOAD_TIMEOUT_S = 600.0
 
 
@@ -271,8 +273,7 @@ class WarmPool:
 def _request_settings(request: dict, own: OptimizerConfig) -> OptimizerConfig:
     """The restore's engine settings, as it resolved them (the pool's own for any it left out):
     where they equal the pool's, the staging pinned at start-up is used as it is."""
-    asked = {name: request[name] for name in ("streams", "threads", "chunk_mb", "pinned")
-             if name in request}
+    asked = {name: request[name] for name in REQUEST_SETTINGS if name in request}
     return OptimizerConfig(**(own.as_dict() | asked))
 
 
@@ -342,9 +343,9 @@ def preload_through_pool(snapshot: Path, cfg: OptimizerConfig | None = None) -> 
     try:
         conn.settimeout(PRELOAD_TIMEOUT_S)
         with open(snapshot, "rb") as f:
-            _send(conn, {"op": "preload", "name": str(snapshot), "streams": cfg.streams,
-                         "threads": cfg.threads, "chunk_mb": cfg.chunk_mb,
-                         "pinned": cfg.pinned}, [f.fileno()])
+            _send(conn, {"op": "preload", "name": str(snapshot),
+                         **{name: getattr(cfg, name) for name in REQUEST_SETTINGS}},
+                  [f.fileno()])
         while True:
             try:
                 message, fds = _receive(conn, FDS_PER_MESSAGE)

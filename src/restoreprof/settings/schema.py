@@ -100,6 +100,14 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("preload", bool, True, env=("RESTOREPROF_PRELOAD",),
             help="load offloaded GPU memory while CRIU restores, for the process to adopt",
             acts_on="restore"),
+    # Two runs on the H200 (benchmarks/RESULTS.md, tenth session item 7, eleventh item 5): the
+    # 16 GB hot restore ended 7 to 12 % sooner with the send on 6 threads (16 took cores from
+    # CRIU and the page server beside it), while a page-cache preload wants its 16. Not the
+    # default: where the send is the whole path (a hot snapshot of 40 GB) fewer threads slow it.
+    Setting("send_threads", int, 0, 0, 128, ("RESTOREPROF_SEND_THREADS",),
+            "threads that check and send a hot snapshot to the GPU (0: as `threads`; fewer "
+            "leave cores to CRIU and the page server running beside them)",
+            "restore from a hot snapshot (the warm pool)"),
     Setting("lazy_pages", bool, True, env=("RESTOREPROF_LAZY_PAGES",),
             help="restore the processes' host memory with restoreprof's own page server "
                  "(criu restore --lazy-pages, several copy threads, every page in before the "
