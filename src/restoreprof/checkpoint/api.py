@@ -234,19 +234,16 @@ def _lock_and_dump(pid: int, directory: Path, journal, clock: StepClock, phase: 
     its end)."""
     cuda_pids = journal.data["cuda_pids"]
     offloaded: dict[int, dict] = {}
-    stopped = set(journal.data["stopped"])
     precopied: dict[int, dict] = {}
+    # (no CUDA process was stopped when the checkpoint began: gpu.cuda_processes refuses one)
     if offload and cuda_pids and pre_copy:  # the processes run on meanwhile
         phase(PRE_COPY_STEP)
-        precopied = gpu.precopy_all([p for p in cuda_pids if p not in stopped], directory,
-                                    optimizer, session)
+        precopied = gpu.precopy_all(cuda_pids, directory, optimizer, session)
         phase(WRITE_BACK_STEP)
         gpu.write_back(precopied)
     if offload and cuda_pids:
         phase("offload GPU memory")
-        # a stopped process cannot answer its library: the driver takes it whole (gpu.offload_all)
-        journal.write("offloading",
-                      shim_pids=[p for p in cuda_pids if gpu.has_shim(p) and p not in stopped])
+        journal.write("offloading", shim_pids=[p for p in cuda_pids if gpu.has_shim(p)])
         offloaded = gpu.offload_all(cuda_pids, directory, optimizer, session, sync)
         for pid, record in precopied.items():
             if pid in offloaded:

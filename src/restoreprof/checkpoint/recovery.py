@@ -76,12 +76,12 @@ def put_back(data: dict, directory: Path, driver_used: bool = True) -> list[str]
                         f"nor its library can be asked to give its GPU state back: resume it "
                         f"('kill -CONT {pid}') and run 'restoreprof checkpoint --recover -D "
                         f"{directory}'")
+    cuda_pids = [p for p in cuda_pids if p not in stopped]
+    shim_pids = [p for p in shim_pids if p not in stopped]
     if cuda_pids:
         from restoreprof.cuda import driver
 
         for pid in cuda_pids:
-            if pid in stopped:
-                continue
             try:
                 if driver.process_state(pid) == "checkpointed":
                     driver.process_restore(pid)
@@ -90,8 +90,6 @@ def put_back(data: dict, directory: Path, driver_used: bool = True) -> list[str]
             except RestoreprofError as exc:
                 problems.append(f"PID {pid}: driver restore/unlock failed: {exc.message}")
     for pid in shim_pids:  # an offload that was under way may have finished since
-        if pid in stopped:
-            continue
         record = offloaded.get(pid) or {"snapshot": f"gpu-{pid}.snap"}
         try:
             _reload_if_offloaded(pid, directory / record["snapshot"])

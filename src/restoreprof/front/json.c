@@ -54,8 +54,6 @@ void put_string(struct text *t, const char *s)
     put_text(t, "\"");
 }
 
-
-
 struct cursor {
     const char *p, *end;
 };
